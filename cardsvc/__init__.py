@@ -1,0 +1,1 @@
+"""cardsvc: the social security "one card" service."""
