@@ -1,0 +1,12 @@
+from __future__ import annotations
+
+from aiohttp import web
+
+from cardsvc.web.appkeys import SERVICES
+from cardsvc.web.auth import admin_only
+from cardsvc.web.codec import json_response
+
+
+@admin_only
+async def verify(request: web.Request) -> web.Response:
+    return json_response(await request.app[SERVICES].audit.verify())

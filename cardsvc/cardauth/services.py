@@ -1,0 +1,149 @@
+"""Card authentication: a challenge for the card, its cryptogram checked by hsm_stub.
+
+Purpose ``identify`` uses K_auth (key reference 01, no PIN); ``transaction`` uses K_txn
+(02), which the card only uses after a successful VERIFY, so a valid cryptogram proves the
+PIN was entered on the card. Each challenge is single use, bound to the terminal session
+that asked for it, and short-lived.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import secrets
+
+import structlog
+
+from cardsvc import clock
+from cardsvc.audit.services import AuditLog
+from cardsvc.cardauth import tokens
+from cardsvc.cardauth.models import CardAuthenticated, Challenge, ChallengeRequest, VerifyRequest
+from cardsvc.cards.lifecycle import CardStatus
+from cardsvc.config import Settings
+from cardsvc.crypto.profile import KEY_REF_AUTH, KEY_REF_TXN
+from cardsvc.db import Pool, transaction
+from cardsvc.errors import BusinessRuleViolation, NotFound, Unauthenticated
+from cardsvc.hsm.client import HsmClient
+from cardsvc.persons.services import summary
+from cardsvc.privacy import derive_key
+from cardsvc.web.caller import Caller
+
+log = structlog.get_logger(__name__)
+
+# Which card states may authenticate for each purpose.
+_ALLOWED = {
+    "identify": {CardStatus.ACTIVE, CardStatus.LOSS_REPORTED},
+    "transaction": {CardStatus.ACTIVE},
+}
+_KEY_REF = {"identify": KEY_REF_AUTH, "transaction": KEY_REF_TXN}
+
+
+def _check_status(status: str, purpose: str) -> None:
+    if status not in _ALLOWED[purpose]:
+        raise BusinessRuleViolation(
+            f"card is {status}: it cannot authenticate for {purpose}",
+            code="CARD_NOT_ACTIVE",
+            details={"status": status},
+        )
+
+
+class CardAuthenticator:
+    def __init__(
+        self, pool: Pool, hsm: HsmClient, audit: AuditLog, settings: Settings
+    ) -> None:
+        self._pool, self._hsm, self._audit, self._settings = pool, hsm, audit, settings
+        self._token_key = derive_key(settings.data_key, b"cardsvc card token")
+
+    async def challenge(self, caller: Caller, req: ChallengeRequest) -> Challenge:
+        status = await self._pool.fetchval(
+            "SELECT status FROM cards WHERE card_no = $1", req.card_no
+        )
+        if status is None:
+            raise NotFound("no such card", code="CARD_NOT_FOUND")
+        _check_status(status, req.purpose)
+        auth_id, challenge = secrets.token_hex(16), os.urandom(16)
+        expires_at = clock.now() + dt.timedelta(seconds=self._settings.challenge_ttl)
+        await self._pool.execute(
+            "INSERT INTO card_auth_challenges"
+            " (auth_id, session_id, card_no, purpose, challenge, expires_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6)",
+            auth_id,
+            caller.session_id,
+            req.card_no,
+            req.purpose,
+            challenge,
+            expires_at,
+        )
+        return Challenge(
+            auth_id=auth_id,
+            challenge=challenge.hex(),
+            key_ref=f"{_KEY_REF[req.purpose]:02x}",
+            expires_at=expires_at,
+        )
+
+    async def verify(self, caller: Caller, req: VerifyRequest) -> CardAuthenticated:
+        # Consumed before the HSM check: a wrong cryptogram uses the challenge up too.
+        row = await self._pool.fetchrow(
+            """
+            UPDATE card_auth_challenges a SET used_at = now()
+            FROM cards c
+            WHERE a.auth_id = $1 AND a.session_id = $2 AND a.used_at IS NULL
+              AND a.expires_at > now() AND c.card_no = a.card_no
+            RETURNING a.card_no, a.purpose, a.challenge, c.card_sn, c.admdvs, c.psn_no
+            """,
+            req.auth_id,
+            caller.session_id,
+        )
+        if row is None:
+            raise Unauthenticated(
+                "card challenge unknown, used, expired or of another session",
+                code="CARD_CHALLENGE_INVALID",
+            )
+        if row["card_sn"] != req.card_sn.lower():
+            raise Unauthenticated("card_sn is not the challenged card's", code="CARD_MISMATCH")
+        ok = await self._hsm.verify_card_cryptogram(
+            row["admdvs"],
+            row["card_sn"],
+            _KEY_REF[row["purpose"]],
+            bytes(row["challenge"]),
+            bytes.fromhex(req.cryptogram),
+        )
+        if not ok:
+            log.warning("card_auth_refused", card_no=row["card_no"])
+            raise Unauthenticated("card cryptogram is not valid", code="CARD_CRYPTOGRAM_INVALID")
+        return await self._authenticated(caller, row["card_no"], row["psn_no"], row["purpose"])
+
+    async def _authenticated(
+        self, caller: Caller, card_no: str, psn_no: str, purpose: str
+    ) -> CardAuthenticated:
+        now = clock.now()
+        expires_at = now + dt.timedelta(seconds=self._settings.card_token_ttl)
+        async with transaction(self._pool) as conn:
+            # The card may have been reported lost since the challenge.
+            status = await conn.fetchval("SELECT status FROM cards WHERE card_no = $1", card_no)
+            _check_status(status, purpose)
+            person = await summary(conn, psn_no, clock.business_date(now))
+            await self._audit.append(
+                conn,
+                actor=caller.actor,
+                action=f"card.authenticated.{purpose}",
+                object_type="card",
+                object_id=card_no,
+                data={"session_id": caller.session_id},
+            )
+        claims = tokens.CardTokenClaims(
+            card_no=card_no,
+            psn_no=psn_no,
+            session_id=caller.session_id or "",
+            purpose=purpose,  # type: ignore[arg-type]
+            expires_at=int(expires_at.timestamp()),
+        )
+        return CardAuthenticated(
+            card_token=tokens.issue(self._token_key, claims),
+            expires_at=expires_at,
+            purpose=purpose,
+            card_no=card_no,
+            card_status=status,
+            baseinfo=person.baseinfo,
+            insuinfo=person.insuinfo,
+        )

@@ -1,0 +1,57 @@
+"""The card state machine, pure (DESIGN.md, Data rules)::
+
+    issued → active → loss_reported ⇄ active
+    active | loss_reported → replaced
+    any state but cancelled → cancelled
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Final
+
+from cardsvc.errors import Conflict
+
+
+class CardStatus(StrEnum):
+    ISSUED = "issued"
+    ACTIVE = "active"
+    LOSS_REPORTED = "loss_reported"
+    REPLACED = "replaced"
+    CANCELLED = "cancelled"
+
+
+class CardAction(StrEnum):
+    ACTIVATE = "activate"
+    REPORT_LOSS = "report-loss"
+    CANCEL_LOSS = "cancel-loss"
+    REPLACE = "replace"
+    CANCEL = "cancel"
+
+
+LIVE: Final = frozenset({CardStatus.ISSUED, CardStatus.ACTIVE, CardStatus.LOSS_REPORTED})
+
+_TRANSITIONS: Final[dict[CardAction, tuple[frozenset[CardStatus], CardStatus]]] = {
+    CardAction.ACTIVATE: (frozenset({CardStatus.ISSUED}), CardStatus.ACTIVE),
+    CardAction.REPORT_LOSS: (frozenset({CardStatus.ACTIVE}), CardStatus.LOSS_REPORTED),
+    CardAction.CANCEL_LOSS: (frozenset({CardStatus.LOSS_REPORTED}), CardStatus.ACTIVE),
+    CardAction.REPLACE: (
+        frozenset({CardStatus.ACTIVE, CardStatus.LOSS_REPORTED}),
+        CardStatus.REPLACED,
+    ),
+    CardAction.CANCEL: (frozenset(CardStatus) - {CardStatus.CANCELLED}, CardStatus.CANCELLED),
+}
+
+
+class IllegalCardTransition(Conflict):
+    default_code = "CARD_STATE"
+
+
+def next_status(current: CardStatus, action: CardAction) -> CardStatus:
+    allowed_from, target = _TRANSITIONS[action]
+    if current not in allowed_from:
+        raise IllegalCardTransition(
+            f"cannot {action} a card that is {current}",
+            details={"status": str(current), "action": str(action)},
+        )
+    return target

@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+from aiohttp import web
+
+from cardsvc.cards.lifecycle import CardAction
+from cardsvc.cards.models import IssueCard
+from cardsvc.errors import NotFound
+from cardsvc.web.appkeys import CALLER, SERVICES
+from cardsvc.web.auth import terminal
+from cardsvc.web.codec import json_response, read_json
+
+# The transitions that are a plain status change; replace issues a new card as well.
+_SIMPLE = {a.value: a for a in CardAction if a is not CardAction.REPLACE}
+
+
+@terminal("counter")
+async def issue(request: web.Request) -> web.Response:
+    req = await read_json(request, IssueCard)
+    card = await request.app[SERVICES].cards.issue(request[CALLER], req.psn_no)
+    return json_response(card, status=201)
+
+
+@terminal("counter")
+async def get(request: web.Request) -> web.Response:
+    return json_response(await request.app[SERVICES].cards.get(request.match_info["card_no"]))
+
+
+@terminal("counter")
+async def transition(request: web.Request) -> web.Response:
+    action = _SIMPLE.get(request.match_info["action"])
+    if action is None:
+        raise NotFound("no such card action", code="NOT_FOUND")
+    card = await request.app[SERVICES].cards.transition(
+        request[CALLER], request.match_info["card_no"], action
+    )
+    return json_response(card)
+
+
+@terminal("counter")
+async def replace(request: web.Request) -> web.Response:
+    result = await request.app[SERVICES].cards.replace(
+        request[CALLER], request.match_info["card_no"]
+    )
+    return json_response(result, status=201)

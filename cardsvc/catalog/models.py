@@ -1,0 +1,29 @@
+"""Wire structs of the medical catalog (目录): drugs, consumables and services."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+
+from cardsvc.types import PositiveFen, Text
+
+ItemCode = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._-]{1,50}$")]
+Percent = Annotated[int, msgspec.Meta(ge=0, le=100)]
+
+
+class CatalogItem(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    code: ItemCode
+    name: Text
+    chrgitm_lv: Literal["A", "B", "C"]
+    selfpay_prop: Percent | None = None  # None: the policy's default for class B
+    max_price: PositiveFen | None = None
+    work_injury: bool = False
+
+
+class PutItems(msgspec.Struct, forbid_unknown_fields=True):
+    items: Annotated[list[CatalogItem], msgspec.Meta(min_length=1, max_length=10_000)]
+
+
+class ItemsUpserted(msgspec.Struct):
+    upserted: int

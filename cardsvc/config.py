@@ -1,0 +1,117 @@
+"""Typed settings, read from the environment once at start and passed in.
+
+Every variable is ``CARDSVC_*`` except ``DATABASE_URL``. Secrets (admin token, data key)
+may be given as a file path in ``CARDSVC_*_FILE`` instead, so they need not sit in the
+environment of every child process.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import msgspec
+
+DEFAULT_DATABASE_URL = "postgresql://cardsvc@127.0.0.1:5433/cardsvc"
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message names it."""
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    database_url: str = DEFAULT_DATABASE_URL
+    host: str = "127.0.0.1"
+    port: int = 8080
+    admin_token: str
+    # 32 bytes protecting personal data at rest (identity numbers, session keys):
+    # AEAD encryption and keyed lookup hashes are derived from it. Card and terminal
+    # master keys never come here: they stay inside hsm_stub.
+    data_key: bytes
+    hsm_host: str = "127.0.0.1"
+    hsm_port: int = 9510
+    hsm_connections: int = 4
+    hsm_timeout: float = 2.0
+    db_pool_min: int = 2
+    db_pool_max: int = 10
+    db_command_timeout: float = 5.0
+    db_acquire_timeout: float = 2.0
+    session_ttl: int = 12 * 3600
+    signature_window: int = 300
+    challenge_ttl: int = 60
+    card_token_ttl: int = 300
+    max_body_bytes: int = 256 * 1024
+    log_format: str = "json"
+    log_level: str = "info"
+
+
+def _secret(env: Mapping[str, str], name: str) -> str | None:
+    if name in env:
+        return env[name]
+    path = env.get(f"{name}_FILE")
+    if path:
+        return Path(path).read_text().strip()
+    return None
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+
+
+def _data_key(raw: str | None) -> bytes:
+    if raw is None:
+        raise ConfigError("CARDSVC_DATA_KEY (64 hex chars) is required")
+    try:
+        key = bytes.fromhex(raw)
+    except ValueError:
+        raise ConfigError("CARDSVC_DATA_KEY must be hex") from None
+    if len(key) != 32:
+        raise ConfigError("CARDSVC_DATA_KEY must be 32 bytes (64 hex chars)")
+    return key
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if env is None else env
+    token = _secret(env, "CARDSVC_ADMIN_TOKEN")
+    if not token or len(token) < 16:
+        raise ConfigError("CARDSVC_ADMIN_TOKEN must be set, at least 16 characters")
+    defaults = Settings(admin_token=token, data_key=b"\0" * 32)
+    return Settings(
+        database_url=env.get("DATABASE_URL", DEFAULT_DATABASE_URL),
+        host=env.get("CARDSVC_HOST", defaults.host),
+        port=_int(env, "CARDSVC_PORT", defaults.port),
+        admin_token=token,
+        data_key=_data_key(_secret(env, "CARDSVC_DATA_KEY")),
+        hsm_host=env.get("CARDSVC_HSM_HOST", defaults.hsm_host),
+        hsm_port=_int(env, "CARDSVC_HSM_PORT", defaults.hsm_port),
+        hsm_connections=_int(env, "CARDSVC_HSM_CONNECTIONS", defaults.hsm_connections),
+        hsm_timeout=_float(env, "CARDSVC_HSM_TIMEOUT", defaults.hsm_timeout),
+        db_pool_min=_int(env, "CARDSVC_DB_POOL_MIN", defaults.db_pool_min),
+        db_pool_max=_int(env, "CARDSVC_DB_POOL_MAX", defaults.db_pool_max),
+        db_command_timeout=_float(env, "CARDSVC_DB_COMMAND_TIMEOUT", defaults.db_command_timeout),
+        db_acquire_timeout=_float(env, "CARDSVC_DB_ACQUIRE_TIMEOUT", defaults.db_acquire_timeout),
+        session_ttl=_int(env, "CARDSVC_SESSION_TTL", defaults.session_ttl),
+        signature_window=_int(env, "CARDSVC_SIGNATURE_WINDOW", defaults.signature_window),
+        challenge_ttl=_int(env, "CARDSVC_CHALLENGE_TTL", defaults.challenge_ttl),
+        card_token_ttl=_int(env, "CARDSVC_CARD_TOKEN_TTL", defaults.card_token_ttl),
+        max_body_bytes=_int(env, "CARDSVC_MAX_BODY_BYTES", defaults.max_body_bytes),
+        log_format=env.get("CARDSVC_LOG_FORMAT", defaults.log_format),
+        log_level=env.get("CARDSVC_LOG_LEVEL", defaults.log_level),
+    )

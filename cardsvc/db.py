@@ -1,0 +1,132 @@
+"""PostgreSQL access: the connection pool, migrations, and mapping of driver failures.
+
+Services receive the pool and own their transactions. Driver failures that mean "the
+database is not there or too slow" become ``ServiceUnavailable`` here, by exception class,
+so the edge answers 503 instead of 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import structlog
+
+from cardsvc.config import Settings
+from cardsvc.errors import ServiceUnavailable
+
+log = structlog.get_logger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "schema" / "migrations"
+# Any fixed number: serialises migration runs of concurrently starting workers.
+_MIGRATION_LOCK = 0x63617264
+
+Pool = asyncpg.Pool
+Connection = asyncpg.Connection
+
+
+class DatabaseUnavailable(ServiceUnavailable):
+    default_code = "DATABASE_UNAVAILABLE"
+
+
+class DatabaseTimeout(ServiceUnavailable):
+    default_code = "DATABASE_TIMEOUT"
+
+
+# Failures that say the server is unreachable, restarting or shutting down.
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.PostgresConnectionError,
+)
+TIMEOUT_ERRORS: tuple[type[BaseException], ...] = (
+    TimeoutError,
+    asyncpg.exceptions.QueryCanceledError,
+    asyncpg.exceptions.LockNotAvailableError,
+)
+
+
+def as_service_error(exc: BaseException) -> ServiceUnavailable | None:
+    """The 503 a driver exception stands for, or None if it is not an availability fault."""
+    if isinstance(exc, TIMEOUT_ERRORS):
+        return DatabaseTimeout("the database did not answer in time")
+    if isinstance(exc, UNAVAILABLE_ERRORS):
+        return DatabaseUnavailable("the database is unavailable")
+    return None
+
+
+async def create_pool(settings: Settings) -> Pool:
+    pool: Pool = await asyncpg.create_pool(
+        settings.database_url,
+        min_size=settings.db_pool_min,
+        max_size=settings.db_pool_max,
+        command_timeout=settings.db_command_timeout,
+        # Bounds a statement stuck behind a lock server-side too, so the connection is
+        # usable again right after the client gives up.
+        server_settings={
+            "statement_timeout": str(int(settings.db_command_timeout * 1000)),
+            "lock_timeout": str(int(settings.db_command_timeout * 1000)),
+            "timezone": "UTC",
+        },
+    )
+    return pool
+
+
+@asynccontextmanager
+async def transaction(pool: Pool, timeout: float | None = None) -> AsyncIterator[Connection]:
+    """A pooled connection inside a transaction; commits on success, rolls back on error."""
+    async with pool.acquire(timeout=timeout) as conn, conn.transaction():
+        yield conn
+
+
+def migration_files(directory: Path = MIGRATIONS_DIR) -> list[Path]:
+    return sorted(directory.glob("[0-9][0-9][0-9][0-9]_*.sql"))
+
+
+async def migrate(conn: Connection, directory: Path = MIGRATIONS_DIR) -> list[str]:
+    """Apply the migrations not yet applied, in order, each in its own transaction."""
+    await conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations ("
+        " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+    )
+    applied: list[str] = []
+    await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+    try:
+        done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+        for path in migration_files(directory):
+            if path.stem in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(path.read_text())
+                await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", path.stem)
+            log.info("migration_applied", version=path.stem)
+            applied.append(path.stem)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+    return applied
+
+
+async def migrate_url(database_url: str) -> list[str]:
+    conn: Connection = await asyncpg.connect(database_url)
+    try:
+        return await migrate(conn)
+    finally:
+        await conn.close()
+
+
+async def ping(pool: Pool, timeout: float = 1.0) -> bool:
+    try:
+        async with asyncio.timeout(timeout):
+            value: Any = await pool.fetchval("SELECT 1")
+            return bool(value == 1)
+    except (*UNAVAILABLE_ERRORS, *TIMEOUT_ERRORS):
+        return False

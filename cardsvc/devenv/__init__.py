@@ -1,0 +1,1 @@
+"""Local development and test environment: a PostgreSQL cluster, the demo runner."""

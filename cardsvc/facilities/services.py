@@ -1,0 +1,101 @@
+"""Designated facilities: registration, agreements, credit rating and status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from cardsvc.audit.services import AuditLog
+from cardsvc.db import Pool, transaction
+from cardsvc.errors import Conflict, InvalidRequest, NotFound
+from cardsvc.facilities.models import CreateFacility, Facility, UpdateFacility
+from cardsvc.web.caller import ADMIN
+
+_COLUMNS = "fixmedins_code, fixmedins_name, type, level, agreements, credit_rating, status"
+
+
+def _check_level(type_: str, level: str | None) -> None:
+    if (type_ == "hospital") != (level is not None):
+        raise InvalidRequest(
+            "hospitals have a level (community, 1, 2, 3); pharmacies have none",
+            code="INVALID_LEVEL",
+        )
+
+
+def _facility(row: asyncpg.Record) -> Facility:
+    return Facility(**dict(row))
+
+
+class FacilityRegistry:
+    def __init__(self, pool: Pool, audit: AuditLog) -> None:
+        self._pool, self._audit = pool, audit
+
+    async def create(self, req: CreateFacility) -> Facility:
+        _check_level(req.type, req.level)
+        async with transaction(self._pool) as conn:
+            try:
+                row = await conn.fetchrow(
+                    f"INSERT INTO facilities ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+                    f" RETURNING {_COLUMNS}",
+                    req.fixmedins_code,
+                    req.fixmedins_name,
+                    req.type,
+                    req.level,
+                    sorted(set(req.agreements)),
+                    req.credit_rating,
+                    req.status,
+                )
+            except asyncpg.UniqueViolationError:
+                raise Conflict("facility code already registered", code="FACILITY_EXISTS") from None
+            facility = _facility(row)
+            await self._audit.append(
+                conn,
+                actor=ADMIN.actor,
+                action="facility.created",
+                object_type="facility",
+                object_id=req.fixmedins_code,
+                data=msgspec.structs.asdict(facility),
+            )
+        return facility
+
+    async def update(self, code: str, req: UpdateFacility) -> Facility:
+        changes: dict[str, Any] = {
+            k: v for k, v in msgspec.structs.asdict(req).items() if v is not msgspec.UNSET
+        }
+        if "agreements" in changes:
+            changes["agreements"] = sorted(set(changes["agreements"]))
+        async with transaction(self._pool) as conn:
+            row = await conn.fetchrow(
+                f"SELECT {_COLUMNS} FROM facilities WHERE fixmedins_code = $1 FOR UPDATE", code
+            )
+            if row is None:
+                raise NotFound("no such facility", code="FACILITY_NOT_FOUND")
+            merged = {**dict(row), **changes}
+            _check_level(merged["type"], merged["level"])
+            if changes:
+                assignments = ", ".join(f"{k} = ${i}" for i, k in enumerate(changes, start=2))
+                row = await conn.fetchrow(
+                    f"UPDATE facilities SET {assignments}, updated_at = now()"
+                    f" WHERE fixmedins_code = $1 RETURNING {_COLUMNS}",
+                    code,
+                    *changes.values(),
+                )
+                await self._audit.append(
+                    conn,
+                    actor=ADMIN.actor,
+                    action="facility.updated",
+                    object_type="facility",
+                    object_id=code,
+                    data=changes,
+                )
+        return _facility(row)
+
+    async def get(self, code: str) -> Facility:
+        row = await self._pool.fetchrow(
+            f"SELECT {_COLUMNS} FROM facilities WHERE fixmedins_code = $1", code
+        )
+        if row is None:
+            raise NotFound("no such facility", code="FACILITY_NOT_FOUND")
+        return _facility(row)

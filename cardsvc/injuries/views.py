@@ -1,0 +1,14 @@
+from __future__ import annotations
+
+from aiohttp import web
+
+from cardsvc.injuries.models import CreateInjuryCase
+from cardsvc.web.appkeys import SERVICES
+from cardsvc.web.auth import admin_only
+from cardsvc.web.codec import json_response, read_json
+
+
+@admin_only
+async def create(request: web.Request) -> web.Response:
+    req = await read_json(request, CreateInjuryCase)
+    return json_response(await request.app[SERVICES].injuries.create(req), status=201)

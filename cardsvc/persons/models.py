@@ -1,0 +1,72 @@
+"""Wire structs of persons and their insurance enrolments."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated
+
+import msgspec
+
+from cardsvc.types import Admdvs, Gender, Insutype, PsnType
+
+Certno = Annotated[str, msgspec.Meta(min_length=18, max_length=18)]
+PsnName = Annotated[str, msgspec.Meta(min_length=1, max_length=30)]
+
+
+class CreatePerson(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    certno: Certno
+    psn_name: PsnName
+    gend: Gender
+    brdy: dt.date
+    admdvs: Admdvs
+    psn_type: PsnType
+
+
+class EnrolInsurance(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    insutype: Insutype
+    begndate: dt.date
+    enddate: dt.date | None = None
+
+
+class Insurance(msgspec.Struct, kw_only=True):
+    insutype: str
+    begndate: dt.date
+    enddate: dt.date | None
+
+
+class Person(msgspec.Struct, kw_only=True):
+    psn_no: str
+    certno: str  # masked
+    psn_name: str
+    gend: str
+    brdy: dt.date
+    admdvs: str
+    psn_type: str
+    balc: int
+    insurances: list[Insurance]
+
+
+class BaseInfo(msgspec.Struct, kw_only=True):
+    """The national 1101 ``baseinfo`` block (identity masked)."""
+
+    psn_no: str
+    psn_name: str
+    certno: str
+    gend: str
+    brdy: dt.date
+    admdvs: str
+
+
+class InsuInfo(msgspec.Struct, kw_only=True):
+    """The national 1101 ``insuinfo`` block: one per active enrolment."""
+
+    insutype: str
+    psn_type: str
+    balc: int
+    begndate: dt.date
+    enddate: dt.date | None
+
+
+class PersonSummary(msgspec.Struct, kw_only=True):
+    baseinfo: BaseInfo
+    insuinfo: list[InsuInfo]

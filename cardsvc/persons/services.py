@@ -1,0 +1,215 @@
+"""Persons and their enrolments.
+
+The identity number is validated, then stored only as an AEAD ciphertext (bound to the
+psn_no), a keyed lookup hash (for the duplicate check) and its masked form (for display).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import asyncpg
+
+from cardsvc.audit.services import AuditLog
+from cardsvc.db import Connection, Pool, transaction
+from cardsvc.errors import BusinessRuleViolation, Conflict, InvalidRequest, NotFound
+from cardsvc.persons import certno
+from cardsvc.persons.models import (
+    BaseInfo,
+    CreatePerson,
+    EnrolInsurance,
+    InsuInfo,
+    Insurance,
+    Person,
+    PersonSummary,
+)
+from cardsvc.privacy import DataProtector
+from cardsvc.web.caller import ADMIN
+
+# Which person types each scheme covers (POLICY.md, Codes).
+_SCHEME_PSN_TYPES = {
+    "310": {"in_service", "retired"},
+    "390": {"resident"},
+    "410": {"in_service", "retired"},
+    "510": {"in_service", "retired"},
+}
+NAME_BYTES = 30  # EF06 tag 09: GBK, 30 bytes
+
+
+def _checked_certno(req: CreatePerson) -> str:
+    try:
+        value = certno.validate(req.certno)
+    except certno.InvalidCertno as exc:
+        raise InvalidRequest(str(exc), code="INVALID_CERTNO") from None
+    if certno.birth_date(value) != req.brdy:
+        raise InvalidRequest("brdy differs from the identity number", code="INVALID_CERTNO")
+    if certno.gender(value) != req.gend:
+        raise InvalidRequest("gend differs from the identity number", code="INVALID_CERTNO")
+    return value
+
+
+def _checked_name(name: str) -> str:
+    name = name.strip()
+    try:
+        encoded = name.encode("gbk")
+    except UnicodeEncodeError:
+        raise InvalidRequest("psn_name must be writable in GBK", code="INVALID_NAME") from None
+    if not name or len(encoded) > NAME_BYTES:
+        raise InvalidRequest(f"psn_name must be 1-{NAME_BYTES} GBK bytes", code="INVALID_NAME")
+    return name
+
+
+class PersonRegistry:
+    def __init__(self, pool: Pool, protector: DataProtector, audit: AuditLog) -> None:
+        self._pool, self._protector, self._audit = pool, protector, audit
+
+    async def create(self, req: CreatePerson) -> Person:
+        value = _checked_certno(req)
+        name = _checked_name(req.psn_name)
+        async with transaction(self._pool) as conn:
+            seq = await conn.fetchval("SELECT nextval('psn_no_seq')")
+            psn_no = f"{req.admdvs}{seq:010d}"
+            try:
+                await conn.execute(
+                    """
+                    INSERT INTO persons (psn_no, certno_hash, certno_enc, certno_masked,
+                                         psn_name, gend, brdy, admdvs, psn_type)
+                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                    """,
+                    psn_no,
+                    self._protector.lookup_hash(value),
+                    self._protector.encrypt(value.encode(), psn_no.encode()),
+                    certno.mask(value),
+                    name,
+                    req.gend,
+                    req.brdy,
+                    req.admdvs,
+                    req.psn_type,
+                )
+            except asyncpg.UniqueViolationError:
+                raise Conflict(
+                    "a person with this identity number exists", code="PERSON_EXISTS"
+                ) from None
+            await conn.execute("INSERT INTO psn_accounts (psn_no) VALUES ($1)", psn_no)
+            await self._audit.append(
+                conn,
+                actor=ADMIN.actor,
+                action="person.created",
+                object_type="person",
+                object_id=psn_no,
+                data={"certno": certno.mask(value), "psn_type": req.psn_type},
+            )
+            return await self._load(conn, psn_no)
+
+    async def get(self, psn_no: str) -> Person:
+        async with self._pool.acquire() as conn:
+            return await self._load(conn, psn_no)
+
+    async def enrol(self, psn_no: str, req: EnrolInsurance) -> Person:
+        if req.enddate is not None and req.enddate < req.begndate:
+            raise InvalidRequest("enddate is before begndate", code="INVALID_DATES")
+        async with transaction(self._pool) as conn:
+            psn_type = await conn.fetchval(
+                "SELECT psn_type FROM persons WHERE psn_no = $1 FOR UPDATE", psn_no
+            )
+            if psn_type is None:
+                raise NotFound("no such person", code="PERSON_NOT_FOUND")
+            if psn_type not in _SCHEME_PSN_TYPES[req.insutype]:
+                raise BusinessRuleViolation(
+                    f"a {psn_type} person cannot enrol in {req.insutype}",
+                    code="PSN_TYPE_NOT_ALLOWED",
+                )
+            await conn.execute(
+                """
+                INSERT INTO insurances (psn_no, insutype, begndate, enddate) VALUES ($1, $2, $3, $4)
+                ON CONFLICT (psn_no, insutype) DO UPDATE
+                    SET begndate = EXCLUDED.begndate, enddate = EXCLUDED.enddate, updated_at = now()
+                """,
+                psn_no,
+                req.insutype,
+                req.begndate,
+                req.enddate,
+            )
+            await self._audit.append(
+                conn,
+                actor=ADMIN.actor,
+                action="insurance.enrolled",
+                object_type="person",
+                object_id=psn_no,
+                data={
+                    "insutype": req.insutype,
+                    "begndate": req.begndate.isoformat(),
+                    "enddate": req.enddate.isoformat() if req.enddate else None,
+                },
+            )
+            return await self._load(conn, psn_no)
+
+    async def _load(self, conn: Connection, psn_no: str) -> Person:
+        row = await conn.fetchrow(
+            """
+            SELECT p.*, a.balance FROM persons p JOIN psn_accounts a USING (psn_no)
+            WHERE p.psn_no = $1
+            """,
+            psn_no,
+        )
+        if row is None:
+            raise NotFound("no such person", code="PERSON_NOT_FOUND")
+        insurances = await conn.fetch(
+            "SELECT insutype, begndate, enddate FROM insurances WHERE psn_no = $1 ORDER BY insutype",
+            psn_no,
+        )
+        return Person(
+            psn_no=psn_no,
+            certno=row["certno_masked"],
+            psn_name=row["psn_name"],
+            gend=row["gend"],
+            brdy=row["brdy"],
+            admdvs=row["admdvs"],
+            psn_type=row["psn_type"],
+            balc=row["balance"],
+            insurances=[Insurance(**dict(r)) for r in insurances],
+        )
+
+
+async def summary(conn: Connection, psn_no: str, on: dt.date) -> PersonSummary:
+    """The 1101-shaped summary: identity (masked) and the enrolments active on ``on``."""
+    row = await conn.fetchrow(
+        """
+        SELECT p.psn_no, p.psn_name, p.certno_masked, p.gend, p.brdy, p.admdvs, p.psn_type,
+               a.balance
+        FROM persons p JOIN psn_accounts a USING (psn_no) WHERE p.psn_no = $1
+        """,
+        psn_no,
+    )
+    if row is None:
+        raise NotFound("no such person", code="PERSON_NOT_FOUND")
+    enrolments = await conn.fetch(
+        """
+        SELECT insutype, begndate, enddate FROM insurances
+        WHERE psn_no = $1 AND begndate <= $2 AND (enddate IS NULL OR enddate >= $2)
+        ORDER BY insutype
+        """,
+        psn_no,
+        on,
+    )
+    return PersonSummary(
+        baseinfo=BaseInfo(
+            psn_no=row["psn_no"],
+            psn_name=row["psn_name"],
+            certno=row["certno_masked"],
+            gend=row["gend"],
+            brdy=row["brdy"],
+            admdvs=row["admdvs"],
+        ),
+        insuinfo=[
+            InsuInfo(
+                insutype=e["insutype"],
+                psn_type=row["psn_type"],
+                # Only the employee scheme has a personal account.
+                balc=row["balance"] if e["insutype"] == "310" else 0,
+                begndate=e["begndate"],
+                enddate=e["enddate"],
+            )
+            for e in enrolments
+        ],
+    )

@@ -1,0 +1,55 @@
+"""The service objects of each area, built once per process from their dependencies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cardsvc.accounts.services import AccountCredits
+from cardsvc.audit.services import AuditLog
+from cardsvc.cardauth.services import CardAuthenticator
+from cardsvc.cards.services import CardIssuer
+from cardsvc.catalog.services import Catalog
+from cardsvc.config import Settings
+from cardsvc.db import Pool
+from cardsvc.facilities.services import FacilityRegistry
+from cardsvc.hsm.client import HsmClient
+from cardsvc.injuries.services import InjuryCases
+from cardsvc.ledger.services import Ledger
+from cardsvc.persons.services import PersonRegistry
+from cardsvc.privacy import DataProtector
+from cardsvc.terminals.services import SignIn, TerminalAuthenticator, TerminalRegistry
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    audit: AuditLog
+    ledger: Ledger
+    persons: PersonRegistry
+    account_credits: AccountCredits
+    facilities: FacilityRegistry
+    catalog: Catalog
+    injuries: InjuryCases
+    terminals: TerminalRegistry
+    sign_in: SignIn
+    terminal_auth: TerminalAuthenticator
+    cards: CardIssuer
+    card_auth: CardAuthenticator
+
+
+def build_services(settings: Settings, pool: Pool, hsm: HsmClient) -> Services:
+    protector = DataProtector(settings.data_key)
+    audit = AuditLog(pool)
+    return Services(
+        audit=audit,
+        ledger=Ledger(pool),
+        persons=PersonRegistry(pool, protector, audit),
+        account_credits=AccountCredits(pool, audit),
+        facilities=FacilityRegistry(pool, audit),
+        catalog=Catalog(pool, audit),
+        injuries=InjuryCases(pool, audit),
+        terminals=TerminalRegistry(pool, hsm, audit),
+        sign_in=SignIn(pool, hsm, protector, audit, settings),
+        terminal_auth=TerminalAuthenticator(pool, protector, settings),
+        cards=CardIssuer(pool, hsm, protector, audit),
+        card_auth=CardAuthenticator(pool, hsm, audit, settings),
+    )

@@ -1,0 +1,294 @@
+"""Terminal registration, sign-in (mutual authentication) and request authentication.
+
+Sign-in: the service gives a challenge Rs; the terminal answers with Rt and
+CMAC(K_term, Rs‖Rt); hsm_stub checks it and returns the service cryptogram and the
+session key, which the service keeps encrypted under its data key (never in clear at rest)
+and caches in memory for signature checks.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+
+import msgspec
+import structlog
+
+from cardsvc.audit.services import AuditLog
+from cardsvc.config import Settings
+from cardsvc.db import Pool, transaction
+from cardsvc.errors import Forbidden, InvalidRequest, NotFound, Unauthenticated
+from cardsvc.hsm.client import HsmClient
+from cardsvc.hsm.errors import HsmRejected
+from cardsvc.privacy import DataProtector
+from cardsvc.terminals import signing
+from cardsvc.terminals.models import (
+    RegisterTerminal,
+    SessionOpened,
+    SignInChallenge,
+    SignInComplete,
+    TerminalRegistered,
+)
+from cardsvc.web.caller import ADMIN, Caller
+
+log = structlog.get_logger(__name__)
+
+
+class Session(msgspec.Struct, frozen=True):
+    session_id: str
+    terminal_id: str
+    kind: str
+    key: bytes
+    expires_at: float  # unix seconds
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class TerminalRegistry:
+    def __init__(self, pool: Pool, hsm: HsmClient, audit: AuditLog) -> None:
+        self._pool, self._hsm, self._audit = pool, hsm, audit
+
+    async def register(self, req: RegisterTerminal) -> TerminalRegistered:
+        needs_facility = req.kind in ("pos", "his")
+        if needs_facility != (req.fixmedins_code is not None):
+            raise InvalidRequest(
+                "pos and his terminals belong to a facility; counter and kiosk terminals do not",
+                code="FACILITY_REQUIRED" if needs_facility else "FACILITY_NOT_ALLOWED",
+            )
+        key = await self._hsm.generate_terminal_key()
+        async with transaction(self._pool) as conn:
+            if req.fixmedins_code is not None:
+                found = await conn.fetchval(
+                    "SELECT 1 FROM facilities WHERE fixmedins_code = $1", req.fixmedins_code
+                )
+                if not found:
+                    raise NotFound("no such facility", code="FACILITY_NOT_FOUND")
+            seq = await conn.fetchval("SELECT nextval('terminal_no_seq')")
+            terminal_id = f"T{seq:08d}"
+            await conn.execute(
+                "INSERT INTO terminals (terminal_id, kind, fixmedins_code, key_under_lmk, kcv)"
+                " VALUES ($1, $2, $3, $4, $5)",
+                terminal_id,
+                req.kind,
+                req.fixmedins_code,
+                key.key_under_lmk,
+                key.kcv,
+            )
+            await self._audit.append(
+                conn,
+                actor=ADMIN.actor,
+                action="terminal.registered",
+                object_type="terminal",
+                object_id=terminal_id,
+                data={"kind": req.kind, "fixmedins_code": req.fixmedins_code, "kcv": key.kcv},
+            )
+        return TerminalRegistered(
+            terminal_id=terminal_id,
+            kind=req.kind,
+            fixmedins_code=req.fixmedins_code,
+            terminal_key=key.clear_key.hex(),
+            kcv=key.kcv,
+        )
+
+
+class SignIn:
+    def __init__(
+        self,
+        pool: Pool,
+        hsm: HsmClient,
+        protector: DataProtector,
+        audit: AuditLog,
+        settings: Settings,
+    ) -> None:
+        self._pool, self._hsm, self._protector, self._audit = pool, hsm, protector, audit
+        self._settings = settings
+
+    async def start(self, terminal_id: str) -> SignInChallenge:
+        challenge = os.urandom(16)
+        expires_at = _now() + dt.timedelta(seconds=self._settings.challenge_ttl)
+        async with transaction(self._pool) as conn:
+            status = await conn.fetchval(
+                "SELECT status FROM terminals WHERE terminal_id = $1", terminal_id
+            )
+            if status is None:
+                # Same answer as a bad cryptogram would get later: no terminal enumeration.
+                raise Unauthenticated("unknown terminal", code="TERMINAL_UNKNOWN")
+            if status != "active":
+                raise Forbidden("terminal is disabled", code="TERMINAL_DISABLED")
+            await conn.execute(
+                "INSERT INTO sign_in_challenges (challenge, terminal_id, expires_at)"
+                " VALUES ($1, $2, $3)",
+                challenge,
+                terminal_id,
+                expires_at,
+            )
+        return SignInChallenge(challenge=challenge.hex(), expires_at=expires_at)
+
+    async def complete(self, req: SignInComplete) -> SessionOpened:
+        rs, rt = bytes.fromhex(req.challenge), bytes.fromhex(req.terminal_random)
+        async with transaction(self._pool) as conn:
+            # One use per challenge, whatever the outcome.
+            row = await conn.fetchrow(
+                """
+                DELETE FROM sign_in_challenges c USING terminals t
+                WHERE c.challenge = $1 AND c.terminal_id = $2 AND t.terminal_id = c.terminal_id
+                RETURNING c.expires_at, t.key_under_lmk, t.status
+                """,
+                rs,
+                req.terminal_id,
+            )
+        if row is None or row["expires_at"] < _now():
+            raise Unauthenticated("challenge unknown, used or expired", code="CHALLENGE_INVALID")
+        if row["status"] != "active":
+            raise Forbidden("terminal is disabled", code="TERMINAL_DISABLED")
+        try:
+            result = await self._hsm.verify_terminal_cryptogram(
+                row["key_under_lmk"], rs, rt, bytes.fromhex(req.cryptogram)
+            )
+        except HsmRejected:
+            log.warning("sign_in_refused", terminal_id=req.terminal_id)
+            raise Unauthenticated(
+                "terminal cryptogram is not valid", code="CRYPTOGRAM_INVALID"
+            ) from None
+        session_id = secrets.token_hex(16)
+        expires_at = _now() + dt.timedelta(seconds=self._settings.session_ttl)
+        async with transaction(self._pool) as conn:
+            await conn.execute(
+                "INSERT INTO terminal_sessions (session_id, terminal_id, key_enc, expires_at)"
+                " VALUES ($1, $2, $3, $4)",
+                session_id,
+                req.terminal_id,
+                self._protector.encrypt(result.session_key, session_id.encode()),
+                expires_at,
+            )
+            await self._audit.append(
+                conn,
+                actor=f"terminal:{req.terminal_id}",
+                action="terminal.signed_in",
+                object_type="terminal",
+                object_id=req.terminal_id,
+                data={"session_id": session_id},
+            )
+        log.info("signed_in", terminal_id=req.terminal_id)
+        return SessionOpened(
+            session_id=session_id,
+            server_cryptogram=result.server_cryptogram.hex(),
+            expires_at=expires_at,
+        )
+
+
+class SessionCache:
+    """Session keys by session id, in memory; bounded, least recently used out first."""
+
+    def __init__(self, size: int = 20_000) -> None:
+        self._size = size
+        self._items: OrderedDict[str, Session] = OrderedDict()
+
+    def get(self, session_id: str) -> Session | None:
+        session = self._items.get(session_id)
+        if session is not None:
+            self._items.move_to_end(session_id)
+        return session
+
+    def put(self, session: Session) -> None:
+        self._items[session.session_id] = session
+        self._items.move_to_end(session.session_id)
+        while len(self._items) > self._size:
+            self._items.popitem(last=False)
+
+
+class TerminalAuthenticator:
+    """Turns a signed request into a ``Caller``, or refuses it with a specific 401/403."""
+
+    def __init__(self, pool: Pool, protector: DataProtector, settings: Settings) -> None:
+        self._pool, self._protector, self._settings = pool, protector, settings
+        self._sessions = SessionCache()
+
+    async def authenticate(
+        self, *, method: str, path_qs: str, headers: Mapping[str, str], body: bytes
+    ) -> Caller:
+        signed = signing.parse_headers(headers)
+        now = time.time()
+        signing.check_timestamp(signed.timestamp, now, self._settings.signature_window)
+        session = await self._session(signed.session_id)
+        if session is None or session.terminal_id != signed.terminal_id:
+            raise Unauthenticated("no such session for this terminal", code="SESSION_INVALID")
+        if session.expires_at <= now:
+            raise Unauthenticated("session expired: sign in again", code="SESSION_EXPIRED")
+        signing.check_signature(session.key, signed, method, path_qs, body)
+        # Record the nonce and read the terminal's and facility's current standing in one
+        # round trip; a suspension or disabling takes effect on the next request.
+        row = await self._pool.fetchrow(
+            """
+            WITH seen AS (
+                INSERT INTO request_nonces (terminal_id, nonce) VALUES ($1, $2)
+                ON CONFLICT DO NOTHING RETURNING 1
+            )
+            SELECT (SELECT count(*) FROM seen) AS fresh, t.status, t.fixmedins_code,
+                   f.status AS facility_status, f.credit_rating
+            FROM terminals t LEFT JOIN facilities f USING (fixmedins_code)
+            WHERE t.terminal_id = $1
+            """,
+            signed.terminal_id,
+            signed.nonce,
+        )
+        if row is None or not row["fresh"]:
+            raise Unauthenticated("nonce already used", code="NONCE_REPLAYED")
+        if row["status"] != "active":
+            raise Forbidden("terminal is disabled", code="TERMINAL_DISABLED")
+        if row["fixmedins_code"] is not None and (
+            row["facility_status"] != "active" or row["credit_rating"] == "D"
+        ):
+            raise Forbidden("the terminal's facility is suspended", code="FACILITY_SUSPENDED")
+        structlog.contextvars.bind_contextvars(terminal_id=signed.terminal_id)
+        return Caller(
+            kind=session.kind,  # type: ignore[arg-type]
+            terminal_id=session.terminal_id,
+            session_id=session.session_id,
+            fixmedins_code=row["fixmedins_code"],
+        )
+
+    async def _session(self, session_id: str) -> Session | None:
+        cached = self._sessions.get(session_id)
+        if cached is not None:
+            return cached
+        if len(session_id) > 64:
+            return None
+        row = await self._pool.fetchrow(
+            """
+            SELECT s.terminal_id, s.key_enc, s.expires_at, t.kind
+            FROM terminal_sessions s JOIN terminals t USING (terminal_id)
+            WHERE s.session_id = $1
+            """,
+            session_id,
+        )
+        if row is None:
+            return None
+        session = Session(
+            session_id=session_id,
+            terminal_id=row["terminal_id"],
+            kind=row["kind"],
+            key=self._protector.decrypt(row["key_enc"], session_id.encode()),
+            expires_at=row["expires_at"].timestamp(),
+        )
+        self._sessions.put(session)
+        return session
+
+    async def purge_expired(self) -> int:
+        """Drop nonces older than the window, used challenges and dead sessions."""
+        window = dt.timedelta(seconds=2 * self._settings.signature_window)
+        async with transaction(self._pool) as conn:
+            nonces = await conn.execute(
+                "DELETE FROM request_nonces WHERE seen_at < $1", _now() - window
+            )
+            await conn.execute("DELETE FROM sign_in_challenges WHERE expires_at < now()")
+            await conn.execute(
+                "DELETE FROM terminal_sessions WHERE expires_at < now() - interval '1 day'"
+            )
+        return int(nonces.split()[-1])

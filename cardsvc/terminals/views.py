@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+from aiohttp import web
+
+from cardsvc.terminals.models import RegisterTerminal, SignInComplete, SignInStart
+from cardsvc.web.appkeys import SERVICES
+from cardsvc.web.auth import admin_only, public
+from cardsvc.web.codec import json_response, read_json
+
+
+@admin_only
+async def register(request: web.Request) -> web.Response:
+    req = await read_json(request, RegisterTerminal)
+    return json_response(await request.app[SERVICES].terminals.register(req), status=201)
+
+
+@public
+async def sign_in(request: web.Request) -> web.Response:
+    req = await read_json(request, SignInStart)
+    return json_response(await request.app[SERVICES].sign_in.start(req.terminal_id))
+
+
+@public
+async def sign_in_complete(request: web.Request) -> web.Response:
+    req = await read_json(request, SignInComplete)
+    return json_response(await request.app[SERVICES].sign_in.complete(req))

@@ -1,0 +1,17 @@
+"""Typed keys for what the application and each request carry."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from cardsvc.config import Settings
+from cardsvc.db import Pool
+from cardsvc.hsm.client import HsmClient
+from cardsvc.services import Services
+from cardsvc.web.caller import Caller
+
+SETTINGS = web.AppKey("settings", Settings)
+POOL = web.AppKey("pool", Pool)
+HSM = web.AppKey("hsm", HsmClient)
+SERVICES = web.AppKey("services", Services)
+CALLER = web.RequestKey("caller", Caller)

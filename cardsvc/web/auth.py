@@ -1,0 +1,79 @@
+"""Authentication and authorisation at the edge, declared per handler.
+
+``@admin_only`` takes ``Authorization: Bearer <token>``; ``@terminal("pos", "his")``
+takes a signed terminal request (see ``cardsvc.terminals.signing``) from a session of one of
+the named kinds. Each decorator records who may call the handler in ``ACCESS`` so the
+authorisation matrix can be read off the routes and tested.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+from aiohttp import web
+
+from cardsvc.errors import Forbidden, Unauthenticated
+from cardsvc.web.appkeys import CALLER, SERVICES, SETTINGS
+from cardsvc.web.caller import ADMIN, Caller, TerminalKind
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+ACCESS: Final = "__cardsvc_access__"
+
+
+def _check_admin(request: web.Request) -> Caller:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthenticated("admin bearer token required", code="ADMIN_TOKEN_MISSING")
+    expected = request.app[SETTINGS].admin_token
+    if not hmac.compare_digest(token.encode(), expected.encode()):
+        raise Unauthenticated("admin bearer token is not valid", code="ADMIN_TOKEN_INVALID")
+    return ADMIN
+
+
+def admin_only(handler: Handler) -> Handler:
+    async def wrapper(request: web.Request) -> web.StreamResponse:
+        request[CALLER] = _check_admin(request)
+        return await handler(request)
+
+    setattr(wrapper, ACCESS, frozenset({"admin"}))
+    wrapper.__name__ = handler.__name__
+    wrapper.__doc__ = handler.__doc__
+    return wrapper
+
+
+def terminal(*kinds: TerminalKind) -> Callable[[Handler], Handler]:
+    allowed = frozenset(kinds)
+
+    def decorate(handler: Handler) -> Handler:
+        async def wrapper(request: web.Request) -> web.StreamResponse:
+            body = await request.read()
+            caller = await request.app[SERVICES].terminal_auth.authenticate(
+                method=request.method,
+                path_qs=request.raw_path,
+                headers=request.headers,
+                body=body,
+            )
+            if caller.kind not in allowed:
+                raise Forbidden(
+                    f"a {caller.kind} terminal may not do this",
+                    code="TERMINAL_KIND_NOT_ALLOWED",
+                    details={"allowed": sorted(allowed)},
+                )
+            request[CALLER] = caller
+            return await handler(request)
+
+        setattr(wrapper, ACCESS, allowed)
+        wrapper.__name__ = handler.__name__
+        wrapper.__doc__ = handler.__doc__
+        return wrapper
+
+    return decorate
+
+
+def public(handler: Handler) -> Handler:
+    """No authentication (health, metrics, the two sign-in steps)."""
+    setattr(handler, ACCESS, frozenset({"public"}))
+    return handler

@@ -1,0 +1,87 @@
+"""The two middlewares: request context (id, logging, metrics) and error mapping.
+
+Every failure leaves as ``{"error": {"code", "message", "details"}}``: business errors
+with their own status, driver failures as 503, aiohttp's HTTP errors with a code of their
+own, anything else as a logged 500 that shows no internals.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import structlog
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from cardsvc import db
+from cardsvc.errors import CardsvcError
+from cardsvc.ops import metrics
+from cardsvc.web.codec import error_body
+
+log = structlog.get_logger("cardsvc.http")
+
+_HTTP_CODES = {
+    400: "INVALID_REQUEST",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    413: "PAYLOAD_TOO_LARGE",
+    415: "UNSUPPORTED_MEDIA_TYPE",
+}
+
+
+def _error_response(
+    status: int, code: str, message: str, details: dict[str, Any] | None = None
+) -> web.Response:
+    return web.Response(
+        body=error_body(code, message, details), status=status, content_type="application/json"
+    )
+
+
+def _route_name(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+@web.middleware
+async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    request_id = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    started = time.perf_counter()
+    response = await handler(request)
+    elapsed = time.perf_counter() - started
+    response.headers["X-Request-Id"] = request_id
+    route = _route_name(request)
+    metrics.observe_request(request.method, route, response.status, elapsed)
+    log.info(
+        "request",
+        method=request.method,
+        route=route,
+        status=response.status,
+        ms=round(elapsed * 1000, 2),
+    )
+    return response
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except CardsvcError as exc:
+        if exc.status >= 500:
+            log.warning("dependency_unavailable", code=exc.code)
+        return _error_response(exc.status, exc.code, exc.message, exc.details)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _HTTP_CODES.get(exc.status, "HTTP_ERROR")
+        return _error_response(exc.status, code, exc.reason)
+    except Exception as exc:
+        unavailable = db.as_service_error(exc)
+        if unavailable is not None:
+            log.warning("database_unavailable", code=unavailable.code, error=type(exc).__name__)
+            return _error_response(unavailable.status, unavailable.code, unavailable.message)
+        log.exception("unhandled_error")
+        return _error_response(500, "INTERNAL", "internal error")
