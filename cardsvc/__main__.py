@@ -10,7 +10,9 @@ import msgspec
 from aiohttp import web
 
 from cardsvc import db
+from cardsvc.audit.services import AuditLog, VerifyResult
 from cardsvc.config import ConfigError, Settings, load_settings
+from cardsvc.ledger.services import Ledger, LedgerProof
 from cardsvc.logging import configure_logging
 
 
@@ -32,18 +34,16 @@ def _serve(settings: Settings) -> int:
     return 0
 
 
-async def _with_pool(settings: Settings, what: str) -> bool:
-    from cardsvc.audit.services import AuditLog
-    from cardsvc.ledger.services import Ledger
-
+async def _check(settings: Settings, what: str) -> bool:
+    """Run one of the integrity checks, print its JSON verdict, return whether it passed."""
     pool = await db.create_pool(settings)
     try:
-        result: msgspec.Struct
+        result: VerifyResult | LedgerProof
         result = await (AuditLog(pool).verify() if what == "audit" else Ledger(pool).prove())
     finally:
         await pool.close()
     sys.stdout.write(msgspec.json.format(msgspec.json.encode(result)).decode() + "\n")
-    return bool(result.ok)  # type: ignore[attr-defined]
+    return result.ok
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"applied {version}")
         return 0
     what = "audit" if args.command == "verify-audit" else "ledger"
-    return 0 if asyncio.run(_with_pool(settings, what)) else 1
+    return 0 if asyncio.run(_check(settings, what)) else 1
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from typing import Any
 
 import asyncpg
 import structlog
+from asyncpg import Connection, Pool
 
 from cardsvc.config import Settings
 from cardsvc.errors import ServiceUnavailable
@@ -25,8 +26,7 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "schema" / "migrations
 # Any fixed number: serialises migration runs of concurrently starting workers.
 _MIGRATION_LOCK = 0x63617264
 
-Pool = asyncpg.Pool
-Connection = asyncpg.Connection
+__all__ = ["Connection", "Pool", "as_service_error", "create_pool", "migrate", "transaction"]
 
 
 class DatabaseUnavailable(ServiceUnavailable):
@@ -82,9 +82,9 @@ async def create_pool(settings: Settings) -> Pool:
 
 
 @asynccontextmanager
-async def transaction(pool: Pool, timeout: float | None = None) -> AsyncIterator[Connection]:
+async def transaction(pool: Pool) -> AsyncIterator[Connection]:
     """A pooled connection inside a transaction; commits on success, rolls back on error."""
-    async with pool.acquire(timeout=timeout) as conn, conn.transaction():
+    async with pool.acquire() as conn, conn.transaction():
         yield conn
 
 
@@ -123,9 +123,9 @@ async def migrate_url(database_url: str) -> list[str]:
         await conn.close()
 
 
-async def ping(pool: Pool, timeout: float = 1.0) -> bool:
+async def ping(pool: Pool, within_s: float = 1.0) -> bool:
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(within_s):
             value: Any = await pool.fetchval("SELECT 1")
             return bool(value == 1)
     except (*UNAVAILABLE_ERRORS, *TIMEOUT_ERRORS):

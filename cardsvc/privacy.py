@@ -10,15 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 
-from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-_NONCE = 12
-_TAG = 16
+from cardsvc.crypto.profile import SealedBlobError, sm4_gcm_open, sm4_gcm_seal
 
 
 class DecryptionError(Exception):
@@ -35,21 +31,12 @@ class DataProtector:
         self._hash_key = derive_key(data_key, b"cardsvc pii lookup")
 
     def encrypt(self, plaintext: bytes, aad: bytes) -> bytes:
-        nonce = os.urandom(_NONCE)
-        enc = Cipher(algorithms.SM4(self._enc_key), modes.GCM(nonce)).encryptor()
-        enc.authenticate_additional_data(aad)
-        body = enc.update(plaintext) + enc.finalize()
-        return nonce + body + enc.tag
+        return sm4_gcm_seal(self._enc_key, plaintext, aad)
 
     def decrypt(self, blob: bytes, aad: bytes) -> bytes:
-        if len(blob) < _NONCE + _TAG:
-            raise DecryptionError("ciphertext too short")
-        nonce, body, tag = blob[:_NONCE], blob[_NONCE:-_TAG], blob[-_TAG:]
-        dec = Cipher(algorithms.SM4(self._enc_key), modes.GCM(nonce, tag)).decryptor()
-        dec.authenticate_additional_data(aad)
         try:
-            return dec.update(body) + dec.finalize()
-        except InvalidTag:
+            return sm4_gcm_open(self._enc_key, bytes(blob), aad)
+        except SealedBlobError:
             raise DecryptionError("ciphertext did not authenticate") from None
 
     def lookup_hash(self, value: str) -> bytes:

@@ -48,9 +48,7 @@ def _check_status(status: str, purpose: str) -> None:
 
 
 class CardAuthenticator:
-    def __init__(
-        self, pool: Pool, hsm: HsmClient, audit: AuditLog, settings: Settings
-    ) -> None:
+    def __init__(self, pool: Pool, hsm: HsmClient, audit: AuditLog, settings: Settings) -> None:
         self._pool, self._hsm, self._audit, self._settings = pool, hsm, audit, settings
         self._token_key = derive_key(settings.data_key, b"cardsvc card token")
 

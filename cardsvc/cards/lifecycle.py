@@ -1,8 +1,8 @@
 """The card state machine, pure (DESIGN.md, Data rules)::
 
-    issued → active → loss_reported ⇄ active
-    active | loss_reported → replaced
-    any state but cancelled → cancelled
+issued → active → loss_reported ⇄ active
+active | loss_reported → replaced
+any state but cancelled → cancelled
 """
 
 from __future__ import annotations

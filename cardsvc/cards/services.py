@@ -49,7 +49,8 @@ class CardIssuer:
 
     async def get(self, card_no: str) -> Card:
         row = await self._pool.fetchrow(
-            f"SELECT {_CARD_COLUMNS} FROM cards WHERE card_no = $1", card_no
+            f"SELECT {_CARD_COLUMNS} FROM cards WHERE card_no = $1",
+            card_no,
         )
         if row is None:
             raise NotFound("no such card", code="CARD_NOT_FOUND")
@@ -72,9 +73,7 @@ class CardIssuer:
             )
         return CardReplaced(replaced=replaced, card=issued)
 
-    async def _prepare(
-        self, caller: Caller, psn_no: str, *, first_card: bool
-    ) -> tuple[str, bytes]:
+    async def _prepare(self, caller: Caller, psn_no: str, *, first_card: bool) -> tuple[str, bytes]:
         """The person's region and the counter's key; refuses early what would fail later."""
         row = await self._pool.fetchrow(
             """
@@ -127,9 +126,7 @@ class CardIssuer:
                 caller.terminal_id,
             )
         except asyncpg.UniqueViolationError:
-            raise Conflict(
-                "the person already has a live card", code="CARD_EXISTS"
-            ) from None
+            raise Conflict("the person already has a live card", code="CARD_EXISTS") from None
         await self._audit.append(
             conn,
             actor=caller.actor,
@@ -167,7 +164,8 @@ class CardIssuer:
         self, conn: Connection, caller: Caller, card_no: str, action: CardAction
     ) -> Card:
         row = await conn.fetchrow(
-            f"SELECT {_CARD_COLUMNS} FROM cards WHERE card_no = $1 FOR UPDATE", card_no
+            f"SELECT {_CARD_COLUMNS} FROM cards WHERE card_no = $1 FOR UPDATE",
+            card_no,
         )
         if row is None:
             raise NotFound("no such card", code="CARD_NOT_FOUND")

@@ -26,7 +26,9 @@ def _bindir() -> Path:
     found = shutil.which("initdb")
     if found:
         return Path(found).resolve().parent
-    raise ClusterError("PostgreSQL server binaries not found: install the Debian package postgresql")
+    raise ClusterError(
+        "PostgreSQL server binaries not found: install the Debian package postgresql"
+    )
 
 
 class LocalCluster:
@@ -45,9 +47,11 @@ class LocalCluster:
         cmd = [str(self._bin / args[0]), *args[1:]]
         if self._as_postgres:
             cmd = ["runuser", "-u", "postgres", "--", *cmd]
-        result = subprocess.run(cmd, capture_output=True, text=True, check=False)  # noqa: S603
+        result = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if check and result.returncode != 0:
-            raise ClusterError(f"{args[0]} failed: {result.stderr.strip() or result.stdout.strip()}")
+            raise ClusterError(
+                f"{args[0]} failed: {result.stderr.strip() or result.stdout.strip()}"
+            )
         return result
 
     def _prepare_dir(self) -> None:
@@ -62,8 +66,17 @@ class LocalCluster:
             return False
         self._prepare_dir()
         self._run(
-            "initdb", "-D", str(self.datadir), "-U", self.user, "-A", "trust",
-            "-E", "UTF8", "--locale=C.UTF-8", "--no-instructions",
+            "initdb",
+            "-D",
+            str(self.datadir),
+            "-U",
+            self.user,
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--locale=C.UTF-8",
+            "--no-instructions",
         )
         return True
 
@@ -88,8 +101,17 @@ class LocalCluster:
             return
         log = self.datadir / "server.log"
         self._run(
-            "pg_ctl", "-D", str(self.datadir), "-o", self._options(),
-            "-l", str(log), "-w", "-t", "60", "start",
+            "pg_ctl",
+            "-D",
+            str(self.datadir),
+            "-o",
+            self._options(),
+            "-l",
+            str(log),
+            "-w",
+            "-t",
+            "60",
+            "start",
         )
 
     def stop(self, mode: str = "fast") -> None:
@@ -98,7 +120,14 @@ class LocalCluster:
 
     def create_database(self, dbname: str) -> None:
         result = self._run(
-            "createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", self.user, dbname,
+            "createdb",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-U",
+            self.user,
+            dbname,
             check=False,
         )
         if result.returncode != 0 and "already exists" not in result.stderr:

@@ -68,7 +68,8 @@ class FacilityRegistry:
             changes["agreements"] = sorted(set(changes["agreements"]))
         async with transaction(self._pool) as conn:
             row = await conn.fetchrow(
-                f"SELECT {_COLUMNS} FROM facilities WHERE fixmedins_code = $1 FOR UPDATE", code
+                f"SELECT {_COLUMNS} FROM facilities WHERE fixmedins_code = $1 FOR UPDATE",
+                code,
             )
             if row is None:
                 raise NotFound("no such facility", code="FACILITY_NOT_FOUND")
@@ -94,7 +95,8 @@ class FacilityRegistry:
 
     async def get(self, code: str) -> Facility:
         row = await self._pool.fetchrow(
-            f"SELECT {_COLUMNS} FROM facilities WHERE fixmedins_code = $1", code
+            f"SELECT {_COLUMNS} FROM facilities WHERE fixmedins_code = $1",
+            code,
         )
         if row is None:
             raise NotFound("no such facility", code="FACILITY_NOT_FOUND")

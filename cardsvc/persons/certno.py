@@ -29,7 +29,11 @@ def normalise(certno: str) -> str:
 def validate(certno: str) -> str:
     """The normalised number, or InvalidCertno naming what is wrong."""
     value = normalise(certno)
-    if len(value) != 18 or not value[:17].isdigit() or not (value[17].isdigit() or value[17] == "X"):
+    if (
+        len(value) != 18
+        or not value[:17].isdigit()
+        or not (value[17].isdigit() or value[17] == "X")
+    ):
         raise InvalidCertno("identity number must be 17 digits and a check digit or X")
     if check_char(value[:17]) != value[17]:
         raise InvalidCertno("identity number check digit is wrong")

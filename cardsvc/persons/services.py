@@ -155,7 +155,8 @@ class PersonRegistry:
         if row is None:
             raise NotFound("no such person", code="PERSON_NOT_FOUND")
         insurances = await conn.fetch(
-            "SELECT insutype, begndate, enddate FROM insurances WHERE psn_no = $1 ORDER BY insutype",
+            "SELECT insutype, begndate, enddate FROM insurances"
+            " WHERE psn_no = $1 ORDER BY insutype",
             psn_no,
         )
         return Person(

@@ -50,7 +50,9 @@ class TerminalClient:
         self._session_key: bytes | None = None
 
     async def sign_in(self) -> None:
-        started = await self._post_unsigned("/v1/terminals/sign-in", {"terminal_id": self.terminal_id})
+        started = await self._post_unsigned(
+            "/v1/terminals/sign-in", {"terminal_id": self.terminal_id}
+        )
         rs, rt = bytes.fromhex(started["challenge"]), os.urandom(16)
         opened = await self._post_unsigned(
             "/v1/terminals/sign-in/complete",
@@ -68,7 +70,12 @@ class TerminalClient:
         self._session_key = profile.derive_session_key(self.terminal_key, rs, rt)
 
     def signed_headers(
-        self, method: str, path_qs: str, body: bytes, *, timestamp: int | None = None,
+        self,
+        method: str,
+        path_qs: str,
+        body: bytes,
+        *,
+        timestamp: int | None = None,
         nonce: str | None = None,
     ) -> dict[str, str]:
         if self._session_key is None or self.session_id is None:
@@ -105,7 +112,9 @@ class TerminalClient:
         resp = await self.send(method, path_qs, body, self.signed_headers(method, path_qs, body))
         if resp.status == 401 and _code(resp) == "SESSION_EXPIRED":
             await self.sign_in()
-            resp = await self.send(method, path_qs, body, self.signed_headers(method, path_qs, body))
+            resp = await self.send(
+                method, path_qs, body, self.signed_headers(method, path_qs, body)
+            )
         return resp
 
     async def call(self, method: str, path_qs: str, json: Any = None) -> Any:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from functools import cache
 from typing import Any, TypeVar
 
 import msgspec
@@ -15,9 +14,14 @@ T = TypeVar("T")
 _encoder = msgspec.json.Encoder()
 
 
-@cache
+_decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
+
+
 def _decoder(type_: Any) -> msgspec.json.Decoder[Any]:
-    return msgspec.json.Decoder(type_)
+    decoder = _decoders.get(type_)
+    if decoder is None:
+        decoder = _decoders[type_] = msgspec.json.Decoder(type_)
+    return decoder
 
 
 def decode(body: bytes, type_: type[T]) -> T:
@@ -38,9 +42,7 @@ async def read_json(request: web.Request, type_: type[T]) -> T:
 
 
 def json_response(obj: Any, status: int = 200) -> web.Response:
-    return web.Response(
-        body=_encoder.encode(obj), status=status, content_type="application/json"
-    )
+    return web.Response(body=_encoder.encode(obj), status=status, content_type="application/json")
 
 
 def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> bytes:

@@ -33,9 +33,10 @@ async def test_issue_personalise_activate_and_authenticate_for_transaction(servi
     result = await authenticate_card(pos, card, "transaction")
     assert result["purpose"] == "transaction"
     assert result["baseinfo"]["psn_no"] == person["psn_no"]
-    assert result["baseinfo"]["certno"] == person["certno_full"][:6] + "********" + person[
-        "certno_full"
-    ][14:]
+    assert (
+        result["baseinfo"]["certno"]
+        == person["certno_full"][:6] + "********" + person["certno_full"][14:]
+    )
     assert person["certno_full"] not in str(result)
     assert [i["insutype"] for i in result["insuinfo"]] == ["310"]
     assert result["card_token"]

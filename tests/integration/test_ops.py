@@ -42,7 +42,9 @@ async def test_hsm_outage_gives_503_fast_and_recovers(service: Service, hsm: Hsm
     hsm.stop()
     try:
         started = time.monotonic()
-        resp = await counter.request("POST", "/v1/cards", {"psn_no": (await service.person())["psn_no"]})
+        resp = await counter.request(
+            "POST", "/v1/cards", {"psn_no": (await service.person())["psn_no"]}
+        )
         assert resp.status == 503 and resp.body["error"]["code"] == "HSM_UNAVAILABLE"
         assert time.monotonic() - started < 3.0
         async with service.http.get(service.base_url + "/readyz") as ready:
@@ -78,7 +80,9 @@ async def test_audit_chain_detects_tampering(service: Service):
         forged = row["data"].replace('"A"', '"B"')
         await conn.execute(
             "UPDATE audit_log SET data = $3 WHERE chain = $1 AND seq = $2",
-            row["chain"], row["seq"], forged,
+            row["chain"],
+            row["seq"],
+            forged,
         )
         try:
             verdict = await service.admin_ok("GET", "/v1/audit/verify")
@@ -87,16 +91,25 @@ async def test_audit_chain_detects_tampering(service: Service):
             assert verdict["first_bad"]["seq"] == row["seq"]
             cli = subprocess.run(
                 [sys.executable, "-m", "cardsvc", "verify-audit"],
-                env={"DATABASE_URL": service.database_url, "CARDSVC_ADMIN_TOKEN": "x" * 16,
-                     "CARDSVC_DATA_KEY": "00" * 32, "PATH": "/usr/bin:/bin"},
-                capture_output=True, text=True, cwd=ROOT, check=False,
+                env={
+                    "DATABASE_URL": service.database_url,
+                    "CARDSVC_ADMIN_TOKEN": "x" * 16,
+                    "CARDSVC_DATA_KEY": "00" * 32,
+                    "PATH": "/usr/bin:/bin",
+                },
+                capture_output=True,
+                text=True,
+                cwd=ROOT,
+                check=False,
             )
             assert cli.returncode == 1, cli.stderr
             assert f'"seq": {row["seq"]}' in cli.stdout
         finally:
             await conn.execute(
                 "UPDATE audit_log SET data = $3 WHERE chain = $1 AND seq = $2",
-                row["chain"], row["seq"], row["data"],
+                row["chain"],
+                row["seq"],
+                row["data"],
             )
         # A deleted tail is caught by the chain head.
         last = await conn.fetchrow(
@@ -112,8 +125,21 @@ async def test_audit_chain_detects_tampering(service: Service):
             await conn.execute(
                 "INSERT INTO audit_log (chain, seq, at, actor, action, object_type, object_id,"
                 " data, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-                *[last[k] for k in ("chain", "seq", "at", "actor", "action", "object_type",
-                                    "object_id", "data", "prev_hash", "hash")],
+                *[
+                    last[k]
+                    for k in (
+                        "chain",
+                        "seq",
+                        "at",
+                        "actor",
+                        "action",
+                        "object_type",
+                        "object_id",
+                        "data",
+                        "prev_hash",
+                        "hash",
+                    )
+                ],
             )
     finally:
         await conn.close()

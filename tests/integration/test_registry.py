@@ -92,19 +92,22 @@ async def test_bad_bodies_are_400_with_codes(service: Service):
 async def test_enrolment_rules(service: Service):
     resident = await service.person(psn_type="resident", insutypes=())
     status, body = await service.admin(
-        "POST", f"/v1/persons/{resident['psn_no']}/insurances",
+        "POST",
+        f"/v1/persons/{resident['psn_no']}/insurances",
         {"insutype": "310", "begndate": "2024-01-01"},
     )
     assert status == 422 and body["error"]["code"] == "PSN_TYPE_NOT_ALLOWED"
     person = await service.admin_ok(
-        "POST", f"/v1/persons/{resident['psn_no']}/insurances",
+        "POST",
+        f"/v1/persons/{resident['psn_no']}/insurances",
         {"insutype": "390", "begndate": "2024-01-01", "enddate": "2030-12-31"},
     )
     assert person["insurances"] == [
         {"insutype": "390", "begndate": "2024-01-01", "enddate": "2030-12-31"}
     ]
     status, body = await service.admin(
-        "POST", f"/v1/persons/{resident['psn_no']}/insurances",
+        "POST",
+        f"/v1/persons/{resident['psn_no']}/insurances",
         {"insutype": "390", "begndate": "2024-01-01", "enddate": "2023-12-31"},
     )
     assert status == 400 and body["error"]["code"] == "INVALID_DATES"
@@ -144,12 +147,19 @@ async def test_facilities(service: Service):
     pharmacy = await service.facility(type="pharmacy", level=None, agreements=["310", "410"])
     assert pharmacy["level"] is None and pharmacy["agreements"] == ["310", "410"]
     status, body = await service.admin(
-        "POST", "/v1/facilities",
-        {"fixmedins_code": unique_code("P"), "fixmedins_name": "x", "type": "pharmacy", "level": "2"},
+        "POST",
+        "/v1/facilities",
+        {
+            "fixmedins_code": unique_code("P"),
+            "fixmedins_name": "x",
+            "type": "pharmacy",
+            "level": "2",
+        },
     )
     assert status == 400 and body["error"]["code"] == "INVALID_LEVEL"
     status, body = await service.admin(
-        "POST", "/v1/facilities",
+        "POST",
+        "/v1/facilities",
         {"fixmedins_code": pharmacy["fixmedins_code"], "fixmedins_name": "x", "type": "pharmacy"},
     )
     assert status == 409 and body["error"]["code"] == "FACILITY_EXISTS"
@@ -197,7 +207,13 @@ async def test_catalog_bulk_upsert(service: Service):
     code = unique_code("B-")
     items = {
         "items": [
-            {"code": code, "name": "头孢", "chrgitm_lv": "B", "selfpay_prop": 10, "max_price": 2000},
+            {
+                "code": code,
+                "name": "头孢",
+                "chrgitm_lv": "B",
+                "selfpay_prop": 10,
+                "max_price": 2000,
+            },
             {"code": code + "W", "name": "缝合", "chrgitm_lv": "A", "work_injury": True},
         ]
     }
@@ -206,7 +222,9 @@ async def test_catalog_bulk_upsert(service: Service):
     assert await service.admin_ok("PUT", "/v1/catalog/items", items) == {"upserted": 2}
     conn = await asyncpg.connect(service.database_url)
     try:
-        assert await conn.fetchval("SELECT max_price FROM catalog_items WHERE code = $1", code) == 2500
+        assert (
+            await conn.fetchval("SELECT max_price FROM catalog_items WHERE code = $1", code) == 2500
+        )
     finally:
         await conn.close()
     status, body = await service.admin(
@@ -222,14 +240,26 @@ async def test_catalog_bulk_upsert(service: Service):
 async def test_injury_cases(service: Service):
     person = await service.person(insutypes=("410",))
     case = await service.admin_ok(
-        "POST", "/v1/injury-cases",
-        {"psn_no": person["psn_no"], "employer": "无锡某厂", "injury_date": "2026-01-05",
-         "valid_from": "2026-01-05", "valid_to": "2026-12-31"},
+        "POST",
+        "/v1/injury-cases",
+        {
+            "psn_no": person["psn_no"],
+            "employer": "无锡某厂",
+            "injury_date": "2026-01-05",
+            "valid_from": "2026-01-05",
+            "valid_to": "2026-12-31",
+        },
     )
     assert case["status"] == "approved" and case["case_id"].startswith("IC")
     status, body = await service.admin(
-        "POST", "/v1/injury-cases",
-        {"psn_no": person["psn_no"], "employer": "x", "injury_date": "2026-01-05",
-         "valid_from": "2026-02-01", "valid_to": "2026-01-31"},
+        "POST",
+        "/v1/injury-cases",
+        {
+            "psn_no": person["psn_no"],
+            "employer": "x",
+            "injury_date": "2026-01-05",
+            "valid_from": "2026-02-01",
+            "valid_to": "2026-01-31",
+        },
     )
     assert status == 400 and body["error"]["code"] == "INVALID_DATES"

@@ -122,7 +122,9 @@ async def test_missing_headers_are_refused(service: Service, drop: str, code: st
 async def test_short_nonce_and_foreign_session_are_refused(service: Service):
     counter = await service.terminal("counter")
     other = await service.terminal("counter")
-    resp = await counter.send("POST", PATH, BODY, counter.signed_headers("POST", PATH, BODY, nonce="short"))
+    resp = await counter.send(
+        "POST", PATH, BODY, counter.signed_headers("POST", PATH, BODY, nonce="short")
+    )
     assert resp.status == 401 and _code(resp) == "NONCE_INVALID"
     headers = counter.signed_headers("POST", PATH, BODY)
     headers["X-Session-Id"] = other.session_id or ""
@@ -177,13 +179,17 @@ async def test_expired_session_is_refused_and_the_sdk_signs_in_again(
         reg = await service.admin_ok("POST", "/v1/terminals", {"kind": "counter"})
         base = f"http://{short.host}:{short.port}"
         async with aiohttp.ClientSession() as http:
-            client = TerminalClient(http, base, reg["terminal_id"], bytes.fromhex(reg["terminal_key"]))
+            client = TerminalClient(
+                http, base, reg["terminal_id"], bytes.fromhex(reg["terminal_key"])
+            )
             await client.sign_in()
             first_session = client.session_id
             await asyncio.sleep(2.1)
             raw = await client.send("POST", PATH, BODY, client.signed_headers("POST", PATH, BODY))
             assert raw.status == 401 and _code(raw) == "SESSION_EXPIRED"
-            resp = await client.request("POST", PATH, {"card_no": "A00000000", "purpose": "identify"})
+            resp = await client.request(
+                "POST", PATH, {"card_no": "A00000000", "purpose": "identify"}
+            )
             assert resp.status == 404  # signed in again by itself; the card is unknown
             assert client.session_id != first_session
     finally:

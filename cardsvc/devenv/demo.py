@@ -1,0 +1,226 @@
+"""``python -m cardsvc.devenv.demo``: the whole system on this machine, with demo data.
+
+Starts a PostgreSQL cluster in ``var/pgdata`` (unless ``DATABASE_URL`` names another
+server), hsm_stub and cardsvc as child processes, loads demo data once through the admin
+API, prints where everything listens, and stops it all on Ctrl-C or SIGTERM.
+
+Secrets made on first run (admin token, data key, HSM LMK) live in ``var/`` with mode 0600;
+demo terminal keys go to ``var/demo/terminals.json`` for the terminal SDK's commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from cardsvc import db
+from cardsvc.devenv import demodata
+from cardsvc.devenv.pgcluster import LocalCluster
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _secret(path: Path, make: str) -> str:
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(make)
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def _start(
+    cmd: list[str], env: dict[str, str], ready_line: str, log: Path
+) -> subprocess.Popen[str]:
+    """Start a child and wait for the line that says it listens; its output goes to ``log``."""
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 30
+    with log.open("a") as out:
+        for line in proc.stdout:
+            out.write(line)
+            if ready_line in line:
+                break
+            if time.monotonic() > deadline:
+                break
+    if proc.poll() is not None or time.monotonic() > deadline:
+        proc.kill()
+        raise SystemExit(f"{cmd[2]} did not start: see {log}")
+    # Keep draining its output into the log so the child never blocks on a full pipe.
+    _drain(proc, log)
+    return proc
+
+
+def _drain(proc: subprocess.Popen[str], log: Path) -> None:
+    import threading
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        with log.open("a") as out:
+            for line in proc.stdout:
+                out.write(line)
+                out.flush()
+
+    threading.Thread(target=pump, daemon=True).start()
+
+
+async def _wait_healthy(base_url: str) -> None:
+    async with aiohttp.ClientSession() as http:
+        for _ in range(100):
+            with contextlib.suppress(aiohttp.ClientError):
+                async with http.get(base_url + "/readyz") as resp:
+                    if resp.status == 200:
+                        return
+            await asyncio.sleep(0.2)
+    raise SystemExit("cardsvc did not become ready: see var/log/cardsvc.log")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cardsvc.devenv.demo")
+    parser.add_argument("--var", type=Path, default=ROOT / "var", help="state folder")
+    parser.add_argument("--pg-port", type=int, default=int(os.environ.get("CARDSVC_PG_PORT", 5433)))
+    parser.add_argument("--no-wait", action="store_true", help="start, load, print, then stop")
+    args = parser.parse_args(argv)
+    var: Path = args.var.resolve()
+    (var / "log").mkdir(parents=True, exist_ok=True)
+    var.chmod(0o755)  # the cluster may run as the postgres user: it must reach var/pgdata
+
+    cluster = None
+    database_url = os.environ.get("DATABASE_URL")
+    if database_url is None:
+        cluster = LocalCluster(var / "pgdata", args.pg_port)
+        if cluster.ensure():
+            print(f"created a PostgreSQL cluster in {cluster.datadir}")
+        cluster.start()
+        cluster.create_database("cardsvc")
+        database_url = cluster.url("cardsvc")
+    asyncio.run(db.migrate_url(database_url))
+
+    host = os.environ.get("CARDSVC_HOST", "127.0.0.1")
+    port = os.environ.get("CARDSVC_PORT", "8080")
+    hsm_host = os.environ.get("CARDSVC_HSM_HOST", "127.0.0.1")
+    hsm_port = os.environ.get("CARDSVC_HSM_PORT", "9510")
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "CARDSVC_HOST": host,
+        "CARDSVC_PORT": port,
+        "CARDSVC_HSM_HOST": hsm_host,
+        "CARDSVC_HSM_PORT": hsm_port,
+        "CARDSVC_ADMIN_TOKEN": _secret(var / "secrets" / "admin_token", secrets.token_hex(24)),
+        "CARDSVC_DATA_KEY": _secret(var / "secrets" / "data_key", secrets.token_hex(32)),
+        "HSM_LMK": _secret(var / "secrets" / "hsm_lmk", secrets.token_hex(16)),
+    }
+    children: list[subprocess.Popen[str]] = []
+    try:
+        children.append(
+            _start(
+                [
+                    sys.executable,
+                    "-m",
+                    "hsm_stub",
+                    "--host",
+                    hsm_host,
+                    "--port",
+                    hsm_port,
+                    "--keystore",
+                    str(var / "hsm"),
+                    "--regions",
+                    demodata.REGION,
+                ],
+                env,
+                "listening",
+                var / "log" / "hsm_stub.log",
+            )
+        )
+        children.append(
+            _start(
+                [sys.executable, "-m", "cardsvc", "serve"],
+                env,
+                "listening",
+                var / "log" / "cardsvc.log",
+            )
+        )
+        base_url = f"http://{host}:{port}"
+        asyncio.run(_wait_healthy(base_url))
+        summary = asyncio.run(demodata.load(base_url, env["CARDSVC_ADMIN_TOKEN"], var / "demo"))
+        _print_banner(base_url, hsm_host, hsm_port, database_url, env, var, summary)
+        if not args.no_wait:
+            _wait_for_signal(children)
+    finally:
+        for child in children:
+            child.terminate()
+        for child in children:
+            try:
+                child.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        if cluster is not None:
+            cluster.stop()
+        print("stopped")
+    return 0
+
+
+def _wait_for_signal(children: list[subprocess.Popen[str]]) -> None:
+    stop = False
+
+    def handler(signum: int, frame: Any) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    while not stop:
+        for child in children:
+            if child.poll() is not None:
+                print(f"a child process exited ({child.args!r}); stopping", file=sys.stderr)
+                return
+        time.sleep(0.5)
+
+
+def _print_banner(
+    base_url: str,
+    hsm_host: str,
+    hsm_port: str,
+    database_url: str,
+    env: dict[str, str],
+    var: Path,
+    summary: dict[str, Any],
+) -> None:
+    print(
+        "\n".join(
+            [
+                "",
+                "cardsvc demo is running",
+                f"  cardsvc       {base_url}  (readiness {base_url}/readyz)",
+                f"  hsm_stub      {hsm_host}:{hsm_port}",
+                f"  PostgreSQL    {database_url}",
+                f"  admin token   {env['CARDSVC_ADMIN_TOKEN']}",
+                f"  demo data     {json.dumps(summary, ensure_ascii=False)}",
+                f"  terminal keys {var / 'demo' / 'terminals.json'}",
+                f"  logs          {var / 'log'}",
+                "",
+                "try:  curl -H 'Authorization: Bearer <admin token>' "
+                f"{base_url}/v1/persons/{summary.get('demo_psn_no', '<psn_no>')}",
+                "Ctrl-C stops everything.",
+            ]
+        ),
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+import pytest
+
+from cardsvc.config import ConfigError, load_settings
+
+BASE = {"CARDSVC_ADMIN_TOKEN": "t" * 16, "CARDSVC_DATA_KEY": "00" * 32}
+
+
+def test_defaults_and_overrides():
+    settings = load_settings({**BASE, "CARDSVC_PORT": "9000", "CARDSVC_HSM_TIMEOUT": "0.5"})
+    assert settings.port == 9000 and settings.hsm_timeout == 0.5 and settings.hsm_port == 9510
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"CARDSVC_DATA_KEY": "00" * 32}, "CARDSVC_ADMIN_TOKEN"),
+        ({**BASE, "CARDSVC_ADMIN_TOKEN": "short"}, "CARDSVC_ADMIN_TOKEN"),
+        ({"CARDSVC_ADMIN_TOKEN": "t" * 16}, "CARDSVC_DATA_KEY"),
+        ({**BASE, "CARDSVC_DATA_KEY": "zz"}, "hex"),
+        ({**BASE, "CARDSVC_DATA_KEY": "00" * 16}, "32 bytes"),
+        ({**BASE, "CARDSVC_PORT": "eighty"}, "CARDSVC_PORT"),
+    ],
+)
+def test_bad_settings_name_the_variable(env: dict[str, str], message: str):
+    with pytest.raises(ConfigError, match=message):
+        load_settings(env)
+
+
+def test_secret_from_file(tmp_path):
+    path = tmp_path / "token"
+    path.write_text("f" * 20 + "\n")
+    env = {"CARDSVC_ADMIN_TOKEN_FILE": str(path), "CARDSVC_DATA_KEY": "00" * 32}
+    assert load_settings(env).admin_token == "f" * 20
