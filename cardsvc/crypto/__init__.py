@@ -1,0 +1,1 @@
+"""Cryptography for cardsvc: the exact crypto profile shared with terminals and hsm_stub."""

@@ -1,0 +1,147 @@
+"""hsm_stub commands: one pure handler per command, ``(keystore, request) -> response``.
+
+``execute`` is the server's single entry point. It decodes the payload, runs the handler and
+maps failures to statuses: unknown command ``10``, undecodable payload ``15``, a key blob that
+is not under the LMK (or a region without keys) ``20``, a cryptogram that does not verify
+``01``. Anything else is a bug and propagates; the server answers ``68``.
+
+All cryptography is ``cardsvc.crypto.profile``; cryptograms are compared in constant time.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from cardsvc.crypto import profile
+from hsm_stub.keystore import Keystore, KeystoreError, KeyType
+from hsm_stub.protocol import (
+    REQUEST_TYPES,
+    BuildPersonalizationRequest,
+    BuildPersonalizationResponse,
+    Command,
+    EchoRequest,
+    EchoResponse,
+    ErrorDetail,
+    GenerateTerminalKeyRequest,
+    GenerateTerminalKeyResponse,
+    KeyCheckValueRequest,
+    KeyCheckValueResponse,
+    MalformedPayload,
+    Payload,
+    Status,
+    VerifyCardRequest,
+    VerifyCardResponse,
+    VerifyTerminalRequest,
+    VerifyTerminalResponse,
+    decode_payload,
+    encode_payload,
+)
+
+
+class CommandFailed(Exception):
+    """A handler's refusal with a protocol status and a fixed, non-sensitive reason."""
+
+    def __init__(self, status: Status, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    status: Status
+    payload: bytes
+    reason: str | None = None  # why a non-ok status, for the log
+
+
+def echo(keystore: Keystore, request: EchoRequest) -> EchoResponse:
+    return EchoResponse(data=request.data)
+
+
+def generate_terminal_key(
+    keystore: Keystore, request: GenerateTerminalKeyRequest
+) -> GenerateTerminalKeyResponse:
+    clear_key = os.urandom(profile.KEY_LEN)
+    return GenerateTerminalKeyResponse(
+        clear_key=clear_key,
+        key_under_lmk=keystore.wrap(KeyType.TERM, clear_key),
+        kcv=profile.key_check_value(clear_key),
+    )
+
+
+def verify_terminal(keystore: Keystore, request: VerifyTerminalRequest) -> VerifyTerminalResponse:
+    k_term = keystore.unwrap(KeyType.TERM, request.key_under_lmk)
+    expected = profile.terminal_cryptogram(k_term, request.rs, request.rt)
+    if not hmac.compare_digest(expected, request.cryptogram):
+        raise CommandFailed(Status.VERIFICATION_FAILED, "terminal cryptogram mismatch")
+    return VerifyTerminalResponse(
+        server_cryptogram=profile.server_cryptogram(k_term, request.rs, request.rt),
+        session_key=profile.derive_session_key(k_term, request.rs, request.rt),
+    )
+
+
+def build_personalization(
+    keystore: Keystore, request: BuildPersonalizationRequest
+) -> BuildPersonalizationResponse:
+    k_term = keystore.unwrap(KeyType.TERM, request.counter_key_under_lmk)
+    issuer_keys = keystore.issuer_keys(request.admdvs, create=True)
+    k_auth = profile.diversify(issuer_keys.auth, request.card_sn)
+    k_txn = profile.diversify(issuer_keys.txn, request.card_sn)
+    return BuildPersonalizationResponse(
+        blob=profile.seal_card_keys(k_term, request.card_sn, k_auth, k_txn),
+        kcv_auth=profile.key_check_value(k_auth),
+        kcv_txn=profile.key_check_value(k_txn),
+    )
+
+
+def verify_card(keystore: Keystore, request: VerifyCardRequest) -> VerifyCardResponse:
+    # No key creation here: a region never personalised has no genuine cards.
+    issuer_keys = keystore.issuer_keys(request.admdvs)
+    master_key = issuer_keys.auth if request.key_ref == profile.KEY_REF_AUTH else issuer_keys.txn
+    card_key = profile.diversify(master_key, request.card_sn)
+    expected = profile.card_cryptogram(card_key, request.challenge)
+    if not hmac.compare_digest(expected, request.cryptogram):
+        raise CommandFailed(Status.VERIFICATION_FAILED, "card cryptogram mismatch")
+    return VerifyCardResponse()
+
+
+def key_check_value(keystore: Keystore, request: KeyCheckValueRequest) -> KeyCheckValueResponse:
+    """KCV of a terminal key under the LMK (the only key type that leaves the HSM)."""
+    k_term = keystore.unwrap(KeyType.TERM, request.key_under_lmk)
+    return KeyCheckValueResponse(kcv=profile.key_check_value(k_term))
+
+
+HANDLERS: dict[Command, Callable[[Keystore, Any], Payload]] = {
+    Command.ECHO: echo,
+    Command.GENERATE_TERMINAL_KEY: generate_terminal_key,
+    Command.VERIFY_TERMINAL: verify_terminal,
+    Command.BUILD_PERSONALIZATION: build_personalization,
+    Command.VERIFY_CARD: verify_card,
+    Command.KEY_CHECK_VALUE: key_check_value,
+}
+
+
+def failure_reply(status: Status, reason: str) -> Reply:
+    """A non-ok reply whose payload is an ``ErrorDetail``."""
+    return Reply(status, encode_payload(ErrorDetail(reason=reason)), reason)
+
+
+def execute(keystore: Keystore, command: str, payload: bytes) -> Reply:
+    """Run one request; every expected failure becomes a status, never an exception."""
+    if command not in HANDLERS:
+        return failure_reply(Status.UNKNOWN_COMMAND, "unknown command")
+    known = Command(command)
+    try:
+        request = decode_payload(payload, REQUEST_TYPES[known])
+        response = HANDLERS[known](keystore, request)
+    except MalformedPayload as exc:
+        return failure_reply(Status.MALFORMED_REQUEST, str(exc))
+    except KeystoreError as exc:
+        return failure_reply(Status.KEY_ERROR, str(exc))
+    except CommandFailed as exc:
+        return failure_reply(exc.status, exc.reason)
+    return Reply(Status.OK, encode_payload(response))

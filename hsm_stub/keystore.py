@@ -1,0 +1,267 @@
+"""hsm_stub's keys: the local master key (LMK) and the issuer master keys per region.
+
+A key "under the LMK" is ``SM4-GCM(LMK, key, AAD = key type label)`` serialised as
+``nonce ‖ ciphertext ‖ tag`` (44 bytes); the label in the AAD means a blob of one type never
+opens as another. The keystore file ``<dir>/keystore.json`` holds, per region ``admdvs``, the
+``IMK_AUTH`` and ``IMK_TXN`` blobs (hex) and the LMK's check value, so that opening it with
+another LMK fails at start rather than at the first card::
+
+    {"format": 1, "lmk_kcv": "1a2b3c",
+     "regions": {"320200": {"IMK_AUTH": "<hex blob>", "IMK_TXN": "<hex blob>"}}}
+
+Every change is written atomically (temp file, fsync, rename, fsync of the folder).
+
+Errors::
+
+    KeystoreError
+    ├── LmkError        no usable LMK, or not the LMK this keystore was created under
+    ├── KeyBlobError    not a key of the expected type under this LMK
+    └── UnknownRegion   no issuer keys for this region (and not asked to create them)
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cardsvc.crypto import profile
+
+KEYSTORE_FILE = "keystore.json"
+GENERATED_LMK_FILE = "lmk.key"
+_FORMAT = 1
+_ADMDVS = re.compile(r"[0-9]{6}")
+_LMK_HEX = re.compile(r"[0-9a-fA-F]{32}")
+
+
+class KeyType(enum.StrEnum):
+    TERM = "TERM"
+    IMK_AUTH = "IMK_AUTH"
+    IMK_TXN = "IMK_TXN"
+
+
+class KeystoreError(Exception):
+    """Base of keystore errors; messages never contain key material."""
+
+
+class LmkError(KeystoreError):
+    pass
+
+
+class KeyBlobError(KeystoreError):
+    pass
+
+
+class UnknownRegion(KeystoreError):
+    pass
+
+
+def is_admdvs(text: str) -> bool:
+    """A region code: 6 digits."""
+    return _ADMDVS.fullmatch(text) is not None
+
+
+# --- the LMK ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoadedLmk:
+    key: bytes = field(repr=False)
+    source: str  # where it came from, for the start-up log line
+    generated: bool = False
+
+
+def load_lmk(keystore_dir: Path, *, lmk_file: Path | None, env_hex: str | None) -> LoadedLmk:
+    """The LMK from ``lmk_file``, else ``env_hex`` (HSM_LMK), else ``<dir>/lmk.key``.
+
+    ``<dir>/lmk.key`` is generated (mode 0600) when none of them exists yet.
+    """
+    if lmk_file is not None:
+        return LoadedLmk(_read_lmk_file(lmk_file), f"file {lmk_file}")
+    if env_hex:
+        return LoadedLmk(_parse_lmk_hex(env_hex, "HSM_LMK"), "environment HSM_LMK")
+    generated_path = keystore_dir / GENERATED_LMK_FILE
+    if generated_path.exists():
+        return LoadedLmk(_read_lmk_file(generated_path), f"file {generated_path}")
+    return LoadedLmk(_generate_lmk_file(generated_path), f"file {generated_path}", generated=True)
+
+
+def _parse_lmk_hex(text: str, source: str) -> bytes:
+    if not _LMK_HEX.fullmatch(text.strip()):
+        raise LmkError(f"LMK from {source} must be 32 hex characters")
+    return bytes.fromhex(text.strip())
+
+
+def _read_lmk_file(path: Path) -> bytes:
+    try:
+        text = path.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LmkError(f"cannot read LMK file {path}: {type(exc).__name__}") from None
+    return _parse_lmk_hex(text, str(path))
+
+
+def _generate_lmk_file(path: Path) -> bytes:
+    lmk = os.urandom(profile.KEY_LEN)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # O_EXCL: two first starts racing must not silently replace each other's LMK.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as out:
+        out.write(lmk.hex() + "\n")
+        out.flush()
+        os.fsync(out.fileno())
+    return lmk
+
+
+# --- keys under the LMK ----------------------------------------------------------------------
+
+
+def wrap_key(lmk: bytes, key_type: KeyType, key: bytes) -> bytes:
+    """``key`` under the LMK, bound to ``key_type``."""
+    if len(key) != profile.KEY_LEN:
+        raise ValueError(f"keys are {profile.KEY_LEN} bytes")
+    return profile.sm4_gcm_seal(lmk, key, key_type.encode("ascii"))
+
+
+def unwrap_key(lmk: bytes, key_type: KeyType, blob: bytes) -> bytes:
+    """The clear key of a blob made by ``wrap_key`` with the same LMK and type."""
+    try:
+        key = profile.sm4_gcm_open(lmk, blob, key_type.encode("ascii"))
+    except profile.SealedBlobError:
+        raise KeyBlobError(f"not a {key_type} key under this LMK") from None
+    if len(key) != profile.KEY_LEN:
+        raise KeyBlobError(f"not a {key_type} key under this LMK")
+    return key
+
+
+# --- the keystore file -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IssuerKeys:
+    auth: bytes = field(repr=False)
+    txn: bytes = field(repr=False)
+
+
+class Keystore:
+    """Issuer master keys per region, persisted under the LMK. Open with ``Keystore.open``."""
+
+    def __init__(self, path: Path, lmk: bytes, regions: dict[str, dict[str, str]]) -> None:
+        self._path = path
+        self._lmk = lmk
+        self._regions = regions
+
+    @classmethod
+    def open(cls, directory: Path, lmk: bytes) -> Keystore:
+        """Open (or create) ``<directory>/keystore.json``; ``LmkError`` if the LMK differs."""
+        path = directory / KEYSTORE_FILE
+        if not path.exists():
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            keystore = cls(path, lmk, {})
+            keystore._persist(keystore._regions)
+            return keystore
+        document = _read_document(path)
+        expected_kcv = profile.key_check_value(lmk)
+        if document["lmk_kcv"] != expected_kcv:
+            raise LmkError(
+                f"keystore {path} was created under LMK kcv {document['lmk_kcv']}, "
+                f"not under the given LMK (kcv {expected_kcv})"
+            )
+        return cls(path, lmk, document["regions"])
+
+    @property
+    def regions(self) -> list[str]:
+        return sorted(self._regions)
+
+    def wrap(self, key_type: KeyType, key: bytes) -> bytes:
+        return wrap_key(self._lmk, key_type, key)
+
+    def unwrap(self, key_type: KeyType, blob: bytes) -> bytes:
+        return unwrap_key(self._lmk, key_type, blob)
+
+    def issuer_keys(self, admdvs: str, *, create: bool = False) -> IssuerKeys:
+        """The region's IMK_AUTH and IMK_TXN; created and persisted first if ``create``."""
+        if admdvs not in self._regions:
+            if not create:
+                raise UnknownRegion(f"no issuer keys for region {admdvs}")
+            self.ensure_region(admdvs)
+        blobs = self._regions[admdvs]
+        return IssuerKeys(
+            auth=self._unwrap_hex(KeyType.IMK_AUTH, blobs[KeyType.IMK_AUTH]),
+            txn=self._unwrap_hex(KeyType.IMK_TXN, blobs[KeyType.IMK_TXN]),
+        )
+
+    def ensure_region(self, admdvs: str) -> None:
+        """Create the region's issuer master keys unless they exist; persisted before use."""
+        if not is_admdvs(admdvs):
+            raise ValueError("admdvs must be 6 digits")
+        if admdvs in self._regions:
+            return
+        new_keys = {
+            key_type.value: self.wrap(key_type, os.urandom(profile.KEY_LEN)).hex()
+            for key_type in (KeyType.IMK_AUTH, KeyType.IMK_TXN)
+        }
+        regions = {**self._regions, admdvs: new_keys}
+        self._persist(regions)
+        self._regions = regions
+
+    def _unwrap_hex(self, key_type: KeyType, blob_hex: str) -> bytes:
+        try:
+            blob = bytes.fromhex(blob_hex)
+        except ValueError:
+            raise KeyBlobError(f"stored {key_type} blob is not hex") from None
+        return self.unwrap(key_type, blob)
+
+    def _persist(self, regions: dict[str, dict[str, str]]) -> None:
+        document = {
+            "format": _FORMAT,
+            "lmk_kcv": profile.key_check_value(self._lmk),
+            "regions": regions,
+        }
+        data = json.dumps(document, indent=2, sort_keys=True).encode("ascii")
+        _write_atomically(self._path, data)
+
+
+def _read_document(path: Path) -> dict[str, Any]:
+    try:
+        document = json.loads(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise KeystoreError(f"cannot read keystore {path}: {type(exc).__name__}") from None
+    if not (
+        isinstance(document, dict)
+        and document.get("format") == _FORMAT
+        and isinstance(document.get("lmk_kcv"), str)
+        and _valid_regions(document.get("regions"))
+    ):
+        raise KeystoreError(f"keystore {path} is not a format {_FORMAT} keystore")
+    return document
+
+
+def _valid_regions(regions: object) -> bool:
+    key_types = {KeyType.IMK_AUTH.value, KeyType.IMK_TXN.value}
+    return isinstance(regions, dict) and all(
+        isinstance(admdvs, str)
+        and isinstance(blobs, dict)
+        and blobs.keys() == key_types
+        and all(isinstance(blob, str) for blob in blobs.values())
+        for admdvs, blobs in regions.items()
+    )
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(temporary, path)
+    # fsync the folder so the rename itself survives a crash.
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
