@@ -36,7 +36,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     db_pool_min: int = 2
     db_pool_max: int = 10
     db_command_timeout: float = 5.0
-    db_acquire_timeout: float = 2.0
+    # Bound on a whole request, waiting for a pooled connection included: past it the
+    # caller gets 503 REQUEST_TIMEOUT (a settle retried with its key is then safe).
+    request_timeout: float = 10.0
     session_ttl: int = 12 * 3600
     signature_window: int = 300
     challenge_ttl: int = 60
@@ -106,7 +108,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         db_pool_min=_int(env, "CARDSVC_DB_POOL_MIN", defaults.db_pool_min),
         db_pool_max=_int(env, "CARDSVC_DB_POOL_MAX", defaults.db_pool_max),
         db_command_timeout=_float(env, "CARDSVC_DB_COMMAND_TIMEOUT", defaults.db_command_timeout),
-        db_acquire_timeout=_float(env, "CARDSVC_DB_ACQUIRE_TIMEOUT", defaults.db_acquire_timeout),
+        request_timeout=_float(env, "CARDSVC_REQUEST_TIMEOUT", defaults.request_timeout),
         session_ttl=_int(env, "CARDSVC_SESSION_TTL", defaults.session_ttl),
         signature_window=_int(env, "CARDSVC_SIGNATURE_WINDOW", defaults.signature_window),
         challenge_ttl=_int(env, "CARDSVC_CHALLENGE_TTL", defaults.challenge_ttl),

@@ -18,7 +18,7 @@ import structlog
 from asyncpg import Connection, Pool
 
 from cardsvc.config import Settings
-from cardsvc.errors import ServiceUnavailable
+from cardsvc.errors import InvalidRequest, ServiceUnavailable
 
 log = structlog.get_logger(__name__)
 
@@ -26,7 +26,15 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "schema" / "migrations
 # Any fixed number: serialises migration runs of concurrently starting workers.
 _MIGRATION_LOCK = 0x63617264
 
-__all__ = ["Connection", "Pool", "as_service_error", "create_pool", "migrate", "transaction"]
+__all__ = [
+    "Connection",
+    "Pool",
+    "as_input_error",
+    "as_service_error",
+    "create_pool",
+    "migrate",
+    "transaction",
+]
 
 
 class DatabaseUnavailable(ServiceUnavailable):
@@ -61,6 +69,14 @@ def as_service_error(exc: BaseException) -> ServiceUnavailable | None:
         return DatabaseTimeout("the database did not answer in time")
     if isinstance(exc, UNAVAILABLE_ERRORS):
         return DatabaseUnavailable("the database is unavailable")
+    return None
+
+
+def as_input_error(exc: BaseException) -> InvalidRequest | None:
+    """A value the database cannot store (a NUL in text, a number out of range) is bad
+    input that slipped past validation: 400, not 500."""
+    if isinstance(exc, asyncpg.exceptions.DataError):
+        return InvalidRequest("a value in the request cannot be stored", code="INVALID_VALUE")
     return None
 
 

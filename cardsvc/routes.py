@@ -32,6 +32,7 @@ def setup_routes(app: web.Application) -> None:
             web.get("/v1/facilities/{fixmedins_code}", facilities.get),
             web.patch("/v1/facilities/{fixmedins_code}", facilities.update),
             web.post("/v1/terminals", terminals.register),
+            web.patch("/v1/terminals/{terminal_id}", terminals.update),
             web.put("/v1/catalog/items", catalog.put_items),
             web.post("/v1/injury-cases", injuries.create),
             web.get("/v1/audit/verify", audit.verify),

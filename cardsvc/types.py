@@ -6,14 +6,20 @@ from typing import Annotated, Literal
 
 import msgspec
 
+PSN_NO_PATTERN = r"^\d{16}$"
+FACILITY_CODE_PATTERN = r"^[A-Za-z0-9]{1,20}$"
+CARD_NO_PATTERN = r"^[A-Z0-9]{9}$"
+TERMINAL_ID_PATTERN = r"^T\d{8}$"
+
 Admdvs = Annotated[str, msgspec.Meta(pattern=r"^\d{6}$", description="6-digit region code")]
-PsnNo = Annotated[str, msgspec.Meta(pattern=r"^\d{16}$")]
-FacilityCode = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9]{1,20}$")]
-CardNo = Annotated[str, msgspec.Meta(pattern=r"^[A-Z0-9]{9}$")]
+PsnNo = Annotated[str, msgspec.Meta(pattern=PSN_NO_PATTERN)]
+FacilityCode = Annotated[str, msgspec.Meta(pattern=FACILITY_CODE_PATTERN)]
+CardNo = Annotated[str, msgspec.Meta(pattern=CARD_NO_PATTERN)]
 CardSn = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-fA-F]{32}$")]
 Hex32 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-fA-F]{32}$")]
 Ref = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[\x21-\x7e]+$")]
-Text = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+# Free text: no control characters (PostgreSQL cannot store NUL; none belong in names).
+Text = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f]+$")]
 Fen = Annotated[int, msgspec.Meta(ge=0, le=10**13)]
 PositiveFen = Annotated[int, msgspec.Meta(gt=0, le=10**13)]
 

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import yaml
+from openapi_spec_validator import validate
 
 from cardsvc.app import create_app
 
@@ -29,13 +30,18 @@ def _app_operations(settings) -> set[tuple[str, str]]:
         if route.method == "HEAD":
             continue
         path = route.resource.canonical
-        match = re.search(r"\{(\w+):([\w|-]+)\}", path)
+        pattern = route.resource.get_info().get("pattern")
+        match = re.search(r"\(\?P<(\w+)>([\w|-]+)\)", pattern.pattern) if pattern else None
         if match:  # one alternation route stands for several documented paths
             for alt in match.group(2).split("|"):
-                ops.add((route.method, path.replace(match.group(0), alt)))
+                ops.add((route.method, path.replace("{" + match.group(1) + "}", alt)))
         else:
             ops.add((route.method, path))
     return ops
+
+
+def test_openapi_document_is_valid():
+    validate(yaml.safe_load((ROOT / "schema" / "openapi.yaml").read_text()))
 
 
 def test_openapi_documents_exactly_the_routes(settings):

@@ -32,6 +32,7 @@ class IssuedCard(msgspec.Struct, kw_only=True):
     card_no: str
     card_sn: str
     psn_no: str
+    admdvs: str
     status: str
     issue_date: dt.date
     expiry_date: dt.date

@@ -145,6 +145,7 @@ class CardIssuer:
             card_no=card_no,
             card_sn=card_sn,
             psn_no=psn_no,
+            admdvs=person["admdvs"],
             status=CardStatus.ISSUED,
             issue_date=issue_date,
             expiry_date=expiry_date,

@@ -4,10 +4,9 @@ from aiohttp import web
 
 from cardsvc.cards.lifecycle import CardAction
 from cardsvc.cards.models import IssueCard
-from cardsvc.errors import NotFound
 from cardsvc.web.appkeys import CALLER, SERVICES
 from cardsvc.web.auth import terminal
-from cardsvc.web.codec import json_response, read_json
+from cardsvc.web.codec import json_response, path_param, read_json
 
 # The transitions that are a plain status change; replace issues a new card as well.
 _SIMPLE = {a.value: a for a in CardAction if a is not CardAction.REPLACE}
@@ -22,16 +21,14 @@ async def issue(request: web.Request) -> web.Response:
 
 @terminal("counter")
 async def get(request: web.Request) -> web.Response:
-    return json_response(await request.app[SERVICES].cards.get(request.match_info["card_no"]))
+    return json_response(await request.app[SERVICES].cards.get(path_param(request, "card_no")))
 
 
 @terminal("counter")
 async def transition(request: web.Request) -> web.Response:
-    action = _SIMPLE.get(request.match_info["action"])
-    if action is None:
-        raise NotFound("no such card action", code="NOT_FOUND")
+    action = _SIMPLE[request.match_info["action"]]  # the route admits only these
     card = await request.app[SERVICES].cards.transition(
-        request[CALLER], request.match_info["card_no"], action
+        request[CALLER], path_param(request, "card_no"), action
     )
     return json_response(card)
 
@@ -39,6 +36,6 @@ async def transition(request: web.Request) -> web.Response:
 @terminal("counter")
 async def replace(request: web.Request) -> web.Response:
     result = await request.app[SERVICES].cards.replace(
-        request[CALLER], request.match_info["card_no"]
+        request[CALLER], path_param(request, "card_no")
     )
     return json_response(result, status=201)

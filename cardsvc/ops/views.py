@@ -9,9 +9,11 @@ from cardsvc.errors import ServiceUnavailable
 from cardsvc.hsm.client import HsmClient
 from cardsvc.ops import metrics
 from cardsvc.web.appkeys import HSM, POOL
+from cardsvc.web.auth import public
 from cardsvc.web.codec import json_response
 
 
+@public
 async def healthz(request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
@@ -23,6 +25,7 @@ async def _hsm_reachable(hsm: HsmClient) -> bool:
         return False
 
 
+@public
 async def readyz(request: web.Request) -> web.Response:
     database = await db.ping(request.app[POOL])
     hsm = await _hsm_reachable(request.app[HSM])
@@ -33,5 +36,6 @@ async def readyz(request: web.Request) -> web.Response:
     )
 
 
+@public
 async def prometheus(request: web.Request) -> web.Response:
     return web.Response(body=metrics.exposition(), content_type="text/plain", charset="utf-8")

@@ -10,7 +10,7 @@ import msgspec
 from cardsvc.types import Admdvs, Gender, Insutype, PsnType
 
 Certno = Annotated[str, msgspec.Meta(min_length=18, max_length=18)]
-PsnName = Annotated[str, msgspec.Meta(min_length=1, max_length=30)]
+PsnName = Annotated[str, msgspec.Meta(min_length=1, max_length=30, pattern=r"^[^\x00-\x1f]+$")]
 
 
 class CreatePerson(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -24,6 +24,18 @@ class TerminalRegistered(msgspec.Struct, kw_only=True):
     fixmedins_code: str | None
     terminal_key: str  # shown once: the only time K_term leaves hsm_stub in clear
     kcv: str
+
+
+class UpdateTerminal(msgspec.Struct, forbid_unknown_fields=True):
+    status: Literal["active", "disabled"]
+
+
+class TerminalInfo(msgspec.Struct, kw_only=True):
+    terminal_id: str
+    kind: str
+    fixmedins_code: str | None
+    kcv: str
+    status: str
 
 
 class SignInStart(msgspec.Struct, forbid_unknown_fields=True):

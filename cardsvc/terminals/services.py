@@ -31,7 +31,9 @@ from cardsvc.terminals.models import (
     SessionOpened,
     SignInChallenge,
     SignInComplete,
+    TerminalInfo,
     TerminalRegistered,
+    UpdateTerminal,
 )
 from cardsvc.web.caller import ADMIN, Caller
 
@@ -61,14 +63,12 @@ class TerminalRegistry:
                 "pos and his terminals belong to a facility; counter and kiosk terminals do not",
                 code="FACILITY_REQUIRED" if needs_facility else "FACILITY_NOT_ALLOWED",
             )
+        if req.fixmedins_code is not None and not await self._pool.fetchval(
+            "SELECT 1 FROM facilities WHERE fixmedins_code = $1", req.fixmedins_code
+        ):
+            raise NotFound("no such facility", code="FACILITY_NOT_FOUND")
         key = await self._hsm.generate_terminal_key()
         async with transaction(self._pool) as conn:
-            if req.fixmedins_code is not None:
-                found = await conn.fetchval(
-                    "SELECT 1 FROM facilities WHERE fixmedins_code = $1", req.fixmedins_code
-                )
-                if not found:
-                    raise NotFound("no such facility", code="FACILITY_NOT_FOUND")
             seq = await conn.fetchval("SELECT nextval('terminal_no_seq')")
             terminal_id = f"T{seq:08d}"
             await conn.execute(
@@ -96,6 +96,25 @@ class TerminalRegistry:
             kcv=key.kcv,
         )
 
+    async def set_status(self, terminal_id: str, req: UpdateTerminal) -> TerminalInfo:
+        async with transaction(self._pool) as conn:
+            row = await conn.fetchrow(
+                "UPDATE terminals SET status = $2 WHERE terminal_id = $1"
+                " RETURNING terminal_id, kind, fixmedins_code, kcv, status",
+                terminal_id,
+                req.status,
+            )
+            if row is None:
+                raise NotFound("no such terminal", code="TERMINAL_NOT_FOUND")
+            await self._audit.append(
+                conn,
+                actor=ADMIN.actor,
+                action=f"terminal.{req.status}",
+                object_type="terminal",
+                object_id=terminal_id,
+            )
+        return TerminalInfo(**dict(row))
+
 
 class SignIn:
     def __init__(
@@ -112,22 +131,18 @@ class SignIn:
     async def start(self, terminal_id: str) -> SignInChallenge:
         challenge = os.urandom(16)
         expires_at = _now() + dt.timedelta(seconds=self._settings.challenge_ttl)
-        async with transaction(self._pool) as conn:
-            status = await conn.fetchval(
-                "SELECT status FROM terminals WHERE terminal_id = $1", terminal_id
-            )
-            if status is None:
-                # Same answer as a bad cryptogram would get later: no terminal enumeration.
-                raise Unauthenticated("unknown terminal", code="TERMINAL_UNKNOWN")
-            if status != "active":
-                raise Forbidden("terminal is disabled", code="TERMINAL_DISABLED")
-            await conn.execute(
-                "INSERT INTO sign_in_challenges (challenge, terminal_id, expires_at)"
-                " VALUES ($1, $2, $3)",
-                challenge,
-                terminal_id,
-                expires_at,
-            )
+        # Unknown and disabled terminals get a challenge too, one that was never stored, so
+        # this public endpoint does not tell which terminal ids exist; completing it fails
+        # with CHALLENGE_INVALID.
+        await self._pool.execute(
+            """
+            INSERT INTO sign_in_challenges (challenge, terminal_id, expires_at)
+            SELECT $1, terminal_id, $3 FROM terminals WHERE terminal_id = $2 AND status = 'active'
+            """,
+            challenge,
+            terminal_id,
+            expires_at,
+        )
         return SignInChallenge(challenge=challenge.hex(), expires_at=expires_at)
 
     async def complete(self, req: SignInComplete) -> SessionOpened:
@@ -143,10 +158,11 @@ class SignIn:
                 rs,
                 req.terminal_id,
             )
-        if row is None or row["expires_at"] < _now():
-            raise Unauthenticated("challenge unknown, used or expired", code="CHALLENGE_INVALID")
-        if row["status"] != "active":
-            raise Forbidden("terminal is disabled", code="TERMINAL_DISABLED")
+        if row is None or row["expires_at"] < _now() or row["status"] != "active":
+            raise Unauthenticated(
+                "challenge unknown, used or expired, or terminal not active",
+                code="CHALLENGE_INVALID",
+            )
         try:
             result = await self._hsm.verify_terminal_cryptogram(
                 row["key_under_lmk"], rs, rt, bytes.fromhex(req.cryptogram)

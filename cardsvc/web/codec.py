@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, TypeVar
 
 import msgspec
 from aiohttp import web
 
 from cardsvc.errors import InvalidRequest
+from cardsvc.types import (
+    CARD_NO_PATTERN,
+    FACILITY_CODE_PATTERN,
+    PSN_NO_PATTERN,
+    TERMINAL_ID_PATTERN,
+)
 
 T = TypeVar("T")
 
@@ -35,6 +42,24 @@ def decode(body: bytes, type_: type[T]) -> T:
     except msgspec.DecodeError:
         raise InvalidRequest("the body is not valid JSON", code="MALFORMED_JSON") from None
     return result
+
+
+_PATH_PARAMETERS = {
+    "psn_no": re.compile(PSN_NO_PATTERN),
+    "card_no": re.compile(CARD_NO_PATTERN),
+    "fixmedins_code": re.compile(FACILITY_CODE_PATTERN),
+    "terminal_id": re.compile(TERMINAL_ID_PATTERN),
+}
+
+
+def path_param(request: web.Request, name: str) -> str:
+    """A path parameter checked against its pattern: malformed is 400, not 404."""
+    value = request.match_info[name]
+    if not _PATH_PARAMETERS[name].match(value):
+        raise InvalidRequest(
+            f"{name} is malformed", code="INVALID_PATH_PARAMETER", details={"parameter": name}
+        )
+    return value
 
 
 async def read_json(request: web.Request, type_: type[T]) -> T:

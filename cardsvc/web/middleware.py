@@ -7,6 +7,7 @@ own, anything else as a logged 500 that shows no internals.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from typing import Any
@@ -18,6 +19,7 @@ from aiohttp.typedefs import Handler
 from cardsvc import db
 from cardsvc.errors import CardsvcError
 from cardsvc.ops import metrics
+from cardsvc.web.appkeys import SETTINGS
 from cardsvc.web.codec import error_body
 
 log = structlog.get_logger("cardsvc.http")
@@ -67,21 +69,29 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
 
 @web.middleware
 async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    bound = asyncio.timeout(request.app[SETTINGS].request_timeout)
     try:
-        return await handler(request)
-    except CardsvcError as exc:
+        async with bound:
+            return await handler(request)
+    except Exception as exc:
+        return _error_for(exc, request_timed_out=bound.expired())
+
+
+def _error_for(exc: Exception, *, request_timed_out: bool) -> web.Response:
+    if request_timed_out and isinstance(exc, TimeoutError):
+        log.warning("request_timeout")
+        return _error_response(503, "REQUEST_TIMEOUT", "the request took too long")
+    if isinstance(exc, CardsvcError):
         if exc.status >= 500:
             log.warning("dependency_unavailable", code=exc.code)
         return _error_response(exc.status, exc.code, exc.message, exc.details)
-    except web.HTTPException as exc:
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise
-        code = _HTTP_CODES.get(exc.status, "HTTP_ERROR")
-        return _error_response(exc.status, code, exc.reason)
-    except Exception as exc:
-        unavailable = db.as_service_error(exc)
-        if unavailable is not None:
-            log.warning("database_unavailable", code=unavailable.code, error=type(exc).__name__)
-            return _error_response(unavailable.status, unavailable.code, unavailable.message)
-        log.exception("unhandled_error")
-        return _error_response(500, "INTERNAL", "internal error")
+            raise exc
+        return _error_response(exc.status, _HTTP_CODES.get(exc.status, "HTTP_ERROR"), exc.reason)
+    mapped = db.as_service_error(exc) or db.as_input_error(exc)
+    if mapped is not None:
+        log.warning("database_error_mapped", code=mapped.code, error=type(exc).__name__)
+        return _error_response(mapped.status, mapped.code, mapped.message)
+    log.error("unhandled_error", exc_info=exc)
+    return _error_response(500, "INTERNAL", "internal error")

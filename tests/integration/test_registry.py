@@ -86,7 +86,16 @@ async def test_bad_bodies_are_400_with_codes(service: Service):
     assert status == 400 and body["error"]["code"] == "VALIDATION_FAILED"
     assert "extra" in body["error"]["message"]
     status, body = await service.admin("GET", "/v1/persons/nope")
+    assert status == 400 and body["error"]["code"] == "INVALID_PATH_PARAMETER"
+    status, body = await service.admin("GET", "/v1/persons/3202009999999997")
     assert status == 404 and body["error"]["code"] == "PERSON_NOT_FOUND"
+    status, body = await service.admin("GET", "/v1/facilities/%00")
+    assert status == 400 and body["error"]["code"] == "INVALID_PATH_PARAMETER"
+    for field in ("psn_name", "certno"):
+        status, body = await service.admin(
+            "POST", "/v1/persons", {**_person_payload(), field: "张\u0000三"}
+        )
+        assert status == 400 and body["error"]["code"] == "VALIDATION_FAILED", body
 
 
 async def test_enrolment_rules(service: Service):

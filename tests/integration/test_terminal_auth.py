@@ -14,7 +14,7 @@ from aiohttp import web
 from cardsvc.app import create_app
 from cardsvc.config import Settings
 from cardsvc.crypto import profile
-from cardsvc.terminal.client import TerminalClient
+from cardsvc.terminal.client import TerminalClient, TerminalError
 from tests.conftest import free_port
 from tests.support.api import Service
 
@@ -64,12 +64,31 @@ async def test_sign_in_challenge_is_single_use(service: Service):
     assert replay.status == 401 and _code(replay) == "CHALLENGE_INVALID"
 
 
-async def test_unknown_terminal_cannot_start_sign_in(service: Service):
+async def test_unknown_terminal_is_not_told_apart_but_cannot_sign_in(service: Service):
     client = TerminalClient(service.http, service.base_url, "T99999999", os.urandom(16))
-    resp = await client.send(
+    start = await client.send(
         "POST", "/v1/terminals/sign-in", msgspec.json.encode({"terminal_id": "T99999999"})
     )
-    assert resp.status == 401 and _code(resp) == "TERMINAL_UNKNOWN"
+    assert start.status == 200 and len(start.body["challenge"]) == 32
+    with pytest.raises(TerminalError) as caught:
+        await client.sign_in()
+    assert caught.value.code == "CHALLENGE_INVALID"
+
+
+async def test_disabled_terminal_is_refused_at_once_and_cannot_sign_in(service: Service):
+    counter = await service.terminal("counter")
+    await service.admin_ok("PATCH", f"/v1/terminals/{counter.terminal_id}", {"status": "disabled"})
+    resp = await counter.request("POST", PATH, {"card_no": "A00000000", "purpose": "identify"})
+    assert resp.status == 403 and _code(resp) == "TERMINAL_DISABLED"
+    with pytest.raises(TerminalError) as caught:
+        await counter.sign_in()
+    assert caught.value.code == "CHALLENGE_INVALID"
+    await service.admin_ok("PATCH", f"/v1/terminals/{counter.terminal_id}", {"status": "active"})
+    await counter.sign_in()
+    resp = await counter.request("POST", PATH, {"card_no": "A00000000", "purpose": "identify"})
+    assert resp.status == 404
+    status, body = await service.admin("PATCH", "/v1/terminals/T00000000", {"status": "active"})
+    assert status == 404 and body["error"]["code"] == "TERMINAL_NOT_FOUND"
 
 
 async def test_replayed_nonce_is_refused(service: Service):
