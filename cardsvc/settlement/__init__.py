@@ -1,0 +1,1 @@
+"""Direct settlement: the benefit policy engine, its parameters and the settlement service."""

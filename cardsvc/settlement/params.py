@@ -1,0 +1,153 @@
+"""Benefit policy parameters, loaded from ``schema/policy/<version>.json``.
+
+Every figure of the policy (POLICY.md) lives in that file; the engine in
+:mod:`cardsvc.settlement.policy` reads them only from :class:`PolicyParams`. A settlement
+records the version it was computed under, so a reversal or an audit can reload the same
+figures after the policy has moved on.
+
+Tables keyed by facility level must name every level, and tables keyed by item class every
+class: a missing key is a broken policy file, refused at load time rather than at the
+first settlement that needs it.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Literal
+
+import msgspec
+
+CURRENT_POLICY_VERSION = "2026.1"
+POLICY_DIR = Path(__file__).resolve().parents[2] / "schema" / "policy"
+
+LEVELS = frozenset({"community", "1", "2", "3"})
+ITEM_CLASSES = frozenset({"A", "B", "C"})
+_VERSION_PATTERN = re.compile(r"^\d{4}\.\d{1,3}$")
+
+Fen = Annotated[int, msgspec.Meta(ge=0)]
+Percent = Annotated[int, msgspec.Meta(ge=0, le=100)]
+PerLevel = dict[str, Fen]
+# How Step 1 books an item's base amount (after over-limit) for one item class.
+LineTreatment = Literal["in_scope", "pre_self_pay", "full_own_pay"]
+
+
+def _require_keys(table: Mapping[str, object], keys: frozenset[str], what: str) -> None:
+    if set(table) != keys:
+        raise ValueError(f"{what} must name exactly {sorted(keys)}, got {sorted(table)}")
+
+
+class AllowedMedType(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One row of the insutype / med_type / facility type table."""
+
+    insutype: str
+    med_type: str
+    facility_type: Literal["hospital", "pharmacy"]
+
+
+class FacilityRatings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    suspended: frozenset[str]  # treated as FACILITY_SUSPENDED even when status is active
+    review: frozenset[str]  # accepted, but held out of clearing until approved
+
+
+class EmployeeInpatient(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    deductible: PerLevel
+    ratio: dict[str, Percent]
+    # Divisor of the deductible once the person has a 310 admission this year.
+    repeat_admission_divisor: Annotated[int, msgspec.Meta(ge=1)]
+    ratio_bonus: dict[str, Percent]  # by psn_type; absent types get none
+    ratio_max: Percent
+
+    def __post_init__(self) -> None:
+        _require_keys(self.deductible, LEVELS, "310 inpatient deductible")
+        _require_keys(self.ratio, LEVELS, "310 inpatient ratio")
+
+
+class EmployeeOutpatient(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    ratio: dict[str, Percent]
+    ratio_bonus: dict[str, Percent]  # by psn_type
+    segment_threshold: dict[str, Fen]  # annual self-pay segment T, by psn_type
+
+    def __post_init__(self) -> None:
+        _require_keys(self.ratio, LEVELS, "310 outpatient ratio")
+        # POLICY.md sets no maximum here; a ratio above 100 would pay more than the claim.
+        if max(self.ratio.values()) + max(self.ratio_bonus.values(), default=0) > 100:
+            raise ValueError("310 outpatient ratio plus bonus exceeds 100")
+
+
+class Employee(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    annual_cap: Fen
+    inpatient: EmployeeInpatient
+    outpatient: EmployeeOutpatient
+
+
+class ResidentInpatient(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    deductible: PerLevel
+    ratio: dict[str, Percent]
+
+    def __post_init__(self) -> None:
+        _require_keys(self.deductible, LEVELS, "390 inpatient deductible")
+        _require_keys(self.ratio, LEVELS, "390 inpatient ratio")
+
+
+class ResidentOutpatient(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    ratio: Percent
+    annual_fund_limit: Fen
+    paying_levels: frozenset[str]  # other levels: accepted, fund pays 0
+
+
+class Resident(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    annual_cap: Fen
+    inpatient: ResidentInpatient
+    outpatient: ResidentOutpatient
+
+
+class Maternity(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    prenatal_annual_limit: Fen
+    delivery_quota: dict[Literal["normal", "cesarean"], Fen]
+    deliveries_per_year: Annotated[int, msgspec.Meta(ge=1)]
+
+    def __post_init__(self) -> None:
+        if set(self.delivery_quota) != {"normal", "cesarean"}:
+            raise ValueError("delivery_quota must name normal and cesarean")
+
+
+class PolicyParams(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    version: str
+    allowed_med_types: tuple[AllowedMedType, ...]
+    person_types: dict[str, frozenset[str]]  # insutype -> psn_types that fit the scheme
+    account_insutypes: frozenset[str]  # schemes whose settlements may use the account
+    fund_pay_types: dict[str, str]  # insutype -> setldetail fund_pay_type
+    facility_ratings: FacilityRatings
+    line_treatment: dict[str, dict[str, LineTreatment]]  # insutype -> item class -> treatment
+    work_injury_insutypes: frozenset[str]  # item class ignored: the work_injury flag decides
+    default_selfpay_prop: Percent  # class B items without their own selfpay_prop
+    employee: Employee
+    resident: Resident
+    maternity: Maternity
+
+    def __post_init__(self) -> None:
+        for insutype, table in self.line_treatment.items():
+            _require_keys(table, ITEM_CLASSES, f"line_treatment[{insutype}]")
+        for row in self.allowed_med_types:
+            if row.insutype not in self.fund_pay_types:
+                raise ValueError(f"insutype {row.insutype} has no fund_pay_type")
+            treated = row.insutype in self.line_treatment
+            if not treated and row.insutype not in self.work_injury_insutypes:
+                raise ValueError(f"insutype {row.insutype} has no line treatment")
+
+
+_decoder = msgspec.json.Decoder(PolicyParams)
+
+
+@functools.cache
+def load_params(version: str) -> PolicyParams:
+    """The parameters of one policy version; read once per process."""
+    if not _VERSION_PATTERN.fullmatch(version):
+        raise ValueError(f"not a policy version: {version!r}")
+    params = _decoder.decode((POLICY_DIR / f"{version}.json").read_bytes())
+    if params.version != version:
+        raise ValueError(f"{version}.json declares version {params.version!r}")
+    return params

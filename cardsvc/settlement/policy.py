@@ -1,0 +1,620 @@
+"""The benefit policy engine: (policy parameters, person state, facility, fee lines) -> split.
+
+Pure: no IO, no clock, no database. The service gathers a :class:`Snapshot` inside the
+settlement's transaction, calls :func:`settle`, and stores the :class:`Split` together with
+its ``year_delta``; a reversal applies ``apply_delta(year, split.year_delta, -1)``.
+
+Every figure comes from :class:`~cardsvc.settlement.params.PolicyParams`. Money is integer
+fen; the only rounding is :func:`pct`. Names follow the national 2206/2207 ``setlinfo``.
+
+Order of refusals (first failure wins; each is a :class:`PolicyRefusal`)::
+
+    CARD_NOT_ACTIVE         card status is not active
+    INSURANCE_NOT_ACTIVE    no active enrolment in the insutype, or psn_type does not fit it
+    FACILITY_SUSPENDED      facility not active, or rated D
+    NO_AGREEMENT            facility holds no agreement for the insutype
+    MED_TYPE_NOT_ALLOWED    insutype / med_type / facility type not in the table
+    DELIVERY_TYPE_REQUIRED  52 without delivery_type (not in POLICY.md's list; see below)
+    INJURY_CASE_INVALID     410 without an approved, current case of this person
+    UNKNOWN_ITEM            line codes missing from the catalog (details: sorted codes)
+    MATERNITY_LIMIT         a second 52 delivery in the year
+
+Readings of POLICY.md
+---------------------
+Where POLICY.md leaves room, these readings are taken; each keeps every Step 3 identity
+(``medfee = fulamt_ownpay + overlmt + preselfpay + inscp``, ``psn_part = medfee - fund_sum``,
+``psn_cash = psn_part - acct_pay``, ``balc = balance - acct_pay``) true and nothing negative.
+
+1. ``DELIVERY_TYPE_REQUIRED`` is checked right after ``MED_TYPE_NOT_ALLOWED``: it is a fault
+   of the request's shape for an allowed 52, so it precedes the checks of referenced data.
+   ``delivery_type`` on any other med_type is ignored.
+2. ``MATERNITY_LIMIT`` is a Step 2 rule, so it comes after every Eligibility check (after
+   ``UNKNOWN_ITEM``), still before any arithmetic. The limit is ``deliveries_per_year`` (1).
+3. A psn_type that does not fit the scheme is ``INSURANCE_NOT_ACTIVE`` (the person cannot be
+   insured under it). 410 and 510 take in_service and retired, as the registry does.
+4. A facility rated D is ``FACILITY_SUSPENDED`` even when its status is active; any status
+   other than active is suspended.
+5. ``hifp_pay`` is the basic medical pooled fund (310100 / 390100) only. For 410 and 510 it
+   is 0 and the scheme's fund appears in ``setldetail`` and ``fund_pay_sumamt``;
+   ``act_pay_dedc`` and ``pool_prop_selfpay`` are 0 for 410, 510 and 310 ``41``. The part
+   of ``S`` the maternity fund leaves (above the quota or the prenatal limit) is therefore
+   only in ``psn_part_amt`` / ``psn_cash_pay``.
+6. "Already has a non-reversed 310 inpatient settlement this year" is
+   ``year.inpatient_310 > 0``; every 310 ``21`` settlement counts one admission, whatever
+   its amount.
+7. The inpatient ratio cap ("max 95") bounds ratio + bonus for every psn_type. The 310
+   outpatient ratio + bonus has no cap in POLICY.md; the parameter file is refused if it
+   could exceed 100.
+8. 310 ``11``: the account's first draw ``a1`` comes out of in-scope before the segment, so
+   there ``hifp_pay + pool_prop_selfpay + act_pay_dedc = S - a1``, not ``S``. The identity
+   ``hifp_pay + pool_prop_selfpay + act_pay_dedc = inscp_scp_amt`` holds for 310 ``21`` and
+   for 390 ``11`` / ``21``.
+9. 390 ``11`` fund payments count toward the 390 annual cap (``hifp_390``, "all 390
+   hifp_pay") as well as the outpatient limit (``outpatient_fund_390``); at levels 2/3 both
+   deltas are 0.
+10. 51 prenatal: ``min(S, max(0, limit - paid))``, so a year already at the limit gives 0,
+    never a negative fund.
+11. Over-limit is split off every line first, whatever the scheme or class (also 410 and
+    class C); pre-self-pay is rounded per line and then summed.
+12. The personal account is never used for 390, 410 and 510, whatever ``acct_used_flag``
+    says; ``balc`` is then the balance unchanged.
+13. The injury case is the one ``injury_case_id`` names: it must exist, belong to this
+    person, be ``approved``, match the id, and cover the settlement date (both ends included).
+14. A 310/390 hospital settlement needs the facility's level; a hospital without one is a
+    registry fault (the database forbids it), raised as ``ValueError``, not a refusal.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from cardsvc.errors import BusinessRuleViolation
+from cardsvc.settlement.params import LineTreatment, PolicyParams
+
+Amount = Annotated[int, msgspec.Meta(ge=0)]
+DeliveryType = Literal["normal", "cesarean"]
+
+# National med_type codes (not policy figures: which ones a scheme allows is in the params).
+OUTPATIENT = "11"
+INPATIENT = "21"
+PHARMACY_PURCHASE = "41"
+PRENATAL = "51"
+DELIVERY = "52"
+
+# National insutype codes.
+EMPLOYEE = "310"
+RESIDENT = "390"
+WORK_INJURY = "410"
+MATERNITY = "510"
+
+ACTIVE = "active"
+APPROVED = "approved"
+
+
+# --- inputs ----------------------------------------------------------------------------
+
+
+class FeeLine(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    code: str
+    unit_price: Amount
+    quantity: Annotated[int, msgspec.Meta(ge=1)]
+
+
+class CatalogItem(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    code: str
+    chrgitm_lv: Literal["A", "B", "C"]
+    selfpay_prop: Annotated[int, msgspec.Meta(ge=0, le=100)] | None = None
+    max_price: Amount | None = None
+    work_injury: bool = False
+
+
+class FacilityInfo(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    fixmedins_code: str
+    type: Literal["hospital", "pharmacy"]
+    level: str | None
+    credit_rating: str
+    status: str
+    # A frozenset only: msgspec cannot decode a union of two array-like types.
+    agreements: frozenset[str]
+
+
+class Enrolment(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    insutype: str
+    begndate: dt.date
+    enddate: dt.date | None = None
+
+
+class InjuryCase(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    case_id: str
+    psn_no: str
+    status: str
+    valid_from: dt.date
+    valid_to: dt.date
+
+
+class YearState(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Per person per calendar year, over non-reversed settlements only."""
+
+    hifp_310: int = 0
+    seg_310: int = 0
+    inpatient_310: int = 0
+    hifp_390: int = 0
+    outpatient_fund_390: int = 0
+    prenatal_510: int = 0
+    deliveries_510: int = 0
+
+
+class SettlementRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    insutype: str
+    med_type: str
+    acct_used_flag: bool = True
+    injury_case_id: str | None = None
+    delivery_type: DeliveryType | None = None
+    lines: tuple[FeeLine, ...]
+
+
+class Snapshot(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    psn_no: str
+    psn_type: str
+    card_status: str
+    settle_date: dt.date
+    balance: Amount
+    year: YearState
+    enrolments: tuple[Enrolment, ...]
+    facility: FacilityInfo
+    catalog: Mapping[str, CatalogItem]  # only the items the request names; missing = unknown
+    injury_case: InjuryCase | None = None
+
+
+# --- output ----------------------------------------------------------------------------
+
+
+class FundPayment(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    fund_pay_type: str
+    fund_payamt: int
+
+
+class LineSplit(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    code: str
+    chrgitm_lv: str
+    total: int
+    over: int
+    fulamt_ownpay: int
+    preselfpay: int
+    inscp: int
+
+
+class Split(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    policy_version: str
+    medfee_sumamt: int
+    fulamt_ownpay_amt: int
+    overlmt_selfpay: int
+    preselfpay_amt: int
+    inscp_scp_amt: int
+    act_pay_dedc: int
+    hifp_pay: int
+    pool_prop_selfpay: int
+    acct_pay: int
+    fund_pay_sumamt: int
+    psn_part_amt: int
+    psn_cash_pay: int
+    balc: int
+    setldetail: tuple[FundPayment, ...]
+    review_required: bool
+    lines: tuple[LineSplit, ...]
+    year_delta: YearState  # what this settlement adds; its reversal subtracts exactly this
+
+
+class PolicyRefusal(BusinessRuleViolation):
+    """The policy refuses the settlement; ``code`` names the rule (see the module docstring)."""
+
+    def __init__(self, code: str, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message, code=code, details=details)
+
+
+def pct(amount: int, percent: int) -> int:
+    """``percent`` % of ``amount`` fen, rounded half up (the policy's only rounding)."""
+    return (amount * percent + 50) // 100
+
+
+def apply_delta(year: YearState, delta: YearState, sign: int = 1) -> YearState:
+    """The year state after a settlement (``sign=1``) or its reversal (``sign=-1``)."""
+    if sign not in (1, -1):
+        raise ValueError("sign must be 1 or -1")
+    after = {
+        name: getattr(year, name) + sign * getattr(delta, name)
+        for name in YearState.__struct_fields__
+    }
+    if any(value < 0 for value in after.values()):
+        raise ValueError("a reversal cannot give back more than the year holds")
+    return YearState(**after)
+
+
+# --- eligibility -----------------------------------------------------------------------
+
+
+def check_eligibility(params: PolicyParams, snapshot: Snapshot, request: SettlementRequest) -> None:
+    """Raise the first :class:`PolicyRefusal` that applies, in the documented order."""
+    _check_card(snapshot)
+    _check_enrolment(params, snapshot, request.insutype)
+    _check_facility(params, snapshot.facility, request.insutype)
+    _check_med_type(params, snapshot.facility, request)
+    _check_delivery_type(request)
+    _check_injury_case(params, snapshot, request)
+    _check_items(snapshot.catalog, request.lines)
+    _check_maternity_limit(params, snapshot.year, request)
+
+
+def _check_card(snapshot: Snapshot) -> None:
+    if snapshot.card_status != ACTIVE:
+        raise PolicyRefusal(
+            "CARD_NOT_ACTIVE",
+            f"card is {snapshot.card_status}, not active",
+            {"status": snapshot.card_status},
+        )
+
+
+def _enrolment_active(enrolment: Enrolment, on: dt.date) -> bool:
+    return enrolment.begndate <= on and (enrolment.enddate is None or enrolment.enddate >= on)
+
+
+def _check_enrolment(params: PolicyParams, snapshot: Snapshot, insutype: str) -> None:
+    fits = snapshot.psn_type in params.person_types.get(insutype, frozenset())
+    enrolled = any(
+        e.insutype == insutype and _enrolment_active(e, snapshot.settle_date)
+        for e in snapshot.enrolments
+    )
+    if not (fits and enrolled):
+        raise PolicyRefusal(
+            "INSURANCE_NOT_ACTIVE",
+            f"no active {insutype} insurance on {snapshot.settle_date.isoformat()}",
+            {"insutype": insutype},
+        )
+
+
+def _check_facility(params: PolicyParams, facility: FacilityInfo, insutype: str) -> None:
+    if facility.status != ACTIVE or facility.credit_rating in params.facility_ratings.suspended:
+        raise PolicyRefusal(
+            "FACILITY_SUSPENDED",
+            f"facility {facility.fixmedins_code} is suspended",
+            {"fixmedins_code": facility.fixmedins_code},
+        )
+    if insutype not in facility.agreements:
+        raise PolicyRefusal(
+            "NO_AGREEMENT",
+            f"facility {facility.fixmedins_code} has no {insutype} agreement",
+            {"fixmedins_code": facility.fixmedins_code, "insutype": insutype},
+        )
+
+
+def _check_med_type(
+    params: PolicyParams, facility: FacilityInfo, request: SettlementRequest
+) -> None:
+    allowed = any(
+        row.insutype == request.insutype
+        and row.med_type == request.med_type
+        and row.facility_type == facility.type
+        for row in params.allowed_med_types
+    )
+    if not allowed:
+        raise PolicyRefusal(
+            "MED_TYPE_NOT_ALLOWED",
+            f"med_type {request.med_type} is not allowed for {request.insutype}"
+            f" at a {facility.type}",
+            {"insutype": request.insutype, "med_type": request.med_type},
+        )
+
+
+def _check_delivery_type(request: SettlementRequest) -> None:
+    if request.med_type == DELIVERY and request.delivery_type is None:
+        raise PolicyRefusal("DELIVERY_TYPE_REQUIRED", "a delivery settlement needs delivery_type")
+
+
+def _injury_case_valid(snapshot: Snapshot, case_id: str | None) -> bool:
+    case = snapshot.injury_case
+    return (
+        case is not None
+        and case_id == case.case_id
+        and case.psn_no == snapshot.psn_no
+        and case.status == APPROVED
+        and case.valid_from <= snapshot.settle_date <= case.valid_to
+    )
+
+
+def _check_injury_case(
+    params: PolicyParams, snapshot: Snapshot, request: SettlementRequest
+) -> None:
+    if request.insutype not in params.work_injury_insutypes:
+        return
+    if not _injury_case_valid(snapshot, request.injury_case_id):
+        raise PolicyRefusal(
+            "INJURY_CASE_INVALID",
+            "no approved work-injury case of this person covers the settlement date",
+            {"injury_case_id": request.injury_case_id},
+        )
+
+
+def _check_items(catalog: Mapping[str, CatalogItem], lines: tuple[FeeLine, ...]) -> None:
+    unknown = sorted({line.code for line in lines if line.code not in catalog})
+    if unknown:
+        raise PolicyRefusal(
+            "UNKNOWN_ITEM", f"not in the catalog: {', '.join(unknown)}", {"codes": unknown}
+        )
+
+
+def _check_maternity_limit(
+    params: PolicyParams, year: YearState, request: SettlementRequest
+) -> None:
+    if request.med_type != DELIVERY:
+        return
+    if year.deliveries_510 >= params.maternity.deliveries_per_year:
+        raise PolicyRefusal(
+            "MATERNITY_LIMIT",
+            "a delivery has already been settled this year",
+            {"deliveries": year.deliveries_510},
+        )
+
+
+# --- step 1: fee lines -----------------------------------------------------------------
+
+
+def _treatment(params: PolicyParams, insutype: str, item: CatalogItem) -> LineTreatment:
+    if insutype in params.work_injury_insutypes:
+        return "in_scope" if item.work_injury else "full_own_pay"
+    return params.line_treatment[insutype][item.chrgitm_lv]
+
+
+def decompose_line(
+    params: PolicyParams, insutype: str, line: FeeLine, item: CatalogItem
+) -> LineSplit:
+    """Step 1 for one line: over-limit first, then the base by the item's treatment."""
+    total = line.unit_price * line.quantity
+    over = 0 if item.max_price is None else max(0, line.unit_price - item.max_price) * line.quantity
+    base = total - over
+    own, pre, inscp = 0, 0, 0
+    match _treatment(params, insutype, item):
+        case "in_scope":
+            inscp = base
+        case "pre_self_pay":
+            prop = params.default_selfpay_prop if item.selfpay_prop is None else item.selfpay_prop
+            pre = pct(base, prop)
+            inscp = base - pre
+        case "full_own_pay":
+            own = base
+    return LineSplit(
+        code=line.code,
+        chrgitm_lv=item.chrgitm_lv,
+        total=total,
+        over=over,
+        fulamt_ownpay=own,
+        preselfpay=pre,
+        inscp=inscp,
+    )
+
+
+# --- step 2: the funds -----------------------------------------------------------------
+
+
+class _Claim(msgspec.Struct, frozen=True, kw_only=True):
+    """What a scheme's fund rule sees: Step 1's totals and the person's state."""
+
+    in_scope: int  # S
+    pre: int
+    balance: int
+    account_usable: bool
+    psn_type: str
+    level: str | None
+    year: YearState
+    delivery_type: DeliveryType | None
+
+
+class _Funds(msgspec.Struct, frozen=True, kw_only=True):
+    act_pay_dedc: int = 0
+    hifp_pay: int = 0
+    pool_prop_selfpay: int = 0
+    acct_pay: int = 0
+    fund_payamt: int = 0  # the scheme's one fund in setldetail
+    year_delta: YearState = msgspec.field(default_factory=YearState)
+
+
+def _level(claim: _Claim) -> str:
+    if claim.level is None:
+        raise ValueError("a hospital settlement needs the facility's level")
+    return claim.level
+
+
+def _cap_left(annual_cap: int, paid_this_year: int) -> int:
+    return max(0, annual_cap - paid_this_year)
+
+
+def _employee_inpatient(params: PolicyParams, claim: _Claim) -> _Funds:
+    rules, level = params.employee.inpatient, _level(claim)
+    deductible = rules.deductible[level]
+    if claim.year.inpatient_310 > 0:  # a further admission this year
+        deductible //= rules.repeat_admission_divisor
+    dedc = min(claim.in_scope, deductible)
+    rest = claim.in_scope - dedc
+    ratio = min(rules.ratio[level] + rules.ratio_bonus.get(claim.psn_type, 0), rules.ratio_max)
+    hifp = min(pct(rest, ratio), _cap_left(params.employee.annual_cap, claim.year.hifp_310))
+    pool = rest - hifp
+    acct = min(claim.balance, dedc + pool + claim.pre) if claim.account_usable else 0
+    return _Funds(
+        act_pay_dedc=dedc,
+        hifp_pay=hifp,
+        pool_prop_selfpay=pool,
+        acct_pay=acct,
+        fund_payamt=hifp,
+        year_delta=YearState(hifp_310=hifp, inpatient_310=1),
+    )
+
+
+def _employee_outpatient(params: PolicyParams, claim: _Claim) -> _Funds:
+    rules, level = params.employee.outpatient, _level(claim)
+    # The account pays in-scope first; the annual self-pay segment is taken from the rest.
+    a1 = min(claim.balance, claim.in_scope) if claim.account_usable else 0
+    rest = claim.in_scope - a1
+    threshold = rules.segment_threshold[claim.psn_type]
+    seg = min(rest, max(0, threshold - claim.year.seg_310))
+    pooled = rest - seg
+    ratio = rules.ratio[level] + rules.ratio_bonus.get(claim.psn_type, 0)
+    hifp = min(pct(pooled, ratio), _cap_left(params.employee.annual_cap, claim.year.hifp_310))
+    # Then the account pays pre-self-pay from what is left of it.
+    a2 = min(claim.balance - a1, claim.pre) if claim.account_usable else 0
+    return _Funds(
+        act_pay_dedc=seg,
+        hifp_pay=hifp,
+        pool_prop_selfpay=pooled - hifp,
+        acct_pay=a1 + a2,
+        fund_payamt=hifp,
+        year_delta=YearState(hifp_310=hifp, seg_310=seg),
+    )
+
+
+def _employee_pharmacy(params: PolicyParams, claim: _Claim) -> _Funds:
+    # No pooled fund at a pharmacy: only the account, for in-scope and pre-self-pay.
+    acct = min(claim.balance, claim.in_scope + claim.pre) if claim.account_usable else 0
+    return _Funds(acct_pay=acct)
+
+
+def _resident_inpatient(params: PolicyParams, claim: _Claim) -> _Funds:
+    rules, level = params.resident.inpatient, _level(claim)
+    dedc = min(claim.in_scope, rules.deductible[level])  # never halved for residents
+    rest = claim.in_scope - dedc
+    hifp = min(
+        pct(rest, rules.ratio[level]),
+        _cap_left(params.resident.annual_cap, claim.year.hifp_390),
+    )
+    return _Funds(
+        act_pay_dedc=dedc,
+        hifp_pay=hifp,
+        pool_prop_selfpay=rest - hifp,
+        fund_payamt=hifp,
+        year_delta=YearState(hifp_390=hifp),
+    )
+
+
+def _resident_outpatient(params: PolicyParams, claim: _Claim) -> _Funds:
+    rules = params.resident.outpatient
+    hifp = 0  # levels outside paying_levels: accepted, all cash
+    if _level(claim) in rules.paying_levels:
+        hifp = min(
+            pct(claim.in_scope, rules.ratio),
+            max(0, rules.annual_fund_limit - claim.year.outpatient_fund_390),
+            _cap_left(params.resident.annual_cap, claim.year.hifp_390),
+        )
+    return _Funds(
+        hifp_pay=hifp,
+        pool_prop_selfpay=claim.in_scope - hifp,
+        fund_payamt=hifp,
+        year_delta=YearState(hifp_390=hifp, outpatient_fund_390=hifp),
+    )
+
+
+def _work_injury(params: PolicyParams, claim: _Claim) -> _Funds:
+    return _Funds(fund_payamt=claim.in_scope)  # all in-scope; no deductible, cap or account
+
+
+def _maternity_prenatal(params: PolicyParams, claim: _Claim) -> _Funds:
+    left = max(0, params.maternity.prenatal_annual_limit - claim.year.prenatal_510)
+    fund = min(claim.in_scope, left)
+    return _Funds(fund_payamt=fund, year_delta=YearState(prenatal_510=fund))
+
+
+def _maternity_delivery(params: PolicyParams, claim: _Claim) -> _Funds:
+    if claim.delivery_type is None:  # refused by eligibility; kept for the type checker
+        raise ValueError("a delivery settlement needs delivery_type")
+    fund = min(claim.in_scope, params.maternity.delivery_quota[claim.delivery_type])
+    return _Funds(fund_payamt=fund, year_delta=YearState(deliveries_510=1))
+
+
+_FundRule = Callable[[PolicyParams, _Claim], _Funds]
+_FUND_RULES: dict[tuple[str, str], _FundRule] = {
+    (EMPLOYEE, INPATIENT): _employee_inpatient,
+    (EMPLOYEE, OUTPATIENT): _employee_outpatient,
+    (EMPLOYEE, PHARMACY_PURCHASE): _employee_pharmacy,
+    (RESIDENT, INPATIENT): _resident_inpatient,
+    (RESIDENT, OUTPATIENT): _resident_outpatient,
+    (WORK_INJURY, INPATIENT): _work_injury,
+    (WORK_INJURY, OUTPATIENT): _work_injury,
+    (WORK_INJURY, PHARMACY_PURCHASE): _work_injury,
+    (MATERNITY, PRENATAL): _maternity_prenatal,
+    (MATERNITY, DELIVERY): _maternity_delivery,
+}
+
+
+def _fund_rule(insutype: str, med_type: str) -> _FundRule:
+    rule = _FUND_RULES.get((insutype, med_type))
+    if rule is None:  # the params allow a combination this engine has no rule for
+        raise ValueError(f"no fund rule for insutype {insutype} med_type {med_type}")
+    return rule
+
+
+# --- step 3: totals --------------------------------------------------------------------
+
+
+def settle(params: PolicyParams, snapshot: Snapshot, request: SettlementRequest) -> Split:
+    """Check eligibility, then split the fee lines between funds, account and cash."""
+    check_eligibility(params, snapshot, request)
+    lines = tuple(
+        decompose_line(params, request.insutype, line, snapshot.catalog[line.code])
+        for line in request.lines
+    )
+    in_scope = sum(line.inscp for line in lines)
+    pre = sum(line.preselfpay for line in lines)
+    claim = _Claim(
+        in_scope=in_scope,
+        pre=pre,
+        balance=snapshot.balance,
+        account_usable=request.acct_used_flag and request.insutype in params.account_insutypes,
+        psn_type=snapshot.psn_type,
+        level=snapshot.facility.level,
+        year=snapshot.year,
+        delivery_type=request.delivery_type,
+    )
+    funds = _fund_rule(request.insutype, request.med_type)(params, claim)
+    return _totals(params, snapshot, request, lines, funds)
+
+
+def _setldetail(params: PolicyParams, insutype: str, funds: _Funds) -> tuple[FundPayment, ...]:
+    if funds.fund_payamt == 0:
+        return ()
+    return (
+        FundPayment(fund_pay_type=params.fund_pay_types[insutype], fund_payamt=funds.fund_payamt),
+    )
+
+
+def _totals(
+    params: PolicyParams,
+    snapshot: Snapshot,
+    request: SettlementRequest,
+    lines: tuple[LineSplit, ...],
+    funds: _Funds,
+) -> Split:
+    medfee = sum(line.total for line in lines)
+    setldetail = _setldetail(params, request.insutype, funds)
+    fund_sum = sum(payment.fund_payamt for payment in setldetail)
+    psn_part = medfee - fund_sum
+    return Split(
+        policy_version=params.version,
+        medfee_sumamt=medfee,
+        fulamt_ownpay_amt=sum(line.fulamt_ownpay for line in lines),
+        overlmt_selfpay=sum(line.over for line in lines),
+        preselfpay_amt=sum(line.preselfpay for line in lines),
+        inscp_scp_amt=sum(line.inscp for line in lines),
+        act_pay_dedc=funds.act_pay_dedc,
+        hifp_pay=funds.hifp_pay,
+        pool_prop_selfpay=funds.pool_prop_selfpay,
+        acct_pay=funds.acct_pay,
+        fund_pay_sumamt=fund_sum,
+        psn_part_amt=psn_part,
+        psn_cash_pay=psn_part - funds.acct_pay,
+        balc=snapshot.balance - funds.acct_pay,
+        setldetail=setldetail,
+        review_required=snapshot.facility.credit_rating in params.facility_ratings.review,
+        lines=lines,
+        year_delta=funds.year_delta,
+    )
