@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import sys
+from pathlib import Path
 
 import msgspec
 from aiohttp import web
 
 from cardsvc import db
 from cardsvc.audit.services import AuditLog, VerifyResult
+from cardsvc.clearing.services import Clearing
 from cardsvc.config import ConfigError, Settings, load_settings
 from cardsvc.ledger.services import Ledger, LedgerProof
 from cardsvc.logging import configure_logging
@@ -46,6 +49,27 @@ async def _check(settings: Settings, what: str) -> bool:
     return result.ok
 
 
+async def _clearing(settings: Settings, day: dt.date, out: Path) -> int:
+    """Run the day's clearing (or read the run already made) and write its files."""
+    pool = await db.create_pool(settings)
+    try:
+        clearing = Clearing(pool, AuditLog(pool))
+        run = await clearing.run(day)
+        folder = out / day.isoformat()
+        folder.mkdir(parents=True, exist_ok=True)
+        for facility in run.facilities:
+            content = await clearing.file(day, facility.fixmedins_code)
+            (folder / f"{facility.fixmedins_code}.csv").write_text(content)
+    finally:
+        await pool.close()
+    (folder / "summary.json").write_bytes(msgspec.json.format(msgspec.json.encode(run)))
+    print(
+        f"clearing {day}: {run.settlements_cleared} settlements, {run.reversals_netted} reversals,"
+        f" {len(run.facilities)} facilities, net {run.net_total} fen -> {folder}"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cardsvc")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -53,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("migrate", help="apply pending database migrations")
     sub.add_parser("verify-audit", help="verify the audit hash chains; exit 1 if broken")
     sub.add_parser("prove-ledger", help="prove the ledger balances; exit 1 if not")
+    clearing = sub.add_parser("clearing", help="run (or re-read) a day's clearing, write files")
+    clearing.add_argument("--date", type=dt.date.fromisoformat, required=True)
+    clearing.add_argument("--out", type=Path, default=Path("var/clearing"))
     args = parser.parse_args(argv)
     try:
         settings = load_settings()
@@ -65,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         for version in asyncio.run(db.migrate_url(settings.database_url)):
             print(f"applied {version}")
         return 0
+    if args.command == "clearing":
+        return asyncio.run(_clearing(settings, args.date, args.out))
     what = "audit" if args.command == "verify-audit" else "ledger"
     return 0 if asyncio.run(_check(settings, what)) else 1
 

@@ -9,11 +9,16 @@ from cardsvc.audit import views as audit
 from cardsvc.cardauth import views as cardauth
 from cardsvc.cards import views as cards
 from cardsvc.catalog import views as catalog
+from cardsvc.clearing import views as clearing
 from cardsvc.facilities import views as facilities
 from cardsvc.injuries import views as injuries
+from cardsvc.kiosk import views as kiosk
 from cardsvc.ledger import views as ledger
 from cardsvc.ops import views as ops
 from cardsvc.persons import views as persons
+from cardsvc.reconciliation import views as reconciliation
+from cardsvc.settlement import views as settlements
+from cardsvc.supervision import views as supervision
 from cardsvc.terminals import views as terminals
 
 
@@ -37,6 +42,13 @@ def setup_routes(app: web.Application) -> None:
             web.post("/v1/injury-cases", injuries.create),
             web.get("/v1/audit/verify", audit.verify),
             web.get("/v1/ledger/proof", ledger.proof),
+            web.get("/v1/supervision/flags", supervision.flags),
+            web.get("/v1/reviews", supervision.reviews),
+            web.post("/v1/reviews/{setl_id}/{decision:approve|reject}", supervision.decide),
+            web.get("/v1/reports/funds", supervision.fund_report),
+            web.post("/v1/clearing/runs", clearing.run),
+            web.get("/v1/clearing/runs/{clearing_date}", clearing.get),
+            web.get("/v1/clearing/runs/{clearing_date}/files/{fixmedins_code}", clearing.file),
             # terminal sign-in
             web.post("/v1/terminals/sign-in", terminals.sign_in),
             web.post("/v1/terminals/sign-in/complete", terminals.sign_in_complete),
@@ -51,5 +63,15 @@ def setup_routes(app: web.Application) -> None:
             # any terminal
             web.post("/v1/card-auth/challenge", cardauth.challenge),
             web.post("/v1/card-auth/verify", cardauth.verify),
+            # pos and his: settlement
+            web.post("/v1/settlements/preview", settlements.preview),
+            web.post("/v1/settlements", settlements.settle),
+            web.get("/v1/settlements/{setl_id}", settlements.get),
+            web.post("/v1/settlements/{setl_id}/reverse", settlements.reverse),
+            web.post("/v1/reconciliation", reconciliation.statement),
+            web.post("/v1/reconciliation/detail", reconciliation.detail),
+            # kiosk
+            web.post("/v1/kiosk/summary", kiosk.summary),
+            web.post("/v1/kiosk/report-loss", kiosk.report_loss),
         ]
     )

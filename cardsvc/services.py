@@ -6,17 +6,22 @@ from dataclasses import dataclass
 
 from cardsvc.accounts.services import AccountCredits
 from cardsvc.audit.services import AuditLog
-from cardsvc.cardauth.services import CardAuthenticator
+from cardsvc.cardauth.services import CardAuthenticator, CardTokens
 from cardsvc.cards.services import CardIssuer
 from cardsvc.catalog.services import Catalog
+from cardsvc.clearing.services import Clearing
 from cardsvc.config import Settings
 from cardsvc.db import Pool
 from cardsvc.facilities.services import FacilityRegistry
 from cardsvc.hsm.client import HsmClient
 from cardsvc.injuries.services import InjuryCases
+from cardsvc.kiosk.services import Kiosk
 from cardsvc.ledger.services import Ledger
 from cardsvc.persons.services import PersonRegistry
 from cardsvc.privacy import DataProtector
+from cardsvc.reconciliation.services import Reconciliation
+from cardsvc.settlement.services import SettlementService
+from cardsvc.supervision.services import Supervision
 from cardsvc.terminals.services import SignIn, TerminalAuthenticator, TerminalRegistry
 
 
@@ -34,11 +39,19 @@ class Services:
     terminal_auth: TerminalAuthenticator
     cards: CardIssuer
     card_auth: CardAuthenticator
+    card_tokens: CardTokens
+    settlements: SettlementService
+    reconciliation: Reconciliation
+    clearing: Clearing
+    supervision: Supervision
+    kiosk: Kiosk
 
 
 def build_services(settings: Settings, pool: Pool, hsm: HsmClient) -> Services:
     protector = DataProtector(settings.data_key)
     audit = AuditLog(pool)
+    card_tokens = CardTokens(settings)
+    cards = CardIssuer(pool, hsm, protector, audit)
     return Services(
         audit=audit,
         ledger=Ledger(pool),
@@ -50,6 +63,12 @@ def build_services(settings: Settings, pool: Pool, hsm: HsmClient) -> Services:
         terminals=TerminalRegistry(pool, hsm, audit),
         sign_in=SignIn(pool, hsm, protector, audit, settings),
         terminal_auth=TerminalAuthenticator(pool, protector, settings),
-        cards=CardIssuer(pool, hsm, protector, audit),
+        cards=cards,
         card_auth=CardAuthenticator(pool, hsm, audit, settings),
+        card_tokens=card_tokens,
+        settlements=SettlementService(pool, card_tokens, audit),
+        reconciliation=Reconciliation(pool),
+        clearing=Clearing(pool, audit),
+        supervision=Supervision(pool, audit),
+        kiosk=Kiosk(pool, card_tokens, cards),
     )

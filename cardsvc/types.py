@@ -10,6 +10,7 @@ PSN_NO_PATTERN = r"^\d{16}$"
 FACILITY_CODE_PATTERN = r"^[A-Za-z0-9]{1,20}$"
 CARD_NO_PATTERN = r"^[A-Z0-9]{9}$"
 TERMINAL_ID_PATTERN = r"^T\d{8}$"
+SETL_ID_PATTERN = r"^S\d{8}[0-9a-f]{20}$"
 
 Admdvs = Annotated[str, msgspec.Meta(pattern=r"^\d{6}$", description="6-digit region code")]
 PsnNo = Annotated[str, msgspec.Meta(pattern=PSN_NO_PATTERN)]

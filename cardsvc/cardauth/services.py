@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import secrets
+import time
 
 import structlog
 
@@ -22,7 +23,7 @@ from cardsvc.cards.lifecycle import CardStatus
 from cardsvc.config import Settings
 from cardsvc.crypto.profile import KEY_REF_AUTH, KEY_REF_TXN
 from cardsvc.db import Pool, transaction
-from cardsvc.errors import BusinessRuleViolation, NotFound, Unauthenticated
+from cardsvc.errors import BusinessRuleViolation, Forbidden, NotFound, Unauthenticated
 from cardsvc.hsm.client import HsmClient
 from cardsvc.persons.services import summary
 from cardsvc.privacy import derive_key
@@ -36,6 +37,7 @@ _ALLOWED = {
     "transaction": {CardStatus.ACTIVE},
 }
 _KEY_REF = {"identify": KEY_REF_AUTH, "transaction": KEY_REF_TXN}
+TOKEN_KEY_LABEL = b"cardsvc card token"
 
 
 def _check_status(status: str, purpose: str) -> None:
@@ -50,7 +52,7 @@ def _check_status(status: str, purpose: str) -> None:
 class CardAuthenticator:
     def __init__(self, pool: Pool, hsm: HsmClient, audit: AuditLog, settings: Settings) -> None:
         self._pool, self._hsm, self._audit, self._settings = pool, hsm, audit, settings
-        self._token_key = derive_key(settings.data_key, b"cardsvc card token")
+        self._token_key = derive_key(settings.data_key, TOKEN_KEY_LABEL)
 
     async def challenge(self, caller: Caller, req: ChallengeRequest) -> Challenge:
         status = await self._pool.fetchval(
@@ -145,3 +147,29 @@ class CardAuthenticator:
             baseinfo=person.baseinfo,
             insuinfo=person.insuinfo,
         )
+
+
+class CardTokens:
+    """Checks card tokens presented with settlement and kiosk requests, in process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._key = derive_key(settings.data_key, TOKEN_KEY_LABEL)
+
+    def check(
+        self, caller: Caller, token: str, purposes: frozenset[str] = frozenset({"transaction"})
+    ) -> tokens.CardTokenClaims:
+        try:
+            claims = tokens.verify(self._key, token, time.time())
+        except tokens.InvalidCardToken as exc:
+            raise Unauthenticated(str(exc), code="CARD_TOKEN_INVALID") from None
+        if claims.session_id != caller.session_id:
+            raise Unauthenticated(
+                "card token belongs to another terminal session", code="CARD_TOKEN_INVALID"
+            )
+        if claims.purpose not in purposes:
+            raise Forbidden(
+                f"a card token for {claims.purpose} cannot do this",
+                code="CARD_TOKEN_PURPOSE",
+                details={"needed": sorted(purposes)},
+            )
+        return claims

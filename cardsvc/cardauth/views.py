@@ -5,10 +5,8 @@ from aiohttp import web
 from cardsvc.cardauth.models import ChallengeRequest, VerifyRequest
 from cardsvc.web.appkeys import CALLER, SERVICES
 from cardsvc.web.auth import terminal
-from cardsvc.web.caller import TerminalKind
+from cardsvc.web.caller import ANY_TERMINAL
 from cardsvc.web.codec import json_response, read_json
-
-ANY_TERMINAL: tuple[TerminalKind, ...] = ("counter", "pos", "his", "kiosk")
 
 
 @terminal(*ANY_TERMINAL)

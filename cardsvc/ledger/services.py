@@ -22,6 +22,7 @@ class LedgerProof(msgspec.Struct, frozen=True):
     entries: int
     unbalanced: list[int]
     balance_mismatches: list[BalanceMismatch]
+    unbooked_settlements: list[str]
 
 
 async def post(conn: Connection, kind: str, ref: str, postings: Sequence[Posting]) -> int:
@@ -66,12 +67,45 @@ async def write_entries(conn: Connection, txn_id: int, postings: Sequence[Postin
     )
 
 
+async def entries_of(conn: Connection, kind: str, ref: str) -> list[Posting]:
+    """The entries of the ledger transactions of this kind and ref, in line order."""
+    rows = await conn.fetch(
+        """
+        SELECT e.account, e.side, e.amount
+        FROM ledger_txns t JOIN ledger_entries e USING (txn_id)
+        WHERE t.kind = $1 AND t.ref = $2 ORDER BY e.txn_id, e.line
+        """,
+        kind,
+        ref,
+    )
+    return [Posting(r["account"], r["side"], r["amount"]) for r in rows]
+
+
+# A settlement owes its facility fund_pay_sumamt + acct_pay: its ledger transaction must
+# credit exactly that, and a reversed one must have a reversal that takes exactly that back.
+_UNBOOKED_SETTLEMENTS = """
+WITH booked AS (
+    SELECT t.kind, t.ref, sum(e.amount) FILTER (WHERE e.side = 'C')::bigint AS amount
+    FROM ledger_txns t JOIN ledger_entries e USING (txn_id)
+    WHERE t.kind IN ('settlement', 'reversal') GROUP BY t.kind, t.ref
+)
+SELECT s.setl_id FROM settlements s
+LEFT JOIN booked paid ON paid.kind = 'settlement' AND paid.ref = s.setl_id
+LEFT JOIN booked back ON back.kind = 'reversal' AND back.ref = s.setl_id
+WHERE coalesce(paid.amount, 0) <> s.fund_pay_sumamt + s.acct_pay
+   OR coalesce(back.amount, 0) <> CASE WHEN s.status = 'reversed'
+                                       THEN s.fund_pay_sumamt + s.acct_pay ELSE 0 END
+ORDER BY s.setl_id LIMIT $1
+"""
+
+
 class Ledger:
     def __init__(self, pool: Pool) -> None:
         self._pool = pool
 
     async def prove(self, limit: int = 20) -> LedgerProof:
-        """Every transaction balances; every stored account balance equals its entries."""
+        """Every transaction balances; every stored account balance equals its entries;
+        every settlement (and reversal) is booked for exactly what it owes the facility."""
         async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
             counts = await conn.fetchrow(
                 "SELECT (SELECT count(*) FROM ledger_txns) AS txns,"
@@ -91,7 +125,7 @@ class Ledger:
                 """
                 WITH derived AS (
                     SELECT substr(account, 8) AS psn_no,
-                           sum(CASE side WHEN 'C' THEN amount ELSE -amount END) AS balance
+                           sum(CASE side WHEN 'C' THEN amount ELSE -amount END)::bigint AS balance
                     FROM ledger_entries WHERE account LIKE 'person:%' GROUP BY account
                 )
                 SELECT 'person:' || coalesce(a.psn_no, d.psn_no) AS account,
@@ -102,12 +136,15 @@ class Ledger:
                 """,
                 limit,
             )
+            unbooked = await conn.fetch(_UNBOOKED_SETTLEMENTS, limit)
         unbalanced_ids = [r["txn_id"] for r in unbalanced]
         balance_mismatches = [BalanceMismatch(**dict(r)) for r in mismatches]
+        unbooked_ids = [r["setl_id"] for r in unbooked]
         return LedgerProof(
-            ok=not unbalanced_ids and not balance_mismatches,
+            ok=not unbalanced_ids and not balance_mismatches and not unbooked_ids,
             transactions=counts["txns"],
             entries=counts["entries"],
             unbalanced=unbalanced_ids,
             balance_mismatches=balance_mismatches,
+            unbooked_settlements=unbooked_ids,
         )

@@ -104,18 +104,25 @@ class TerminalClient:
             payload = await resp.read()
             return Response(resp.status, msgspec.json.decode(payload) if payload else None)
 
-    async def request(self, method: str, path_qs: str, json: Any = None) -> Response:
-        """A signed request; signs in first, and again once if the session expired."""
+    async def request(
+        self, method: str, path_qs: str, json: Any = None, headers: dict[str, str] | None = None
+    ) -> Response:
+        """A signed request (with any extra headers, such as ``Idempotency-Key``); signs in
+        first, and again once if the session expired."""
         if self._session_key is None:
             await self.sign_in()
         body = b"" if json is None else _encoder.encode(json)
-        resp = await self.send(method, path_qs, body, self.signed_headers(method, path_qs, body))
+        resp = await self._signed(method, path_qs, body, headers)
         if resp.status == 401 and _code(resp) == "SESSION_EXPIRED":
             await self.sign_in()
-            resp = await self.send(
-                method, path_qs, body, self.signed_headers(method, path_qs, body)
-            )
+            resp = await self._signed(method, path_qs, body, headers)
         return resp
+
+    async def _signed(
+        self, method: str, path_qs: str, body: bytes, headers: dict[str, str] | None
+    ) -> Response:
+        signed = {**(headers or {}), **self.signed_headers(method, path_qs, body)}
+        return await self.send(method, path_qs, body, signed)
 
     async def call(self, method: str, path_qs: str, json: Any = None) -> Any:
         """A signed request whose error answer raises ``TerminalError``."""

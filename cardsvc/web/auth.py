@@ -73,6 +73,25 @@ def terminal(*kinds: TerminalKind) -> Callable[[Handler], Handler]:
     return decorate
 
 
+def admin_or_terminal(*kinds: TerminalKind) -> Callable[[Handler], Handler]:
+    """The administrator (when an Authorization header is sent) or a signed terminal."""
+
+    def decorate(handler: Handler) -> Handler:
+        as_admin, as_terminal = admin_only(handler), terminal(*kinds)(handler)
+
+        async def wrapper(request: web.Request) -> web.StreamResponse:
+            if "Authorization" in request.headers:
+                return await as_admin(request)
+            return await as_terminal(request)
+
+        setattr(wrapper, ACCESS, frozenset({"admin", *kinds}))
+        wrapper.__name__ = handler.__name__
+        wrapper.__doc__ = handler.__doc__
+        return wrapper
+
+    return decorate
+
+
 def public(handler: Handler) -> Handler:
     """No authentication (health, metrics, the two sign-in steps)."""
     setattr(handler, ACCESS, frozenset({"public"}))

@@ -6,8 +6,12 @@ from typing import Literal
 
 import msgspec
 
+from cardsvc.errors import Forbidden
+
 CallerKind = Literal["admin", "counter", "pos", "his", "kiosk"]
 TerminalKind = Literal["counter", "pos", "his", "kiosk"]
+ANY_TERMINAL: tuple[TerminalKind, ...] = ("counter", "pos", "his", "kiosk")
+SETTLING_TERMINALS: tuple[TerminalKind, ...] = ("pos", "his")
 
 
 class Caller(msgspec.Struct, frozen=True, kw_only=True):
@@ -15,6 +19,12 @@ class Caller(msgspec.Struct, frozen=True, kw_only=True):
     terminal_id: str | None = None
     session_id: str | None = None
     fixmedins_code: str | None = None
+
+    def facility(self) -> str:
+        """The caller's facility; callers without one (admin, counter, kiosk) are refused."""
+        if self.fixmedins_code is None:
+            raise Forbidden("only a facility's terminals may do this", code="NOT_A_FACILITY")
+        return self.fixmedins_code
 
     @property
     def actor(self) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from typing import Any, TypeVar
 
@@ -13,6 +14,7 @@ from cardsvc.types import (
     CARD_NO_PATTERN,
     FACILITY_CODE_PATTERN,
     PSN_NO_PATTERN,
+    SETL_ID_PATTERN,
     TERMINAL_ID_PATTERN,
 )
 
@@ -49,6 +51,7 @@ _PATH_PARAMETERS = {
     "card_no": re.compile(CARD_NO_PATTERN),
     "fixmedins_code": re.compile(FACILITY_CODE_PATTERN),
     "terminal_id": re.compile(TERMINAL_ID_PATTERN),
+    "setl_id": re.compile(SETL_ID_PATTERN),
 }
 
 
@@ -62,8 +65,58 @@ def path_param(request: web.Request, name: str) -> str:
     return value
 
 
-async def read_json(request: web.Request, type_: type[T]) -> T:
-    return decode(await request.read(), type_)
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_LIMIT = re.compile(r"^[0-9]{1,4}$")
+
+
+def parse_date(value: str, name: str, code: str) -> dt.date:
+    """A YYYY-MM-DD date (only that form); anything else is a 400 naming the parameter."""
+    try:
+        if _DATE.match(value):
+            return dt.date.fromisoformat(value)
+    except ValueError:
+        pass
+    raise InvalidRequest(
+        f"{name} must be a date YYYY-MM-DD", code=code, details={"parameter": name}
+    )
+
+
+def path_date(request: web.Request, name: str) -> dt.date:
+    return parse_date(request.match_info[name], name, "INVALID_PATH_PARAMETER")
+
+
+def query_date(request: web.Request, name: str, default: dt.date) -> dt.date:
+    raw = request.query.get(name)
+    return default if raw is None else parse_date(raw, name, "INVALID_QUERY")
+
+
+def query_limit(request: web.Request, default: int = 100, most: int = 1000) -> int:
+    raw = request.query.get("limit", str(default))
+    if not _LIMIT.match(raw) or not 1 <= int(raw) <= most:
+        raise InvalidRequest(
+            f"limit must be 1-{most}", code="INVALID_QUERY", details={"parameter": "limit"}
+        )
+    return int(raw)
+
+
+def query_choice(request: web.Request, name: str, choices: tuple[str, ...]) -> str:
+    """One of ``choices``; the first is the default."""
+    raw = request.query.get(name, choices[0])
+    if raw not in choices:
+        raise InvalidRequest(
+            f"{name} must be one of {', '.join(choices)}",
+            code="INVALID_QUERY",
+            details={"parameter": name},
+        )
+    return raw
+
+
+async def read_json(request: web.Request, type_: type[T], default: T | None = None) -> T:
+    """The decoded body; an empty body is ``default`` where the operation has one."""
+    body = await request.read()
+    if not body and default is not None:
+        return default
+    return decode(body, type_)
 
 
 def json_response(obj: Any, status: int = 200) -> web.Response:

@@ -153,3 +153,89 @@ async def authenticate_card(
     )
     card.card.power_cycle()
     return result
+
+
+POLICY_CATALOG = [
+    {"code": "A-AMOX", "name": "阿莫西林", "chrgitm_lv": "A"},
+    {"code": "B-CEF", "name": "头孢克肟", "chrgitm_lv": "B", "selfpay_prop": 10, "max_price": 2000},
+    {"code": "B-STENT", "name": "冠脉支架", "chrgitm_lv": "B", "selfpay_prop": 20},
+    {"code": "C-VIT", "name": "复合维生素", "chrgitm_lv": "C"},
+    {"code": "W-SUT", "name": "清创缝合", "chrgitm_lv": "A", "work_injury": True},
+]
+
+
+def lines(*items: tuple[str, int, int]) -> list[dict[str, Any]]:
+    return [{"code": c, "unit_price": p, "quantity": q} for c, p, q in items]
+
+
+@dataclass
+class Patient:
+    """A person with an active card, authenticated for a transaction at a facility."""
+
+    person: dict[str, Any]
+    card: IssuedCard
+    terminal: TerminalClient
+    token: str
+
+    @property
+    def psn_no(self) -> str:
+        return str(self.person["psn_no"])
+
+    async def settle(
+        self,
+        insutype: str,
+        med_type: str,
+        fee: list[dict[str, Any]],
+        *,
+        key: str | None = None,
+        **extra: Any,
+    ) -> Any:
+        resp = await self.request("/v1/settlements", insutype, med_type, fee, key=key, **extra)
+        assert resp.status == 200, resp.body
+        return resp.body
+
+    async def request(
+        self,
+        path: str,
+        insutype: str,
+        med_type: str,
+        fee: list[dict[str, Any]],
+        *,
+        key: str | None = None,
+        **extra: Any,
+    ) -> Any:
+        body = {
+            "card_token": self.token,
+            "insutype": insutype,
+            "med_type": med_type,
+            "mdtrt_id": unique_code("MD"),
+            "feedetail": fee,
+            **extra,
+        }
+        headers = {} if path.endswith("preview") else {"Idempotency-Key": key or unique_code("IK")}
+        return await self.terminal.request("POST", path, body, headers)
+
+
+async def patient(
+    service: Service,
+    terminal: TerminalClient,
+    counter: TerminalClient,
+    *,
+    psn_type: str = "in_service",
+    insutypes: tuple[str, ...] = ("310",),
+    balance: int = 0,
+) -> Patient:
+    person = await service.person(psn_type=psn_type, insutypes=insutypes)
+    if balance:
+        await credit(service, person["psn_no"], balance)
+    card = await issue_card(counter, person["psn_no"])
+    auth = await authenticate_card(terminal, card, "transaction")
+    return Patient(person, card, terminal, auth["card_token"])
+
+
+async def credit(service: Service, psn_no: str, amount: int) -> None:
+    await service.admin_ok(
+        "POST",
+        "/v1/accounts/credits",
+        {"entries": [{"psn_no": psn_no, "amount": amount, "ref": unique_code("CR")}]},
+    )

@@ -1,0 +1,38 @@
+"""Wire structs of clearing (清算) runs."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import msgspec
+
+
+class RunClearing(msgspec.Struct, forbid_unknown_fields=True):
+    clearing_date: dt.date
+
+
+class ClearingItem(msgspec.Struct, frozen=True, kw_only=True):
+    fixmedins_code: str
+    fund: str  # fund_pay_type, or "acct" for the personal account
+    settlements: int
+    settled_amt: int
+    reversals: int
+    reversed_amt: int
+    net_amt: int
+
+
+class FacilityClearing(msgspec.Struct, kw_only=True):
+    fixmedins_code: str
+    settlements: int  # distinct settlements cleared (a per-fund item counts those it paid)
+    reversals: int  # distinct reversals netted
+    net_amt: int
+    items: list[ClearingItem]
+
+
+class ClearingRun(msgspec.Struct, kw_only=True):
+    clearing_date: dt.date
+    created_at: dt.datetime
+    settlements_cleared: int
+    reversals_netted: int
+    net_total: int
+    facilities: list[FacilityClearing]

@@ -1,0 +1,54 @@
+"""Wire structs of reconciliation, in the shape of the national 3201 (totals) and 3202
+(detail) interfaces."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Literal
+
+import msgspec
+
+from cardsvc.types import Fen, Insutype
+
+SetlIdText = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+
+
+class Totals(msgspec.Struct, kw_only=True):
+    fixmedins_setl_cnt: Annotated[int, msgspec.Meta(ge=0)]
+    medfee_sumamt: Fen
+    fund_pay_sumamt: Fen
+    acct_pay: Fen
+
+
+class StatementRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    insutype: Insutype
+    stmt_begndate: dt.date
+    stmt_enddate: dt.date
+    fixmedins_setl_cnt: Annotated[int, msgspec.Meta(ge=0)]
+    medfee_sumamt: Fen
+    fund_pay_sumamt: Fen
+    acct_pay: Fen
+
+
+class StatementResult(msgspec.Struct, kw_only=True):
+    stmt_rslt: Literal["0", "1"]  # 0 the figures match, 1 they do not
+    stmt_rslt_dscr: str
+    insutype: str
+    stmt_begndate: dt.date
+    stmt_enddate: dt.date
+    service: Totals
+    facility: Totals
+
+
+class DetailRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    stmt_date: dt.date
+    insutype: Insutype | None = None
+    setl_ids: Annotated[list[SetlIdText], msgspec.Meta(max_length=20_000)]
+
+
+class DetailResult(msgspec.Struct, kw_only=True):
+    stmt_rslt: Literal["0", "1"]
+    matched: int
+    missing_on_service: list[str]  # listed by the facility, unknown to the service
+    missing_on_facility: list[str]  # settled at the service, not listed by the facility
+    reversed_on_service: list[str]  # listed by the facility, reversed at the service

@@ -1,0 +1,93 @@
+"""Reconciliation (对账) of a facility's own figures against the service's.
+
+The service's figures count the facility's settlements of the insutype whose business date
+is in the period and that are not reversed (a settlement reversed since is not counted).
+"""
+
+from __future__ import annotations
+
+from cardsvc.db import Pool
+from cardsvc.errors import InvalidRequest
+from cardsvc.reconciliation.models import (
+    DetailRequest,
+    DetailResult,
+    StatementRequest,
+    StatementResult,
+    Totals,
+)
+
+MAX_PERIOD_DAYS = 31
+
+
+class Reconciliation:
+    def __init__(self, pool: Pool) -> None:
+        self._pool = pool
+
+    async def statement(self, fixmedins_code: str, req: StatementRequest) -> StatementResult:
+        days = (req.stmt_enddate - req.stmt_begndate).days
+        if not 0 <= days < MAX_PERIOD_DAYS:
+            raise InvalidRequest(
+                f"the period must run forwards and span at most {MAX_PERIOD_DAYS} days",
+                code="INVALID_DATES",
+            )
+        row = await self._pool.fetchrow(
+            """
+            SELECT count(*) AS n, coalesce(sum(medfee_sumamt), 0)::bigint AS medfee,
+                   coalesce(sum(fund_pay_sumamt), 0)::bigint AS fund,
+                   coalesce(sum(acct_pay), 0)::bigint AS acct
+            FROM settlements
+            WHERE fixmedins_code = $1 AND insutype = $2 AND setl_date BETWEEN $3 AND $4
+              AND status = 'settled'
+            """,
+            fixmedins_code,
+            req.insutype,
+            req.stmt_begndate,
+            req.stmt_enddate,
+        )
+        service = Totals(
+            fixmedins_setl_cnt=row["n"],
+            medfee_sumamt=row["medfee"],
+            fund_pay_sumamt=row["fund"],
+            acct_pay=row["acct"],
+        )
+        facility = Totals(
+            fixmedins_setl_cnt=req.fixmedins_setl_cnt,
+            medfee_sumamt=req.medfee_sumamt,
+            fund_pay_sumamt=req.fund_pay_sumamt,
+            acct_pay=req.acct_pay,
+        )
+        match = service == facility
+        return StatementResult(
+            stmt_rslt="0" if match else "1",
+            stmt_rslt_dscr="match" if match else "mismatch: reconcile the detail",
+            insutype=req.insutype,
+            stmt_begndate=req.stmt_begndate,
+            stmt_enddate=req.stmt_enddate,
+            service=service,
+            facility=facility,
+        )
+
+    async def detail(self, fixmedins_code: str, req: DetailRequest) -> DetailResult:
+        rows = await self._pool.fetch(
+            """
+            SELECT setl_id, status FROM settlements
+            WHERE fixmedins_code = $1 AND setl_date = $2 AND ($3::text IS NULL OR insutype = $3)
+            """,
+            fixmedins_code,
+            req.stmt_date,
+            req.insutype,
+        )
+        status = {r["setl_id"]: r["status"] for r in rows}
+        listed = set(req.setl_ids)
+        settled = {s for s, st in status.items() if st == "settled"}
+        missing_on_service = sorted(listed - status.keys())
+        missing_on_facility = sorted(settled - listed)
+        reversed_listed = sorted(s for s in listed if status.get(s) == "reversed")
+        clean = not (missing_on_service or missing_on_facility or reversed_listed)
+        return DetailResult(
+            stmt_rslt="0" if clean else "1",
+            matched=len(listed & settled),
+            missing_on_service=missing_on_service,
+            missing_on_facility=missing_on_facility,
+            reversed_on_service=reversed_listed,
+        )

@@ -1,0 +1,84 @@
+"""Wire structs of settlement (national 2206/2207 field names)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Literal
+
+import msgspec
+
+from cardsvc.types import Insutype, Text
+
+ItemCode = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._-]{1,50}$")]
+MedType = Annotated[str, msgspec.Meta(pattern=r"^\d{2}$")]
+MdtrtId = Annotated[str, msgspec.Meta(pattern=r"^[\x21-\x7e]{1,64}$")]
+CardToken = Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
+# Bounded so that 500 lines at the largest price and quantity stay far inside bigint.
+UnitPrice = Annotated[int, msgspec.Meta(ge=0, le=10_000_000_000)]
+CaseId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9]{1,32}$")]
+
+
+class FeeDetail(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    code: ItemCode
+    unit_price: UnitPrice
+    quantity: Annotated[int, msgspec.Meta(ge=1, le=100_000)]
+
+
+class SettleRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    card_token: CardToken
+    insutype: Insutype
+    med_type: MedType
+    mdtrt_id: MdtrtId
+    feedetail: Annotated[list[FeeDetail], msgspec.Meta(min_length=1, max_length=500)]
+    acct_used_flag: bool = True
+    injury_case_id: CaseId | None = None
+    delivery_type: Literal["normal", "cesarean"] | None = None
+
+
+class FundPayment(msgspec.Struct, kw_only=True):
+    fund_pay_type: str
+    fund_payamt: int
+
+
+class SetlInfo(msgspec.Struct, kw_only=True):
+    """Every field of POLICY.md Step 3, plus who and when. ``setl_id`` is None in a preview."""
+
+    setl_id: str | None
+    setl_time: dt.datetime
+    psn_no: str
+    card_no: str
+    fixmedins_code: str
+    insutype: str
+    med_type: str
+    mdtrt_id: str
+    policy_version: str
+    medfee_sumamt: int
+    fulamt_ownpay_amt: int
+    overlmt_selfpay: int
+    preselfpay_amt: int
+    inscp_scp_amt: int
+    act_pay_dedc: int
+    hifp_pay: int
+    pool_prop_selfpay: int
+    acct_pay: int
+    fund_pay_sumamt: int
+    psn_part_amt: int
+    psn_cash_pay: int
+    balc: int
+    setldetail: list[FundPayment]
+    review_required: bool
+    status: Literal["preview", "settled", "reversed"]
+
+
+class ReverseRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    reason: Text = "requested by facility"
+
+
+class Reversal(msgspec.Struct, kw_only=True):
+    reversal_id: str
+    setl_id: str
+    revs_time: dt.datetime
+    acct_refund: int
+    fund_refund: int
+    balc: int
+    reason: str

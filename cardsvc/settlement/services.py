@@ -1,0 +1,565 @@
+"""Pre-settle, settle, reverse and look up settlements.
+
+A settlement is one short transaction: lock the person's account (the lock that orders all
+of one person's settlements and reversals), read the snapshot, apply the pure policy, then
+write the settlement, its lines, its ledger entries, the account balance, the year state,
+supervision flags and the audit entry. The ``Idempotency-Key`` is looked up under that lock,
+and a unique index backs it, so a retried request returns the first result and never
+settles twice.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import secrets
+
+import asyncpg
+import msgspec
+import structlog
+
+from cardsvc import clock
+from cardsvc.audit.services import AuditLog
+from cardsvc.cardauth.services import CardTokens
+from cardsvc.db import Connection, Pool, transaction
+from cardsvc.errors import Conflict, Forbidden, NotFound
+from cardsvc.ledger import services as ledger
+from cardsvc.ledger.postings import reversed_postings
+from cardsvc.settlement import policy
+from cardsvc.settlement.models import FundPayment, Reversal, SetlInfo, SettleRequest
+from cardsvc.settlement.params import CURRENT_POLICY_VERSION, load_params
+from cardsvc.settlement.postings import settlement_postings
+from cardsvc.settlement.snapshot import YEAR_COLUMNS, load_snapshot
+from cardsvc.settlement.supervision import RecentActivity, SupervisionRules, flags_for
+from cardsvc.web.caller import Caller
+
+log = structlog.get_logger(__name__)
+
+_request_encoder = msgspec.json.Encoder()
+_json = msgspec.json.Encoder()
+_setldetail = msgspec.json.Decoder(list[FundPayment])
+_year_delta = msgspec.json.Decoder(policy.YearState)
+
+_SETTLEMENT_INSERT = """
+INSERT INTO settlements (
+    setl_id, psn_no, card_no, fixmedins_code, fixmedins_type, terminal_id, idempotency_key,
+    request_hash, insutype, med_type, mdtrt_id, injury_case_id, delivery_type, acct_used_flag,
+    policy_version, setl_time, setl_date, medfee_sumamt, fulamt_ownpay_amt, overlmt_selfpay,
+    preselfpay_amt, inscp_scp_amt, act_pay_dedc, hifp_pay, pool_prop_selfpay, acct_pay,
+    fund_pay_sumamt, psn_part_amt, psn_cash_pay, balc, setldetail, year_delta, review_status)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
+        $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33)
+"""
+
+_LINES_INSERT = """
+INSERT INTO settlement_lines (setl_id, line_no, code, chrgitm_lv, unit_price, quantity, total,
+    overlmt_selfpay, fulamt_ownpay_amt, preselfpay_amt, inscp_scp_amt)
+SELECT $1, l.*
+FROM unnest($2::smallint[], $3::text[], $4::text[], $5::bigint[], $6::int[], $7::bigint[],
+            $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[]) AS l
+"""
+
+# Adds a settlement's year-state delta.
+_YEAR_ADD = f"""
+INSERT INTO year_states (psn_no, year, {", ".join(YEAR_COLUMNS)})
+VALUES ($1, $2, {", ".join(f"${i}" for i in range(3, 3 + len(YEAR_COLUMNS)))})
+ON CONFLICT (psn_no, year) DO UPDATE SET
+    {", ".join(f"{c} = year_states.{c} + EXCLUDED.{c}" for c in YEAR_COLUMNS)}
+"""  # noqa: S608 - constant column names
+
+# Takes a reversed settlement's delta back. An UPDATE, not the upsert with negative values:
+# PostgreSQL checks the CHECK (>= 0) constraints on the proposed row before it looks for
+# the conflict. The row exists, since its settlement wrote it.
+_YEAR_GIVE_BACK = f"""
+UPDATE year_states SET {", ".join(f"{c} = {c} - ${i}" for i, c in enumerate(YEAR_COLUMNS, 3))}
+WHERE psn_no = $1 AND year = $2
+"""  # noqa: S608 - constant column names
+
+_RECENT = """
+SELECT
+  count(*) FILTER (WHERE fixmedins_type = 'pharmacy' AND setl_date = $2) AS pharmacy_today,
+  max(fixmedins_code) FILTER (
+      WHERE card_no = $3 AND fixmedins_code <> $4 AND setl_time > $5) AS other_facility
+FROM settlements
+WHERE psn_no = $1 AND status = 'settled' AND setl_time > $6
+"""
+
+
+def request_hash(req: SettleRequest) -> bytes:
+    """Same decoded request, same hash, whatever the JSON spacing or field order was.
+
+    The card token is left out: a terminal that lost the answer may have authenticated the
+    card again before it retries, and the retry must still find its settlement."""
+    return hashlib.sha256(
+        _request_encoder.encode(msgspec.structs.replace(req, card_token=""))
+    ).digest()
+
+
+def new_setl_id(day: dt.date) -> str:
+    return f"S{day:%Y%m%d}{secrets.token_hex(10)}"
+
+
+def _policy_request(req: SettleRequest) -> policy.SettlementRequest:
+    return policy.SettlementRequest(
+        insutype=req.insutype,
+        med_type=req.med_type,
+        acct_used_flag=req.acct_used_flag,
+        injury_case_id=req.injury_case_id,
+        delivery_type=req.delivery_type,
+        lines=tuple(
+            policy.FeeLine(code=f.code, unit_price=f.unit_price, quantity=f.quantity)
+            for f in req.feedetail
+        ),
+    )
+
+
+def _setl_info(
+    *,
+    setl_id: str | None,
+    setl_time: dt.datetime,
+    psn_no: str,
+    card_no: str,
+    fixmedins_code: str,
+    req: SettleRequest,
+    split: policy.Split,
+    status: str,
+) -> SetlInfo:
+    return SetlInfo(
+        setl_id=setl_id,
+        setl_time=setl_time,
+        psn_no=psn_no,
+        card_no=card_no,
+        fixmedins_code=fixmedins_code,
+        insutype=req.insutype,
+        med_type=req.med_type,
+        mdtrt_id=req.mdtrt_id,
+        policy_version=split.policy_version,
+        medfee_sumamt=split.medfee_sumamt,
+        fulamt_ownpay_amt=split.fulamt_ownpay_amt,
+        overlmt_selfpay=split.overlmt_selfpay,
+        preselfpay_amt=split.preselfpay_amt,
+        inscp_scp_amt=split.inscp_scp_amt,
+        act_pay_dedc=split.act_pay_dedc,
+        hifp_pay=split.hifp_pay,
+        pool_prop_selfpay=split.pool_prop_selfpay,
+        acct_pay=split.acct_pay,
+        fund_pay_sumamt=split.fund_pay_sumamt,
+        psn_part_amt=split.psn_part_amt,
+        psn_cash_pay=split.psn_cash_pay,
+        balc=split.balc,
+        setldetail=[
+            FundPayment(fund_pay_type=f.fund_pay_type, fund_payamt=f.fund_payamt)
+            for f in split.setldetail
+        ],
+        review_required=split.review_required,
+        status=status,  # type: ignore[arg-type]
+    )
+
+
+def stored_setl_info(row: asyncpg.Record) -> SetlInfo:
+    return SetlInfo(
+        setl_id=row["setl_id"],
+        setl_time=row["setl_time"],
+        psn_no=row["psn_no"],
+        card_no=row["card_no"],
+        fixmedins_code=row["fixmedins_code"],
+        insutype=row["insutype"],
+        med_type=row["med_type"],
+        mdtrt_id=row["mdtrt_id"],
+        policy_version=row["policy_version"],
+        medfee_sumamt=row["medfee_sumamt"],
+        fulamt_ownpay_amt=row["fulamt_ownpay_amt"],
+        overlmt_selfpay=row["overlmt_selfpay"],
+        preselfpay_amt=row["preselfpay_amt"],
+        inscp_scp_amt=row["inscp_scp_amt"],
+        act_pay_dedc=row["act_pay_dedc"],
+        hifp_pay=row["hifp_pay"],
+        pool_prop_selfpay=row["pool_prop_selfpay"],
+        acct_pay=row["acct_pay"],
+        fund_pay_sumamt=row["fund_pay_sumamt"],
+        psn_part_amt=row["psn_part_amt"],
+        psn_cash_pay=row["psn_cash_pay"],
+        balc=row["balc"],
+        setldetail=_setldetail.decode(row["setldetail"]),
+        review_required=row["review_status"] != "none",
+        status=row["status"],
+    )
+
+
+def _year_args(delta: policy.YearState) -> list[int]:
+    return [getattr(delta, c) for c in YEAR_COLUMNS]
+
+
+class SettlementService:
+    def __init__(
+        self,
+        pool: Pool,
+        tokens: CardTokens,
+        audit: AuditLog,
+        rules: SupervisionRules | None = None,
+    ) -> None:
+        self._pool, self._tokens, self._audit = pool, tokens, audit
+        self._rules = rules or SupervisionRules()
+        self._params = load_params(CURRENT_POLICY_VERSION)
+
+    async def preview(self, caller: Caller, req: SettleRequest) -> SetlInfo:
+        """The settlement as it would be now; writes nothing, locks nothing."""
+        claims = self._tokens.check(caller, req.card_token)
+        now = clock.now()
+        async with self._pool.acquire() as conn:
+            snapshot = await self._snapshot(
+                conn,
+                caller,
+                claims.psn_no,
+                claims.card_no,
+                req,
+                clock.business_date(now),
+                lock=False,
+            )
+        split = policy.settle(self._params, snapshot, _policy_request(req))
+        return _setl_info(
+            setl_id=None,
+            setl_time=now,
+            psn_no=claims.psn_no,
+            card_no=claims.card_no,
+            fixmedins_code=caller.facility(),
+            req=req,
+            split=split,
+            status="preview",
+        )
+
+    async def settle(self, caller: Caller, idempotency_key: str, req: SettleRequest) -> SetlInfo:
+        digest = request_hash(req)
+        replay = await self._replay(caller, idempotency_key, digest)
+        if replay is not None:
+            return replay
+        claims = self._tokens.check(caller, req.card_token)
+        try:
+            async with transaction(self._pool) as conn:
+                return await self._settle_locked(
+                    conn, caller, idempotency_key, digest, req, claims.psn_no, claims.card_no
+                )
+        except asyncpg.UniqueViolationError:
+            # The same key, settled at this instant for another person (the person lock
+            # orders same-person retries): answer as a retry would be answered.
+            replay = await self._replay(caller, idempotency_key, digest)
+            if replay is None:
+                raise
+            return replay
+
+    async def _replay(self, caller: Caller, key: str, digest: bytes) -> SetlInfo | None:
+        row = await self._pool.fetchrow(
+            "SELECT * FROM settlements WHERE fixmedins_code = $1 AND idempotency_key = $2",
+            caller.facility(),
+            key,
+        )
+        return None if row is None else _same_request(row, digest)
+
+    async def _settle_locked(
+        self,
+        conn: Connection,
+        caller: Caller,
+        key: str,
+        digest: bytes,
+        req: SettleRequest,
+        psn_no: str,
+        card_no: str,
+    ) -> SetlInfo:
+        now = clock.now()
+        today = clock.business_date(now)
+        snapshot = await self._snapshot(conn, caller, psn_no, card_no, req, today, lock=True)
+        earlier = await conn.fetchrow(
+            "SELECT * FROM settlements WHERE fixmedins_code = $1 AND idempotency_key = $2",
+            caller.facility(),
+            key,
+        )
+        if earlier is not None:  # committed while we waited for the person's lock
+            return _same_request(earlier, digest)
+        split = policy.settle(self._params, snapshot, _policy_request(req))
+        setl_id = new_setl_id(today)
+        await self._insert(conn, caller, key, digest, req, snapshot, split, setl_id, card_no, now)
+        await self._apply_money(conn, snapshot, split, setl_id, today)
+        await self._supervise(conn, snapshot, split, setl_id, card_no, now, today)
+        await self._audit.append(
+            conn,
+            actor=caller.actor,
+            action="settlement.settled",
+            object_type="settlement",
+            object_id=setl_id,
+            data={
+                "psn_no": psn_no,
+                "fixmedins_code": snapshot.facility.fixmedins_code,
+                "medfee_sumamt": split.medfee_sumamt,
+                "fund_pay_sumamt": split.fund_pay_sumamt,
+                "acct_pay": split.acct_pay,
+                "review_required": split.review_required,
+            },
+        )
+        return _setl_info(
+            setl_id=setl_id,
+            setl_time=now,
+            psn_no=psn_no,
+            card_no=card_no,
+            fixmedins_code=snapshot.facility.fixmedins_code,
+            req=req,
+            split=split,
+            status="settled",
+        )
+
+    async def _snapshot(
+        self,
+        conn: Connection,
+        caller: Caller,
+        psn_no: str,
+        card_no: str,
+        req: SettleRequest,
+        day: dt.date,
+        *,
+        lock: bool,
+    ) -> policy.Snapshot:
+        return await load_snapshot(
+            conn,
+            psn_no=psn_no,
+            card_no=card_no,
+            fixmedins_code=caller.facility(),
+            item_codes=sorted({f.code for f in req.feedetail}),
+            injury_case_id=req.injury_case_id,
+            settle_date=day,
+            lock=lock,
+        )
+
+    async def _insert(
+        self,
+        conn: Connection,
+        caller: Caller,
+        key: str,
+        digest: bytes,
+        req: SettleRequest,
+        snapshot: policy.Snapshot,
+        split: policy.Split,
+        setl_id: str,
+        card_no: str,
+        now: dt.datetime,
+    ) -> None:
+        await conn.execute(
+            _SETTLEMENT_INSERT,
+            setl_id,
+            snapshot.psn_no,
+            card_no,
+            snapshot.facility.fixmedins_code,
+            snapshot.facility.type,
+            caller.terminal_id,
+            key,
+            digest,
+            req.insutype,
+            req.med_type,
+            req.mdtrt_id,
+            req.injury_case_id,
+            req.delivery_type,
+            req.acct_used_flag,
+            split.policy_version,
+            now,
+            clock.business_date(now),
+            split.medfee_sumamt,
+            split.fulamt_ownpay_amt,
+            split.overlmt_selfpay,
+            split.preselfpay_amt,
+            split.inscp_scp_amt,
+            split.act_pay_dedc,
+            split.hifp_pay,
+            split.pool_prop_selfpay,
+            split.acct_pay,
+            split.fund_pay_sumamt,
+            split.psn_part_amt,
+            split.psn_cash_pay,
+            split.balc,
+            _json.encode(list(split.setldetail)).decode(),
+            _json.encode(split.year_delta).decode(),
+            "pending" if split.review_required else "none",
+        )
+        lines = split.lines
+        await conn.execute(
+            _LINES_INSERT,
+            setl_id,
+            list(range(1, len(lines) + 1)),
+            [ln.code for ln in lines],
+            [ln.chrgitm_lv for ln in lines],
+            [f.unit_price for f in req.feedetail],
+            [f.quantity for f in req.feedetail],
+            [ln.total for ln in lines],
+            [ln.over for ln in lines],
+            [ln.fulamt_ownpay for ln in lines],
+            [ln.preselfpay for ln in lines],
+            [ln.inscp for ln in lines],
+        )
+
+    async def _apply_money(
+        self,
+        conn: Connection,
+        snapshot: policy.Snapshot,
+        split: policy.Split,
+        setl_id: str,
+        today: dt.date,
+    ) -> None:
+        postings = settlement_postings(snapshot.psn_no, snapshot.facility.fixmedins_code, split)
+        if postings:
+            await ledger.post(conn, "settlement", setl_id, postings)
+        if split.acct_pay:
+            await conn.execute(
+                "UPDATE psn_accounts SET balance = balance - $2 WHERE psn_no = $1",
+                snapshot.psn_no,
+                split.acct_pay,
+            )
+        if any(_year_args(split.year_delta)):
+            await conn.execute(
+                _YEAR_ADD, snapshot.psn_no, today.year, *_year_args(split.year_delta)
+            )
+
+    async def _supervise(
+        self,
+        conn: Connection,
+        snapshot: policy.Snapshot,
+        split: policy.Split,
+        setl_id: str,
+        card_no: str,
+        now: dt.datetime,
+        today: dt.date,
+    ) -> None:
+        window = dt.timedelta(seconds=self._rules.other_facility_window_s)
+        row = await conn.fetchrow(
+            _RECENT,
+            snapshot.psn_no,
+            today,
+            card_no,
+            snapshot.facility.fixmedins_code,
+            now - window,
+            now - dt.timedelta(days=1),
+        )
+        recent = RecentActivity(
+            pharmacy_purchases_today=row["pharmacy_today"],
+            other_facility_recently=row["other_facility"],
+        )
+        flags = flags_for(
+            self._rules,
+            at_pharmacy=snapshot.facility.type == "pharmacy",
+            medfee_sumamt=split.medfee_sumamt,
+            recent=recent,
+        )
+        if flags:
+            await conn.executemany(
+                "INSERT INTO supervision_flags (rule, setl_id, psn_no, fixmedins_code, details)"
+                " VALUES ($1, $2, $3, $4, $5)",
+                [
+                    (
+                        f.rule,
+                        setl_id,
+                        snapshot.psn_no,
+                        snapshot.facility.fixmedins_code,
+                        _json.encode(f.details).decode(),
+                    )
+                    for f in flags
+                ],
+            )
+            log.info("supervision_flags", setl_id=setl_id, rules=[f.rule for f in flags])
+
+    async def get(self, caller: Caller, setl_id: str) -> SetlInfo:
+        row = await self._pool.fetchrow("SELECT * FROM settlements WHERE setl_id = $1", setl_id)
+        if row is None:
+            raise NotFound("no such settlement", code="SETTLEMENT_NOT_FOUND")
+        _check_own(caller, row["fixmedins_code"])
+        return stored_setl_info(row)
+
+    async def reverse(self, caller: Caller, setl_id: str, reason: str) -> Reversal:
+        """Give back exactly what the settlement took; a second call returns the first
+        reversal. Terminals may reverse only their own facility's settlements."""
+        psn_no = await self._pool.fetchval(
+            "SELECT psn_no FROM settlements WHERE setl_id = $1", setl_id
+        )
+        if psn_no is None:
+            raise NotFound("no such settlement", code="SETTLEMENT_NOT_FOUND")
+        async with transaction(self._pool) as conn:
+            return await reverse_locked(conn, self._audit, caller, setl_id, psn_no, reason)
+
+
+async def reverse_locked(
+    conn: Connection, audit: AuditLog, caller: Caller, setl_id: str, psn_no: str, reason: str
+) -> Reversal:
+    """The reversal inside the caller's transaction (also used by review rejection)."""
+    await conn.execute("SELECT 1 FROM psn_accounts WHERE psn_no = $1 FOR UPDATE", psn_no)
+    row = await conn.fetchrow("SELECT * FROM settlements WHERE setl_id = $1 FOR UPDATE", setl_id)
+    _check_own(caller, row["fixmedins_code"])
+    existing = await conn.fetchrow("SELECT * FROM reversals WHERE setl_id = $1", setl_id)
+    if existing is not None:
+        return _reversal(existing)
+    now = clock.now()
+    balc = await conn.fetchval(
+        "UPDATE psn_accounts SET balance = balance + $2 WHERE psn_no = $1 RETURNING balance",
+        psn_no,
+        row["acct_pay"],
+    )
+    delta = _year_delta.decode(row["year_delta"])
+    if any(_year_args(delta)):
+        await conn.execute(_YEAR_GIVE_BACK, psn_no, row["setl_date"].year, *_year_args(delta))
+    original = await ledger.entries_of(conn, "settlement", setl_id)
+    if original:
+        await ledger.post(conn, "reversal", setl_id, reversed_postings(original))
+    await conn.execute("UPDATE settlements SET status = 'reversed' WHERE setl_id = $1", setl_id)
+    reversal = await conn.fetchrow(
+        """
+        INSERT INTO reversals (reversal_id, setl_id, psn_no, fixmedins_code, actor, reason,
+                               revs_time, revs_date, acct_refund, fund_refund, balc)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING *
+        """,
+        "R" + setl_id[1:],
+        setl_id,
+        psn_no,
+        row["fixmedins_code"],
+        caller.actor,
+        reason,
+        now,
+        clock.business_date(now),
+        row["acct_pay"],
+        row["fund_pay_sumamt"],
+        balc,
+    )
+    await audit.append(
+        conn,
+        actor=caller.actor,
+        action="settlement.reversed",
+        object_type="settlement",
+        object_id=setl_id,
+        data={
+            "reason": reason,
+            "acct_refund": row["acct_pay"],
+            "fund_refund": row["fund_pay_sumamt"],
+        },
+    )
+    return _reversal(reversal)
+
+
+def _check_own(caller: Caller, fixmedins_code: str) -> None:
+    """A facility's terminals see and reverse only their own facility's settlements."""
+    if caller.kind != "admin" and fixmedins_code != caller.fixmedins_code:
+        raise Forbidden("this settlement belongs to another facility", code="NOT_OWN_FACILITY")
+
+
+def _reversal(row: asyncpg.Record) -> Reversal:
+    return Reversal(
+        reversal_id=row["reversal_id"],
+        setl_id=row["setl_id"],
+        revs_time=row["revs_time"],
+        acct_refund=row["acct_refund"],
+        fund_refund=row["fund_refund"],
+        balc=row["balc"],
+        reason=row["reason"],
+    )
+
+
+def _same_request(row: asyncpg.Record, digest: bytes) -> SetlInfo:
+    if bytes(row["request_hash"]) != digest:
+        raise Conflict(
+            "this Idempotency-Key was used for another request",
+            code="IDEMPOTENCY_MISMATCH",
+            details={"setl_id": row["setl_id"]},
+        )
+    return stored_setl_info(row)

@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import re
+
+from aiohttp import web
+
+from cardsvc.errors import InvalidRequest
+from cardsvc.settlement.models import ReverseRequest, SettleRequest
+from cardsvc.web.appkeys import CALLER, SERVICES
+from cardsvc.web.auth import admin_or_terminal, terminal
+from cardsvc.web.caller import SETTLING_TERMINALS
+from cardsvc.web.codec import json_response, path_param, read_json
+
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{8,128}$")
+
+
+def _idempotency_key(request: web.Request) -> str:
+    key = request.headers.get("Idempotency-Key", "")
+    if not _IDEMPOTENCY_KEY.match(key):
+        raise InvalidRequest(
+            "the Idempotency-Key header is required: 8-128 printable ASCII characters",
+            code="IDEMPOTENCY_KEY_REQUIRED",
+        )
+    return key
+
+
+@terminal(*SETTLING_TERMINALS)
+async def preview(request: web.Request) -> web.Response:
+    req = await read_json(request, SettleRequest)
+    return json_response(await request.app[SERVICES].settlements.preview(request[CALLER], req))
+
+
+@terminal(*SETTLING_TERMINALS)
+async def settle(request: web.Request) -> web.Response:
+    key = _idempotency_key(request)
+    req = await read_json(request, SettleRequest)
+    result = await request.app[SERVICES].settlements.settle(request[CALLER], key, req)
+    return json_response(result)
+
+
+@admin_or_terminal(*SETTLING_TERMINALS)
+async def get(request: web.Request) -> web.Response:
+    setl_id = path_param(request, "setl_id")
+    return json_response(await request.app[SERVICES].settlements.get(request[CALLER], setl_id))
+
+
+@terminal(*SETTLING_TERMINALS)
+async def reverse(request: web.Request) -> web.Response:
+    setl_id = path_param(request, "setl_id")
+    req = await read_json(request, ReverseRequest, default=ReverseRequest())
+    reversal = await request.app[SERVICES].settlements.reverse(request[CALLER], setl_id, req.reason)
+    return json_response(reversal)

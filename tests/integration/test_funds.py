@@ -1,0 +1,319 @@
+"""Reconciliation, clearing, review of C-rated facilities, supervision flags, the fund
+report and the kiosk, through the HTTP API."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import asyncpg
+import msgspec
+import pytest
+import pytest_asyncio
+
+from cardsvc import clock
+from tests.support.api import (
+    POLICY_CATALOG,
+    Service,
+    authenticate_card,
+    lines,
+    patient,
+)
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+ROOT = Path(__file__).resolve().parents[2]
+
+FEE = lines(("A-AMOX", 100000, 3), ("B-CEF", 2500, 4), ("C-VIT", 3000, 1))  # POLICY E1
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def catalog(service: Service) -> None:
+    await service.admin_ok("PUT", "/v1/catalog/items", {"items": POLICY_CATALOG})
+
+
+async def _hospital(service: Service, **extra):
+    facility = await service.facility(level="3", **extra)
+    return facility["fixmedins_code"], await service.terminal("pos", facility["fixmedins_code"])
+
+
+async def test_reconciliation_match_mismatch_and_detail(service: Service, catalog):
+    _code, pos = await _hospital(service)
+    counter = await service.terminal("counter")
+    p = await patient(service, pos, counter, balance=50000)
+    a = await p.settle("310", "21", FEE)
+    b = await p.settle("310", "11", lines(("A-AMOX", 1000, 1)))
+    c = await p.settle("310", "11", lines(("A-AMOX", 2000, 1)))
+    await pos.call("POST", f"/v1/settlements/{c['setl_id']}/reverse")
+    today = clock.business_date().isoformat()
+    mine = {
+        "insutype": "310",
+        "stmt_begndate": today,
+        "stmt_enddate": today,
+        "fixmedins_setl_cnt": 2,
+        "medfee_sumamt": a["medfee_sumamt"] + b["medfee_sumamt"],
+        "fund_pay_sumamt": a["fund_pay_sumamt"] + b["fund_pay_sumamt"],
+        "acct_pay": a["acct_pay"] + b["acct_pay"],
+    }
+    result = await pos.call("POST", "/v1/reconciliation", mine)
+    assert result["stmt_rslt"] == "0" and result["service"] == result["facility"]
+    off = await pos.call("POST", "/v1/reconciliation", {**mine, "fixmedins_setl_cnt": 3})
+    assert off["stmt_rslt"] == "1" and off["service"]["fixmedins_setl_cnt"] == 2
+    detail = await pos.call(
+        "POST",
+        "/v1/reconciliation/detail",
+        {"stmt_date": today, "setl_ids": [a["setl_id"], c["setl_id"], "S-NOT-OURS"]},
+    )
+    assert detail == {
+        "stmt_rslt": "1",
+        "matched": 1,
+        "missing_on_service": ["S-NOT-OURS"],
+        "missing_on_facility": [b["setl_id"]],
+        "reversed_on_service": [c["setl_id"]],
+    }
+    clean = await pos.call(
+        "POST",
+        "/v1/reconciliation/detail",
+        {"stmt_date": today, "insutype": "310", "setl_ids": [a["setl_id"], b["setl_id"]]},
+    )
+    assert clean["stmt_rslt"] == "0" and clean["matched"] == 2
+
+
+async def _shift(service: Service, table: str, column: str, ids: list[str], day: dt.date) -> None:
+    key = "setl_id"
+    conn = await asyncpg.connect(service.database_url)
+    try:
+        await conn.execute(
+            f"UPDATE {table} SET {column} = $2 WHERE {key} = ANY($1::text[])", ids, day
+        )
+    finally:
+        await conn.close()
+
+
+async def test_clearing_pays_nets_reversals_and_is_idempotent(service: Service, catalog):
+    """Settlements are moved back two days (as if settled then) so this test owns its
+    clearing dates; every other test settles today."""
+    code, pos = await _hospital(service)
+    counter = await service.terminal("counter")
+    p = await patient(service, pos, counter, balance=50000)
+    e1 = await p.settle("310", "21", FEE)
+    small = await p.settle("310", "11", lines(("A-AMOX", 10000, 1)))
+    today = clock.business_date()
+    d1, d2 = today - dt.timedelta(days=2), today - dt.timedelta(days=1)
+    await _shift(service, "settlements", "setl_date", [e1["setl_id"], small["setl_id"]], d1)
+
+    run = await service.admin_ok("POST", "/v1/clearing/runs", {"clearing_date": d1.isoformat()})
+    mine = next(f for f in run["facilities"] if f["fixmedins_code"] == code)
+    by_fund = {i["fund"]: i for i in mine["items"]}
+    assert by_fund["310100"]["settled_amt"] == e1["hifp_pay"] + small["hifp_pay"]
+    assert by_fund["acct"]["settled_amt"] == e1["acct_pay"] + small["acct_pay"]
+    assert mine["net_amt"] == sum(s["fund_pay_sumamt"] + s["acct_pay"] for s in (e1, small))
+    again = await service.admin_ok("POST", "/v1/clearing/runs", {"clearing_date": d1.isoformat()})
+    assert again == run
+    file1 = await _file(service, d1, code)
+    rows = list(csv.DictReader(io.StringIO(file1)))
+    assert rows[-1]["fund"] == "TOTAL" and int(rows[-1]["net_amt"]) == mine["net_amt"]
+    assert int(rows[-1]["settlements"]) == mine["settlements"] == 2
+
+    reversal = await pos.call("POST", f"/v1/settlements/{e1['setl_id']}/reverse")
+    await _shift(service, "reversals", "revs_date", [e1["setl_id"]], d2)
+    run2 = await service.admin_ok("POST", "/v1/clearing/runs", {"clearing_date": d2.isoformat()})
+    mine2 = next(f for f in run2["facilities"] if f["fixmedins_code"] == code)
+    assert mine2["net_amt"] == -(reversal["fund_refund"] + reversal["acct_refund"])
+    assert (await _file(service, d2, code)) == (await _file(service, d2, code))
+    assert (
+        await service.admin_ok("POST", "/v1/clearing/runs", {"clearing_date": d2.isoformat()})
+        == run2
+    )
+
+    future = (today + dt.timedelta(days=1)).isoformat()
+    status, body = await service.admin("POST", "/v1/clearing/runs", {"clearing_date": future})
+    assert status == 422 and body["error"]["code"] == "CLEARING_DATE_IN_FUTURE"
+    assert (await service.admin_ok("GET", "/v1/ledger/proof"))["ok"]
+
+
+async def _file(service: Service, day: dt.date, code: str) -> str:
+    headers = {"Authorization": f"Bearer {service.admin_token}"}
+    url = f"{service.base_url}/v1/clearing/runs/{day.isoformat()}/files/{code}"
+    async with service.http.get(url, headers=headers) as resp:
+        assert resp.status == 200 and resp.content_type == "text/csv"
+        return await resp.text()
+
+
+async def test_c_rated_settlements_are_held_for_review(service: Service, catalog):
+    _code, pos = await _hospital(service, credit_rating="C")
+    counter = await service.terminal("counter")
+    p = await patient(service, pos, counter, balance=50000)
+    held = await p.settle("310", "21", FEE)
+    assert held["review_required"] is True
+    rejected = await p.settle("310", "11", lines(("A-AMOX", 1000, 1)))
+    queue = await service.admin_ok("GET", "/v1/reviews?limit=1000")
+    assert {held["setl_id"], rejected["setl_id"]} <= {r["setl_id"] for r in queue}
+
+    ok = await service.admin_ok("POST", f"/v1/reviews/{held['setl_id']}/approve", {"note": "ok"})
+    assert ok["review_status"] == "approved" and ok["note"] == "ok"
+    assert (await service.admin_ok("POST", f"/v1/reviews/{held['setl_id']}/approve")) == ok
+    status, body = await service.admin("POST", f"/v1/reviews/{held['setl_id']}/reject")
+    assert status == 409 and body["error"]["code"] == "REVIEW_STATE"
+
+    balance = (await service.admin_ok("GET", f"/v1/persons/{p.psn_no}"))["balc"]
+    no = await service.admin_ok("POST", f"/v1/reviews/{rejected['setl_id']}/reject", {"note": "x"})
+    assert no["review_status"] == "rejected" and no["settlement"]["status"] == "reversed"
+    after = (await service.admin_ok("GET", f"/v1/persons/{p.psn_no}"))["balc"]
+    assert after == balance + rejected["acct_pay"]
+
+
+async def test_supervision_flags(service: Service, catalog):
+    pharmacy = await service.facility(type="pharmacy", level=None, agreements=["310"])
+    ph_pos = await service.terminal("pos", pharmacy["fixmedins_code"])
+    counter = await service.terminal("counter")
+    p = await patient(service, ph_pos, counter, balance=100000)
+    for _ in range(4):
+        last = await p.settle("310", "41", lines(("A-AMOX", 100, 1)))
+    _code, pos = await _hospital(service)
+    auth = await authenticate_card(pos, p.card, "transaction")
+    p.terminal, p.token = pos, auth["card_token"]
+    big = await p.settle("310", "21", lines(("A-AMOX", 5_000_001, 1)))
+    flags = await service.admin_ok("GET", "/v1/supervision/flags?limit=1000")
+    mine = {(f["rule"], f["setl_id"]) for f in flags if f["psn_no"] == p.psn_no}
+    assert ("PHARMACY_FREQUENCY", last["setl_id"]) in mine
+    assert ("LARGE_CLAIM", big["setl_id"]) in mine
+    assert ("CARD_AT_TWO_FACILITIES", big["setl_id"]) in mine
+    only = await service.admin_ok("GET", "/v1/supervision/flags?rule=LARGE_CLAIM&limit=1000")
+    assert {f["rule"] for f in only} == {"LARGE_CLAIM"}
+
+
+async def test_fund_report(service: Service, catalog):
+    today = clock.business_date().isoformat()
+    report = await service.admin_ok("GET", f"/v1/reports/funds?from={today}&to={today}")
+    assert report["settlements"] > 0 and report["account_credit_amount"] > 0
+    assert report["expenditure_total"] == sum(line["amount"] for line in report["expenditure"])
+    assert {line["fixmedins_type"] for line in report["expenditure"]} <= {"hospital", "pharmacy"}
+    headers = {"Authorization": f"Bearer {service.admin_token}"}
+    url = f"{service.base_url}/v1/reports/funds?from={today}&to={today}&format=csv"
+    async with service.http.get(url, headers=headers) as resp:
+        text = await resp.text()
+    assert text.splitlines()[0] == "section,fund,fixmedins_type,count,amount"
+    status, body = await service.admin("GET", f"/v1/reports/funds?from={today}&to=2000-01-01")
+    assert status == 400 and body["error"]["code"] == "INVALID_DATES"
+
+
+async def test_kiosk_balance_history_and_loss(service: Service, catalog):
+    _code, pos = await _hospital(service)
+    counter = await service.terminal("counter")
+    kiosk = await service.terminal("kiosk")
+    p = await patient(service, pos, counter, balance=7000)
+    done = await p.settle("310", "11", lines(("A-AMOX", 1000, 1)))
+    auth = await authenticate_card(kiosk, p.card, "identify")
+    summary = await kiosk.call("POST", "/v1/kiosk/summary", {"card_token": auth["card_token"]})
+    assert summary["balc"] == 6000 and summary["card_status"] == "active"
+    assert [s["setl_id"] for s in summary["settlements"]] == [done["setl_id"]]
+    lost = await kiosk.call("POST", "/v1/kiosk/report-loss", {"card_token": auth["card_token"]})
+    assert lost["status"] == "loss_reported"
+    refused = await pos.request("POST", "/v1/kiosk/summary", {"card_token": auth["card_token"]})
+    assert refused.status == 403
+
+
+async def test_clearing_command_writes_the_stored_files(service: Service, catalog, tmp_path):
+    day = clock.business_date() - dt.timedelta(days=2)
+    await service.admin_ok("POST", "/v1/clearing/runs", {"clearing_date": day.isoformat()})
+    env = {
+        "DATABASE_URL": service.database_url,
+        "CARDSVC_ADMIN_TOKEN": "x" * 16,
+        "CARDSVC_DATA_KEY": "00" * 32,
+        "PATH": "/usr/bin:/bin",
+    }
+    cli = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cardsvc",
+            "clearing",
+            "--date",
+            day.isoformat(),
+            "--out",
+            str(tmp_path),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+    )
+    assert cli.returncode == 0, cli.stderr
+    folder = tmp_path / day.isoformat()
+    summary = msgspec.json.decode((folder / "summary.json").read_bytes())
+    for facility in summary["facilities"]:
+        written = (folder / f"{facility['fixmedins_code']}.csv").read_text()
+        assert written == await _file(service, day, facility["fixmedins_code"])
+
+
+async def test_ledger_proof_names_a_tampered_entry(service: Service, catalog):
+    _code, pos = await _hospital(service)
+    counter = await service.terminal("counter")
+    p = await patient(service, pos, counter, balance=5000)
+    result = await p.settle("310", "11", lines(("A-AMOX", 3000, 1)))
+    conn = await asyncpg.connect(service.database_url)
+    try:
+        entry = await conn.fetchrow(
+            "SELECT e.txn_id, e.line, e.amount FROM ledger_entries e JOIN ledger_txns t"
+            " USING (txn_id) WHERE t.kind = 'settlement' AND t.ref = $1 AND e.side = 'C'",
+            result["setl_id"],
+        )
+        await conn.execute(
+            "UPDATE ledger_entries SET amount = amount + 1 WHERE txn_id = $1 AND line = $2",
+            entry["txn_id"],
+            entry["line"],
+        )
+        try:
+            proof = await service.admin_ok("GET", "/v1/ledger/proof")
+            assert proof["ok"] is False
+            assert entry["txn_id"] in proof["unbalanced"]
+            assert result["setl_id"] in proof["unbooked_settlements"]
+        finally:
+            await conn.execute(
+                "UPDATE ledger_entries SET amount = $3 WHERE txn_id = $1 AND line = $2",
+                entry["txn_id"],
+                entry["line"],
+                entry["amount"],
+            )
+        await conn.execute(
+            "UPDATE psn_accounts SET balance = balance + 7 WHERE psn_no = $1", p.psn_no
+        )
+        try:
+            proof = await service.admin_ok("GET", "/v1/ledger/proof")
+            assert proof["balance_mismatches"] == [
+                {"account": f"person:{p.psn_no}", "stored": 2007, "derived": 2000}
+            ]
+        finally:
+            await conn.execute(
+                "UPDATE psn_accounts SET balance = balance - 7 WHERE psn_no = $1", p.psn_no
+            )
+    finally:
+        await conn.close()
+    assert (await service.admin_ok("GET", "/v1/ledger/proof"))["ok"]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/supervision/flags?limit=%C2%B2",
+        "/v1/supervision/flags?limit=0",
+        "/v1/supervision/flags?since=20250101",
+        "/v1/supervision/flags?rule=NOPE",
+        "/v1/reviews?limit=1001",
+        "/v1/reports/funds?format=xml",
+        "/v1/reports/funds?from=2025-W01-1",
+        "/v1/clearing/runs/20250101",
+        "/v1/clearing/runs/2025-02-30",
+    ],
+)
+async def test_malformed_queries_are_400(service: Service, path: str):
+    status, body = await service.admin("GET", path)
+    assert status == 400, body
+    assert body["error"]["code"] in {"INVALID_QUERY", "INVALID_PATH_PARAMETER"}
+    assert body["error"]["details"]["parameter"]
