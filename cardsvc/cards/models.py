@@ -25,18 +25,10 @@ class Card(msgspec.Struct, kw_only=True):
     replaces: str | None
 
 
-class IssuedCard(msgspec.Struct, kw_only=True):
+class IssuedCard(Card, kw_only=True):
     """What a counter needs to personalise a blank card. Holds the full 社会保障号码 (it is
     written to EF06): never log it."""
 
-    card_no: str
-    card_sn: str
-    psn_no: str
-    admdvs: str
-    status: str
-    issue_date: dt.date
-    expiry_date: dt.date
-    replaces: str | None
     records: CardRecords
     personalization_blob: str
 

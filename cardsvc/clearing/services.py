@@ -22,44 +22,35 @@ from cardsvc.db import Connection, Pool, transaction
 from cardsvc.errors import BusinessRuleViolation, NotFound
 from cardsvc.ledger import services as ledger
 from cardsvc.ledger.postings import CLEARING_BANK, Posting, facility_account
+from cardsvc.settlement.fundparts import fund_parts
 from cardsvc.web.caller import ADMIN
 
 _CLEARING_LOCK = 0x636C6561  # any fixed number
 _facilities = msgspec.json.Decoder(list[FacilityClearing])
 _json = msgspec.json.Encoder()
 
-_CLEAR_SETTLEMENTS = """
+_CLEAR_SETTLEMENTS = f"""
 WITH cleared AS (
     UPDATE settlements SET clearing_date = $1
     WHERE clearing_date IS NULL AND status = 'settled' AND setl_date <= $1
       AND review_status IN ('none', 'approved')
     RETURNING fixmedins_code, setldetail, acct_pay
-), parts AS (
-    SELECT c.fixmedins_code, d->>'fund_pay_type' AS fund, (d->>'fund_payamt')::bigint AS amount
-    FROM cleared c, jsonb_array_elements(c.setldetail) AS d
-    UNION ALL
-    SELECT fixmedins_code, 'acct', acct_pay FROM cleared WHERE acct_pay > 0
-)
+), parts AS ({fund_parts("cleared", "fixmedins_code")})
 SELECT fixmedins_code, fund, sum(amount)::bigint AS amount, count(*)::int AS n
 FROM parts GROUP BY fixmedins_code, fund
-"""
+"""  # noqa: S608 - constant identifiers
 
-_NET_REVERSALS = """
+_NET_REVERSALS = f"""
 WITH netted AS (
     UPDATE reversals r SET clearing_date = $1
     FROM settlements s
     WHERE r.clearing_date IS NULL AND r.revs_date <= $1 AND s.setl_id = r.setl_id
       AND s.clearing_date IS NOT NULL
     RETURNING r.fixmedins_code, s.setldetail, s.acct_pay
-), parts AS (
-    SELECT n.fixmedins_code, d->>'fund_pay_type' AS fund, (d->>'fund_payamt')::bigint AS amount
-    FROM netted n, jsonb_array_elements(n.setldetail) AS d
-    UNION ALL
-    SELECT fixmedins_code, 'acct', acct_pay FROM netted WHERE acct_pay > 0
-)
+), parts AS ({fund_parts("netted", "fixmedins_code")})
 SELECT fixmedins_code, fund, sum(amount)::bigint AS amount, count(*)::int AS n
 FROM parts GROUP BY fixmedins_code, fund
-"""
+"""  # noqa: S608 - constant identifiers
 
 
 class Clearing:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import secrets
+from typing import Literal
 
 import asyncpg
 import msgspec
@@ -113,6 +114,24 @@ def _policy_request(req: SettleRequest) -> policy.SettlementRequest:
     )
 
 
+# The Step 3 amounts, named alike in the engine's Split, the settlements table and SetlInfo.
+STEP3_AMOUNTS = (
+    "medfee_sumamt",
+    "fulamt_ownpay_amt",
+    "overlmt_selfpay",
+    "preselfpay_amt",
+    "inscp_scp_amt",
+    "act_pay_dedc",
+    "hifp_pay",
+    "pool_prop_selfpay",
+    "acct_pay",
+    "fund_pay_sumamt",
+    "psn_part_amt",
+    "psn_cash_pay",
+    "balc",
+)
+
+
 def _setl_info(
     *,
     setl_id: str | None,
@@ -122,7 +141,7 @@ def _setl_info(
     fixmedins_code: str,
     req: SettleRequest,
     split: policy.Split,
-    status: str,
+    status: Literal["preview", "settled"],
 ) -> SetlInfo:
     return SetlInfo(
         setl_id=setl_id,
@@ -134,25 +153,13 @@ def _setl_info(
         med_type=req.med_type,
         mdtrt_id=req.mdtrt_id,
         policy_version=split.policy_version,
-        medfee_sumamt=split.medfee_sumamt,
-        fulamt_ownpay_amt=split.fulamt_ownpay_amt,
-        overlmt_selfpay=split.overlmt_selfpay,
-        preselfpay_amt=split.preselfpay_amt,
-        inscp_scp_amt=split.inscp_scp_amt,
-        act_pay_dedc=split.act_pay_dedc,
-        hifp_pay=split.hifp_pay,
-        pool_prop_selfpay=split.pool_prop_selfpay,
-        acct_pay=split.acct_pay,
-        fund_pay_sumamt=split.fund_pay_sumamt,
-        psn_part_amt=split.psn_part_amt,
-        psn_cash_pay=split.psn_cash_pay,
-        balc=split.balc,
         setldetail=[
             FundPayment(fund_pay_type=f.fund_pay_type, fund_payamt=f.fund_payamt)
             for f in split.setldetail
         ],
         review_required=split.review_required,
-        status=status,  # type: ignore[arg-type]
+        status=status,
+        **{name: getattr(split, name) for name in STEP3_AMOUNTS},
     )
 
 
@@ -167,22 +174,10 @@ def stored_setl_info(row: asyncpg.Record) -> SetlInfo:
         med_type=row["med_type"],
         mdtrt_id=row["mdtrt_id"],
         policy_version=row["policy_version"],
-        medfee_sumamt=row["medfee_sumamt"],
-        fulamt_ownpay_amt=row["fulamt_ownpay_amt"],
-        overlmt_selfpay=row["overlmt_selfpay"],
-        preselfpay_amt=row["preselfpay_amt"],
-        inscp_scp_amt=row["inscp_scp_amt"],
-        act_pay_dedc=row["act_pay_dedc"],
-        hifp_pay=row["hifp_pay"],
-        pool_prop_selfpay=row["pool_prop_selfpay"],
-        acct_pay=row["acct_pay"],
-        fund_pay_sumamt=row["fund_pay_sumamt"],
-        psn_part_amt=row["psn_part_amt"],
-        psn_cash_pay=row["psn_cash_pay"],
-        balc=row["balc"],
         setldetail=_setldetail.decode(row["setldetail"]),
         review_required=row["review_status"] != "none",
         status=row["status"],
+        **{name: row[name] for name in STEP3_AMOUNTS},
     )
 
 

@@ -13,11 +13,19 @@ import msgspec
 from cardsvc.audit.services import AuditLog
 from cardsvc.db import Connection, Pool, transaction
 from cardsvc.errors import Conflict, InvalidRequest, NotFound
+from cardsvc.settlement.fundparts import fund_parts
 from cardsvc.settlement.services import reverse_locked, stored_setl_info
 from cardsvc.supervision.models import FlagInfo, FundLine, FundReport, Review
 from cardsvc.web.caller import ADMIN
 
 MAX_REPORT_DAYS = 366
+
+_EXPENDITURE = f"""
+WITH s AS (SELECT * FROM settlements WHERE setl_date BETWEEN $1 AND $2 AND status = 'settled'),
+parts AS ({fund_parts("s", "fixmedins_type")})
+SELECT fund, fixmedins_type, count(*)::int AS settlements, sum(amount)::bigint AS amount
+FROM parts GROUP BY fund, fixmedins_type ORDER BY fund, fixmedins_type
+"""  # noqa: S608 - constant identifiers
 _details = msgspec.json.Decoder(dict)
 
 
@@ -145,24 +153,7 @@ class Supervision:
                 start,
                 end,
             )
-            lines = await conn.fetch(
-                """
-                WITH s AS (SELECT * FROM settlements
-                           WHERE setl_date BETWEEN $1 AND $2 AND status = 'settled'),
-                parts AS (
-                    SELECT s.fixmedins_type, d->>'fund_pay_type' AS fund,
-                           (d->>'fund_payamt')::bigint AS amount
-                    FROM s, jsonb_array_elements(s.setldetail) AS d
-                    UNION ALL
-                    SELECT fixmedins_type, 'acct', acct_pay FROM s WHERE acct_pay > 0
-                )
-                SELECT fund, fixmedins_type, count(*)::int AS settlements,
-                       sum(amount)::bigint AS amount
-                FROM parts GROUP BY fund, fixmedins_type ORDER BY fund, fixmedins_type
-                """,
-                start,
-                end,
-            )
+            lines = await conn.fetch(_EXPENDITURE, start, end)
         expenditure = [FundLine(**dict(r)) for r in lines]
         return FundReport(
             period_from=start,
