@@ -224,6 +224,8 @@ async def test_e6_maternity_delivery_once_a_year(world: World):
     )
     again = await p.request("/v1/settlements", "510", "52", fee, delivery_type="normal")
     assert again.status == 422 and again.body["error"]["code"] == "MATERNITY_LIMIT"
+    untyped = await p.request("/v1/settlements", "510", "52", fee)
+    assert untyped.status == 422 and untyped.body["error"]["code"] == "DELIVERY_TYPE_REQUIRED"
 
 
 async def test_second_admission_halves_the_deductible_and_the_cap_holds(world: World):
