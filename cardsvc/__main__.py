@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import msgspec
-from aiohttp import web
 
 from cardsvc import db
 from cardsvc.audit.services import AuditLog, VerifyResult
@@ -17,24 +16,6 @@ from cardsvc.clearing.services import Clearing
 from cardsvc.config import ConfigError, Settings, load_settings
 from cardsvc.ledger.services import Ledger, LedgerProof
 from cardsvc.logging import configure_logging
-
-
-def _serve(settings: Settings) -> int:
-    import uvloop
-
-    from cardsvc.app import create_app
-
-    uvloop.install()
-    asyncio.run(db.migrate_url(settings.database_url))
-    web.run_app(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        print=lambda msg: print(f"cardsvc listening on http://{settings.host}:{settings.port}"),
-        access_log=None,
-        shutdown_timeout=10.0,
-    )
-    return 0
 
 
 async def _check(settings: Settings, what: str) -> bool:
@@ -87,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     configure_logging(settings.log_format, settings.log_level)
     if args.command == "serve":
-        return _serve(settings)
+        from cardsvc.server import serve
+
+        return serve(settings)
     if args.command == "migrate":
         for version in asyncio.run(db.migrate_url(settings.database_url)):
             print(f"applied {version}")

@@ -24,6 +24,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     database_url: str = DEFAULT_DATABASE_URL
     host: str = "127.0.0.1"
     port: int = 8080
+    workers: int = 1  # processes sharing the port (SO_REUSEPORT); see cardsvc/server.py
     admin_token: str
     # 32 bytes protecting personal data at rest (identity numbers, session keys):
     # AEAD encryption and keyed lookup hashes are derived from it. Card and terminal
@@ -99,6 +100,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         database_url=env.get("DATABASE_URL", DEFAULT_DATABASE_URL),
         host=env.get("CARDSVC_HOST", defaults.host),
         port=_int(env, "CARDSVC_PORT", defaults.port),
+        workers=_int(env, "CARDSVC_WORKERS", defaults.workers),
         admin_token=token,
         data_key=_data_key(_secret(env, "CARDSVC_DATA_KEY")),
         hsm_host=env.get("CARDSVC_HSM_HOST", defaults.hsm_host),
