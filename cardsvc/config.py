@@ -45,6 +45,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     challenge_ttl: int = 60
     card_token_ttl: int = 300
     max_body_bytes: int = 256 * 1024
+    terminal_rate: float = 50.0  # requests a second per terminal, per worker process
+    terminal_burst: float = 100.0
     log_format: str = "json"
     log_level: str = "info"
 
@@ -116,6 +118,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         challenge_ttl=_int(env, "CARDSVC_CHALLENGE_TTL", defaults.challenge_ttl),
         card_token_ttl=_int(env, "CARDSVC_CARD_TOKEN_TTL", defaults.card_token_ttl),
         max_body_bytes=_int(env, "CARDSVC_MAX_BODY_BYTES", defaults.max_body_bytes),
+        terminal_rate=_float(env, "CARDSVC_TERMINAL_RATE", defaults.terminal_rate),
+        terminal_burst=_float(env, "CARDSVC_TERMINAL_BURST", defaults.terminal_burst),
         log_format=env.get("CARDSVC_LOG_FORMAT", defaults.log_format),
         log_level=env.get("CARDSVC_LOG_LEVEL", defaults.log_level),
     )

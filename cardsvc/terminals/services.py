@@ -21,7 +21,7 @@ import structlog
 from cardsvc.audit.services import AuditLog
 from cardsvc.config import Settings
 from cardsvc.db import Pool, transaction
-from cardsvc.errors import Forbidden, InvalidRequest, NotFound, Unauthenticated
+from cardsvc.errors import Forbidden, InvalidRequest, NotFound, RateLimited, Unauthenticated
 from cardsvc.hsm.client import HsmClient
 from cardsvc.hsm.errors import HsmRejected
 from cardsvc.privacy import DataProtector
@@ -36,6 +36,7 @@ from cardsvc.terminals.models import (
     UpdateTerminal,
 )
 from cardsvc.web.caller import ADMIN, Caller
+from cardsvc.web.ratelimit import TokenBuckets
 
 log = structlog.get_logger(__name__)
 
@@ -225,6 +226,7 @@ class TerminalAuthenticator:
     def __init__(self, pool: Pool, protector: DataProtector, settings: Settings) -> None:
         self._pool, self._protector, self._settings = pool, protector, settings
         self._sessions = SessionCache()
+        self._buckets = TokenBuckets(settings.terminal_rate, settings.terminal_burst)
 
     async def authenticate(
         self, *, method: str, path_qs: str, headers: Mapping[str, str], body: bytes
@@ -238,6 +240,13 @@ class TerminalAuthenticator:
         if session.expires_at <= now:
             raise Unauthenticated("session expired: sign in again", code="SESSION_EXPIRED")
         signing.check_signature(session.key, signed, method, path_qs, body)
+        # After the signature, so nobody can spend another terminal's allowance.
+        wait = self._buckets.take(session.terminal_id, time.monotonic())
+        if wait:
+            raise RateLimited(
+                "too many requests from this terminal",
+                details={"retry_after_ms": int(wait * 1000) + 1},
+            )
         # Record the nonce and read the terminal's and facility's current standing in one
         # round trip; a suspension or disabling takes effect on the next request.
         row = await self._pool.fetchrow(

@@ -213,3 +213,35 @@ async def test_expired_session_is_refused_and_the_sdk_signs_in_again(
             assert client.session_id != first_session
     finally:
         await runner.cleanup()
+
+
+async def test_flooding_terminal_is_limited_and_others_are_served(
+    service: Service, settings: Settings
+):
+    limited = msgspec.structs.replace(
+        settings, terminal_rate=5.0, terminal_burst=5.0, port=free_port()
+    )
+    runner = web.AppRunner(create_app(limited))
+    await runner.setup()
+    await web.TCPSite(runner, limited.host, limited.port).start()
+    try:
+        base = f"http://{limited.host}:{limited.port}"
+        clients = []
+        for _ in range(2):
+            reg = await service.admin_ok("POST", "/v1/terminals", {"kind": "counter"})
+            client = TerminalClient(
+                service.http, base, reg["terminal_id"], bytes.fromhex(reg["terminal_key"])
+            )
+            await client.sign_in()
+            clients.append(client)
+        flood, quiet = clients
+        body = {"card_no": "A00000000", "purpose": "identify"}
+        results = await asyncio.gather(*[flood.request("POST", PATH, body) for _ in range(30)])
+        statuses = [r.status for r in results]
+        assert statuses.count(429) >= 20 and statuses.count(404) >= 5
+        limited_resp = next(r for r in results if r.status == 429)
+        assert limited_resp.body["error"]["code"] == "RATE_LIMITED"
+        assert limited_resp.body["error"]["details"]["retry_after_ms"] > 0
+        assert (await quiet.request("POST", PATH, body)).status == 404  # not starved
+    finally:
+        await runner.cleanup()
