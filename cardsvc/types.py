@@ -6,13 +6,13 @@ from typing import Annotated, Literal
 
 import msgspec
 
-PSN_NO_PATTERN = r"^\d{16}$"
+PSN_NO_PATTERN = r"^[0-9]{16}$"
 FACILITY_CODE_PATTERN = r"^[A-Za-z0-9]{1,20}$"
 CARD_NO_PATTERN = r"^[A-Z0-9]{9}$"
-TERMINAL_ID_PATTERN = r"^T\d{8}$"
-SETL_ID_PATTERN = r"^S\d{8}[0-9a-f]{20}$"
+TERMINAL_ID_PATTERN = r"^T[0-9]{8}$"
+SETL_ID_PATTERN = r"^S[0-9]{8}[0-9a-f]{20}$"
 
-Admdvs = Annotated[str, msgspec.Meta(pattern=r"^\d{6}$", description="6-digit region code")]
+Admdvs = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{6}$", description="6-digit region code")]
 PsnNo = Annotated[str, msgspec.Meta(pattern=PSN_NO_PATTERN)]
 FacilityCode = Annotated[str, msgspec.Meta(pattern=FACILITY_CODE_PATTERN)]
 CardNo = Annotated[str, msgspec.Meta(pattern=CARD_NO_PATTERN)]

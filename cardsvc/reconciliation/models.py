@@ -8,16 +8,18 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from cardsvc.types import Fen, Insutype
+from cardsvc.types import Insutype
 
 SetlIdText = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+# A period's totals: up to 500 lines a settlement at the largest price make large sums.
+Total = Annotated[int, msgspec.Meta(ge=0, le=2**62)]
 
 
 class Totals(msgspec.Struct, kw_only=True):
     fixmedins_setl_cnt: Annotated[int, msgspec.Meta(ge=0)]
-    medfee_sumamt: Fen
-    fund_pay_sumamt: Fen
-    acct_pay: Fen
+    medfee_sumamt: Total
+    fund_pay_sumamt: Total
+    acct_pay: Total
 
 
 class StatementRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -25,9 +27,9 @@ class StatementRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     stmt_begndate: dt.date
     stmt_enddate: dt.date
     fixmedins_setl_cnt: Annotated[int, msgspec.Meta(ge=0)]
-    medfee_sumamt: Fen
-    fund_pay_sumamt: Fen
-    acct_pay: Fen
+    medfee_sumamt: Total
+    fund_pay_sumamt: Total
+    acct_pay: Total
 
 
 class StatementResult(msgspec.Struct, kw_only=True):

@@ -10,7 +10,7 @@ import msgspec
 from cardsvc.types import Insutype, Text
 
 ItemCode = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._-]{1,50}$")]
-MedType = Annotated[str, msgspec.Meta(pattern=r"^\d{2}$")]
+MedType = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{2}$")]
 MdtrtId = Annotated[str, msgspec.Meta(pattern=r"^[\x21-\x7e]{1,64}$")]
 CardToken = Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
 # Bounded so that 500 lines at the largest price and quantity stay far inside bigint.

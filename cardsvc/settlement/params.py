@@ -25,7 +25,7 @@ POLICY_DIR = Path(__file__).resolve().parents[2] / "schema" / "policy"
 
 LEVELS = frozenset({"community", "1", "2", "3"})
 ITEM_CLASSES = frozenset({"A", "B", "C"})
-_VERSION_PATTERN = re.compile(r"^\d{4}\.\d{1,3}$")
+_VERSION_PATTERN = re.compile(r"^[0-9]{4}\.[0-9]{1,3}$")
 
 Fen = Annotated[int, msgspec.Meta(ge=0)]
 Percent = Annotated[int, msgspec.Meta(ge=0, le=100)]

@@ -498,7 +498,12 @@ async def reverse_locked(
     original = await ledger.entries_of(conn, "settlement", setl_id)
     if original:
         await ledger.post(conn, "reversal", setl_id, reversed_postings(original))
-    await conn.execute("UPDATE settlements SET status = 'reversed' WHERE setl_id = $1", setl_id)
+    # A settlement still waiting for review needs no decision once it is reversed.
+    await conn.execute(
+        "UPDATE settlements SET status = 'reversed', review_status = CASE review_status"
+        " WHEN 'pending' THEN 'withdrawn' ELSE review_status END WHERE setl_id = $1",
+        setl_id,
+    )
     reversal = await conn.fetchrow(
         """
         INSERT INTO reversals (reversal_id, setl_id, psn_no, fixmedins_code, actor, reason,

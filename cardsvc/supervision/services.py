@@ -76,15 +76,9 @@ class Supervision:
             # The person's lock first, as every writer of a person's settlements takes it.
             await conn.execute("SELECT 1 FROM psn_accounts WHERE psn_no = $1 FOR UPDATE", psn_no)
             row = await conn.fetchrow(
-                "SELECT review_status, status FROM settlements WHERE setl_id = $1 FOR UPDATE",
+                "SELECT review_status FROM settlements WHERE setl_id = $1 FOR UPDATE",
                 setl_id,
             )
-            if row["status"] == "reversed" and row["review_status"] == "pending":
-                raise Conflict(
-                    "the settlement was reversed: nothing to decide",
-                    code="REVIEW_STATE",
-                    details={"status": "reversed"},
-                )
             current = row["review_status"]
             if current != "pending":
                 if current != decision:

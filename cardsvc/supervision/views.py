@@ -61,7 +61,8 @@ async def fund_report(request: web.Request) -> web.Response:
     today = clock.business_date()
     start = query_date(request, "from", today.replace(day=1))
     end = query_date(request, "to", today)
+    fmt = query_choice(request, "format", ("json", "csv"))
     report = await request.app[SERVICES].supervision.fund_report(start, end)
-    if query_choice(request, "format", ("json", "csv")) == "csv":
+    if fmt == "csv":
         return web.Response(text=report_csv(report), content_type="text/csv", charset="utf-8")
     return json_response(report)

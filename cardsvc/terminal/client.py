@@ -102,7 +102,9 @@ class TerminalClient:
             method, self._base + path_qs, data=body, headers=all_headers
         ) as resp:
             payload = await resp.read()
-            return Response(resp.status, msgspec.json.decode(payload) if payload else None)
+            if resp.content_type == "application/json" and payload:
+                return Response(resp.status, msgspec.json.decode(payload))
+            return Response(resp.status, payload.decode() if payload else None)
 
     async def request(
         self, method: str, path_qs: str, json: Any = None, headers: dict[str, str] | None = None

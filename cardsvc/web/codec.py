@@ -58,21 +58,21 @@ _PATH_PARAMETERS = {
 def path_param(request: web.Request, name: str) -> str:
     """A path parameter checked against its pattern: malformed is 400, not 404."""
     value = request.match_info[name]
-    if not _PATH_PARAMETERS[name].match(value):
+    if not _PATH_PARAMETERS[name].fullmatch(value):
         raise InvalidRequest(
             f"{name} is malformed", code="INVALID_PATH_PARAMETER", details={"parameter": name}
         )
     return value
 
 
-_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 _LIMIT = re.compile(r"^[0-9]{1,4}$")
 
 
 def parse_date(value: str, name: str, code: str) -> dt.date:
     """A YYYY-MM-DD date (only that form); anything else is a 400 naming the parameter."""
     try:
-        if _DATE.match(value):
+        if _DATE.fullmatch(value):
             return dt.date.fromisoformat(value)
     except ValueError:
         pass
@@ -92,7 +92,7 @@ def query_date(request: web.Request, name: str, default: dt.date) -> dt.date:
 
 def query_limit(request: web.Request, default: int = 100, most: int = 1000) -> int:
     raw = request.query.get("limit", str(default))
-    if not _LIMIT.match(raw) or not 1 <= int(raw) <= most:
+    if not _LIMIT.fullmatch(raw) or not 1 <= int(raw) <= most:
         raise InvalidRequest(
             f"limit must be 1-{most}", code="INVALID_QUERY", details={"parameter": "limit"}
         )

@@ -166,6 +166,14 @@ async def test_c_rated_settlements_are_held_for_review(service: Service, catalog
     after = (await service.admin_ok("GET", f"/v1/persons/{p.psn_no}"))["balc"]
     assert after == balance + rejected["acct_pay"]
 
+    # Reversed by the facility while held: withdrawn from the queue, nothing to decide.
+    withdrawn = await p.settle("310", "11", lines(("A-AMOX", 500, 1)))
+    await pos.call("POST", f"/v1/settlements/{withdrawn['setl_id']}/reverse")
+    queue = await service.admin_ok("GET", "/v1/reviews?limit=1000")
+    assert withdrawn["setl_id"] not in {r["setl_id"] for r in queue}
+    status, body = await service.admin("POST", f"/v1/reviews/{withdrawn['setl_id']}/approve")
+    assert status == 409 and body["error"]["details"] == {"review_status": "withdrawn"}
+
 
 async def test_supervision_flags(service: Service, catalog):
     pharmacy = await service.facility(type="pharmacy", level=None, agreements=["310"])
@@ -310,6 +318,8 @@ async def test_ledger_proof_names_a_tampered_entry(service: Service, catalog):
         "/v1/reports/funds?from=2025-W01-1",
         "/v1/clearing/runs/20250101",
         "/v1/clearing/runs/2025-02-30",
+        "/v1/supervision/flags?limit=100%0A",
+        "/v1/reports/funds?from=2026-01-01&to=2025-01-01&format=xml",
     ],
 )
 async def test_malformed_queries_are_400(service: Service, path: str):

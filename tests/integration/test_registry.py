@@ -89,8 +89,13 @@ async def test_bad_bodies_are_400_with_codes(service: Service):
     assert status == 400 and body["error"]["code"] == "INVALID_PATH_PARAMETER"
     status, body = await service.admin("GET", "/v1/persons/3202009999999997")
     assert status == 404 and body["error"]["code"] == "PERSON_NOT_FOUND"
-    status, body = await service.admin("GET", "/v1/facilities/%00")
-    assert status == 400 and body["error"]["code"] == "INVALID_PATH_PARAMETER"
+    for bad in (
+        "/v1/facilities/%00",
+        "/v1/persons/3202000000000001%0A",
+        "/v1/persons/٣٢٠٢000000000001",
+    ):
+        status, body = await service.admin("GET", bad)
+        assert status == 400 and body["error"]["code"] == "INVALID_PATH_PARAMETER", bad
     for field in ("psn_name", "certno"):
         status, body = await service.admin(
             "POST", "/v1/persons", {**_person_payload(), field: "张\u0000三"}
