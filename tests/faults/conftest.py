@@ -1,0 +1,29 @@
+"""Each fault module gets a whole system of its own (tests/support/stack.py)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import aiohttp
+import pytest
+import pytest_asyncio
+
+from tests.support.api import POLICY_CATALOG, Service
+from tests.support.stack import Stack
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    system = Stack(workers=2).start()
+    try:
+        yield system
+    finally:
+        system.close()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def stack_service(stack: Stack) -> AsyncIterator[Service]:
+    async with aiohttp.ClientSession() as http:
+        service = Service(stack.base_url, stack.admin_token, http, stack.database_url)
+        await service.admin_ok("PUT", "/v1/catalog/items", {"items": POLICY_CATALOG})
+        yield service
