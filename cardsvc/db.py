@@ -55,6 +55,9 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.TooManyConnectionsError,
     asyncpg.exceptions.InterfaceError,
     asyncpg.exceptions.PostgresConnectionError,
+    # A connection left mid-protocol by a server that went away (seen on release while the
+    # server shuts down): the connection is unusable, the database is what failed.
+    asyncpg.exceptions.InternalClientError,
 )
 TIMEOUT_ERRORS: tuple[type[BaseException], ...] = (
     TimeoutError,

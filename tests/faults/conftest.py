@@ -14,7 +14,17 @@ from tests.support.stack import Stack
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
-    system = Stack(workers=2).start()
+    # A generous per-terminal allowance: the traffic comes from few terminals.
+    system = Stack(
+        workers=2,
+        env={
+            "CARDSVC_TERMINAL_RATE": "2000",
+            "CARDSVC_TERMINAL_BURST": "2000",
+            "CARDSVC_DB_COMMAND_TIMEOUT": "1.0",
+            "CARDSVC_REQUEST_TIMEOUT": "3.0",
+            "CARDSVC_HSM_TIMEOUT": "0.5",
+        },
+    ).start()
     try:
         yield system
     finally:
