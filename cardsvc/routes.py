@@ -37,7 +37,8 @@ def setup_routes(app: web.Application) -> None:
             web.get("/v1/facilities/{fixmedins_code}", facilities.get),
             web.patch("/v1/facilities/{fixmedins_code}", facilities.update),
             web.post("/v1/terminals", terminals.register),
-            web.patch("/v1/terminals/{terminal_id}", terminals.update),
+            # Terminal ids begin with T: /v1/terminals/sign-in is never taken for one.
+            web.patch("/v1/terminals/{terminal_id:T[^/]*}", terminals.update),
             web.put("/v1/catalog/items", catalog.put_items),
             web.post("/v1/injury-cases", injuries.create),
             web.get("/v1/audit/verify", audit.verify),
@@ -66,8 +67,9 @@ def setup_routes(app: web.Application) -> None:
             # pos and his: settlement
             web.post("/v1/settlements/preview", settlements.preview),
             web.post("/v1/settlements", settlements.settle),
-            web.get("/v1/settlements/{setl_id}", settlements.get),
-            web.post("/v1/settlements/{setl_id}/reverse", settlements.reverse),
+            # Settlement ids begin with S: /v1/settlements/preview is never taken for one.
+            web.get("/v1/settlements/{setl_id:S[^/]*}", settlements.get),
+            web.post("/v1/settlements/{setl_id:S[^/]*}/reverse", settlements.reverse),
             web.post("/v1/reconciliation", reconciliation.statement),
             web.post("/v1/reconciliation/detail", reconciliation.detail),
             # kiosk

@@ -88,7 +88,12 @@ def _error_for(exc: Exception, *, request_timed_out: bool) -> web.Response:
     if isinstance(exc, web.HTTPException):
         if exc.status < 400:
             raise exc
-        return _error_response(exc.status, _HTTP_CODES.get(exc.status, "HTTP_ERROR"), exc.reason)
+        response = _error_response(
+            exc.status, _HTTP_CODES.get(exc.status, "HTTP_ERROR"), exc.reason
+        )
+        if "Allow" in exc.headers:  # 405 must say which methods the path takes
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
     mapped = db.as_service_error(exc) or db.as_input_error(exc)
     if mapped is not None:
         log.warning("database_error_mapped", code=mapped.code, error=type(exc).__name__)
