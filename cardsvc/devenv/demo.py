@@ -6,6 +6,12 @@ API, prints where everything listens, and stops it all on Ctrl-C or SIGTERM.
 
 Secrets made on first run (admin token, data key, HSM LMK) live in ``var/`` with mode 0600;
 demo terminal keys go to ``var/demo/terminals.json`` for the terminal SDK's commands.
+
+It also starts pcscd (foreground, its own reader.conf in ``var/pcscd``) with vpcd on port
+35963 (``CARDSVC_VPCD_PORT``) and the demo card in the first reader slot, personalised once
+from ``var/demo/card.json`` into ``var/demo/vcard.json``, so one more command runs a
+card-present visit. Without pcscd or vpcd, or with another pcscd running, the rest still runs
+and the banner says why the reader did not start.
 """
 
 from __future__ import annotations
@@ -24,10 +30,15 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import msgspec
 
 from cardsvc import db
+from cardsvc.cards.records import CardRecords
 from cardsvc.devenv import demodata
+from cardsvc.devenv.pcsc import PcscDaemon, PcscError
 from cardsvc.devenv.pgcluster import LocalCluster
+from cardsvc.vcard.card import personalised_state
+from cardsvc.vcard.state import save
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -75,6 +86,49 @@ def _drain(proc: subprocess.Popen[str], log: Path) -> None:
                 out.flush()
 
     threading.Thread(target=pump, daemon=True).start()
+
+
+def demo_card_state(demo: Path) -> Path:
+    """The demo card's state file: made once from ``card.json``, then the card's own (its
+    PIN counter included: delete the file for a fresh card)."""
+    path = demo / "vcard.json"
+    if not path.exists():
+        card = json.loads((demo / "card.json").read_text())
+        records = msgspec.convert(card["records"], CardRecords)
+        keys = bytes.fromhex(card["k_auth"]), bytes.fromhex(card["k_txn"])
+        save(path, personalised_state(records, *keys, card["pin"]))
+    return path
+
+
+class CardReaderDemo:
+    """pcscd with vpcd, and the demo card as a child process in its first slot."""
+
+    def __init__(self, var: Path, port: int) -> None:
+        self.daemon = PcscDaemon(var / "pcscd", port)
+        self.var = var
+        self.card: subprocess.Popen[str] | None = None
+        self.problem: str | None = None
+
+    def start(self, env: dict[str, str]) -> None:
+        try:
+            self.daemon.start()
+        except PcscError as exc:
+            self.problem = str(exc).splitlines()[0]
+            return
+        state = demo_card_state(self.var / "demo")
+        port = str(self.daemon.port)
+        self.card = _start(
+            [sys.executable, "-m", "cardsvc.vcard", "--port", port, "--state", str(state)],
+            env,
+            "vcard connected",
+            self.var / "log" / "vcard.log",
+        )
+
+    def stop(self) -> None:
+        if self.card is not None:
+            self.card.terminate()
+            self.card.wait(timeout=10)
+        self.daemon.stop()
 
 
 async def _wait_healthy(base_url: str) -> None:
@@ -125,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         "HSM_LMK": _secret(var / "secrets" / "hsm_lmk", secrets.token_hex(16)),
     }
     children: list[subprocess.Popen[str]] = []
+    reader = CardReaderDemo(var, int(os.environ.get("CARDSVC_VPCD_PORT", 35963)))
     try:
         children.append(
             _start(
@@ -157,10 +212,17 @@ def main(argv: list[str] | None = None) -> int:
         base_url = f"http://{host}:{port}"
         asyncio.run(_wait_healthy(base_url))
         summary = asyncio.run(demodata.load(base_url, env["CARDSVC_ADMIN_TOKEN"], var / "demo"))
-        _print_banner(base_url, hsm_host, hsm_port, database_url, env, var, summary)
+        reader.start(env)
+        if reader.card is not None:
+            children.append(reader.card)
+        lines = _reader_lines(reader, base_url, var, summary)
+        _print_banner(base_url, hsm_host, hsm_port, database_url, env, var, summary, lines)
         if not args.no_wait:
             _wait_for_signal(children)
     finally:
+        if reader.card is not None:
+            children.remove(reader.card)
+        reader.stop()
         for child in children:
             child.terminate()
         for child in children:
@@ -199,6 +261,7 @@ def _print_banner(
     env: dict[str, str],
     var: Path,
     summary: dict[str, Any],
+    reader_lines: list[str],
 ) -> None:
     print(
         "\n".join(
@@ -212,6 +275,7 @@ def _print_banner(
                 f"  demo data     {json.dumps(summary, ensure_ascii=False)}",
                 f"  terminal keys {var / 'demo' / 'terminals.json'}",
                 f"  logs          {var / 'log'}",
+                *reader_lines,
                 "",
                 "try:  curl -H 'Authorization: Bearer <admin token>' "
                 f"{base_url}/v1/persons/{summary.get('demo_psn_no', '<psn_no>')}",
@@ -220,6 +284,27 @@ def _print_banner(
         ),
         flush=True,
     )
+
+
+def _reader_lines(
+    reader: CardReaderDemo, base_url: str, var: Path, summary: dict[str, Any]
+) -> list[str]:
+    if reader.problem is not None:
+        return [f"  card reader   not started: {reader.problem}"]
+    python = os.path.relpath(sys.executable, ROOT) if sys.executable.startswith(str(ROOT)) else ""
+    terminal = f"{python or sys.executable} -m cardsvc.terminal"
+    extra = "" if base_url == "http://127.0.0.1:8080" else f" --base-url {base_url}"
+    if var != ROOT / "var":
+        extra += f" --terminals {var / 'demo' / 'terminals.json'}"
+    pin = summary.get("demo_card_pin", demodata.DEMO_PIN)
+    return [
+        f"  card reader   {reader.daemon.reader_names[0]} (pcscd; vpcd on port "
+        f"{reader.daemon.port}) holds demo card {summary.get('demo_card_no')} (PIN {pin})",
+        "",
+        "a card-present visit (from the checkout folder):",
+        f"  {terminal} visit --pin {pin} --item A-AMOX:1200x2{extra}",
+        f"  then {terminal} kiosk --terminal kiosk{extra}   (or read-card)",
+    ]
 
 
 if __name__ == "__main__":

@@ -1,0 +1,278 @@
+"""Card-present flows: issue and personalise at a counter, a visit at a POS, a kiosk look-up.
+
+Each flow is a short sequence of awaited steps. The card is reached through ``CardReader`` in
+a worker thread (pyscard blocks), the service through ``TerminalClient``, and every step is
+reported to ``progress`` so a command line or UI can show it (and a test can act at a step).
+
+- ``issue``: a blank card → ``POST /v1/cards`` → unseal the keys (K_term) → class-80
+  personalisation and lock → read back, both keys and the PIN checked on the card →
+  activate. If the card cannot be finished, the issued card is cancelled on the service, so
+  the person can be issued another.
+- ``visit``: read the card → PIN on the card (VERIFY) → card-auth ``transaction`` (K_txn) →
+  preview → the same card still in the reader → settle through the outbox.
+- ``kiosk``: read the card → card-auth ``identify`` (K_auth, no PIN) → summary (and
+  optionally report it lost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import hmac
+import os
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+import structlog
+
+from cardsvc.cards.records import CardRecords
+from cardsvc.crypto import profile
+from cardsvc.terminal import cardprofile
+from cardsvc.terminal.client import TerminalClient, TerminalError
+from cardsvc.terminal.outbox import Forwarder
+from cardsvc.terminal.personalise import expected_values, personalisation_commands
+from cardsvc.terminal.reader import (
+    CardAlreadyPersonalised,
+    CardDataError,
+    CardInfo,
+    CardReader,
+)
+
+log = structlog.get_logger("cardsvc.terminal")
+
+
+class Step(enum.StrEnum):
+    WAITING_FOR_CARD = "waiting for a card"
+    CARD_READ = "card read"
+    BLANK_CARD = "blank card found"
+    ISSUED = "card issued"
+    PERSONALISED = "card personalised and locked"
+    CHECKED = "card checked"
+    ACTIVATED = "card activated"
+    PIN_VERIFIED = "PIN verified on the card"
+    CARD_AUTHENTICATED = "card authenticated"
+    PREVIEWED = "pre-settled"
+    SETTLING = "settling"
+    SETTLED = "settled"
+    SUMMARY = "summary"
+    LOSS_REPORTED = "loss reported"
+
+
+Progress = Callable[[Step, str], None]
+PinEntry = Callable[[], str]
+
+
+def quiet(step: Step, message: str) -> None:
+    del step, message
+
+
+def yuan(fen: int) -> str:
+    return f"¥{fen / 100:,.2f}"
+
+
+class FeeLine(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    code: str
+    unit_price: int
+    quantity: int
+
+
+class VisitOrder(msgspec.Struct, frozen=True, kw_only=True):
+    feedetail: list[FeeLine]
+    insutype: str = "310"
+    med_type: str = "11"
+    mdtrt_id: str = msgspec.field(default_factory=lambda: "MD" + secrets.token_hex(8))
+    acct_used_flag: bool = True
+    injury_case_id: str | None = None
+    delivery_type: str | None = None
+
+    def request(self, card_token: str) -> dict[str, Any]:
+        body: dict[str, Any] = msgspec.to_builtins(self)
+        return {"card_token": card_token, **{k: v for k, v in body.items() if v is not None}}
+
+
+class IssueResult(msgspec.Struct, frozen=True, kw_only=True):
+    card_no: str
+    card_sn: str
+    psn_no: str
+    status: str
+
+
+class VisitResult(msgspec.Struct, frozen=True, kw_only=True):
+    card: CardInfo
+    preview: dict[str, Any]
+    settlement: dict[str, Any]
+
+
+class KioskResult(msgspec.Struct, frozen=True, kw_only=True):
+    card: CardInfo
+    summary: dict[str, Any]
+    reported: dict[str, Any] | None = None
+
+
+# ---------------------------------------------------------------------- shared steps
+async def present_card(reader: CardReader, progress: Progress, wait: float) -> CardInfo:
+    progress(Step.WAITING_FOR_CARD, f"insert a card ({wait:g} s)")
+    await asyncio.to_thread(reader.wait_for_card, wait)
+    info = await asyncio.to_thread(reader.read_card)
+    progress(Step.CARD_READ, f"card {info.card_no}, holder {info.masked_certno}")
+    return info
+
+
+async def authenticate_card(
+    client: TerminalClient, reader: CardReader, info: CardInfo, purpose: str
+) -> dict[str, Any]:
+    """The service's challenge, answered by the card's INTERNAL AUTHENTICATE."""
+    challenge = await client.call(
+        "POST", "/v1/card-auth/challenge", {"card_no": info.card_no, "purpose": purpose}
+    )
+    cryptogram = await asyncio.to_thread(
+        reader.internal_authenticate,
+        int(challenge["key_ref"], 16),
+        bytes.fromhex(challenge["challenge"]),
+    )
+    verified: dict[str, Any] = await client.call(
+        "POST",
+        "/v1/card-auth/verify",
+        {"auth_id": challenge["auth_id"], "card_sn": info.card_sn, "cryptogram": cryptogram.hex()},
+    )
+    return verified
+
+
+# ---------------------------------------------------------------------- counter
+async def issue(
+    client: TerminalClient,
+    reader: CardReader,
+    psn_no: str,
+    pin: str,
+    *,
+    progress: Progress = quiet,
+    wait: float = 30.0,
+) -> IssueResult:
+    cardprofile.pin_to_bcd(pin)  # a bad PIN must not cost an issued card
+    progress(Step.WAITING_FOR_CARD, f"insert a blank card ({wait:g} s)")
+    await asyncio.to_thread(reader.wait_for_card, wait)
+    if await asyncio.to_thread(reader.lifecycle) != cardprofile.LIFECYCLE_OPEN:
+        raise CardAlreadyPersonalised("this card is already personalised: insert a blank card")
+    progress(Step.BLANK_CARD, "blank card in the writer")
+    issued: dict[str, Any] = await client.call("POST", "/v1/cards", {"psn_no": psn_no})
+    progress(Step.ISSUED, f"card {issued['card_no']} issued to {psn_no}")
+    try:
+        await _personalise(client, reader, issued, pin, progress)
+    except Exception:
+        await _cancel_issued(client, issued["card_no"])
+        raise
+    card = await client.call("POST", f"/v1/cards/{issued['card_no']}/activate")
+    progress(Step.ACTIVATED, f"card {card['card_no']} is {card['status']}")
+    log.info("card issued", card_no=card["card_no"])
+    return msgspec.convert(card, IssueResult)
+
+
+async def _personalise(
+    client: TerminalClient,
+    reader: CardReader,
+    issued: dict[str, Any],
+    pin: str,
+    progress: Progress,
+) -> None:
+    records = msgspec.convert(issued["records"], CardRecords)
+    # The blob opens only with this counter's K_term: the service never saw these keys.
+    k_auth, k_txn = profile.unseal_card_keys(
+        client.terminal_key, issued["card_sn"], issued["personalization_blob"]
+    )
+    commands = personalisation_commands(records, k_auth, k_txn, pin)
+    await asyncio.to_thread(_write, reader, commands)
+    progress(Step.PERSONALISED, f"{len(commands)} commands, card locked")
+    await asyncio.to_thread(_check, reader, records, (k_auth, k_txn), pin)
+    progress(Step.CHECKED, "records read back, K_auth, PIN and K_txn answer correctly")
+
+
+def _write(reader: CardReader, commands: list[bytes]) -> None:
+    for command in commands:
+        reader.command(command, f"personalisation {command[1]:02X}")
+
+
+def _check(reader: CardReader, records: CardRecords, keys: tuple[bytes, bytes], pin: str) -> None:
+    if reader.read_records() != expected_values(records):
+        raise CardDataError("the card does not read back what was written")
+    reader.verify_pin(pin)
+    for key_ref, key in zip((profile.KEY_REF_AUTH, profile.KEY_REF_TXN), keys, strict=True):
+        challenge = os.urandom(profile.CHALLENGE_LEN)
+        answer = reader.internal_authenticate(key_ref, challenge)
+        if not hmac.compare_digest(answer, profile.card_cryptogram(key, challenge)):
+            raise CardDataError(f"key {key_ref:02X} on the card is not the issued one")
+
+
+async def _cancel_issued(client: TerminalClient, card_no: str) -> None:
+    try:
+        await client.call("POST", f"/v1/cards/{card_no}/cancel")
+    except (TerminalError, OSError) as exc:  # keep the original failure as the one raised
+        log.warning("could not cancel an unfinished card", card_no=card_no, error=str(exc))
+    else:
+        log.info("unfinished card cancelled", card_no=card_no)
+
+
+# ---------------------------------------------------------------------- POS
+async def visit(
+    client: TerminalClient,
+    reader: CardReader,
+    forwarder: Forwarder,
+    order: VisitOrder,
+    pin: PinEntry,
+    *,
+    progress: Progress = quiet,
+    wait: float = 30.0,
+) -> VisitResult:
+    info = await present_card(reader, progress, wait)
+    await asyncio.to_thread(reader.verify_pin, pin())
+    progress(Step.PIN_VERIFIED, "the holder's PIN was accepted by the card")
+    auth = await authenticate_card(client, reader, info, "transaction")
+    progress(Step.CARD_AUTHENTICATED, _insured(auth))
+    body = order.request(auth["card_token"])
+    preview: dict[str, Any] = await client.call("POST", "/v1/settlements/preview", body)
+    progress(Step.PREVIEWED, _amounts(preview))
+    # The holder confirmed with this card: it must still be the one in the reader.
+    await asyncio.to_thread(reader.ensure_card, info.card_sn)
+    progress(Step.SETTLING, "sending the settlement (kept in the outbox until answered)")
+    settlement = await forwarder.settle(body)
+    progress(Step.SETTLED, f"{settlement['setl_id']}: {_amounts(settlement)}")
+    log.info("visit settled", setl_id=settlement["setl_id"], card_no=info.card_no)
+    return VisitResult(card=info, preview=preview, settlement=settlement)
+
+
+def _insured(auth: dict[str, Any]) -> str:
+    schemes = ", ".join(
+        f"{i['insutype']} (balance {yuan(i['balc'])})" if i["balc"] else i["insutype"]
+        for i in auth.get("insuinfo", [])
+    )
+    return f"{auth['baseinfo']['psn_no']} insured: {schemes or 'none active'}"
+
+
+def _amounts(setl: dict[str, Any]) -> str:
+    return (
+        f"total {yuan(setl['medfee_sumamt'])}, funds {yuan(setl['fund_pay_sumamt'])}, "
+        f"account {yuan(setl['acct_pay'])}, cash {yuan(setl['psn_cash_pay'])}"
+    )
+
+
+# ---------------------------------------------------------------------- kiosk
+async def kiosk(
+    client: TerminalClient,
+    reader: CardReader,
+    *,
+    report_loss: bool = False,
+    progress: Progress = quiet,
+    wait: float = 30.0,
+) -> KioskResult:
+    info = await present_card(reader, progress, wait)
+    auth = await authenticate_card(client, reader, info, "identify")
+    progress(Step.CARD_AUTHENTICATED, f"card {auth['card_no']} is {auth['card_status']}")
+    token = {"card_token": auth["card_token"]}
+    summary: dict[str, Any] = await client.call("POST", "/v1/kiosk/summary", token)
+    progress(Step.SUMMARY, f"balance {yuan(summary['balc'])}, {len(summary['settlements'])} recent")
+    reported = None
+    if report_loss:
+        reported = await client.call("POST", "/v1/kiosk/report-loss", token)
+        progress(Step.LOSS_REPORTED, f"card {reported['card_no']} is {reported['status']}")
+    return KioskResult(card=info, summary=summary, reported=reported)
