@@ -85,16 +85,16 @@ async def entries_of(conn: Connection, kind: str, ref: str) -> list[Posting]:
 # credit exactly that, and a reversed one must have a reversal that takes exactly that back.
 _UNBOOKED_SETTLEMENTS = """
 WITH booked AS (
-    SELECT t.kind, t.ref, sum(e.amount) FILTER (WHERE e.side = 'C')::bigint AS amount
+    SELECT t.ref,
+           sum(e.amount) FILTER (WHERE t.kind = 'settlement' AND e.side = 'C')::bigint AS paid,
+           sum(e.amount) FILTER (WHERE t.kind = 'reversal' AND e.side = 'C')::bigint AS back
     FROM ledger_txns t JOIN ledger_entries e USING (txn_id)
-    WHERE t.kind IN ('settlement', 'reversal') GROUP BY t.kind, t.ref
+    WHERE t.kind IN ('settlement', 'reversal') GROUP BY t.ref
 )
-SELECT s.setl_id FROM settlements s
-LEFT JOIN booked paid ON paid.kind = 'settlement' AND paid.ref = s.setl_id
-LEFT JOIN booked back ON back.kind = 'reversal' AND back.ref = s.setl_id
-WHERE coalesce(paid.amount, 0) <> s.fund_pay_sumamt + s.acct_pay
-   OR coalesce(back.amount, 0) <> CASE WHEN s.status = 'reversed'
-                                       THEN s.fund_pay_sumamt + s.acct_pay ELSE 0 END
+SELECT s.setl_id FROM settlements s LEFT JOIN booked b ON b.ref = s.setl_id
+WHERE coalesce(b.paid, 0) <> s.fund_pay_sumamt + s.acct_pay
+   OR coalesce(b.back, 0) <> CASE WHEN s.status = 'reversed'
+                                  THEN s.fund_pay_sumamt + s.acct_pay ELSE 0 END
 ORDER BY s.setl_id LIMIT $1
 """
 
