@@ -2,9 +2,14 @@
 
 Entries are spread over ``CHAINS`` independent chains (by the object they concern) so that
 concurrent transactions seldom wait for one chain head. Within a chain, entry ``n`` stores
-``hash = SHA-256(prev_hash ‖ canonical(entry))`` with ``prev_hash`` the hash of entry
-``n-1`` (32 zero bytes for the first). Changing, removing or reordering any entry breaks
-the chain from there on, and the chain head (last seq and hash) catches a cut-off tail.
+``hash = SHA-256(prev_hash ‖ int8(seq) ‖ SHA-256(canonical(entry without seq)))`` with
+``prev_hash`` the hash of entry ``n-1`` (32 zero bytes for the first) and ``int8`` the
+8-byte big-endian sequence number. Changing, removing or reordering any entry breaks the
+chain from there on, and the chain head (last seq and hash) catches a cut-off tail.
+
+The body digest is computed here; the chaining step is simple enough for PostgreSQL to do
+in the same UPDATE that advances the chain head (``sha256(head || int8send(seq) || d)``),
+so appending takes one statement and holds the head's lock only until commit.
 """
 
 from __future__ import annotations
@@ -53,20 +58,36 @@ def _at_micros(at: dt.datetime) -> int:
     return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
+def body_digest(
+    chain: int,
+    at: dt.datetime,
+    actor: str,
+    action: str,
+    object_type: str,
+    object_id: str,
+    data: str,
+) -> bytes:
+    """SHA-256 of the entry's content: everything but its place (seq) in the chain."""
+    body = _encoder.encode([chain, _at_micros(at), actor, action, object_type, object_id, data])
+    return hashlib.sha256(body).digest()
+
+
+def chain_step(prev_hash: bytes, seq: int, digest: bytes) -> bytes:
+    """The link: what PostgreSQL computes as ``sha256(head || int8send(seq) || digest)``."""
+    return hashlib.sha256(prev_hash + seq.to_bytes(8, "big", signed=True) + digest).digest()
+
+
 def entry_hash(prev_hash: bytes, entry: AuditEntry) -> bytes:
-    body = _encoder.encode(
-        [
-            entry.chain,
-            entry.seq,
-            _at_micros(entry.at),
-            entry.actor,
-            entry.action,
-            entry.object_type,
-            entry.object_id,
-            entry.data,
-        ]
+    digest = body_digest(
+        entry.chain,
+        entry.at,
+        entry.actor,
+        entry.action,
+        entry.object_type,
+        entry.object_id,
+        entry.data,
     )
-    return hashlib.sha256(prev_hash + body).digest()
+    return chain_step(prev_hash, entry.seq, digest)
 
 
 def verify_chain(

@@ -15,12 +15,77 @@ from cardsvc.audit.chain import (
     CHAINS,
     AuditEntry,
     ChainBreak,
+    body_digest,
     canonical_data,
     chain_of,
-    entry_hash,
     verify_chain,
 )
 from cardsvc.db import Connection, Pool
+
+
+class NewEntry(msgspec.Struct, frozen=True):
+    """An entry to append: its content, and where in the chains it goes."""
+
+    chain: int
+    digest: bytes
+    at: dt.datetime
+    actor: str
+    action: str
+    object_type: str
+    object_id: str
+    data: str
+
+    def params(self) -> tuple[Any, ...]:
+        """The parameters of ``append_cte``, in its order."""
+        return (
+            self.chain,
+            self.digest,
+            self.at,
+            self.actor,
+            self.action,
+            self.object_type,
+            self.object_id,
+            self.data,
+        )
+
+
+def new_entry(
+    actor: str, action: str, object_type: str, object_id: str, data: dict[str, Any] | None
+) -> NewEntry:
+    chain, at, text = (
+        chain_of(object_type, object_id),
+        dt.datetime.now(dt.UTC),
+        canonical_data(data or {}),
+    )
+    return NewEntry(
+        chain=chain,
+        digest=body_digest(chain, at, actor, action, object_type, object_id, text),
+        at=at,
+        actor=actor,
+        action=action,
+        object_type=object_type,
+        object_id=object_id,
+        data=text,
+    )
+
+
+def append_cte(first: int) -> str:
+    """SQL of two CTEs (``audit_head``, ``audit_entry``) that append one entry, its eight
+    parameters numbered from ``first`` in ``NewEntry.params`` order. Advancing the head locks
+    it until commit, so one chain's entries are strictly ordered; callers take it last."""
+    c, d, at, actor, action, otype, oid, data = (f"${first + i}" for i in range(8))
+    return f"""
+    audit_head AS (
+        UPDATE audit_chains
+        SET seq = seq + 1, prev_head = head, head = sha256(head || int8send(seq + 1) || {d})
+        WHERE chain = {c} RETURNING seq, prev_head, head
+    ),
+    audit_entry AS (
+        INSERT INTO audit_log
+            (chain, seq, at, actor, action, object_type, object_id, data, prev_hash, hash)
+        SELECT {c}, seq, {at}, {actor}, {action}, {otype}, {oid}, {data}, prev_head, head
+        FROM audit_head
+    )"""  # noqa: S608 - placeholders only
 
 
 class VerifyResult(msgspec.Struct, frozen=True):
@@ -43,42 +108,8 @@ class AuditLog:
         object_id: str,
         data: dict[str, Any] | None = None,
     ) -> None:
-        chain = chain_of(object_type, object_id)
-        # Locks this chain's head until commit: entries of one chain are strictly ordered.
-        head = await conn.fetchrow(
-            "UPDATE audit_chains SET seq = seq + 1 WHERE chain = $1 RETURNING seq, head", chain
-        )
-        entry = AuditEntry(
-            chain=chain,
-            seq=head["seq"],
-            at=dt.datetime.now(dt.UTC),
-            actor=actor,
-            action=action,
-            object_type=object_type,
-            object_id=object_id,
-            data=canonical_data(data or {}),
-        )
-        digest = entry_hash(head["head"], entry)
-        await conn.execute(
-            """
-            WITH appended AS (
-                INSERT INTO audit_log
-                    (chain, seq, at, actor, action, object_type, object_id, data, prev_hash, hash)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-            )
-            UPDATE audit_chains SET head = $10 WHERE chain = $1
-            """,
-            chain,
-            entry.seq,
-            entry.at,
-            actor,
-            action,
-            object_type,
-            object_id,
-            entry.data,
-            head["head"],
-            digest,
-        )
+        entry = new_entry(actor, action, object_type, object_id, data)
+        await conn.execute(f"WITH {append_cte(1)} SELECT 1", *entry.params())
 
     async def verify(self) -> VerifyResult:
         total = 0

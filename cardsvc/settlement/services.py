@@ -13,25 +13,26 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import secrets
-from typing import Literal
+from typing import Any, Literal
 
 import asyncpg
 import msgspec
 import structlog
 
 from cardsvc import clock
-from cardsvc.audit.services import AuditLog
+from cardsvc.audit.services import AuditLog, new_entry
 from cardsvc.cardauth.services import CardTokens
 from cardsvc.db import Connection, Pool, transaction
-from cardsvc.errors import Conflict, Forbidden, NotFound
+from cardsvc.errors import CardsvcError, Conflict, Forbidden, NotFound
 from cardsvc.ledger import services as ledger
 from cardsvc.ledger.postings import reversed_postings
 from cardsvc.settlement import policy
 from cardsvc.settlement.models import FundPayment, Reversal, SetlInfo, SettleRequest
 from cardsvc.settlement.params import CURRENT_POLICY_VERSION, load_params
 from cardsvc.settlement.postings import settlement_postings
-from cardsvc.settlement.snapshot import YEAR_COLUMNS, load_snapshot
-from cardsvc.settlement.supervision import RecentActivity, SupervisionRules, flags_for
+from cardsvc.settlement.snapshot import YEAR_COLUMNS, load_snapshot, read_for_settle
+from cardsvc.settlement.store import SettlementWrite, settlement_statement
+from cardsvc.settlement.supervision import SupervisionRules, flags_for
 from cardsvc.web.caller import Caller
 
 log = structlog.get_logger(__name__)
@@ -41,33 +42,6 @@ _json = msgspec.json.Encoder()
 _setldetail = msgspec.json.Decoder(list[FundPayment])
 _year_delta = msgspec.json.Decoder(policy.YearState)
 
-_SETTLEMENT_INSERT = """
-INSERT INTO settlements (
-    setl_id, psn_no, card_no, fixmedins_code, fixmedins_type, terminal_id, idempotency_key,
-    request_hash, insutype, med_type, mdtrt_id, injury_case_id, delivery_type, acct_used_flag,
-    policy_version, setl_time, setl_date, medfee_sumamt, fulamt_ownpay_amt, overlmt_selfpay,
-    preselfpay_amt, inscp_scp_amt, act_pay_dedc, hifp_pay, pool_prop_selfpay, acct_pay,
-    fund_pay_sumamt, psn_part_amt, psn_cash_pay, balc, setldetail, year_delta, review_status)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
-        $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33)
-"""
-
-_LINES_INSERT = """
-INSERT INTO settlement_lines (setl_id, line_no, code, chrgitm_lv, unit_price, quantity, total,
-    overlmt_selfpay, fulamt_ownpay_amt, preselfpay_amt, inscp_scp_amt)
-SELECT $1, l.*
-FROM unnest($2::smallint[], $3::text[], $4::text[], $5::bigint[], $6::int[], $7::bigint[],
-            $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[]) AS l
-"""
-
-# Adds a settlement's year-state delta.
-_YEAR_ADD = f"""
-INSERT INTO year_states (psn_no, year, {", ".join(YEAR_COLUMNS)})
-VALUES ($1, $2, {", ".join(f"${i}" for i in range(3, 3 + len(YEAR_COLUMNS)))})
-ON CONFLICT (psn_no, year) DO UPDATE SET
-    {", ".join(f"{c} = year_states.{c} + EXCLUDED.{c}" for c in YEAR_COLUMNS)}
-"""  # noqa: S608 - constant column names
-
 # Takes a reversed settlement's delta back. An UPDATE, not the upsert with negative values:
 # PostgreSQL checks the CHECK (>= 0) constraints on the proposed row before it looks for
 # the conflict. The row exists, since its settlement wrote it.
@@ -75,15 +49,6 @@ _YEAR_GIVE_BACK = f"""
 UPDATE year_states SET {", ".join(f"{c} = {c} - ${i}" for i, c in enumerate(YEAR_COLUMNS, 3))}
 WHERE psn_no = $1 AND year = $2
 """  # noqa: S608 - constant column names
-
-_RECENT = """
-SELECT
-  count(*) FILTER (WHERE fixmedins_type = 'pharmacy' AND setl_date = $2) AS pharmacy_today,
-  max(fixmedins_code) FILTER (
-      WHERE card_no = $3 AND fixmedins_code <> $4 AND setl_time > $5) AS other_facility
-FROM settlements
-WHERE psn_no = $1 AND status = 'settled' AND setl_time > $6
-"""
 
 
 def request_hash(req: SettleRequest) -> bytes:
@@ -181,6 +146,47 @@ def stored_setl_info(row: asyncpg.Record) -> SetlInfo:
     )
 
 
+def _item_codes(req: SettleRequest) -> list[str]:
+    return sorted({f.code for f in req.feedetail})
+
+
+def _settlement_row(
+    caller: Caller,
+    key: str,
+    digest: bytes,
+    req: SettleRequest,
+    snapshot: policy.Snapshot,
+    split: policy.Split,
+    setl_id: str,
+    card_no: str,
+    now: dt.datetime,
+) -> dict[str, Any]:
+    """The settlements row, column by column."""
+    return {
+        "setl_id": setl_id,
+        "psn_no": snapshot.psn_no,
+        "card_no": card_no,
+        "fixmedins_code": snapshot.facility.fixmedins_code,
+        "fixmedins_type": snapshot.facility.type,
+        "terminal_id": caller.terminal_id,
+        "idempotency_key": key,
+        "request_hash": digest,
+        "insutype": req.insutype,
+        "med_type": req.med_type,
+        "mdtrt_id": req.mdtrt_id,
+        "injury_case_id": req.injury_case_id,
+        "delivery_type": req.delivery_type,
+        "acct_used_flag": req.acct_used_flag,
+        "policy_version": split.policy_version,
+        "setl_time": now,
+        "setl_date": clock.business_date(now),
+        **{name: getattr(split, name) for name in STEP3_AMOUNTS},
+        "setldetail": _json.encode(list(split.setldetail)).decode(),
+        "year_delta": _json.encode(split.year_delta).decode(),
+        "review_status": "pending" if split.review_required else "none",
+    }
+
+
 def _year_args(delta: policy.YearState) -> list[int]:
     return [getattr(delta, c) for c in YEAR_COLUMNS]
 
@@ -202,14 +208,14 @@ class SettlementService:
         claims = self._tokens.check(caller, req.card_token)
         now = clock.now()
         async with self._pool.acquire() as conn:
-            snapshot = await self._snapshot(
+            snapshot = await load_snapshot(
                 conn,
-                caller,
-                claims.psn_no,
-                claims.card_no,
-                req,
-                clock.business_date(now),
-                lock=False,
+                psn_no=claims.psn_no,
+                card_no=claims.card_no,
+                fixmedins_code=caller.facility(),
+                item_codes=_item_codes(req),
+                injury_case_id=req.injury_case_id,
+                settle_date=clock.business_date(now),
             )
         split = policy.settle(self._params, snapshot, _policy_request(req))
         return _setl_info(
@@ -225,10 +231,15 @@ class SettlementService:
 
     async def settle(self, caller: Caller, idempotency_key: str, req: SettleRequest) -> SetlInfo:
         digest = request_hash(req)
-        replay = await self._replay(caller, idempotency_key, digest)
-        if replay is not None:
+        try:
+            claims = self._tokens.check(caller, req.card_token)
+        except CardsvcError:
+            # A retry may carry a token that expired (or a session that ended) since its
+            # first attempt: what was settled under its key is still its answer.
+            replay = await self._replay(caller, idempotency_key, digest)
+            if replay is None:
+                raise
             return replay
-        claims = self._tokens.check(caller, req.card_token)
         try:
             async with transaction(self._pool) as conn:
                 return await self._settle_locked(
@@ -260,36 +271,79 @@ class SettlementService:
         psn_no: str,
         card_no: str,
     ) -> SetlInfo:
+        """Four round trips in all: BEGIN, this read, the one write, COMMIT."""
         now = clock.now()
         today = clock.business_date(now)
-        snapshot = await self._snapshot(conn, caller, psn_no, card_no, req, today, lock=True)
-        earlier = await conn.fetchrow(
-            "SELECT * FROM settlements WHERE fixmedins_code = $1 AND idempotency_key = $2",
-            caller.facility(),
-            key,
+        read = await read_for_settle(
+            conn,
+            psn_no=psn_no,
+            card_no=card_no,
+            fixmedins_code=caller.facility(),
+            item_codes=_item_codes(req),
+            injury_case_id=req.injury_case_id,
+            idempotency_key=key,
+            now=now,
+            settle_date=today,
+            other_facility_window=dt.timedelta(seconds=self._rules.other_facility_window_s),
         )
-        if earlier is not None:  # committed while we waited for the person's lock
+        if read.earlier is not None:  # settled before, or while we waited for the lock
+            earlier = await conn.fetchrow(
+                "SELECT * FROM settlements WHERE setl_id = $1", read.earlier
+            )
             return _same_request(earlier, digest)
+        snapshot = read.snapshot
         split = policy.settle(self._params, snapshot, _policy_request(req))
         setl_id = new_setl_id(today)
-        await self._insert(conn, caller, key, digest, req, snapshot, split, setl_id, card_no, now)
-        await self._apply_money(conn, snapshot, split, setl_id, today)
-        await self._supervise(conn, snapshot, split, setl_id, card_no, now, today)
-        await self._audit.append(
-            conn,
-            actor=caller.actor,
-            action="settlement.settled",
-            object_type="settlement",
-            object_id=setl_id,
-            data={
-                "psn_no": psn_no,
-                "fixmedins_code": snapshot.facility.fixmedins_code,
-                "medfee_sumamt": split.medfee_sumamt,
-                "fund_pay_sumamt": split.fund_pay_sumamt,
-                "acct_pay": split.acct_pay,
-                "review_required": split.review_required,
-            },
+        flags = flags_for(
+            self._rules,
+            at_pharmacy=snapshot.facility.type == "pharmacy",
+            medfee_sumamt=split.medfee_sumamt,
+            recent=read.recent,
         )
+        sql, args = settlement_statement(
+            SettlementWrite(
+                row=_settlement_row(
+                    caller, key, digest, req, snapshot, split, setl_id, card_no, now
+                ),
+                lines=[
+                    (
+                        n,
+                        ln.code,
+                        ln.chrgitm_lv,
+                        f.unit_price,
+                        f.quantity,
+                        ln.total,
+                        ln.over,
+                        ln.fulamt_ownpay,
+                        ln.preselfpay,
+                        ln.inscp,
+                    )
+                    for n, (ln, f) in enumerate(zip(split.lines, req.feedetail, strict=True), 1)
+                ],
+                postings=settlement_postings(psn_no, snapshot.facility.fixmedins_code, split),
+                acct_pay=split.acct_pay,
+                year=today.year,
+                year_delta=_year_args(split.year_delta),
+                flags=flags,
+                audit=new_entry(
+                    caller.actor,
+                    "settlement.settled",
+                    "settlement",
+                    setl_id,
+                    {
+                        "psn_no": psn_no,
+                        "fixmedins_code": snapshot.facility.fixmedins_code,
+                        "medfee_sumamt": split.medfee_sumamt,
+                        "fund_pay_sumamt": split.fund_pay_sumamt,
+                        "acct_pay": split.acct_pay,
+                        "review_required": split.review_required,
+                    },
+                ),
+            )
+        )
+        await conn.execute(sql, *args)
+        if flags:
+            log.info("supervision_flags", setl_id=setl_id, rules=[f.rule for f in flags])
         return _setl_info(
             setl_id=setl_id,
             setl_time=now,
@@ -300,162 +354,6 @@ class SettlementService:
             split=split,
             status="settled",
         )
-
-    async def _snapshot(
-        self,
-        conn: Connection,
-        caller: Caller,
-        psn_no: str,
-        card_no: str,
-        req: SettleRequest,
-        day: dt.date,
-        *,
-        lock: bool,
-    ) -> policy.Snapshot:
-        return await load_snapshot(
-            conn,
-            psn_no=psn_no,
-            card_no=card_no,
-            fixmedins_code=caller.facility(),
-            item_codes=sorted({f.code for f in req.feedetail}),
-            injury_case_id=req.injury_case_id,
-            settle_date=day,
-            lock=lock,
-        )
-
-    async def _insert(
-        self,
-        conn: Connection,
-        caller: Caller,
-        key: str,
-        digest: bytes,
-        req: SettleRequest,
-        snapshot: policy.Snapshot,
-        split: policy.Split,
-        setl_id: str,
-        card_no: str,
-        now: dt.datetime,
-    ) -> None:
-        await conn.execute(
-            _SETTLEMENT_INSERT,
-            setl_id,
-            snapshot.psn_no,
-            card_no,
-            snapshot.facility.fixmedins_code,
-            snapshot.facility.type,
-            caller.terminal_id,
-            key,
-            digest,
-            req.insutype,
-            req.med_type,
-            req.mdtrt_id,
-            req.injury_case_id,
-            req.delivery_type,
-            req.acct_used_flag,
-            split.policy_version,
-            now,
-            clock.business_date(now),
-            split.medfee_sumamt,
-            split.fulamt_ownpay_amt,
-            split.overlmt_selfpay,
-            split.preselfpay_amt,
-            split.inscp_scp_amt,
-            split.act_pay_dedc,
-            split.hifp_pay,
-            split.pool_prop_selfpay,
-            split.acct_pay,
-            split.fund_pay_sumamt,
-            split.psn_part_amt,
-            split.psn_cash_pay,
-            split.balc,
-            _json.encode(list(split.setldetail)).decode(),
-            _json.encode(split.year_delta).decode(),
-            "pending" if split.review_required else "none",
-        )
-        lines = split.lines
-        await conn.execute(
-            _LINES_INSERT,
-            setl_id,
-            list(range(1, len(lines) + 1)),
-            [ln.code for ln in lines],
-            [ln.chrgitm_lv for ln in lines],
-            [f.unit_price for f in req.feedetail],
-            [f.quantity for f in req.feedetail],
-            [ln.total for ln in lines],
-            [ln.over for ln in lines],
-            [ln.fulamt_ownpay for ln in lines],
-            [ln.preselfpay for ln in lines],
-            [ln.inscp for ln in lines],
-        )
-
-    async def _apply_money(
-        self,
-        conn: Connection,
-        snapshot: policy.Snapshot,
-        split: policy.Split,
-        setl_id: str,
-        today: dt.date,
-    ) -> None:
-        postings = settlement_postings(snapshot.psn_no, snapshot.facility.fixmedins_code, split)
-        if postings:
-            await ledger.post(conn, "settlement", setl_id, postings)
-        if split.acct_pay:
-            await conn.execute(
-                "UPDATE psn_accounts SET balance = balance - $2 WHERE psn_no = $1",
-                snapshot.psn_no,
-                split.acct_pay,
-            )
-        if any(_year_args(split.year_delta)):
-            await conn.execute(
-                _YEAR_ADD, snapshot.psn_no, today.year, *_year_args(split.year_delta)
-            )
-
-    async def _supervise(
-        self,
-        conn: Connection,
-        snapshot: policy.Snapshot,
-        split: policy.Split,
-        setl_id: str,
-        card_no: str,
-        now: dt.datetime,
-        today: dt.date,
-    ) -> None:
-        window = dt.timedelta(seconds=self._rules.other_facility_window_s)
-        row = await conn.fetchrow(
-            _RECENT,
-            snapshot.psn_no,
-            today,
-            card_no,
-            snapshot.facility.fixmedins_code,
-            now - window,
-            now - dt.timedelta(days=1),
-        )
-        recent = RecentActivity(
-            pharmacy_purchases_today=row["pharmacy_today"],
-            other_facility_recently=row["other_facility"],
-        )
-        flags = flags_for(
-            self._rules,
-            at_pharmacy=snapshot.facility.type == "pharmacy",
-            medfee_sumamt=split.medfee_sumamt,
-            recent=recent,
-        )
-        if flags:
-            await conn.executemany(
-                "INSERT INTO supervision_flags (rule, setl_id, psn_no, fixmedins_code, details)"
-                " VALUES ($1, $2, $3, $4, $5)",
-                [
-                    (
-                        f.rule,
-                        setl_id,
-                        snapshot.psn_no,
-                        snapshot.facility.fixmedins_code,
-                        _json.encode(f.details).decode(),
-                    )
-                    for f in flags
-                ],
-            )
-            log.info("supervision_flags", setl_id=setl_id, rules=[f.rule for f in flags])
 
     async def get(self, caller: Caller, setl_id: str) -> SetlInfo:
         row = await self._pool.fetchrow("SELECT * FROM settlements WHERE setl_id = $1", setl_id)

@@ -1,15 +1,18 @@
 """Reading what the policy engine needs about one settlement, in one round trip.
 
-With ``lock=True`` the person's account row is locked ``FOR UPDATE`` until the end of the
-transaction. Every write to a person's account or year state (settle, reverse) takes this
-lock first, so two settlements of one person run one after the other and see each other's
-effects: the year-state and balance rows need no lock of their own.
+``read_for_settle`` also locks the person's account row ``FOR UPDATE`` until the end of the
+transaction, looks the Idempotency-Key up again under that lock, and counts the person's
+recent settlements for fund supervision. Every write to a person's account or year state
+(settle, reverse, review) takes this lock first, so two settlements of one person run one
+after the other and see each other's effects: the year-state and balance rows need no lock
+of their own.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 
+import asyncpg
 import msgspec
 
 from cardsvc.db import Connection
@@ -22,6 +25,7 @@ from cardsvc.settlement.policy import (
     Snapshot,
     YearState,
 )
+from cardsvc.settlement.supervision import RecentActivity
 
 YEAR_COLUMNS = (
     "hifp_310",
@@ -33,7 +37,7 @@ YEAR_COLUMNS = (
     "deliveries_510",
 )
 
-_QUERY = """
+_COLUMNS = """
 SELECT p.psn_type, a.balance,
   (SELECT status FROM cards WHERE card_no = $2 AND psn_no = p.psn_no) AS card_status,
   (SELECT coalesce(json_agg(json_build_object(
@@ -52,16 +56,41 @@ SELECT p.psn_type, a.balance,
   (SELECT row_to_json(y) FROM (
       SELECT hifp_310, seg_310, inpatient_310, hifp_390, outpatient_fund_390,
              prenatal_510, deliveries_510
-      FROM year_states WHERE psn_no = p.psn_no AND year = $6) y) AS year
+      FROM year_states WHERE psn_no = p.psn_no AND year = $6) y) AS year"""
+
+_FROM = """
 FROM persons p JOIN psn_accounts a USING (psn_no)
-WHERE p.psn_no = $1
-"""
+WHERE p.psn_no = $1"""
+
+_PREVIEW = _COLUMNS + _FROM
+
+# $7 idempotency key, $8 business date, $9 start of the other-facility window, $10 a day ago.
+_SETTLE = (
+    _COLUMNS
+    + """,
+  (SELECT setl_id FROM settlements
+   WHERE fixmedins_code = $3 AND idempotency_key = $7) AS earlier,
+  (SELECT count(*) FROM settlements
+   WHERE psn_no = p.psn_no AND status = 'settled' AND setl_time > $10
+     AND fixmedins_type = 'pharmacy' AND setl_date = $8) AS pharmacy_today,
+  (SELECT max(fixmedins_code) FROM settlements
+   WHERE psn_no = p.psn_no AND status = 'settled' AND setl_time > $9
+     AND card_no = $2 AND fixmedins_code <> $3) AS other_facility"""
+    + _FROM
+    + "\nFOR UPDATE OF a"
+)
 
 _enrolments = msgspec.json.Decoder(list[Enrolment])
 _facility = msgspec.json.Decoder(FacilityInfo)
 _catalog = msgspec.json.Decoder(list[CatalogItem])
 _injury_case = msgspec.json.Decoder(InjuryCase)
 _year = msgspec.json.Decoder(YearState)
+
+
+class SettleRead(msgspec.Struct, frozen=True):
+    snapshot: Snapshot
+    earlier: str | None  # the setl_id already stored under this Idempotency-Key
+    recent: RecentActivity
 
 
 async def load_snapshot(
@@ -73,18 +102,52 @@ async def load_snapshot(
     item_codes: list[str],
     injury_case_id: str | None,
     settle_date: dt.date,
-    lock: bool,
 ) -> Snapshot:
-    query = _QUERY + (" FOR UPDATE OF a" if lock else "")
+    """The snapshot as it stands, without locking (a preview)."""
     row = await conn.fetchrow(
-        query,
+        _PREVIEW, psn_no, card_no, fixmedins_code, item_codes, injury_case_id, settle_date.year
+    )
+    return _snapshot(row, psn_no, settle_date)
+
+
+async def read_for_settle(
+    conn: Connection,
+    *,
+    psn_no: str,
+    card_no: str,
+    fixmedins_code: str,
+    item_codes: list[str],
+    injury_case_id: str | None,
+    idempotency_key: str,
+    now: dt.datetime,
+    settle_date: dt.date,
+    other_facility_window: dt.timedelta,
+) -> SettleRead:
+    row = await conn.fetchrow(
+        _SETTLE,
         psn_no,
         card_no,
         fixmedins_code,
         item_codes,
         injury_case_id,
         settle_date.year,
+        idempotency_key,
+        settle_date,
+        now - other_facility_window,
+        now - dt.timedelta(days=1),
     )
+    snapshot = _snapshot(row, psn_no, settle_date)
+    return SettleRead(
+        snapshot=snapshot,
+        earlier=row["earlier"],
+        recent=RecentActivity(
+            pharmacy_purchases_today=row["pharmacy_today"],
+            other_facility_recently=row["other_facility"],
+        ),
+    )
+
+
+def _snapshot(row: asyncpg.Record | None, psn_no: str, settle_date: dt.date) -> Snapshot:
     if row is None:
         raise NotFound("no such person", code="PERSON_NOT_FOUND")
     if row["facility"] is None:
