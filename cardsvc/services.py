@@ -64,7 +64,7 @@ def build_services(settings: Settings, pool: Pool, hsm: HsmClient) -> Services:
         sign_in=SignIn(pool, hsm, protector, audit, settings),
         terminal_auth=TerminalAuthenticator(pool, protector, settings),
         cards=cards,
-        card_auth=CardAuthenticator(pool, hsm, audit, settings),
+        card_auth=CardAuthenticator(pool, hsm, settings),
         card_tokens=card_tokens,
         settlements=SettlementService(pool, card_tokens, audit),
         reconciliation=Reconciliation(pool),

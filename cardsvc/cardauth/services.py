@@ -16,16 +16,15 @@ import time
 import structlog
 
 from cardsvc import clock
-from cardsvc.audit.services import AuditLog
 from cardsvc.cardauth import tokens
 from cardsvc.cardauth.models import CardAuthenticated, Challenge, ChallengeRequest, VerifyRequest
 from cardsvc.cards.lifecycle import CardStatus
 from cardsvc.config import Settings
 from cardsvc.crypto.profile import KEY_REF_AUTH, KEY_REF_TXN
-from cardsvc.db import Pool, transaction
+from cardsvc.db import Pool
 from cardsvc.errors import BusinessRuleViolation, Forbidden, NotFound, Unauthenticated
 from cardsvc.hsm.client import HsmClient
-from cardsvc.persons.services import summary
+from cardsvc.persons.services import card_holder_summary
 from cardsvc.privacy import derive_key
 from cardsvc.web.caller import Caller
 
@@ -50,30 +49,37 @@ def _check_status(status: str, purpose: str) -> None:
 
 
 class CardAuthenticator:
-    def __init__(self, pool: Pool, hsm: HsmClient, audit: AuditLog, settings: Settings) -> None:
-        self._pool, self._hsm, self._audit, self._settings = pool, hsm, audit, settings
+    def __init__(self, pool: Pool, hsm: HsmClient, settings: Settings) -> None:
+        self._pool, self._hsm, self._settings = pool, hsm, settings
         self._token_key = derive_key(settings.data_key, TOKEN_KEY_LABEL)
 
     async def challenge(self, caller: Caller, req: ChallengeRequest) -> Challenge:
-        status = await self._pool.fetchval(
-            "SELECT status FROM cards WHERE card_no = $1", req.card_no
-        )
-        if status is None:
-            raise NotFound("no such card", code="CARD_NOT_FOUND")
-        _check_status(status, req.purpose)
         auth_id, challenge = secrets.token_hex(16), os.urandom(16)
         expires_at = clock.now() + dt.timedelta(seconds=self._settings.challenge_ttl)
-        await self._pool.execute(
-            "INSERT INTO card_auth_challenges"
-            " (auth_id, session_id, card_no, purpose, challenge, expires_at)"
-            " VALUES ($1, $2, $3, $4, $5, $6)",
+        # One statement: the challenge is stored only for a card whose state allows the purpose.
+        stored = await self._pool.fetchval(
+            """
+            INSERT INTO card_auth_challenges
+                (auth_id, session_id, card_no, purpose, challenge, expires_at)
+            SELECT $1, $2, card_no, $4, $5, $6 FROM cards
+            WHERE card_no = $3 AND status = ANY($7::text[])
+            RETURNING 1
+            """,
             auth_id,
             caller.session_id,
             req.card_no,
             req.purpose,
             challenge,
             expires_at,
+            sorted(_ALLOWED[req.purpose]),
         )
+        if not stored:  # why not, for the error
+            status = await self._pool.fetchval(
+                "SELECT status FROM cards WHERE card_no = $1", req.card_no
+            )
+            if status is None:
+                raise NotFound("no such card", code="CARD_NOT_FOUND")
+            _check_status(status, req.purpose)
         return Challenge(
             auth_id=auth_id,
             challenge=challenge.hex(),
@@ -111,29 +117,21 @@ class CardAuthenticator:
         if not ok:
             log.warning("card_auth_refused", card_no=row["card_no"])
             raise Unauthenticated("card cryptogram is not valid", code="CARD_CRYPTOGRAM_INVALID")
-        return await self._authenticated(caller, row["card_no"], row["psn_no"], row["purpose"])
+        return await self._authenticated(caller, row["card_no"], row["purpose"])
 
-    async def _authenticated(
-        self, caller: Caller, card_no: str, psn_no: str, purpose: str
-    ) -> CardAuthenticated:
+    async def _authenticated(self, caller: Caller, card_no: str, purpose: str) -> CardAuthenticated:
         now = clock.now()
         expires_at = now + dt.timedelta(seconds=self._settings.card_token_ttl)
-        async with transaction(self._pool) as conn:
-            # The card may have been reported lost since the challenge.
-            status = await conn.fetchval("SELECT status FROM cards WHERE card_no = $1", card_no)
-            _check_status(status, purpose)
-            person = await summary(conn, psn_no, clock.business_date(now))
-            await self._audit.append(
-                conn,
-                actor=caller.actor,
-                action=f"card.authenticated.{purpose}",
-                object_type="card",
-                object_id=card_no,
-                data={"session_id": caller.session_id},
-            )
+        found = await card_holder_summary(self._pool, card_no, clock.business_date(now))
+        if found is None:
+            raise NotFound("no such card", code="CARD_NOT_FOUND")
+        status, person = found
+        _check_status(status, purpose)  # the card may have been reported lost meanwhile
+        # Authentication changes no state (it is not in the audit log): it is logged.
+        log.info("card_authenticated", card_no=card_no, purpose=purpose)
         claims = tokens.CardTokenClaims(
             card_no=card_no,
-            psn_no=psn_no,
+            psn_no=person.baseinfo.psn_no,
             session_id=caller.session_id or "",
             purpose=purpose,  # type: ignore[arg-type]
             expires_at=int(expires_at.timestamp()),

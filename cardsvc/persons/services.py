@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 
 import asyncpg
+import msgspec
 
 from cardsvc.audit.services import AuditLog
 from cardsvc.db import Connection, Pool, transaction
@@ -172,28 +173,37 @@ class PersonRegistry:
         )
 
 
-async def summary(conn: Connection, psn_no: str, on: dt.date) -> PersonSummary:
-    """The 1101-shaped summary: identity (masked) and the enrolments active on ``on``."""
-    row = await conn.fetchrow(
+class _Enrolled(msgspec.Struct, frozen=True):
+    insutype: str
+    begndate: dt.date
+    enddate: dt.date | None
+
+
+_enrolled = msgspec.json.Decoder(list[_Enrolled])
+
+
+async def card_holder_summary(
+    pool: Pool, card_no: str, on: dt.date
+) -> tuple[str, PersonSummary] | None:
+    """The card's status and its holder's 1101-shaped summary (identity masked, enrolments
+    active on ``on``) in one query; None if there is no such card."""
+    row = await pool.fetchrow(
         """
-        SELECT p.psn_no, p.psn_name, p.certno_masked, p.gend, p.brdy, p.admdvs, p.psn_type,
-               a.balance
-        FROM persons p JOIN psn_accounts a USING (psn_no) WHERE p.psn_no = $1
+        SELECT c.status, p.psn_no, p.psn_name, p.certno_masked, p.gend, p.brdy, p.admdvs,
+               p.psn_type, a.balance,
+               (SELECT coalesce(json_agg(json_build_object('insutype', i.insutype,
+                    'begndate', i.begndate, 'enddate', i.enddate) ORDER BY i.insutype), '[]')
+                FROM insurances i WHERE i.psn_no = p.psn_no AND i.begndate <= $2
+                  AND (i.enddate IS NULL OR i.enddate >= $2)) AS enrolments
+        FROM cards c JOIN persons p USING (psn_no) JOIN psn_accounts a USING (psn_no)
+        WHERE c.card_no = $1
         """,
-        psn_no,
-    )
-    if row is None:
-        raise NotFound("no such person", code="PERSON_NOT_FOUND")
-    enrolments = await conn.fetch(
-        """
-        SELECT insutype, begndate, enddate FROM insurances
-        WHERE psn_no = $1 AND begndate <= $2 AND (enddate IS NULL OR enddate >= $2)
-        ORDER BY insutype
-        """,
-        psn_no,
+        card_no,
         on,
     )
-    return PersonSummary(
+    if row is None:
+        return None
+    summary = PersonSummary(
         baseinfo=BaseInfo(
             psn_no=row["psn_no"],
             psn_name=row["psn_name"],
@@ -204,13 +214,14 @@ async def summary(conn: Connection, psn_no: str, on: dt.date) -> PersonSummary:
         ),
         insuinfo=[
             InsuInfo(
-                insutype=e["insutype"],
+                insutype=e.insutype,
                 psn_type=row["psn_type"],
                 # Only the employee scheme has a personal account.
-                balc=row["balance"] if e["insutype"] == "310" else 0,
-                begndate=e["begndate"],
-                enddate=e["enddate"],
+                balc=row["balance"] if e.insutype == "310" else 0,
+                begndate=e.begndate,
+                enddate=e.enddate,
             )
-            for e in enrolments
+            for e in _enrolled.decode(row["enrolments"])
         ],
     )
+    return row["status"], summary
