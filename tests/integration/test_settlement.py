@@ -21,25 +21,11 @@ from tests.support.api import (
     patient,
     unique_code,
 )
+from tests.unit.settlement import reference as ref
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
-STEP3 = (
-    "medfee_sumamt",
-    "fulamt_ownpay_amt",
-    "overlmt_selfpay",
-    "preselfpay_amt",
-    "inscp_scp_amt",
-    "act_pay_dedc",
-    "hifp_pay",
-    "pool_prop_selfpay",
-    "acct_pay",
-    "fund_pay_sumamt",
-    "psn_part_amt",
-    "psn_cash_pay",
-    "balc",
-    "setldetail",
-)
+STEP3 = ref.STEP3_FIELDS
 
 
 @dataclass

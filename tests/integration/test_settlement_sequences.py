@@ -28,23 +28,7 @@ from tests.unit.settlement import reference as ref
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
-STEP3 = (
-    "medfee_sumamt",
-    "fulamt_ownpay_amt",
-    "overlmt_selfpay",
-    "preselfpay_amt",
-    "inscp_scp_amt",
-    "act_pay_dedc",
-    "hifp_pay",
-    "pool_prop_selfpay",
-    "acct_pay",
-    "fund_pay_sumamt",
-    "psn_part_amt",
-    "psn_cash_pay",
-    "balc",
-    "setldetail",
-    "review_required",
-)
+STEP3 = (*ref.STEP3_FIELDS, "review_required")
 
 # The reference catalog's own items (POLICY.md's five are POLICY_CATALOG).
 EXTRA_CATALOG = [

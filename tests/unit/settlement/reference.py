@@ -227,6 +227,25 @@ def decompose(insutype: str, item: dict[str, Any], unit_price: int, quantity: in
     return {"total": total, "over": over, "full": full, "pre": pre, "inscp": inscp}
 
 
+# Every field of POLICY.md Step 3, as the reference returns them.
+STEP3_FIELDS = (
+    "medfee_sumamt",
+    "fulamt_ownpay_amt",
+    "overlmt_selfpay",
+    "preselfpay_amt",
+    "inscp_scp_amt",
+    "act_pay_dedc",
+    "hifp_pay",
+    "pool_prop_selfpay",
+    "acct_pay",
+    "fund_pay_sumamt",
+    "psn_part_amt",
+    "psn_cash_pay",
+    "balc",
+    "setldetail",
+)
+
+
 def reference_settle(
     state: dict[str, int],
     person: dict[str, Any],

@@ -39,22 +39,7 @@ DAY = dt.timedelta(days=1)
 PSN_NO = "4401000000000001"
 OTHER_PSN_NO = "4401000000000002"
 
-STEP3 = (
-    "medfee_sumamt",
-    "fulamt_ownpay_amt",
-    "overlmt_selfpay",
-    "preselfpay_amt",
-    "inscp_scp_amt",
-    "act_pay_dedc",
-    "hifp_pay",
-    "pool_prop_selfpay",
-    "acct_pay",
-    "fund_pay_sumamt",
-    "psn_part_amt",
-    "psn_cash_pay",
-    "balc",
-    "setldetail",
-)
+STEP3 = ref.STEP3_FIELDS
 
 # Reference year keys <-> the engine's YearState fields.
 YEAR_FIELDS = {
