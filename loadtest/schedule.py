@@ -1,0 +1,31 @@
+"""Open-loop arrival schedules, pure: when each request is *meant* to be sent.
+
+The generator starts every request at its intended time whatever happened to earlier ones,
+and measures latency from that time, so a server that stalls cannot hide its queue by
+slowing the client down (coordinated omission).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Literal
+
+Arrival = Literal["poisson", "fixed"]
+
+
+def offsets(
+    rate: float, duration: float, arrival: Arrival, rng: random.Random, limit: int
+) -> list[float]:
+    """Seconds after the start at which requests are due, within ``duration``, at most
+    ``limit`` of them. Poisson: exponential gaps of mean ``1/rate``; fixed: ``1/rate``."""
+    if rate <= 0 or duration <= 0 or limit <= 0:
+        return []
+    if arrival == "fixed":
+        count = min(limit, int(rate * duration))
+        return [n / rate for n in range(count)]
+    out: list[float] = []
+    t = rng.expovariate(rate)
+    while t < duration and len(out) < limit:
+        out.append(t)
+        t += rng.expovariate(rate)
+    return out
