@@ -25,9 +25,20 @@ class LedgerProof(msgspec.Struct, frozen=True):
     unbooked_settlements: list[str]
 
 
+def entry_columns(postings: Sequence[Posting]) -> tuple[list[int], list[str], list[str], list[int]]:
+    """A balanced transaction's entries as the columns (line, account, side, amount) that
+    ``unnest`` turns back into rows: every entry of a transaction in one statement."""
+    check_balanced(postings)
+    return (
+        list(range(1, len(postings) + 1)),
+        [p.account for p in postings],
+        [p.side for p in postings],
+        [p.amount for p in postings],
+    )
+
+
 async def post(conn: Connection, kind: str, ref: str, postings: Sequence[Posting]) -> int:
     """Write one balanced ledger transaction in one round trip; returns its txn_id."""
-    check_balanced(postings)
     txn_id: int = await conn.fetchval(
         """
         WITH txn AS (INSERT INTO ledger_txns (kind, ref) VALUES ($1, $2) RETURNING txn_id),
@@ -41,17 +52,13 @@ async def post(conn: Connection, kind: str, ref: str, postings: Sequence[Posting
         """,
         kind,
         ref,
-        list(range(1, len(postings) + 1)),
-        [p.account for p in postings],
-        [p.side for p in postings],
-        [p.amount for p in postings],
+        *entry_columns(postings),
     )
     return txn_id
 
 
 async def write_entries(conn: Connection, txn_id: int, postings: Sequence[Posting]) -> None:
     """Entries of a ledger transaction created separately (when its id was needed first)."""
-    check_balanced(postings)
     await conn.execute(
         """
         INSERT INTO ledger_entries (txn_id, line, account, side, amount)
@@ -60,10 +67,7 @@ async def write_entries(conn: Connection, txn_id: int, postings: Sequence[Postin
             AS e(line, account, side, amount)
         """,
         txn_id,
-        list(range(1, len(postings) + 1)),
-        [p.account for p in postings],
-        [p.side for p in postings],
-        [p.amount for p in postings],
+        *entry_columns(postings),
     )
 
 

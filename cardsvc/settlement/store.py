@@ -16,7 +16,8 @@ from typing import Any
 import msgspec
 
 from cardsvc.audit.services import NewEntry, append_cte
-from cardsvc.ledger.postings import Posting, check_balanced
+from cardsvc.ledger.postings import Posting
+from cardsvc.ledger.services import entry_columns
 from cardsvc.settlement.snapshot import YEAR_COLUMNS
 from cardsvc.settlement.supervision import Flag
 
@@ -80,16 +81,14 @@ def settlement_statement(w: SettlementWrite) -> tuple[str, list[Any]]:
         + ") AS l)",
     ]
     if w.postings:
-        check_balanced(w.postings)
+        lines, accounts, sides, amounts = entry_columns(w.postings)
         ctes += [
             f"ins_txn AS (INSERT INTO ledger_txns (kind, ref) VALUES ('settlement', {p(setl_id)})"
             " RETURNING txn_id)",
             "ins_entries AS (INSERT INTO ledger_entries (txn_id, line, account, side, amount)"
             " SELECT ins_txn.txn_id, e.* FROM ins_txn, unnest("
-            f"{p(list(range(1, len(w.postings) + 1)), '::smallint[]')},"
-            f" {p([x.account for x in w.postings], '::text[]')},"
-            f" {p([x.side for x in w.postings], '::text[]')},"
-            f" {p([x.amount for x in w.postings], '::bigint[]')}) AS e)",
+            f"{p(lines, '::smallint[]')}, {p(accounts, '::text[]')},"
+            f" {p(sides, '::text[]')}, {p(amounts, '::bigint[]')}) AS e)",
         ]
     if w.acct_pay:
         ctes.append(
