@@ -69,16 +69,19 @@ def new_entry(
     )
 
 
-def append_cte(first: int) -> str:
+def append_cte(first: int, *, after: str | None = None) -> str:
     """SQL of two CTEs (``audit_head``, ``audit_entry``) that append one entry, its eight
     parameters numbered from ``first`` in ``NewEntry.params`` order. Advancing the head locks
-    it until commit, so one chain's entries are strictly ordered; callers take it last."""
+    it until commit, so one chain's entries are strictly ordered; callers take it last.
+    With ``after`` (an earlier CTE's name) the entry is written only if that CTE returned
+    a row: the change it records happened."""
     c, d, at, actor, action, otype, oid, data = (f"${first + i}" for i in range(8))
+    guard = f" AND EXISTS (SELECT 1 FROM {after})" if after else ""  # noqa: S608 - a CTE name
     return f"""
     audit_head AS (
         UPDATE audit_chains
         SET seq = seq + 1, prev_head = head, head = sha256(head || int8send(seq + 1) || {d})
-        WHERE chain = {c} RETURNING seq, prev_head, head
+        WHERE chain = {c}{guard} RETURNING seq, prev_head, head
     ),
     audit_entry AS (
         INSERT INTO audit_log

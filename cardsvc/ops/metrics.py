@@ -1,4 +1,5 @@
-"""Prometheus metrics of the HTTP edge. Labels use route templates, never raw paths."""
+"""Prometheus metrics: the HTTP edge (labels use route templates, never raw paths) and the
+settlement races that the optimistic write lost."""
 
 from __future__ import annotations
 
@@ -17,6 +18,17 @@ LATENCY = Histogram(
     "HTTP request latency",
     ["method", "route"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+    registry=REGISTRY,
+)
+
+SETTLEMENT_RACES_LOST = Counter(
+    "cardsvc_settlement_races_lost",
+    "Settlement writes that found the person's account changed since their read (retried)",
+    registry=REGISTRY,
+)
+SETTLEMENT_LOCKED = Counter(
+    "cardsvc_settlement_locked",
+    "Settlements that took the person's lock after losing optimistic races",
     registry=REGISTRY,
 )
 

@@ -1,11 +1,13 @@
 """Reading what the policy engine needs about one settlement, in one round trip.
 
-``read_for_settle`` also locks the person's account row ``FOR UPDATE`` until the end of the
-transaction, looks the Idempotency-Key up again under that lock, and counts the person's
-recent settlements for fund supervision. Every write to a person's account or year state
-(settle, reverse, review) takes this lock first, so two settlements of one person run one
-after the other and see each other's effects: the year-state and balance rows need no lock
-of their own.
+``read_for_settle`` also returns the account row's version (its ``xmin``), looks the
+Idempotency-Key up, and counts the person's recent settlements for fund supervision. The
+settlement's write (``store.settlement_statement``) goes through only if the account row
+still has that version, and every write to a person's account or year state (settle,
+reverse, review, credit) writes the account row: so a settlement is computed from a
+snapshot nobody changed before it was stored, without a lock held while the service
+computes. ``lock=True`` also takes the row ``FOR UPDATE`` until the end of the caller's
+transaction: the path for a person so busy that the optimistic one keeps losing.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ YEAR_COLUMNS = (
 )
 
 _COLUMNS = """
-SELECT p.psn_type, a.balance,
+SELECT p.psn_type, a.balance, a.xmin AS account_version,
   (SELECT status FROM cards WHERE card_no = $2 AND psn_no = p.psn_no) AS card_status,
   (SELECT coalesce(json_agg(json_build_object(
       'insutype', i.insutype, 'begndate', i.begndate, 'enddate', i.enddate)), '[]')
@@ -77,8 +79,8 @@ _SETTLE = (
    WHERE psn_no = p.psn_no AND status = 'settled' AND setl_time > $9
      AND card_no = $2 AND fixmedins_code <> $3) AS other_facility"""
     + _FROM
-    + "\nFOR UPDATE OF a"
 )
+_SETTLE_LOCKED = _SETTLE + "\nFOR UPDATE OF a"
 
 _enrolments = msgspec.json.Decoder(list[Enrolment])
 _facility = msgspec.json.Decoder(FacilityInfo)
@@ -91,6 +93,7 @@ class SettleRead(msgspec.Struct, frozen=True):
     snapshot: Snapshot
     earlier: str | None  # the setl_id already stored under this Idempotency-Key
     recent: RecentActivity
+    account_version: int
 
 
 async def load_snapshot(
@@ -122,9 +125,10 @@ async def read_for_settle(
     now: dt.datetime,
     settle_date: dt.date,
     other_facility_window: dt.timedelta,
+    lock: bool = False,
 ) -> SettleRead:
     row = await conn.fetchrow(
-        _SETTLE,
+        _SETTLE_LOCKED if lock else _SETTLE,
         psn_no,
         card_no,
         fixmedins_code,
@@ -144,6 +148,7 @@ async def read_for_settle(
             pharmacy_purchases_today=row["pharmacy_today"],
             other_facility_recently=row["other_facility"],
         ),
+        account_version=row["account_version"],
     )
 
 

@@ -7,9 +7,12 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+import asyncpg
 import pytest
 import pytest_asyncio
 
+from cardsvc.ledger import services as ledger
+from cardsvc.ledger.postings import CONTRIB_PERSONAL_ACCOUNT, Posting, person_account
 from cardsvc.terminal.client import TerminalClient
 from tests.support.api import (
     POLICY_CATALOG,
@@ -283,6 +286,65 @@ async def test_fifty_concurrent_settlements_of_one_person(world: World):
     assert sum(b["act_pay_dedc"] for b in bodies) == 50 * 1000 - 20000
     person = await world.service.admin_ok("GET", f"/v1/persons/{p.psn_no}")
     assert person["balc"] == 0
+
+
+async def _metric(service: Service, name: str) -> float:
+    async with service.http.get(service.base_url + "/metrics") as resp:
+        text = await resp.text()
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+
+async def test_a_settlement_whose_account_changed_after_its_read_is_computed_again(
+    world: World,
+):
+    """The account is credited while a settlement is between its read and its write: the
+    write must not go through on the stale balance; the settlement is computed again from
+    the credited balance and stored once."""
+    p = await world.patient(world.level2, balance=300)
+    lost_before = await _metric(world.service, "cardsvc_settlement_races_lost_total")
+    conn = await asyncpg.connect(world.service.database_url)
+    try:
+        credit = conn.transaction()
+        await credit.start()
+        # A credit of 700, written as the service writes one, left uncommitted for now.
+        await conn.execute(
+            "UPDATE psn_accounts SET balance = balance + 700 WHERE psn_no = $1", p.psn_no
+        )
+        await ledger.post(
+            conn,
+            "account_credit",
+            unique_code("CR"),
+            [
+                Posting(CONTRIB_PERSONAL_ACCOUNT, "D", 700),
+                Posting(person_account(p.psn_no), "C", 700),
+            ],
+        )
+        settling = asyncio.create_task(p.settle("310", "11", lines(("A-AMOX", 1000, 1))))
+        # Only the settlement's write waits for our row lock: its read has seen the old
+        # balance by then.
+        for _ in range(500):
+            waiting = await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE pg_backend_pid() = ANY(pg_blocking_pids(pid))"
+            )
+            if waiting:
+                break
+            await asyncio.sleep(0.01)
+        assert waiting, "the settlement's write never waited for the account"
+        await credit.commit()
+        result = await settling
+        assert result["acct_pay"] == 1000 and result["balc"] == 0  # paid from 300 + 700
+        stored = await conn.fetchval("SELECT count(*) FROM settlements WHERE psn_no = $1", p.psn_no)
+        assert stored == 1
+        entries = await conn.fetchval(
+            "SELECT count(*) FROM audit_log WHERE object_id = $1", result["setl_id"]
+        )
+        assert entries == 1
+    finally:
+        await conn.close()
+    assert await _metric(world.service, "cardsvc_settlement_races_lost_total") == lost_before + 1
+    proof = await world.service.admin_ok("GET", "/v1/ledger/proof")
+    assert proof["unbooked_settlements"] == [] and proof["unbalanced"] == []
 
 
 async def test_reversal_gives_back_everything_once(world: World):
