@@ -36,7 +36,8 @@ from cardsvc.settlement.postings import settlement_postings
 from cardsvc.settlement.snapshot import YEAR_COLUMNS, load_snapshot, read_for_settle
 from cardsvc.settlement.store import SettlementWrite, settlement_statement
 from cardsvc.settlement.supervision import SupervisionRules, flags_for
-from cardsvc.web.caller import Caller
+from cardsvc.terminals.admission import admit
+from cardsvc.web.caller import Admission, Caller
 
 log = structlog.get_logger(__name__)
 
@@ -244,15 +245,19 @@ class SettlementService:
         except CardsvcError:
             # A retry may carry a token that expired (or a session that ended) since its
             # first attempt: what was settled under its key is still its answer.
+            if caller.admission is not None:
+                await admit(self._pool, caller.admission)
             replay = await self._replay(caller, idempotency_key, digest)
             if replay is None:
                 raise
             return replay
         args = (caller, idempotency_key, digest, req, claims.psn_no, claims.card_no)
+        admission = caller.admission  # admitted by the first read
         try:
             for _ in range(OPTIMISTIC_ATTEMPTS):
                 async with self._pool.acquire() as conn:
-                    done = await self._settle_once(conn, *args, lock=False)
+                    done = await self._settle_once(conn, *args, lock=False, admission=admission)
+                admission = None
                 if done is not None:
                     return done
                 metrics.SETTLEMENT_RACES_LOST.inc()
@@ -290,6 +295,7 @@ class SettlementService:
         card_no: str,
         *,
         lock: bool,
+        admission: Admission | None = None,
     ) -> SetlInfo | None:
         """One read and one write: the settlement, or None if the person's account changed
         between the two (nothing was written then). Outside a transaction each statement
@@ -308,6 +314,7 @@ class SettlementService:
             settle_date=today,
             other_facility_window=dt.timedelta(seconds=self._rules.other_facility_window_s),
             lock=lock,
+            admission=admission,
         )
         if read.earlier is not None:  # settled before (by a retry's first attempt)
             earlier = await conn.fetchrow(

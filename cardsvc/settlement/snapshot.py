@@ -28,6 +28,8 @@ from cardsvc.settlement.policy import (
     YearState,
 )
 from cardsvc.settlement.supervision import RecentActivity
+from cardsvc.terminals.admission import admission_ctes, check_admission
+from cardsvc.web.caller import Admission
 
 YEAR_COLUMNS = (
     "hifp_310",
@@ -81,6 +83,13 @@ _SETTLE = (
     + _FROM
 )
 _SETTLE_LOCKED = _SETTLE + "\nFOR UPDATE OF a"
+# The first read of a settlement also admits its request ($11 terminal, $12 nonce): the
+# admission row always comes back, the snapshot's columns are NULL for an unknown person.
+_SETTLE_ADMITTED = (
+    f"WITH {admission_ctes(11)}\nSELECT admission.*, s.* FROM admission LEFT JOIN ("
+    + _SETTLE
+    + "\n) s ON true"
+)
 
 _enrolments = msgspec.json.Decoder(list[Enrolment])
 _facility = msgspec.json.Decoder(FacilityInfo)
@@ -126,9 +135,17 @@ async def read_for_settle(
     settle_date: dt.date,
     other_facility_window: dt.timedelta,
     lock: bool = False,
+    admission: Admission | None = None,
 ) -> SettleRead:
+    """With ``admission``, the request is admitted by the same statement (and refused
+    before anything else is looked at)."""
+    sql = _SETTLE_LOCKED if lock else _SETTLE
+    extra: tuple[str, ...] = ()
+    if admission is not None:
+        admission.done = True
+        sql, extra = _SETTLE_ADMITTED, (admission.terminal_id, admission.nonce)
     row = await conn.fetchrow(
-        _SETTLE_LOCKED if lock else _SETTLE,
+        sql,
         psn_no,
         card_no,
         fixmedins_code,
@@ -139,7 +156,10 @@ async def read_for_settle(
         settle_date,
         now - other_facility_window,
         now - dt.timedelta(days=1),
+        *extra,
     )
+    if admission is not None:
+        check_admission(row)
     snapshot = _snapshot(row, psn_no, settle_date)
     return SettleRead(
         snapshot=snapshot,
@@ -153,7 +173,7 @@ async def read_for_settle(
 
 
 def _snapshot(row: asyncpg.Record | None, psn_no: str, settle_date: dt.date) -> Snapshot:
-    if row is None:
+    if row is None or row["psn_type"] is None:
         raise NotFound("no such person", code="PERSON_NOT_FOUND")
     if row["facility"] is None:
         raise NotFound("no such facility", code="FACILITY_NOT_FOUND")

@@ -30,7 +30,7 @@ async def preview(request: web.Request) -> web.Response:
     return json_response(await request.app[SERVICES].settlements.preview(request[CALLER], req))
 
 
-@terminal(*SETTLING_TERMINALS)
+@terminal(*SETTLING_TERMINALS, admit_in_handler=True)
 async def settle(request: web.Request) -> web.Response:
     key = _idempotency_key(request)
     req = await read_json(request, SettleRequest)

@@ -21,11 +21,12 @@ import structlog
 from cardsvc.audit.services import AuditLog
 from cardsvc.config import Settings
 from cardsvc.db import Pool, transaction
-from cardsvc.errors import Forbidden, InvalidRequest, NotFound, RateLimited, Unauthenticated
+from cardsvc.errors import InvalidRequest, NotFound, RateLimited, Unauthenticated
 from cardsvc.hsm.client import HsmClient
 from cardsvc.hsm.errors import HsmRejected
 from cardsvc.privacy import DataProtector
 from cardsvc.terminals import signing
+from cardsvc.terminals.admission import admit
 from cardsvc.terminals.models import (
     RegisterTerminal,
     SessionOpened,
@@ -35,7 +36,7 @@ from cardsvc.terminals.models import (
     TerminalRegistered,
     UpdateTerminal,
 )
-from cardsvc.web.caller import ADMIN, Caller
+from cardsvc.web.caller import ADMIN, Admission, Caller
 from cardsvc.web.ratelimit import TokenBuckets
 
 log = structlog.get_logger(__name__)
@@ -45,6 +46,7 @@ class Session(msgspec.Struct, frozen=True):
     session_id: str
     terminal_id: str
     kind: str
+    fixmedins_code: str | None  # a terminal never moves to another facility
     key: bytes
     expires_at: float  # unix seconds
 
@@ -229,8 +231,17 @@ class TerminalAuthenticator:
         self._buckets = TokenBuckets(settings.terminal_rate, settings.terminal_burst)
 
     async def authenticate(
-        self, *, method: str, path_qs: str, headers: Mapping[str, str], body: bytes
+        self,
+        *,
+        method: str,
+        path_qs: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        admit_in_handler: bool = False,
     ) -> Caller:
+        """The caller of a signed request. Checks everything that needs no IO, then admits
+        the request (nonce, standing) — or, with ``admit_in_handler``, leaves the admission
+        in ``Caller.admission`` for the handler's first statement."""
         signed = signing.parse_headers(headers)
         now = time.time()
         signing.check_timestamp(signed.timestamp, now, self._settings.signature_window)
@@ -247,37 +258,20 @@ class TerminalAuthenticator:
                 "too many requests from this terminal",
                 details={"retry_after_ms": int(wait * 1000) + 1},
             )
-        # Record the nonce and read the terminal's and facility's current standing in one
-        # round trip; a suspension or disabling takes effect on the next request.
-        row = await self._pool.fetchrow(
-            """
-            WITH seen AS (
-                INSERT INTO request_nonces (terminal_id, nonce) VALUES ($1, $2)
-                ON CONFLICT DO NOTHING RETURNING 1
-            )
-            SELECT (SELECT count(*) FROM seen) AS fresh, t.status, t.fixmedins_code,
-                   f.status AS facility_status, f.credit_rating
-            FROM terminals t LEFT JOIN facilities f USING (fixmedins_code)
-            WHERE t.terminal_id = $1
-            """,
-            signed.terminal_id,
-            signed.nonce,
-        )
-        if row is None or not row["fresh"]:
-            raise Unauthenticated("nonce already used", code="NONCE_REPLAYED")
-        if row["status"] != "active":
-            raise Forbidden("terminal is disabled", code="TERMINAL_DISABLED")
-        if row["fixmedins_code"] is not None and (
-            row["facility_status"] != "active" or row["credit_rating"] == "D"
-        ):
-            raise Forbidden("the terminal's facility is suspended", code="FACILITY_SUSPENDED")
+        admission = Admission(terminal_id=signed.terminal_id, nonce=signed.nonce)
+        if not admit_in_handler:
+            await admit(self._pool, admission)
         structlog.contextvars.bind_contextvars(terminal_id=signed.terminal_id)
         return Caller(
             kind=session.kind,  # type: ignore[arg-type]
             terminal_id=session.terminal_id,
             session_id=session.session_id,
-            fixmedins_code=row["fixmedins_code"],
+            fixmedins_code=session.fixmedins_code,
+            admission=admission if admit_in_handler else None,
         )
+
+    async def admit(self, admission: Admission) -> None:
+        await admit(self._pool, admission)
 
     async def _session(self, session_id: str) -> Session | None:
         cached = self._sessions.get(session_id)
@@ -287,7 +281,7 @@ class TerminalAuthenticator:
             return None
         row = await self._pool.fetchrow(
             """
-            SELECT s.terminal_id, s.key_enc, s.expires_at, t.kind
+            SELECT s.terminal_id, s.key_enc, s.expires_at, t.kind, t.fixmedins_code
             FROM terminal_sessions s JOIN terminals t USING (terminal_id)
             WHERE s.session_id = $1
             """,
@@ -299,6 +293,7 @@ class TerminalAuthenticator:
             session_id=session_id,
             terminal_id=row["terminal_id"],
             kind=row["kind"],
+            fixmedins_code=row["fixmedins_code"],
             key=self._protector.decrypt(row["key_enc"], session_id.encode()),
             expires_at=row["expires_at"].timestamp(),
         )

@@ -14,11 +14,23 @@ ANY_TERMINAL: tuple[TerminalKind, ...] = ("counter", "pos", "his", "kiosk")
 SETTLING_TERMINALS: tuple[TerminalKind, ...] = ("pos", "his")
 
 
+class Admission(msgspec.Struct, kw_only=True):
+    """A signed request's nonce, not yet recorded, and its terminal, whose standing is not yet
+    read (``cardsvc.terminals.admission``): a handler that takes over its admission must
+    run it before anything else it does, and mark it ``done``."""
+
+    terminal_id: str
+    nonce: str
+    done: bool = False
+
+
 class Caller(msgspec.Struct, frozen=True, kw_only=True):
     kind: CallerKind
     terminal_id: str | None = None
     session_id: str | None = None
     fixmedins_code: str | None = None
+    # Set only for a handler declared with ``terminal(..., admit_in_handler=True)``.
+    admission: Admission | None = None
 
     def facility(self) -> str:
         """The caller's facility; callers without one (admin, counter, kiosk) are refused."""

@@ -8,6 +8,7 @@ import asyncio
 from dataclasses import dataclass
 
 import asyncpg
+import msgspec
 import pytest
 import pytest_asyncio
 
@@ -408,6 +409,46 @@ async def test_eligibility_codes(world: World, service: Service):
     )
     resp = await r.request("/v1/settlements", "390", "11", fee)
     assert resp.status == 403 and resp.body["error"]["code"] == "FACILITY_SUSPENDED"
+
+
+async def test_a_settlement_is_admitted_by_its_own_read(world: World):
+    """Settlement records its nonce and reads its terminal's standing in its first read:
+    replays and disabled terminals are refused there exactly as on every other route, on
+    the path with a valid card token and on the path without one."""
+    facility = await world.service.facility(level="2")
+    pos = await world.service.terminal("pos", facility["fixmedins_code"])
+    p = await world.patient(pos, balance=5000)
+    body = msgspec.json.encode(
+        {
+            "card_token": p.token,
+            "insutype": "310",
+            "med_type": "11",
+            "mdtrt_id": unique_code("MD"),
+            "feedetail": lines(("A-AMOX", 1000, 1)),
+        }
+    )
+    headers = pos.signed_headers("POST", "/v1/settlements", body)
+    headers["Idempotency-Key"] = unique_code("IK")
+    first = await pos.send("POST", "/v1/settlements", body, headers)
+    assert first.status == 200
+    again = await pos.send("POST", "/v1/settlements", body, headers)
+    assert again.status == 401 and again.body["error"]["code"] == "NONCE_REPLAYED"
+
+    no_token = body.replace(p.token.encode(), b"x" * len(p.token))
+    headers = pos.signed_headers("POST", "/v1/settlements", no_token)
+    headers["Idempotency-Key"] = unique_code("IK")
+    refused = await pos.send("POST", "/v1/settlements", no_token, headers)
+    assert refused.status == 401 and refused.body["error"]["code"] == "CARD_TOKEN_INVALID"
+    again = await pos.send("POST", "/v1/settlements", no_token, headers)
+    assert again.status == 401 and again.body["error"]["code"] == "NONCE_REPLAYED"
+
+    await world.service.admin_ok(
+        "PATCH", f"/v1/terminals/{pos.terminal_id}", {"status": "disabled"}
+    )
+    disabled = await p.request("/v1/settlements", "310", "11", lines(("A-AMOX", 1000, 1)))
+    assert disabled.status == 403 and disabled.body["error"]["code"] == "TERMINAL_DISABLED"
+    person = await world.service.admin_ok("GET", f"/v1/persons/{p.psn_no}")
+    assert person["balc"] == 4000  # the first settlement only
 
 
 async def test_card_token_rules(world: World):
