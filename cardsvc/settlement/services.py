@@ -70,8 +70,15 @@ def request_hash(req: SettleRequest) -> bytes:
     ).digest()
 
 
-def new_setl_id(day: dt.date) -> str:
-    return f"S{day:%Y%m%d}{secrets.token_hex(10)}"
+def new_setl_id(now: dt.datetime) -> str:
+    """``S``, the business date, the microsecond of that day (10 hex digits) and 40 random
+    bits (10 hex digits). A day's ids sort by time, so the indexes keyed by them (the
+    settlement's, its lines', its ledger transaction's ref, its audit entry's object) grow at
+    their right edge instead of touching a random page of a large index per settlement."""
+    local = now.astimezone(clock.BUSINESS_TZ)
+    of_day = local - local.replace(hour=0, minute=0, second=0, microsecond=0)
+    micros = of_day // dt.timedelta(microseconds=1)
+    return f"S{local:%Y%m%d}{micros:010x}{secrets.token_hex(5)}"
 
 
 def _policy_request(req: SettleRequest) -> policy.SettlementRequest:
@@ -323,7 +330,7 @@ class SettlementService:
             return _same_request(earlier, digest)
         snapshot = read.snapshot
         split = policy.settle(self._params, snapshot, _policy_request(req))
-        setl_id = new_setl_id(today)
+        setl_id = new_setl_id(now)
         flags = flags_for(
             self._rules,
             at_pharmacy=snapshot.facility.type == "pharmacy",
