@@ -34,7 +34,7 @@ async def _clearing(settings: Settings, day: dt.date, out: Path) -> int:
     """Run the day's clearing (or read the run already made) and write its files."""
     pool = await db.create_pool(settings)
     try:
-        clearing = Clearing(pool, AuditLog(pool))
+        clearing = Clearing(pool, AuditLog(pool), timeout=settings.clearing_timeout)
         run = await clearing.run(day)
         folder = out / day.isoformat()
         folder.mkdir(parents=True, exist_ok=True)

@@ -49,6 +49,7 @@ async def _hsm(app: web.Application) -> AsyncIterator[None]:
 async def _services(app: web.Application) -> AsyncIterator[None]:
     app[SERVICES] = build_services(app[SETTINGS], app[POOL], app[HSM])
     yield
+    await app[SERVICES].clearing.close()
 
 
 async def _housekeeping(app: web.Application) -> AsyncIterator[None]:

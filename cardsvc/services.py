@@ -68,7 +68,9 @@ def build_services(settings: Settings, pool: Pool, hsm: HsmClient) -> Services:
         card_tokens=card_tokens,
         settlements=SettlementService(pool, card_tokens, audit),
         reconciliation=Reconciliation(pool),
-        clearing=Clearing(pool, audit),
+        clearing=Clearing(
+            pool, audit, timeout=settings.clearing_timeout, wait=settings.clearing_wait
+        ),
         supervision=Supervision(pool, audit),
         kiosk=Kiosk(pool, card_tokens, cards),
     )

@@ -4,13 +4,15 @@ For a day seeded by ``seed-settlements``: the busiest facility's 3201 totals
 (``POST /v1/reconciliation``, three times: cold, then warm) with the figures the seed
 recorded, so the answer must be ``stmt_rslt`` 0; its 3202-like detail for that day
 (``POST /v1/reconciliation/detail``, up to 20,000 ids); then the clearing run for the day,
-first through ``POST /v1/clearing/runs`` as a fund administrator would, and if the service
-gives up on it (its statement timeout), as ``python -m cardsvc clearing`` with a long
-timeout. A day can be cleared once: a second ``time-day`` for it times reading the stored run.
+through ``POST /v1/clearing/runs`` as a fund administrator would: it answers 202 while the
+run goes on in the background, and ``GET /v1/clearing/runs/{date}`` is polled until the run
+is stored. If the service fails the run, ``python -m cardsvc clearing`` runs it instead. A
+day can be cleared once: a second ``time-day`` for it times reading the stored run.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import time
 from pathlib import Path
@@ -133,6 +135,9 @@ async def _detail(
     }
 
 
+CLEARING_POLL_LIMIT = 3600.0  # seconds: the bound of the whole poll
+
+
 async def _clearing(
     env: Environment, http: aiohttp.ClientSession, run_dir: Path, day: dt.date
 ) -> dict[str, Any]:
@@ -148,9 +153,17 @@ async def _clearing(
     status, body = await admin.request(
         "POST", "/v1/clearing/runs", {"clearing_date": day.isoformat()}
     )
+    first_status = status
+    polls = 0
+    while status == 202 and time.perf_counter() - started < CLEARING_POLL_LIMIT:
+        await asyncio.sleep(1.0)
+        polls += 1
+        status, body = await admin.request("GET", f"/v1/clearing/runs/{day.isoformat()}")
     api: dict[str, Any] = {
         "seconds": round(time.perf_counter() - started, 2),
+        "first_status": first_status,
         "status": status,
+        "polls": polls,
         "already_cleared_before": already,
     }
     if status == 200:
@@ -166,7 +179,6 @@ async def _clearing(
         day.isoformat(),
         "--out",
         str(run_dir / "clearing"),
-        CARDSVC_DB_COMMAND_TIMEOUT="3600",
     )
     return {
         "ok": code == 0,

@@ -74,6 +74,7 @@ def settings(database_url: str, hsm: HsmProcess) -> Settings:
             "CARDSVC_HSM_HOST": hsm.host,
             "CARDSVC_HSM_PORT": str(hsm.port),
             "CARDSVC_HSM_TIMEOUT": "1.0",
+            "CARDSVC_CLEARING_WAIT": "1.0",
             "CARDSVC_PORT": str(free_port()),
         }
     )

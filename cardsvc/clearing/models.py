@@ -36,3 +36,10 @@ class ClearingRun(msgspec.Struct, kw_only=True):
     reversals_netted: int
     net_total: int
     facilities: list[FacilityClearing]
+
+
+class ClearingRunning(msgspec.Struct, kw_only=True):
+    """The answer for a day whose run has started and not finished yet."""
+
+    clearing_date: dt.date
+    status: str = "running"

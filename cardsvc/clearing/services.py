@@ -6,18 +6,27 @@ that an earlier run had already paid. It marks what it cleared, posts the payout
 ledger, stores one CSV file per facility, and keeps its figures: running D again changes
 nothing and returns the same run. Runs are serialised by an advisory lock, so two runs
 never clear the same settlement.
+
+A day of a million settlements takes minutes, longer than any request may: ``start`` runs
+the day in a background task of the worker, in one transaction with its own statement
+bound (``CARDSVC_CLEARING_TIMEOUT``), and answers with the run if it is done within
+``CARDSVC_CLEARING_WAIT`` seconds, or says that it is running. While it runs it holds a
+per-day advisory lock, which is how any worker tells "running" from "never started"; a
+worker that dies mid-run rolls it back, and starting the day again runs it afresh.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 
 import msgspec
+import structlog
 
 from cardsvc import clock
 from cardsvc.audit.services import AuditLog
 from cardsvc.clearing.files import combine, facility_csv
-from cardsvc.clearing.models import ClearingRun, FacilityClearing
+from cardsvc.clearing.models import ClearingRun, ClearingRunning, FacilityClearing
 from cardsvc.db import Connection, Pool, transaction
 from cardsvc.errors import BusinessRuleViolation, NotFound
 from cardsvc.ledger import services as ledger
@@ -25,7 +34,10 @@ from cardsvc.ledger.postings import CLEARING_BANK, Posting, facility_account
 from cardsvc.settlement.fundparts import fund_parts
 from cardsvc.web.caller import ADMIN
 
-_CLEARING_LOCK = 0x636C6561  # any fixed number
+log = structlog.get_logger(__name__)
+
+CLEARING_LOCK = 0x636C6561  # any fixed number: one run at a time
+_DAY_LOCK_CLASS = 0x636C6562  # with the day's ordinal: "this day is being cleared"
 _facilities = msgspec.json.Decoder(list[FacilityClearing])
 _json = msgspec.json.Encoder()
 
@@ -54,27 +66,80 @@ FROM parts GROUP BY fixmedins_code, fund
 
 
 class Clearing:
-    def __init__(self, pool: Pool, audit: AuditLog) -> None:
+    def __init__(
+        self, pool: Pool, audit: AuditLog, *, timeout: float = 1800.0, wait: float = 3.0
+    ) -> None:
         self._pool, self._audit = pool, audit
+        self._timeout, self._wait = timeout, wait
+        self._tasks: dict[dt.date, asyncio.Task[ClearingRun]] = {}
+
+    async def start(self, day: dt.date) -> ClearingRun | ClearingRunning:
+        """The day's run: the stored one, or a new one if it finishes within the wait;
+        otherwise ``ClearingRunning`` and the run goes on in the background."""
+        _check_day(day)
+        stored = await self._stored_or_running(day)
+        if stored is not None:
+            return stored
+        task = self._tasks.get(day)
+        if task is None:
+            task = asyncio.create_task(self.run(day), name=f"clearing {day}")
+            self._tasks[day] = task
+            task.add_done_callback(lambda t: self._finished(day, t))
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), self._wait)
+        except TimeoutError:
+            return ClearingRunning(clearing_date=day)
+
+    def _finished(self, day: dt.date, task: asyncio.Task[ClearingRun]) -> None:
+        self._tasks.pop(day, None)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("clearing_failed", clearing_date=str(day), error=repr(task.exception()))
+
+    async def close(self) -> None:
+        """Stop runs in progress (each rolls back; starting its day again redoes it)."""
+        for task in list(self._tasks.values()):
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
     async def run(self, day: dt.date) -> ClearingRun:
-        if day > clock.business_date():
-            raise BusinessRuleViolation(
-                "cannot clear a day that has not begun", code="CLEARING_DATE_IN_FUTURE"
-            )
+        """Run the day to the end here (the CLI, and ``start``'s background task)."""
+        _check_day(day)
         async with transaction(self._pool) as conn:
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", _CLEARING_LOCK)
+            bound = int(self._timeout * 1000)
+            await conn.execute(
+                f"SET LOCAL statement_timeout = {bound}; SET LOCAL lock_timeout = {bound}"
+            )
+            # The day's lock first, so the day shows as running while it waits behind a
+            # run of another day for the lock that serialises runs.
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock($1, $2)", _DAY_LOCK_CLASS, day.toordinal()
+            )
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock($1)", CLEARING_LOCK, timeout=self._timeout
+            )
             existing = await self._load(conn, day)
             if existing is not None:
                 return existing
             return await self._clear(conn, day)
 
-    async def get(self, day: dt.date) -> ClearingRun:
+    async def status(self, day: dt.date) -> ClearingRun | ClearingRunning:
+        found = await self._stored_or_running(day)
+        if found is None:
+            raise NotFound("no clearing run for that date", code="CLEARING_RUN_NOT_FOUND")
+        return found
+
+    async def _stored_or_running(self, day: dt.date) -> ClearingRun | ClearingRunning | None:
         async with self._pool.acquire() as conn:
             run = await self._load(conn, day)
-        if run is None:
-            raise NotFound("no clearing run for that date", code="CLEARING_RUN_NOT_FOUND")
-        return run
+            if run is not None:
+                return run
+            running = await conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory'"
+                " AND classid = $1::bigint::oid AND objid = $2::bigint::oid AND objsubid = 2)",
+                _DAY_LOCK_CLASS,
+                day.toordinal(),
+            )
+        return ClearingRunning(clearing_date=day) if running else None
 
     async def file(self, day: dt.date, fixmedins_code: str) -> str:
         content = await self._pool.fetchval(
@@ -89,8 +154,9 @@ class Clearing:
         return str(content)
 
     async def _clear(self, conn: Connection, day: dt.date) -> ClearingRun:
-        settled = await conn.fetch(_CLEAR_SETTLEMENTS, day)
-        netted = await conn.fetch(_NET_REVERSALS, day)
+        # The big statements wait as long as the transaction's statement bound allows.
+        settled = await conn.fetch(_CLEAR_SETTLEMENTS, day, timeout=self._timeout)
+        netted = await conn.fetch(_NET_REVERSALS, day, timeout=self._timeout)
         counts = await self._counts(conn, day)
         facilities = combine([tuple(r) for r in settled], [tuple(r) for r in netted], counts)
         run = ClearingRun(
@@ -157,6 +223,7 @@ class Clearing:
             ) t GROUP BY fixmedins_code
             """,
             day,
+            timeout=self._timeout,
         )
         return {r["fixmedins_code"]: (r["settlements"], r["reversals"]) for r in rows}
 
@@ -183,3 +250,10 @@ class Clearing:
     async def _load(self, conn: Connection, day: dt.date) -> ClearingRun | None:
         row = await conn.fetchrow("SELECT summary FROM clearing_runs WHERE clearing_date = $1", day)
         return None if row is None else msgspec.json.decode(row["summary"], type=ClearingRun)
+
+
+def _check_day(day: dt.date) -> None:
+    if day > clock.business_date():
+        raise BusinessRuleViolation(
+            "cannot clear a day that has not begun", code="CLEARING_DATE_IN_FUTURE"
+        )

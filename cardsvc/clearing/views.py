@@ -4,7 +4,7 @@ import datetime as dt
 
 from aiohttp import web
 
-from cardsvc.clearing.models import RunClearing
+from cardsvc.clearing.models import ClearingRun, ClearingRunning, RunClearing
 from cardsvc.web.appkeys import SERVICES
 from cardsvc.web.auth import admin_only
 from cardsvc.web.codec import json_response, path_date, path_param, read_json
@@ -14,15 +14,24 @@ def _date(request: web.Request) -> dt.date:
     return path_date(request, "clearing_date")
 
 
+def _answer(found: ClearingRun | ClearingRunning) -> web.Response:
+    """200 with the run once it is stored; 202 while it runs, pointing at where to look."""
+    if isinstance(found, ClearingRunning):
+        response = json_response(found, status=202)
+        response.headers["Location"] = f"/v1/clearing/runs/{found.clearing_date.isoformat()}"
+        return response
+    return json_response(found)
+
+
 @admin_only
 async def run(request: web.Request) -> web.Response:
     req = await read_json(request, RunClearing)
-    return json_response(await request.app[SERVICES].clearing.run(req.clearing_date))
+    return _answer(await request.app[SERVICES].clearing.start(req.clearing_date))
 
 
 @admin_only
 async def get(request: web.Request) -> web.Response:
-    return json_response(await request.app[SERVICES].clearing.get(_date(request)))
+    return _answer(await request.app[SERVICES].clearing.status(_date(request)))
 
 
 @admin_only

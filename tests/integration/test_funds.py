@@ -3,6 +3,7 @@ report and the kiosk, through the HTTP API."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import datetime as dt
 import io
@@ -16,6 +17,7 @@ import pytest
 import pytest_asyncio
 
 from cardsvc import clock
+from cardsvc.clearing.services import CLEARING_LOCK
 from tests.support.api import (
     POLICY_CATALOG,
     Service,
@@ -92,6 +94,41 @@ async def _shift(service: Service, table: str, column: str, ids: list[str], day:
         )
     finally:
         await conn.close()
+
+
+async def test_a_clearing_run_longer_than_the_wait_goes_on_in_the_background(
+    service: Service,
+):
+    """A run that cannot finish within CARDSVC_CLEARING_WAIT is answered 202 and finishes
+    by itself; meanwhile the day reads as running, not as missing. The run is held back here
+    by holding the lock that serialises runs, as a long run of another day would."""
+    day = dt.date(2021, 3, 14)  # no settlement is this old: an empty run of its own
+    path = f"/v1/clearing/runs/{day.isoformat()}"
+    conn = await asyncpg.connect(service.database_url)
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", CLEARING_LOCK)
+        status, body = await service.admin("POST", "/v1/clearing/runs", {"clearing_date": str(day)})
+        assert status == 202 and body == {"clearing_date": str(day), "status": "running"}
+        status, body = await service.admin("GET", path)
+        assert status == 202 and body["status"] == "running"
+        again, _ = await service.admin("POST", "/v1/clearing/runs", {"clearing_date": str(day)})
+        assert again == 202
+        await conn.execute("SELECT pg_advisory_unlock($1)", CLEARING_LOCK)
+        for _ in range(100):
+            status, body = await service.admin("GET", path)
+            if status != 202:
+                break
+            await asyncio.sleep(0.05)
+        assert status == 200 and body["clearing_date"] == str(day)
+        assert body["settlements_cleared"] == 0
+        runs = await conn.fetchval(
+            "SELECT count(*) FROM clearing_runs WHERE clearing_date = $1", day
+        )
+        assert runs == 1
+    finally:
+        await conn.close()
+    stored = await service.admin_ok("POST", "/v1/clearing/runs", {"clearing_date": str(day)})
+    assert stored == body
 
 
 async def test_clearing_pays_nets_reversals_and_is_idempotent(service: Service, catalog):
