@@ -2,12 +2,13 @@
 
 For a day seeded by ``seed-settlements``: the busiest facility's 3201 totals
 (``POST /v1/reconciliation``, three times: cold, then warm) with the figures the seed
-recorded, so the answer must be ``stmt_rslt`` 0; its 3202-like detail for that day
-(``POST /v1/reconciliation/detail``, up to 20,000 ids); then the clearing run for the day,
-through ``POST /v1/clearing/runs`` as a fund administrator would: it answers 202 while the
-run goes on in the background, and ``GET /v1/clearing/runs/{date}`` is polled until the run
-is stored. If the service fails the run, ``python -m cardsvc clearing`` runs it instead. A
-day can be cleared once: a second ``time-day`` for it times reading the stored run.
+recorded, so the answer must be ``stmt_rslt`` 0; the 3202-like detail for that day of the
+busiest facility that fits one request (``POST /v1/reconciliation/detail``, up to 20,000
+ids); then the clearing run for the day, through ``POST /v1/clearing/runs`` as a fund
+administrator would: it answers 202 while the run goes on in the background, and
+``GET /v1/clearing/runs/{date}`` is polled until the run is stored. If the service fails
+the run, ``python -m cardsvc clearing`` runs it instead. A day can be cleared once: a second
+``time-day`` for it times reading the stored run.
 """
 
 from __future__ import annotations
@@ -21,19 +22,11 @@ from typing import Any
 import aiohttp
 import asyncpg
 
+from cardsvc.reconciliation.models import DETAIL_MAX_IDS
 from cardsvc.terminal.client import TerminalClient
 from loadtest.admin import Admin, error_code
 from loadtest.environment import Environment
 from loadtest.state import City, StateDir
-
-DETAIL_LIMIT = 20_000  # the service's limit of ids per detail request
-ID_BYTES = 32  # a setl_id in the JSON list: 29 characters, quotes and a comma
-
-
-def detail_limit(service_env: dict[str, str]) -> int:
-    """Ids that fit one detail request: the id limit, or the body limit if smaller."""
-    body = int(service_env.get("CARDSVC_MAX_BODY_BYTES", 256 * 1024))
-    return min(DETAIL_LIMIT, (body - 1024) // ID_BYTES)
 
 
 async def time_day(
@@ -99,7 +92,7 @@ async def _detail(
     env: Environment, http: aiohttp.ClientSession, c: City, day: dt.date
 ) -> dict[str, Any]:
     """The busiest facility whose day fits one detail request lists all its settlements."""
-    limit = detail_limit(env.service_env)
+    limit = DETAIL_MAX_IDS  # the route's body limit is sized for that many ids
     conn = await asyncpg.connect(env.database_url)
     try:
         code = await conn.fetchval(

@@ -10,7 +10,14 @@ import msgspec
 
 from cardsvc.types import Insutype
 
-SetlIdText = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+SETL_ID_MAX = 64
+DETAIL_MAX_IDS = 20_000  # a busy hospital's day; the whole day in one request (see below)
+# A detail request must carry the facility's whole day (what it leaves out counts as missing
+# on its side), so its body may exceed the app-wide limit: every id at full length, quoted,
+# with a comma, and room for the rest of the object.
+DETAIL_MAX_BODY = DETAIL_MAX_IDS * (SETL_ID_MAX + 3) + 1024
+
+SetlIdText = Annotated[str, msgspec.Meta(min_length=1, max_length=SETL_ID_MAX)]
 # A period's totals: up to 500 lines a settlement at the largest price make large sums.
 Total = Annotated[int, msgspec.Meta(ge=0, le=2**62)]
 
@@ -45,7 +52,7 @@ class StatementResult(msgspec.Struct, kw_only=True):
 class DetailRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     stmt_date: dt.date
     insutype: Insutype | None = None
-    setl_ids: Annotated[list[SetlIdText], msgspec.Meta(max_length=20_000)]
+    setl_ids: Annotated[list[SetlIdText], msgspec.Meta(max_length=DETAIL_MAX_IDS)]
 
 
 class DetailResult(msgspec.Struct, kw_only=True):

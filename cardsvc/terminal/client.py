@@ -7,6 +7,7 @@ answers that the session expired.
 
 from __future__ import annotations
 
+import io
 import os
 import time
 from typing import Any
@@ -17,6 +18,7 @@ import msgspec
 from cardsvc.crypto import profile
 
 _encoder = msgspec.json.Encoder()
+_LARGE_BODY = 512 * 1024  # bytes; aiohttp warns from 1 MiB
 
 
 class TerminalError(Exception):
@@ -98,8 +100,11 @@ class TerminalClient:
         """One request exactly as given (no re-sign-in): the raw building block."""
         all_headers = {"Content-Type": "application/json"} if body else {}
         all_headers.update(headers or {})
+        # aiohttp writes a large bytes body in one call that holds the event loop; a stream
+        # is written in chunks (a day's reconciliation detail can be over a megabyte).
+        data: bytes | io.BytesIO = io.BytesIO(body) if len(body) > _LARGE_BODY else body
         async with self._http.request(
-            method, self._base + path_qs, data=body, headers=all_headers
+            method, self._base + path_qs, data=data, headers=all_headers
         ) as resp:
             payload = await resp.read()
             if resp.content_type == "application/json" and payload:

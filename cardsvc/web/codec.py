@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import msgspec
@@ -125,3 +127,21 @@ def json_response(obj: Any, status: int = 200) -> web.Response:
 
 def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> bytes:
     return _encoder.encode({"error": {"code": code, "message": message, "details": details or {}}})
+
+
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def body_limit(max_bytes: int) -> Callable[[_Handler], _Handler]:
+    """A route whose bodies may be larger than ``CARDSVC_MAX_BODY_BYTES`` (never smaller).
+    Put it outermost, so that authentication reads the body under this limit too."""
+
+    def decorate(handler: _Handler) -> _Handler:
+        @functools.wraps(handler)  # keeps the access declaration of the auth decorator
+        async def wrapper(request: web.Request) -> web.StreamResponse:
+            limit = max(max_bytes, request.client_max_size)
+            return await handler(request.clone(client_max_size=limit))
+
+        return wrapper
+
+    return decorate

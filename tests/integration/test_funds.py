@@ -18,6 +18,7 @@ import pytest_asyncio
 
 from cardsvc import clock
 from cardsvc.clearing.services import CLEARING_LOCK
+from cardsvc.reconciliation.models import DETAIL_MAX_BODY, DETAIL_MAX_IDS
 from tests.support.api import (
     POLICY_CATALOG,
     Service,
@@ -83,6 +84,25 @@ async def test_reconciliation_match_mismatch_and_detail(service: Service, catalo
         {"stmt_date": today, "insutype": "310", "setl_ids": [a["setl_id"], b["setl_id"]]},
     )
     assert clean["stmt_rslt"] == "0" and clean["matched"] == 2
+
+
+async def test_detail_takes_a_whole_busy_day_in_one_request(service: Service):
+    """20,000 ids of the longest form do not fit the app-wide 256 KiB body limit; the detail
+    route has its own, derived from its id limit. Past that limit: 413."""
+    _, pos = await _hospital(service)
+    today = clock.business_date().isoformat()
+    ids = [f"S{today.replace('-', '')}{n:020x}".ljust(64, "0") for n in range(DETAIL_MAX_IDS)]
+    body = {"stmt_date": today, "setl_ids": ids}
+    assert len(msgspec.json.encode(body)) > 256 * 1024
+    detail = await pos.call("POST", "/v1/reconciliation/detail", body)
+    assert detail["stmt_rslt"] == "1" and len(detail["missing_on_service"]) == DETAIL_MAX_IDS
+    too_many = await pos.request(
+        "POST", "/v1/reconciliation/detail", {**body, "setl_ids": [*ids, "S1"]}
+    )
+    assert too_many.status == 400
+    padded = {**body, "padding": "x" * DETAIL_MAX_BODY}
+    too_big = await pos.request("POST", "/v1/reconciliation/detail", padded)
+    assert too_big.status == 413 and too_big.body["error"]["code"] == "PAYLOAD_TOO_LARGE"
 
 
 async def _shift(service: Service, table: str, column: str, ids: list[str], day: dt.date) -> None:
