@@ -23,7 +23,8 @@ async def _check(settings: Settings, what: str) -> bool:
     pool = await db.create_pool(settings)
     try:
         result: VerifyResult | LedgerProof
-        result = await (AuditLog(pool).verify() if what == "audit" else Ledger(pool).prove())
+        ledger = Ledger(pool, timeout=settings.long_request_timeout)
+        result = await (AuditLog(pool).verify() if what == "audit" else ledger.prove())
     finally:
         await pool.close()
     sys.stdout.write(msgspec.json.format(msgspec.json.encode(result)).decode() + "\n")

@@ -40,6 +40,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Bound on a whole request, waiting for a pooled connection included: past it the
     # caller gets 503 REQUEST_TIMEOUT (a settle retried with its key is then safe).
     request_timeout: float = 10.0
+    # The bound of the few administrator routes that read whole tables (ledger proof,
+    # audit verification), and of each of their statements.
+    long_request_timeout: float = 300.0
     # A clearing run is one transaction of its own, in the background: its statement bound,
     # and how long POST /v1/clearing/runs waits for it before answering 202.
     clearing_timeout: float = 1800.0
@@ -117,6 +120,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         db_pool_max=_int(env, "CARDSVC_DB_POOL_MAX", defaults.db_pool_max),
         db_command_timeout=_float(env, "CARDSVC_DB_COMMAND_TIMEOUT", defaults.db_command_timeout),
         request_timeout=_float(env, "CARDSVC_REQUEST_TIMEOUT", defaults.request_timeout),
+        long_request_timeout=_float(
+            env, "CARDSVC_LONG_REQUEST_TIMEOUT", defaults.long_request_timeout
+        ),
         clearing_timeout=_float(env, "CARDSVC_CLEARING_TIMEOUT", defaults.clearing_timeout),
         clearing_wait=_float(env, "CARDSVC_CLEARING_WAIT", defaults.clearing_wait),
         session_ttl=_int(env, "CARDSVC_SESSION_TTL", defaults.session_ttl),

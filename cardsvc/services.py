@@ -54,7 +54,7 @@ def build_services(settings: Settings, pool: Pool, hsm: HsmClient) -> Services:
     cards = CardIssuer(pool, hsm, protector, audit)
     return Services(
         audit=audit,
-        ledger=Ledger(pool),
+        ledger=Ledger(pool, timeout=settings.long_request_timeout),
         persons=PersonRegistry(pool, protector, audit),
         account_credits=AccountCredits(pool, audit),
         facilities=FacilityRegistry(pool, audit),

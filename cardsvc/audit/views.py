@@ -5,8 +5,10 @@ from aiohttp import web
 from cardsvc.web.appkeys import SERVICES
 from cardsvc.web.auth import admin_only
 from cardsvc.web.codec import json_response
+from cardsvc.web.middleware import long_running
 
 
+@long_running
 @admin_only
 async def verify(request: web.Request) -> web.Response:
     return json_response(await request.app[SERVICES].audit.verify())

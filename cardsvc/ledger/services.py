@@ -104,16 +104,22 @@ ORDER BY s.setl_id LIMIT $1
 
 
 class Ledger:
-    def __init__(self, pool: Pool) -> None:
-        self._pool = pool
+    def __init__(self, pool: Pool, *, timeout: float | None = None) -> None:
+        """``timeout`` bounds each statement of the proof (None: the pool's bound); the
+        proof reads every ledger entry, which takes tens of seconds at a million settlements."""
+        self._pool, self._timeout = pool, timeout
 
     async def prove(self, limit: int = 20) -> LedgerProof:
         """Every transaction balances; every stored account balance equals its entries;
         every settlement (and reversal) is booked for exactly what it owes the facility."""
+        t = self._timeout
         async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
+            if t is not None:
+                await conn.execute(f"SET LOCAL statement_timeout = {int(t * 1000)}")
             counts = await conn.fetchrow(
                 "SELECT (SELECT count(*) FROM ledger_txns) AS txns,"
-                " (SELECT count(*) FROM ledger_entries) AS entries"
+                " (SELECT count(*) FROM ledger_entries) AS entries",
+                timeout=t,
             )
             unbalanced = await conn.fetch(
                 """
@@ -124,6 +130,7 @@ class Ledger:
                 ORDER BY t.txn_id LIMIT $1
                 """,
                 limit,
+                timeout=t,
             )
             mismatches = await conn.fetch(
                 """
@@ -139,8 +146,9 @@ class Ledger:
                 ORDER BY 1 LIMIT $1
                 """,
                 limit,
+                timeout=t,
             )
-            unbooked = await conn.fetch(_UNBOOKED_SETTLEMENTS, limit)
+            unbooked = await conn.fetch(_UNBOOKED_SETTLEMENTS, limit, timeout=t)
         unbalanced_ids = [r["txn_id"] for r in unbalanced]
         balance_mismatches = [BalanceMismatch(**dict(r)) for r in mismatches]
         unbooked_ids = [r["setl_id"] for r in unbooked]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from typing import Any
+from typing import Any, Final
 
 import structlog
 from aiohttp import web
@@ -67,9 +67,21 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     return response
 
 
+LONG_RUNNING: Final = "__cardsvc_long_running__"
+
+
+def long_running(handler: Handler) -> Handler:
+    """A route bounded by ``CARDSVC_LONG_REQUEST_TIMEOUT`` instead of the request timeout
+    (administrator reads of whole tables). Put it outermost."""
+    setattr(handler, LONG_RUNNING, True)
+    return handler
+
+
 @web.middleware
 async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    bound = asyncio.timeout(request.app[SETTINGS].request_timeout)
+    settings = request.app[SETTINGS]
+    long = getattr(request.match_info.handler, LONG_RUNNING, False)
+    bound = asyncio.timeout(settings.long_request_timeout if long else settings.request_timeout)
     try:
         async with bound:
             return await handler(request)
