@@ -25,11 +25,13 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / _TICK
 
 
-def machine_busy() -> tuple[float, float]:
-    """(busy, total) jiffies of all cores since boot, from /proc/stat."""
+def machine_busy() -> tuple[float, float, float]:
+    """(busy, total, stolen) jiffies of all cores since boot, from /proc/stat. Stolen time
+    (the hypervisor ran someone else's machine on our cores) counts as busy."""
     values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     idle = values[3] + values[4]
-    return float(sum(values) - idle), float(sum(values))
+    steal = values[7] if len(values) > 7 else 0
+    return float(sum(values) - idle), float(sum(values)), float(steal)
 
 
 class Sampler:
@@ -38,7 +40,7 @@ class Sampler:
     def __init__(self, groups: dict[str, list[int]]) -> None:
         self.groups = groups
         self._before: dict[str, float] = {}
-        self._machine = (0.0, 0.0)
+        self._machine = (0.0, 0.0, 0.0)
         self._wall = 0.0
 
     def start(self) -> None:
@@ -52,14 +54,18 @@ class Sampler:
         for name, pids in self.groups.items():
             used = cpu_seconds(pids) - self._before.get(name, 0.0)
             out[name] = {"cpu_seconds": round(used, 2), "utilisation": round(used / wall, 2)}
-        busy, total = machine_busy()
-        share = (busy - self._machine[0]) / max(1.0, total - self._machine[1])
+        busy, total, steal = machine_busy()
+        elapsed = max(1.0, total - self._machine[1])
+        share = (busy - self._machine[0]) / elapsed
+        stolen = (steal - self._machine[2]) / elapsed
         cores = os.cpu_count() or 1
         ours = sum(v["utilisation"] for v in out.values())
         out["machine"] = {
             "utilisation": round(share * cores, 2),
             "cores": cores,
             # Other engineers' tests share this machine: their CPU is not the service's.
-            "other_processes": round(max(0.0, share * cores - ours), 2),
+            "other_processes": round(max(0.0, (share - stolen) * cores - ours), 2),
+            # And the hypervisor may give our cores to other machines for a while.
+            "stolen": round(stolen * cores, 2),
         }
         return out

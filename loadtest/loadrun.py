@@ -518,7 +518,8 @@ def _print_step(s: dict[str, Any]) -> None:
         f"  p50 {lat.get('p50', '-')} p99 {lat.get('p99', '-')} max {lat.get('max', '-')} ms"
         f"  errors {s['error_count']}"
         f"  cpu svc {cpu['cardsvc']['utilisation']} pg {cpu['postgres']['utilisation']}"
-        f" gen {cpu['generators']['utilisation']} others {cpu['machine']['other_processes']}",
+        f" gen {cpu['generators']['utilisation']} others {cpu['machine']['other_processes']}"
+        f" steal {cpu['machine'].get('stolen', 0)}",
         flush=True,
     )
 
