@@ -36,7 +36,7 @@ from cardsvc.settlement.postings import settlement_postings
 from cardsvc.settlement.snapshot import YEAR_COLUMNS, load_snapshot, read_for_settle
 from cardsvc.settlement.store import SettlementWrite, settlement_statement
 from cardsvc.settlement.supervision import SupervisionRules, flags_for
-from cardsvc.terminals.admission import admit
+from cardsvc.terminals.admission import admit, nonce_replayed
 from cardsvc.web.caller import Admission, Caller
 
 log = structlog.get_logger(__name__)
@@ -259,7 +259,7 @@ class SettlementService:
                 raise
             return replay
         args = (caller, idempotency_key, digest, req, claims.psn_no, claims.card_no)
-        admission = caller.admission  # admitted by the first read
+        admission = caller.admission  # admitted by the first attempt
         try:
             for _ in range(OPTIMISTIC_ATTEMPTS):
                 async with self._pool.acquire() as conn:
@@ -306,7 +306,10 @@ class SettlementService:
     ) -> SetlInfo | None:
         """One read and one write: the settlement, or None if the person's account changed
         between the two (nothing was written then). Outside a transaction each statement
-        is its own, and the write commits the settlement before it is answered."""
+        is its own, and the write commits the settlement before it is answered. With
+        ``admission`` the read also checks the terminal's standing and the write records
+        the nonce (refusing a replay); paths that return before the write admit on their
+        own, and errors before it are admitted by the route's decorator."""
         now = clock.now()
         today = clock.business_date(now)
         read = await read_for_settle(
@@ -321,9 +324,11 @@ class SettlementService:
             settle_date=today,
             other_facility_window=dt.timedelta(seconds=self._rules.other_facility_window_s),
             lock=lock,
-            admission=admission,
+            standing_of=None if admission is None else admission.terminal_id,
         )
         if read.earlier is not None:  # settled before (by a retry's first attempt)
+            if admission is not None:
+                await admit(conn, admission)
             earlier = await conn.fetchrow(
                 "SELECT * FROM settlements WHERE setl_id = $1", read.earlier
             )
@@ -363,6 +368,7 @@ class SettlementService:
                 year=today.year,
                 year_delta=_year_args(split.year_delta),
                 flags=flags,
+                nonce=None if admission is None else (admission.terminal_id, admission.nonce),
                 audit=new_entry(
                     caller.actor,
                     "settlement.settled",
@@ -379,7 +385,12 @@ class SettlementService:
                 ),
             )
         )
-        if not await conn.fetchval(sql, *args):
+        if admission is not None:
+            admission.done = True
+        outcome = await conn.fetchrow(sql, *args)
+        if not outcome["fresh"]:
+            raise nonce_replayed()
+        if not outcome["written"]:
             return None
         if flags:
             log.info("supervision_flags", setl_id=setl_id, rules=[f.rule for f in flags])

@@ -28,8 +28,7 @@ from cardsvc.settlement.policy import (
     YearState,
 )
 from cardsvc.settlement.supervision import RecentActivity
-from cardsvc.terminals.admission import admission_ctes, check_admission
-from cardsvc.web.caller import Admission
+from cardsvc.terminals.admission import check_admission, standing_cte
 
 YEAR_COLUMNS = (
     "hifp_310",
@@ -83,10 +82,11 @@ _SETTLE = (
     + _FROM
 )
 _SETTLE_LOCKED = _SETTLE + "\nFOR UPDATE OF a"
-# The first read of a settlement also admits its request ($11 terminal, $12 nonce): the
+# The first read of a settlement also reads its terminal's standing ($11 terminal): the
 # admission row always comes back, the snapshot's columns are NULL for an unknown person.
-_SETTLE_ADMITTED = (
-    f"WITH {admission_ctes(11)}\nSELECT admission.*, s.* FROM admission LEFT JOIN ("
+# It writes nothing (the nonce goes with the settlement's write), so it never waits for WAL.
+_SETTLE_STANDING = (
+    f"WITH {standing_cte('$11')}\nSELECT admission.*, s.* FROM admission LEFT JOIN ("
     + _SETTLE
     + "\n) s ON true"
 )
@@ -135,15 +135,15 @@ async def read_for_settle(
     settle_date: dt.date,
     other_facility_window: dt.timedelta,
     lock: bool = False,
-    admission: Admission | None = None,
+    standing_of: str | None = None,
 ) -> SettleRead:
-    """With ``admission``, the request is admitted by the same statement (and refused
-    before anything else is looked at)."""
+    """With ``standing_of`` (a terminal id), the terminal's and its facility's standing is
+    read by the same statement, and a disabled or suspended one refused before anything
+    else is looked at."""
     sql = _SETTLE_LOCKED if lock else _SETTLE
     extra: tuple[str, ...] = ()
-    if admission is not None:
-        admission.done = True
-        sql, extra = _SETTLE_ADMITTED, (admission.terminal_id, admission.nonce)
+    if standing_of is not None:
+        sql, extra = _SETTLE_STANDING, (standing_of,)
     row = await conn.fetchrow(
         sql,
         psn_no,
@@ -158,7 +158,7 @@ async def read_for_settle(
         now - dt.timedelta(days=1),
         *extra,
     )
-    if admission is not None:
+    if standing_of is not None:
         check_admission(row)
     snapshot = _snapshot(row, psn_no, settle_date)
     return SettleRead(

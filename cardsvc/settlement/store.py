@@ -21,6 +21,7 @@ from cardsvc.ledger.postings import Posting
 from cardsvc.ledger.services import entry_columns
 from cardsvc.settlement.snapshot import YEAR_COLUMNS
 from cardsvc.settlement.supervision import Flag
+from cardsvc.terminals.admission import nonce_cte
 
 _json = msgspec.json.Encoder()
 
@@ -51,6 +52,7 @@ class SettlementWrite:
     year_delta: list[int]  # in YEAR_COLUMNS order
     flags: list[Flag]
     audit: NewEntry
+    nonce: tuple[str, str] | None = None  # (terminal, nonce) of a request to admit here
 
 
 _LINE_TYPES = (
@@ -77,14 +79,20 @@ def settlement_statement(w: SettlementWrite) -> tuple[str, list[Any]]:
     ``upd_account`` updates the person's account only if its ``xmin`` (the id of the
     transaction that last wrote the row: every settlement, reversal and credit does) is
     still the one the snapshot saw; every other part selects from it, so when the account
-    changed in between nothing is written and the statement returns 0. Under READ
+    changed in between nothing is written and ``written`` is false; with ``nonce``, a
+    replayed request writes nothing either and ``fresh`` is false. Under READ
     COMMITTED the UPDATE waits for a concurrent writer of the row and then re-checks the
     version against the committed row, so two writers of one person can never both pass."""
     p = _Params()
     setl_id, psn_no = w.row["setl_id"], w.row["psn_no"]
-    ctes = [
+    ctes, guard = [], ""
+    if w.nonce is not None:
+        # The request's nonce is recorded here; a replayed one writes nothing at all.
+        ctes.append(nonce_cte(p(w.nonce[0]), p(w.nonce[1])).strip())
+        guard = " AND EXISTS (SELECT 1 FROM admission_nonce)"
+    ctes += [
         f"upd_account AS (UPDATE psn_accounts SET balance = balance - {p(w.acct_pay)}"
-        f" WHERE psn_no = {p(psn_no)} AND xmin = {p(w.account_version, '::xid')}"
+        f" WHERE psn_no = {p(psn_no)} AND xmin = {p(w.account_version, '::xid')}{guard}"
         " RETURNING psn_no)",
         f"ins_settlement AS (INSERT INTO settlements ({', '.join(w.row)})"
         f" SELECT {p.many(list(w.row.values()))} FROM upd_account)",
@@ -123,4 +131,9 @@ def settlement_statement(w: SettlementWrite) -> tuple[str, list[Any]]:
     first = len(p.values) + 1
     p.values.extend(w.audit.params())
     ctes.append(append_cte(first, after="upd_account"))
-    return "WITH " + ",\n".join(ctes) + "\nSELECT count(*) FROM upd_account", p.values
+    fresh = "(SELECT count(*) FROM admission_nonce) > 0" if w.nonce else "true"
+    return (
+        "WITH " + ",\n".join(ctes) + f"\nSELECT {fresh} AS fresh,"
+        " (SELECT count(*) FROM upd_account) > 0 AS written",
+        p.values,
+    )

@@ -433,6 +433,13 @@ async def test_a_settlement_is_admitted_by_its_own_read(world: World):
     assert first.status == 200
     again = await pos.send("POST", "/v1/settlements", body, headers)
     assert again.status == 401 and again.body["error"]["code"] == "NONCE_REPLAYED"
+    # A new settlement (another key, another visit) signed with a nonce already used: it is
+    # computed, and its write records nothing.
+    other = body.replace(b'"mdtrt_id":"', b'"mdtrt_id":"X')
+    reused = pos.signed_headers("POST", "/v1/settlements", other, nonce=headers["X-Nonce"])
+    reused["Idempotency-Key"] = unique_code("IK")
+    refused = await pos.send("POST", "/v1/settlements", other, reused)
+    assert refused.status == 401 and refused.body["error"]["code"] == "NONCE_REPLAYED"
 
     no_token = body.replace(p.token.encode(), b"x" * len(p.token))
     headers = pos.signed_headers("POST", "/v1/settlements", no_token)
