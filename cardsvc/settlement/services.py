@@ -277,7 +277,9 @@ class SettlementService:
             return done
         except asyncpg.UniqueViolationError:
             # The same key, settled at this instant by a concurrent request: answer as a
-            # retry would be answered.
+            # retry would be answered (admitted first: the failed write recorded nothing).
+            if caller.admission is not None and not caller.admission.done:
+                await admit(self._pool, caller.admission)
             replay = await self._replay(caller, idempotency_key, digest)
             if replay is None:
                 raise
@@ -385,9 +387,9 @@ class SettlementService:
                 ),
             )
         )
-        if admission is not None:
-            admission.done = True
         outcome = await conn.fetchrow(sql, *args)
+        if admission is not None:
+            admission.done = True  # only now: a failed statement recorded no nonce
         if not outcome["fresh"]:
             raise nonce_replayed()
         if not outcome["written"]:
