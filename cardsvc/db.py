@@ -110,6 +110,15 @@ async def create_pool(settings: Settings) -> Pool:
     return pool
 
 
+async def extend_bounds(conn: Connection, seconds: float, *, lock_waits: bool = False) -> None:
+    """Give the current transaction's statements (and, with ``lock_waits``, its lock waits)
+    ``seconds`` instead of the pool's bound: for the long jobs that read or rewrite whole
+    tables."""
+    ms = int(seconds * 1000)
+    sql = f"SET LOCAL statement_timeout = {ms}"
+    await conn.execute(sql + (f"; SET LOCAL lock_timeout = {ms}" if lock_waits else ""))
+
+
 @asynccontextmanager
 async def transaction(pool: Pool) -> AsyncIterator[Connection]:
     """A pooled connection inside a transaction; commits on success, rolls back on error."""

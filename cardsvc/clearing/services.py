@@ -27,7 +27,7 @@ from cardsvc import clock
 from cardsvc.audit.services import AuditLog
 from cardsvc.clearing.files import combine, facility_csv
 from cardsvc.clearing.models import ClearingRun, ClearingRunning, FacilityClearing
-from cardsvc.db import Connection, Pool, transaction
+from cardsvc.db import Connection, Pool, extend_bounds, transaction
 from cardsvc.errors import BusinessRuleViolation, NotFound
 from cardsvc.ledger import services as ledger
 from cardsvc.ledger.postings import CLEARING_BANK, Posting, facility_account
@@ -105,10 +105,7 @@ class Clearing:
         """Run the day to the end here (the CLI, and ``start``'s background task)."""
         _check_day(day)
         async with transaction(self._pool) as conn:
-            bound = int(self._timeout * 1000)
-            await conn.execute(
-                f"SET LOCAL statement_timeout = {bound}; SET LOCAL lock_timeout = {bound}"
-            )
+            await extend_bounds(conn, self._timeout, lock_waits=True)
             # The day's lock first, so the day shows as running while it waits behind a
             # run of another day for the lock that serialises runs.
             await conn.execute(

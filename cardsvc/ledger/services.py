@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import msgspec
 
-from cardsvc.db import Connection, Pool
+from cardsvc.db import Connection, Pool, extend_bounds
 from cardsvc.ledger.postings import Posting, check_balanced
 
 
@@ -115,7 +115,7 @@ class Ledger:
         t = self._timeout
         async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
             if t is not None:
-                await conn.execute(f"SET LOCAL statement_timeout = {int(t * 1000)}")
+                await extend_bounds(conn, t)
             counts = await conn.fetchrow(
                 "SELECT (SELECT count(*) FROM ledger_txns) AS txns,"
                 " (SELECT count(*) FROM ledger_entries) AS entries",

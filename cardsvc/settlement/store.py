@@ -21,7 +21,7 @@ from cardsvc.ledger.postings import Posting
 from cardsvc.ledger.services import entry_columns
 from cardsvc.settlement.snapshot import YEAR_COLUMNS
 from cardsvc.settlement.supervision import Flag
-from cardsvc.terminals.admission import nonce_cte
+from cardsvc.terminals.admission import NONCE_FRESH, nonce_cte
 
 _json = msgspec.json.Encoder()
 
@@ -131,7 +131,7 @@ def settlement_statement(w: SettlementWrite) -> tuple[str, list[Any]]:
     first = len(p.values) + 1
     p.values.extend(w.audit.params())
     ctes.append(append_cte(first, after="upd_account"))
-    fresh = "(SELECT count(*) FROM admission_nonce) > 0" if w.nonce else "true"
+    fresh = NONCE_FRESH if w.nonce else "true"
     return (
         "WITH " + ",\n".join(ctes) + f"\nSELECT {fresh} AS fresh,"
         " (SELECT count(*) FROM upd_account) > 0 AS written",

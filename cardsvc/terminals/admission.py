@@ -20,6 +20,9 @@ from cardsvc.db import Connection, Pool
 from cardsvc.errors import Forbidden, Unauthenticated
 from cardsvc.web.caller import Admission
 
+# True when ``admission_nonce`` recorded the nonce (it was new).
+NONCE_FRESH = "(SELECT count(*) FROM admission_nonce) > 0"
+
 
 def nonce_cte(terminal: str, nonce: str) -> str:
     """SQL of the CTE ``admission_nonce``: one row if the nonce is new (and now recorded),
@@ -48,8 +51,7 @@ def standing_cte(terminal: str, fresh: str = "true") -> str:
 def admission_ctes(first: int) -> str:
     """Both, with their two parameters, terminal id and nonce, numbered from ``first``."""
     terminal, nonce = f"${first}", f"${first + 1}"
-    fresh = "(SELECT count(*) FROM admission_nonce) > 0"
-    return nonce_cte(terminal, nonce) + "," + standing_cte(terminal, fresh)
+    return nonce_cte(terminal, nonce) + "," + standing_cte(terminal, NONCE_FRESH)
 
 
 _ADMIT = f"WITH {admission_ctes(1)} SELECT * FROM admission"  # noqa: S608
