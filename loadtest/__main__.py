@@ -266,6 +266,7 @@ def _headline(out: dict[str, Any]) -> dict[str, Any]:
         "saturation": out.get("saturation"),
         "ratio": out.get("ratio"),
         "pgbench_tps": out.get("pgbench", {}).get("tps"),
+        "cpu_budget": out.get("cpu_budget"),
         "integrity_ok": out["integrity"]["ok"],
     }
 

@@ -22,8 +22,8 @@ import msgspec
 from hdrh.histogram import HdrHistogram
 
 from cardsvc.clock import business_date
+from loadtest import budget, generator, integrity, pgbench, probes, report
 from loadtest import city as city_layout
-from loadtest import generator, integrity, pgbench, probes, report
 from loadtest.cpu import Sampler
 from loadtest.environment import Environment
 from loadtest.sessions import Cache, GeneratorCache
@@ -39,6 +39,7 @@ _SETTINGS = (
 )
 READY_TIMEOUT = 900.0  # token preparation for 20,000 cards included
 PAUSE_BETWEEN_STEPS = 2.0
+BACKENDS_REAPED = 0.5  # seconds for pgbench's backends to exit after it did
 
 
 class LoadOptions(msgspec.Struct, kw_only=True):
@@ -172,6 +173,7 @@ def summarise_step(
         ],
         "generator_cpu_utilisation": gen_cpu,
         "cpu": cpu,
+        "cpu_ms_per_operation": budget.per_operation_ms(cpu, ok),
     }
 
 
@@ -227,8 +229,23 @@ async def baseline(env: Environment, opts: LoadOptions, seconds: int) -> dict[st
     init_s = None
     if await pgbench.initialised_scale(bench_url) != opts.pgbench_scale:
         init_s = await pgbench.initialise(host, port, user, dbname, opts.pgbench_scale)
+    server = env.postgres_pids()  # none for a DATABASE_URL server: its CPU is not ours to read
+    sampler = Sampler({"postgres": server})
+    sampler.start()
     result = await pgbench.run(
         host, port, user, dbname, clients=opts.pgbench_clients, seconds=seconds
+    )
+    # Its backends have exited: the postmaster reaps them, and their CPU time counts in
+    # the postmaster's children's time, which the sampler reads.
+    await asyncio.sleep(BACKENDS_REAPED)
+    cpu = sampler.stop()
+    result["server_cpu_seconds"] = cpu["postgres"]["cpu_seconds"] if server else None
+    result["cpu_ms_per_transaction"] = (
+        budget.baseline_ms(
+            cpu["postgres"]["cpu_seconds"], result["client_cpu_seconds"], result["transactions"]
+        )
+        if server and result["transactions"]
+        else None
     )
     result["scale"] = opts.pgbench_scale
     result["init_seconds"] = round(init_s, 1) if init_s is not None else None
@@ -392,6 +409,9 @@ async def measure(
         out["ratio"] = _ratio(
             out["pgbench"]["tps"], knee if p99_limit_ms is not None else None, steps, within
         )
+        out["cpu_budget"] = _cpu_budget(out["pgbench"], steps)
+        if out["cpu_budget"]:
+            _print_budget(out["cpu_budget"])
     out["integrity"] = await integrity.check(env, settlements, reversals)
     out["finished_at"] = dt.datetime.now(dt.UTC).isoformat()
     out["machine"]["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
@@ -451,6 +471,21 @@ def _ratio(
         ),
         "max_settlements_per_s": best,
         "ratio_at_max": round(best / tps, 4),
+    }
+
+
+def _cpu_budget(bench: dict[str, Any], steps: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The cheapest step's CPU per operation beside pgbench's per transaction, and the ratio
+    at which that cost would fill every core."""
+    step = budget.cheapest(steps)
+    if step is None or bench.get("cpu_ms_per_transaction") is None:
+        return None
+    per_op = step["cpu_ms_per_operation"]
+    return {
+        "pgbench_cpu_ms_per_transaction": bench.get("cpu_ms_per_transaction"),
+        "cheapest_step_offered_rate": step["offered_rate"],
+        "cpu_ms_per_operation": per_op,
+        **budget.ceiling(per_op, step["cpu"]["machine"]["cores"], bench["tps"]),
     }
 
 
@@ -520,6 +555,23 @@ def _print_step(s: dict[str, Any]) -> None:
         f"  cpu svc {cpu['cardsvc']['utilisation']} pg {cpu['postgres']['utilisation']}"
         f" gen {cpu['generators']['utilisation']} others {cpu['machine']['other_processes']}"
         f" steal {cpu['machine'].get('stolen', 0)}",
+        flush=True,
+    )
+    per_op = s.get("cpu_ms_per_operation")
+    if per_op:
+        print(
+            "          cpu ms per operation: "
+            + "  ".join(f"{g} {per_op[g]}" for g in (*budget.GROUPS, "total") if g in per_op),
+            flush=True,
+        )
+
+
+def _print_budget(b: dict[str, Any]) -> None:
+    print(
+        f"cpu budget: pgbench {b['pgbench_cpu_ms_per_transaction']} ms per transaction,"
+        f" settlement {b['cpu_ms_per_operation']['total']} ms per operation at"
+        f" {b['cheapest_step_offered_rate']}/s: ratio at full cpu {b['ratio_at_full_cpu']}"
+        f" ({b['ratio_at_full_cpu_without_generator']} without the generator's share)",
         flush=True,
     )
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import resource
 import shutil
 import time
 from pathlib import Path
@@ -73,7 +74,9 @@ async def run(
     threads = max(1, min(2, clients))
     cmd = [binary(), *_connection(host, port, user), "-M", "prepared"]
     cmd += ["-c", str(clients), "-j", str(threads), "-T", str(seconds), dbname]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = await _run(cmd)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     tps = _TPS.search(out)
     if tps is None:
         raise ClusterError("pgbench printed no tps line")
@@ -86,6 +89,10 @@ async def run(
         "clients": clients,
         "threads": threads,
         "seconds": seconds,
+        # pgbench itself, reaped by ``_run``: the only child that ends meanwhile.
+        "client_cpu_seconds": round(
+            after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 2
+        ),
         "command": " ".join(cmd),
     }
 

@@ -30,6 +30,7 @@ def _check_step(step: dict) -> None:
     for key in ("offered_rate", "achieved_rate", "settlements_per_s", "send_lag_ms", "cpu"):
         assert key in step
     assert {"cardsvc", "postgres", "generators", "machine"} <= step["cpu"].keys()
+    assert step["cpu_ms_per_operation"]["total"] > 0
 
 
 def test_smoke_run_reports_every_figure_and_passes_integrity(
@@ -61,6 +62,7 @@ def test_smoke_run_reports_every_figure_and_passes_integrity(
     _check_step(report["mix"]["steps"][0])
     assert report["steps"][0]["ok_by_operation"].keys() == {"settle"}
     assert report["pgbench"]["tps"] > 0
+    assert report["pgbench"]["client_cpu_seconds"] > 0
     assert report["ratio"]["ratio_at_max"] > 0
     for key in ("cpu_model", "cores", "memory_gib", "kernel", "python", "postgresql"):
         assert report["machine"][key]
