@@ -218,8 +218,8 @@ class SettlementService:
         rules: SupervisionRules | None = None,
     ) -> None:
         self._pool, self._tokens, self._audit = pool, tokens, audit
-        self._rules = rules or SupervisionRules()
         self._params = load_params(CURRENT_POLICY_VERSION)
+        self._rules = rules or self._params.supervision
 
     async def preview(self, caller: Caller, req: SettleRequest) -> SetlInfo:
         """The settlement as it would be now; writes nothing, locks nothing."""
