@@ -73,8 +73,9 @@ class Reconciliation:
             fund_pay_sumamt=req.fund_pay_sumamt,
             acct_pay=req.acct_pay,
         )
-        match = service == facility
         out_of_limits = row["out_of_limits"] or []
+        # Settlements the service cannot count are never reconciled until they are reversed.
+        match = service == facility and not out_of_limits
         return StatementResult(
             stmt_rslt="0" if match else "1",
             stmt_rslt_dscr="match" if match else _mismatch(out_of_limits),
