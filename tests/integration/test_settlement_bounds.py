@@ -15,7 +15,7 @@ import pytest_asyncio
 
 from cardsvc import clock
 from cardsvc.ledger import services as ledger
-from cardsvc.ledger.postings import Posting, facility_account, fund_account
+from cardsvc.ledger.postings import Posting, facility_account, fund_account, reversed_postings
 from cardsvc.settlement.params import CURRENT_POLICY_VERSION, load_params
 from cardsvc.terminal.client import TerminalClient
 from tests.support.api import (
@@ -316,3 +316,96 @@ async def test_the_administrator_reverses_in_full_once_with_a_reason(world: Worl
     assert len(audited) == 1 and audited[0]["actor"] == "admin"
     assert msgspec.json.decode(audited[0]["data"])["reason"] == reason
     assert (await service.admin_ok("GET", "/v1/ledger/proof"))["ok"]
+
+
+async def test_a_facility_whose_sums_do_not_fit_is_held_alone(world: World):
+    """Settlements cleared before the limits existed, each of 5 x 10^18 fen, reversed since:
+    taking both back in one run needs 10^19, more than any bigint. That facility's share
+    (its reversals and its ordinary settlement alike) waits; the others clear."""
+    service = world.service
+    day = dt.date(2023, 7, 1)
+    huge = 5 * 10**18
+    facility = (await service.facility(level="2"))["fixmedins_code"]
+    pos = await service.terminal("pos", facility)
+    p = await patient(service, pos, world.counter)
+    own = await p.settle("310", "11", lines(("A-AMOX", 1000, 1)))
+    other = await world.patient()
+    paid = await other.settle("310", "11", lines(("A-AMOX", 2000, 1)))
+    conn = await asyncpg.connect(service.database_url)
+    try:
+        await conn.execute(
+            "UPDATE settlements SET setl_date = $2 WHERE setl_id = ANY($1::text[])",
+            [own["setl_id"], paid["setl_id"]],
+            day,
+        )
+        cleared = dt.date(2023, 6, 15)
+        huge_ids = []
+        for n in range(2):
+            setl_id = f"S{cleared:%Y%m%d}{n:010x}{secrets.token_hex(5)}"
+            await conn.execute(
+                """
+                INSERT INTO settlements (setl_id, psn_no, card_no, fixmedins_code,
+                    fixmedins_type, terminal_id, idempotency_key, request_hash, insutype,
+                    med_type, mdtrt_id, acct_used_flag, policy_version, setl_time, setl_date,
+                    medfee_sumamt, fulamt_ownpay_amt, overlmt_selfpay, preselfpay_amt,
+                    inscp_scp_amt, act_pay_dedc, hifp_pay, pool_prop_selfpay, acct_pay,
+                    fund_pay_sumamt, psn_part_amt, psn_cash_pay, balc, setldetail, year_delta,
+                    status, clearing_date)
+                VALUES ($1, $2, $3, $4, 'hospital', 'T00000000', $5, '\\x00', '410', '21', 'MD',
+                    false, '2026.1', $6, $7, $8, 0, 0, 0, $8, 0, 0, 0, 0, $8, 0, 0, 0, $9, '{}',
+                    'reversed', $7)
+                """,
+                setl_id,
+                p.psn_no,
+                p.card.card_no,
+                facility,
+                unique_code("IK-"),
+                dt.datetime.combine(cleared, dt.time(12), clock.BUSINESS_TZ),
+                cleared,
+                huge,
+                msgspec.json.encode([{"fund_pay_type": "410100", "fund_payamt": huge}]).decode(),
+            )
+            booked = [
+                Posting(fund_account("410100"), "D", huge),
+                Posting(facility_account(facility), "C", huge),
+            ]
+            await ledger.post(conn, "settlement", setl_id, booked)
+            await ledger.post(conn, "reversal", setl_id, reversed_postings(booked))
+            await conn.execute(
+                "INSERT INTO reversals (reversal_id, setl_id, psn_no, fixmedins_code, actor,"
+                " reason, revs_time, revs_date, acct_refund, fund_refund, balc)"
+                " VALUES ($1, $2, $3, $4, 'admin', 'test', $5, $6, 0, $7, 0)",
+                "R" + setl_id[1:],
+                setl_id,
+                p.psn_no,
+                facility,
+                dt.datetime.combine(day, dt.time(12), clock.BUSINESS_TZ),
+                day,
+                huge,
+            )
+            huge_ids.append(setl_id)
+
+        run = await service.admin_ok("POST", "/v1/clearing/runs", {"clearing_date": str(day)})
+        (hold,) = [h for h in run["held"] if h["fixmedins_code"] == facility]
+        assert hold["code"] == "AMOUNT_OUT_OF_RANGE", hold
+        assert facility not in {f["fixmedins_code"] for f in run["facilities"]}
+        others = {f["fixmedins_code"]: f for f in run["facilities"]}
+        assert others[world.hospital_code]["net_amt"] >= paid["fund_pay_sumamt"] + paid["acct_pay"]
+        waiting = await conn.fetch(
+            "SELECT clearing_date FROM settlements WHERE setl_id = $1"
+            " UNION ALL SELECT clearing_date FROM reversals WHERE setl_id = ANY($2::text[])",
+            own["setl_id"],
+            huge_ids,
+        )
+        assert [r["clearing_date"] for r in waiting] == [None, None, None]
+        assert (await service.admin_ok("GET", "/v1/ledger/proof"))["ok"]
+    finally:
+        # Settled by hand, so later runs (of other tests) do not meet them again.
+        await conn.execute(
+            "UPDATE reversals SET clearing_date = '2000-01-01' WHERE fixmedins_code = $1",
+            facility,
+        )
+        await conn.close()
+    await service.admin_ok(
+        "POST", f"/v1/settlements/{own['setl_id']}/admin-reversal", {"reason": "test over"}
+    )
