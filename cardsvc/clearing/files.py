@@ -9,7 +9,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 
 from cardsvc.clearing.models import ClearingHold, ClearingItem, FacilityClearing
-from cardsvc.settlement.fundparts import fits_bigint, settlement_limit
+from cardsvc.settlement.fundparts import fits_bigint
 from cardsvc.settlement.policy import yuan
 
 HELD_IDS_SHOWN = 100  # a hold names at most this many of its settlements
@@ -82,12 +82,15 @@ def unfit_facilities(
     }
 
 
-def over_limits_hold(fixmedins_code: str, count: int, setl_ids: list[str]) -> ClearingHold:
+def over_limits_hold(
+    fixmedins_code: str, count: int, setl_ids: list[str], limit: int
+) -> ClearingHold:
+    """``count`` settlements above the settlement ``limit`` (fen), not cleared."""
     return ClearingHold(
         fixmedins_code=fixmedins_code,
         code="AMOUNT_LIMIT_EXCEEDED",
         message=(
-            f"{count} settlement(s) claim more than the policy allows ({yuan(settlement_limit())} a"
+            f"{count} settlement(s) claim more than the policy allows ({yuan(limit)} a"
             " settlement): not cleared; each waits until the facility or an administrator"
             " reverses it"
         ),

@@ -7,6 +7,12 @@ ledger, stores one CSV file per facility, and keeps its figures: running D again
 nothing and returns the same run. Runs are serialised by an advisory lock, so two runs
 never clear the same settlement.
 
+One facility's impossible figures stop nobody else (``ClearingRun.held``): a settlement
+above the policy's amount limits (stored before they existed) is not paid and is named,
+run after run, until it is reversed; a facility whose sums would not fit the bigint
+figures and ledger amounts they are stored in has nothing cleared by the run. Sums are
+numeric in SQL and exact integers here.
+
 A day of a million settlements takes minutes, longer than any request may: ``start`` runs
 the day in a background task of the worker, in one transaction with its own statement
 bound (``CARDSVC_CLEARING_TIMEOUT``), and answers with the run if it is done within
@@ -176,7 +182,7 @@ class Clearing:
         settled = _figures(await conn.fetch(_CLEAR_SETTLEMENTS, day, limit, timeout=self._timeout))
         netted = _figures(await conn.fetch(_NET_REVERSALS, day, timeout=self._timeout))
         held = [
-            over_limits_hold(r["fixmedins_code"], r["n"], list(r["setl_ids"]))
+            over_limits_hold(r["fixmedins_code"], r["n"], list(r["setl_ids"]), limit)
             for r in await conn.fetch(_OVER_LIMITS, day, limit, timeout=self._timeout)
         ]
         unfit = sorted(unfit_facilities(settled, netted))
