@@ -70,6 +70,7 @@ def setup_routes(app: web.Application) -> None:
             # Settlement ids begin with S: /v1/settlements/preview is never taken for one.
             web.get("/v1/settlements/{setl_id:S[^/]*}", settlements.get),
             web.post("/v1/settlements/{setl_id:S[^/]*}/reverse", settlements.reverse),
+            web.post("/v1/settlements/{setl_id:S[^/]*}/admin-reversal", settlements.admin_reverse),
             web.post("/v1/reconciliation", reconciliation.statement),
             web.post("/v1/reconciliation/detail", reconciliation.detail),
             # kiosk

@@ -8,7 +8,11 @@ import io
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 
-from cardsvc.clearing.models import ClearingItem, FacilityClearing
+from cardsvc.clearing.models import ClearingHold, ClearingItem, FacilityClearing
+from cardsvc.settlement.fundparts import fits_bigint
+from cardsvc.settlement.policy import yuan
+
+HELD_IDS_SHOWN = 100  # a hold names at most this many of its settlements
 
 CSV_HEADER = (
     "clearing_date",
@@ -60,6 +64,50 @@ def combine(
         )
         for code, items in sorted(by_facility.items())
     ]
+
+
+def unfit_facilities(
+    settled: Iterable[tuple[str, str, int, int]], reversed_: Iterable[tuple[str, str, int, int]]
+) -> set[str]:
+    """Facilities with a figure (per fund or net) that no bigint column or ledger amount
+    can hold: cleared anyway, they would stop the whole run."""
+    return {
+        f.fixmedins_code
+        for f in combine(settled, reversed_, {})
+        if not all(
+            fits_bigint(v)
+            for i in f.items
+            for v in (i.settled_amt, i.reversed_amt, i.net_amt, f.net_amt)
+        )
+    }
+
+
+def over_limits_hold(
+    fixmedins_code: str, count: int, setl_ids: list[str], limit: int
+) -> ClearingHold:
+    """``count`` settlements above the settlement ``limit`` (fen), not cleared."""
+    return ClearingHold(
+        fixmedins_code=fixmedins_code,
+        code="AMOUNT_LIMIT_EXCEEDED",
+        message=(
+            f"{count} settlement(s) claim more than the policy allows ({yuan(limit)} a"
+            " settlement): not cleared; each waits until the facility or an administrator"
+            " reverses it"
+        ),
+        settlements=count,
+        setl_ids=setl_ids,
+    )
+
+
+def out_of_range_hold(fixmedins_code: str) -> ClearingHold:
+    return ClearingHold(
+        fixmedins_code=fixmedins_code,
+        code="AMOUNT_OUT_OF_RANGE",
+        message="the facility's figures are too large to clear: none of its settlements or"
+        " reversals were cleared by this run",
+        settlements=0,
+        setl_ids=[],
+    )
 
 
 def facility_csv(day: dt.date, facility: FacilityClearing) -> str:

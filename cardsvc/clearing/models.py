@@ -29,6 +29,18 @@ class FacilityClearing(msgspec.Struct, kw_only=True):
     items: list[ClearingItem]
 
 
+class ClearingHold(msgspec.Struct, frozen=True, kw_only=True):
+    """What a run did not clear for one facility, and why (``code``): its settlements above
+    the amount limits (``AMOUNT_LIMIT_EXCEEDED``, each held until it is reversed), or all
+    of its figures, too large to store (``AMOUNT_OUT_OF_RANGE``, held to the next run)."""
+
+    fixmedins_code: str
+    code: str
+    message: str
+    settlements: int  # how many settlements are held (0: the facility's whole share)
+    setl_ids: list[str]  # the first of them
+
+
 class ClearingRun(msgspec.Struct, kw_only=True):
     clearing_date: dt.date
     created_at: dt.datetime
@@ -36,6 +48,8 @@ class ClearingRun(msgspec.Struct, kw_only=True):
     reversals_netted: int
     net_total: int
     facilities: list[FacilityClearing]
+    # Runs stored before holds existed have none.
+    held: list[ClearingHold] = msgspec.field(default_factory=list)
 
 
 class ClearingRunning(msgspec.Struct, kw_only=True):

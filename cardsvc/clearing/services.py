@@ -7,6 +7,12 @@ ledger, stores one CSV file per facility, and keeps its figures: running D again
 nothing and returns the same run. Runs are serialised by an advisory lock, so two runs
 never clear the same settlement.
 
+One facility's impossible figures stop nobody else (``ClearingRun.held``): a settlement
+above the policy's amount limits (stored before they existed) is not paid and is named,
+run after run, until it is reversed; a facility whose sums would not fit the bigint
+figures and ledger amounts they are stored in has nothing cleared by the run. Sums are
+numeric in SQL and exact integers here.
+
 A day of a million settlements takes minutes, longer than any request may: ``start`` runs
 the day in a background task of the worker, in one transaction with its own statement
 bound (``CARDSVC_CLEARING_TIMEOUT``), and answers with the run if it is done within
@@ -20,18 +26,26 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 
+import asyncpg
 import msgspec
 import structlog
 
 from cardsvc import clock
 from cardsvc.audit.services import AuditLog
-from cardsvc.clearing.files import combine, facility_csv
+from cardsvc.clearing.files import (
+    HELD_IDS_SHOWN,
+    combine,
+    facility_csv,
+    out_of_range_hold,
+    over_limits_hold,
+    unfit_facilities,
+)
 from cardsvc.clearing.models import ClearingRun, ClearingRunning, FacilityClearing
 from cardsvc.db import Connection, Pool, extend_bounds, transaction
 from cardsvc.errors import BusinessRuleViolation, NotFound
 from cardsvc.ledger import services as ledger
 from cardsvc.ledger.postings import CLEARING_BANK, Posting, facility_account
-from cardsvc.settlement.fundparts import fund_parts
+from cardsvc.settlement.fundparts import fund_parts, settlement_limit, within_limits
 from cardsvc.web.caller import ADMIN
 
 log = structlog.get_logger(__name__)
@@ -41,15 +55,27 @@ _DAY_LOCK_CLASS = 0x636C6562  # with the day's ordinal: "this day is being clear
 _facilities = msgspec.json.Decoder(list[FacilityClearing])
 _json = msgspec.json.Encoder()
 
+# What a run for $1 may pay: settled, not held for review, not cleared yet, of $1 or earlier.
+_DUE = """clearing_date IS NULL AND status = 'settled' AND setl_date <= $1
+      AND review_status IN ('none', 'approved')"""
+
+# $2: the settlement limit. Sums are numeric: the run checks their range (``unfit``).
 _CLEAR_SETTLEMENTS = f"""
 WITH cleared AS (
     UPDATE settlements SET clearing_date = $1
-    WHERE clearing_date IS NULL AND status = 'settled' AND setl_date <= $1
-      AND review_status IN ('none', 'approved')
+    WHERE {_DUE} AND {within_limits("settlements", "$2")}
     RETURNING fixmedins_code, setldetail, acct_pay
 ), parts AS ({fund_parts("cleared", "fixmedins_code")})
-SELECT fixmedins_code, fund, sum(amount)::bigint AS amount, count(*)::int AS n
+SELECT fixmedins_code, fund, sum(amount) AS amount, count(*)::int AS n
 FROM parts GROUP BY fixmedins_code, fund
+"""  # noqa: S608 - constant identifiers
+
+# Due, but above the amount limits (stored before they existed): held, and named in the run.
+_OVER_LIMITS = f"""
+SELECT fixmedins_code, count(*)::int AS n,
+       (array_agg(setl_id ORDER BY setl_id))[1:{HELD_IDS_SHOWN}] AS setl_ids
+FROM settlements WHERE {_DUE} AND NOT {within_limits("settlements", "$2")}
+GROUP BY fixmedins_code ORDER BY fixmedins_code
 """  # noqa: S608 - constant identifiers
 
 _NET_REVERSALS = f"""
@@ -60,7 +86,7 @@ WITH netted AS (
       AND s.clearing_date IS NOT NULL
     RETURNING r.fixmedins_code, s.setldetail, s.acct_pay
 ), parts AS ({fund_parts("netted", "fixmedins_code")})
-SELECT fixmedins_code, fund, sum(amount)::bigint AS amount, count(*)::int AS n
+SELECT fixmedins_code, fund, sum(amount) AS amount, count(*)::int AS n
 FROM parts GROUP BY fixmedins_code, fund
 """  # noqa: S608 - constant identifiers
 
@@ -152,10 +178,23 @@ class Clearing:
 
     async def _clear(self, conn: Connection, day: dt.date) -> ClearingRun:
         # The big statements wait as long as the transaction's statement bound allows.
-        settled = await conn.fetch(_CLEAR_SETTLEMENTS, day, timeout=self._timeout)
-        netted = await conn.fetch(_NET_REVERSALS, day, timeout=self._timeout)
+        limit = settlement_limit()
+        settled = _figures(await conn.fetch(_CLEAR_SETTLEMENTS, day, limit, timeout=self._timeout))
+        netted = _figures(await conn.fetch(_NET_REVERSALS, day, timeout=self._timeout))
+        held = [
+            over_limits_hold(r["fixmedins_code"], r["n"], list(r["setl_ids"]), limit)
+            for r in await conn.fetch(_OVER_LIMITS, day, limit, timeout=self._timeout)
+        ]
+        unfit = sorted(unfit_facilities(settled, netted))
+        if unfit:  # figures too large to store or post: the facility waits, the rest clear
+            await self._unclear(conn, day, unfit)
+            settled = [r for r in settled if r[0] not in unfit]
+            netted = [r for r in netted if r[0] not in unfit]
+            held += [out_of_range_hold(code) for code in unfit]
+        for hold in held:
+            log.warning("clearing_held", fixmedins_code=hold.fixmedins_code, code=hold.code)
         counts = await self._counts(conn, day)
-        facilities = combine([tuple(r) for r in settled], [tuple(r) for r in netted], counts)
+        facilities = combine(settled, netted, counts)
         run = ClearingRun(
             clearing_date=day,
             created_at=clock.now(),
@@ -163,6 +202,7 @@ class Clearing:
             reversals_netted=sum(n for _, n in counts.values()),
             net_total=sum(f.net_amt for f in facilities),
             facilities=facilities,
+            held=sorted(held, key=lambda h: (h.fixmedins_code, h.code)),
         )
         await self._post(conn, day, facilities)
         await conn.execute(
@@ -205,9 +245,21 @@ class Clearing:
                 "net_total": run.net_total,
                 "settlements": run.settlements_cleared,
                 "reversals": run.reversals_netted,
+                "held": len(run.held),
             },
         )
         return run
+
+    async def _unclear(self, conn: Connection, day: dt.date, codes: list[str]) -> None:
+        """Take these facilities' settlements and reversals back out of the day's run."""
+        for table in ("settlements", "reversals"):
+            await conn.execute(
+                f"UPDATE {table} SET clearing_date = NULL"  # noqa: S608 - constant names
+                " WHERE clearing_date = $1 AND fixmedins_code = ANY($2::text[])",
+                day,
+                codes,
+                timeout=self._timeout,
+            )
 
     async def _counts(self, conn: Connection, day: dt.date) -> dict[str, tuple[int, int]]:
         """Per facility: settlements cleared and reversals netted by this run."""
@@ -247,6 +299,11 @@ class Clearing:
     async def _load(self, conn: Connection, day: dt.date) -> ClearingRun | None:
         row = await conn.fetchrow("SELECT summary FROM clearing_runs WHERE clearing_date = $1", day)
         return None if row is None else msgspec.json.decode(row["summary"], type=ClearingRun)
+
+
+def _figures(rows: list[asyncpg.Record]) -> list[tuple[str, str, int, int]]:
+    """(facility, fund, amount, count) rows with the numeric sums as exact integers."""
+    return [(r["fixmedins_code"], r["fund"], int(r["amount"]), r["n"]) for r in rows]
 
 
 def _check_day(day: dt.date) -> None:

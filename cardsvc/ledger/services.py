@@ -87,18 +87,19 @@ async def entries_of(conn: Connection, kind: str, ref: str) -> list[Posting]:
 
 # A settlement owes its facility fund_pay_sumamt + acct_pay: its ledger transaction must
 # credit exactly that, and a reversed one must have a reversal that takes exactly that back.
+# All sums numeric: no stored amount, however large, can make the proof fail to answer.
 _UNBOOKED_SETTLEMENTS = """
 WITH booked AS (
     SELECT t.ref,
-           sum(e.amount) FILTER (WHERE t.kind = 'settlement' AND e.side = 'C')::bigint AS paid,
-           sum(e.amount) FILTER (WHERE t.kind = 'reversal' AND e.side = 'C')::bigint AS back
+           sum(e.amount) FILTER (WHERE t.kind = 'settlement' AND e.side = 'C') AS paid,
+           sum(e.amount) FILTER (WHERE t.kind = 'reversal' AND e.side = 'C') AS back
     FROM ledger_txns t JOIN ledger_entries e USING (txn_id)
     WHERE t.kind IN ('settlement', 'reversal') GROUP BY t.ref
 )
 SELECT s.setl_id FROM settlements s LEFT JOIN booked b ON b.ref = s.setl_id
-WHERE coalesce(b.paid, 0) <> s.fund_pay_sumamt + s.acct_pay
+WHERE coalesce(b.paid, 0) <> s.fund_pay_sumamt::numeric + s.acct_pay
    OR coalesce(b.back, 0) <> CASE WHEN s.status = 'reversed'
-                                  THEN s.fund_pay_sumamt + s.acct_pay ELSE 0 END
+                                  THEN s.fund_pay_sumamt::numeric + s.acct_pay ELSE 0 END
 ORDER BY s.setl_id LIMIT $1
 """
 
@@ -136,7 +137,7 @@ class Ledger:
                 """
                 WITH derived AS (
                     SELECT substr(account, 8) AS psn_no,
-                           sum(CASE side WHEN 'C' THEN amount ELSE -amount END)::bigint AS balance
+                           sum(CASE side WHEN 'C' THEN amount ELSE -amount END) AS balance
                     FROM ledger_entries WHERE account LIKE 'person:%' GROUP BY account
                 )
                 SELECT 'person:' || coalesce(a.psn_no, d.psn_no) AS account,
@@ -150,7 +151,10 @@ class Ledger:
             )
             unbooked = await conn.fetch(_UNBOOKED_SETTLEMENTS, limit, timeout=t)
         unbalanced_ids = [r["txn_id"] for r in unbalanced]
-        balance_mismatches = [BalanceMismatch(**dict(r)) for r in mismatches]
+        balance_mismatches = [
+            BalanceMismatch(account=r["account"], stored=r["stored"], derived=int(r["derived"]))
+            for r in mismatches
+        ]
         unbooked_ids = [r["setl_id"] for r in unbooked]
         return LedgerProof(
             ok=not unbalanced_ids and not balance_mismatches and not unbooked_ids,

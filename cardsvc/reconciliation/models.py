@@ -47,6 +47,9 @@ class StatementResult(msgspec.Struct, kw_only=True):
     stmt_enddate: dt.date
     service: Totals
     facility: Totals
+    # The facility's settlements of the period above the amount limits (stored before they
+    # existed): in no total of ``service``. At most 100 are named.
+    out_of_limits: list[str] = msgspec.field(default_factory=list)
 
 
 class DetailRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -15,8 +15,31 @@ from cardsvc.reconciliation.models import (
     StatementResult,
     Totals,
 )
+from cardsvc.settlement.fundparts import settlement_limit, within_limits
 
 MAX_PERIOD_DAYS = 31
+OUT_OF_LIMITS_SHOWN = 100
+
+# $5: the settlement limit. The facility's settlements above it (stored before the limits
+# existed) are in no total: they are named instead. Sums are numeric, exact in Python.
+_PERIOD = """settlements WHERE fixmedins_code = $1 AND insutype = $2
+    AND setl_date BETWEEN $3 AND $4 AND status = 'settled'"""
+_STATEMENT = f"""
+SELECT count(*) AS n, coalesce(sum(medfee_sumamt), 0) AS medfee,
+       coalesce(sum(fund_pay_sumamt), 0) AS fund, coalesce(sum(acct_pay), 0) AS acct,
+       (SELECT (array_agg(setl_id ORDER BY setl_id))[1:{OUT_OF_LIMITS_SHOWN}]
+        FROM {_PERIOD} AND NOT {within_limits("settlements", "$5")}) AS out_of_limits
+FROM {_PERIOD} AND {within_limits("settlements", "$5")}
+"""  # noqa: S608 - constant identifiers
+
+
+def _mismatch(out_of_limits: list[str]) -> str:
+    if out_of_limits:
+        return (
+            "mismatch: settlements above the amount limits are in no total (out_of_limits);"
+            " reconcile the detail"
+        )
+    return "mismatch: reconcile the detail"
 
 
 class Reconciliation:
@@ -31,24 +54,18 @@ class Reconciliation:
                 code="INVALID_DATES",
             )
         row = await self._pool.fetchrow(
-            """
-            SELECT count(*) AS n, coalesce(sum(medfee_sumamt), 0)::bigint AS medfee,
-                   coalesce(sum(fund_pay_sumamt), 0)::bigint AS fund,
-                   coalesce(sum(acct_pay), 0)::bigint AS acct
-            FROM settlements
-            WHERE fixmedins_code = $1 AND insutype = $2 AND setl_date BETWEEN $3 AND $4
-              AND status = 'settled'
-            """,
+            _STATEMENT,
             fixmedins_code,
             req.insutype,
             req.stmt_begndate,
             req.stmt_enddate,
+            settlement_limit(),
         )
         service = Totals(
             fixmedins_setl_cnt=row["n"],
-            medfee_sumamt=row["medfee"],
-            fund_pay_sumamt=row["fund"],
-            acct_pay=row["acct"],
+            medfee_sumamt=int(row["medfee"]),
+            fund_pay_sumamt=int(row["fund"]),
+            acct_pay=int(row["acct"]),
         )
         facility = Totals(
             fixmedins_setl_cnt=req.fixmedins_setl_cnt,
@@ -56,10 +73,13 @@ class Reconciliation:
             fund_pay_sumamt=req.fund_pay_sumamt,
             acct_pay=req.acct_pay,
         )
-        match = service == facility
+        out_of_limits = row["out_of_limits"] or []
+        # Settlements the service cannot count are never reconciled until they are reversed.
+        match = service == facility and not out_of_limits
         return StatementResult(
             stmt_rslt="0" if match else "1",
-            stmt_rslt_dscr="match" if match else "mismatch: reconcile the detail",
+            stmt_rslt_dscr="match" if match else _mismatch(out_of_limits),
+            out_of_limits=out_of_limits,
             insutype=req.insutype,
             stmt_begndate=req.stmt_begndate,
             stmt_enddate=req.stmt_enddate,

@@ -74,6 +74,12 @@ class ReverseRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     reason: Text = "requested by facility"
 
 
+class AdminReversalRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """An administrator reverses a settlement its facility cannot or will not: why, always."""
+
+    reason: Text
+
+
 class Reversal(msgspec.Struct, kw_only=True):
     reversal_id: str
     setl_id: str

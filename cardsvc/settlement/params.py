@@ -28,6 +28,9 @@ ITEM_CLASSES = frozenset({"A", "B", "C"})
 _VERSION_PATTERN = re.compile(r"^[0-9]{4}\.[0-9]{1,3}$")
 
 Fen = Annotated[int, msgspec.Meta(ge=0)]
+# No policy may let one settlement claim more than this (10^13 fen, 100 billion yuan): with
+# it, 9 x 10^5 settlements at the limit still sum inside bigint.
+MAX_SETTLEMENT_TOTAL = 10**13
 Percent = Annotated[int, msgspec.Meta(ge=0, le=100)]
 PerLevel = dict[str, Fen]
 # How Step 1 books an item's base amount (after over-limit) for one item class.
@@ -114,6 +117,31 @@ class Maternity(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
             raise ValueError("delivery_quota must name normal and cesarean")
 
 
+class AmountLimits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Hard bounds on what a settlement may claim: above any of them the engine refuses it
+    (``AMOUNT_LIMIT_EXCEEDED``). They also keep every sum of settlements far inside bigint
+    (at 2026.1's 5 x 10^8 fen, 1.8 x 10^10 settlements), and ``settlement_total`` is what
+    clearing, the fund report and reconciliation hold an impossible settlement to (one
+    stored before the limits existed; ``cardsvc.settlement.fundparts.within_limits``)."""
+
+    unit_price: Annotated[int, msgspec.Meta(gt=0)]  # fen
+    quantity: Annotated[int, msgspec.Meta(ge=1)]
+    line_total: Annotated[int, msgspec.Meta(gt=0)]  # fen, unit_price x quantity
+    settlement_total: Annotated[int, msgspec.Meta(gt=0, le=MAX_SETTLEMENT_TOTAL)]  # fen
+
+    def __post_init__(self) -> None:
+        if not self.unit_price <= self.line_total <= self.settlement_total:
+            raise ValueError("amount limits must grow: unit_price <= line_total <= settlement")
+
+
+class SupervisionRules(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Thresholds of the real-time supervision flags (they never refuse a settlement)."""
+
+    pharmacy_purchases_per_day: Annotated[int, msgspec.Meta(ge=1)]  # more are flagged
+    large_claim_fen: Fen  # a medfee_sumamt above it is flagged LARGE_CLAIM
+    other_facility_window_s: Annotated[int, msgspec.Meta(ge=1)]  # same card, other facility
+
+
 class PolicyParams(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     version: str
     allowed_med_types: tuple[AllowedMedType, ...]
@@ -127,8 +155,12 @@ class PolicyParams(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     employee: Employee
     resident: Resident
     maternity: Maternity
+    amount_limits: AmountLimits
+    supervision: SupervisionRules
 
     def __post_init__(self) -> None:
+        if self.supervision.large_claim_fen >= self.amount_limits.settlement_total:
+            raise ValueError("the LARGE_CLAIM threshold must lie below the settlement limit")
         for insutype, table in self.line_treatment.items():
             _require_keys(table, ITEM_CLASSES, f"line_treatment[{insutype}]")
         for row in self.allowed_med_types:

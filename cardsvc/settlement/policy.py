@@ -9,6 +9,7 @@ fen; the only rounding is :func:`pct`. Names follow the national 2206/2207 ``set
 
 Order of refusals (first failure wins; each is a :class:`PolicyRefusal`)::
 
+    AMOUNT_LIMIT_EXCEEDED   a line or the total above the policy's amount limits
     CARD_NOT_ACTIVE         card status is not active
     INSURANCE_NOT_ACTIVE    no active enrolment in the insutype, or psn_type does not fit it
     FACILITY_SUSPENDED      facility not active, or rated D
@@ -62,6 +63,10 @@ Where POLICY.md leaves room, these readings are taken; each keeps every Step 3 i
     person, be ``approved``, match the id, and cover the settlement date (both ends included).
 14. A 310/390 hospital settlement needs the facility's level; a hospital without one is a
     registry fault (the database forbids it), raised as ``ValueError``, not a refusal.
+15. ``AMOUNT_LIMIT_EXCEEDED`` (not in POLICY.md: the policy file's ``amount_limits``) comes
+    first of all: it is a fault of the request alone, whoever presents it. A line's unit
+    price, quantity and amount (``unit_price x quantity``, before over-limit) and the
+    settlement's ``medfee_sumamt`` are each bounded; the error names the limit in yuan.
 """
 
 from __future__ import annotations
@@ -237,8 +242,58 @@ def apply_delta(year: YearState, delta: YearState, sign: int = 1) -> YearState:
 # --- eligibility -----------------------------------------------------------------------
 
 
+def yuan(fen: int) -> str:
+    """``fen`` as the yuan amount people read: ``¥1,234,567.89``."""
+    sign = "-" if fen < 0 else ""
+    return f"{sign}¥{abs(fen) // 100:,}.{abs(fen) % 100:02d}"
+
+
+def _over_limit(what: str, limit_name: str, amount: int, limit: int, **where: Any) -> PolicyRefusal:
+    return PolicyRefusal(
+        "AMOUNT_LIMIT_EXCEEDED",
+        f"{what} {yuan(amount)} exceeds the limit of {yuan(limit)}",
+        {"limit": limit_name, "limit_fen": limit, "amount_fen": amount, **where},
+    )
+
+
+def check_amounts(params: PolicyParams, lines: tuple[FeeLine, ...]) -> None:
+    """The policy's amount limits, per line and per settlement (documented reading 15)."""
+    limits = params.amount_limits
+    for line_no, line in enumerate(lines, 1):
+        where = {"line_no": line_no, "code": line.code}
+        if line.quantity > limits.quantity:
+            raise PolicyRefusal(
+                "AMOUNT_LIMIT_EXCEEDED",
+                f"line {line_no}: quantity {line.quantity} exceeds the limit of {limits.quantity}",
+                {"limit": "quantity", "limit_quantity": limits.quantity, **where},
+            )
+        if line.unit_price > limits.unit_price:
+            raise _over_limit(
+                f"line {line_no}: the unit price",
+                "unit_price",
+                line.unit_price,
+                limits.unit_price,
+                **where,
+            )
+        total = line.unit_price * line.quantity
+        if total > limits.line_total:
+            raise _over_limit(
+                f"line {line_no}: the line amount",
+                "line_total",
+                total,
+                limits.line_total,
+                **where,
+            )
+    total = sum(line.unit_price * line.quantity for line in lines)
+    if total > limits.settlement_total:
+        raise _over_limit(
+            "the settlement's total", "settlement_total", total, limits.settlement_total
+        )
+
+
 def check_eligibility(params: PolicyParams, snapshot: Snapshot, request: SettlementRequest) -> None:
     """Raise the first :class:`PolicyRefusal` that applies, in the documented order."""
+    check_amounts(params, request.lines)
     _check_card(snapshot)
     _check_enrolment(params, snapshot, request.insutype)
     _check_facility(params, snapshot.facility, request.insutype)

@@ -60,14 +60,16 @@ WHERE psn_no = $1 AND year = $2
 """  # noqa: S608 - constant column names
 
 
-def request_hash(req: SettleRequest) -> bytes:
-    """Same decoded request, same hash, whatever the JSON spacing or field order was.
+def request_hash(req: SettleRequest, psn_no: str) -> bytes:
+    """Same decoded request for the same person, same hash, whatever the JSON spacing or
+    field order was.
 
-    The card token is left out: a terminal that lost the answer may have authenticated the
-    card again before it retries, and the retry must still find its settlement."""
-    return hashlib.sha256(
-        _request_encoder.encode(msgspec.structs.replace(req, card_token=""))
-    ).digest()
+    The person (``psn_no`` of the verified card token) is part of it: the same key and body
+    with another person's card is another request. The card token itself is left out: a
+    terminal that lost the answer may have authenticated the card again before it retries,
+    and the retry must still find its settlement."""
+    body = _request_encoder.encode(msgspec.structs.replace(req, card_token=""))
+    return hashlib.sha256(psn_no.encode() + b"\n" + body).digest()
 
 
 def new_setl_id(now: dt.datetime) -> str:
@@ -216,8 +218,8 @@ class SettlementService:
         rules: SupervisionRules | None = None,
     ) -> None:
         self._pool, self._tokens, self._audit = pool, tokens, audit
-        self._rules = rules or SupervisionRules()
         self._params = load_params(CURRENT_POLICY_VERSION)
+        self._rules = rules or self._params.supervision
 
     async def preview(self, caller: Caller, req: SettleRequest) -> SetlInfo:
         """The settlement as it would be now; writes nothing, locks nothing."""
@@ -246,18 +248,20 @@ class SettlementService:
         )
 
     async def settle(self, caller: Caller, idempotency_key: str, req: SettleRequest) -> SetlInfo:
-        digest = request_hash(req)
         try:
             claims = self._tokens.check(caller, req.card_token)
         except CardsvcError:
             # A retry may carry a token that expired (or a session that ended) since its
-            # first attempt: what was settled under its key is still its answer.
+            # first attempt: what was settled under its key is still its answer. Such a
+            # token names no person, so the stored one's is taken (only this facility's
+            # terminals reach this answer, and they may read the settlement anyway).
             if caller.admission is not None:
                 await admit(self._pool, caller.admission)
-            replay = await self._replay(caller, idempotency_key, digest)
+            replay = await self._replay(caller, idempotency_key, req, None)
             if replay is None:
                 raise
             return replay
+        digest = request_hash(req, claims.psn_no)
         args = (caller, idempotency_key, digest, req, claims.psn_no, claims.card_no)
         admission = caller.admission  # admitted by the first attempt
         try:
@@ -280,18 +284,24 @@ class SettlementService:
             # retry would be answered (admitted first: the failed write recorded nothing).
             if caller.admission is not None and not caller.admission.done:
                 await admit(self._pool, caller.admission)
-            replay = await self._replay(caller, idempotency_key, digest)
+            replay = await self._replay(caller, idempotency_key, req, claims.psn_no)
             if replay is None:
                 raise
             return replay
 
-    async def _replay(self, caller: Caller, key: str, digest: bytes) -> SetlInfo | None:
+    async def _replay(
+        self, caller: Caller, key: str, req: SettleRequest, psn_no: str | None
+    ) -> SetlInfo | None:
+        """The settlement stored under ``key``, if ``req`` of ``psn_no`` (None: the stored
+        settlement's person) is the request it answered."""
         row = await self._pool.fetchrow(
             "SELECT * FROM settlements WHERE fixmedins_code = $1 AND idempotency_key = $2",
             caller.facility(),
             key,
         )
-        return None if row is None else _same_request(row, digest)
+        if row is None:
+            return None
+        return _same_request(row, request_hash(req, psn_no or row["psn_no"]))
 
     async def _settle_once(
         self,

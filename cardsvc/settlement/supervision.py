@@ -7,13 +7,12 @@ from typing import Any
 
 import msgspec
 
+from cardsvc.settlement.params import SupervisionRules
+
+__all__ = ["FLAG_RULES", "Flag", "RecentActivity", "SupervisionRules", "flags_for"]
+
+# The thresholds are the policy file's (``supervision``), read as ``SupervisionRules``.
 FLAG_RULES = ("PHARMACY_FREQUENCY", "LARGE_CLAIM", "CARD_AT_TWO_FACILITIES")
-
-
-class SupervisionRules(msgspec.Struct, frozen=True, kw_only=True):
-    pharmacy_purchases_per_day: int = 3  # more than this many in one day is flagged
-    large_claim_fen: int = 5_000_000  # 50,000 yuan
-    other_facility_window_s: int = 600  # the same card at another facility within 10 minutes
 
 
 class RecentActivity(msgspec.Struct, frozen=True, kw_only=True):
@@ -36,7 +35,12 @@ def flags_for(
     if at_pharmacy and purchases > rules.pharmacy_purchases_per_day:
         flags.append(Flag("PHARMACY_FREQUENCY", {"purchases_today": purchases}))
     if medfee_sumamt > rules.large_claim_fen:
-        flags.append(Flag("LARGE_CLAIM", {"medfee_sumamt": medfee_sumamt}))
+        flags.append(
+            Flag(
+                "LARGE_CLAIM",
+                {"medfee_sumamt": medfee_sumamt, "threshold_fen": rules.large_claim_fen},
+            )
+        )
     if recent.other_facility_recently is not None:
         flags.append(
             Flag(

@@ -5,9 +5,9 @@ import re
 from aiohttp import web
 
 from cardsvc.errors import InvalidRequest
-from cardsvc.settlement.models import ReverseRequest, SettleRequest
+from cardsvc.settlement.models import AdminReversalRequest, ReverseRequest, SettleRequest
 from cardsvc.web.appkeys import CALLER, SERVICES
-from cardsvc.web.auth import admin_or_terminal, terminal
+from cardsvc.web.auth import admin_only, admin_or_terminal, terminal
 from cardsvc.web.caller import SETTLING_TERMINALS
 from cardsvc.web.codec import json_response, path_param, read_json
 
@@ -48,5 +48,14 @@ async def get(request: web.Request) -> web.Response:
 async def reverse(request: web.Request) -> web.Response:
     setl_id = path_param(request, "setl_id")
     req = await read_json(request, ReverseRequest, default=ReverseRequest())
+    reversal = await request.app[SERVICES].settlements.reverse(request[CALLER], setl_id, req.reason)
+    return json_response(reversal)
+
+
+@admin_only
+async def admin_reverse(request: web.Request) -> web.Response:
+    """The same full reversal as the facility's, by the administrator, with a reason."""
+    setl_id = path_param(request, "setl_id")
+    req = await read_json(request, AdminReversalRequest)
     reversal = await request.app[SERVICES].settlements.reverse(request[CALLER], setl_id, req.reason)
     return json_response(reversal)

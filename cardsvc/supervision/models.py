@@ -50,3 +50,7 @@ class FundReport(msgspec.Struct, kw_only=True):
     medfee_sumamt: int
     expenditure: list[FundLine]
     expenditure_total: int
+    # Settlements of the period above the amount limits (stored before they existed): in
+    # no figure above; how many, and the first of them.
+    out_of_limits: int
+    out_of_limits_setl_ids: list[str]

@@ -13,18 +13,34 @@ import msgspec
 from cardsvc.audit.services import AuditLog
 from cardsvc.db import Connection, Pool, transaction
 from cardsvc.errors import Conflict, InvalidRequest, NotFound
-from cardsvc.settlement.fundparts import fund_parts
+from cardsvc.settlement.fundparts import fund_parts, settlement_limit, within_limits
 from cardsvc.settlement.services import reverse_locked, stored_setl_info
 from cardsvc.supervision.models import FlagInfo, FundLine, FundReport, Review
 from cardsvc.web.caller import ADMIN
 
 MAX_REPORT_DAYS = 366
+OUT_OF_LIMITS_SHOWN = 100  # a report names at most this many settlements it left out
 
+# $3: the settlement limit. Settlements above it are left out of every figure and counted
+# apart (``out_of_limits``); sums are numeric and become Python integers.
+_REPORTED = f"""settlements WHERE setl_date BETWEEN $1 AND $2 AND status = 'settled'
+    AND {within_limits("settlements", "$3")}"""
 _EXPENDITURE = f"""
-WITH s AS (SELECT * FROM settlements WHERE setl_date BETWEEN $1 AND $2 AND status = 'settled'),
+WITH s AS (SELECT * FROM {_REPORTED}),
 parts AS ({fund_parts("s", "fixmedins_type")})
-SELECT fund, fixmedins_type, count(*)::int AS settlements, sum(amount)::bigint AS amount
+SELECT fund, fixmedins_type, count(*)::int AS settlements, sum(amount) AS amount
 FROM parts GROUP BY fund, fixmedins_type ORDER BY fund, fixmedins_type
+"""  # noqa: S608 - constant identifiers
+_TOTALS = f"""
+WITH o AS (SELECT setl_id FROM settlements
+           WHERE setl_date BETWEEN $1 AND $2 AND status = 'settled'
+             AND NOT {within_limits("settlements", "$3")})
+SELECT count(*) AS settlements, coalesce(sum(medfee_sumamt), 0) AS medfee,
+  (SELECT count(*) FROM reversals WHERE revs_date BETWEEN $1 AND $2) AS reversals,
+  (SELECT count(*) FROM o) AS out_of_limits,
+  (SELECT (array_agg(setl_id ORDER BY setl_id))[1:{OUT_OF_LIMITS_SHOWN}] FROM o)
+    AS out_of_limits_setl_ids
+FROM {_REPORTED}
 """  # noqa: S608 - constant identifiers
 _details = msgspec.json.Decoder(dict)
 
@@ -131,34 +147,29 @@ class Supervision:
         async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
             income = await conn.fetchrow(
                 """
-                SELECT count(*) AS n, coalesce(sum(amount), 0)::bigint AS amount
+                SELECT count(*) AS n, coalesce(sum(amount), 0) AS amount
                 FROM account_credits
                 WHERE (created_at AT TIME ZONE 'Asia/Shanghai')::date BETWEEN $1 AND $2
                 """,
                 start,
                 end,
             )
-            totals = await conn.fetchrow(
-                """
-                SELECT count(*) AS settlements, coalesce(sum(medfee_sumamt), 0)::bigint AS medfee,
-                  (SELECT count(*) FROM reversals WHERE revs_date BETWEEN $1 AND $2) AS reversals
-                FROM settlements WHERE setl_date BETWEEN $1 AND $2 AND status = 'settled'
-                """,
-                start,
-                end,
-            )
-            lines = await conn.fetch(_EXPENDITURE, start, end)
-        expenditure = [FundLine(**dict(r)) for r in lines]
+            limit = settlement_limit()
+            totals = await conn.fetchrow(_TOTALS, start, end, limit)
+            lines = await conn.fetch(_EXPENDITURE, start, end, limit)
+        expenditure = [FundLine(**{**dict(r), "amount": int(r["amount"])}) for r in lines]
         return FundReport(
             period_from=start,
             period_to=end,
             account_credits=income["n"],
-            account_credit_amount=income["amount"],
+            account_credit_amount=int(income["amount"]),
             settlements=totals["settlements"],
             reversals=totals["reversals"],
-            medfee_sumamt=totals["medfee"],
+            medfee_sumamt=int(totals["medfee"]),
             expenditure=expenditure,
             expenditure_total=sum(line.amount for line in expenditure),
+            out_of_limits=totals["out_of_limits"],
+            out_of_limits_setl_ids=totals["out_of_limits_setl_ids"] or [],
         )
 
 
@@ -175,4 +186,6 @@ def report_csv(report: FundReport) -> str:
         )
     writer.writerow(("expenditure", "TOTAL", "", report.settlements, report.expenditure_total))
     writer.writerow(("reversals", "", "", report.reversals, ""))
+    if report.out_of_limits:
+        writer.writerow(("out_of_limits", "", "", report.out_of_limits, ""))
     return out.getvalue()

@@ -63,6 +63,7 @@ ACCESS = {
     ("POST", "/v1/settlements"): {POS, HIS},
     ("GET", f"/v1/settlements/{SETL}"): {ADMIN, POS, HIS},
     ("POST", f"/v1/settlements/{SETL}/reverse"): {POS, HIS},
+    ("POST", f"/v1/settlements/{SETL}/admin-reversal"): {ADMIN},
     ("POST", "/v1/reconciliation"): {POS, HIS},
     ("POST", "/v1/reconciliation/detail"): {POS, HIS},
     ("POST", "/v1/kiosk/summary"): {KIOSK},

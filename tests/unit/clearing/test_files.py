@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from cardsvc.clearing.files import combine, facility_csv
+from cardsvc.clearing.files import combine, facility_csv, unfit_facilities
 
 DAY = dt.date(2026, 11, 24)
 
@@ -32,3 +32,11 @@ def test_csv_has_a_header_one_row_per_fund_and_a_total():
         "2026-11-24,H1,acct,2,200,0,0,200",
         "2026-11-24,H1,TOTAL,3,1200,0,0,1200",
     ]
+
+
+def test_a_facility_whose_figures_do_not_fit_a_bigint_is_unfit_alone():
+    big = 5 * 10**17
+    settled = [("H1", "310100", 1000, 1), ("H2", "410100", 19 * big, 19)]
+    reversed_ = [("H3", "410100", 2 * 5 * 10**18, 2), ("H4", "410100", 5 * 10**18, 1)]
+    assert unfit_facilities(settled, reversed_) == {"H2", "H3"}
+    assert unfit_facilities([("H1", "310100", 2**63 - 1, 1)], []) == set()

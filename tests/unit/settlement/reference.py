@@ -99,6 +99,13 @@ DELIVERY_QUOTA = {"normal": 300000, "cesarean": 500000}
 
 DEFAULT_SELFPAY_PROP = 10
 
+# Amount limits: not in POLICY.md. Copied from schema/policy/2026.1.json (amount_limits);
+# the engine's documented reading 15 refuses a request above them before anything else.
+LIMIT_UNIT_PRICE = 200_000_000
+LIMIT_QUANTITY = 10_000
+LIMIT_LINE = 200_000_000
+LIMIT_SETTLEMENT = 500_000_000
+
 # --- Catalog: POLICY.md's worked-example catalog plus a few of our own ---------------------
 
 CATALOG: dict[str, dict[str, Any]] = {
@@ -158,6 +165,12 @@ def check_eligibility(
     med_type = request["med_type"]
     date = request["date"]
     catalog = request.get("catalog", CATALOG)
+    # Amount limits first (see LIMIT_*).
+    for _code, price, qty in request["lines"]:
+        if price > LIMIT_UNIT_PRICE or qty > LIMIT_QUANTITY or price * qty > LIMIT_LINE:
+            raise RefError("AMOUNT_LIMIT_EXCEEDED")
+    if sum(price * qty for _code, price, qty in request["lines"]) > LIMIT_SETTLEMENT:
+        raise RefError("AMOUNT_LIMIT_EXCEEDED")
     # 1
     if person["card_status"] != "active":
         raise RefError("CARD_NOT_ACTIVE")
