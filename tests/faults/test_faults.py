@@ -92,6 +92,8 @@ async def test_database_restart_fails_fast_and_recovers(
 
 async def test_hsm_down_stops_card_auth_not_settlement(stack: Stack, stack_service: Service, crowd):
     pos = crowd[0].terminal
+    traffic = Traffic(crowd)
+    await traffic.prepare(int(RATE * 2.0))  # one token per settlement, while the HSM is up
     stack.hsm.stop()
     try:
         started = time.monotonic()
@@ -112,7 +114,6 @@ async def test_hsm_down_stops_card_auth_not_settlement(stack: Stack, stack_servi
         )
         assert verify.status == 503 and verify.body["error"]["code"] == "HSM_UNAVAILABLE"
         assert time.monotonic() - started < 2.0
-        traffic = Traffic(crowd)
         await traffic.run(RATE, 2.0)  # settlements with tokens from before go on
         figures = await traffic.check(stack_service)
         _report("hsm down", traffic, figures)
