@@ -133,12 +133,12 @@ class CardAuthenticator:
         now = clock.now()
         today = clock.business_date(now)
         expires_at = now + dt.timedelta(seconds=self._settings.card_token_ttl)
-        check_not_expired(expiry_date, today)  # it may have expired since the challenge
         found = await card_holder_summary(self._pool, card_no, today)
         if found is None:
             raise NotFound("no such card", code="CARD_NOT_FOUND")
         status, person = found
         _check_status(status, purpose)  # the card may have been reported lost meanwhile
+        check_not_expired(expiry_date, today)  # or have expired since the challenge
         # Authentication changes no state (it is not in the audit log): it is logged.
         log.info("card_authenticated", card_no=card_no, purpose=purpose)
         claims = tokens.CardTokenClaims(
