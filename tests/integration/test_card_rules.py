@@ -219,6 +219,22 @@ async def test_the_token_use_is_a_unique_index_in_the_settlements_table(desk: De
         TOKEN_USE_INDEX,
     )
     assert found == "p"  # permanent: WAL-logged with the settlement
+    p = await desk.patient()
+    done = await p.settle("310", "11", FEE)
+    conn = await asyncpg.connect(desk.service.database_url)
+    try:
+        # Another settlement row with the same token's id, as a path skipping the read
+        # would write it: refused by the index the service maps to CARD_TOKEN_USED.
+        with pytest.raises(asyncpg.UniqueViolationError) as refused:
+            await conn.execute(
+                "INSERT INTO settlements SELECT (jsonb_populate_record(s, jsonb_build_object("
+                "'setl_id', s.setl_id || 'X', 'idempotency_key', s.idempotency_key || 'X'))).*"
+                " FROM settlements s WHERE setl_id = $1",
+                done["setl_id"],
+            )
+        assert refused.value.constraint_name == TOKEN_USE_INDEX
+    finally:
+        await conn.close()
 
 
 # ---------------------------------------------------------------- item 7: a lost card at the kiosk
