@@ -4,10 +4,13 @@ The parent starts one or more of these (``--generators``), gives each a share of
 terminals and cards, and then orders steps over a pipe::
 
     parent                               generator
-    Plan  ──(process argument)──▶        sign in its terminals; for ``settle`` prepare a
-                                         card token per card (challenge/verify)
+    Plan  ──(process argument)──▶        sign in its terminals
           ◀── Ready(prep figures)
-    Step(rate, duration, start) ──▶      open-loop schedule, requests, histograms
+    Step(rate, duration) ──▶             the step's open-loop schedule; for ``settle`` a
+                                         card token per planned settlement (challenge/verify:
+                                         one PIN entry pays for one settlement), untimed
+          ◀── Prepared(prep figures)
+    Start(start) ──▶                     requests on the schedule, histograms
           ◀── Outcome(histograms, errors, acknowledged settlements, CPU)
     None ──▶                             exit
 
@@ -38,7 +41,7 @@ from cardsvc.crypto import profile
 from cardsvc.terminal.softcard import SoftCard
 from loadtest import scenarios, schedule
 from loadtest.city import Item
-from loadtest.sessions import CachedToken, GeneratorCache, ResumableClient, usable
+from loadtest.sessions import GeneratorCache, ResumableClient
 from loadtest.state import Facility, Terminal, WorkCard
 from loadtest.workset import PIN
 
@@ -64,18 +67,14 @@ class Plan(msgspec.Struct, kw_only=True):
     request_timeout: float
     max_in_flight: int
     connections: int
-    cache: GeneratorCache  # sessions and tokens of earlier runs, checked before use
+    cache: GeneratorCache  # sessions of earlier runs, checked before use
     session_ttl: float
-    token_ttl: float
 
 
 class Ready(msgspec.Struct, kw_only=True):
     terminals_signed_in: int
     sessions_resumed: int
-    tokens: int
-    tokens_reused: int
     prep_seconds: float
-    prep_errors: dict[str, int]
     cache: GeneratorCache
 
 
@@ -84,8 +83,19 @@ class Step(msgspec.Struct, kw_only=True):
     rate: float  # this generator's share
     duration: float
     arrival: str
-    start_wall: float
     max_requests: int
+
+
+class Prepared(msgspec.Struct, kw_only=True):
+    """A step's untimed preparation: card tokens made for its planned settlements."""
+
+    tokens: int
+    seconds: float
+    errors: dict[str, int]
+
+
+class Start(msgspec.Struct, kw_only=True):
+    start_wall: float  # when the prepared step's schedule begins (unix seconds)
 
 
 class Outcome(msgspec.Struct, kw_only=True):
@@ -166,7 +176,9 @@ class Load:
         }
         self.catalog = scenarios.Catalog(plan.items)
         self.homes = {c.card_no: scenarios.home_terminal(c, self.places) for c in plan.cards}
-        self.tokens: dict[str, str] = {}
+        # ``settle``: (card, token) per planned settlement; a token pays for one settlement.
+        self.paid: collections.deque[tuple[WorkCard, str]] = collections.deque()
+        self.planned: tuple[Step, random.Random, list[float]] | None = None
         self.pools = scenarios.MixPools(plan.cards, self.places)
         self.deliverable = set(plan.deliverable)
         self.recent: collections.deque[tuple[str, int]] = collections.deque(maxlen=20_000)
@@ -176,7 +188,6 @@ class Load:
 
     async def prepare(self) -> Ready:
         started = time.perf_counter()
-        errors: collections.Counter[str] = collections.Counter()
         gate = asyncio.Semaphore(PREP_CONCURRENCY)
         cache = self.plan.cache
         resumed = 0
@@ -191,42 +202,41 @@ class Load:
                     await client.sign_in_for(self.plan.session_ttl)
 
         await asyncio.gather(*(sign_in(c) for c in self.clients))
-        tokens: dict[str, CachedToken] = {}
-        reused = 0
-        if self.plan.scenario == "settle":
-
-            async def token(card: WorkCard) -> None:
-                nonlocal reused
-                home = self.homes[card.card_no][0]
-                session_id = self.clients[home].session_id
-                cached = cache.tokens.get(card.card_no)
-                if cached is not None and usable(cached, session_id):
-                    tokens[card.card_no] = cached
-                    reused += 1
-                    return
-                async with gate:
-                    try:
-                        auth = await self._card_auth(home, card)
-                    except _Failed as exc:
-                        errors[exc.key] += 1
-                        return
-                tokens[card.card_no] = CachedToken(
-                    auth, str(session_id), time.time() + self.plan.token_ttl
-                )
-
-            await asyncio.gather(*(token(c) for c in self.cards))
-            self.tokens = {card_no: t.token for card_no, t in tokens.items()}
-            self.cards = [c for c in self.cards if c.card_no in self.tokens]
         sessions = {c.terminal_id: s for c in self.clients if (s := c.export()) is not None}
         return Ready(
             terminals_signed_in=len(self.clients),
             sessions_resumed=resumed,
-            tokens=len(self.tokens),
-            tokens_reused=reused,
             prep_seconds=time.perf_counter() - started,
-            prep_errors=dict(errors),
-            cache=GeneratorCache(sessions=sessions, tokens=tokens),
+            cache=GeneratorCache(sessions=sessions),
         )
+
+    async def prepare_step(self, order: Step) -> Prepared:
+        """The step's schedule and, for ``settle``, a card token for each planned settlement
+        (at the card's home terminal) not covered by tokens left from earlier steps."""
+        started = time.perf_counter()
+        rng = random.Random(f"{self.plan.seed}:{self.plan.index}:{order.number}")
+        arrival: schedule.Arrival = "fixed" if order.arrival == "fixed" else "poisson"
+        due = schedule.offsets(order.rate, order.duration, arrival, rng, order.max_requests)
+        self.planned = (order, rng, due)
+        errors: collections.Counter[str] = collections.Counter()
+        made = 0
+        if self.plan.scenario == "settle":
+            gate = asyncio.Semaphore(PREP_CONCURRENCY)
+            picks = [rng.choice(self.cards) for _ in range(len(due) - len(self.paid))]
+
+            async def token(card: WorkCard) -> None:
+                nonlocal made
+                async with gate:
+                    try:
+                        auth = await self._card_auth(self.homes[card.card_no][0], card)
+                    except _Failed as exc:
+                        errors[exc.key] += 1
+                        return
+                self.paid.append((card, auth))
+                made += 1
+
+            await asyncio.gather(*(token(c) for c in picks))
+        return Prepared(tokens=made, seconds=time.perf_counter() - started, errors=dict(errors))
 
     # --- requests ---------------------------------------------------------------------
 
@@ -317,15 +327,19 @@ class Load:
         """One arrival's work; returns the operation's name."""
         scenario = self.plan.scenario
         if scenario in ("settle", "visit"):
-            card = rng.choice(self.cards)
-            terminal, op = self.homes[card.card_no]
             if scenario == "settle":
+                if not self.paid:
+                    raise _Failed("settle:no_card_token")
+                card, token = self.paid.popleft()  # prepared for this settlement alone
+                terminal, op = self.homes[card.card_no]
                 facility = self.places.facility[self.places.terminals[terminal].terminal_id]
                 body = scenarios.settlement(
                     op, card, facility, self.catalog, rng, self._next_id("MD")
                 )
-                await self._settle(terminal, self.tokens[card.card_no], body, rec)
+                await self._settle(terminal, token, body, rec)
                 return "settle"
+            card = rng.choice(self.cards)
+            terminal, op = self.homes[card.card_no]
             await self._visit(op, card, terminal, rng, rec)
             return "visit"
         op = scenarios.choose_op(rng)
@@ -383,13 +397,14 @@ class Load:
 
     # --- a step -------------------------------------------------------------------------
 
-    async def step(self, order: Step) -> Outcome:
+    async def step(self, go: Start) -> Outcome:
+        """The prepared step, from ``go.start_wall``."""
+        if self.planned is None:
+            raise RuntimeError("a step must be prepared before it starts")
+        (order, rng, due), self.planned = self.planned, None
         # perf_counter, not loop.time(): uvloop's clock moves in whole milliseconds.
         clock = time.perf_counter
-        rng = random.Random(f"{self.plan.seed}:{self.plan.index}:{order.number}")
-        arrival: schedule.Arrival = "fixed" if order.arrival == "fixed" else "poisson"
-        due = schedule.offsets(order.rate, order.duration, arrival, rng, order.max_requests)
-        start = clock() + max(0.0, order.start_wall - time.time())
+        start = clock() + max(0.0, go.start_wall - time.time())
         rec = _Recorder()
         rec.start = rec.last_end = start
         cpu_before = _cpu()
@@ -461,7 +476,11 @@ async def _serve(conn: Connection, plan: Plan) -> None:
             order = await loop.run_in_executor(None, conn.recv)
             if order is None:
                 return
-            conn.send(("step", await load.step(order)))
+            conn.send(("prepared", await load.prepare_step(order)))
+            go = await loop.run_in_executor(None, conn.recv)
+            if go is None:
+                return
+            conn.send(("step", await load.step(go)))
 
 
 def main(conn: Connection, plan: Plan) -> None:

@@ -37,7 +37,7 @@ _SETTINGS = (
     "max_connections",
     "max_wal_size",
 )
-READY_TIMEOUT = 900.0  # token preparation for 20,000 cards included
+READY_TIMEOUT = 900.0  # signing in; a step's card-token preparation is also bounded by it
 PAUSE_BETWEEN_STEPS = 2.0
 BACKENDS_REAPED = 0.5  # seconds for pgbench's backends to exit after it did
 
@@ -291,12 +291,8 @@ def _plans(
             request_timeout=opts.request_timeout,
             max_in_flight=opts.max_in_flight,
             connections=opts.connections,
-            cache=GeneratorCache(
-                sessions=cache.generators.get(g, GeneratorCache()).sessions,
-                tokens=cache.tokens,
-            ),
+            cache=GeneratorCache(sessions=cache.generators.get(g, GeneratorCache()).sessions),
             session_ttl=float(env.service_env.get("CARDSVC_SESSION_TTL", 43200)),
-            token_ttl=float(env.service_env.get("CARDSVC_CARD_TOKEN_TTL", 300)),
         )
         for g in range(opts.generators)
     ]
@@ -358,16 +354,17 @@ async def measure(
         ready: list[generator.Ready] = await gens.receive_all("ready", READY_TIMEOUT)
         for g, r in enumerate(ready):
             cache.generators[g] = GeneratorCache(sessions=r.cache.sessions)
-            cache.tokens.update(r.cache.tokens)
         state.save_sessions(cache)
-        out["preparation"] = {
+        prep: dict[str, Any] = {
             "terminals_signed_in": sum(r.terminals_signed_in for r in ready),
             "sessions_resumed": sum(r.sessions_resumed for r in ready),
-            "card_tokens": sum(r.tokens for r in ready),
-            "card_tokens_reused": sum(r.tokens_reused for r in ready),
             "seconds": round(max(r.prep_seconds for r in ready), 1),
-            "errors": {k: v for r in ready for k, v in r.prep_errors.items()},
+            # Made before each step's timed phase, one per planned settlement (settle).
+            "card_tokens": 0,
+            "card_token_seconds": 0.0,
+            "errors": {},
         }
+        out["preparation"] = prep
         groups = {
             "cardsvc": env.pids("cardsvc"),
             "postgres": env.postgres_pids(),
@@ -375,15 +372,17 @@ async def measure(
             "generators": gens.pids,
         }
         if opts.warmup_seconds > 0:
-            warm = await _step(gens, opts, -1, rates[0], opts.warmup_seconds)
+            await _prepare_step(gens, opts, -1, rates[0], opts.warmup_seconds, prep)
+            warm = await _step(gens, opts, opts.warmup_seconds)
             for o in warm:
                 settlements.extend(o.settlements)
                 reversals.extend(o.reversals)
             out["warmup"] = {"rate": rates[0], "seconds": opts.warmup_seconds}
         for number, rate in enumerate(rates):
+            await _prepare_step(gens, opts, number, rate, step_seconds, prep)
             sampler = Sampler(groups)
             sampler.start()
-            outcomes = await _step(gens, opts, number, rate, step_seconds)
+            outcomes = await _step(gens, opts, step_seconds)
             summary = summarise_step(rate, step_seconds, outcomes, sampler.stop())
             steps.append(summary)
             for o in outcomes:
@@ -418,19 +417,38 @@ async def measure(
     return out
 
 
-async def _step(
-    gens: Generators, opts: LoadOptions, number: int, rate: float, seconds: float
-) -> list[generator.Outcome]:
+async def _prepare_step(
+    gens: Generators,
+    opts: LoadOptions,
+    number: int,
+    rate: float,
+    seconds: float,
+    prep: dict[str, Any],
+) -> None:
+    """The step's schedule and its card tokens (untimed, before the CPU sampler starts);
+    their count, time and errors are added to ``prep``."""
     gens.send_all(
         generator.Step(
             number=number,
             rate=rate / opts.generators,
             duration=seconds,
             arrival=opts.arrival,
-            start_wall=time.time() + 1.0,
             max_requests=opts.max_requests // opts.generators,
         )
     )
+    prepared: list[generator.Prepared] = await gens.receive_all("prepared", READY_TIMEOUT)
+    prep["card_tokens"] += sum(p.tokens for p in prepared)
+    prep["card_token_seconds"] = round(
+        prep["card_token_seconds"] + max(p.seconds for p in prepared), 1
+    )
+    for p in prepared:
+        for key, count in p.errors.items():
+            prep["errors"][key] = prep["errors"].get(key, 0) + count
+
+
+async def _step(gens: Generators, opts: LoadOptions, seconds: float) -> list[generator.Outcome]:
+    """Run the prepared step: every generator starts its schedule at the same instant."""
+    gens.send_all(generator.Start(start_wall=time.time() + 1.0))
     outcomes: list[generator.Outcome] = await gens.receive_all(
         "step", seconds + 4 * opts.request_timeout + 60
     )

@@ -1,10 +1,9 @@
-"""Terminal sessions and card tokens kept between runs, so a run need not redo them.
+"""Terminal sessions kept between runs, so a run need not sign its terminals in again.
 
-Preparing a card token takes a challenge, a card cryptogram checked by hsm_stub and an
-audit entry: for 20,000 cards a few minutes on this machine. Tokens are bound to the
-terminal session that authenticated the card, and sessions live in the database (12 h by
-default), so both are kept in ``<state>/sessions.json`` (mode 0600) and reused while they
-are valid. A resumed session is checked with one cheap signed request before use.
+Sessions live in the database (12 h by default), so they are kept in
+``<state>/sessions.json`` (mode 0600) and reused while they are valid. A resumed session is
+checked with one cheap signed request before use. Card tokens are not kept: a transaction
+token pays for one settlement, so each step prepares its own (``generator.prepare_step``).
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from cardsvc.terminal.client import TerminalClient
 
 # Something a settling terminal may ask whose answer needs a valid session: a 404.
 PROBE = "/v1/settlements/S20000101" + "0" * 20
-MARGIN_S = 3600.0  # what is left of a session or token must cover a long run
+MARGIN_S = 3600.0  # what is left of a session must cover a long run
 
 
 class CachedSession(msgspec.Struct, array_like=True):
@@ -27,21 +26,13 @@ class CachedSession(msgspec.Struct, array_like=True):
     expires_at: float
 
 
-class CachedToken(msgspec.Struct, array_like=True):
-    token: str
-    session_id: str
-    expires_at: float
-
-
 class GeneratorCache(msgspec.Struct, kw_only=True):
     sessions: dict[str, CachedSession] = {}
-    tokens: dict[str, CachedToken] = {}
 
 
 class Cache(msgspec.Struct, kw_only=True):
     database: str  # which database these sessions exist in
     generators: dict[int, GeneratorCache] = {}  # sessions, per generator process
-    tokens: dict[str, CachedToken] = {}  # by card_no; usable with the session it names
 
 
 class ResumableClient(TerminalClient):
@@ -73,11 +64,3 @@ class ResumableClient(TerminalClient):
             return True
         self.session_id, self._session_key = None, None
         return False
-
-
-def usable(token: CachedToken | None, session_id: str | None) -> bool:
-    return (
-        token is not None
-        and token.session_id == session_id
-        and token.expires_at > time.time() + MARGIN_S
-    )

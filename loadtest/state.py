@@ -161,7 +161,7 @@ class StateDir:
         _write_private(self.path / "workset.json", msgspec.json.encode(cards))
 
     def load_sessions(self, database: str) -> Cache:
-        """Sessions and tokens of earlier runs against this very database (else none)."""
+        """Sessions of earlier runs against this very database (else none)."""
         path = self.path / "sessions.json"
         if path.exists():
             cache = msgspec.json.decode(path.read_bytes(), type=Cache)

@@ -29,11 +29,14 @@ class VerifyRequest(msgspec.Struct, forbid_unknown_fields=True):
     cryptogram: Hex32
 
 
-class CardAuthenticated(msgspec.Struct, kw_only=True):
+class CardAuthenticated(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """``baseinfo`` and ``insuinfo`` only for an active card: a card reported lost shows
+    its status and nothing of its holder."""
+
     card_token: str
     expires_at: dt.datetime
     purpose: str
     card_no: str
     card_status: str
-    baseinfo: BaseInfo
-    insuinfo: list[InsuInfo]
+    baseinfo: BaseInfo | None = None
+    insuinfo: list[InsuInfo] | None = None

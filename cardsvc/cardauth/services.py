@@ -18,11 +18,11 @@ import structlog
 from cardsvc import clock
 from cardsvc.cardauth import tokens
 from cardsvc.cardauth.models import CardAuthenticated, Challenge, ChallengeRequest, VerifyRequest
-from cardsvc.cards.lifecycle import CardStatus
+from cardsvc.cards.lifecycle import CardStatus, check_not_expired
 from cardsvc.config import Settings
 from cardsvc.crypto.profile import KEY_REF_AUTH, KEY_REF_TXN
 from cardsvc.db import Pool
-from cardsvc.errors import BusinessRuleViolation, Forbidden, NotFound, Unauthenticated
+from cardsvc.errors import BusinessRuleViolation, Conflict, Forbidden, NotFound, Unauthenticated
 from cardsvc.hsm.client import HsmClient
 from cardsvc.persons.services import card_holder_summary
 from cardsvc.privacy import derive_key
@@ -56,13 +56,15 @@ class CardAuthenticator:
     async def challenge(self, caller: Caller, req: ChallengeRequest) -> Challenge:
         auth_id, challenge = secrets.token_hex(16), os.urandom(16)
         expires_at = clock.now() + dt.timedelta(seconds=self._settings.challenge_ttl)
-        # One statement: the challenge is stored only for a card whose state allows the purpose.
+        today = clock.business_date()
+        # One statement: the challenge is stored only for a card whose state allows the
+        # purpose and that has not expired (``lifecycle.expired``: valid through its date).
         stored = await self._pool.fetchval(
             """
             INSERT INTO card_auth_challenges
                 (auth_id, session_id, card_no, purpose, challenge, expires_at)
             SELECT $1, $2, card_no, $4, $5, $6 FROM cards
-            WHERE card_no = $3 AND status = ANY($7::text[])
+            WHERE card_no = $3 AND status = ANY($7::text[]) AND expiry_date >= $8
             RETURNING 1
             """,
             auth_id,
@@ -72,14 +74,17 @@ class CardAuthenticator:
             challenge,
             expires_at,
             sorted(_ALLOWED[req.purpose]),
+            today,
         )
         if not stored:  # why not, for the error
-            status = await self._pool.fetchval(
-                "SELECT status FROM cards WHERE card_no = $1", req.card_no
+            card = await self._pool.fetchrow(
+                "SELECT status, expiry_date FROM cards WHERE card_no = $1", req.card_no
             )
-            if status is None:
+            if card is None:
                 raise NotFound("no such card", code="CARD_NOT_FOUND")
-            _check_status(status, req.purpose)
+            _check_status(card["status"], req.purpose)
+            check_not_expired(card["expiry_date"], today)
+            raise RuntimeError("a card that may authenticate was not challenged")
         return Challenge(
             auth_id=auth_id,
             challenge=challenge.hex(),
@@ -95,7 +100,8 @@ class CardAuthenticator:
             FROM cards c
             WHERE a.auth_id = $1 AND a.session_id = $2 AND a.used_at IS NULL
               AND a.expires_at > now() AND c.card_no = a.card_no
-            RETURNING a.card_no, a.purpose, a.challenge, c.card_sn, c.admdvs, c.psn_no
+            RETURNING a.card_no, a.purpose, a.challenge, c.card_sn, c.admdvs, c.psn_no,
+                      c.expiry_date
             """,
             req.auth_id,
             caller.session_id,
@@ -117,16 +123,22 @@ class CardAuthenticator:
         if not ok:
             log.warning("card_auth_refused", card_no=row["card_no"])
             raise Unauthenticated("card cryptogram is not valid", code="CARD_CRYPTOGRAM_INVALID")
-        return await self._authenticated(caller, row["card_no"], row["purpose"])
+        return await self._authenticated(
+            caller, req.auth_id, row["card_no"], row["purpose"], row["expiry_date"]
+        )
 
-    async def _authenticated(self, caller: Caller, card_no: str, purpose: str) -> CardAuthenticated:
+    async def _authenticated(
+        self, caller: Caller, auth_id: str, card_no: str, purpose: str, expiry_date: dt.date
+    ) -> CardAuthenticated:
         now = clock.now()
+        today = clock.business_date(now)
         expires_at = now + dt.timedelta(seconds=self._settings.card_token_ttl)
-        found = await card_holder_summary(self._pool, card_no, clock.business_date(now))
+        found = await card_holder_summary(self._pool, card_no, today)
         if found is None:
             raise NotFound("no such card", code="CARD_NOT_FOUND")
         status, person = found
         _check_status(status, purpose)  # the card may have been reported lost meanwhile
+        check_not_expired(expiry_date, today)  # or have expired since the challenge
         # Authentication changes no state (it is not in the audit log): it is logged.
         log.info("card_authenticated", card_no=card_no, purpose=purpose)
         claims = tokens.CardTokenClaims(
@@ -135,16 +147,36 @@ class CardAuthenticator:
             session_id=caller.session_id or "",
             purpose=purpose,  # type: ignore[arg-type]
             expires_at=int(expires_at.timestamp()),
+            auth_id=auth_id,
         )
+        # Only an active card shows its holder: a lost one (identify) shows its status alone.
+        shown = person if status == CardStatus.ACTIVE else None
         return CardAuthenticated(
             card_token=tokens.issue(self._token_key, claims),
             expires_at=expires_at,
             purpose=purpose,
             card_no=card_no,
             card_status=status,
-            baseinfo=person.baseinfo,
-            insuinfo=person.insuinfo,
+            baseinfo=None if shown is None else shown.baseinfo,
+            insuinfo=None if shown is None else shown.insuinfo,
         )
+
+
+# The unique index that lets a transaction card token pay for one settlement only.
+TOKEN_USE_INDEX = "settlements_card_auth_id_key"  # noqa: S105 - an index name
+
+
+def card_token_used() -> Conflict:
+    return Conflict(
+        "this card token has already paid for a settlement: authenticate the card again"
+        " (the holder enters the PIN) for another one",
+        code="CARD_TOKEN_USED",
+    )
+
+
+def token_use_id(claims: tokens.CardTokenClaims) -> bytes:
+    """What a settlement stores (``settlements.card_auth_id``) to spend its card token."""
+    return bytes.fromhex(claims.auth_id)
 
 
 class CardTokens:

@@ -23,6 +23,7 @@ class CardTokenClaims(msgspec.Struct, frozen=True, array_like=True):
     session_id: str
     purpose: Purpose
     expires_at: int  # unix seconds
+    auth_id: str  # the card authentication that issued it: one settlement per transaction token
 
 
 class InvalidCardToken(Exception):

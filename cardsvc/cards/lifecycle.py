@@ -7,10 +7,11 @@ any state but cancelled → cancelled
 
 from __future__ import annotations
 
+import datetime as dt
 from enum import StrEnum
 from typing import Final
 
-from cardsvc.errors import Conflict
+from cardsvc.errors import BusinessRuleViolation, Conflict
 
 
 class CardStatus(StrEnum):
@@ -55,3 +56,22 @@ def next_status(current: CardStatus, action: CardAction) -> CardStatus:
             details={"status": str(current), "action": str(action)},
         )
     return target
+
+
+def expired(expiry_date: dt.date, on: dt.date) -> bool:
+    """A card is valid up to and including its expiry date (EF05 record ``06``), a business
+    date (Asia/Shanghai): it expires at the start of the next day."""
+    return on > expiry_date
+
+
+def expired_message(expiry_date: dt.date) -> str:
+    return f"card expired on {expiry_date.isoformat()}: a counter can issue a new card"
+
+
+def check_not_expired(expiry_date: dt.date, on: dt.date) -> None:
+    if expired(expiry_date, on):
+        raise BusinessRuleViolation(
+            expired_message(expiry_date),
+            code="CARD_EXPIRED",
+            details={"expiry_date": expiry_date.isoformat()},
+        )

@@ -26,9 +26,12 @@ class RecentSettlement(msgspec.Struct, kw_only=True):
     status: str
 
 
-class KioskSummary(msgspec.Struct, kw_only=True):
+class KioskSummary(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """The holder's part (``psn_no``, ``balc``, ``settlements``) only for an active card: a
+    card reported lost, replaced or cancelled shows its status and nothing else."""
+
     card_no: str
     card_status: str
-    psn_no: str
-    balc: int
-    settlements: list[RecentSettlement]
+    psn_no: str | None = None
+    balc: int | None = None
+    settlements: list[RecentSettlement] | None = None

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from cardsvc import clock
 from cardsvc.cardauth.services import CardTokens
-from cardsvc.cards.lifecycle import CardAction
-from cardsvc.cards.models import Card
+from cardsvc.cards.lifecycle import CardAction, CardStatus, check_not_expired
 from cardsvc.cards.services import CardIssuer
 from cardsvc.db import Pool
 from cardsvc.kiosk.models import KioskSummary, RecentSettlement
@@ -23,11 +23,15 @@ class Kiosk:
         async with self._pool.acquire() as conn:
             head = await conn.fetchrow(
                 """
-                SELECT c.status, a.balance FROM cards c JOIN psn_accounts a USING (psn_no)
+                SELECT c.status, c.expiry_date, a.balance
+                FROM cards c JOIN psn_accounts a USING (psn_no)
                 WHERE c.card_no = $1
                 """,
                 claims.card_no,
             )
+            if head["status"] != CardStatus.ACTIVE:  # a lost card shows its status only
+                return KioskSummary(card_no=claims.card_no, card_status=head["status"])
+            check_not_expired(head["expiry_date"], clock.business_date())
             rows = await conn.fetch(
                 """
                 SELECT setl_id, setl_time, fixmedins_code, insutype, med_type, medfee_sumamt,
@@ -45,6 +49,8 @@ class Kiosk:
             settlements=[RecentSettlement(**dict(r)) for r in rows],
         )
 
-    async def report_loss(self, caller: Caller, token: str) -> Card:
+    async def report_loss(self, caller: Caller, token: str) -> KioskSummary:
+        """The card's status after the report, and nothing else: it is now a lost card."""
         claims = self._tokens.check(caller, token, ANY_PURPOSE)
-        return await self._cards.transition(caller, claims.card_no, CardAction.REPORT_LOSS)
+        card = await self._cards.transition(caller, claims.card_no, CardAction.REPORT_LOSS)
+        return KioskSummary(card_no=card.card_no, card_status=card.status)

@@ -11,6 +11,7 @@ Order of refusals (first failure wins; each is a :class:`PolicyRefusal`)::
 
     AMOUNT_LIMIT_EXCEEDED   a line or the total above the policy's amount limits
     CARD_NOT_ACTIVE         card status is not active
+    CARD_EXPIRED            the settlement date is after the card's expiry date (reading 13)
     INSURANCE_NOT_ACTIVE    no active enrolment in the insutype, or psn_type does not fit it
     FACILITY_SUSPENDED      facility not active, or rated D
     NO_AGREEMENT            facility holds no agreement for the insutype
@@ -59,6 +60,10 @@ Where POLICY.md leaves room, these readings are taken; each keeps every Step 3 i
     class C); pre-self-pay is rounded per line and then summed.
 12. The personal account is never used for 390, 410 and 510, whatever ``acct_used_flag``
     says; ``balc`` is then the balance unchanged.
+13. POLICY.md's eligibility 1 ("card status active") covers an expired card: an active card
+    whose expiry date (EF05 ``06``) is before the settlement's business date is refused as
+    ``CARD_EXPIRED``, right after the status check (``cards.lifecycle.expired``: a card is
+    valid through its expiry date). A snapshot without the date (``None``) is not checked.
 13. The injury case is the one ``injury_case_id`` names: it must exist, belong to this
     person, be ``approved``, match the id, and cover the settlement date (both ends included).
 14. A 310/390 hospital settlement needs the facility's level; a hospital without one is a
@@ -77,6 +82,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from cardsvc.cards.lifecycle import expired, expired_message
 from cardsvc.errors import BusinessRuleViolation
 from cardsvc.settlement.params import LineTreatment, PolicyParams
 
@@ -173,6 +179,7 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     facility: FacilityInfo
     catalog: Mapping[str, CatalogItem]  # only the items the request names; missing = unknown
     injury_case: InjuryCase | None = None
+    card_expiry: dt.date | None = None  # the card's expiry date (EF05 record 06)
 
 
 # --- output ----------------------------------------------------------------------------
@@ -310,6 +317,12 @@ def _check_card(snapshot: Snapshot) -> None:
             "CARD_NOT_ACTIVE",
             f"card is {snapshot.card_status}, not active",
             {"status": snapshot.card_status},
+        )
+    if snapshot.card_expiry is not None and expired(snapshot.card_expiry, snapshot.settle_date):
+        raise PolicyRefusal(
+            "CARD_EXPIRED",
+            expired_message(snapshot.card_expiry),
+            {"expiry_date": snapshot.card_expiry.isoformat()},
         )
 
 

@@ -23,7 +23,7 @@ import structlog
 
 from cardsvc import clock
 from cardsvc.audit.services import AuditLog, new_entry
-from cardsvc.cardauth.services import CardTokens
+from cardsvc.cardauth.services import TOKEN_USE_INDEX, CardTokens, card_token_used, token_use_id
 from cardsvc.db import Connection, Pool, transaction
 from cardsvc.errors import CardsvcError, Conflict, Forbidden, NotFound
 from cardsvc.ledger import services as ledger
@@ -177,6 +177,7 @@ def _settlement_row(
     split: policy.Split,
     setl_id: str,
     card_no: str,
+    card_auth_id: bytes,
     now: dt.datetime,
 ) -> dict[str, Any]:
     """The settlements row, column by column."""
@@ -202,6 +203,7 @@ def _settlement_row(
         "setldetail": _json.encode(list(split.setldetail)).decode(),
         "year_delta": _json.encode(split.year_delta).decode(),
         "review_status": "pending" if split.review_required else "none",
+        "card_auth_id": card_auth_id,  # spends the card token (a unique index)
     }
 
 
@@ -263,11 +265,14 @@ class SettlementService:
             return replay
         digest = request_hash(req, claims.psn_no)
         args = (caller, idempotency_key, digest, req, claims.psn_no, claims.card_no)
+        spends = token_use_id(claims)
         admission = caller.admission  # admitted by the first attempt
         try:
             for _ in range(OPTIMISTIC_ATTEMPTS):
                 async with self._pool.acquire() as conn:
-                    done = await self._settle_once(conn, *args, lock=False, admission=admission)
+                    done = await self._settle_once(
+                        conn, *args, spends=spends, lock=False, admission=admission
+                    )
                 admission = None
                 if done is not None:
                     return done
@@ -275,19 +280,22 @@ class SettlementService:
             # The person's account keeps changing under us: queue on its lock instead.
             metrics.SETTLEMENT_LOCKED.inc()
             async with transaction(self._pool) as conn:
-                done = await self._settle_once(conn, *args, lock=True)
+                done = await self._settle_once(conn, *args, spends=spends, lock=True)
             if done is None:
                 raise RuntimeError("a locked account changed under its lock")
             return done
-        except asyncpg.UniqueViolationError:
+        except asyncpg.UniqueViolationError as exc:
             # The same key, settled at this instant by a concurrent request: answer as a
             # retry would be answered (admitted first: the failed write recorded nothing).
+            # Or the same card token, spent at this instant by another settlement.
             if caller.admission is not None and not caller.admission.done:
                 await admit(self._pool, caller.admission)
             replay = await self._replay(caller, idempotency_key, req, claims.psn_no)
-            if replay is None:
-                raise
-            return replay
+            if replay is not None:
+                return replay
+            if exc.constraint_name == TOKEN_USE_INDEX:
+                raise card_token_used() from None
+            raise
 
     async def _replay(
         self, caller: Caller, key: str, req: SettleRequest, psn_no: str | None
@@ -313,6 +321,7 @@ class SettlementService:
         psn_no: str,
         card_no: str,
         *,
+        spends: bytes,
         lock: bool,
         admission: Admission | None = None,
     ) -> SetlInfo | None:
@@ -332,6 +341,7 @@ class SettlementService:
             item_codes=_item_codes(req),
             injury_case_id=req.injury_case_id,
             idempotency_key=key,
+            card_auth_id=spends,
             now=now,
             settle_date=today,
             other_facility_window=dt.timedelta(seconds=self._rules.other_facility_window_s),
@@ -345,6 +355,8 @@ class SettlementService:
                 "SELECT * FROM settlements WHERE setl_id = $1", read.earlier
             )
             return _same_request(earlier, digest)
+        if read.token_used:  # one PIN entry, one settlement (refused: admitted by the route)
+            raise card_token_used()
         snapshot = read.snapshot
         split = policy.settle(self._params, snapshot, _policy_request(req))
         setl_id = new_setl_id(now)
@@ -357,7 +369,7 @@ class SettlementService:
         sql, args = settlement_statement(
             SettlementWrite(
                 row=_settlement_row(
-                    caller, key, digest, req, snapshot, split, setl_id, card_no, now
+                    caller, key, digest, req, snapshot, split, setl_id, card_no, spends, now
                 ),
                 lines=[
                     (

@@ -43,6 +43,7 @@ YEAR_COLUMNS = (
 _COLUMNS = """
 SELECT p.psn_type, a.balance, a.xmin AS account_version,
   (SELECT status FROM cards WHERE card_no = $2 AND psn_no = p.psn_no) AS card_status,
+  (SELECT expiry_date FROM cards WHERE card_no = $2 AND psn_no = p.psn_no) AS card_expiry,
   (SELECT coalesce(json_agg(json_build_object(
       'insutype', i.insutype, 'begndate', i.begndate, 'enddate', i.enddate)), '[]')
    FROM insurances i WHERE i.psn_no = p.psn_no) AS enrolments,
@@ -67,12 +68,14 @@ WHERE p.psn_no = $1"""
 
 _PREVIEW = _COLUMNS + _FROM
 
-# $7 idempotency key, $8 business date, $9 start of the other-facility window, $10 a day ago.
+# $7 idempotency key, $8 business date, $9 start of the other-facility window, $10 a day ago,
+# $11 the card token's auth_id.
 _SETTLE = (
     _COLUMNS
     + """,
   (SELECT setl_id FROM settlements
    WHERE fixmedins_code = $3 AND idempotency_key = $7) AS earlier,
+  EXISTS (SELECT 1 FROM settlements WHERE card_auth_id = $11) AS token_used,
   (SELECT count(*) FROM settlements
    WHERE psn_no = p.psn_no AND status = 'settled' AND setl_time > $10
      AND fixmedins_type = 'pharmacy' AND setl_date = $8) AS pharmacy_today,
@@ -82,11 +85,11 @@ _SETTLE = (
     + _FROM
 )
 _SETTLE_LOCKED = _SETTLE + "\nFOR UPDATE OF a"
-# The first read of a settlement also reads its terminal's standing ($11 terminal): the
+# The first read of a settlement also reads its terminal's standing ($12 terminal): the
 # admission row always comes back, the snapshot's columns are NULL for an unknown person.
 # It writes nothing (the nonce goes with the settlement's write), so it never waits for WAL.
 _SETTLE_STANDING = (
-    f"WITH {standing_cte('$11')}\nSELECT admission.*, s.* FROM admission LEFT JOIN ("
+    f"WITH {standing_cte('$12')}\nSELECT admission.*, s.* FROM admission LEFT JOIN ("
     + _SETTLE
     + "\n) s ON true"
 )
@@ -101,6 +104,7 @@ _year = msgspec.json.Decoder(YearState)
 class SettleRead(msgspec.Struct, frozen=True):
     snapshot: Snapshot
     earlier: str | None  # the setl_id already stored under this Idempotency-Key
+    token_used: bool  # a settlement was already paid for with this card token
     recent: RecentActivity
     account_version: int
 
@@ -131,6 +135,7 @@ async def read_for_settle(
     item_codes: list[str],
     injury_case_id: str | None,
     idempotency_key: str,
+    card_auth_id: bytes,
     now: dt.datetime,
     settle_date: dt.date,
     other_facility_window: dt.timedelta,
@@ -156,6 +161,7 @@ async def read_for_settle(
         settle_date,
         now - other_facility_window,
         now - dt.timedelta(days=1),
+        card_auth_id,
         *extra,
     )
     if standing_of is not None:
@@ -164,6 +170,7 @@ async def read_for_settle(
     return SettleRead(
         snapshot=snapshot,
         earlier=row["earlier"],
+        token_used=row["token_used"],
         recent=RecentActivity(
             pharmacy_purchases_today=row["pharmacy_today"],
             other_facility_recently=row["other_facility"],
@@ -189,4 +196,5 @@ def _snapshot(row: asyncpg.Record | None, psn_no: str, settle_date: dt.date) -> 
         facility=_facility.decode(row["facility"]),
         catalog={item.code: item for item in _catalog.decode(row["catalog"])},
         injury_case=_injury_case.decode(row["injury_case"]) if row["injury_case"] else None,
+        card_expiry=row["card_expiry"],
     )

@@ -206,6 +206,9 @@ async def cmd_kiosk(s: Session) -> None:
         s.client, s.reader, report_loss=s.args.report_loss, progress=progress, wait=s.args.wait
     )
     summary = result.summary
+    if "balc" not in summary:  # a lost card shows its status and nothing else
+        print(f"card {summary['card_no']} is {summary['card_status']}")
+        return
     print(f"card {summary['card_no']} ({summary['card_status']}), {result.card.name}")
     print(f"  account balance {flows.yuan(summary['balc'])}")
     for setl in summary["settlements"]:
@@ -214,7 +217,7 @@ async def cmd_kiosk(s: Session) -> None:
             f"  {flows.yuan(setl['medfee_sumamt'])}  {setl['status']}"
         )
     if result.reported is not None:
-        print(f"card {result.reported['card_no']} is now {result.reported['status']}")
+        print(f"card {result.reported['card_no']} is now {result.reported['card_status']}")
 
 
 async def cmd_reverse(s: Session) -> None:

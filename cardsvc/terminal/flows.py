@@ -270,9 +270,13 @@ async def kiosk(
     progress(Step.CARD_AUTHENTICATED, f"card {auth['card_no']} is {auth['card_status']}")
     token = {"card_token": auth["card_token"]}
     summary: dict[str, Any] = await client.call("POST", "/v1/kiosk/summary", token)
-    progress(Step.SUMMARY, f"balance {yuan(summary['balc'])}, {len(summary['settlements'])} recent")
+    if "balc" in summary:  # only an active card shows its holder's part
+        recent = len(summary["settlements"])
+        progress(Step.SUMMARY, f"balance {yuan(summary['balc'])}, {recent} recent")
+    else:
+        progress(Step.SUMMARY, f"card {summary['card_no']} is {summary['card_status']}")
     reported = None
     if report_loss:
         reported = await client.call("POST", "/v1/kiosk/report-loss", token)
-        progress(Step.LOSS_REPORTED, f"card {reported['card_no']} is {reported['status']}")
+        progress(Step.LOSS_REPORTED, f"card {reported['card_no']} is {reported['card_status']}")
     return KioskResult(card=info, summary=summary, reported=reported)

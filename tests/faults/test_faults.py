@@ -41,6 +41,7 @@ def _report(name: str, traffic: Traffic, figures: dict[str, int]) -> None:
 
 async def test_a_killed_worker_loses_nothing(stack: Stack, stack_service: Service, crowd):
     traffic = Traffic(crowd)
+    await traffic.prepare(int(RATE * 4.0))  # card tokens before the fault
     run = asyncio.create_task(traffic.run(RATE, 4.0))
     await asyncio.sleep(1.5)
     os.kill(min(stack.worker_pids()), signal.SIGKILL)
@@ -53,6 +54,7 @@ async def test_a_killed_worker_loses_nothing(stack: Stack, stack_service: Servic
 
 async def test_killing_the_whole_service_loses_nothing(stack: Stack, stack_service: Service, crowd):
     traffic = Traffic(crowd)
+    await traffic.prepare(int(RATE * 3.0))  # card tokens before the fault
     run = asyncio.create_task(traffic.run(RATE, 3.0))
     await asyncio.sleep(1.0)
     stack.kill_all()
@@ -68,6 +70,7 @@ async def test_database_restart_fails_fast_and_recovers(
     stack: Stack, stack_service: Service, crowd
 ):
     traffic = Traffic(crowd)
+    await traffic.prepare(int(RATE * 5.0))  # card tokens before the fault
     run = asyncio.create_task(traffic.run(RATE, 5.0))
     await asyncio.sleep(1.0)
     await asyncio.to_thread(stack.cluster.stop, "fast")
@@ -92,6 +95,8 @@ async def test_database_restart_fails_fast_and_recovers(
 
 async def test_hsm_down_stops_card_auth_not_settlement(stack: Stack, stack_service: Service, crowd):
     pos = crowd[0].terminal
+    traffic = Traffic(crowd)
+    await traffic.prepare(int(RATE * 2.0))  # one token per settlement, while the HSM is up
     stack.hsm.stop()
     try:
         started = time.monotonic()
@@ -112,7 +117,6 @@ async def test_hsm_down_stops_card_auth_not_settlement(stack: Stack, stack_servi
         )
         assert verify.status == 503 and verify.body["error"]["code"] == "HSM_UNAVAILABLE"
         assert time.monotonic() - started < 2.0
-        traffic = Traffic(crowd)
         await traffic.run(RATE, 2.0)  # settlements with tokens from before go on
         figures = await traffic.check(stack_service)
         _report("hsm down", traffic, figures)
@@ -142,6 +146,8 @@ async def test_a_stalled_database_times_out_without_pile_up(
         )
         stalled = Traffic([victim])
         healthy = Traffic(others)
+        await stalled.prepare(40)
+        await healthy.prepare(40)
         await asyncio.gather(stalled.run(20, 2.0), healthy.run(20, 2.0))
         assert {a.code for a in stalled.attempts} <= {"DATABASE_TIMEOUT", "REQUEST_TIMEOUT"}
         assert all(a.status == 503 for a in stalled.attempts)
@@ -163,6 +169,7 @@ async def test_graceful_shutdown_drains_in_flight_requests(
     stack: Stack, stack_service: Service, crowd
 ):
     traffic = Traffic(crowd)
+    await traffic.prepare(int(RATE * 3.0))  # card tokens before the fault
     run = asyncio.create_task(traffic.run(RATE, 3.0))
     await asyncio.sleep(1.0)
     code = await asyncio.to_thread(stack.stop_service, signal.SIGTERM)

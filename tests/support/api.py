@@ -170,12 +170,20 @@ def lines(*items: tuple[str, int, int]) -> list[dict[str, Any]]:
 
 @dataclass
 class Patient:
-    """A person with an active card, authenticated for a transaction at a facility."""
+    """A person with an active card, authenticated for a transaction at a facility.
+
+    A transaction token pays for one settlement: once ``token`` settled, the next settlement
+    sent without a token of its own authenticates the card again (the holder's PIN)."""
 
     person: dict[str, Any]
     card: IssuedCard
     terminal: TerminalClient
     token: str
+    spent: bool = False
+
+    async def fresh_token(self) -> str:
+        auth = await authenticate_card(self.terminal, self.card, "transaction")
+        return str(auth["card_token"])
 
     @property
     def psn_no(self) -> str:
@@ -202,18 +210,27 @@ class Patient:
         fee: list[dict[str, Any]],
         *,
         key: str | None = None,
+        token: str | None = None,
         **extra: Any,
     ) -> Any:
+        settling = not path.endswith("preview")
+        if token is None:
+            if settling and self.spent:
+                self.token, self.spent = await self.fresh_token(), False
+            token = self.token
         body = {
-            "card_token": self.token,
+            "card_token": token,
             "insutype": insutype,
             "med_type": med_type,
             "mdtrt_id": unique_code("MD"),
             "feedetail": fee,
             **extra,
         }
-        headers = {} if path.endswith("preview") else {"Idempotency-Key": key or unique_code("IK")}
-        return await self.terminal.request("POST", path, body, headers)
+        headers = {"Idempotency-Key": key or unique_code("IK")} if settling else {}
+        resp = await self.terminal.request("POST", path, body, headers)
+        if settling and resp.status == 200 and token == self.token:
+            self.spent = True
+        return resp
 
 
 async def patient(

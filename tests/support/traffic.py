@@ -1,7 +1,8 @@
 """Steady settlement traffic for fault tests, and the checks that nothing was lost or doubled.
 
 Requests start on a fixed schedule (not waiting for earlier answers), each with its own
-Idempotency-Key, from patients whose card tokens were prepared ahead. Every outcome is kept:
+Idempotency-Key and its own card token (one PIN entry pays for one settlement), prepared
+ahead of the schedule (``prepare``) round robin over the patients. Every outcome is kept:
 an acknowledgement (200 with a setl_id), an error answer (status and code), or no answer
 (connection error, timeout). After the fault, ``retry_unanswered`` resends what was not
 acknowledged with the same keys, as a terminal would, and ``check`` proves the guarantees.
@@ -10,7 +11,6 @@ acknowledged with the same keys, as a terminal would, and ``check`` proves the g
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -48,10 +48,18 @@ class Attempt:
 class Traffic:
     patients: list[Patient]
     attempts: list[Attempt] = field(default_factory=list)
+    tokens: list[tuple[Patient, str]] = field(default_factory=list)  # prepared, not yet sent
 
-    def _attempt(self, patient: Patient) -> Attempt:
+    async def prepare(self, count: int) -> None:
+        """Card tokens for ``count`` more settlements (a card authentication each)."""
+        first = len(self.attempts) + len(self.tokens)
+        for n in range(first, first + count):
+            patient = self.patients[n % len(self.patients)]
+            self.tokens.append((patient, await patient.fresh_token()))
+
+    def _attempt(self, patient: Patient, token: str) -> Attempt:
         body = {
-            "card_token": patient.token,
+            "card_token": token,
             "insutype": "310",
             "med_type": "11",
             "mdtrt_id": unique_code("MD"),
@@ -79,11 +87,14 @@ class Traffic:
 
     async def run(self, rate: float, seconds: float) -> list[Attempt]:
         """Send at ``rate`` a second for ``seconds``; returns this run's attempts."""
+        count = int(rate * seconds)
+        await self.prepare(max(0, count - len(self.tokens)))
+        planned, self.tokens = self.tokens[:count], self.tokens[count:]
         interval, start = 1.0 / rate, time.monotonic()
         tasks, batch = [], []
-        for n, patient in zip(range(int(rate * seconds)), itertools.cycle(self.patients)):
+        for n, (patient, token) in enumerate(planned):
             await asyncio.sleep(max(0.0, start + n * interval - time.monotonic()))
-            attempt = self._attempt(patient)
+            attempt = self._attempt(patient, token)
             batch.append(attempt)
             tasks.append(asyncio.create_task(self._send(attempt)))
         await asyncio.gather(*tasks)

@@ -5,7 +5,7 @@ import pytest
 from cardsvc.cardauth.tokens import CardTokenClaims, InvalidCardToken, issue, verify
 
 KEY = bytes(range(32))
-CLAIMS = CardTokenClaims("A00000001", "3202000000000001", "s" * 32, "transaction", 1_000)
+CLAIMS = CardTokenClaims("A00000001", "3202000000000001", "s" * 32, "transaction", 1_000, "a" * 32)
 
 
 def test_round_trip():
@@ -33,7 +33,9 @@ def test_expired():
 
 
 def test_claims_cannot_be_swapped_between_tokens():
-    other = issue(KEY, CardTokenClaims("A00000002", "3202000000000002", "t" * 32, "identify", 9))
+    other = issue(
+        KEY, CardTokenClaims("A00000002", "3202000000000002", "t" * 32, "identify", 9, "b" * 32)
+    )
     payload, _ = issue(KEY, CLAIMS).split(".")
     _, mac = other.split(".")
     with pytest.raises(InvalidCardToken, match="signature"):

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 
 import pytest
 
 from cardsvc.cards.lifecycle import CardAction as A
 from cardsvc.cards.lifecycle import CardStatus as S
-from cardsvc.cards.lifecycle import IllegalCardTransition, next_status
+from cardsvc.cards.lifecycle import IllegalCardTransition, check_not_expired, expired, next_status
+from cardsvc.errors import BusinessRuleViolation
 
 LEGAL = {
     (S.ISSUED, A.ACTIVATE): S.ACTIVE,
@@ -31,3 +33,26 @@ def test_every_pair(status: S, action: A):
         assert caught.value.code == "CARD_STATE"
         assert caught.value.status == 409
         assert caught.value.details == {"status": status.value, "action": action.value}
+
+
+EXPIRY = dt.date(2030, 6, 30)
+
+
+@pytest.mark.parametrize(
+    ("on", "is_expired"),
+    [
+        (dt.date(2030, 6, 29), False),
+        (EXPIRY, False),  # valid through its expiry date
+        (dt.date(2030, 7, 1), True),
+        (dt.date(2031, 1, 1), True),
+    ],
+)
+def test_a_card_is_valid_through_its_expiry_date(on: dt.date, is_expired: bool):
+    assert expired(EXPIRY, on) is is_expired
+    if is_expired:
+        with pytest.raises(BusinessRuleViolation) as caught:
+            check_not_expired(EXPIRY, on)
+        assert caught.value.code == "CARD_EXPIRED"
+        assert caught.value.details == {"expiry_date": "2030-06-30"}
+    else:
+        check_not_expired(EXPIRY, on)

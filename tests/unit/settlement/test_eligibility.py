@@ -62,6 +62,19 @@ def test_card_not_active_names_the_status(status: str) -> None:
     assert error.details == {"status": status}
 
 
+def test_an_expired_card_is_refused_after_its_status():
+    on_expiry = replace(snapshot("310"), card_expiry=SETTLE_DATE)
+    assert settle(PARAMS, on_expiry, outpatient_310()).medfee_sumamt == 1000
+    expired = replace(snapshot("310"), card_expiry=SETTLE_DATE - DAY)
+    error = refusal(expired, outpatient_310())
+    assert error.code == "CARD_EXPIRED"
+    assert error.details == {"expiry_date": (SETTLE_DATE - DAY).isoformat()}
+    lost_and_expired = replace(expired, card_status="loss_reported")
+    assert refusal(lost_and_expired, outpatient_310()).code == "CARD_NOT_ACTIVE"
+    uninsured_and_expired = replace(expired, enrolments=())
+    assert refusal(uninsured_and_expired, outpatient_310()).code == "CARD_EXPIRED"
+
+
 @pytest.mark.parametrize(
     "enrolments",
     [
