@@ -70,8 +70,9 @@ async def _rotate_data_key(settings: Settings, new_key: bytes, batch_size: int) 
         )
     finally:
         await conn.close()
+    done = "was already rotated" if result.already_done else "rotated"
     print(
-        f"data key rotated: {result.persons} persons under check value {result.check_value},"
+        f"data key {done}: {result.persons} persons under check value {result.check_value},"
         f" {result.sessions_ended} terminal sessions ended. Set CARDSVC_DATA_KEY to the new"
         " key before starting cardsvc."
     )

@@ -64,6 +64,7 @@ class RotationResult(msgspec.Struct, frozen=True):
     persons: int
     sessions_ended: int
     check_value: str
+    already_done: bool = False  # a rotation to this key had finished before this run
 
 
 async def _state(conn: Connection) -> KeyState | None:
@@ -244,7 +245,9 @@ async def _rotate_locked(
     new_value = key_check_value(new_key)
     state = await _begin(conn, old_key, new_key)
     if state is None:
-        return RotationResult(persons=total, sessions_ended=0, check_value=new_value)
+        return RotationResult(
+            persons=total, sessions_ended=0, check_value=new_value, already_done=True
+        )
     after = state.rotated_through or ""
     done = int(await conn.fetchval("SELECT count(*) FROM persons WHERE psn_no <= $1", after))
     old, new = DataProtector(old_key), DataProtector(new_key)

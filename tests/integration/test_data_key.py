@@ -250,6 +250,7 @@ async def test_rotation_end_to_end(
     # Run again after it finished: nothing to do, still key B.
     code, out, err = _finished(_command(settings, url, key_a, *rotate))
     assert code == 0, err
+    assert out.startswith("data key was already rotated: 5 persons under check value")
     assert f"check value {key_check_value(key_b)}" in out
 
 
