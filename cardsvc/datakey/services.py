@@ -248,6 +248,10 @@ async def _rotate_locked(
         return RotationResult(
             persons=total, sessions_ended=0, check_value=new_value, already_done=True
         )
+    # A cardsvc that started between the first look and ``rotating_to`` being set passed
+    # its own check: it is seen now, before anything is re-encrypted (and any start from
+    # now on refuses).
+    await _refuse_if_serving(conn)
     after = state.rotated_through or ""
     done = int(await conn.fetchval("SELECT count(*) FROM persons WHERE psn_no <= $1", after))
     old, new = DataProtector(old_key), DataProtector(new_key)
