@@ -1,4 +1,5 @@
-"""``python -m cardsvc``: serve, migrate, verify the audit chain, prove the ledger."""
+"""``python -m cardsvc``: serve, migrate, verify the audit chain, prove the ledger, rotate
+the data key."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ import datetime as dt
 import sys
 from pathlib import Path
 
+import asyncpg
 import msgspec
 
 from cardsvc import db
 from cardsvc.audit.services import AuditLog, VerifyResult
 from cardsvc.clearing.services import Clearing
-from cardsvc.config import ConfigError, Settings, load_settings
+from cardsvc.config import ConfigError, Settings, load_settings, read_data_key_file
+from cardsvc.datakey import services as datakey
 from cardsvc.ledger.services import Ledger, LedgerProof
 from cardsvc.logging import configure_logging
 
@@ -52,6 +55,37 @@ async def _clearing(settings: Settings, day: dt.date, out: Path) -> int:
     return 0
 
 
+def _rotation_progress(done: int, total: int) -> None:
+    sys.stderr.write(f"rotate-data-key: {done}/{total} persons re-encrypted\n")
+    sys.stderr.flush()
+
+
+async def _rotate_data_key(settings: Settings, new_key: bytes, batch_size: int) -> int:
+    """Offline: migrate if need be, then move everything under the data key to ``new_key``."""
+    conn: db.Connection = await asyncpg.connect(settings.database_url)
+    try:
+        await db.migrate(conn)
+        result = await datakey.rotate(
+            conn, settings.data_key, new_key, batch_size=batch_size, progress=_rotation_progress
+        )
+    finally:
+        await conn.close()
+    done = "was already rotated" if result.already_done else "rotated"
+    print(
+        f"data key {done}: {result.persons} persons under check value {result.check_value},"
+        f" {result.sessions_ended} terminal sessions ended. Set CARDSVC_DATA_KEY to the new"
+        " key before starting cardsvc."
+    )
+    return 0
+
+
+def _batch_size(raw: str) -> int:
+    value = int(raw)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cardsvc")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -62,20 +96,42 @@ def main(argv: list[str] | None = None) -> int:
     clearing = sub.add_parser("clearing", help="run (or re-read) a day's clearing, write files")
     clearing.add_argument("--date", type=dt.date.fromisoformat, required=True)
     clearing.add_argument("--out", type=Path, default=Path("var/clearing"))
+    rotate = sub.add_parser(
+        "rotate-data-key",
+        help="re-encrypt everything under CARDSVC_DATA_KEY with a new key (service stopped)",
+    )
+    rotate.add_argument("--new-key-file", type=Path, required=True, help="64 hex characters")
+    rotate.add_argument("--batch-size", type=_batch_size, default=datakey.DEFAULT_BATCH)
     args = parser.parse_args(argv)
     try:
         settings = load_settings()
+        new_key = None
+        if args.command == "rotate-data-key":
+            new_key = read_data_key_file(args.new_key_file, "--new-key-file")
     except ConfigError as exc:
         parser.error(str(exc))
     configure_logging(settings.log_format, settings.log_level)
+    try:
+        return _run(args, settings, new_key)
+    except datakey.DataKeyError as exc:
+        sys.stderr.write(f"cardsvc: {exc}\n")
+        return 1
+
+
+def _run(args: argparse.Namespace, settings: Settings, new_key: bytes | None) -> int:
     if args.command == "serve":
         from cardsvc.server import serve
 
         return serve(settings)
     if args.command == "migrate":
-        for version in asyncio.run(db.migrate_url(settings.database_url)):
+        from cardsvc.server import prepare
+
+        for version in asyncio.run(prepare(settings)):
             print(f"applied {version}")
         return 0
+    if args.command == "rotate-data-key":
+        assert new_key is not None
+        return asyncio.run(_rotate_data_key(settings, new_key, args.batch_size))
     if args.command == "clearing":
         return asyncio.run(_clearing(settings, args.date, args.out))
     what = "audit" if args.command == "verify-audit" else "ledger"

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from cardsvc import db
 from cardsvc.config import Settings
+from cardsvc.datakey import services as datakey
 from cardsvc.hsm.client import HsmClient
 from cardsvc.routes import setup_routes
 from cardsvc.services import build_services
@@ -30,6 +31,14 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     app[POOL] = await db.create_pool(app[SETTINGS])
     yield
     await app[POOL].close()
+
+
+async def _data_key(app: web.Application) -> AsyncIterator[None]:
+    """Refuse to serve with a data key other than the database's (serve checks it before
+    the workers start; this covers every other way of starting the app)."""
+    async with app[POOL].acquire() as conn:
+        await datakey.check(conn, app[SETTINGS].data_key)
+    yield
 
 
 async def _hsm(app: web.Application) -> AsyncIterator[None]:
@@ -74,6 +83,6 @@ def create_app(settings: Settings) -> web.Application:
         client_max_size=settings.max_body_bytes,
     )
     app[SETTINGS] = settings
-    app.cleanup_ctx.extend([_database, _hsm, _services, _housekeeping])
+    app.cleanup_ctx.extend([_database, _data_key, _hsm, _services, _housekeeping])
     setup_routes(app)
     return app

@@ -87,16 +87,25 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
 
 
-def _data_key(raw: str | None) -> bytes:
+def _data_key(raw: str | None, name: str = "CARDSVC_DATA_KEY") -> bytes:
     if raw is None:
-        raise ConfigError("CARDSVC_DATA_KEY (64 hex chars) is required")
+        raise ConfigError(f"{name} (64 hex chars) is required")
     try:
         key = bytes.fromhex(raw)
     except ValueError:
-        raise ConfigError("CARDSVC_DATA_KEY must be hex") from None
+        raise ConfigError(f"{name} must be hex") from None
     if len(key) != 32:
-        raise ConfigError("CARDSVC_DATA_KEY must be 32 bytes (64 hex chars)")
+        raise ConfigError(f"{name} must be 32 bytes (64 hex chars)")
     return key
+
+
+def read_data_key_file(path: Path, name: str) -> bytes:
+    """A data key from a file holding its 64 hex characters (as ``CARDSVC_DATA_KEY_FILE``)."""
+    try:
+        raw = path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot read {path}: {exc.strerror}") from None
+    return _data_key(raw, name)
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:

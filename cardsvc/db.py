@@ -25,6 +25,7 @@ log = structlog.get_logger(__name__)
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "schema" / "migrations"
 # Any fixed number: serialises migration runs of concurrently starting workers.
 _MIGRATION_LOCK = 0x63617264
+APPLICATION_NAME = "cardsvc"  # of the service's pooled connections (pg_stat_activity)
 
 __all__ = [
     "Connection",
@@ -105,6 +106,8 @@ async def create_pool(settings: Settings) -> Pool:
             "statement_timeout": str(int(settings.db_command_timeout * 1000)),
             "lock_timeout": str(int(settings.db_command_timeout * 1000)),
             "timezone": "UTC",
+            # How rotate-data-key tells the service is using the database.
+            "application_name": APPLICATION_NAME,
         },
     )
     return pool

@@ -15,12 +15,14 @@ import signal
 import time
 from types import FrameType
 
+import asyncpg
 import structlog
 import uvloop
 from aiohttp import web
 
 from cardsvc import db
 from cardsvc.config import Settings
+from cardsvc.datakey import services as datakey
 
 log = structlog.get_logger(__name__)
 
@@ -28,8 +30,20 @@ SHUTDOWN_TIMEOUT = 10.0  # seconds a worker waits for in-flight requests when to
 RESPAWN_PAUSE = 0.5  # between restarts of a crashing worker, so a crash loop does not spin
 
 
+async def prepare(settings: Settings) -> list[str]:
+    """Apply pending migrations, then check the data key is the database's (recording it on
+    first use): a wrong key raises ``DataKeyError`` before anything listens."""
+    conn: db.Connection = await asyncpg.connect(settings.database_url)
+    try:
+        applied = await db.migrate(conn)
+        await datakey.check(conn, settings.data_key)
+    finally:
+        await conn.close()
+    return applied
+
+
 def serve(settings: Settings) -> int:
-    asyncio.run(db.migrate_url(settings.database_url))
+    asyncio.run(prepare(settings))
     if settings.workers <= 1:
         print(f"cardsvc listening on http://{settings.host}:{settings.port}", flush=True)
         _run_worker(settings, reuse_port=False)

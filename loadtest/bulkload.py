@@ -46,7 +46,7 @@ _COLUMNS = {
         "certno_masked",
         "psn_name",
         "gend",
-        "brdy",
+        "birth_year",
         "admdvs",
         "psn_type",
     ),
@@ -120,7 +120,7 @@ def build_batch(plan: BatchPlan) -> dict[str, list[Row]]:
                 mask(p.certno),
                 p.name,
                 p.gend,
-                p.brdy,
+                p.brdy.year,
                 plan.admdvs,
                 p.psn_type,
             )

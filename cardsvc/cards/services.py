@@ -19,6 +19,7 @@ from cardsvc.cards.records import CardHolder, build_records, expiry_for
 from cardsvc.db import Connection, Pool, transaction
 from cardsvc.errors import Conflict, NotFound
 from cardsvc.hsm.client import HsmClient
+from cardsvc.persons import certno
 from cardsvc.privacy import DataProtector
 from cardsvc.web.caller import Caller
 
@@ -102,7 +103,7 @@ class CardIssuer:
         replaces: str | None,
     ) -> IssuedCard:
         person = await conn.fetchrow(
-            "SELECT certno_enc, psn_name, gend, brdy, admdvs FROM persons WHERE psn_no = $1",
+            "SELECT certno_enc, psn_name, gend, admdvs FROM persons WHERE psn_no = $1",
             psn_no,
         )
         issue_date = clock.business_date()
@@ -135,11 +136,12 @@ class CardIssuer:
             object_id=card_no,
             data={"psn_no": psn_no, "card_sn": card_sn, "replaces": replaces},
         )
+        number = self._protector.decrypt(person["certno_enc"], psn_no.encode()).decode()
         holder = CardHolder(
-            certno=self._protector.decrypt(person["certno_enc"], psn_no.encode()).decode(),
+            certno=number,
             psn_name=person["psn_name"],
             gend=person["gend"],
-            brdy=person["brdy"],
+            brdy=certno.birth_date(number),  # not stored: it would unmask the number
         )
         return IssuedCard(
             card_no=card_no,

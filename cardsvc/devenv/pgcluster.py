@@ -132,3 +132,10 @@ class LocalCluster:
         )
         if result.returncode != 0 and "already exists" not in result.stderr:
             raise ClusterError(f"createdb failed: {result.stderr.strip()}")
+
+    def dump(self, dbname: str) -> str:
+        """``pg_dump`` of a database, as plain SQL text (what a stolen backup shows)."""
+        result = self._run(
+            "pg_dump", "-h", "127.0.0.1", "-p", str(self.port), "-U", self.user, dbname
+        )
+        return result.stdout

@@ -53,6 +53,15 @@ def gender(certno: str) -> str:
     return "1" if int(certno[16]) % 2 else "2"
 
 
+# What a mask shows: the province (first two digits) and the last two characters (the
+# sequence's gender digit and the check character). The rest of the region, the whole
+# birth date and two sequence digits stay hidden, so that with everything else a response
+# or a database row shows (admdvs, gend, birth_year) about 3,300 numbers remain possible
+# (docs/design-notes.md, Data at rest).
+MASK_HEAD, MASK_TAIL = 2, 2
+
+
 def mask(certno: str) -> str:
-    """``320102********1234``: region and last four only."""
-    return certno[:6] + "*" * 8 + certno[14:]
+    """``32**************34``: the first two and the last two characters only."""
+    hidden = len(certno) - MASK_HEAD - MASK_TAIL
+    return certno[:MASK_HEAD] + "*" * hidden + certno[-MASK_TAIL:]

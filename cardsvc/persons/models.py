@@ -36,10 +36,10 @@ class Insurance(msgspec.Struct, kw_only=True):
 
 class Person(msgspec.Struct, kw_only=True):
     psn_no: str
-    certno: str  # masked
+    certno: str  # masked (certno.mask)
     psn_name: str
     gend: str
-    brdy: dt.date
+    birth_year: int  # never the birth date: with the mask it would rebuild the number
     admdvs: str
     psn_type: str
     balc: int
@@ -47,13 +47,14 @@ class Person(msgspec.Struct, kw_only=True):
 
 
 class BaseInfo(msgspec.Struct, kw_only=True):
-    """The national 1101 ``baseinfo`` block (identity masked)."""
+    """The national 1101 ``baseinfo`` block (identity masked, birth year instead of
+    ``brdy``)."""
 
     psn_no: str
     psn_name: str
     certno: str
     gend: str
-    brdy: dt.date
+    birth_year: int
     admdvs: str
 
 

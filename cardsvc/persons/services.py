@@ -2,6 +2,8 @@
 
 The identity number is validated, then stored only as an AEAD ciphertext (bound to the
 psn_no), a keyed lookup hash (for the duplicate check) and its masked form (for display).
+Of the birth date only the year is kept: the full date is the part of the number a mask
+must hide (the card's EF06 date is derived from the decrypted number at issuance).
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ class PersonRegistry:
                 await conn.execute(
                     """
                     INSERT INTO persons (psn_no, certno_hash, certno_enc, certno_masked,
-                                         psn_name, gend, brdy, admdvs, psn_type)
+                                         psn_name, gend, birth_year, admdvs, psn_type)
                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
                     """,
                     psn_no,
@@ -83,7 +85,7 @@ class PersonRegistry:
                     certno.mask(value),
                     name,
                     req.gend,
-                    req.brdy,
+                    req.brdy.year,
                     req.admdvs,
                     req.psn_type,
                 )
@@ -165,7 +167,7 @@ class PersonRegistry:
             certno=row["certno_masked"],
             psn_name=row["psn_name"],
             gend=row["gend"],
-            brdy=row["brdy"],
+            birth_year=row["birth_year"],
             admdvs=row["admdvs"],
             psn_type=row["psn_type"],
             balc=row["balance"],
@@ -189,7 +191,7 @@ async def card_holder_summary(
     active on ``on``) in one query; None if there is no such card."""
     row = await pool.fetchrow(
         """
-        SELECT c.status, p.psn_no, p.psn_name, p.certno_masked, p.gend, p.brdy, p.admdvs,
+        SELECT c.status, p.psn_no, p.psn_name, p.certno_masked, p.gend, p.birth_year, p.admdvs,
                p.psn_type, a.balance,
                (SELECT coalesce(json_agg(json_build_object('insutype', i.insutype,
                     'begndate', i.begndate, 'enddate', i.enddate) ORDER BY i.insutype), '[]')
@@ -209,7 +211,7 @@ async def card_holder_summary(
             psn_name=row["psn_name"],
             certno=row["certno_masked"],
             gend=row["gend"],
-            brdy=row["brdy"],
+            birth_year=row["birth_year"],
             admdvs=row["admdvs"],
         ),
         insuinfo=[

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cardsvc.crypto import profile
+from cardsvc.persons import certno
 from tests.support.api import Service, authenticate_card, issue_card, personalise
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -24,6 +25,8 @@ async def test_issue_personalise_activate_and_authenticate_for_transaction(servi
     assert bytes.fromhex(issued["records"]["ef05"]["07"]).decode() == issued["card_no"]
     assert bytes.fromhex(issued["records"]["ef06"]["08"]).decode() == person["certno_full"]
     assert bytes.fromhex(issued["records"]["ef06"]["09"]).decode("gbk").rstrip() == "张三"
+    # The birth date is not stored: it comes from the decrypted number.
+    assert issued["records"]["ef06"]["0d"] == person["certno_full"][6:14]
     assert issued["records"]["ef05"]["05"] == issued["issue_date"].replace("-", "")
 
     card = await personalise(counter, issued, activate=True)
@@ -33,10 +36,7 @@ async def test_issue_personalise_activate_and_authenticate_for_transaction(servi
     result = await authenticate_card(pos, card, "transaction")
     assert result["purpose"] == "transaction"
     assert result["baseinfo"]["psn_no"] == person["psn_no"]
-    assert (
-        result["baseinfo"]["certno"]
-        == person["certno_full"][:6] + "********" + person["certno_full"][14:]
-    )
+    assert result["baseinfo"]["certno"] == certno.mask(person["certno_full"])
     assert person["certno_full"] not in str(result)
     assert [i["insutype"] for i in result["insuinfo"]] == ["310"]
     assert result["card_token"]

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from cardsvc.privacy import DataProtector, DecryptionError
+from cardsvc.privacy import DataProtector, DecryptionError, key_check_value
 
 
 def test_encrypt_round_trip_bound_to_its_row():
@@ -20,3 +20,9 @@ def test_lookup_hash_is_keyed_and_stable():
     a, b = DataProtector(bytes(32)), DataProtector(bytes([1]) * 32)
     assert a.lookup_hash("x") == a.lookup_hash("x")
     assert a.lookup_hash("x") != b.lookup_hash("x")
+
+
+def test_key_check_value_is_stable_and_tells_keys_apart():
+    a, b = bytes(32), bytes([1]) * 32
+    assert key_check_value(a) == key_check_value(a) != key_check_value(b)
+    assert len(key_check_value(a)) == 12 and bytes.fromhex(key_check_value(a))

@@ -35,8 +35,9 @@ def test_invalid_numbers(number: str, why: str):
         certno.validate(number)
 
 
-def test_mask_keeps_region_and_last_four():
-    assert certno.mask("11010519491231002X") == "110105********002X"
+def test_mask_keeps_the_first_two_and_last_two():
+    # Region, birth date and two sequence digits hidden (issue #11, item 3).
+    assert certno.mask("11010519491231002X") == "11**************2X"
 
 
 @given(st.text(alphabet="0123456789", min_size=17, max_size=17))

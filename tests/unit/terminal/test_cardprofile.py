@@ -112,7 +112,7 @@ RECORDS = {
 
 def test_records_decode_into_the_national_line():
     info = card_info(bytes.fromhex("3b8801"), RECORDS)
-    assert info.name == "王五" and info.masked_certno == "110105********002X"
+    assert info.name == "王五" and info.masked_certno == "11**************2X"
     assert national_line(info, "T-9", "Virtual PCD 00 00") == (
         "320200|11010519491231002X|A00000042|320200" + "AB" * 13 + "|王五|3B8801|3.00|"
         "20261125|20361125|T-9|Virtual PCD 00 00|"
