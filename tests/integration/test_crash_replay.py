@@ -12,7 +12,7 @@ import asyncio
 import shutil
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +28,7 @@ from cardsvc.app import create_app
 from cardsvc.config import Settings
 from cardsvc.crypto import profile
 from cardsvc.devenv.pgcluster import LocalCluster
-from cardsvc.terminal.client import Response, TerminalClient
+from cardsvc.terminal.client import Response
 from tests.conftest import free_port
 from tests.support.api import (
     POLICY_CATALOG,
@@ -86,11 +86,11 @@ async def _restart(cluster: LocalCluster, mode: str) -> None:
     await asyncio.to_thread(cluster.start)
 
 
-async def _once_up(send: object, within: float = 30.0) -> Response:
+async def _once_up(send: Callable[[], Awaitable[Response]], within: float = 30.0) -> Response:
     """The first answer that is not a 503 (the pool's connections died with the server)."""
     deadline = time.monotonic() + within
     while True:
-        resp: Response = await send()  # type: ignore[operator]
+        resp = await send()
         if resp.status != 503 or time.monotonic() > deadline:
             return resp
         await asyncio.sleep(0.2)

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import asyncpg
 import msgspec
 import pytest
 import pytest_asyncio
@@ -136,8 +137,6 @@ async def test_a_disabled_terminal_is_still_told_it_is_disabled(
 async def test_disabling_is_in_the_audit_log_with_the_sessions_it_ended(
     service: Service, counter: TerminalClient
 ):
-    import asyncpg
-
     await _set_status(service, counter.terminal_id, "disabled")
     conn = await asyncpg.connect(service.database_url)
     try:
@@ -189,7 +188,7 @@ async def test_sign_in_challenges_are_limited_per_terminal(service: Service, str
     first, second = f"T{secrets.randbelow(10**8):08d}", f"T{secrets.randbelow(10**8):08d}"
     answers = [await _start(service.http, strict, first) for _ in range(4)]
     assert [a[0] for a in answers] == [200, 200, 200, 429]
-    status, retry_after, body = answers[-1]
+    _, retry_after, body = answers[-1]
     assert body["error"]["code"] == "RATE_LIMITED" and int(retry_after) >= 1
     assert "terminal" in body["error"]["message"]
     assert (await _start(service.http, strict, second))[0] == 200  # another terminal
