@@ -69,6 +69,12 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+def _challenge_invalid() -> Unauthenticated:
+    return Unauthenticated(
+        "challenge unknown, used or expired, or terminal not active", code="CHALLENGE_INVALID"
+    )
+
+
 class TerminalRegistry:
     def __init__(self, pool: Pool, hsm: HsmClient, audit: AuditLog) -> None:
         self._pool, self._hsm, self._audit = pool, hsm, audit
@@ -210,10 +216,7 @@ class SignIn:
                 req.terminal_id,
             )
         if row is None or row["expires_at"] < _now() or row["status"] != "active":
-            raise Unauthenticated(
-                "challenge unknown, used or expired, or terminal not active",
-                code="CHALLENGE_INVALID",
-            )
+            raise _challenge_invalid()
         try:
             result = await self._hsm.verify_terminal_cryptogram(
                 row["key_under_lmk"], rs, rt, bytes.fromhex(req.cryptogram)
@@ -238,11 +241,8 @@ class SignIn:
                 self._protector.encrypt(result.session_key, session_id.encode()),
                 expires_at,
             )
-            if not opened:
-                raise Unauthenticated(
-                    "challenge unknown, used or expired, or terminal not active",
-                    code="CHALLENGE_INVALID",
-                )
+            if not opened:  # disabled since the challenge was taken
+                raise _challenge_invalid()
             await self._audit.append(
                 conn,
                 actor=f"terminal:{req.terminal_id}",
@@ -349,12 +349,14 @@ class TerminalAuthenticator:
     async def _session(self, session_id: str, terminal_id: str) -> Session:
         cached = self._sessions.get(session_id)
         if cached is None:
-            cached = await self._load_session(session_id)
+            cached = await self._load_session(session_id, terminal_id)
         if cached is None or cached.terminal_id != terminal_id:
             raise session_invalid()
         return cached
 
-    async def _load_session(self, session_id: str) -> Session | None:
+    async def _load_session(self, session_id: str, terminal_id: str) -> Session | None:
+        """The session, read and cached, if it is this terminal's; an ended one, or one of
+        a disabled terminal, is refused (and not cached)."""
         if len(session_id) > 64:
             return None
         row = await self._pool.fetchrow(
@@ -366,7 +368,7 @@ class TerminalAuthenticator:
             """,
             session_id,
         )
-        if row is None:
+        if row is None or row["terminal_id"] != terminal_id:
             return None
         check_terminal(row["status"])
         check_session_open(row["ended_reason"])
