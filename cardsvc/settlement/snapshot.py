@@ -29,6 +29,7 @@ from cardsvc.settlement.policy import (
 )
 from cardsvc.settlement.supervision import RecentActivity
 from cardsvc.terminals.admission import check_admission, standing_cte
+from cardsvc.web.caller import Admission
 
 YEAR_COLUMNS = (
     "hifp_310",
@@ -136,15 +137,15 @@ async def read_for_settle(
     settle_date: dt.date,
     other_facility_window: dt.timedelta,
     lock: bool = False,
-    standing_of: tuple[str, str] | None = None,
+    standing_of: Admission | None = None,
 ) -> SettleRead:
-    """With ``standing_of`` (terminal id, session id), the session's, the terminal's and its
+    """With ``standing_of`` (a request to admit), its session's, its terminal's and the
     facility's standing is read by the same statement, and an ended session or a disabled
     or suspended terminal refused before anything else is looked at."""
     sql = _SETTLE_LOCKED if lock else _SETTLE
     extra: tuple[str, ...] = ()
     if standing_of is not None:
-        sql, extra = _SETTLE_STANDING, standing_of
+        sql, extra = _SETTLE_STANDING, (standing_of.terminal_id, standing_of.session_id)
     row = await conn.fetchrow(
         sql,
         psn_no,
