@@ -20,6 +20,7 @@ from aiohttp import web
 
 from cardsvc.app import create_app
 from cardsvc.config import Settings
+from cardsvc.crypto import profile
 from cardsvc.terminal.client import TerminalClient
 from tests.conftest import free_port
 from tests.support.api import Service
@@ -152,6 +153,51 @@ async def test_disabling_is_in_the_audit_log_with_the_sessions_it_ended(
     finally:
         await conn.close()
     assert msgspec.json.decode(data) == {"sessions_ended": 1} and ended == 1
+
+
+async def test_a_sign_in_racing_a_disabling_does_not_outlive_it(service: Service):
+    """The disabling holds the terminal's row while the sign-in is past its challenge and
+    the HSM: the session is not opened (on the code before, it was, and outlived it)."""
+    reg = await service.admin_ok("POST", "/v1/terminals", {"kind": "counter"})
+    terminal_id, key = reg["terminal_id"], bytes.fromhex(reg["terminal_key"])
+    client = TerminalClient(service.http, service.base_url, terminal_id, key)
+    started = await client.send(
+        "POST", "/v1/terminals/sign-in", msgspec.json.encode({"terminal_id": terminal_id})
+    )
+    rs, rt = bytes.fromhex(started.body["challenge"]), os.urandom(16)
+    complete = msgspec.json.encode(
+        {
+            "terminal_id": terminal_id,
+            "challenge": rs.hex(),
+            "terminal_random": rt.hex(),
+            "cryptogram": profile.terminal_cryptogram(key, rs, rt).hex(),
+        }
+    )
+    conn = await asyncpg.connect(service.database_url)
+    try:
+        async with conn.transaction():  # what disabling does, held open
+            await conn.execute(
+                "UPDATE terminals SET status = 'disabled' WHERE terminal_id = $1", terminal_id
+            )
+            signing_in = asyncio.create_task(
+                client.send("POST", "/v1/terminals/sign-in/complete", complete)
+            )
+            await asyncio.sleep(0.5)
+            await conn.execute(
+                "UPDATE terminal_sessions SET ended_at = now(),"
+                " ended_reason = 'terminal_disabled'"
+                " WHERE terminal_id = $1 AND ended_at IS NULL",
+                terminal_id,
+            )
+        resp = await signing_in
+        opened = await conn.fetchval(
+            "SELECT count(*) FROM terminal_sessions WHERE terminal_id = $1 AND ended_at IS NULL",
+            terminal_id,
+        )
+    finally:
+        await conn.close()
+    assert resp.status == 401 and _code(resp) == "CHALLENGE_INVALID", resp.body
+    assert opened == 0
 
 
 # --- c. sign-in challenges are rate limited -----------------------------------------
