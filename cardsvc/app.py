@@ -19,6 +19,7 @@ from cardsvc.datakey import services as datakey
 from cardsvc.hsm.client import HsmClient
 from cardsvc.routes import setup_routes
 from cardsvc.services import build_services
+from cardsvc.terminals.admission import fence_after_crash
 from cardsvc.web import middleware
 from cardsvc.web.appkeys import HSM, POOL, SERVICES, SETTINGS
 
@@ -28,7 +29,8 @@ HOUSEKEEPING_SECONDS = 60.0
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
-    app[POOL] = await db.create_pool(app[SETTINGS])
+    # Every connection checks for a database crash first (the replay fence).
+    app[POOL] = await db.create_pool(app[SETTINGS], init=fence_after_crash)
     yield
     await app[POOL].close()
 

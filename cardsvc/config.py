@@ -54,6 +54,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_body_bytes: int = 256 * 1024
     terminal_rate: float = 50.0  # requests a second per terminal, per worker process
     terminal_burst: float = 100.0
+    # Sign-in challenges, per worker process: per client address (the socket's peer, never
+    # a forwarded header) and per terminal id asked for.
+    sign_in_address_rate: float = 20.0  # challenges a second
+    sign_in_address_burst: float = 200.0  # a whole site behind one address, after a restart
+    sign_in_terminal_rate: float = 0.1
+    sign_in_terminal_burst: float = 10.0
     log_format: str = "json"
     log_level: str = "info"
 
@@ -141,6 +147,18 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_body_bytes=_int(env, "CARDSVC_MAX_BODY_BYTES", defaults.max_body_bytes),
         terminal_rate=_float(env, "CARDSVC_TERMINAL_RATE", defaults.terminal_rate),
         terminal_burst=_float(env, "CARDSVC_TERMINAL_BURST", defaults.terminal_burst),
+        sign_in_address_rate=_float(
+            env, "CARDSVC_SIGN_IN_ADDRESS_RATE", defaults.sign_in_address_rate
+        ),
+        sign_in_address_burst=_float(
+            env, "CARDSVC_SIGN_IN_ADDRESS_BURST", defaults.sign_in_address_burst
+        ),
+        sign_in_terminal_rate=_float(
+            env, "CARDSVC_SIGN_IN_TERMINAL_RATE", defaults.sign_in_terminal_rate
+        ),
+        sign_in_terminal_burst=_float(
+            env, "CARDSVC_SIGN_IN_TERMINAL_BURST", defaults.sign_in_terminal_burst
+        ),
         log_format=env.get("CARDSVC_LOG_FORMAT", defaults.log_format),
         log_level=env.get("CARDSVC_LOG_LEVEL", defaults.log_level),
     )

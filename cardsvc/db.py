@@ -8,7 +8,7 @@ so the edge answers 503 instead of 500.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -93,9 +93,13 @@ async def _release(conn: Connection) -> None:
         await conn.execute("ROLLBACK")
 
 
-async def create_pool(settings: Settings) -> Pool:
+async def create_pool(
+    settings: Settings, init: Callable[[Connection], Awaitable[None]] | None = None
+) -> Pool:
+    """The pool; ``init`` runs on every new connection before it serves anything."""
     pool: Pool = await asyncpg.create_pool(
         settings.database_url,
+        init=init,
         min_size=settings.db_pool_min,
         max_size=settings.db_pool_max,
         command_timeout=settings.db_command_timeout,

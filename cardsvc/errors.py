@@ -19,6 +19,7 @@ edge knows about status codes except through this module.
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 
@@ -72,6 +73,13 @@ class BusinessRuleViolation(CardsvcError):
 class RateLimited(CardsvcError):
     status = 429
     default_code = "RATE_LIMITED"
+
+    def __init__(self, message: str, *, retry_after: float, code: str | None = None) -> None:
+        super().__init__(
+            message, code=code, details={"retry_after_ms": int(retry_after * 1000) + 1}
+        )
+        # Whole seconds, for the Retry-After header.
+        self.retry_after = max(1, math.ceil(retry_after))
 
 
 class ServiceUnavailable(CardsvcError):

@@ -198,6 +198,8 @@ class Environment:
         # Tokens are prepared before the timed phase and must outlive it.
         env.setdefault("CARDSVC_CARD_TOKEN_TTL", "86400")
         env.setdefault("CARDSVC_LOG_LEVEL", "warning")
+        # Every simulated terminal signs in from this one host, all at once.
+        env.setdefault("CARDSVC_SIGN_IN_ADDRESS_BURST", "1000000")
         self.service_env = {
             k: v for k, v in env.items() if k.startswith("CARDSVC_") and not k.endswith("_FILE")
         }

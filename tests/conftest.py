@@ -76,6 +76,8 @@ def settings(database_url: str, hsm: HsmProcess) -> Settings:
             "CARDSVC_HSM_TIMEOUT": "1.0",
             "CARDSVC_CLEARING_WAIT": "1.0",
             "CARDSVC_PORT": str(free_port()),
+            # Every test terminal signs in from 127.0.0.1.
+            "CARDSVC_SIGN_IN_ADDRESS_BURST": "100000",
         }
     )
 

@@ -346,7 +346,7 @@ class SettlementService:
             settle_date=today,
             other_facility_window=dt.timedelta(seconds=self._rules.other_facility_window_s),
             lock=lock,
-            standing_of=None if admission is None else admission.terminal_id,
+            standing_of=admission,
         )
         if read.earlier is not None:  # settled before (by a retry's first attempt)
             if admission is not None:

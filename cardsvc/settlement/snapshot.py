@@ -29,6 +29,7 @@ from cardsvc.settlement.policy import (
 )
 from cardsvc.settlement.supervision import RecentActivity
 from cardsvc.terminals.admission import check_admission, standing_cte
+from cardsvc.web.caller import Admission
 
 YEAR_COLUMNS = (
     "hifp_310",
@@ -85,11 +86,12 @@ _SETTLE = (
     + _FROM
 )
 _SETTLE_LOCKED = _SETTLE + "\nFOR UPDATE OF a"
-# The first read of a settlement also reads its terminal's standing ($12 terminal): the
-# admission row always comes back, the snapshot's columns are NULL for an unknown person.
-# It writes nothing (the nonce goes with the settlement's write), so it never waits for WAL.
+# The first read of a settlement also reads its terminal's and session's standing ($12
+# terminal, $13 session): the admission row always comes back, the snapshot's columns are
+# NULL for an unknown person. It writes nothing (the nonce goes with the settlement's
+# write), so it never waits for WAL.
 _SETTLE_STANDING = (
-    f"WITH {standing_cte('$12')}\nSELECT admission.*, s.* FROM admission LEFT JOIN ("
+    f"WITH {standing_cte('$12', '$13')}\nSELECT admission.*, s.* FROM admission LEFT JOIN ("
     + _SETTLE
     + "\n) s ON true"
 )
@@ -140,15 +142,15 @@ async def read_for_settle(
     settle_date: dt.date,
     other_facility_window: dt.timedelta,
     lock: bool = False,
-    standing_of: str | None = None,
+    standing_of: Admission | None = None,
 ) -> SettleRead:
-    """With ``standing_of`` (a terminal id), the terminal's and its facility's standing is
-    read by the same statement, and a disabled or suspended one refused before anything
-    else is looked at."""
+    """With ``standing_of`` (a request to admit), its session's, its terminal's and the
+    facility's standing is read by the same statement, and an ended session or a disabled
+    or suspended terminal refused before anything else is looked at."""
     sql = _SETTLE_LOCKED if lock else _SETTLE
     extra: tuple[str, ...] = ()
     if standing_of is not None:
-        sql, extra = _SETTLE_STANDING, (standing_of,)
+        sql, extra = _SETTLE_STANDING, (standing_of.terminal_id, standing_of.session_id)
     row = await conn.fetchrow(
         sql,
         psn_no,

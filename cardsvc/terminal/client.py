@@ -2,7 +2,7 @@
 
 Signs in (mutual authentication with K_term, checking the service's cryptogram), signs
 every request as the crypto profile says, and signs in again by itself when the service
-answers that the session expired.
+answers that the session expired or ended.
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ from cardsvc.crypto import profile
 
 _encoder = msgspec.json.Encoder()
 _LARGE_BODY = 512 * 1024  # bytes; aiohttp warns from 1 MiB
+# Refusals that a new session cures: expired, or ended (its terminal was disabled and
+# enabled again, or the service restarted after a database failure).
+_SIGN_IN_AGAIN = frozenset({"SESSION_EXPIRED", "SESSION_ENDED"})
 
 
 class TerminalError(Exception):
@@ -115,12 +118,12 @@ class TerminalClient:
         self, method: str, path_qs: str, json: Any = None, headers: dict[str, str] | None = None
     ) -> Response:
         """A signed request (with any extra headers, such as ``Idempotency-Key``); signs in
-        first, and again once if the session expired."""
+        first, and again once if the session expired or ended."""
         if self._session_key is None:
             await self.sign_in()
         body = b"" if json is None else _encoder.encode(json)
         resp = await self._signed(method, path_qs, body, headers)
-        if resp.status == 401 and _code(resp) == "SESSION_EXPIRED":
+        if resp.status == 401 and _code(resp) in _SIGN_IN_AGAIN:
             await self.sign_in()
             resp = await self._signed(method, path_qs, body, headers)
         return resp

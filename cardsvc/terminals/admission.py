@@ -1,4 +1,5 @@
-"""Admitting a signed request: record its nonce, read its terminal's and facility's standing.
+"""Admitting a signed request: record its nonce, read its session's, its terminal's and its
+facility's standing.
 
 This is the part of request authentication that needs the database. It is written as two
 CTEs so that a handler on the hot path can put them in its own statements and spend no
@@ -7,7 +8,15 @@ request runs them together through ``admit``. Settlement reads the standing with
 snapshot and records the nonce in its write: a read that records nothing commits without
 waiting for a WAL flush, which a statement that inserts a row and happens to prune a page
 would have to. Either way a nonce is recorded once, and a
-suspension or disabling takes effect on the next request.
+suspension or disabling, or the end of the session, takes effect on the next request.
+
+A database crash empties ``request_nonces`` (UNLOGGED: no WAL flush per request), so a
+request captured before it could be replayed after it. ``fence_after_crash`` runs on every
+new pool connection (and a crash leaves no connection alive: every statement after one runs
+on a connection that ran it): when the UNLOGGED ``crash_marker`` row is gone, the same
+statement puts it back and ends every open session, which the admission then refuses. Only
+requests of sessions opened after the crash are admitted, and their nonces are recorded
+again from empty. Challenges are UNLOGGED too, so none issued before a crash survives it.
 """
 
 from __future__ import annotations
@@ -15,10 +24,13 @@ from __future__ import annotations
 from typing import Any
 
 import asyncpg
+import structlog
 
 from cardsvc.db import Connection, Pool
 from cardsvc.errors import Forbidden, Unauthenticated
 from cardsvc.web.caller import Admission
+
+log = structlog.get_logger(__name__)
 
 # True when ``admission_nonce`` recorded the nonce (it was new).
 NONCE_FRESH = "(SELECT count(*) FROM admission_nonce) > 0"
@@ -34,24 +46,31 @@ def nonce_cte(terminal: str, nonce: str) -> str:
     )"""  # noqa: S608 - placeholders only
 
 
-def standing_cte(terminal: str, fresh: str = "true") -> str:
+def standing_cte(terminal: str, session: str, fresh: str = "true") -> str:
     """SQL of the CTE ``admission``: one row (none for an unknown terminal) with ``fresh``
     (the SQL expression given), ``terminal_status``, ``facility_status``,
-    ``credit_rating`` and ``has_facility``. It writes nothing."""
+    ``credit_rating``, ``has_facility``, ``session_found`` and ``session_ended_reason``
+    (NULL while the session is open). ``terminal`` and ``session`` are placeholders. It
+    writes nothing."""
     return f"""
     admission AS (
         SELECT {fresh} AS fresh,
                t.status AS terminal_status, f.status AS facility_status, f.credit_rating,
-               t.fixmedins_code IS NOT NULL AS has_facility
+               t.fixmedins_code IS NOT NULL AS has_facility,
+               s.session_id IS NOT NULL AS session_found,
+               s.ended_reason AS session_ended_reason
         FROM terminals t LEFT JOIN facilities f USING (fixmedins_code)
+        LEFT JOIN terminal_sessions s
+               ON s.session_id = {session} AND s.terminal_id = t.terminal_id
         WHERE t.terminal_id = {terminal}
     )"""  # noqa: S608 - placeholders only
 
 
 def admission_ctes(first: int) -> str:
-    """Both, with their two parameters, terminal id and nonce, numbered from ``first``."""
-    terminal, nonce = f"${first}", f"${first + 1}"
-    return nonce_cte(terminal, nonce) + "," + standing_cte(terminal, NONCE_FRESH)
+    """Both, with their three parameters, terminal id, nonce and session id, numbered from
+    ``first``."""
+    terminal, nonce, session = f"${first}", f"${first + 1}", f"${first + 2}"
+    return nonce_cte(terminal, nonce) + "," + standing_cte(terminal, session, NONCE_FRESH)
 
 
 _ADMIT = f"WITH {admission_ctes(1)} SELECT * FROM admission"  # noqa: S608
@@ -62,10 +81,40 @@ def check_admission(row: asyncpg.Record | dict[str, Any] | None) -> None:
     ``admission`` (None: the terminal is gone)."""
     if row is None or not row["fresh"]:
         raise nonce_replayed()
-    if row["terminal_status"] != "active":
-        raise Forbidden("terminal is disabled", code="TERMINAL_DISABLED")
+    check_terminal(row["terminal_status"])
+    if not row["session_found"]:
+        raise session_invalid()
+    check_session_open(row["session_ended_reason"])
     if row["has_facility"] and (row["facility_status"] != "active" or row["credit_rating"] == "D"):
         raise Forbidden("the terminal's facility is suspended", code="FACILITY_SUSPENDED")
+
+
+def check_terminal(status: str) -> None:
+    if status != "active":
+        raise Forbidden("terminal is disabled", code="TERMINAL_DISABLED")
+
+
+# Why a session ended (terminal_sessions.ended_reason), as the terminal is told.
+_ENDED = {
+    "terminal_disabled": "the session ended when the terminal was disabled: sign in again",
+    "database_restart": (
+        "the session ended when the service restarted after a failure"
+        " (requests signed before it are refused): sign in again"
+    ),
+}
+
+
+def check_session_open(ended_reason: str | None) -> None:
+    if ended_reason is not None:
+        raise Unauthenticated(
+            _ENDED.get(ended_reason, "the session ended: sign in again"),
+            code="SESSION_ENDED",
+            details={"reason": ended_reason},
+        )
+
+
+def session_invalid() -> Unauthenticated:
+    return Unauthenticated("no such session for this terminal", code="SESSION_INVALID")
 
 
 def nonce_replayed() -> Unauthenticated:
@@ -75,4 +124,30 @@ def nonce_replayed() -> Unauthenticated:
 async def admit(db: Pool | Connection, admission: Admission) -> None:
     """The admission in a round trip of its own."""
     admission.done = True
-    check_admission(await db.fetchrow(_ADMIT, admission.terminal_id, admission.nonce))
+    check_admission(
+        await db.fetchrow(_ADMIT, admission.terminal_id, admission.nonce, admission.session_id)
+    )
+
+
+# Puts the marker back if a crash emptied it and, in the same statement (so no connection
+# can admit a request between the two), ends every session open before the crash.
+# A concurrent connection's insert waits for this one's commit, then finds the row.
+_FENCE = """
+WITH marker AS (
+    INSERT INTO crash_marker DEFAULT VALUES ON CONFLICT DO NOTHING RETURNING 1
+), ended AS (
+    UPDATE terminal_sessions SET ended_at = now(), ended_reason = 'database_restart'
+    WHERE ended_at IS NULL AND EXISTS (SELECT 1 FROM marker)
+    RETURNING 1
+)
+SELECT EXISTS (SELECT 1 FROM marker) AS crashed, (SELECT count(*) FROM ended) AS ended
+"""
+
+
+async def fence_after_crash(conn: Connection) -> None:
+    """Run on every new pool connection (asyncpg's ``init``): after a database crash, end
+    every open session before this connection serves anything. One round trip per new
+    connection, nothing per request; writes nothing unless the database crashed."""
+    row = await conn.fetchrow(_FENCE)
+    if row is not None and row["crashed"]:
+        log.warning("database_crash_fenced", sessions_ended=row["ended"])

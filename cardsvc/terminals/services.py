@@ -13,7 +13,7 @@ import os
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import msgspec
 import structlog
@@ -21,12 +21,23 @@ import structlog
 from cardsvc.audit.services import AuditLog
 from cardsvc.config import Settings
 from cardsvc.db import Pool, transaction
-from cardsvc.errors import InvalidRequest, NotFound, RateLimited, Unauthenticated
+from cardsvc.errors import (
+    CardsvcError,
+    InvalidRequest,
+    NotFound,
+    RateLimited,
+    Unauthenticated,
+)
 from cardsvc.hsm.client import HsmClient
 from cardsvc.hsm.errors import HsmRejected
 from cardsvc.privacy import DataProtector
 from cardsvc.terminals import signing
-from cardsvc.terminals.admission import admit
+from cardsvc.terminals.admission import (
+    admit,
+    check_session_open,
+    check_terminal,
+    session_invalid,
+)
 from cardsvc.terminals.models import (
     RegisterTerminal,
     SessionOpened,
@@ -41,6 +52,9 @@ from cardsvc.web.ratelimit import TokenBuckets
 
 log = structlog.get_logger(__name__)
 
+# Refusals after which a session's cached key is of no more use.
+_SESSION_GONE = frozenset({"SESSION_ENDED", "SESSION_INVALID", "TERMINAL_DISABLED"})
+
 
 class Session(msgspec.Struct, frozen=True):
     session_id: str
@@ -53,6 +67,12 @@ class Session(msgspec.Struct, frozen=True):
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def _challenge_invalid() -> Unauthenticated:
+    return Unauthenticated(
+        "challenge unknown, used or expired, or terminal not active", code="CHALLENGE_INVALID"
+    )
 
 
 class TerminalRegistry:
@@ -100,6 +120,8 @@ class TerminalRegistry:
         )
 
     async def set_status(self, terminal_id: str, req: UpdateTerminal) -> TerminalInfo:
+        """Disabling also ends the terminal's open sessions, in the same transaction:
+        re-enabling it does not revive them (it signs in again)."""
         async with transaction(self._pool) as conn:
             row = await conn.fetchrow(
                 "UPDATE terminals SET status = $2 WHERE terminal_id = $1"
@@ -109,12 +131,24 @@ class TerminalRegistry:
             )
             if row is None:
                 raise NotFound("no such terminal", code="TERMINAL_NOT_FOUND")
+            data = None
+            if req.status == "disabled":
+                # A statement of its own, after the row lock: its snapshot then holds any
+                # session a sign-in committed while we waited (see ``SignIn.complete``).
+                ended = await conn.execute(
+                    "UPDATE terminal_sessions SET ended_at = now(),"
+                    " ended_reason = 'terminal_disabled'"
+                    " WHERE terminal_id = $1 AND ended_at IS NULL",
+                    terminal_id,
+                )
+                data = {"sessions_ended": int(ended.split()[-1])}
             await self._audit.append(
                 conn,
                 actor=ADMIN.actor,
                 action=f"terminal.{req.status}",
                 object_type="terminal",
                 object_id=terminal_id,
+                data=data,
             )
         return TerminalInfo(**dict(row))
 
@@ -130,8 +164,28 @@ class SignIn:
     ) -> None:
         self._pool, self._hsm, self._protector, self._audit = pool, hsm, protector, audit
         self._settings = settings
+        self._per_address = TokenBuckets(
+            settings.sign_in_address_rate, settings.sign_in_address_burst
+        )
+        self._per_terminal = TokenBuckets(
+            settings.sign_in_terminal_rate, settings.sign_in_terminal_burst
+        )
 
-    async def start(self, terminal_id: str) -> SignInChallenge:
+    def _take(self, terminal_id: str, client_address: str) -> None:
+        """One challenge from the allowance of the client address (the socket's peer) and
+        of the terminal id asked for; per worker process, like ``TokenBuckets``."""
+        now = time.monotonic()
+        wait = self._per_address.take(client_address, now)
+        what = "from this address"
+        if not wait:
+            wait, what = self._per_terminal.take(terminal_id, now), "for this terminal"
+        if wait:
+            raise RateLimited(
+                f"too many sign-in attempts {what}: try again later", retry_after=wait
+            )
+
+    async def start(self, terminal_id: str, client_address: str) -> SignInChallenge:
+        self._take(terminal_id, client_address)
         challenge = os.urandom(16)
         expires_at = _now() + dt.timedelta(seconds=self._settings.challenge_ttl)
         # Unknown and disabled terminals get a challenge too, one that was never stored, so
@@ -162,10 +216,7 @@ class SignIn:
                 req.terminal_id,
             )
         if row is None or row["expires_at"] < _now() or row["status"] != "active":
-            raise Unauthenticated(
-                "challenge unknown, used or expired, or terminal not active",
-                code="CHALLENGE_INVALID",
-            )
+            raise _challenge_invalid()
         try:
             result = await self._hsm.verify_terminal_cryptogram(
                 row["key_under_lmk"], rs, rt, bytes.fromhex(req.cryptogram)
@@ -178,14 +229,20 @@ class SignIn:
         session_id = secrets.token_hex(16)
         expires_at = _now() + dt.timedelta(seconds=self._settings.session_ttl)
         async with transaction(self._pool) as conn:
-            await conn.execute(
+            # Only while the terminal is active, and holding its row until commit: a
+            # disabling waits for this session and then ends it, or comes first.
+            opened = await conn.fetchval(
                 "INSERT INTO terminal_sessions (session_id, terminal_id, key_enc, expires_at)"
-                " VALUES ($1, $2, $3, $4)",
+                " SELECT $1, terminal_id, $3, $4 FROM terminals"
+                " WHERE terminal_id = $2 AND status = 'active' FOR SHARE"
+                " RETURNING 1",
                 session_id,
                 req.terminal_id,
                 self._protector.encrypt(result.session_key, session_id.encode()),
                 expires_at,
             )
+            if not opened:  # disabled since the challenge was taken
+                raise _challenge_invalid()
             await self._audit.append(
                 conn,
                 actor=f"terminal:{req.terminal_id}",
@@ -221,6 +278,9 @@ class SessionCache:
         while len(self._items) > self._size:
             self._items.popitem(last=False)
 
+    def forget(self, session_id: str) -> None:
+        self._items.pop(session_id, None)
+
 
 class TerminalAuthenticator:
     """Turns a signed request into a ``Caller``, or refuses it with a specific 401/403."""
@@ -236,31 +296,33 @@ class TerminalAuthenticator:
         method: str,
         path_qs: str,
         headers: Mapping[str, str],
-        body: bytes,
+        read_body: Callable[[], Awaitable[bytes]],
         admit_in_handler: bool = False,
     ) -> Caller:
-        """The caller of a signed request. Checks everything that needs no IO, then admits
-        the request (nonce, standing) — or, with ``admit_in_handler``, leaves the admission
-        in ``Caller.admission`` for the handler's first statement."""
+        """The caller of a signed request. The order is that of the IO each step costs:
+        headers and timestamp (none), the session (the cache, else a database read that
+        also refuses an ended session or a disabled terminal), and only then the body (the
+        signature covers its hash), so a caller without a live session never makes the
+        service read a body. Then the rate, and the admission (nonce, standing) — or, with
+        ``admit_in_handler``, the admission is left in ``Caller.admission`` for the
+        handler's first statement."""
         signed = signing.parse_headers(headers)
         now = time.time()
         signing.check_timestamp(signed.timestamp, now, self._settings.signature_window)
-        session = await self._session(signed.session_id)
-        if session is None or session.terminal_id != signed.terminal_id:
-            raise Unauthenticated("no such session for this terminal", code="SESSION_INVALID")
+        session = await self._session(signed.session_id, signed.terminal_id)
         if session.expires_at <= now:
             raise Unauthenticated("session expired: sign in again", code="SESSION_EXPIRED")
+        body = await read_body()
         signing.check_signature(session.key, signed, method, path_qs, body)
         # After the signature, so nobody can spend another terminal's allowance.
         wait = self._buckets.take(session.terminal_id, time.monotonic())
         if wait:
-            raise RateLimited(
-                "too many requests from this terminal",
-                details={"retry_after_ms": int(wait * 1000) + 1},
-            )
-        admission = Admission(terminal_id=signed.terminal_id, nonce=signed.nonce)
+            raise RateLimited("too many requests from this terminal", retry_after=wait)
+        admission = Admission(
+            terminal_id=signed.terminal_id, nonce=signed.nonce, session_id=session.session_id
+        )
         if not admit_in_handler:
-            await admit(self._pool, admission)
+            await self.admit(admission)
         structlog.contextvars.bind_contextvars(terminal_id=signed.terminal_id)
         return Caller(
             kind=session.kind,  # type: ignore[arg-type]
@@ -271,24 +333,45 @@ class TerminalAuthenticator:
         )
 
     async def admit(self, admission: Admission) -> None:
-        await admit(self._pool, admission)
+        try:
+            await admit(self._pool, admission)
+        except CardsvcError as exc:
+            self.refused(admission.session_id, exc)
+            raise
 
-    async def _session(self, session_id: str) -> Session | None:
+    def refused(self, session_id: str, exc: BaseException) -> None:
+        """A request of this session was refused: if because the session ended or its
+        terminal is disabled, drop the cached key, so the next request is refused by the
+        session lookup, before its body is read."""
+        if isinstance(exc, CardsvcError) and exc.code in _SESSION_GONE:
+            self._sessions.forget(session_id)
+
+    async def _session(self, session_id: str, terminal_id: str) -> Session:
         cached = self._sessions.get(session_id)
-        if cached is not None:
-            return cached
+        if cached is None:
+            cached = await self._load_session(session_id, terminal_id)
+        if cached is None or cached.terminal_id != terminal_id:
+            raise session_invalid()
+        return cached
+
+    async def _load_session(self, session_id: str, terminal_id: str) -> Session | None:
+        """The session, read and cached, if it is this terminal's; an ended one, or one of
+        a disabled terminal, is refused (and not cached)."""
         if len(session_id) > 64:
             return None
         row = await self._pool.fetchrow(
             """
-            SELECT s.terminal_id, s.key_enc, s.expires_at, t.kind, t.fixmedins_code
+            SELECT s.terminal_id, s.key_enc, s.expires_at, s.ended_reason,
+                   t.kind, t.fixmedins_code, t.status
             FROM terminal_sessions s JOIN terminals t USING (terminal_id)
             WHERE s.session_id = $1
             """,
             session_id,
         )
-        if row is None:
+        if row is None or row["terminal_id"] != terminal_id:
             return None
+        check_terminal(row["status"])
+        check_session_open(row["ended_reason"])
         session = Session(
             session_id=session_id,
             terminal_id=row["terminal_id"],

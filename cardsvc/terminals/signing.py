@@ -33,6 +33,15 @@ def parse_headers(headers: Mapping[str, str]) -> SignedHeaders:
         raise Unauthenticated(
             "signed request headers missing", code="SIGNATURE_MISSING", details={"missing": missing}
         )
+    # aiohttp hands over bytes that are not UTF-8 as surrogates; none of these headers may
+    # hold anything but printable ASCII.
+    garbled = [h for h in _HEADERS if not (headers[h].isascii() and headers[h].isprintable())]
+    if garbled:
+        raise Unauthenticated(
+            "signed request headers must be printable ASCII",
+            code="SIGNATURE_HEADER_INVALID",
+            details={"headers": garbled},
+        )
     if not _NONCE.match(headers["X-Nonce"]):
         raise Unauthenticated("X-Nonce must be 16-64 of [A-Za-z0-9_-]", code="NONCE_INVALID")
     return SignedHeaders(

@@ -29,7 +29,8 @@ async def update(request: web.Request) -> web.Response:
 @public
 async def sign_in(request: web.Request) -> web.Response:
     req = await read_json(request, SignInStart)
-    return json_response(await request.app[SERVICES].sign_in.start(req.terminal_id))
+    client = request.remote or ""  # the socket's peer: no forwarded header is trusted
+    return json_response(await request.app[SERVICES].sign_in.start(req.terminal_id, client))
 
 
 @public

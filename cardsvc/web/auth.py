@@ -24,6 +24,11 @@ ACCESS: Final = "__cardsvc_access__"
 
 def _check_admin(request: web.Request) -> Caller:
     header = request.headers.get("Authorization", "")
+    if not header.isascii() or not header.isprintable():
+        # aiohttp hands over bytes that are not UTF-8 as surrogates: never a token.
+        raise Unauthenticated(
+            "the Authorization header must be printable ASCII", code="ADMIN_HEADER_INVALID"
+        )
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise Unauthenticated("admin bearer token required", code="ADMIN_TOKEN_MISSING")
@@ -54,13 +59,12 @@ def terminal(*kinds: TerminalKind, admit_in_handler: bool = False) -> Callable[[
 
     def decorate(handler: Handler) -> Handler:
         async def wrapper(request: web.Request) -> web.StreamResponse:
-            body = await request.read()
             authenticator = request.app[SERVICES].terminal_auth
             caller = await authenticator.authenticate(
                 method=request.method,
                 path_qs=request.raw_path,
                 headers=request.headers,
-                body=body,
+                read_body=request.read,  # only once the session is known to be live
                 admit_in_handler=admit_in_handler,
             )
             if caller.kind not in allowed:
@@ -73,11 +77,13 @@ def terminal(*kinds: TerminalKind, admit_in_handler: bool = False) -> Callable[[
             pending = caller.admission
             try:
                 response = await handler(request)
-            except Exception:
+            except Exception as exc:
                 if pending is not None and not pending.done:
                     # Refused before its first statement (a bad body, say): admitted all
                     # the same, so a replay is refused as one and a disabled terminal as one.
                     await authenticator.admit(pending)
+                if pending is not None:
+                    authenticator.refused(pending.session_id, exc)
                 raise
             if pending is not None and not pending.done:
                 raise RuntimeError(f"{handler.__name__} answered without admitting its request")

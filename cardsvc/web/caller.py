@@ -15,12 +15,13 @@ SETTLING_TERMINALS: tuple[TerminalKind, ...] = ("pos", "his")
 
 
 class Admission(msgspec.Struct, kw_only=True):
-    """A signed request's nonce, not yet recorded, and its terminal, whose standing is not yet
-    read (``cardsvc.terminals.admission``): a handler that takes over its admission must
-    run it before anything else it does, and mark it ``done``."""
+    """A signed request's nonce, not yet recorded, and its terminal and session, whose
+    standing is not yet read (``cardsvc.terminals.admission``): a handler that takes over
+    its admission must run it before anything else it does, and mark it ``done``."""
 
     terminal_id: str
     nonce: str
+    session_id: str
     done: bool = False
 
 

@@ -17,7 +17,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from cardsvc import db
-from cardsvc.errors import CardsvcError
+from cardsvc.errors import CardsvcError, RateLimited
 from cardsvc.ops import metrics
 from cardsvc.web.appkeys import SETTINGS
 from cardsvc.web.codec import error_body
@@ -96,7 +96,10 @@ def _error_for(exc: Exception, *, request_timed_out: bool) -> web.Response:
     if isinstance(exc, CardsvcError):
         if exc.status >= 500:
             log.warning("dependency_unavailable", code=exc.code)
-        return _error_response(exc.status, exc.code, exc.message, exc.details)
+        response = _error_response(exc.status, exc.code, exc.message, exc.details)
+        if isinstance(exc, RateLimited):
+            response.headers["Retry-After"] = str(exc.retry_after)
+        return response
     if isinstance(exc, web.HTTPException):
         if exc.status < 400:
             raise exc

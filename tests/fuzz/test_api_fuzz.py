@@ -85,7 +85,13 @@ def _sign_in(http: requests.Session, base: str, terminal_id: str, key: bytes) ->
 @pytest.fixture(scope="module")
 def fuzz_env() -> Iterator[FuzzEnv]:
     stack = Stack(
-        workers=1, env={"CARDSVC_TERMINAL_RATE": "100000", "CARDSVC_TERMINAL_BURST": "100000"}
+        workers=1,
+        env={
+            "CARDSVC_TERMINAL_RATE": "100000",
+            "CARDSVC_TERMINAL_BURST": "100000",
+            "CARDSVC_SIGN_IN_ADDRESS_BURST": "100000",
+            "CARDSVC_SIGN_IN_TERMINAL_BURST": "100000",
+        },
     ).start()
     http = requests.Session()
     admin = {"Authorization": f"Bearer {stack.admin_token}"}

@@ -33,3 +33,13 @@ def test_secret_from_file(tmp_path):
     path.write_text("f" * 20 + "\n")
     env = {"CARDSVC_ADMIN_TOKEN_FILE": str(path), "CARDSVC_DATA_KEY": "00" * 32}
     assert load_settings(env).admin_token == "f" * 20
+
+
+def test_sign_in_allowances():
+    defaults = load_settings(BASE)
+    assert (defaults.sign_in_address_rate, defaults.sign_in_address_burst) == (20.0, 200.0)
+    assert (defaults.sign_in_terminal_rate, defaults.sign_in_terminal_burst) == (0.1, 10.0)
+    tuned = load_settings(
+        {**BASE, "CARDSVC_SIGN_IN_ADDRESS_BURST": "1000", "CARDSVC_SIGN_IN_TERMINAL_RATE": "1"}
+    )
+    assert tuned.sign_in_address_burst == 1000.0 and tuned.sign_in_terminal_rate == 1.0

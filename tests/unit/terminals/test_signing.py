@@ -36,6 +36,12 @@ def test_good_request_passes():
         (_headers(**{"X-Nonce": "n" * 15}), "NONCE_INVALID"),
         (_headers(**{"X-Nonce": "n" * 65}), "NONCE_INVALID"),
         (_headers(**{"X-Nonce": "n" * 15 + "!"}), "NONCE_INVALID"),
+        # aiohttp hands bytes that are not UTF-8 over as surrogates
+        (_headers(**{"X-Session-Id": "\udcff\udcfe" + "s" * 30}), "SIGNATURE_HEADER_INVALID"),
+        (_headers(**{"X-Signature": "\udcff" * 64}), "SIGNATURE_HEADER_INVALID"),
+        (_headers(**{"X-Terminal-Id": "T0000000\u00e9"}), "SIGNATURE_HEADER_INVALID"),
+        (_headers(**{"X-Timestamp": "\u0661\u0667\u0660\u0660"}), "SIGNATURE_HEADER_INVALID"),
+        (_headers(**{"X-Terminal-Id": "T0000\x7f001"}), "SIGNATURE_HEADER_INVALID"),
     ],
 )
 def test_header_faults(headers: dict[str, str], code: str):
