@@ -116,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings()
     except ConfigError as exc:
         parser.error(str(exc))
-    configure_logging(settings.log_format, settings.log_level)
+    stream = sys.stdout if args.command == "serve" else sys.stderr
+    configure_logging(settings.log_format, settings.log_level, stream)
     if args.command == "serve":
         from cardsvc.server import serve
 
