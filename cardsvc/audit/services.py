@@ -43,7 +43,7 @@ from cardsvc.audit.chain import (
 )
 from cardsvc.audit.export import append_line, iter_lines
 from cardsvc.db import Connection, Pool, as_service_error
-from cardsvc.errors import CardsvcError
+from cardsvc.errors import CardsvcError, ServiceUnavailable
 from cardsvc.hsm.client import HsmClient
 from cardsvc.ops.metrics import AUDIT_ANCHORS
 
@@ -121,6 +121,12 @@ def append_cte(first: int, *, after: str | None = None) -> str:
         SELECT {c}, seq, {at}, {actor}, {action}, {otype}, {oid}, {data}, prev_head, head
         FROM audit_head
     )"""  # noqa: S608 - placeholders only
+
+
+class AnchorExportUnavailable(ServiceUnavailable):
+    """The anchor export folder cannot be written or read (missing rights, full disk)."""
+
+    default_code = "AUDIT_ANCHOR_EXPORT_UNAVAILABLE"
 
 
 class BadAnchor(msgspec.Struct, frozen=True):
@@ -262,7 +268,13 @@ class AuditAnchors:
             anchor = Anchor(at, heads, await self._hsm.audit_anchor_mac(message(at, heads)))
             line = anchor.line()
             # Outside the database first: an anchor the table lost is still evidence.
-            file = await asyncio.to_thread(append_line, self._directory, at, line)
+            try:
+                file = await asyncio.to_thread(append_line, self._directory, at, line)
+            except OSError as exc:
+                raise AnchorExportUnavailable(
+                    f"the audit anchor could not be written to its export folder"
+                    f" ({type(exc).__name__})"
+                ) from None
             await conn.execute("INSERT INTO audit_anchors (at, line) VALUES ($1, $2)", at, line)
         log.info("audit.anchored", at=at.isoformat(), entries=anchor.entries(), file=file.name)
         return AnchorWritten(at, anchor.entries(), file.name)
@@ -283,9 +295,6 @@ class AuditAnchors:
             if mapped is not None:
                 outcome = mapped.code.lower()
                 log.warning("audit.anchor_delayed", code=mapped.code, reason=mapped.message)
-            elif isinstance(exc, OSError):
-                outcome = "export_failed"
-                log.error("audit.anchor_export_failed", error=type(exc).__name__)
             else:
                 outcome = "failed"
                 log.exception("audit.anchor_failed")
@@ -306,8 +315,13 @@ class AuditAnchors:
         (default: this service's folder) and in the table; name any bad anchor."""
         anchored, bad = AnchoredHeads(), _Checked()
         lines = iter_lines(anchors or self._directory)
-        while batch := await asyncio.to_thread(_take, lines):
-            await self._check(batch, anchored, bad)
+        try:
+            while batch := await asyncio.to_thread(_take, lines):
+                await self._check(batch, anchored, bad)
+        except OSError as exc:
+            raise AnchorExportUnavailable(
+                f"the exported audit anchors could not be read ({type(exc).__name__})"
+            ) from None
         async for batch in self._table_lines():
             await self._check(batch, anchored, bad)
         result = await self._audit.verify(anchored)

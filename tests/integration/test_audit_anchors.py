@@ -20,7 +20,7 @@ import pytest_asyncio
 from cardsvc import db
 from cardsvc.audit.anchors import message, parse_line
 from cardsvc.audit.chain import GENESIS, AuditEntry, entry_hash
-from cardsvc.audit.services import AuditAnchors, AuditLog
+from cardsvc.audit.services import AnchorExportUnavailable, AuditAnchors, AuditLog
 from cardsvc.config import Settings
 from cardsvc.crypto import profile
 from cardsvc.hsm.client import HsmClient
@@ -323,3 +323,19 @@ async def test_anchoring_rides_out_an_hsm_outage_and_one_worker_anchors_at_a_tim
         await pool.execute("DELETE FROM audit_anchors WHERE at > now() - interval '1 hour'")
         results = await asyncio.gather(*(anchors(3600).anchor_when_due() for _ in range(2)))
         assert sorted(results) == [False, True]
+
+
+async def test_an_unwritable_export_folder_is_a_clear_error_and_writes_no_row(
+    pool: db.Pool, settings: Settings, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    async with HsmClient(settings.hsm_host, settings.hsm_port) as client:
+        anchors = AuditAnchors(pool, client, AuditLog(pool), blocker / "anchors")
+        rows_before = await pool.fetchval("SELECT count(*) FROM audit_anchors")
+        with pytest.raises(AnchorExportUnavailable) as caught:
+            await anchors.anchor()
+        assert caught.value.status == 503
+        assert caught.value.code == "AUDIT_ANCHOR_EXPORT_UNAVAILABLE"
+        assert await anchors.anchor_when_due() is False  # the background task just logs it
+        assert await pool.fetchval("SELECT count(*) FROM audit_anchors") == rows_before
