@@ -280,10 +280,27 @@ class AuditAnchors:
         return AnchorWritten(at, anchor.entries(), file.name)
 
     async def _due(self, conn: Connection) -> bool:
+        """Whether no genuine anchor is younger than half the interval. The newest row's
+        own (MACed) time counts, and only if the HSM confirms it: a row someone wrote into
+        the table must not be able to silence anchoring."""
         if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _ANCHOR_LOCK):
             return False
-        last: dt.datetime | None = await conn.fetchval("SELECT max(at) FROM audit_anchors")
-        return last is None or clock.now() - last >= dt.timedelta(seconds=self._interval / 2)
+        line: str | None = await conn.fetchval(
+            "SELECT line FROM audit_anchors WHERE at <= now() ORDER BY at DESC LIMIT 1"
+        )
+        if line is None:
+            return True
+        try:
+            last, signed = parse_line(line)
+        except AnchorUnreadable:
+            log.warning("audit.anchor_row_unreadable")
+            return True
+        if clock.now() - last.at >= dt.timedelta(seconds=self._interval / 2):
+            return True
+        if not await self._hsm.verify_audit_anchor(signed, last.mac):
+            log.warning("audit.anchor_row_forged", at=last.at.isoformat())
+            return True
+        return False
 
     async def anchor_when_due(self) -> bool:
         """One turn of the background task: anchor if due; a failure (HSM or database

@@ -6,6 +6,7 @@ database catch each of these; anchoring itself rides out an HSM outage."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import subprocess
 import sys
@@ -323,6 +324,17 @@ async def test_anchoring_rides_out_an_hsm_outage_and_one_worker_anchors_at_a_tim
         await pool.execute("DELETE FROM audit_anchors WHERE at > now() - interval '1 hour'")
         results = await asyncio.gather(*(anchors(3600).anchor_when_due() for _ in range(2)))
         assert sorted(results) == [False, True]
+        # A fresh row someone wrote into the table does not make the next one look done.
+        line = await pool.fetchval("SELECT line FROM audit_anchors ORDER BY at DESC LIMIT 1")
+        document = json.loads(line)
+        document["at"] = dt.datetime.now(dt.UTC).isoformat()
+        await pool.execute(
+            "INSERT INTO audit_anchors (at, line) VALUES (now(), $1)", json.dumps(document)
+        )
+        try:
+            assert await anchors(3600).anchor_when_due() is True
+        finally:
+            await pool.execute("DELETE FROM audit_anchors WHERE line = $1", json.dumps(document))
 
 
 async def test_an_unwritable_export_folder_is_a_clear_error_and_writes_no_row(
