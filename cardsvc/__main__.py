@@ -1,5 +1,5 @@
-"""``python -m cardsvc``: serve, migrate, verify the audit chain, prove the ledger, rotate
-the data key."""
+"""``python -m cardsvc``: serve, migrate, anchor and verify the audit chain, prove the ledger,
+rotate the data key."""
 
 from __future__ import annotations
 
@@ -17,21 +17,60 @@ from cardsvc.audit.services import AuditLog, VerifyResult
 from cardsvc.clearing.services import Clearing
 from cardsvc.config import ConfigError, Settings, load_settings, read_data_key_file
 from cardsvc.datakey import services as datakey
+from cardsvc.errors import CardsvcError
+from cardsvc.hsm.client import HsmClient
 from cardsvc.ledger.services import Ledger, LedgerProof
 from cardsvc.logging import configure_logging
+from cardsvc.services import audit_anchors
 
 
-async def _check(settings: Settings, what: str) -> bool:
-    """Run one of the integrity checks, print its JSON verdict, return whether it passed."""
+def _hsm(settings: Settings) -> HsmClient:
+    return HsmClient(
+        settings.hsm_host,
+        settings.hsm_port,
+        connections=settings.hsm_connections,
+        timeout=settings.hsm_timeout,
+    )
+
+
+async def _check(settings: Settings, what: str, anchors: Path | None = None) -> bool:
+    """Run one of the integrity checks, print its JSON verdict, return whether it passed.
+    The audit check needs the HSM: it checks the chains against the exported anchors."""
     pool = await db.create_pool(settings)
     try:
         result: VerifyResult | LedgerProof
-        ledger = Ledger(pool, timeout=settings.long_request_timeout)
-        result = await (AuditLog(pool).verify() if what == "audit" else ledger.prove())
+        if what == "audit":
+            async with _hsm(settings) as hsm:
+                checker = audit_anchors(settings, pool, hsm, AuditLog(pool))
+                result = await checker.verify(anchors)
+        else:
+            result = await Ledger(pool, timeout=settings.long_request_timeout).prove()
     finally:
         await pool.close()
     sys.stdout.write(msgspec.json.format(msgspec.json.encode(result)).decode() + "\n")
     return result.ok
+
+
+async def _anchor(settings: Settings) -> int:
+    """Anchor the audit chains now (HSM MAC, export file, table) and print the anchor."""
+    pool = await db.create_pool(settings)
+    try:
+        async with _hsm(settings) as hsm:
+            written = await audit_anchors(settings, pool, hsm, AuditLog(pool)).anchor()
+    finally:
+        await pool.close()
+    sys.stdout.write(msgspec.json.encode(written).decode() + "\n")
+    return 0
+
+
+def _run_audit_command(settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        if args.command == "anchor-audit":
+            return asyncio.run(_anchor(settings))
+        return 0 if asyncio.run(_check(settings, "audit", args.anchors)) else 1
+    except CardsvcError as exc:  # the HSM or the database is down: no verdict
+        sys.stderr.write(f"{args.command}: {exc.code}: {exc.message}\n")
+        return 2
 
 
 async def _clearing(settings: Settings, day: dt.date, out: Path) -> int:
@@ -91,7 +130,17 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the HTTP service (applies migrations first)")
     sub.add_parser("migrate", help="apply pending database migrations")
-    sub.add_parser("verify-audit", help="verify the audit hash chains; exit 1 if broken")
+    verify_audit = sub.add_parser(
+        "verify-audit",
+        help="verify the audit hash chains against the anchors; exit 1 if broken, 2 if the"
+        " HSM or database is unavailable",
+    )
+    verify_audit.add_argument(
+        "--anchors",
+        type=Path,
+        help="anchor file or folder (default CARDSVC_AUDIT_ANCHOR_DIR), e.g. the shipped copy",
+    )
+    sub.add_parser("anchor-audit", help="anchor the audit chain heads now (HSM MAC, export)")
     sub.add_parser("prove-ledger", help="prove the ledger balances; exit 1 if not")
     clearing = sub.add_parser("clearing", help="run (or re-read) a day's clearing, write files")
     clearing.add_argument("--date", type=dt.date.fromisoformat, required=True)
@@ -110,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
             new_key = read_data_key_file(args.new_key_file, "--new-key-file")
     except ConfigError as exc:
         parser.error(str(exc))
-    configure_logging(settings.log_format, settings.log_level)
+    stream = sys.stdout if args.command == "serve" else sys.stderr
+    configure_logging(settings.log_format, settings.log_level, stream)
     try:
         return _run(args, settings, new_key)
     except datakey.DataKeyError as exc:
@@ -134,8 +184,9 @@ def _run(args: argparse.Namespace, settings: Settings, new_key: bytes | None) ->
         return asyncio.run(_rotate_data_key(settings, new_key, args.batch_size))
     if args.command == "clearing":
         return asyncio.run(_clearing(settings, args.date, args.out))
-    what = "audit" if args.command == "verify-audit" else "ledger"
-    return 0 if asyncio.run(_check(settings, what)) else 1
+    if args.command in ("verify-audit", "anchor-audit"):
+        return _run_audit_command(settings, args)
+    return 0 if asyncio.run(_check(settings, "ledger")) else 1
 
 
 if __name__ == "__main__":

@@ -79,12 +79,24 @@ async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
         await task
 
 
+async def _audit_anchoring(app: web.Application) -> AsyncIterator[None]:
+    """Anchor the audit chains every CARDSVC_AUDIT_ANCHOR_INTERVAL seconds (0: not here)."""
+    if app[SETTINGS].audit_anchor_interval <= 0:
+        yield
+        return
+    task = asyncio.create_task(app[SERVICES].audit_anchors.run_periodically())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         middlewares=[middleware.request_context, middleware.errors],
         client_max_size=settings.max_body_bytes,
     )
     app[SETTINGS] = settings
-    app.cleanup_ctx.extend([_database, _data_key, _hsm, _services, _housekeeping])
+    app.cleanup_ctx.extend([_database, _data_key, _hsm, _services, _housekeeping, _audit_anchoring])
     setup_routes(app)
     return app

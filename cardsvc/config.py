@@ -62,6 +62,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     sign_in_terminal_burst: float = 10.0
     log_format: str = "json"
     log_level: str = "info"
+    # Audit anchors (chain heads MACed by the HSM): the folder their JSON lines are appended
+    # to, which operators ship off this host, and how often the service writes one (0: never
+    # in the background; `python -m cardsvc anchor-audit` still does).
+    audit_anchor_dir: str = "var/audit-anchors"
+    audit_anchor_interval: float = 60.0
 
 
 def _secret(env: Mapping[str, str], name: str) -> str | None:
@@ -161,4 +166,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ),
         log_format=env.get("CARDSVC_LOG_FORMAT", defaults.log_format),
         log_level=env.get("CARDSVC_LOG_LEVEL", defaults.log_level),
+        audit_anchor_dir=env.get("CARDSVC_AUDIT_ANCHOR_DIR", defaults.audit_anchor_dir),
+        audit_anchor_interval=_float(
+            env, "CARDSVC_AUDIT_ANCHOR_INTERVAL", defaults.audit_anchor_interval
+        ),
     )

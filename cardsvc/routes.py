@@ -42,6 +42,7 @@ def setup_routes(app: web.Application) -> None:
             web.put("/v1/catalog/items", catalog.put_items),
             web.post("/v1/injury-cases", injuries.create),
             web.get("/v1/audit/verify", audit.verify),
+            web.post("/v1/audit/anchors", audit.anchor),
             web.get("/v1/ledger/proof", ledger.proof),
             web.get("/v1/supervision/flags", supervision.flags),
             web.get("/v1/reviews", supervision.reviews),

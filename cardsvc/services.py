@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from cardsvc.accounts.services import AccountCredits
-from cardsvc.audit.services import AuditLog
+from cardsvc.audit.services import AuditAnchors, AuditLog
 from cardsvc.cardauth.services import CardAuthenticator, CardTokens
 from cardsvc.cards.services import CardIssuer
 from cardsvc.catalog.services import Catalog
@@ -45,6 +46,7 @@ class Services:
     clearing: Clearing
     supervision: Supervision
     kiosk: Kiosk
+    audit_anchors: AuditAnchors
 
 
 def build_services(settings: Settings, pool: Pool, hsm: HsmClient) -> Services:
@@ -73,4 +75,15 @@ def build_services(settings: Settings, pool: Pool, hsm: HsmClient) -> Services:
         ),
         supervision=Supervision(pool, audit),
         kiosk=Kiosk(pool, card_tokens, cards),
+        audit_anchors=audit_anchors(settings, pool, hsm, audit),
+    )
+
+
+def audit_anchors(settings: Settings, pool: Pool, hsm: HsmClient, audit: AuditLog) -> AuditAnchors:
+    return AuditAnchors(
+        pool,
+        hsm,
+        audit,
+        Path(settings.audit_anchor_dir),
+        interval=settings.audit_anchor_interval,
     )

@@ -20,6 +20,8 @@ from cardsvc.crypto import profile
 from hsm_stub.keystore import Keystore, KeystoreError, KeyType
 from hsm_stub.protocol import (
     REQUEST_TYPES,
+    AuditAnchorMacRequest,
+    AuditAnchorMacResponse,
     BuildPersonalizationRequest,
     BuildPersonalizationResponse,
     Command,
@@ -33,6 +35,8 @@ from hsm_stub.protocol import (
     MalformedPayload,
     Payload,
     Status,
+    VerifyAuditAnchorRequest,
+    VerifyAuditAnchorResponse,
     VerifyCardRequest,
     VerifyCardResponse,
     VerifyTerminalRequest,
@@ -115,6 +119,22 @@ def key_check_value(keystore: Keystore, request: KeyCheckValueRequest) -> KeyChe
     return KeyCheckValueResponse(kcv=profile.key_check_value(k_term))
 
 
+def audit_anchor_mac(keystore: Keystore, request: AuditAnchorMacRequest) -> AuditAnchorMacResponse:
+    """SM4-CMAC of an audit anchor under the anchor key (generated at the first call)."""
+    key = keystore.audit_anchor_key(create=True)
+    return AuditAnchorMacResponse(mac=profile.sm4_cmac(key, request.message))
+
+
+def verify_audit_anchor(
+    keystore: Keystore, request: VerifyAuditAnchorRequest
+) -> VerifyAuditAnchorResponse:
+    """Whether ``mac`` is the anchor key's MAC of ``message``; the MAC never leaves."""
+    expected = profile.sm4_cmac(keystore.audit_anchor_key(), request.message)
+    if not hmac.compare_digest(expected, request.mac):
+        raise CommandFailed(Status.VERIFICATION_FAILED, "audit anchor MAC mismatch")
+    return VerifyAuditAnchorResponse()
+
+
 HANDLERS: dict[Command, Callable[[Keystore, Any], Payload]] = {
     Command.ECHO: echo,
     Command.GENERATE_TERMINAL_KEY: generate_terminal_key,
@@ -122,6 +142,8 @@ HANDLERS: dict[Command, Callable[[Keystore, Any], Payload]] = {
     Command.BUILD_PERSONALIZATION: build_personalization,
     Command.VERIFY_CARD: verify_card,
     Command.KEY_CHECK_VALUE: key_check_value,
+    Command.AUDIT_ANCHOR_MAC: audit_anchor_mac,
+    Command.VERIFY_AUDIT_ANCHOR: verify_audit_anchor,
 }
 
 

@@ -7,7 +7,11 @@ opens as another. The keystore file ``<dir>/keystore.json`` holds, per region ``
 another LMK fails at start rather than at the first card::
 
     {"format": 1, "lmk_kcv": "1a2b3c",
-     "regions": {"320200": {"IMK_AUTH": "<hex blob>", "IMK_TXN": "<hex blob>"}}}
+     "regions": {"320200": {"IMK_AUTH": "<hex blob>", "IMK_TXN": "<hex blob>"}},
+     "audit_anchor": "<hex blob>"}
+
+``audit_anchor`` (the ``AUDIT_ANCHOR`` key that MACs cardsvc's audit chain heads) is absent
+until the first anchor asks for it; it is generated here and never leaves under any command.
 
 Every change is written atomically (temp file, fsync, rename, fsync of the folder).
 
@@ -42,6 +46,7 @@ class KeyType(enum.StrEnum):
     TERM = "TERM"
     IMK_AUTH = "IMK_AUTH"
     IMK_TXN = "IMK_TXN"
+    AUDIT_ANCHOR = "AUDIT_ANCHOR"
 
 
 class KeystoreError(Exception):
@@ -149,10 +154,17 @@ class IssuerKeys:
 class Keystore:
     """Issuer master keys per region, persisted under the LMK. Open with ``Keystore.open``."""
 
-    def __init__(self, path: Path, lmk: bytes, regions: dict[str, dict[str, str]]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        lmk: bytes,
+        regions: dict[str, dict[str, str]],
+        audit_anchor: str | None = None,
+    ) -> None:
         self._path = path
         self._lmk = lmk
         self._regions = regions
+        self._audit_anchor = audit_anchor
 
     @classmethod
     def open(cls, directory: Path, lmk: bytes) -> Keystore:
@@ -170,7 +182,7 @@ class Keystore:
                 f"keystore {path} was created under LMK kcv {document['lmk_kcv']}, "
                 f"not under the given LMK (kcv {expected_kcv})"
             )
-        return cls(path, lmk, document["regions"])
+        return cls(path, lmk, document["regions"], document.get("audit_anchor"))
 
     @property
     def regions(self) -> list[str]:
@@ -208,6 +220,16 @@ class Keystore:
         self._persist(regions)
         self._regions = regions
 
+    def audit_anchor_key(self, *, create: bool = False) -> bytes:
+        """The audit anchor key; generated and persisted first if ``create`` and none yet."""
+        if self._audit_anchor is None:
+            if not create:
+                raise KeyBlobError("no audit anchor key yet")
+            blob = self.wrap(KeyType.AUDIT_ANCHOR, os.urandom(profile.KEY_LEN)).hex()
+            self._persist(self._regions, audit_anchor=blob)
+            self._audit_anchor = blob
+        return self._unwrap_hex(KeyType.AUDIT_ANCHOR, self._audit_anchor)
+
     def _unwrap_hex(self, key_type: KeyType, blob_hex: str) -> bytes:
         try:
             blob = bytes.fromhex(blob_hex)
@@ -215,12 +237,17 @@ class Keystore:
             raise KeyBlobError(f"stored {key_type} blob is not hex") from None
         return self.unwrap(key_type, blob)
 
-    def _persist(self, regions: dict[str, dict[str, str]]) -> None:
-        document = {
+    def _persist(
+        self, regions: dict[str, dict[str, str]], *, audit_anchor: str | None = None
+    ) -> None:
+        document: dict[str, Any] = {
             "format": _FORMAT,
             "lmk_kcv": profile.key_check_value(self._lmk),
             "regions": regions,
         }
+        anchor_blob = audit_anchor or self._audit_anchor
+        if anchor_blob is not None:
+            document["audit_anchor"] = anchor_blob
         data = json.dumps(document, indent=2, sort_keys=True).encode("ascii")
         _write_atomically(self._path, data)
 
@@ -235,6 +262,7 @@ def _read_document(path: Path) -> dict[str, Any]:
         and document.get("format") == _FORMAT
         and isinstance(document.get("lmk_kcv"), str)
         and _valid_regions(document.get("regions"))
+        and isinstance(document.get("audit_anchor", ""), str)
     ):
         raise KeystoreError(f"keystore {path} is not a format {_FORMAT} keystore")
     return document

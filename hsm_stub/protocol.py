@@ -21,6 +21,12 @@ Commands (request → response fields; bytes are msgpack bin, a "blob" is a key 
     PB  personalisation blob    admdvs, card_sn, counter_key_under_lmk → blob, kcv_auth, kcv_txn
     CV  verify card cryptogram  admdvs, card_sn, key_ref, challenge, cryptogram → ()
     KC  key check value         key_under_lmk (a terminal key) → kcv
+    AM  audit anchor MAC        message → mac (SM4-CMAC under the audit anchor key)
+    AV  verify audit anchor     message, mac → () (status 01 if the MAC does not verify)
+
+The audit anchor key is generated inside hsm_stub at the first ``AM`` and kept only under the
+LMK in its keystore: no command returns it, so a MAC over cardsvc's audit chain heads can be
+made and checked only here. ``AV`` before any ``AM`` is status 20 (no anchor key yet).
 
 Errors::
 
@@ -56,6 +62,8 @@ class Command(enum.StrEnum):
     BUILD_PERSONALIZATION = "PB"
     VERIFY_CARD = "CV"
     KEY_CHECK_VALUE = "KC"
+    AUDIT_ANCHOR_MAC = "AM"
+    VERIFY_AUDIT_ANCHOR = "AV"
 
 
 class Status(enum.StrEnum):
@@ -95,6 +103,8 @@ KeyBlob = Annotated[bytes, msgspec.Meta(min_length=44, max_length=44)]
 Admdvs = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{6}$")]
 CardSn = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{32}$")]
 Kcv = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{6}$")]
+MAX_ANCHOR_MESSAGE_LEN = 4096
+AnchorMessage = Annotated[bytes, msgspec.Meta(min_length=1, max_length=MAX_ANCHOR_MESSAGE_LEN)]
 
 
 class Payload(msgspec.Struct, forbid_unknown_fields=True):
@@ -163,6 +173,23 @@ class KeyCheckValueResponse(Payload):
     kcv: Kcv
 
 
+class AuditAnchorMacRequest(Payload):
+    message: AnchorMessage
+
+
+class AuditAnchorMacResponse(Payload):
+    mac: Key16
+
+
+class VerifyAuditAnchorRequest(Payload):
+    message: AnchorMessage
+    mac: Key16
+
+
+class VerifyAuditAnchorResponse(Payload):
+    pass
+
+
 class ErrorDetail(Payload):
     """Payload of every non-ok response: a fixed, non-sensitive reason."""
 
@@ -176,6 +203,8 @@ REQUEST_TYPES: dict[Command, type[Payload]] = {
     Command.BUILD_PERSONALIZATION: BuildPersonalizationRequest,
     Command.VERIFY_CARD: VerifyCardRequest,
     Command.KEY_CHECK_VALUE: KeyCheckValueRequest,
+    Command.AUDIT_ANCHOR_MAC: AuditAnchorMacRequest,
+    Command.VERIFY_AUDIT_ANCHOR: VerifyAuditAnchorRequest,
 }
 
 RESPONSE_TYPES: dict[Command, type[Payload]] = {
@@ -185,6 +214,8 @@ RESPONSE_TYPES: dict[Command, type[Payload]] = {
     Command.BUILD_PERSONALIZATION: BuildPersonalizationResponse,
     Command.VERIFY_CARD: VerifyCardResponse,
     Command.KEY_CHECK_VALUE: KeyCheckValueResponse,
+    Command.AUDIT_ANCHOR_MAC: AuditAnchorMacResponse,
+    Command.VERIFY_AUDIT_ANCHOR: VerifyAuditAnchorResponse,
 }
 
 _ENCODER = msgspec.msgpack.Encoder()

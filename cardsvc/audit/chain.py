@@ -39,9 +39,20 @@ class AuditEntry(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ChainBreak(msgspec.Struct, frozen=True):
+    """Where a chain stops being trustworthy: ``seq`` is the first entry that does not match.
+
+    When an anchor finds it (the chain is consistent in itself but no longer has the head an
+    anchor recorded), any entry from ``seq`` to ``to_seq`` (the anchored head) may be the
+    rewritten one: ``matched_anchor_at`` is the newest anchor that still matched, before
+    ``seq``, and ``anchor_at`` the one that does not match.
+    """
+
     chain: int
     seq: int
     reason: str
+    to_seq: int | None = None
+    anchor_at: dt.datetime | None = None
+    matched_anchor_at: dt.datetime | None = None
 
 
 def chain_of(object_type: str, object_id: str) -> int:
@@ -53,7 +64,7 @@ def canonical_data(data: dict[str, Any]) -> str:
     return _encoder.encode(data).decode()
 
 
-def _at_micros(at: dt.datetime) -> int:
+def at_micros(at: dt.datetime) -> int:
     delta = at - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
     return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
 
@@ -68,7 +79,7 @@ def body_digest(
     data: str,
 ) -> bytes:
     """SHA-256 of the entry's content: everything but its place (seq) in the chain."""
-    body = _encoder.encode([chain, _at_micros(at), actor, action, object_type, object_id, data])
+    body = _encoder.encode([chain, at_micros(at), actor, action, object_type, object_id, data])
     return hashlib.sha256(body).digest()
 
 

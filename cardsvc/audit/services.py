@@ -1,16 +1,37 @@
-"""Appending to and verifying the audit log.
+"""Appending to, anchoring and verifying the audit log.
 
 ``append`` runs inside the caller's transaction, so an entry exists exactly when the
 state change it records was committed. Entries carry ids and masked values only.
+
+``AuditAnchors`` has the chain heads MACed by the HSM (see ``anchors``), appends each anchor
+to a file outside the database and to ``audit_anchors``, and verifies the log against every
+anchor it can find in both (each one's MAC checked by the HSM first, so a row or line someone
+forged counts as a bad anchor, never as evidence).
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import hashlib
+import itertools
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import msgspec
+import structlog
 
+from cardsvc import clock
+from cardsvc.audit.anchors import (
+    Anchor,
+    AnchoredHeads,
+    AnchorUnreadable,
+    ChainHead,
+    first_anchor_mismatch,
+    message,
+    parse_line,
+)
 from cardsvc.audit.chain import (
     CHAINS,
     AuditEntry,
@@ -20,7 +41,18 @@ from cardsvc.audit.chain import (
     chain_of,
     verify_chain,
 )
-from cardsvc.db import Connection, Pool
+from cardsvc.audit.export import append_line, iter_lines
+from cardsvc.db import Connection, Pool, as_service_error
+from cardsvc.errors import CardsvcError, ServiceUnavailable
+from cardsvc.hsm.client import HsmClient
+from cardsvc.ops.metrics import AUDIT_ANCHORS
+
+log = structlog.get_logger(__name__)
+
+# Serialises anchoring across worker processes and hosts (any fixed number: "audi").
+_ANCHOR_LOCK = 0x61756469
+# Anchors whose MACs are checked concurrently, and read from a file or the table at a time.
+_BATCH = 256
 
 
 class NewEntry(msgspec.Struct, frozen=True):
@@ -91,10 +123,34 @@ def append_cte(first: int, *, after: str | None = None) -> str:
     )"""  # noqa: S608 - placeholders only
 
 
+class AnchorExportUnavailable(ServiceUnavailable):
+    """The anchor export folder cannot be written or read (missing rights, full disk)."""
+
+    default_code = "AUDIT_ANCHOR_EXPORT_UNAVAILABLE"
+
+
+class BadAnchor(msgspec.Struct, frozen=True):
+    """An anchor that is not evidence: unreadable, or its MAC is not the HSM's."""
+
+    source: str  # "<file name>:<line>" or "database"
+    at: dt.datetime | None
+    reason: str
+
+
 class VerifyResult(msgspec.Struct, frozen=True):
     ok: bool
     entries: int
     first_bad: ChainBreak | None
+    anchors_checked: int = 0  # genuine anchors the chains were checked against
+    last_anchor_at: dt.datetime | None = None
+    bad_anchors: int = 0
+    first_bad_anchor: BadAnchor | None = None
+
+
+class AnchorWritten(msgspec.Struct, frozen=True):
+    at: dt.datetime
+    entries: int  # entries the anchor covers, all chains
+    file: str  # the export file's name, in CARDSVC_AUDIT_ANCHOR_DIR
 
 
 class AuditLog:
@@ -114,7 +170,10 @@ class AuditLog:
         entry = new_entry(actor, action, object_type, object_id, data)
         await conn.execute(f"WITH {append_cte(1)} SELECT 1", *entry.params())
 
-    async def verify(self) -> VerifyResult:
+    async def verify(self, anchored: AnchoredHeads | None = None) -> VerifyResult:
+        """Walk every chain in one snapshot, and check it against ``anchored`` heads (from
+        genuine anchors, read before this snapshot so that it holds everything they saw)."""
+        anchored = anchored or AnchoredHeads()
         total = 0
         async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
             heads = {
@@ -144,6 +203,207 @@ class AuditLog:
                 head_seq, head_hash = heads.get(chain, (0, b""))
                 count, broken = verify_chain(chain, rows, head_seq, bytes(head_hash))
                 total += count
+                broken = _earliest(broken, _anchor_break(chain, rows, broken, anchored))
                 if broken is not None:
                     return VerifyResult(False, total, broken)
         return VerifyResult(True, total, None)
+
+
+def _anchor_break(
+    chain: int,
+    rows: Sequence[tuple[AuditEntry, bytes, bytes]],
+    broken: ChainBreak | None,
+    anchored: AnchoredHeads,
+) -> ChainBreak | None:
+    """The first anchored head missing from the chain's consistent prefix (before ``broken``)."""
+    heads = anchored.of_chain(chain)
+    valid = len(rows) if broken is None else broken.seq - 1
+    if broken is not None:
+        heads = [head for head in heads if head.seq < broken.seq]
+    wanted = {head.seq for head in heads}
+    hashes = {seq: rows[seq - 1][2] for seq in wanted if 0 < seq <= valid}
+    return first_anchor_mismatch(chain, valid, hashes, heads)
+
+
+def _earliest(internal: ChainBreak | None, anchored: ChainBreak | None) -> ChainBreak | None:
+    if internal is None or (anchored is not None and anchored.seq < internal.seq):
+        return anchored
+    return internal
+
+
+class AuditAnchors:
+    """Anchoring the audit chains in the HSM and outside the database, and verifying them."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        hsm: HsmClient,
+        audit: AuditLog,
+        directory: Path,
+        *,
+        interval: float = 60.0,
+    ) -> None:
+        self._pool, self._hsm, self._audit = pool, hsm, audit
+        self._directory, self._interval = directory, interval
+
+    async def anchor(self) -> AnchorWritten:
+        """Anchor now (after any anchoring in progress elsewhere)."""
+        written = await self._write(only_if_due=False)
+        assert written is not None
+        return written
+
+    async def _write(self, *, only_if_due: bool) -> AnchorWritten | None:
+        """MAC every chain head now, export the anchor, store it. One anchorer at a time:
+        ``only_if_due`` gives up if another is at it or one was written less than half an
+        interval ago (None), otherwise waits for the other."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            if only_if_due:
+                if not await self._due(conn):
+                    return None
+            else:
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", _ANCHOR_LOCK)
+            rows = await conn.fetch("SELECT chain, seq, head FROM audit_chains ORDER BY chain")
+            heads = tuple(ChainHead(r["chain"], r["seq"], bytes(r["head"])) for r in rows)
+            at = clock.now()
+            anchor = Anchor(at, heads, await self._hsm.audit_anchor_mac(message(at, heads)))
+            line = anchor.line()
+            # Outside the database first: an anchor the table lost is still evidence.
+            try:
+                file = await asyncio.to_thread(append_line, self._directory, at, line)
+            except OSError as exc:
+                raise AnchorExportUnavailable(
+                    f"the audit anchor could not be written to its export folder"
+                    f" ({type(exc).__name__})"
+                ) from None
+            await conn.execute("INSERT INTO audit_anchors (at, line) VALUES ($1, $2)", at, line)
+        log.info("audit.anchored", at=at.isoformat(), entries=anchor.entries(), file=file.name)
+        return AnchorWritten(at, anchor.entries(), file.name)
+
+    async def _due(self, conn: Connection) -> bool:
+        """Whether no genuine anchor is younger than half the interval. The newest row's
+        own (MACed) time counts, and only if the HSM confirms it: a row someone wrote into
+        the table must not be able to silence anchoring."""
+        if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _ANCHOR_LOCK):
+            return False
+        line: str | None = await conn.fetchval(
+            "SELECT line FROM audit_anchors WHERE at <= now() ORDER BY at DESC LIMIT 1"
+        )
+        if line is None:
+            return True
+        try:
+            last, signed = parse_line(line)
+        except AnchorUnreadable:
+            log.warning("audit.anchor_row_unreadable")
+            return True
+        if clock.now() - last.at >= dt.timedelta(seconds=self._interval / 2):
+            return True
+        if not await self._hsm.verify_audit_anchor(signed, last.mac):
+            log.warning("audit.anchor_row_forged", at=last.at.isoformat())
+            return True
+        return False
+
+    async def anchor_when_due(self) -> bool:
+        """One turn of the background task: anchor if due; a failure (HSM or database
+        down, export folder not writable) is logged and counted, and retried next turn."""
+        try:
+            written = await self._write(only_if_due=True)
+        except Exception as exc:
+            mapped = exc if isinstance(exc, CardsvcError) else as_service_error(exc)
+            if mapped is not None:
+                outcome = mapped.code.lower()
+                log.warning("audit.anchor_delayed", code=mapped.code, reason=mapped.message)
+            else:
+                outcome = "failed"
+                log.exception("audit.anchor_failed")
+            AUDIT_ANCHORS.labels(outcome).inc()
+            return False
+        if written is not None:
+            AUDIT_ANCHORS.labels("written").inc()
+        return written is not None
+
+    async def run_periodically(self) -> None:
+        """Anchor every ``interval`` seconds, until cancelled."""
+        while True:
+            await asyncio.sleep(self._interval)
+            await self.anchor_when_due()
+
+    async def verify(self, anchors: Path | None = None) -> VerifyResult:
+        """Verify the chains against every genuine anchor in the export at ``anchors``
+        (default: this service's folder) and in the table; name any bad anchor."""
+        anchored, bad = AnchoredHeads(), _Checked()
+        lines = iter_lines(anchors or self._directory)
+        try:
+            while batch := await asyncio.to_thread(_take, lines):
+                await self._check(batch, anchored, bad)
+        except OSError as exc:
+            raise AnchorExportUnavailable(
+                f"the exported audit anchors could not be read ({type(exc).__name__})"
+            ) from None
+        async for batch in self._table_lines():
+            await self._check(batch, anchored, bad)
+        result = await self._audit.verify(anchored)
+        return msgspec.structs.replace(
+            result,
+            ok=result.ok and bad.count == 0,
+            anchors_checked=anchored.anchors,
+            last_anchor_at=anchored.last_at,
+            bad_anchors=bad.count,
+            first_bad_anchor=bad.first,
+        )
+
+    async def _table_lines(self) -> AsyncIterator[list[tuple[str, str]]]:
+        async with self._pool.acquire() as conn, conn.transaction(readonly=True):
+            rows = conn.cursor("SELECT line FROM audit_anchors ORDER BY at")
+            batch: list[tuple[str, str]] = []
+            async for row in rows:
+                batch.append(("database", row["line"]))
+                if len(batch) == _BATCH:
+                    yield batch
+                    batch = []
+            if batch:
+                yield batch
+
+    async def _check(
+        self, batch: Iterable[tuple[str, str]], anchored: AnchoredHeads, bad: _Checked
+    ) -> None:
+        parsed: list[tuple[str, Anchor, bytes]] = []
+        for source, text in batch:
+            try:
+                anchor, signed = parse_line(text)
+            except AnchorUnreadable as exc:
+                bad.add(BadAnchor(source, None, str(exc)))
+                continue
+            if bad.first_sight(signed, anchor.mac):  # the export's and the table's copy
+                parsed.append((source, anchor, signed))
+        verdicts = await asyncio.gather(
+            *(self._hsm.verify_audit_anchor(signed, anchor.mac) for _, anchor, signed in parsed)
+        )
+        for (source, anchor, _), genuine in zip(parsed, verdicts, strict=True):
+            if genuine:
+                anchored.add(anchor)
+            else:
+                bad.add(BadAnchor(source, anchor.at, "MAC does not verify: not the HSM's anchor"))
+
+
+class _Checked:
+    """The bad anchors found so far, and which anchors were already seen."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.first: BadAnchor | None = None
+        self._seen: set[bytes] = set()
+
+    def first_sight(self, signed: bytes, mac: bytes) -> bool:
+        digest = hashlib.sha256(signed + mac).digest()
+        if digest in self._seen:
+            return False
+        self._seen.add(digest)
+        return True
+
+    def add(self, anchor: BadAnchor) -> None:
+        self.count += 1
+        self.first = self.first or anchor
+
+
+def _take(lines: Iterator[tuple[str, str]]) -> list[tuple[str, str]]:
+    return list(itertools.islice(lines, _BATCH))

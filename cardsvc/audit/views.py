@@ -11,4 +11,9 @@ from cardsvc.web.middleware import long_running
 @long_running
 @admin_only
 async def verify(request: web.Request) -> web.Response:
-    return json_response(await request.app[SERVICES].audit.verify())
+    return json_response(await request.app[SERVICES].audit_anchors.verify())
+
+
+@admin_only
+async def anchor(request: web.Request) -> web.Response:
+    return json_response(await request.app[SERVICES].audit_anchors.anchor(), status=201)

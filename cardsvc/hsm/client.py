@@ -32,6 +32,8 @@ from cardsvc.crypto.profile import KEY_REF_AUTH, KEY_REF_TXN
 from cardsvc.hsm.errors import HsmError, HsmRejected, HsmUnavailable
 from hsm_stub.protocol import (
     HEADER_LEN,
+    AuditAnchorMacRequest,
+    AuditAnchorMacResponse,
     BuildPersonalizationRequest,
     BuildPersonalizationResponse,
     Command,
@@ -49,6 +51,8 @@ from hsm_stub.protocol import (
     ProtocolError,
     ResponseFrame,
     Status,
+    VerifyAuditAnchorRequest,
+    VerifyAuditAnchorResponse,
     VerifyCardRequest,
     VerifyCardResponse,
     VerifyTerminalRequest,
@@ -342,6 +346,21 @@ class HsmClient:
         request = KeyCheckValueRequest(key_under_lmk=key_under_lmk)
         response = await self._call(Command.KEY_CHECK_VALUE, request, KeyCheckValueResponse)
         return response.kcv
+
+    async def audit_anchor_mac(self, message: bytes) -> bytes:
+        """The HSM's MAC of an audit anchor under its audit anchor key."""
+        request = AuditAnchorMacRequest(message=message)
+        response = await self._call(Command.AUDIT_ANCHOR_MAC, request, AuditAnchorMacResponse)
+        return response.mac
+
+    async def verify_audit_anchor(self, message: bytes, mac: bytes) -> bool:
+        """True if ``mac`` is the HSM's MAC of ``message`` (False on status 01)."""
+        request = VerifyAuditAnchorRequest(message=message, mac=mac)
+        try:
+            await self._call(Command.VERIFY_AUDIT_ANCHOR, request, VerifyAuditAnchorResponse)
+        except HsmRejected:
+            return False
+        return True
 
     async def _call(self, command: Command, request: Payload, response_type: type[R]) -> R:
         frame = await self._exchange(command, encode_payload(request))

@@ -32,6 +32,13 @@ SETTLEMENT_LOCKED = Counter(
     registry=REGISTRY,
 )
 
+AUDIT_ANCHORS = Counter(
+    "cardsvc_audit_anchors",
+    "Audit anchor turns by outcome: written, or why it was delayed (hsm_unavailable, ...)",
+    ["outcome"],
+    registry=REGISTRY,
+)
+
 
 def observe_request(method: str, route: str, status: int, seconds: float) -> None:
     REQUESTS.labels(method, route, str(status)).inc()

@@ -39,6 +39,7 @@ ACCESS = {
     ("PUT", "/v1/catalog/items"): {ADMIN},
     ("POST", "/v1/injury-cases"): {ADMIN},
     ("GET", "/v1/audit/verify"): {ADMIN},
+    ("POST", "/v1/audit/anchors"): {ADMIN},
     ("GET", "/v1/ledger/proof"): {ADMIN},
     ("GET", "/v1/supervision/flags"): {ADMIN},
     ("GET", "/v1/reviews"): {ADMIN},

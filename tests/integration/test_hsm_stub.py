@@ -15,6 +15,7 @@ import pytest
 from cardsvc.crypto import profile
 from cardsvc.hsm import HsmClient, HsmError, HsmRejected, HsmUnavailable
 from hsm_stub import protocol
+from hsm_stub.keystore import KeyType, unwrap_key
 from tests.support.hsm import HsmProcess, HsmStartError
 
 ADMDVS = "320200"
@@ -153,6 +154,35 @@ async def test_refusals_are_hsm_errors_with_the_status(
 async def test_key_ref_must_be_one_or_two(client: HsmClient) -> None:
     with pytest.raises(ValueError, match="key_ref"):
         await client.verify_card_cryptogram(ADMDVS, CARD_SN, 3, bytes(16), bytes(16))
+
+
+async def test_audit_anchor_mac_verifies_only_its_own_message(client: HsmClient) -> None:
+    message = b"cardsvc audit anchor " + os.urandom(64)
+    mac = await client.audit_anchor_mac(message)
+    assert len(mac) == 16
+    assert await client.audit_anchor_mac(message) == mac  # a MAC, deterministic
+    assert await client.verify_audit_anchor(message, mac)
+    assert not await client.verify_audit_anchor(message + b"x", mac)
+    assert not await client.verify_audit_anchor(message, bytes(a ^ 1 for a in mac))
+
+
+async def test_audit_anchor_key_is_made_inside_and_survives_a_restart(
+    own_hsm: HsmProcess,
+) -> None:
+    async with HsmClient(own_hsm.host, own_hsm.port) as client:
+        with pytest.raises(HsmError) as caught:  # no anchor key before the first anchor
+            await client.verify_audit_anchor(b"anchor", bytes(16))
+        assert caught.value.details == {"hsm_status": "20"}
+        mac = await client.audit_anchor_mac(b"anchor")
+        own_hsm.restart()
+        await eventually_echo(client, within=5)
+        assert await client.verify_audit_anchor(b"anchor", mac)
+    # The key is only under the LMK in the keystore, and the MAC is SM4-CMAC under it.
+    document = json.loads((own_hsm.keystore_dir / "keystore.json").read_text())
+    blob = bytes.fromhex(document["audit_anchor"])
+    key = unwrap_key(bytes.fromhex(own_hsm.lmk_hex), KeyType.AUDIT_ANCHOR, blob)
+    assert profile.sm4_cmac(key, b"anchor") == mac
+    assert key.hex() not in own_hsm.log_path.read_text()
 
 
 # --- multiplexing ----------------------------------------------------------------------------

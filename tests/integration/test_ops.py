@@ -12,6 +12,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from cardsvc.config import Settings
 from tests.support.api import Service, authenticate_card, issue_card
 from tests.support.hsm import HsmProcess
 
@@ -66,7 +67,7 @@ async def test_hsm_outage_gives_503_fast_and_recovers(service: Service, hsm: Hsm
     assert result["card_no"] == card.card_no
 
 
-async def test_audit_chain_detects_tampering(service: Service):
+async def test_audit_chain_detects_tampering(service: Service, hsm: HsmProcess, settings: Settings):
     facility = await service.facility()
     verdict = await service.admin_ok("GET", "/v1/audit/verify")
     assert verdict["ok"] is True and verdict["entries"] > 0 and verdict["first_bad"] is None
@@ -95,6 +96,10 @@ async def test_audit_chain_detects_tampering(service: Service):
                     "DATABASE_URL": service.database_url,
                     "CARDSVC_ADMIN_TOKEN": "x" * 16,
                     "CARDSVC_DATA_KEY": "00" * 32,
+                    # Verification checks the anchors' MACs: it needs the HSM.
+                    "CARDSVC_HSM_HOST": hsm.host,
+                    "CARDSVC_HSM_PORT": str(hsm.port),
+                    "CARDSVC_AUDIT_ANCHOR_DIR": settings.audit_anchor_dir,
                     "PATH": "/usr/bin:/bin",
                 },
                 capture_output=True,

@@ -63,6 +63,7 @@ class Stack:
             "CARDSVC_PORT": str(self.port),
             "CARDSVC_WORKERS": str(self.workers),
             "CARDSVC_LOG_LEVEL": "info",
+            "CARDSVC_AUDIT_ANCHOR_DIR": str(self.base / "audit-anchors"),
             **self.extra_env,
         }
 

@@ -93,6 +93,22 @@ def test_file_holds_only_wrapped_keys_and_is_private(tmp_path: Path) -> None:
     assert os.listdir(tmp_path) == [KEYSTORE_FILE]  # no temporary file left behind
 
 
+def test_audit_anchor_key_is_made_once_kept_wrapped_and_survives_reopen(tmp_path: Path) -> None:
+    keystore = Keystore.open(tmp_path, LMK)
+    with pytest.raises(KeyBlobError, match="no audit anchor key"):
+        keystore.audit_anchor_key()
+    key = keystore.audit_anchor_key(create=True)
+    assert keystore.audit_anchor_key(create=True) == key  # created once
+    keystore.ensure_region("320200")  # persisting regions keeps the anchor key
+    text = (tmp_path / KEYSTORE_FILE).read_text()
+    assert key.hex() not in text
+    blob = bytes.fromhex(json.loads(text)["audit_anchor"])
+    assert unwrap_key(LMK, KeyType.AUDIT_ANCHOR, blob) == key
+    with pytest.raises(KeyBlobError):
+        unwrap_key(LMK, KeyType.TERM, blob)  # an anchor key never opens as a terminal key
+    assert Keystore.open(tmp_path, LMK).audit_anchor_key() == key
+
+
 def test_repr_of_issuer_keys_hides_them(tmp_path: Path) -> None:
     keys = Keystore.open(tmp_path, LMK).issuer_keys("320200", create=True)
     assert keys.auth.hex() not in repr(keys)

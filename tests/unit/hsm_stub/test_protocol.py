@@ -33,6 +33,10 @@ PAYLOAD_EXAMPLES: list[p.Payload] = [
     p.VerifyCardResponse(),
     p.KeyCheckValueRequest(key_under_lmk=bytes(44)),
     p.KeyCheckValueResponse(kcv="abcdef"),
+    p.AuditAnchorMacRequest(message=b"anchor"),
+    p.AuditAnchorMacResponse(mac=bytes(16)),
+    p.VerifyAuditAnchorRequest(message=b"anchor", mac=b"\x03" * 16),
+    p.VerifyAuditAnchorResponse(),
     p.ErrorDetail(reason="unknown command"),
 ]
 
@@ -217,6 +221,17 @@ def _encoded(value: dict[str, object]) -> bytes:
             ),
             p.VerifyTerminalRequest,
             id="short randoms",
+        ),
+        pytest.param(_encoded({"message": b""}), p.AuditAnchorMacRequest, id="empty anchor"),
+        pytest.param(
+            _encoded({"message": bytes(p.MAX_ANCHOR_MESSAGE_LEN + 1)}),
+            p.AuditAnchorMacRequest,
+            id="anchor too long",
+        ),
+        pytest.param(
+            _encoded({"message": b"anchor", "mac": bytes(15)}),
+            p.VerifyAuditAnchorRequest,
+            id="short anchor mac",
         ),
     ],
 )
