@@ -69,8 +69,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     configure_logging(settings.log_format, settings.log_level)
     if args.command == "serve":
+        from cardsvc.hsm.tls import hsm_tls
         from cardsvc.server import serve
 
+        try:
+            hsm_tls(settings)  # refuse to start without a verifiable HSM link, in one line
+        except ConfigError as exc:
+            parser.error(str(exc))
         return serve(settings)
     if args.command == "migrate":
         for version in asyncio.run(db.migrate_url(settings.database_url)):

@@ -16,6 +16,7 @@ from aiohttp import web
 from cardsvc import db
 from cardsvc.config import Settings
 from cardsvc.hsm.client import HsmClient
+from cardsvc.hsm.tls import hsm_tls
 from cardsvc.routes import setup_routes
 from cardsvc.services import build_services
 from cardsvc.web import middleware
@@ -37,6 +38,7 @@ async def _hsm(app: web.Application) -> AsyncIterator[None]:
     client = HsmClient(
         settings.hsm_host,
         settings.hsm_port,
+        tls=hsm_tls(settings),
         connections=settings.hsm_connections,
         timeout=settings.hsm_timeout,
     )
