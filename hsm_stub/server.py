@@ -111,7 +111,8 @@ class HsmServer:
             self._connections.discard(writer)
             writer.close()
             # A TLS close waits for the peer's close_notify; a silent peer gets a bound.
-            with suppress(ConnectionError, TimeoutError):
+            # OSError: after a failed handshake, wait_closed raises that handshake's error.
+            with suppress(OSError, TimeoutError):
                 async with asyncio.timeout(self._limits.handshake_timeout):
                     await writer.wait_closed()
             writer.transport.abort()

@@ -193,3 +193,12 @@ async def test_issue_for_unknown_person_is_404(service: Service):
     resp = await counter.request("POST", "/v1/cards", {"psn_no": "3202009999999999"})
     assert resp.status == 404
     assert resp.body["error"]["code"] == "PERSON_NOT_FOUND"
+
+
+async def test_issuance_in_a_region_the_hsm_was_not_provisioned_for_is_refused(service: Service):
+    """The HSM creates no issuer keys on demand (issue #11): a clear 422, not a new key."""
+    person = await service.person(admdvs="330100")  # the session HSM holds only 320200
+    counter = await service.terminal("counter")
+    response = await counter.request("POST", "/v1/cards", {"psn_no": person["psn_no"]})
+    assert response.status == 422
+    assert response.body["error"]["code"] == "REGION_NOT_PROVISIONED"
