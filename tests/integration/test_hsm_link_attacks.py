@@ -80,18 +80,27 @@ def limited_hsm(tmp_path: Path) -> Iterator[HsmProcess]:
 
 async def read_until_closed(reader: asyncio.StreamReader, within: float = 5.0) -> bytes:
     """Everything the server sends until it closes (or errors); fails if it never does."""
-    received = b""
-    async with asyncio.timeout(within):
-        try:
-            while chunk := await reader.read(4096):
-                received += chunk
-        except (ssl.SSLError, ConnectionError):
-            pass
+    received, closed = await read_for(reader, within)
+    assert closed, f"the HSM kept the connection open; it sent {received!r}"
     return received
 
 
+async def read_for(reader: asyncio.StreamReader, within: float) -> tuple[bytes, bool]:
+    """What the server sends within ``within`` seconds, and whether it closed."""
+    received = b""
+    try:
+        async with asyncio.timeout(within):
+            while chunk := await reader.read(4096):
+                received += chunk
+    except TimeoutError:
+        return received, False
+    except (ssl.SSLError, ConnectionError):
+        pass
+    return received, True
+
+
 async def attempt(hsm: HsmProcess, tls: ssl.SSLContext | None, wire: bytes) -> bytes:
-    """Connect (TLS if given), send ``wire``, return what came back before the close."""
+    """Connect (TLS if given), send ``wire``, return what came back; the server must close."""
     try:
         reader, writer = await asyncio.open_connection(
             hsm.host, hsm.port, ssl=tls, server_hostname=hsm.host if tls else None
@@ -101,11 +110,14 @@ async def attempt(hsm: HsmProcess, tls: ssl.SSLContext | None, wire: bytes) -> b
     try:
         writer.write(wire)
         await writer.drain()
-        return await read_until_closed(reader)
+        received, closed = await read_for(reader, 5.0)
     except (ssl.SSLError, ConnectionError):
         return b""
     finally:
         writer.transport.abort()
+    assert_no_answer(received)
+    assert closed, "the HSM kept the connection open"
+    return received
 
 
 def assert_no_answer(received: bytes) -> None:
