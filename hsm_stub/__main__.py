@@ -87,6 +87,12 @@ def _positive(text: str) -> float:
     return value
 
 
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number: {text!r}")
+    return int(text)
+
+
 def _add_tls_arguments(parser: argparse.ArgumentParser) -> None:
     tls = parser.add_argument_group("mutual TLS (required) and limits")
     tls.add_argument(
@@ -107,7 +113,7 @@ def _add_tls_arguments(parser: argparse.ArgumentParser) -> None:
     env = os.environ.get
     tls.add_argument(
         "--max-connections",
-        type=lambda text: int(_positive(text)),
+        type=_positive_int,
         default=env("HSM_MAX_CONNECTIONS", str(defaults.max_connections)),
     )
     tls.add_argument(
