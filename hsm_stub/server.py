@@ -105,7 +105,7 @@ class HsmServer:
             log.warning("hsm.framing_lost", error=str(exc))
         except TimeoutError:
             log.info("hsm.idle_timeout", seconds=self._limits.idle_timeout)
-        except ConnectionError as exc:
+        except OSError as exc:  # a reset, or a TLS error after the handshake
             log.info("hsm.connection_error", error=type(exc).__name__)
         finally:
             self._connections.discard(writer)
