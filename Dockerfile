@@ -8,6 +8,9 @@ COPY hsm_stub hsm_stub
 COPY loadtest loadtest
 COPY schema schema
 RUN pip install --no-cache-dir -e .
+# Mount points for hsm_stub's keystore and the HSM link's credentials, owned by the user the
+# containers run as, so the named volumes created from them are writable by it.
+RUN mkdir -p /keys /tls && chown nobody /keys /tls && chmod 0700 /keys /tls
 USER nobody
 EXPOSE 8080 9510
 CMD ["python", "-m", "cardsvc", "serve"]

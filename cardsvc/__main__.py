@@ -18,19 +18,10 @@ from cardsvc.clearing.services import Clearing
 from cardsvc.config import ConfigError, Settings, load_settings, read_data_key_file
 from cardsvc.datakey import services as datakey
 from cardsvc.errors import CardsvcError
-from cardsvc.hsm.client import HsmClient
+from cardsvc.hsm.tls import hsm_client
 from cardsvc.ledger.services import Ledger, LedgerProof
 from cardsvc.logging import configure_logging
 from cardsvc.services import audit_anchors
-
-
-def _hsm(settings: Settings) -> HsmClient:
-    return HsmClient(
-        settings.hsm_host,
-        settings.hsm_port,
-        connections=settings.hsm_connections,
-        timeout=settings.hsm_timeout,
-    )
 
 
 async def _check(settings: Settings, what: str, anchors: Path | None = None) -> bool:
@@ -40,7 +31,7 @@ async def _check(settings: Settings, what: str, anchors: Path | None = None) -> 
     try:
         result: VerifyResult | LedgerProof
         if what == "audit":
-            async with _hsm(settings) as hsm:
+            async with hsm_client(settings) as hsm:
                 checker = audit_anchors(settings, pool, hsm, AuditLog(pool))
                 result = await checker.verify(anchors)
         else:
@@ -55,7 +46,7 @@ async def _anchor(settings: Settings) -> int:
     """Anchor the audit chains now (HSM MAC, export file, table) and print the anchor."""
     pool = await db.create_pool(settings)
     try:
-        async with _hsm(settings) as hsm:
+        async with hsm_client(settings) as hsm:
             written = await audit_anchors(settings, pool, hsm, AuditLog(pool)).anchor()
     finally:
         await pool.close()
@@ -170,8 +161,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, settings: Settings, new_key: bytes | None) -> int:
     if args.command == "serve":
+        from cardsvc.hsm.tls import hsm_tls
         from cardsvc.server import serve
 
+        try:
+            hsm_tls(settings)  # refuse to start without a verifiable HSM link, in one line
+        except ConfigError as exc:
+            sys.stderr.write(f"cardsvc: {exc}\n")
+            return 2
         return serve(settings)
     if args.command == "migrate":
         from cardsvc.server import prepare

@@ -16,7 +16,7 @@ from aiohttp import web
 from cardsvc import db
 from cardsvc.config import Settings
 from cardsvc.datakey import services as datakey
-from cardsvc.hsm.client import HsmClient
+from cardsvc.hsm.tls import hsm_client
 from cardsvc.routes import setup_routes
 from cardsvc.services import build_services
 from cardsvc.terminals.admission import fence_after_crash
@@ -45,12 +45,7 @@ async def _data_key(app: web.Application) -> AsyncIterator[None]:
 
 async def _hsm(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    client = HsmClient(
-        settings.hsm_host,
-        settings.hsm_port,
-        connections=settings.hsm_connections,
-        timeout=settings.hsm_timeout,
-    )
+    client = hsm_client(settings)
     await client.start()
     app[HSM] = client
     yield

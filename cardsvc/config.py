@@ -34,6 +34,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     hsm_port: int = 9510
     hsm_connections: int = 4
     hsm_timeout: float = 2.0
+    # The HSM link's mutual-TLS credentials (PEM files; see cardsvc/hsm/tls.py): the CA that
+    # issued hsm_stub's certificate, and cardsvc's client certificate and key.
+    hsm_ca_file: str = ""
+    hsm_cert_file: str = ""
+    hsm_key_file: str = ""
     db_pool_min: int = 2
     db_pool_max: int = 10
     db_command_timeout: float = 5.0
@@ -136,6 +141,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         hsm_port=_int(env, "CARDSVC_HSM_PORT", defaults.hsm_port),
         hsm_connections=_int(env, "CARDSVC_HSM_CONNECTIONS", defaults.hsm_connections),
         hsm_timeout=_float(env, "CARDSVC_HSM_TIMEOUT", defaults.hsm_timeout),
+        hsm_ca_file=env.get("CARDSVC_HSM_CA_FILE", defaults.hsm_ca_file),
+        hsm_cert_file=env.get("CARDSVC_HSM_CERT_FILE", defaults.hsm_cert_file),
+        hsm_key_file=env.get("CARDSVC_HSM_KEY_FILE", defaults.hsm_key_file),
         db_pool_min=_int(env, "CARDSVC_DB_POOL_MIN", defaults.db_pool_min),
         db_pool_max=_int(env, "CARDSVC_DB_POOL_MAX", defaults.db_pool_max),
         db_command_timeout=_float(env, "CARDSVC_DB_COMMAND_TIMEOUT", defaults.db_command_timeout),

@@ -1,4 +1,5 @@
-"""hsm_stub: a small asyncio TCP service standing in for a payment HSM.
+"""hsm_stub: a small asyncio service standing in for a payment HSM, serving only its host
+(mutual TLS, see ``credentials``).
 
 It alone holds the issuer master keys, encrypted under a local master key (LMK); callers see
 only key blobs under the LMK, key check values and results. See ``protocol`` for the wire format.

@@ -1,9 +1,17 @@
-"""``python -m hsm_stub``: start the HSM stand-in.
+"""``python -m hsm_stub``: start the HSM stand-in; and its two offline commands.
 
-Prints exactly one line on stdout once listening (``hsm_stub listening on HOST:PORT``, with the
-real port when ``--port 0``) so scripts and tests can wait for it; everything else is JSON log
-lines on stderr. SIGTERM and SIGINT stop it cleanly. Exit status 2 means the keys could not be
-loaded (e.g. a keystore created under another LMK), 1 that it could not listen or write its files.
+    python -m hsm_stub --credentials DIR [--keystore DIR] [--regions A,B] ...   serve
+    python -m hsm_stub make-credentials --out DIR [--host H ...]   the link's CA and certificates
+    python -m hsm_stub provision-region ADMDVS [...] --keystore DIR   a region's issuer keys
+
+Serving prints exactly one line on stdout once listening (``hsm_stub listening on HOST:PORT``,
+with the real port when ``--port 0``) so scripts and tests can wait for it; everything else is
+JSON log lines on stderr. It serves mutual TLS only: without a server certificate, key and
+client CA (``--credentials DIR`` for ``DIR/hsm.pem``, ``DIR/hsm.key``, ``DIR/ca.pem``, or
+``--cert``/``--key``/``--client-ca``) it does not start. SIGTERM and SIGINT stop it cleanly.
+Exit status 2 means the keys could not be loaded (e.g. a keystore created under another LMK),
+3 that the TLS credentials are missing or unusable, 1 that it could not listen or write its
+files.
 """
 
 from __future__ import annotations
@@ -17,11 +25,19 @@ import sys
 from pathlib import Path
 
 import structlog
-import uvloop
 
 from cardsvc.crypto import profile
+from hsm_stub.credentials import (
+    DEFAULT_HOSTS,
+    CredentialPaths,
+    CredentialsError,
+    make_credentials,
+    server_context,
+)
 from hsm_stub.keystore import Keystore, KeystoreError, LoadedLmk, is_admdvs, load_lmk
-from hsm_stub.server import HsmServer
+from hsm_stub.server import HsmServer, Limits
+
+OFFLINE_OPERATOR = "(offline: local operator)"
 
 
 def _port(text: str) -> int:
@@ -52,7 +68,78 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--regions", type=_regions, default=[], help="admdvs codes whose keys to create now"
     )
+    _add_tls_arguments(parser)
     return parser.parse_args(argv)
+
+
+def _optional_path(name: str) -> Path | None:
+    value = os.environ.get(name)
+    return Path(value) if value else None
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number: {text!r}")
+    return int(text)
+
+
+def _add_tls_arguments(parser: argparse.ArgumentParser) -> None:
+    tls = parser.add_argument_group("mutual TLS (required) and limits")
+    tls.add_argument(
+        "--credentials",
+        type=Path,
+        default=_optional_path("HSM_CREDENTIALS"),
+        help="folder made by make-credentials: hsm.pem, hsm.key, ca.pem",
+    )
+    tls.add_argument("--cert", type=Path, default=_optional_path("HSM_TLS_CERT"))
+    tls.add_argument("--key", type=Path, default=_optional_path("HSM_TLS_KEY"))
+    tls.add_argument(
+        "--client-ca",
+        type=Path,
+        default=_optional_path("HSM_TLS_CLIENT_CA"),
+        help="CA whose client certificates are served (cardsvc's)",
+    )
+    defaults = Limits()
+    env = os.environ.get
+    tls.add_argument(
+        "--max-connections",
+        type=_positive_int,
+        default=env("HSM_MAX_CONNECTIONS", str(defaults.max_connections)),
+    )
+    tls.add_argument(
+        "--idle-timeout",
+        type=_positive,
+        default=env("HSM_IDLE_TIMEOUT", str(defaults.idle_timeout)),
+    )
+    tls.add_argument(
+        "--handshake-timeout",
+        type=_positive,
+        default=env("HSM_HANDSHAKE_TIMEOUT", str(defaults.handshake_timeout)),
+    )
+
+
+def tls_files(args: argparse.Namespace) -> tuple[Path, Path, Path]:
+    """Server certificate, key and client CA; ``CredentialsError`` if not all are given."""
+    folder = CredentialPaths(args.credentials) if args.credentials else None
+    cert = args.cert or (folder.server_cert if folder else None)
+    key = args.key or (folder.server_key if folder else None)
+    client_ca = args.client_ca or (folder.ca_cert if folder else None)
+    if cert is None or key is None or client_ca is None:
+        raise CredentialsError(
+            "hsm_stub serves mutual TLS only: give --credentials DIR (made by"
+            " 'python -m hsm_stub make-credentials --out DIR') or --cert, --key and --client-ca"
+        )
+    return cert, key, client_ca
 
 
 def configure_logging() -> None:
@@ -74,16 +161,40 @@ def _open_keystore(args: argparse.Namespace) -> tuple[LoadedLmk, Keystore]:
     lmk = load_lmk(args.keystore, lmk_file=args.lmk_file, env_hex=os.environ.get("HSM_LMK"))
     keystore = Keystore.open(args.keystore, lmk.key)
     for admdvs in args.regions:
-        keystore.ensure_region(admdvs)
+        provision(keystore, admdvs)
     return lmk, keystore
+
+
+def provision(keystore: Keystore, admdvs: str) -> bool:
+    """Create a region's issuer keys unless it has them; one key-management log line."""
+    created = keystore.ensure_region(admdvs)
+    kcv_auth, kcv_txn = keystore.region_kcvs(admdvs)
+    log: structlog.typing.FilteringBoundLogger = structlog.get_logger("hsm_stub")
+    log.info(
+        "hsm.key_management",
+        command="provision-region",
+        status="00",
+        region=admdvs,
+        created=created,
+        kcv_auth=kcv_auth,
+        kcv_txn=kcv_txn,
+        peer_subject=OFFLINE_OPERATOR,
+    )
+    return created
 
 
 async def serve(args: argparse.Namespace) -> None:
     log: structlog.typing.FilteringBoundLogger = structlog.get_logger("hsm_stub")
+    tls = server_context(*tls_files(args))
     lmk, keystore = _open_keystore(args)
     if lmk.generated:
         log.warning("hsm.lmk_generated", source=lmk.source, note="back this file up")
-    server = HsmServer(keystore)
+    limits = Limits(
+        max_connections=args.max_connections,
+        handshake_timeout=args.handshake_timeout,
+        idle_timeout=args.idle_timeout,
+    )
+    server = HsmServer(keystore, tls, limits)
     host, port = await server.start(args.host, args.port)
     log.info(
         "hsm.started",
@@ -91,6 +202,10 @@ async def serve(args: argparse.Namespace) -> None:
         lmk_source=lmk.source,
         lmk_kcv=profile.key_check_value(lmk.key),
         regions=keystore.regions,
+        tls="mutual, TLS 1.3",
+        max_connections=limits.max_connections,
+        idle_timeout=limits.idle_timeout,
+        handshake_timeout=limits.handshake_timeout,
     )
     print(f"hsm_stub listening on {host}:{port}", flush=True)
     await _wait_for_stop_signal()
@@ -106,13 +221,78 @@ async def _wait_for_stop_signal() -> None:
     await stop.wait()
 
 
+def make_credentials_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="hsm_stub make-credentials",
+        description="Make the HSM link's private CA, hsm_stub's server certificate and"
+        " cardsvc's client certificate; files that exist are kept.",
+    )
+    parser.add_argument("--out", type=Path, required=True, help="folder for the files (0700)")
+    parser.add_argument(
+        "--host",
+        action="append",
+        dest="hosts",
+        help="address or name cardsvc dials (repeatable); default 127.0.0.1 and localhost",
+    )
+    args = parser.parse_args(argv)
+    try:
+        paths, written = make_credentials(args.out, hosts=args.hosts or DEFAULT_HOSTS)
+    except (CredentialsError, OSError, ValueError) as exc:
+        print(f"hsm_stub make-credentials: {exc}", file=sys.stderr)
+        return 1
+    for path in written:
+        print(f"wrote {path}")
+    print(f"credentials in {paths.directory} ({len(written)} new files)")
+    return 0
+
+
+def provision_region_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="hsm_stub provision-region",
+        description="Create regions' issuer master keys in the keystore (offline; restart a"
+        " running hsm_stub to serve them). A region that has keys keeps them.",
+    )
+    parser.add_argument("regions", nargs="+", type=_regions, metavar="ADMDVS")
+    parser.add_argument(
+        "--keystore", type=Path, default=Path(os.environ.get("HSM_KEYSTORE", "./var/hsm"))
+    )
+    parser.add_argument("--lmk-file", type=Path, help="file with the LMK as 32 hex characters")
+    args = parser.parse_args(argv)
+    configure_logging()
+    try:
+        lmk = load_lmk(args.keystore, lmk_file=args.lmk_file, env_hex=os.environ.get("HSM_LMK"))
+        keystore = Keystore.open(args.keystore, lmk.key)
+        for admdvs in (region for group in args.regions for region in group):
+            created = provision(keystore, admdvs)
+            print(f"region {admdvs} {'provisioned' if created else 'already provisioned'}")
+    except KeystoreError as exc:
+        print(f"hsm_stub provision-region: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+SUBCOMMANDS = {
+    "make-credentials": make_credentials_main,
+    "provision-region": provision_region_main,
+}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in SUBCOMMANDS:
+        return SUBCOMMANDS[argv[0]](argv[1:])
     args = parse_args(argv)
     configure_logging()
     log: structlog.typing.FilteringBoundLogger = structlog.get_logger("hsm_stub")
     try:
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        # asyncio's own loop, not uvloop: the server upgrades each accepted connection with
+        # StreamWriter.start_tls (so the connection cap counts handshakes in progress too),
+        # and under uvloop 0.23 that handshake never completes.
+        with asyncio.Runner() as runner:
             runner.run(serve(args))
+    except CredentialsError as exc:
+        log.error("hsm.tls_config_error", error=str(exc))
+        return 3
     except KeystoreError as exc:
         log.error("hsm.keystore_error", error=str(exc))
         return 2

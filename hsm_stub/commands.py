@@ -3,7 +3,13 @@
 ``execute`` is the server's single entry point. It decodes the payload, runs the handler and
 maps failures to statuses: unknown command ``10``, undecodable payload ``15``, a key blob that
 is not under the LMK (or a region without keys) ``20``, a cryptogram that does not verify
-``01``. Anything else is a bug and propagates; the server answers ``68``.
+``01``, PB for a region never provisioned ``21``, PB under a key that is not a counter's
+``22``. Anything else is a bug and propagates; the server answers ``68``.
+
+Key usage is enforced here, from the kind bound into each terminal key's blob
+(``keystore.terminal_label``), never from what the host says: TV and KC take a terminal key
+of any kind (legacy kind-less blobs included), PB only a counter's. No command creates issuer
+keys; a region gets them only by provisioning (``python -m hsm_stub provision-region``).
 
 All cryptography is ``cardsvc.crypto.profile``; cryptograms are compared in constant time.
 """
@@ -17,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cardsvc.crypto import profile
-from hsm_stub.keystore import Keystore, KeystoreError, KeyType
+from hsm_stub.keystore import KeyBlobError, Keystore, KeystoreError, UnknownRegion
 from hsm_stub.protocol import (
     REQUEST_TYPES,
     AuditAnchorMacRequest,
@@ -35,6 +41,7 @@ from hsm_stub.protocol import (
     MalformedPayload,
     Payload,
     Status,
+    TerminalKind,
     VerifyAuditAnchorRequest,
     VerifyAuditAnchorResponse,
     VerifyCardRequest,
@@ -60,6 +67,9 @@ class Reply:
     status: Status
     payload: bytes
     reason: str | None = None  # why a non-ok status, for the log
+    # Key-management commands only (TK, PB): what the HSM's key-management log line says —
+    # kind, region, check values; never a key, a blob or a cryptogram.
+    facts: dict[str, str] | None = None
 
 
 def echo(keystore: Keystore, request: EchoRequest) -> EchoResponse:
@@ -72,13 +82,13 @@ def generate_terminal_key(
     clear_key = os.urandom(profile.KEY_LEN)
     return GenerateTerminalKeyResponse(
         clear_key=clear_key,
-        key_under_lmk=keystore.wrap(KeyType.TERM, clear_key),
+        key_under_lmk=keystore.wrap_terminal(request.kind, clear_key),
         kcv=profile.key_check_value(clear_key),
     )
 
 
 def verify_terminal(keystore: Keystore, request: VerifyTerminalRequest) -> VerifyTerminalResponse:
-    k_term = keystore.unwrap(KeyType.TERM, request.key_under_lmk)
+    k_term = keystore.unwrap_terminal(request.key_under_lmk).key
     expected = profile.terminal_cryptogram(k_term, request.rs, request.rt)
     if not hmac.compare_digest(expected, request.cryptogram):
         raise CommandFailed(Status.VERIFICATION_FAILED, "terminal cryptogram mismatch")
@@ -91,8 +101,15 @@ def verify_terminal(keystore: Keystore, request: VerifyTerminalRequest) -> Verif
 def build_personalization(
     keystore: Keystore, request: BuildPersonalizationRequest
 ) -> BuildPersonalizationResponse:
-    k_term = keystore.unwrap(KeyType.TERM, request.counter_key_under_lmk)
-    issuer_keys = keystore.issuer_keys(request.admdvs, create=True)
+    terminal_key = keystore.unwrap_terminal(request.counter_key_under_lmk)
+    if terminal_key.kind is not TerminalKind.COUNTER:
+        # A legacy kind-less blob too: the HSM cannot tell it is a counter's (re-key it).
+        raise CommandFailed(Status.KEY_USAGE, "not a counter terminal key")
+    try:
+        issuer_keys = keystore.issuer_keys(request.admdvs)
+    except UnknownRegion:
+        raise CommandFailed(Status.UNKNOWN_REGION, "region not provisioned") from None
+    k_term = terminal_key.key
     k_auth = profile.diversify(issuer_keys.auth, request.card_sn)
     k_txn = profile.diversify(issuer_keys.txn, request.card_sn)
     return BuildPersonalizationResponse(
@@ -115,7 +132,7 @@ def verify_card(keystore: Keystore, request: VerifyCardRequest) -> VerifyCardRes
 
 def key_check_value(keystore: Keystore, request: KeyCheckValueRequest) -> KeyCheckValueResponse:
     """KCV of a terminal key under the LMK (the only key type that leaves the HSM)."""
-    k_term = keystore.unwrap(KeyType.TERM, request.key_under_lmk)
+    k_term = keystore.unwrap_terminal(request.key_under_lmk).key
     return KeyCheckValueResponse(kcv=profile.key_check_value(k_term))
 
 
@@ -159,11 +176,47 @@ def execute(keystore: Keystore, command: str, payload: bytes) -> Reply:
     known = Command(command)
     try:
         request = decode_payload(payload, REQUEST_TYPES[known])
-        response = HANDLERS[known](keystore, request)
     except MalformedPayload as exc:
         return failure_reply(Status.MALFORMED_REQUEST, str(exc))
+    try:
+        response = HANDLERS[known](keystore, request)
     except KeystoreError as exc:
-        return failure_reply(Status.KEY_ERROR, str(exc))
+        reply = failure_reply(Status.KEY_ERROR, str(exc))
     except CommandFailed as exc:
-        return failure_reply(exc.status, exc.reason)
-    return Reply(Status.OK, encode_payload(response))
+        reply = failure_reply(exc.status, exc.reason)
+    else:
+        reply = Reply(Status.OK, encode_payload(response))
+        return _with_facts(reply, key_management_facts(keystore, request, response))
+    return _with_facts(reply, key_management_facts(keystore, request, None))
+
+
+def _with_facts(reply: Reply, facts: dict[str, str] | None) -> Reply:
+    if facts is None:
+        return reply
+    return Reply(reply.status, reply.payload, reply.reason, facts)
+
+
+def key_management_facts(
+    keystore: Keystore, request: Payload, response: Payload | None
+) -> dict[str, str] | None:
+    """The loggable facts of a TK or PB (``None`` for other commands); no key material."""
+    if isinstance(request, GenerateTerminalKeyRequest):
+        facts = {"kind": request.kind.value}
+        if isinstance(response, GenerateTerminalKeyResponse):
+            facts["kcv"] = response.kcv
+        return facts
+    if isinstance(request, BuildPersonalizationRequest):
+        facts = {"region": request.admdvs, **_terminal_facts(keystore, request)}
+        if isinstance(response, BuildPersonalizationResponse):
+            facts |= {"kcv_auth": response.kcv_auth, "kcv_txn": response.kcv_txn}
+        return facts
+    return None
+
+
+def _terminal_facts(keystore: Keystore, request: BuildPersonalizationRequest) -> dict[str, str]:
+    try:
+        terminal_key = keystore.unwrap_terminal(request.counter_key_under_lmk)
+    except KeyBlobError:
+        return {"kind": "(not a terminal key)"}
+    kind = terminal_key.kind.value if terminal_key.kind else "(none: legacy blob)"
+    return {"kind": kind, "kcv": profile.key_check_value(terminal_key.key)}

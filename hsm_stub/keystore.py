@@ -2,9 +2,14 @@
 
 A key "under the LMK" is ``SM4-GCM(LMK, key, AAD = key type label)`` serialised as
 ``nonce ‖ ciphertext ‖ tag`` (44 bytes); the label in the AAD means a blob of one type never
-opens as another. The keystore file ``<dir>/keystore.json`` holds, per region ``admdvs``, the
-``IMK_AUTH`` and ``IMK_TXN`` blobs (hex) and the LMK's check value, so that opening it with
-another LMK fails at start rather than at the first card::
+opens as another. A terminal key's label carries the terminal's kind, ``TERM:counter``,
+``TERM:pos``, ``TERM:his`` or ``TERM:kiosk``, so the HSM itself knows what a key may be used
+for (only a counter's key receives card keys). Blobs made before kinds were bound carry the
+bare label ``TERM``: they open as a terminal key *without* a kind (sign-in and KCV only).
+
+The keystore file ``<dir>/keystore.json`` holds, per region ``admdvs``, the ``IMK_AUTH``
+and ``IMK_TXN`` blobs (hex) and the LMK's check value, so that opening it with another LMK
+fails at start rather than at the first card. Only provisioning creates a region's keys::
 
     {"format": 1, "lmk_kcv": "1a2b3c",
      "regions": {"320200": {"IMK_AUTH": "<hex blob>", "IMK_TXN": "<hex blob>"}},
@@ -34,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from cardsvc.crypto import profile
+from hsm_stub.protocol import TerminalKind
 
 KEYSTORE_FILE = "keystore.json"
 GENERATED_LMK_FILE = "lmk.key"
@@ -43,7 +49,7 @@ _LMK_HEX = re.compile(r"[0-9a-fA-F]{32}")
 
 
 class KeyType(enum.StrEnum):
-    TERM = "TERM"
+    TERM = "TERM"  # a terminal key of no kind: only blobs made before kinds were bound
     IMK_AUTH = "IMK_AUTH"
     IMK_TXN = "IMK_TXN"
     AUDIT_ANCHOR = "AUDIT_ANCHOR"
@@ -124,14 +130,19 @@ def _generate_lmk_file(path: Path) -> bytes:
 # --- keys under the LMK ----------------------------------------------------------------------
 
 
-def wrap_key(lmk: bytes, key_type: KeyType, key: bytes) -> bytes:
-    """``key`` under the LMK, bound to ``key_type``."""
+def terminal_label(kind: TerminalKind) -> str:
+    """The AAD label of a terminal key of ``kind``."""
+    return f"{KeyType.TERM}:{kind}"
+
+
+def wrap_key(lmk: bytes, key_type: KeyType | str, key: bytes) -> bytes:
+    """``key`` under the LMK, bound to ``key_type`` (a ``KeyType`` or ``terminal_label``)."""
     if len(key) != profile.KEY_LEN:
         raise ValueError(f"keys are {profile.KEY_LEN} bytes")
     return profile.sm4_gcm_seal(lmk, key, key_type.encode("ascii"))
 
 
-def unwrap_key(lmk: bytes, key_type: KeyType, blob: bytes) -> bytes:
+def unwrap_key(lmk: bytes, key_type: KeyType | str, blob: bytes) -> bytes:
     """The clear key of a blob made by ``wrap_key`` with the same LMK and type."""
     try:
         key = profile.sm4_gcm_open(lmk, blob, key_type.encode("ascii"))
@@ -140,6 +151,25 @@ def unwrap_key(lmk: bytes, key_type: KeyType, blob: bytes) -> bytes:
     if len(key) != profile.KEY_LEN:
         raise KeyBlobError(f"not a {key_type} key under this LMK")
     return key
+
+
+@dataclass(frozen=True)
+class TerminalKey:
+    kind: TerminalKind | None  # None: a blob made before kinds were bound (label "TERM")
+    key: bytes = field(repr=False)
+
+
+def unwrap_terminal_key(lmk: bytes, blob: bytes) -> TerminalKey:
+    """A terminal key of any kind (or of none, a legacy blob); ``KeyBlobError`` otherwise."""
+    for kind in TerminalKind:
+        try:
+            return TerminalKey(kind, unwrap_key(lmk, terminal_label(kind), blob))
+        except KeyBlobError:
+            continue
+    try:
+        return TerminalKey(None, unwrap_key(lmk, KeyType.TERM, blob))
+    except KeyBlobError:
+        raise KeyBlobError("not a terminal key under this LMK") from None
 
 
 # --- the keystore file -----------------------------------------------------------------------
@@ -194,8 +224,17 @@ class Keystore:
     def unwrap(self, key_type: KeyType, blob: bytes) -> bytes:
         return unwrap_key(self._lmk, key_type, blob)
 
+    def wrap_terminal(self, kind: TerminalKind, key: bytes) -> bytes:
+        return wrap_key(self._lmk, terminal_label(kind), key)
+
+    def unwrap_terminal(self, blob: bytes) -> TerminalKey:
+        return unwrap_terminal_key(self._lmk, blob)
+
     def issuer_keys(self, admdvs: str, *, create: bool = False) -> IssuerKeys:
-        """The region's IMK_AUTH and IMK_TXN; created and persisted first if ``create``."""
+        """The region's IMK_AUTH and IMK_TXN; created and persisted first if ``create``.
+
+        Only provisioning (``python -m hsm_stub provision-region``, ``--regions``) creates
+        keys; no command a host can send does."""
         if admdvs not in self._regions:
             if not create:
                 raise UnknownRegion(f"no issuer keys for region {admdvs}")
@@ -206,12 +245,14 @@ class Keystore:
             txn=self._unwrap_hex(KeyType.IMK_TXN, blobs[KeyType.IMK_TXN]),
         )
 
-    def ensure_region(self, admdvs: str) -> None:
-        """Create the region's issuer master keys unless they exist; persisted before use."""
+    def ensure_region(self, admdvs: str) -> bool:
+        """Create the region's issuer master keys unless they exist; persisted before use.
+
+        Returns whether they were created now."""
         if not is_admdvs(admdvs):
             raise ValueError("admdvs must be 6 digits")
         if admdvs in self._regions:
-            return
+            return False
         new_keys = {
             key_type.value: self.wrap(key_type, os.urandom(profile.KEY_LEN)).hex()
             for key_type in (KeyType.IMK_AUTH, KeyType.IMK_TXN)
@@ -219,6 +260,12 @@ class Keystore:
         regions = {**self._regions, admdvs: new_keys}
         self._persist(regions)
         self._regions = regions
+        return True
+
+    def region_kcvs(self, admdvs: str) -> tuple[str, str]:
+        """Check values of the region's IMK_AUTH and IMK_TXN (for logs; never the keys)."""
+        keys = self.issuer_keys(admdvs)
+        return profile.key_check_value(keys.auth), profile.key_check_value(keys.txn)
 
     def audit_anchor_key(self, *, create: bool = False) -> bytes:
         """The audit anchor key; generated and persisted first if ``create`` and none yet."""

@@ -16,9 +16,10 @@ Responses may come back in any order. A non-ok response carries an ``ErrorDetail
 Commands (request → response fields; bytes are msgpack bin, a "blob" is a key under the LMK)::
 
     EC  echo                    data → data
-    TK  generate terminal key   () → clear_key, key_under_lmk, kcv
+    TK  generate terminal key   kind → clear_key, key_under_lmk, kcv (the blob is bound to kind)
     TV  verify terminal sign-in key_under_lmk, rs, rt, cryptogram → server_cryptogram, session_key
     PB  personalisation blob    admdvs, card_sn, counter_key_under_lmk → blob, kcv_auth, kcv_txn
+                                (only a counter's key, only a provisioned region)
     CV  verify card cryptogram  admdvs, card_sn, key_ref, challenge, cryptogram → ()
     KC  key check value         key_under_lmk (a terminal key) → kcv
     AM  audit anchor MAC        message → mac (SM4-CMAC under the audit anchor key)
@@ -73,6 +74,17 @@ class Status(enum.StrEnum):
     MALFORMED_REQUEST = "15"  # unreadable command code or payload
     KEY_ERROR = "20"  # not a key of the right type under the LMK, or a region without keys
     INTERNAL = "68"  # a bug in hsm_stub; logged there
+    UNKNOWN_REGION = "21"  # PB: no issuer keys for this region (provisioned offline only)
+    KEY_USAGE = "22"  # a key of a kind this command refuses (PB takes only a counter's key)
+
+
+class TerminalKind(enum.StrEnum):
+    """What a terminal is; bound into its key under the LMK by TK."""
+
+    COUNTER = "counter"
+    POS = "pos"
+    HIS = "his"
+    KIOSK = "kiosk"
 
 
 class ProtocolError(Exception):
@@ -120,7 +132,7 @@ class EchoResponse(Payload):
 
 
 class GenerateTerminalKeyRequest(Payload):
-    pass
+    kind: TerminalKind
 
 
 class GenerateTerminalKeyResponse(Payload):

@@ -1,4 +1,15 @@
-"""hsm_stub's asyncio TCP server: frames in, ``commands.execute``, frames out.
+"""hsm_stub's asyncio server: mutual TLS, then frames in, ``commands.execute``, frames out.
+
+Only its host talks to an HSM. Every connection must complete a TLS 1.3 handshake with a
+client certificate issued by the link's CA (``credentials.server_context``) before a single
+frame is read; there is no plain-TCP mode. Resources are bounded (``Limits``): at most
+``max_connections`` connections at once, counted from accept (handshakes included) — one
+more is closed at once; a handshake must finish within ``handshake_timeout``; a connection
+that sends nothing (or reads no answer) for ``idle_timeout`` is closed.
+
+Each key-management command (TK, PB) is logged as one ``hsm.key_management`` line with the
+peer certificate's subject and the command's facts (kind, region, check values), never a key
+or a blob.
 
 Each request is executed as soon as its frame is complete and answered with its header echoed.
 Commands take microseconds and run inline, so today responses leave in arrival order; the
@@ -13,11 +24,14 @@ cryptograms or payloads.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from contextlib import suppress
+from dataclasses import dataclass
 
 import structlog
 
 from hsm_stub.commands import Reply, execute, failure_reply
+from hsm_stub.credentials import peer_subject
 from hsm_stub.keystore import Keystore
 from hsm_stub.protocol import (
     UNREADABLE_COMMAND,
@@ -32,11 +46,26 @@ from hsm_stub.protocol import (
 _READ_SIZE = 64 * 1024
 
 
-class HsmServer:
-    """Serves one keystore over TCP until ``stop``."""
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_connections: int = 64
+    handshake_timeout: float = 5.0
+    # Above cardsvc's own idle bound (cardsvc.hsm.client.MAX_IDLE), so the host, not the
+    # HSM, is the one that ends an idle connection and no request races the close.
+    idle_timeout: float = 300.0
 
-    def __init__(self, keystore: Keystore) -> None:
+    def __post_init__(self) -> None:
+        if self.max_connections < 1 or self.handshake_timeout <= 0 or self.idle_timeout <= 0:
+            raise ValueError("limits must be positive")
+
+
+class HsmServer:
+    """Serves one keystore over mutual TLS until ``stop``."""
+
+    def __init__(self, keystore: Keystore, tls: ssl.SSLContext, limits: Limits) -> None:
         self._keystore = keystore
+        self._tls = tls
+        self._limits = limits
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.StreamWriter] = set()
         self._log: structlog.typing.FilteringBoundLogger = structlog.get_logger("hsm_stub")
@@ -53,27 +82,56 @@ class HsmServer:
             return
         self._server.close()
         for writer in list(self._connections):
-            writer.close()
+            # Abort, not a TLS close: a close waits for the peer's close_notify.
+            writer.transport.abort()
         await self._server.wait_closed()
 
     async def _serve_connection(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        self._connections.add(writer)
         log = self._log.bind(peer=_peer_label(writer))
-        log.info("hsm.connection_opened")
+        if len(self._connections) >= self._limits.max_connections:
+            log.warning("hsm.connection_refused", reason="too many connections")
+            writer.transport.abort()
+            return
+        self._connections.add(writer)
         try:
+            if not await self._handshake(writer, log):
+                return
+            log = log.bind(peer_subject=peer_subject(writer.get_extra_info("peercert")))
+            log.info("hsm.connection_opened")
             await self._answer_frames(reader, writer, log)
         except FramingError as exc:
             log.warning("hsm.framing_lost", error=str(exc))
-        except ConnectionError as exc:
+        except TimeoutError:
+            log.info("hsm.idle_timeout", seconds=self._limits.idle_timeout)
+        except OSError as exc:  # a reset, or a TLS error after the handshake
             log.info("hsm.connection_error", error=type(exc).__name__)
         finally:
             self._connections.discard(writer)
             writer.close()
-            with suppress(ConnectionError):
-                await writer.wait_closed()
+            # A TLS close waits for the peer's close_notify; a silent peer gets a bound.
+            # OSError: after a failed handshake, wait_closed raises that handshake's error.
+            with suppress(OSError, TimeoutError):
+                async with asyncio.timeout(self._limits.handshake_timeout):
+                    await writer.wait_closed()
+            writer.transport.abort()
             log.info("hsm.connection_closed")
+
+    async def _handshake(
+        self, writer: asyncio.StreamWriter, log: structlog.typing.FilteringBoundLogger
+    ) -> bool:
+        """TLS with a verified client certificate, within the handshake bound."""
+        try:
+            async with asyncio.timeout(self._limits.handshake_timeout):
+                await writer.start_tls(
+                    self._tls, ssl_handshake_timeout=self._limits.handshake_timeout
+                )
+        except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
+            log.warning("hsm.handshake_failed", error=_tls_error(exc))
+            writer.transport.abort()
+            return False
+        return True
 
     async def _answer_frames(
         self,
@@ -82,11 +140,17 @@ class HsmServer:
         log: structlog.typing.FilteringBoundLogger,
     ) -> None:
         decoder = FrameDecoder.for_requests()
-        while chunk := await reader.read(_READ_SIZE):
+        idle = self._limits.idle_timeout
+        while True:
+            async with asyncio.timeout(idle):
+                chunk = await reader.read(_READ_SIZE)
+            if not chunk:
+                return
             decoder.feed(chunk)
             for body in decoder.frames():
                 writer.write(self._answer(body, log))
-            await writer.drain()
+            async with asyncio.timeout(idle):  # a peer that reads no answers is idle too
+                await writer.drain()
 
     def _answer(self, body: bytes, log: structlog.typing.FilteringBoundLogger) -> bytes:
         try:
@@ -108,7 +172,16 @@ class HsmServer:
             return failure_reply(Status.INTERNAL, "internal error")
         if reply.status is not Status.OK:
             log.info("hsm.refused", command=command, status=reply.status, reason=reply.reason)
+        if reply.facts is not None:
+            log.info("hsm.key_management", command=command, status=reply.status, **reply.facts)
         return reply
+
+
+def _tls_error(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "handshake timed out"
+    reason = getattr(exc, "reason", None) or getattr(exc, "verify_message", None)
+    return f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
 
 
 def _peer_label(writer: asyncio.StreamWriter) -> str:

@@ -6,8 +6,8 @@ and cardsvc listen on free loopback ports; cardsvc runs ``CARDSVC_WORKERS`` work
 child is stopped on leaving the context, also after an error or Ctrl-C.
 
 ``CARDSVC_*`` tuning variables of the caller's environment (pool sizes, timeouts …) reach
-the service unchanged; the harness sets only addresses, secrets (as files), the worker
-count, a long card-token life and the log level.
+the service unchanged; the harness sets only addresses, secrets (as files), the HSM link's
+mutual-TLS credentials, the worker count, a long card-token life and the log level.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -30,13 +31,22 @@ from urllib.parse import urlsplit
 
 from cardsvc import db
 from cardsvc.devenv.pgcluster import LocalCluster
+from hsm_stub.credentials import CredentialPaths, client_context, make_credentials
 from loadtest.state import ROOT, StateDir
 
 ADMDVS = "320200"  # the city's insurance region (Wuxi); issuer keys are per region
 _HSM_LISTENING = re.compile(r"hsm_stub listening on (\S+):(\d+)")
 _STOP_TIMEOUT = 20.0
 # Secrets and addresses the harness decides; the caller's values must not leak through.
-_OWNED = ("DATABASE_URL", "CARDSVC_ADMIN_TOKEN", "CARDSVC_DATA_KEY", "HSM_LMK")
+_OWNED = (
+    "DATABASE_URL",
+    "CARDSVC_ADMIN_TOKEN",
+    "CARDSVC_DATA_KEY",
+    "HSM_LMK",
+    "CARDSVC_HSM_CA_FILE",
+    "CARDSVC_HSM_CERT_FILE",
+    "CARDSVC_HSM_KEY_FILE",
+)
 
 
 class StartError(RuntimeError):
@@ -74,6 +84,7 @@ class Environment:
         self.cluster: LocalCluster | None = None
         self.database_url = ""
         self.hsm_host, self.hsm_port = "127.0.0.1", 0
+        self.hsm_credentials = CredentialPaths(state.hsm_credentials)
         self.base_url = ""
         self.admin_token = ""
         self.data_key = b""
@@ -150,6 +161,11 @@ class Environment:
         parts = urlsplit(self.database_url)
         return parts.hostname or "127.0.0.1", parts.port or 5432, parts.username or "postgres"
 
+    def hsm_tls(self) -> ssl.SSLContext:
+        """cardsvc's side of the HSM link, for the harness's own HSM calls (card keys)."""
+        paths = self.hsm_credentials
+        return client_context(paths.ca_cert, paths.client_cert, paths.client_key)
+
     def _child_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in _OWNED}
         python_path = os.pathsep.join(
@@ -164,6 +180,8 @@ class Environment:
         log = self._log("hsm_stub.log")
         cmd = [sys.executable, "-m", "hsm_stub", "--host", "127.0.0.1", "--port", "0"]
         cmd += ["--keystore", str(self.state.keystore), "--regions", ADMDVS]
+        make_credentials(self.hsm_credentials.directory)  # once; kept afterwards
+        cmd += ["--credentials", str(self.hsm_credentials.directory)]
         proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
             cmd,
             cwd=self.service_root,
@@ -191,6 +209,9 @@ class Environment:
                 "CARDSVC_WORKERS": str(self.workers),
                 "CARDSVC_HSM_HOST": self.hsm_host,
                 "CARDSVC_HSM_PORT": str(self.hsm_port),
+                "CARDSVC_HSM_CA_FILE": str(self.hsm_credentials.ca_cert),
+                "CARDSVC_HSM_CERT_FILE": str(self.hsm_credentials.client_cert),
+                "CARDSVC_HSM_KEY_FILE": str(self.hsm_credentials.client_key),
                 "CARDSVC_ADMIN_TOKEN_FILE": str(self.state.secret_file("admin_token", 24)),
                 "CARDSVC_DATA_KEY_FILE": str(self.state.secret_file("data_key", 32)),
             }

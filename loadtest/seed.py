@@ -105,7 +105,7 @@ async def seed(
         env.database_url,
         c,
         counter_of(c),
-        (env.hsm_host, env.hsm_port),
+        (env.hsm_host, env.hsm_port, env.hsm_tls()),
         workset_size,
         state.load_workset(),
     )

@@ -6,6 +6,7 @@ Layout::
       secrets/        admin_token, data_key, hsm_lmk (mode 0600, made on first use)
       pgdata/         the private PostgreSQL cluster (unless DATABASE_URL is given)
       hsm/            hsm_stub's keystore (issuer keys under the LMK)
+      secrets/hsm-tls/ the HSM link's CA and certificates (mutual TLS)
       city.json       what was seeded: sequence bases, facilities, terminals and their keys
       workset.json    the cards the load uses, with their card keys (mode 0600)
       <timestamp>/    one folder per command run: report.json, report.png, service logs
@@ -117,6 +118,11 @@ class StateDir:
     @property
     def keystore(self) -> Path:
         return self.path / "hsm"
+
+    @property
+    def hsm_credentials(self) -> Path:
+        """The HSM link's mutual-TLS CA and certificates (``make_credentials``)."""
+        return self.path / "secrets" / "hsm-tls"
 
     def secret_file(self, name: str, make: int) -> Path:
         """A secret of ``make`` random bytes (hex), created once with mode 0600."""

@@ -10,6 +10,7 @@ authentication then verifies for real.
 from __future__ import annotations
 
 import asyncio
+import ssl
 
 import asyncpg
 from tqdm import tqdm
@@ -31,7 +32,7 @@ async def build(
     database_url: str,
     city: City,
     counter: Terminal,
-    hsm: tuple[str, int],
+    hsm: tuple[str, int, ssl.SSLContext],
     size: int,
     known: list[WorkCard],
 ) -> list[WorkCard]:
@@ -53,7 +54,8 @@ async def build(
     clear_counter_key = bytes.fromhex(counter.key)
     cards: list[WorkCard] = []
     todo = [r for r in rows if r["card_sn"] not in keys]
-    async with HsmClient(hsm[0], hsm[1], connections=4, timeout=10.0) as client:
+    host, port, tls = hsm
+    async with HsmClient(host, port, tls=tls, connections=4, timeout=10.0) as client:
         gate = asyncio.Semaphore(128)
 
         async def personalise(card_sn: str) -> None:

@@ -1,4 +1,4 @@
-"""Session-wide real services: a PostgreSQL cluster, hsm_stub over TCP, and cardsvc itself
+"""Session-wide real services: a PostgreSQL cluster, hsm_stub over mutual TLS, and cardsvc itself
 listening on a loopback port. Tests create their own data (unique identity numbers,
 facility codes) so they share one database without interfering."""
 
@@ -23,7 +23,7 @@ from cardsvc.app import create_app
 from cardsvc.config import Settings, load_settings
 from cardsvc.devenv.pgcluster import LocalCluster
 from cardsvc.logging import configure_logging
-from tests.support.api import Service
+from tests.support.api import REGION, Service
 from tests.support.hsm import HsmProcess
 
 
@@ -57,7 +57,8 @@ def database_url(pg_cluster: LocalCluster) -> str:
 
 @pytest.fixture(scope="session")
 def hsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HsmProcess]:
-    process = HsmProcess(keystore_dir=tmp_path_factory.mktemp("hsm"))
+    # Issuer keys exist only for provisioned regions: the one every test person lives in.
+    process = HsmProcess(keystore_dir=tmp_path_factory.mktemp("hsm"), regions=[REGION])
     process.start()
     yield process
     process.stop()
@@ -76,8 +77,7 @@ def settings(database_url: str, hsm: HsmProcess, audit_anchor_dir: Path) -> Sett
             "DATABASE_URL": database_url,
             "CARDSVC_ADMIN_TOKEN": secrets.token_hex(16),
             "CARDSVC_DATA_KEY": secrets.token_hex(32),
-            "CARDSVC_HSM_HOST": hsm.host,
-            "CARDSVC_HSM_PORT": str(hsm.port),
+            **hsm.cardsvc_env(),
             "CARDSVC_HSM_TIMEOUT": "1.0",
             "CARDSVC_CLEARING_WAIT": "1.0",
             "CARDSVC_PORT": str(free_port()),

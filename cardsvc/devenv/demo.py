@@ -4,7 +4,8 @@ Starts a PostgreSQL cluster in ``var/pgdata`` (unless ``DATABASE_URL`` names ano
 server), hsm_stub and cardsvc as child processes, loads demo data once through the admin
 API, prints where everything listens, and stops it all on Ctrl-C or SIGTERM.
 
-Secrets made on first run (admin token, data key, HSM LMK) live in ``var/`` with mode 0600;
+Secrets made on first run (admin token, data key, HSM LMK, and the HSM link's mutual-TLS
+credentials in ``var/secrets/hsm-tls``) live in ``var/`` with mode 0600;
 demo terminal keys go to ``var/demo/terminals.json`` for the terminal SDK's commands.
 
 It also starts pcscd (foreground, its own reader.conf in ``var/pcscd``) with vpcd on port
@@ -39,6 +40,7 @@ from cardsvc.devenv.pcsc import PcscDaemon, PcscError
 from cardsvc.devenv.pgcluster import LocalCluster
 from cardsvc.vcard.card import personalised_state
 from cardsvc.vcard.state import save
+from hsm_stub.credentials import DEFAULT_HOSTS, make_credentials
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -167,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     port = os.environ.get("CARDSVC_PORT", "8080")
     hsm_host = os.environ.get("CARDSVC_HSM_HOST", "127.0.0.1")
     hsm_port = os.environ.get("CARDSVC_HSM_PORT", "9510")
+    # The HSM link is mutual TLS: its CA and both certificates, made once and kept.
+    hsm_tls, _ = make_credentials(
+        var / "secrets" / "hsm-tls", hosts=list(dict.fromkeys([hsm_host, *DEFAULT_HOSTS]))
+    )
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
@@ -174,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
         "CARDSVC_PORT": port,
         "CARDSVC_HSM_HOST": hsm_host,
         "CARDSVC_HSM_PORT": hsm_port,
+        "CARDSVC_HSM_CA_FILE": str(hsm_tls.ca_cert),
+        "CARDSVC_HSM_CERT_FILE": str(hsm_tls.client_cert),
+        "CARDSVC_HSM_KEY_FILE": str(hsm_tls.client_key),
         "CARDSVC_ADMIN_TOKEN": _secret(var / "secrets" / "admin_token", secrets.token_hex(24)),
         "CARDSVC_DATA_KEY": _secret(var / "secrets" / "data_key", secrets.token_hex(32)),
         "HSM_LMK": _secret(var / "secrets" / "hsm_lmk", secrets.token_hex(16)),
@@ -194,7 +203,9 @@ def main(argv: list[str] | None = None) -> int:
                     "--keystore",
                     str(var / "hsm"),
                     "--regions",
-                    demodata.REGION,
+                    demodata.REGION,  # every demo person's region: provisioned, no other
+                    "--credentials",
+                    str(hsm_tls.directory),
                 ],
                 env,
                 "listening",
@@ -269,7 +280,8 @@ def _print_banner(
                 "",
                 "cardsvc demo is running",
                 f"  cardsvc       {base_url}  (readiness {base_url}/readyz)",
-                f"  hsm_stub      {hsm_host}:{hsm_port}",
+                f"  hsm_stub      {hsm_host}:{hsm_port}  (mutual TLS, credentials in"
+                f" {var / 'secrets' / 'hsm-tls'})",
                 f"  PostgreSQL    {database_url}",
                 f"  admin token   {env['CARDSVC_ADMIN_TOKEN']}",
                 f"  demo data     {json.dumps(summary, ensure_ascii=False)}",

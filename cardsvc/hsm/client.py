@@ -1,4 +1,4 @@
-"""The HSM client: a small pool of persistent TCP connections to hsm_stub.
+"""The HSM client: a small pool of persistent mutual-TLS connections to hsm_stub.
 
 Layers, one job each::
 
@@ -13,6 +13,12 @@ calls for a short, growing backoff so a dead HSM is not hammered. A call that ti
 drops its connection: HSM commands take microseconds, so silence means a dead or half-open
 connection, not a slow answer.
 
+The link is mutual TLS 1.3 only (``hsm_stub.credentials.client_context``): the client presents
+cardsvc's certificate and accepts only an HSM whose certificate the link's CA issued for the
+address dialled; there is no plain-TCP mode. A connection idle for ``MAX_IDLE`` seconds is
+replaced before its next use, so the HSM's own (longer) idle timeout never closes a
+connection a request is about to use.
+
 Logs and exception messages carry commands, statuses and addresses, never keys or cryptograms.
 """
 
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import ssl
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -29,7 +36,13 @@ from typing import TypeVar
 import structlog
 
 from cardsvc.crypto.profile import KEY_REF_AUTH, KEY_REF_TXN
-from cardsvc.hsm.errors import HsmError, HsmRejected, HsmUnavailable
+from cardsvc.hsm.errors import (
+    HsmError,
+    HsmKeyUsageRefused,
+    HsmRegionNotProvisioned,
+    HsmRejected,
+    HsmUnavailable,
+)
 from hsm_stub.protocol import (
     HEADER_LEN,
     AuditAnchorMacRequest,
@@ -51,6 +64,7 @@ from hsm_stub.protocol import (
     ProtocolError,
     ResponseFrame,
     Status,
+    TerminalKind,
     VerifyAuditAnchorRequest,
     VerifyAuditAnchorResponse,
     VerifyCardRequest,
@@ -66,6 +80,7 @@ from hsm_stub.protocol import (
 _READ_SIZE = 64 * 1024
 _MIN_BACKOFF = 0.05
 _MAX_BACKOFF = 1.0
+MAX_IDLE = 60.0  # seconds; below hsm_stub's idle timeout (hsm_stub.server.Limits)
 _PING = encode_payload(EchoRequest(data=b""))
 
 _log: structlog.typing.FilteringBoundLogger = structlog.get_logger("cardsvc.hsm")
@@ -100,6 +115,7 @@ class _Link:
         self._pending: dict[bytes, asyncio.Future[ResponseFrame]] = {}
         self._ids = itertools.count()
         self._open = True
+        self.last_used = asyncio.get_running_loop().time()
         self._reader_task = asyncio.create_task(self._read_responses(reader))
 
     @property
@@ -109,6 +125,7 @@ class _Link:
     async def request(self, command: Command, payload: bytes) -> ResponseFrame:
         if not self._open:
             raise HsmUnavailable("HSM connection lost")
+        self.last_used = asyncio.get_running_loop().time()
         header = (next(self._ids) % 2 ** (8 * HEADER_LEN)).to_bytes(HEADER_LEN, "big")
         future: asyncio.Future[ResponseFrame] = asyncio.get_running_loop().create_future()
         self._pending[header] = future
@@ -185,9 +202,10 @@ class _Link:
 class _Slot:
     """One position in the pool: the current link, connected on demand, with backoff."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, tls: ssl.SSLContext) -> None:
         self._host = host
         self._port = port
+        self._tls = tls
         self._link: _Link | None = None
         self._connect_lock = asyncio.Lock()
         self._retry_at = 0.0
@@ -214,6 +232,10 @@ class _Slot:
             await link.wait_closed()
 
     async def _connected(self) -> _Link:
+        link = self._link
+        if link is not None and link.in_flight == 0:
+            if asyncio.get_running_loop().time() - link.last_used > MAX_IDLE:
+                link.close("idle", expected=True)  # _forget clears self._link
         if self._link is not None:
             return self._link
         async with self._connect_lock:
@@ -229,9 +251,15 @@ class _Slot:
     async def _connect(self) -> _Link:
         connected = False
         try:
-            reader, writer = await asyncio.open_connection(self._host, self._port)
+            reader, writer = await asyncio.open_connection(
+                self._host, self._port, ssl=self._tls, server_hostname=self._host
+            )
             connected = True
-        except OSError as exc:
+        except ssl.SSLCertVerificationError as exc:
+            # Not our HSM (or not its certificate): never talk to it.
+            _log.error("hsm.untrusted", address=self._address, error=exc.verify_message or str(exc))
+            raise HsmUnavailable("HSM identity could not be verified") from None
+        except OSError as exc:  # ssl.SSLError included
             _log.warning("hsm.connect_failed", address=self._address, error=type(exc).__name__)
             raise HsmUnavailable("HSM unreachable") from None
         finally:
@@ -256,12 +284,22 @@ class _Slot:
 
 
 class HsmClient:
-    """Typed hsm_stub commands over ``connections`` multiplexed TCP connections."""
+    """Typed hsm_stub commands over ``connections`` multiplexed mutual-TLS connections."""
 
-    def __init__(self, host: str, port: int, *, connections: int = 4, timeout: float = 2.0) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        tls: ssl.SSLContext,
+        connections: int = 4,
+        timeout: float = 2.0,
+    ) -> None:
         if connections < 1 or timeout <= 0:
             raise ValueError("connections must be >= 1 and timeout > 0")
-        self._slots = [_Slot(host, port) for _ in range(connections)]
+        if not isinstance(tls, ssl.SSLContext) or tls.verify_mode != ssl.CERT_REQUIRED:
+            raise ValueError("the HSM link needs a TLS context that verifies the HSM")
+        self._slots = [_Slot(host, port, tls) for _ in range(connections)]
         self._timeout = timeout
         self._next_slot = 0
 
@@ -293,10 +331,11 @@ class HsmClient:
         response = await self._call(Command.ECHO, EchoRequest(data=data), EchoResponse)
         return response.data
 
-    async def generate_terminal_key(self) -> GeneratedTerminalKey:
+    async def generate_terminal_key(self, kind: TerminalKind) -> GeneratedTerminalKey:
+        """A new terminal key, bound by the HSM to ``kind`` (what it may be used for)."""
         response = await self._call(
             Command.GENERATE_TERMINAL_KEY,
-            GenerateTerminalKeyRequest(),
+            GenerateTerminalKeyRequest(kind=kind),
             GenerateTerminalKeyResponse,
         )
         return GeneratedTerminalKey(response.clear_key, response.key_under_lmk, response.kcv)
@@ -314,7 +353,11 @@ class HsmClient:
     async def build_personalization_blob(
         self, admdvs: str, card_sn: str, counter_key_under_lmk: bytes
     ) -> str:
-        """The sealed ``K_auth ‖ K_txn`` for a card, under the counter terminal's key."""
+        """The sealed ``K_auth ‖ K_txn`` for a card, under the counter terminal's key.
+
+        ``HsmRegionNotProvisioned`` if the HSM has no issuer keys for ``admdvs``;
+        ``HsmKeyUsageRefused`` if the key is not bound to a counter (e.g. a blob made before
+        key kinds were bound: the counter must be re-keyed)."""
         request = BuildPersonalizationRequest(
             admdvs=admdvs, card_sn=card_sn, counter_key_under_lmk=counter_key_under_lmk
         )
@@ -371,6 +414,18 @@ class HsmClient:
         if frame.status is Status.VERIFICATION_FAILED:
             raise HsmRejected(frame.status)
         _log_refusal(command, frame)
+        if frame.status is Status.UNKNOWN_REGION:
+            raise HsmRegionNotProvisioned(
+                "the HSM holds no card keys for this person's region; an HSM administrator"
+                " must provision it first",
+                details={"hsm_status": frame.status.value},
+            )
+        if frame.status is Status.KEY_USAGE:
+            raise HsmKeyUsageRefused(
+                "the HSM refused this terminal's key for issuing cards: it is not bound to a"
+                " counter terminal; register a new counter terminal (re-key) and use that",
+                details={"hsm_status": frame.status.value},
+            )
         raise HsmError(
             f"HSM refused {command.name} (status {frame.status.value})",
             details={"hsm_status": frame.status.value},

@@ -1,9 +1,14 @@
 """Errors of the HSM client::
 
     CardsvcError
-    └── ServiceUnavailable (503)
-        ├── HsmUnavailable   HSM_UNAVAILABLE  down, unreachable, too slow, connection lost
-        └── HsmError         HSM_ERROR        any other non-ok status, or an unreadable answer
+    ├── ServiceUnavailable (503)
+    │   ├── HsmUnavailable   HSM_UNAVAILABLE  down, unreachable, too slow, connection lost,
+    │   │                                     or an HSM whose certificate does not verify
+    │   └── HsmError         HSM_ERROR        any other non-ok status, or an unreadable answer
+    ├── BusinessRuleViolation (422)
+    │   └── HsmRegionNotProvisioned  REGION_NOT_PROVISIONED   status 21: no issuer keys
+    └── Conflict (409)
+        └── HsmKeyUsageRefused       TERMINAL_REKEY_REQUIRED  status 22: not a counter's key
     HsmRejected                               status 01: a cryptogram did not verify
 
 ``HsmRejected`` is deliberately not a ``CardsvcError``: what a failed verification means
@@ -12,7 +17,7 @@
 
 from __future__ import annotations
 
-from cardsvc.errors import ServiceUnavailable
+from cardsvc.errors import BusinessRuleViolation, Conflict, ServiceUnavailable
 from hsm_stub.protocol import Status
 
 
@@ -22,6 +27,18 @@ class HsmUnavailable(ServiceUnavailable):
 
 class HsmError(ServiceUnavailable):
     default_code = "HSM_ERROR"
+
+
+class HsmRegionNotProvisioned(BusinessRuleViolation):
+    """PB for a region the HSM has no issuer keys for (they are provisioned offline)."""
+
+    default_code = "REGION_NOT_PROVISIONED"
+
+
+class HsmKeyUsageRefused(Conflict):
+    """PB under a terminal key the HSM does not know to be a counter's."""
+
+    default_code = "TERMINAL_REKEY_REQUIRED"
 
 
 class HsmRejected(Exception):

@@ -49,6 +49,7 @@ from cardsvc.terminals.models import (
 )
 from cardsvc.web.caller import ADMIN, Admission, Caller
 from cardsvc.web.ratelimit import TokenBuckets
+from hsm_stub.protocol import TerminalKind as HsmTerminalKind
 
 log = structlog.get_logger(__name__)
 
@@ -90,7 +91,8 @@ class TerminalRegistry:
             "SELECT 1 FROM facilities WHERE fixmedins_code = $1", req.fixmedins_code
         ):
             raise NotFound("no such facility", code="FACILITY_NOT_FOUND")
-        key = await self._hsm.generate_terminal_key()
+        # The HSM binds the kind into the key's blob: only a counter's key can receive cards.
+        key = await self._hsm.generate_terminal_key(HsmTerminalKind(req.kind))
         async with transaction(self._pool) as conn:
             seq = await conn.fetchval("SELECT nextval('terminal_no_seq')")
             terminal_id = f"T{seq:08d}"

@@ -24,7 +24,7 @@ from cardsvc.audit.chain import GENESIS, AuditEntry, entry_hash
 from cardsvc.audit.services import AnchorExportUnavailable, AuditAnchors, AuditLog
 from cardsvc.config import Settings
 from cardsvc.crypto import profile
-from cardsvc.hsm.client import HsmClient
+from cardsvc.hsm.tls import hsm_client
 from cardsvc.ops.metrics import REGISTRY
 from hsm_stub.keystore import KeyType, unwrap_key
 from tests.support.api import Service
@@ -291,7 +291,7 @@ async def test_the_anchor_key_stays_in_the_hsm(
 async def test_anchoring_rides_out_an_hsm_outage_and_one_worker_anchors_at_a_time(
     pool: db.Pool, settings: Settings, hsm: HsmProcess, tmp_path: Path
 ) -> None:
-    async with HsmClient(settings.hsm_host, settings.hsm_port, timeout=0.5) as client:
+    async with hsm_client(settings, timeout=0.5) as client:
 
         def anchors(interval: float) -> AuditAnchors:
             return AuditAnchors(pool, client, AuditLog(pool), tmp_path, interval=interval)
@@ -342,7 +342,7 @@ async def test_an_unwritable_export_folder_is_a_clear_error_and_writes_no_row(
 ) -> None:
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
-    async with HsmClient(settings.hsm_host, settings.hsm_port) as client:
+    async with hsm_client(settings) as client:
         anchors = AuditAnchors(pool, client, AuditLog(pool), blocker / "anchors")
         rows_before = await pool.fetchval("SELECT count(*) FROM audit_anchors")
         with pytest.raises(AnchorExportUnavailable) as caught:

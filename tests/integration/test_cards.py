@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncpg
 import pytest
 
 from cardsvc.crypto import profile
+from cardsvc.hsm import HsmClient, HsmKeyUsageRefused
 from cardsvc.persons import certno
 from tests.support.api import Service, authenticate_card, issue_card, personalise
+from tests.support.hsm import HsmProcess
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -193,3 +196,38 @@ async def test_issue_for_unknown_person_is_404(service: Service):
     resp = await counter.request("POST", "/v1/cards", {"psn_no": "3202009999999999"})
     assert resp.status == 404
     assert resp.body["error"]["code"] == "PERSON_NOT_FOUND"
+
+
+async def test_issuance_in_a_region_the_hsm_was_not_provisioned_for_is_refused(service: Service):
+    """The HSM creates no issuer keys on demand (issue #11): a clear 422, not a new key."""
+    person = await service.person(admdvs="330100")  # the session HSM holds only 320200
+    counter = await service.terminal("counter")
+    response = await counter.request("POST", "/v1/cards", {"psn_no": person["psn_no"]})
+    assert response.status == 422
+    assert response.body["error"]["code"] == "REGION_NOT_PROVISIONED"
+
+
+async def test_registered_terminal_keys_are_bound_to_their_kind(service: Service, hsm: HsmProcess):
+    """cardsvc passes the kind at registration, so the HSM itself refuses card keys to any
+    terminal but a counter, whatever the host later asks (issue #11)."""
+    facility = await service.facility()
+    pos = await service.terminal("pos", facility["fixmedins_code"])
+    counter = await service.terminal("counter")
+    conn = await asyncpg.connect(service.database_url)
+    try:
+        blobs = dict(
+            await conn.fetch(
+                "SELECT terminal_id, key_under_lmk FROM terminals WHERE terminal_id = ANY($1)",
+                [pos.terminal_id, counter.terminal_id],
+            )
+        )
+    finally:
+        await conn.close()
+    card_sn = "320200" + "ab" * 13
+    async with HsmClient(hsm.host, hsm.port, tls=hsm.client_tls(), connections=1) as client:
+        with pytest.raises(HsmKeyUsageRefused):
+            await client.build_personalization_blob("320200", card_sn, blobs[pos.terminal_id])
+        blob = await client.build_personalization_blob(
+            "320200", card_sn, blobs[counter.terminal_id]
+        )
+    assert profile.unseal_card_keys(counter.terminal_key, card_sn, blob)

@@ -1,4 +1,4 @@
-"""hsm_stub as a real subprocess over TCP, driven through cardsvc's HsmClient."""
+"""hsm_stub as a real subprocess over mutual TLS, driven through cardsvc's HsmClient."""
 
 from __future__ import annotations
 
@@ -15,29 +15,33 @@ import pytest
 from cardsvc.crypto import profile
 from cardsvc.hsm import HsmClient, HsmError, HsmRejected, HsmUnavailable
 from hsm_stub import protocol
+from hsm_stub.credentials import server_context
 from hsm_stub.keystore import KeyType, unwrap_key
+from hsm_stub.protocol import TerminalKind
 from tests.support.hsm import HsmProcess, HsmStartError
 
 ADMDVS = "320200"
+OTHER_ADMDVS = "320500"
+COUNTER = TerminalKind.COUNTER
 CARD_SN = "32020012345678900011223344556677"
 
 
 @pytest.fixture(scope="module")
 def hsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HsmProcess]:
-    with HsmProcess(tmp_path_factory.mktemp("hsm"), regions=[ADMDVS]) as process:
+    with HsmProcess(tmp_path_factory.mktemp("hsm"), regions=[ADMDVS, OTHER_ADMDVS]) as process:
         yield process
 
 
 @pytest.fixture
 async def client(hsm: HsmProcess) -> AsyncIterator[HsmClient]:
-    async with HsmClient(hsm.host, hsm.port, connections=2) as hsm_client:
+    async with HsmClient(hsm.host, hsm.port, tls=hsm.client_tls(), connections=2) as hsm_client:
         yield hsm_client
 
 
 @pytest.fixture
 def own_hsm(tmp_path: Path) -> Iterator[HsmProcess]:
     """A private hsm_stub for tests that stop, pause or kill it."""
-    with HsmProcess(tmp_path / "hsm") as process:
+    with HsmProcess(tmp_path / "hsm", regions=[ADMDVS]) as process:
         yield process
 
 
@@ -64,7 +68,7 @@ async def test_echo(client: HsmClient) -> None:
 
 
 async def test_generate_terminal_key_and_its_check_value(client: HsmClient) -> None:
-    generated = await client.generate_terminal_key()
+    generated = await client.generate_terminal_key(COUNTER)
     assert len(generated.clear_key) == 16 and len(generated.key_under_lmk) == 44
     assert generated.kcv == profile.key_check_value(generated.clear_key)
     assert await client.key_check_value(generated.key_under_lmk) == generated.kcv
@@ -72,7 +76,7 @@ async def test_generate_terminal_key_and_its_check_value(client: HsmClient) -> N
 
 
 async def test_terminal_sign_in(client: HsmClient) -> None:
-    terminal = await client.generate_terminal_key()
+    terminal = await client.generate_terminal_key(COUNTER)
     rs, rt = random16(), random16()
     cryptogram = profile.terminal_cryptogram(terminal.clear_key, rs, rt)
     result = await client.verify_terminal_cryptogram(terminal.key_under_lmk, rs, rt, cryptogram)
@@ -81,7 +85,7 @@ async def test_terminal_sign_in(client: HsmClient) -> None:
 
 
 async def test_bad_terminal_cryptogram_is_rejected(client: HsmClient) -> None:
-    terminal = await client.generate_terminal_key()
+    terminal = await client.generate_terminal_key(COUNTER)
     rs, rt = random16(), random16()
     swapped = profile.server_cryptogram(terminal.clear_key, rs, rt)  # the wrong direction
     with pytest.raises(HsmRejected) as caught:
@@ -90,7 +94,7 @@ async def test_bad_terminal_cryptogram_is_rejected(client: HsmClient) -> None:
 
 
 async def test_personalised_card_keys_verify_card_cryptograms(client: HsmClient) -> None:
-    counter = await client.generate_terminal_key()
+    counter = await client.generate_terminal_key(COUNTER)
     blob = await client.build_personalization_blob(ADMDVS, CARD_SN, counter.key_under_lmk)
     k_auth, k_txn = profile.unseal_card_keys(counter.clear_key, CARD_SN, blob)
     challenge = random16()
@@ -106,8 +110,8 @@ async def test_personalised_card_keys_verify_card_cryptograms(client: HsmClient)
 
 
 async def test_card_keys_depend_on_card_and_region_only(client: HsmClient) -> None:
-    counter = await client.generate_terminal_key()
-    other_counter = await client.generate_terminal_key()
+    counter = await client.generate_terminal_key(COUNTER)
+    other_counter = await client.generate_terminal_key(COUNTER)
 
     async def card_keys(admdvs: str, card_sn: str, terminal_blob: bytes, k_term: bytes) -> bytes:
         blob = await client.build_personalization_blob(admdvs, card_sn, terminal_blob)
@@ -117,8 +121,8 @@ async def test_card_keys_depend_on_card_and_region_only(client: HsmClient) -> No
     other = other_counter.key_under_lmk, other_counter.clear_key
     assert await card_keys(ADMDVS, CARD_SN, *other) == keys
     assert await card_keys(ADMDVS, "ff" * 16, *other) != keys
-    # A region seen for the first time gets its own issuer keys.
-    assert await card_keys("320500", CARD_SN, *other) != keys
+    # Another provisioned region has its own issuer keys.
+    assert await card_keys(OTHER_ADMDVS, CARD_SN, *other) != keys
 
 
 @pytest.mark.parametrize(
@@ -189,18 +193,18 @@ async def test_audit_anchor_key_is_made_inside_and_survives_a_restart(
 
 
 async def test_many_concurrent_requests_on_one_connection(hsm: HsmProcess) -> None:
-    async with HsmClient(hsm.host, hsm.port, connections=1) as single:
+    async with HsmClient(hsm.host, hsm.port, tls=hsm.client_tls(), connections=1) as single:
         payloads = [os.urandom(i % 64) + i.to_bytes(2, "big") for i in range(200)]
         answers = await asyncio.gather(*(single.echo(data) for data in payloads))
         assert answers == payloads
-        terminal = await single.generate_terminal_key()
+        terminal = await single.generate_terminal_key(COUNTER)
         kcvs = await asyncio.gather(
             *(single.key_check_value(terminal.key_under_lmk) for _ in range(50))
         )
         assert set(kcvs) == {terminal.kcv}
 
 
-async def test_answers_out_of_order_reach_their_callers() -> None:
+async def test_answers_out_of_order_reach_their_callers(hsm: HsmProcess) -> None:
     """hsm_stub answers in order, so a scripted server checks correlation by header alone."""
     count = 20
 
@@ -220,9 +224,13 @@ async def test_answers_out_of_order_reach_their_callers() -> None:
         await reader.read()  # until the client closes
         writer.close()
 
-    server = await asyncio.start_server(reverse_answers, "127.0.0.1", 0)
+    paths = hsm.credentials
+    tls = server_context(paths.server_cert, paths.server_key, paths.ca_cert)
+    server = await asyncio.start_server(reverse_answers, "127.0.0.1", 0, ssl=tls)
     port = server.sockets[0].getsockname()[1]
-    scripted = HsmClient("127.0.0.1", port, connections=1)  # no start(): its ping would count
+    scripted = HsmClient(
+        "127.0.0.1", port, tls=hsm.client_tls(), connections=1
+    )  # no start(): its ping would count
     async with server:
         payloads = [bytes([i]) * (i + 1) for i in range(count)]
         assert await asyncio.gather(*(scripted.echo(data) for data in payloads)) == payloads
@@ -234,7 +242,9 @@ async def test_answers_out_of_order_reach_their_callers() -> None:
 
 async def raw_exchange(hsm: HsmProcess, wire: bytes) -> list[protocol.ResponseFrame]:
     """Send raw bytes, read until the server closes or goes quiet for 0.3 s."""
-    reader, writer = await asyncio.open_connection(hsm.host, hsm.port)
+    reader, writer = await asyncio.open_connection(
+        hsm.host, hsm.port, ssl=hsm.client_tls(), server_hostname=hsm.host
+    )
     writer.write(wire)
     decoder = protocol.FrameDecoder.for_responses()
     frames: list[protocol.ResponseFrame] = []
@@ -276,8 +286,8 @@ async def test_lost_framing_closes_only_that_connection(hsm: HsmProcess, client:
 
 
 async def test_keys_survive_a_restart(own_hsm: HsmProcess) -> None:
-    async with HsmClient(own_hsm.host, own_hsm.port) as client:
-        counter = await client.generate_terminal_key()
+    async with HsmClient(own_hsm.host, own_hsm.port, tls=own_hsm.client_tls()) as client:
+        counter = await client.generate_terminal_key(COUNTER)
         blob = await client.build_personalization_blob(ADMDVS, CARD_SN, counter.key_under_lmk)
         own_hsm.restart()
         await eventually_echo(client, within=5)
@@ -289,7 +299,9 @@ async def test_keys_survive_a_restart(own_hsm: HsmProcess) -> None:
 
 
 async def test_stopped_hsm_fails_fast_and_the_same_client_recovers(own_hsm: HsmProcess) -> None:
-    async with HsmClient(own_hsm.host, own_hsm.port, timeout=2.0) as client:
+    async with HsmClient(
+        own_hsm.host, own_hsm.port, tls=own_hsm.client_tls(), timeout=2.0
+    ) as client:
         assert await client.echo(b"up") == b"up"
         assert own_hsm.stop() == 0  # SIGTERM is a clean exit
         for _ in range(5):  # also while backing off, every call fails fast
@@ -303,7 +315,9 @@ async def test_stopped_hsm_fails_fast_and_the_same_client_recovers(own_hsm: HsmP
 
 
 async def test_requests_in_flight_fail_when_the_hsm_crashes(own_hsm: HsmProcess) -> None:
-    async with HsmClient(own_hsm.host, own_hsm.port, connections=1, timeout=10.0) as client:
+    async with HsmClient(
+        own_hsm.host, own_hsm.port, tls=own_hsm.client_tls(), connections=1, timeout=10.0
+    ) as client:
         assert await client.echo(b"up") == b"up"
         own_hsm.pause()
         in_flight = [asyncio.create_task(client.echo(bytes([i]))) for i in range(10)]
@@ -316,7 +330,9 @@ async def test_requests_in_flight_fail_when_the_hsm_crashes(own_hsm: HsmProcess)
 
 
 async def test_hung_hsm_times_out_then_recovers(own_hsm: HsmProcess) -> None:
-    async with HsmClient(own_hsm.host, own_hsm.port, timeout=0.5) as client:
+    async with HsmClient(
+        own_hsm.host, own_hsm.port, tls=own_hsm.client_tls(), timeout=0.5
+    ) as client:
         own_hsm.pause()
         started = time.monotonic()
         with pytest.raises(HsmUnavailable, match="did not answer"):
@@ -345,8 +361,8 @@ def unused_port() -> int:
     return port
 
 
-async def test_client_starts_while_the_hsm_is_down() -> None:
-    client = HsmClient("127.0.0.1", unused_port(), timeout=2.0)
+async def test_client_starts_while_the_hsm_is_down(hsm: HsmProcess) -> None:
+    client = HsmClient("127.0.0.1", unused_port(), tls=hsm.client_tls(), timeout=2.0)
     started = time.monotonic()
     await client.start()
     with pytest.raises(HsmUnavailable):

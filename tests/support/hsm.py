@@ -1,15 +1,17 @@
 """Run the real hsm_stub as a subprocess, for tests and scripts.
 
-    hsm = HsmProcess(tmp_path / "hsm")
+    hsm = HsmProcess(tmp_path / "hsm", regions=["320200"])
     hsm.start()            # a free port unless one is given; waits for the "listening" line
-    ... HsmClient(hsm.host, hsm.port) ...
+    ... HsmClient(hsm.host, hsm.port, tls=hsm.client_tls()) ...
     hsm.restart()          # same port, same keystore and LMK: keys survive
     hsm.stop()             # SIGTERM, then SIGKILL if it does not exit
     hsm.pause(); hsm.resume()  # SIGSTOP / SIGCONT: a hung HSM
     hsm.kill()             # SIGKILL: a crashed HSM
 
 The LMK is passed in ``HSM_LMK`` (random per instance unless given); hsm_stub's JSON log goes
-to ``<keystore_dir>/hsm_stub.log``, whose tail is quoted when start-up fails.
+to ``<keystore_dir>/hsm_stub.log``, whose tail is quoted when start-up fails. The link is mutual
+TLS, as always: the credentials are made (once, ``make-credentials``) in ``<keystore_dir>/tls``
+unless another folder is given; ``cardsvc_env()`` gives cardsvc's variables for them.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import re
 import secrets
 import select
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -27,6 +30,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO
+
+from hsm_stub.credentials import CredentialPaths, client_context, make_credentials
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _LISTENING = re.compile(rb"hsm_stub listening on (\S+):(\d+)\n")
@@ -47,8 +52,12 @@ class HsmProcess:
         port: int = 0,
         regions: Sequence[str] = (),
         startup_timeout: float = 15.0,
+        credentials_dir: Path | None = None,
+        extra_args: Sequence[str] = (),
     ) -> None:
         self.keystore_dir = keystore_dir
+        self.credentials = CredentialPaths(credentials_dir or keystore_dir / "tls")
+        self._extra_args = list(extra_args)
         self.lmk_hex = lmk_hex or secrets.token_hex(16)
         self.host = host
         self._port = port
@@ -63,6 +72,21 @@ class HsmProcess:
             raise RuntimeError("hsm_stub has not been started yet")
         return self._port
 
+    def client_tls(self) -> ssl.SSLContext:
+        """cardsvc's side of the link: its client certificate, the link's CA."""
+        paths = self.credentials
+        return client_context(paths.ca_cert, paths.client_cert, paths.client_key)
+
+    def cardsvc_env(self) -> dict[str, str]:
+        """The ``CARDSVC_HSM_*`` settings that point cardsvc at this hsm_stub."""
+        return {
+            "CARDSVC_HSM_HOST": self.host,
+            "CARDSVC_HSM_PORT": str(self.port),
+            "CARDSVC_HSM_CA_FILE": str(self.credentials.ca_cert),
+            "CARDSVC_HSM_CERT_FILE": str(self.credentials.client_cert),
+            "CARDSVC_HSM_KEY_FILE": str(self.credentials.client_key),
+        }
+
     @property
     def log_path(self) -> Path:
         return self.keystore_dir / "hsm_stub.log"
@@ -75,6 +99,7 @@ class HsmProcess:
         if self._process is not None:
             raise RuntimeError("hsm_stub is already running")
         self.keystore_dir.mkdir(parents=True, exist_ok=True)
+        make_credentials(self.credentials.directory)  # keeps existing ones
         self._log_file = self.log_path.open("ab")
         self._process = subprocess.Popen(
             self._command(),
@@ -124,9 +149,10 @@ class HsmProcess:
     def _command(self) -> list[str]:
         command = [sys.executable, "-m", "hsm_stub", "--host", self.host]
         command += ["--port", str(self._port), "--keystore", str(self.keystore_dir)]
+        command += ["--credentials", str(self.credentials.directory)]
         if self._regions:
             command += ["--regions", ",".join(self._regions)]
-        return command
+        return command + self._extra_args
 
     def _environment(self) -> dict[str, str]:
         python_path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))

@@ -17,6 +17,7 @@ import urllib.request
 from pathlib import Path
 
 from cardsvc.devenv.pgcluster import LocalCluster
+from tests.support.api import REGION
 from tests.support.hsm import HsmProcess
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,7 +37,7 @@ class Stack:
         self.base.chmod(0o755)  # the cluster may run as the postgres user
         self.workers = workers
         self.cluster = LocalCluster(self.base / "pg", _free_port(), durable=True)
-        self.hsm = HsmProcess(keystore_dir=self.base / "hsm")
+        self.hsm = HsmProcess(keystore_dir=self.base / "hsm", regions=[REGION])
         self.port = _free_port()
         self.admin_token = secrets.token_hex(16)
         self.data_key = secrets.token_hex(32)
@@ -58,8 +59,7 @@ class Stack:
             "DATABASE_URL": self.database_url,
             "CARDSVC_ADMIN_TOKEN": self.admin_token,
             "CARDSVC_DATA_KEY": self.data_key,
-            "CARDSVC_HSM_HOST": self.hsm.host,
-            "CARDSVC_HSM_PORT": str(self.hsm.port),
+            **self.hsm.cardsvc_env(),
             "CARDSVC_PORT": str(self.port),
             "CARDSVC_WORKERS": str(self.workers),
             "CARDSVC_LOG_LEVEL": "info",

@@ -17,7 +17,7 @@ HEADER = b"\x00\x00\x00\x2a"
 PAYLOAD_EXAMPLES: list[p.Payload] = [
     p.EchoRequest(data=b"\x00hello"),
     p.EchoResponse(data=b""),
-    p.GenerateTerminalKeyRequest(),
+    p.GenerateTerminalKeyRequest(kind=p.TerminalKind.COUNTER),
     p.GenerateTerminalKeyResponse(clear_key=bytes(16), key_under_lmk=bytes(44), kcv="0a1b2c"),
     p.VerifyTerminalRequest(
         key_under_lmk=bytes(44), rs=bytes(16), rt=b"\x01" * 16, cryptogram=b"\x02" * 16
