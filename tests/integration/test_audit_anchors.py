@@ -28,7 +28,7 @@ from cardsvc.hsm.tls import hsm_client
 from cardsvc.ops.metrics import REGISTRY
 from hsm_stub.keystore import KeyType, unwrap_key
 from tests.support.api import Service
-from tests.support.hsm import HsmProcess
+from tests.support.hsm import HsmProcess, hsm_env
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -57,8 +57,7 @@ def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
             "DATABASE_URL": settings.database_url,
             "CARDSVC_ADMIN_TOKEN": "x" * 16,
             "CARDSVC_DATA_KEY": "00" * 32,
-            "CARDSVC_HSM_HOST": settings.hsm_host,
-            "CARDSVC_HSM_PORT": str(settings.hsm_port),
+            **hsm_env(settings),
             "CARDSVC_AUDIT_ANCHOR_DIR": settings.audit_anchor_dir,
             "PATH": "/usr/bin:/bin",
         },

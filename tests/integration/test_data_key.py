@@ -31,6 +31,7 @@ from cardsvc.privacy import DataProtector, DecryptionError, key_check_value
 from cardsvc.terminal.client import TerminalClient
 from tests.conftest import free_port
 from tests.support.api import REGION, Service, issue_card, make_certno, random_birth_date
+from tests.support.hsm import hsm_env
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -49,8 +50,7 @@ def _env(settings: Settings, url: str, key: bytes, port: int = 0) -> dict[str, s
         "DATABASE_URL": url,
         "CARDSVC_ADMIN_TOKEN": settings.admin_token,
         "CARDSVC_DATA_KEY": key.hex(),
-        "CARDSVC_HSM_HOST": settings.hsm_host,
-        "CARDSVC_HSM_PORT": str(settings.hsm_port),
+        **hsm_env(settings),
         "CARDSVC_PORT": str(port or free_port()),
         "CARDSVC_LOG_LEVEL": "warning",
     }

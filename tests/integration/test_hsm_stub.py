@@ -173,7 +173,7 @@ async def test_audit_anchor_mac_verifies_only_its_own_message(client: HsmClient)
 async def test_audit_anchor_key_is_made_inside_and_survives_a_restart(
     own_hsm: HsmProcess,
 ) -> None:
-    async with HsmClient(own_hsm.host, own_hsm.port) as client:
+    async with HsmClient(own_hsm.host, own_hsm.port, tls=own_hsm.client_tls()) as client:
         with pytest.raises(HsmError) as caught:  # no anchor key before the first anchor
             await client.verify_audit_anchor(b"anchor", bytes(16))
         assert caught.value.details == {"hsm_status": "20"}

@@ -31,6 +31,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
+from cardsvc.config import Settings
 from hsm_stub.credentials import CredentialPaths, client_context, make_credentials
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -209,3 +210,14 @@ class HsmProcess:
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
+
+
+def hsm_env(settings: Settings) -> dict[str, str]:
+    """The ``CARDSVC_HSM_*`` variables of ``settings``, for a ``python -m cardsvc`` child."""
+    return {
+        "CARDSVC_HSM_HOST": settings.hsm_host,
+        "CARDSVC_HSM_PORT": str(settings.hsm_port),
+        "CARDSVC_HSM_CA_FILE": settings.hsm_ca_file,
+        "CARDSVC_HSM_CERT_FILE": settings.hsm_cert_file,
+        "CARDSVC_HSM_KEY_FILE": settings.hsm_key_file,
+    }
