@@ -23,7 +23,7 @@ import aiohttp
 import asyncpg
 
 from cardsvc.reconciliation.models import DETAIL_MAX_IDS
-from cardsvc.terminal.client import TerminalClient
+from cardsvc.terminal_sdk.client import TerminalClient
 from loadtest.admin import Admin, error_code
 from loadtest.environment import Environment
 from loadtest.state import City, StateDir

@@ -38,7 +38,7 @@ from hdrh.histogram import HdrHistogram
 
 from cardsvc.clock import business_date
 from cardsvc.crypto import profile
-from cardsvc.terminal.softcard import SoftCard
+from cardsvc.terminal_sdk.softcard import SoftCard
 from loadtest import scenarios, schedule
 from loadtest.city import Item
 from loadtest.sessions import GeneratorCache, ResumableClient

@@ -13,7 +13,7 @@ import time
 import aiohttp
 import msgspec
 
-from cardsvc.terminal.client import TerminalClient
+from cardsvc.terminal_sdk.client import TerminalClient
 
 # Something a settling terminal may ask whose answer needs a valid session: a 404.
 PROBE = "/v1/settlements/S20000101" + "0" * 20

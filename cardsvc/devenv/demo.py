@@ -304,7 +304,7 @@ def _reader_lines(
     if reader.problem is not None:
         return [f"  card reader   not started: {reader.problem}"]
     python = os.path.relpath(sys.executable, ROOT) if sys.executable.startswith(str(ROOT)) else ""
-    terminal = f"{python or sys.executable} -m cardsvc.terminal"
+    terminal = f"{python or sys.executable} -m cardsvc.terminal_sdk"
     extra = "" if base_url == "http://127.0.0.1:8080" else f" --base-url {base_url}"
     if var != ROOT / "var":
         extra += f" --terminals {var / 'demo' / 'terminals.json'}"

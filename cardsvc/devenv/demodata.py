@@ -17,7 +17,7 @@ import aiohttp
 
 from cardsvc.crypto import profile
 from cardsvc.persons.certno import check_char
-from cardsvc.terminal.client import TerminalClient
+from cardsvc.terminal_sdk.client import TerminalClient
 
 REGION = "320200"
 DEMO_PIN = "123456"

@@ -30,12 +30,12 @@ from cardsvc.ledger import services as ledger
 from cardsvc.ledger.postings import reversed_postings
 from cardsvc.ops import metrics
 from cardsvc.settlement import policy
+from cardsvc.settlement.flags import SupervisionRules, flags_for
 from cardsvc.settlement.models import FundPayment, Reversal, SetlInfo, SettleRequest
 from cardsvc.settlement.params import CURRENT_POLICY_VERSION, load_params
 from cardsvc.settlement.postings import settlement_postings
 from cardsvc.settlement.snapshot import YEAR_COLUMNS, load_snapshot, read_for_settle
 from cardsvc.settlement.store import SettlementWrite, settlement_statement
-from cardsvc.settlement.supervision import SupervisionRules, flags_for
 from cardsvc.terminals.admission import admit, nonce_replayed
 from cardsvc.web.caller import Admission, Caller
 

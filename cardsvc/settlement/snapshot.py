@@ -19,6 +19,7 @@ import msgspec
 
 from cardsvc.db import Connection
 from cardsvc.errors import NotFound
+from cardsvc.settlement.flags import RecentActivity
 from cardsvc.settlement.policy import (
     CatalogItem,
     Enrolment,
@@ -27,7 +28,6 @@ from cardsvc.settlement.policy import (
     Snapshot,
     YearState,
 )
-from cardsvc.settlement.supervision import RecentActivity
 from cardsvc.terminals.admission import check_admission, standing_cte
 from cardsvc.web.caller import Admission
 

@@ -19,8 +19,8 @@ import msgspec
 from cardsvc.audit.services import NewEntry, append_cte
 from cardsvc.ledger.postings import Posting
 from cardsvc.ledger.services import entry_columns
+from cardsvc.settlement.flags import Flag
 from cardsvc.settlement.snapshot import YEAR_COLUMNS
-from cardsvc.settlement.supervision import Flag
 from cardsvc.terminals.admission import NONCE_FRESH, nonce_cte
 
 _json = msgspec.json.Encoder()

@@ -7,7 +7,7 @@ from aiohttp import web
 
 from cardsvc import clock
 from cardsvc.errors import InvalidRequest
-from cardsvc.settlement.supervision import FLAG_RULES
+from cardsvc.settlement.flags import FLAG_RULES
 from cardsvc.supervision.models import Decision
 from cardsvc.supervision.services import report_csv
 from cardsvc.web.appkeys import SERVICES

@@ -17,9 +17,9 @@ import msgspec
 
 from cardsvc.cards.records import CardRecords
 from cardsvc.crypto import profile
-from cardsvc.terminal import cardprofile as cp
-from cardsvc.terminal.personalise import personalisation_commands
-from cardsvc.terminal.softcard import PIN_TRIES, CardRefused, SoftCard
+from cardsvc.terminal_sdk import cardprofile as cp
+from cardsvc.terminal_sdk.personalise import personalisation_commands
+from cardsvc.terminal_sdk.softcard import PIN_TRIES, CardRefused, SoftCard
 from cardsvc.vcard.apdu import Command, MalformedApdu, parse
 from cardsvc.vcard.state import CardState, blank
 

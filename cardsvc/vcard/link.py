@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import structlog
 
-from cardsvc.terminal import cardprofile
+from cardsvc.terminal_sdk import cardprofile
 from cardsvc.vcard.card import VirtualCard
 
 log = structlog.get_logger("cardsvc.vcard")

@@ -14,7 +14,7 @@ from typing import Literal
 
 import msgspec
 
-from cardsvc.terminal.softcard import PIN_TRIES
+from cardsvc.terminal_sdk.softcard import PIN_TRIES
 
 Lifecycle = Literal["open", "locked"]
 STATE_FORMAT = 1

@@ -14,7 +14,7 @@ import pytest
 import pytest_asyncio
 
 from cardsvc.app import create_app
-from cardsvc.terminal.client import TerminalClient
+from cardsvc.terminal_sdk.client import TerminalClient
 from tests.support.api import Service
 
 session_loop = pytest.mark.asyncio(loop_scope="session")

@@ -16,7 +16,7 @@ import pytest_asyncio
 
 from cardsvc import clock
 from cardsvc.cardauth.services import TOKEN_USE_INDEX
-from cardsvc.terminal.client import TerminalClient
+from cardsvc.terminal_sdk.client import TerminalClient
 from tests.support.api import (
     POLICY_CATALOG,
     Patient,

@@ -28,7 +28,7 @@ from cardsvc.app import create_app
 from cardsvc.config import Settings
 from cardsvc.crypto import profile
 from cardsvc.devenv.pgcluster import LocalCluster
-from cardsvc.terminal.client import Response
+from cardsvc.terminal_sdk.client import Response
 from tests.conftest import free_port
 from tests.support.api import (
     POLICY_CATALOG,

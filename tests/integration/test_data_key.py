@@ -28,7 +28,7 @@ from cardsvc.devenv.pgcluster import LocalCluster
 from cardsvc.persons.models import CreatePerson
 from cardsvc.persons.services import PersonRegistry
 from cardsvc.privacy import DataProtector, DecryptionError, key_check_value
-from cardsvc.terminal.client import TerminalClient
+from cardsvc.terminal_sdk.client import TerminalClient
 from tests.conftest import free_port
 from tests.support.api import REGION, Service, issue_card, make_certno, random_birth_date
 from tests.support.hsm import hsm_env

@@ -14,7 +14,7 @@ import pytest_asyncio
 
 from cardsvc.ledger import services as ledger
 from cardsvc.ledger.postings import CONTRIB_PERSONAL_ACCOUNT, Posting, person_account
-from cardsvc.terminal.client import TerminalClient
+from cardsvc.terminal_sdk.client import TerminalClient
 from tests.support.api import (
     POLICY_CATALOG,
     Patient,

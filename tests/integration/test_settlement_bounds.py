@@ -17,7 +17,7 @@ from cardsvc import clock
 from cardsvc.ledger import services as ledger
 from cardsvc.ledger.postings import Posting, facility_account, fund_account, reversed_postings
 from cardsvc.settlement.params import CURRENT_POLICY_VERSION, load_params
-from cardsvc.terminal.client import TerminalClient
+from cardsvc.terminal_sdk.client import TerminalClient
 from tests.support.api import (
     POLICY_CATALOG,
     Patient,

@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 import pytest
 import pytest_asyncio
 
-from cardsvc.terminal.client import TerminalClient
+from cardsvc.terminal_sdk.client import TerminalClient
 from tests.support.api import (
     POLICY_CATALOG,
     Patient,

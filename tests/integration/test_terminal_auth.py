@@ -14,7 +14,7 @@ from aiohttp import web
 from cardsvc.app import create_app
 from cardsvc.config import Settings
 from cardsvc.crypto import profile
-from cardsvc.terminal.client import TerminalClient, TerminalError
+from cardsvc.terminal_sdk.client import TerminalClient, TerminalError
 from tests.conftest import free_port
 from tests.support.api import Service
 

@@ -17,10 +17,10 @@ import pytest
 import pytest_asyncio
 
 from cardsvc.devenv.pcsc import PcscDaemon, PcscError, free_port_pair
-from cardsvc.terminal import flows
-from cardsvc.terminal.client import TerminalClient
-from cardsvc.terminal.outbox import Forwarder, Outbox
-from cardsvc.terminal.reader import CardReader
+from cardsvc.terminal_sdk import flows
+from cardsvc.terminal_sdk.client import TerminalClient
+from cardsvc.terminal_sdk.outbox import Forwarder, Outbox
+from cardsvc.terminal_sdk.reader import CardReader
 from cardsvc.vcard.card import VirtualCard
 from cardsvc.vcard.link import CardSlot
 from cardsvc.vcard.state import StateFile

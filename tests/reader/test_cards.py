@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from cardsvc.crypto import profile
-from cardsvc.terminal import cardprofile as cp
-from cardsvc.terminal import flows
-from cardsvc.terminal.reader import (
+from cardsvc.terminal_sdk import cardprofile as cp
+from cardsvc.terminal_sdk import flows
+from cardsvc.terminal_sdk.reader import (
     CardAlreadyPersonalised,
     CardNotPersonalised,
     ConditionsNotSatisfied,

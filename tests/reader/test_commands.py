@@ -1,5 +1,5 @@
 """The two commands as a user runs them: ``python -m cardsvc.vcard`` (a card that survives a
-restart of the emulator) and ``python -m cardsvc.terminal`` (issue, read-card, visit, kiosk,
+restart of the emulator) and ``python -m cardsvc.terminal_sdk`` (issue, read-card, visit, kiosk,
 reverse), each a real process talking to the test pcscd and the running service."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from cardsvc.terminal import flows
-from cardsvc.terminal.reader import WrongPin
+from cardsvc.terminal_sdk import flows
+from cardsvc.terminal_sdk.reader import WrongPin
 from cardsvc.vcard.card import ATR
 from cardsvc.vcard.state import load
 from tests.reader.conftest import PIN, Desk, Slot
@@ -103,7 +103,7 @@ async def terminal_cli(*args: str) -> tuple[int, str, str]:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "cardsvc.terminal",
+        "cardsvc.terminal_sdk",
         *args,
         cwd=REPO_ROOT,
         stdout=asyncio.subprocess.PIPE,

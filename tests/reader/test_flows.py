@@ -10,10 +10,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from cardsvc.terminal import flows
-from cardsvc.terminal.client import Response, TerminalClient, TerminalError
-from cardsvc.terminal.outbox import Forwarder, Outbox, Policy, SettlementPending
-from cardsvc.terminal.reader import CardRemoved
+from cardsvc.terminal_sdk import flows
+from cardsvc.terminal_sdk.client import Response, TerminalClient, TerminalError
+from cardsvc.terminal_sdk.outbox import Forwarder, Outbox, Policy, SettlementPending
+from cardsvc.terminal_sdk.reader import CardRemoved
 from tests.reader.conftest import PIN, Desk, Slot, order
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

@@ -14,8 +14,8 @@ import msgspec
 
 from cardsvc.crypto import profile
 from cardsvc.persons.certno import check_char
-from cardsvc.terminal.client import TerminalClient
-from cardsvc.terminal.softcard import SoftCard
+from cardsvc.terminal_sdk.client import TerminalClient
+from cardsvc.terminal_sdk.softcard import SoftCard
 
 REGION = "320200"
 

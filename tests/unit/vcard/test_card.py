@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from cardsvc.cards.records import CardHolder, build_records
 from cardsvc.crypto import profile
-from cardsvc.terminal import cardprofile as cp
-from cardsvc.terminal.personalise import key_command, personalisation_commands
+from cardsvc.terminal_sdk import cardprofile as cp
+from cardsvc.terminal_sdk.personalise import key_command, personalisation_commands
 from cardsvc.vcard.card import ATR, VirtualCard, personalise_offline
 from cardsvc.vcard.state import CardState, blank
 

@@ -6,7 +6,7 @@ import socket
 import struct
 import threading
 
-from cardsvc.terminal import cardprofile as cp
+from cardsvc.terminal_sdk import cardprofile as cp
 from cardsvc.vcard.card import ATR, VirtualCard
 from cardsvc.vcard.link import frame, handle, read_frame, serve
 from cardsvc.vcard.state import blank

@@ -13,8 +13,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from cardsvc.terminal.client import Response, TerminalError
-from cardsvc.terminal.outbox import (
+from cardsvc.terminal_sdk.client import Response, TerminalError
+from cardsvc.terminal_sdk.outbox import (
     VOID_TOKEN,
     Entry,
     Forwarder,

@@ -37,8 +37,8 @@ from typing import Any
 import msgspec
 
 from cardsvc.persons.certno import mask
-from cardsvc.terminal import cardprofile as cp
-from cardsvc.terminal.softcard import PIN_TRIES
+from cardsvc.terminal_sdk import cardprofile as cp
+from cardsvc.terminal_sdk.softcard import PIN_TRIES
 
 _REMOVED_GRACE = 1.5  # pcscd polls vpcd presence every 0.4 s: time to see the card gone
 _POLL_MS = 200

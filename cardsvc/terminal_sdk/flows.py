@@ -29,18 +29,18 @@ import structlog
 
 from cardsvc.cards.records import CardRecords
 from cardsvc.crypto import profile
-from cardsvc.terminal import cardprofile
-from cardsvc.terminal.client import TerminalClient, TerminalError
-from cardsvc.terminal.outbox import Forwarder
-from cardsvc.terminal.personalise import expected_values, personalisation_commands
-from cardsvc.terminal.reader import (
+from cardsvc.terminal_sdk import cardprofile
+from cardsvc.terminal_sdk.client import TerminalClient, TerminalError
+from cardsvc.terminal_sdk.outbox import Forwarder
+from cardsvc.terminal_sdk.personalise import expected_values, personalisation_commands
+from cardsvc.terminal_sdk.reader import (
     CardAlreadyPersonalised,
     CardDataError,
     CardInfo,
     CardReader,
 )
 
-log = structlog.get_logger("cardsvc.terminal")
+log = structlog.get_logger("cardsvc.terminal_sdk")
 
 
 class Step(enum.StrEnum):

@@ -7,5 +7,5 @@
 - ``softcard``     a card's PIN and INTERNAL AUTHENTICATE rules in memory
 - ``outbox``       store-and-forward of settlements and reversals (SQLite)
 - ``flows``        issue-and-personalise, card-present visit, kiosk look-up
-- ``__main__``     ``python -m cardsvc.terminal``: the flows on the command line
+- ``__main__``     ``python -m cardsvc.terminal_sdk``: the flows on the command line
 """

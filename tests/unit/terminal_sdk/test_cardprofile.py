@@ -7,10 +7,10 @@ import argparse
 
 import pytest
 
-from cardsvc.terminal import cardprofile as cp
-from cardsvc.terminal import flows
-from cardsvc.terminal.__main__ import parse_item
-from cardsvc.terminal.reader import (
+from cardsvc.terminal_sdk import cardprofile as cp
+from cardsvc.terminal_sdk import flows
+from cardsvc.terminal_sdk.__main__ import parse_item
+from cardsvc.terminal_sdk.reader import (
     CardDataError,
     CardStatusError,
     ConditionsNotSatisfied,

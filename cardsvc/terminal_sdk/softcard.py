@@ -11,7 +11,7 @@ from __future__ import annotations
 import hmac
 
 from cardsvc.crypto import profile
-from cardsvc.terminal import cardprofile
+from cardsvc.terminal_sdk import cardprofile
 
 PIN_TRIES = 3
 

@@ -1,4 +1,4 @@
-"""``python -m cardsvc.terminal COMMAND``: a terminal on the command line (docs/readers.md).
+"""``python -m cardsvc.terminal_sdk COMMAND``: a terminal on the command line (docs/readers.md).
 
     readers                       the PC/SC readers pcscd lists
     read-card                     the card's basic info in the national reader format
@@ -30,10 +30,10 @@ import msgspec
 import structlog
 
 from cardsvc.logging import configure_logging
-from cardsvc.terminal import flows
-from cardsvc.terminal.client import TerminalClient, TerminalError
-from cardsvc.terminal.outbox import Entry, Forwarder, Outbox, SettlementPending
-from cardsvc.terminal.reader import CardError, CardReader, list_readers, national_line
+from cardsvc.terminal_sdk import flows
+from cardsvc.terminal_sdk.client import TerminalClient, TerminalError
+from cardsvc.terminal_sdk.outbox import Entry, Forwarder, Outbox, SettlementPending
+from cardsvc.terminal_sdk.reader import CardError, CardReader, list_readers, national_line
 
 DEFAULT_TERMINALS = Path("var/demo/terminals.json")
 EXIT_FAILED, EXIT_PENDING = 1, 3
@@ -86,7 +86,7 @@ def _common(default_terminal: str) -> argparse.ArgumentParser:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m cardsvc.terminal",
+        prog="python -m cardsvc.terminal_sdk",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

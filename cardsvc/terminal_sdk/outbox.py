@@ -19,7 +19,7 @@ leaves a visit whose outcome nobody knows:
 - ``reverse``: ``POST /v1/settlements/{setl_id}/reverse``, idempotent on the service.
 
 Voids and reversals never expire: after ``followup_attempts`` tries they are ``stuck`` and
-listed for an operator (``python -m cardsvc.terminal outbox``). Bodies hold card tokens (short-
+listed for an operator (``python -m cardsvc.terminal_sdk outbox``). Bodies hold card tokens (short-
 lived bearer secrets) only while a settle is pending: finished entries are scrubbed, and the
 file is created 0600.
 """
@@ -38,7 +38,7 @@ from typing import Any, Literal
 import aiohttp
 import msgspec
 
-from cardsvc.terminal.client import Response, TerminalError
+from cardsvc.terminal_sdk.client import Response, TerminalError
 
 Kind = Literal["settle", "void", "reverse"]
 Status = Literal["pending", "done", "refused", "stuck"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from cardsvc.cards.records import CardRecords
 from cardsvc.crypto import profile
-from cardsvc.terminal import cardprofile
+from cardsvc.terminal_sdk import cardprofile
 
 
 def _file_records(records: CardRecords, fid: int) -> dict[str, str]:
