@@ -400,3 +400,23 @@ def test_every_error_code_and_setting_named_is_the_codes() -> None:
         literals |= set(re.findall(r"\"([A-Z][A-Z0-9_]+)\"", source.read_text(encoding="utf-8")))
     assert named, "the document names error codes"
     assert sorted(named - literals) == []
+
+
+def heading_anchors(text: str) -> set[str]:
+    """The anchors a code host gives the headings (duplicates numbered -1, -2, …)."""
+    anchors: set[str] = set()
+    body = re.sub(r"^```.*?^```", "", text, flags=re.MULTILINE | re.DOTALL)
+    for heading in re.findall(r"^#+ (.+)$", body, flags=re.MULTILINE):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        anchor, n = slug, 0
+        while anchor in anchors:
+            n += 1
+            anchor = f"{slug}-{n}"
+        anchors.add(anchor)
+    return anchors
+
+
+def test_every_link_within_the_document_has_its_heading() -> None:
+    links = set(re.findall(r"\]\(#([^)]+)\)", DOC_TEXT))
+    assert links, "the document links its own sections"
+    assert sorted(links - heading_anchors(DOC_TEXT)) == []
