@@ -6,7 +6,8 @@ the code's. This test reads the fenced blocks out of the document (``vector KIND
 lines) and recomputes every output with ``cardsvc.crypto.profile`` and the virtual card. A
 changed digit in the document or a changed formula in the code fails here; so does a vector
 with a field missing or unknown, a kind of vector removed, or an error code, setting or
-path named in the document that the code does not have.
+path named in the document that the code does not have, or a link to a heading it lacks.
+The independent interop client must reproduce the crypto vectors as well.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from cardsvc.crypto import profile
 from cardsvc.terminal_sdk.personalise import personalisation_commands
 from cardsvc.vcard.card import VirtualCard
 from cardsvc.vcard.state import blank
+from tests.interop import terminal as interop
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "protocol.md"
@@ -302,6 +304,35 @@ def test_the_vectors_chain() -> None:
     assert blob["k_term"] == sign_in["k_term"]
     for signed in (v for k, v, _ in VECTORS if k == "request-signature"):
         assert signed["session_key"] == sign_in["session_key"]
+
+
+def test_the_independent_client_reproduces_the_vectors() -> None:
+    """``tests/interop/terminal.py`` was written from the profile's text, importing nothing of
+    cardsvc: a second implementation that gets the same bytes."""
+    div = the_vector("diversification")
+    assert interop.diversify(b(div, "master_key"), s(div, "card_sn")) == b(div, "card_key")
+    card = the_vector("card-cryptogram")
+    k_auth = interop.diversify(b(card, "imk_auth"), s(card, "card_sn"))
+    assert interop.sm4_ecb(k_auth, b(card, "challenge")) == b(card, "cryptogram_01")
+    sign_in = the_vector("sign-in")
+    k_term, rs, rt = b(sign_in, "k_term"), b(sign_in, "rs"), b(sign_in, "rt")
+    assert interop.terminal_cryptogram(k_term, rs, rt) == b(sign_in, "terminal_cryptogram")
+    assert interop.server_cryptogram(k_term, rs, rt) == b(sign_in, "server_cryptogram")
+    assert interop.session_key(k_term, rs, rt) == b(sign_in, "session_key")
+    for v in (v for k, v, _ in VECTORS if k == "request-signature"):
+        target = s(v, "path") + (f"?{s(v, 'query')}" if s(v, "query") else "")
+        fields = (s(v, "method"), target, s(v, "timestamp"), s(v, "nonce"), s(v, "body").encode())
+        assert interop.string_to_sign(*fields) == s(v, "canonical_request").encode()
+        assert interop.sign(b(v, "session_key"), *fields) == b(v, "signature").hex()
+    blob = the_vector("personalisation-blob")
+    assert interop.unseal_card_keys(
+        b(blob, "k_term"), s(blob, "card_sn"), b(blob, "blob").hex()
+    ) == (
+        b(blob, "k_auth"),
+        b(blob, "k_txn"),
+    )
+    for v in (v for k, v, _ in VECTORS if k == "kcv"):
+        assert interop.kcv(b(v, "key")) == b(v, "kcv").hex()
 
 
 # --- the APDU examples ---------------------------------------------------------------------
