@@ -8,12 +8,20 @@ open; this test fails on every such line of every file ``git ls-files`` lists.
 
 from __future__ import annotations
 
+import difflib
 import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
+import msgspec
 import pytest
+
+from cardsvc.settlement import policydoc
+from cardsvc.settlement.params import CURRENT_POLICY_VERSION, load_params
+from cardsvc.settlement.policy import settle
+from tests.unit.settlement import test_policy_examples as examples
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -82,3 +90,100 @@ def test_the_repositorys_own_documents_are_not_flagged(tmp_path: Path, line: str
     path = tmp_path / "x.md"
     path.write_text(line + "\n")
     assert outside_references([path]) == []
+
+
+# --- docs/policy.md against the policy file and the engine ----------------------------------
+
+POLICY_DOC = ROOT / "docs" / "policy.md"
+PARAMS = load_params(CURRENT_POLICY_VERSION)
+# Numbers the hand-written text may hold: none is a figure of the policy file.
+NOT_FIGURES = {
+    PARAMS.version,
+    *(row.insutype for row in PARAMS.allowed_med_types),  # scheme codes
+    *(row.med_type for row in PARAMS.allowed_med_types),  # visit type codes
+    *PARAMS.fund_pay_types.values(),  # fund codes
+    "1",  # facility levels, and Step 1 to Step 3
+    "2",
+    "3",
+    "100",  # fen in a yuan; pct's divisor
+    "50",  # pct's half a fen, rounded up
+    "2206",  # the national interfaces whose field names settlements use
+    "2207",
+    "403",  # HTTP statuses
+    "422",
+}
+
+
+def test_policy_doc_blocks_are_what_the_policy_file_and_the_engine_give() -> None:
+    """Fails on any figure of a generated block that differs from the policy file, on a worked
+    example the engine does not reproduce, and after a change of the policy file until
+    ``python -m cardsvc.settlement.policydoc`` is run again."""
+    document = POLICY_DOC.read_text(encoding="utf-8")
+    assert sorted(policydoc.blocks_in(document)) == sorted(policydoc.RENDERERS)
+    fresh = policydoc.rewrite(document, PARAMS)
+    assert fresh == document, (
+        "docs/policy.md is not what the policy file gives: run "
+        "`python -m cardsvc.settlement.policydoc`; differences:\n"
+        + "\n".join(difflib.unified_diff(document.splitlines(), fresh.splitlines(), lineterm=""))
+    )
+
+
+def test_policy_doc_text_around_the_blocks_holds_no_policy_figure() -> None:
+    text = policydoc.prose(POLICY_DOC.read_text(encoding="utf-8"))
+    numbers = set(re.findall(r"\b\d+(?:[.,]\d+)*\b", text))
+    assert numbers <= NOT_FIGURES, (
+        f"figures written by hand in docs/policy.md: {sorted(numbers - NOT_FIGURES)}; "
+        "put them in a generated block (cardsvc/settlement/policydoc.py)"
+    )
+
+
+def test_a_changed_figure_in_the_doc_or_the_policy_file_is_caught() -> None:
+    document = POLICY_DOC.read_text(encoding="utf-8")
+    assert "1,857,920" in document
+    edited = document.replace("1,857,920", "1,857,921", 1)
+    assert policydoc.rewrite(edited, PARAMS) != edited
+    inpatient = msgspec.structs.replace(
+        PARAMS.employee.inpatient,
+        deductible={**PARAMS.employee.inpatient.deductible, "3": 70000},
+    )
+    moved = msgspec.structs.replace(
+        PARAMS, employee=msgspec.structs.replace(PARAMS.employee, inpatient=inpatient)
+    )
+    assert policydoc.rewrite(document, moved) != document
+
+
+def test_the_demo_stay_is_explained_to_the_fen() -> None:
+    """The stay a demo terminal printed as ``funds ¥18,579.20 … cash ¥6,564.80``."""
+    stay = policydoc.EXAMPLES[0]
+    split = settle(PARAMS, *policydoc.example_inputs(stay))
+    assert (split.medfee_sumamt, split.fund_pay_sumamt) == (3014400, 1857920)
+    assert (split.acct_pay, split.psn_cash_pay, split.balc) == (500000, 656480, 0)
+    document = POLICY_DOC.read_text(encoding="utf-8")
+    assert "funds ¥18,579.20  account ¥5,000.00  cash ¥6,564.80" in document
+
+
+def test_the_docs_worked_examples_are_the_policys_hand_computed_ones() -> None:
+    """E1-E6 of docs/policy.md give, through the engine, the results computed by hand in
+    tests/unit/settlement/test_policy_examples.py."""
+    by_label: dict[str, dict[str, Any]] = {}
+    for name, _, _, expected in examples.CASES:  # the first case of each label is the policy's
+        by_label.setdefault(name.split()[0], expected)
+    labelled = [ex for ex in policydoc.EXAMPLES if ex.label in by_label]
+    assert [ex.label for ex in labelled] == ["E1", "E2", "E3", "E4", "E5", "E6"]
+    for ex in labelled:
+        split = settle(PARAMS, *policydoc.example_inputs(ex))
+        expected = by_label[ex.label]
+        for field in policydoc.RESULT_FIELDS:
+            if field in expected:
+                assert getattr(split, field) == expected[field], (ex.label, field)
+        paid = {d.fund_pay_type: d.fund_payamt for d in split.setldetail}
+        assert paid == expected.get("setldetail", paid), ex.label
+
+
+def test_the_policydoc_check_command_fails_on_a_stale_document(tmp_path: Path) -> None:
+    stale = tmp_path / "policy.md"
+    stale.write_text(POLICY_DOC.read_text(encoding="utf-8").replace("1,857,920", "1", 1))
+    assert policydoc.main([str(stale), "--check"]) == 1
+    assert policydoc.main([str(stale)]) == 0
+    assert policydoc.main([str(stale), "--check"]) == 0
+    assert stale.read_text(encoding="utf-8") == POLICY_DOC.read_text(encoding="utf-8")
