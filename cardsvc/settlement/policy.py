@@ -69,7 +69,7 @@ with them); each keeps every Step 3 identity
     person, be ``approved``, match the id, and cover the settlement date (both ends included).
 14. A 310/390 hospital settlement needs the facility's level; a hospital without one is a
     registry fault (the database forbids it), raised as ``ValueError``, not a refusal.
-15. ``AMOUNT_LIMIT_EXCEEDED`` (not in the policy's text: the policy file's ``amount_limits``) comes
+15. ``AMOUNT_LIMIT_EXCEEDED`` (from the policy file's ``amount_limits``) comes
     first of all: it is a fault of the request alone, whoever presents it. A line's unit
     price, quantity and amount (``unit_price x quantity``, before over-limit) and the
     settlement's ``medfee_sumamt`` are each bounded; the error names the limit in yuan.
