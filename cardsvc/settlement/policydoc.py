@@ -160,8 +160,8 @@ def _line_treatment(params: PolicyParams) -> list[str]:
 
 def _employee(params: PolicyParams) -> list[str]:
     inp, outp = params.employee.inpatient, params.employee.outpatient
-    bonus_in = ", ".join(f"{t} +{b}" for t, b in sorted(inp.ratio_bonus.items()))
-    bonus_out = ", ".join(f"{t} +{b}" for t, b in sorted(outp.ratio_bonus.items()))
+    bonus_in = ", ".join(f"`{t}` +{b}" for t, b in sorted(inp.ratio_bonus.items()))
+    bonus_out = ", ".join(f"`{t}` +{b}" for t, b in sorted(outp.ratio_bonus.items()))
     out = _table(
         ("facility level", *(f"`{level}`" for level in LEVELS)),
         [
@@ -171,7 +171,7 @@ def _employee(params: PolicyParams) -> list[str]:
         ],
     )
     thresholds = ", ".join(
-        f"{money(t)} ({psn})" for psn, t in sorted(outp.segment_threshold.items())
+        f"`{psn}` {money(t)}" for psn, t in sorted(outp.segment_threshold.items())
     )
     out += [
         "",
