@@ -187,3 +187,20 @@ def test_the_policydoc_check_command_fails_on_a_stale_document(tmp_path: Path) -
     assert policydoc.main([str(stale)]) == 0
     assert policydoc.main([str(stale), "--check"]) == 0
     assert stale.read_text(encoding="utf-8") == POLICY_DOC.read_text(encoding="utf-8")
+
+
+def test_the_examples_catalog_is_the_one_the_demo_loads() -> None:
+    """docs/policy.md says the demo loads the examples' items; the demo stay depends on it."""
+    from cardsvc.devenv.demodata import CATALOG
+
+    demo = {
+        item["code"]: policydoc.CatalogItem(
+            code=item["code"],
+            chrgitm_lv=item["chrgitm_lv"],
+            selfpay_prop=item.get("selfpay_prop"),
+            max_price=item.get("max_price"),
+            work_injury=item.get("work_injury", False),
+        )
+        for item in CATALOG
+    }
+    assert demo == dict(policydoc.EXAMPLE_CATALOG)
