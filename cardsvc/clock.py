@@ -1,4 +1,4 @@
-"""Business time: dates are calendar dates in Asia/Shanghai (POLICY.md, Units)."""
+"""Business time: dates are calendar dates in Asia/Shanghai (docs/policy.md, Units)."""
 
 from __future__ import annotations
 

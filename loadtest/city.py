@@ -1,9 +1,9 @@
 """The city's facilities, catalog and terminals, pure: what the seed registers via the API.
 
 Facilities of every type and level (hospitals at community, 1, 2, 3; pharmacies), with the
-agreements POLICY.md's table allows at each, credit ratings A and B for the ones the load
+agreements docs/policy.md's table allows at each, credit ratings A and B for the ones the load
 uses, and one C-rated hospital and one D-rated pharmacy that it leaves alone. The catalog is
-POLICY.md's worked-example items plus ``extra`` generated drugs and services, each with a
+the worked-example items of docs/policy.md plus ``extra`` generated drugs and services, each with a
 typical price the request builder uses.
 """
 

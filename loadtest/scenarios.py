@@ -1,7 +1,7 @@
 """What the load asks for, pure: which terminal a card visits and the settlement bodies.
 
 Every request is one the service must accept: the person's scheme, the facility's type and
-agreements and the med_type always fit POLICY.md's table, 410 names the person's approved
+agreements and the med_type always fit docs/policy.md's table, 410 names the person's approved
 injury case, and a 52 delivery is only asked once per person and year.
 
 ``settle`` and ``visit`` use one clinical shape per card (a pharmacy purchase or an

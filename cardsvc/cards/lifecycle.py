@@ -1,4 +1,4 @@
-"""The card state machine, pure (DESIGN.md, Data rules)::
+"""The card state machine, pure (docs/architecture.md, data model)::
 
 issued → active → loss_reported ⇄ active
 active | loss_reported → replaced

@@ -1,4 +1,4 @@
-"""The card's EF05 and EF06 record data (DESIGN.md, Card profile), pure.
+"""The card's EF05 and EF06 record data (docs/protocol.md, card profile), pure.
 
 Values are returned as hex of the value bytes, keyed by the two-hex-digit record tag; the
 card stores each as ``tag len value``.

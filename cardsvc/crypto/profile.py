@@ -1,7 +1,7 @@
-"""The cardsvc crypto profile (DESIGN.md, "Crypto profile"): pure functions, no IO.
+"""The cardsvc crypto profile (docs/protocol.md, with test vectors): pure functions, no IO.
 
 Independent clients implement the same profile byte for byte, so every function here is a
-direct transcription of the design text; the unit tests pin each one with fixed vectors.
+direct transcription of docs/protocol.md; the unit tests pin each one with fixed vectors.
 
 - Keys are 16-byte SM4 keys; card serial numbers (``card_sn``) are 32 lowercase hex chars.
 - ``diversify``: ``SM4-ECB(MK, D ‖ (D XOR ff×8))`` with ``D = bytes.fromhex(card_sn)[8:16]``.

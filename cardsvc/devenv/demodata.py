@@ -1,6 +1,6 @@
 """Demo data, loaded once through the admin and counter APIs (as a real operator would).
 
-Facilities of every type and level, the catalog of POLICY.md's worked examples, a few
+Facilities of every type and level, the catalog of docs/policy.md's worked examples, a few
 persons with enrolments and funded accounts, one terminal of each kind, and one issued,
 active card. Terminal keys and the demo card's keys go to files of mode 0600 in the demo
 folder: they stand in for the terminals' and the card's secure elements.

@@ -29,7 +29,7 @@ from cardsvc.persons.models import (
 from cardsvc.privacy import DataProtector
 from cardsvc.web.caller import ADMIN
 
-# Which person types each scheme covers (POLICY.md, Codes).
+# Which person types each scheme covers (docs/policy.md, Codes).
 _SCHEME_PSN_TYPES = {
     "310": {"in_service", "retired"},
     "390": {"resident"},

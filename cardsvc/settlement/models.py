@@ -41,7 +41,7 @@ class FundPayment(msgspec.Struct, kw_only=True):
 
 
 class SetlInfo(msgspec.Struct, kw_only=True):
-    """Every field of POLICY.md Step 3, plus who and when. ``setl_id`` is None in a preview."""
+    """Every field of Step 3 (docs/policy.md), plus who and when; ``setl_id`` None in a preview."""
 
     setl_id: str | None
     setl_time: dt.datetime

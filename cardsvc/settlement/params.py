@@ -1,6 +1,6 @@
 """Benefit policy parameters, loaded from ``schema/policy/<version>.json``.
 
-Every figure of the policy (POLICY.md) lives in that file; the engine in
+Every figure of the policy (docs/policy.md) lives in that file; the engine in
 :mod:`cardsvc.settlement.policy` reads them only from :class:`PolicyParams`. A settlement
 records the version it was computed under, so a reversal or an audit can reload the same
 figures after the policy has moved on.
@@ -75,7 +75,7 @@ class EmployeeOutpatient(msgspec.Struct, frozen=True, kw_only=True, forbid_unkno
 
     def __post_init__(self) -> None:
         _require_keys(self.ratio, LEVELS, "310 outpatient ratio")
-        # POLICY.md sets no maximum here; a ratio above 100 would pay more than the claim.
+        # The policy sets no maximum here; a ratio above 100 would pay more than the claim.
         if max(self.ratio.values()) + max(self.ratio_bonus.values(), default=0) > 100:
             raise ValueError("310 outpatient ratio plus bonus exceeds 100")
 

@@ -16,14 +16,15 @@ Order of refusals (first failure wins; each is a :class:`PolicyRefusal`)::
     FACILITY_SUSPENDED      facility not active, or rated D
     NO_AGREEMENT            facility holds no agreement for the insutype
     MED_TYPE_NOT_ALLOWED    insutype / med_type / facility type not in the table
-    DELIVERY_TYPE_REQUIRED  52 without delivery_type (not in POLICY.md's list; see below)
+    DELIVERY_TYPE_REQUIRED  52 without delivery_type (reading 1 below)
     INJURY_CASE_INVALID     410 without an approved, current case of this person
     UNKNOWN_ITEM            line codes missing from the catalog (details: sorted codes)
     MATERNITY_LIMIT         a second 52 delivery in the year
 
-Readings of POLICY.md
----------------------
-Where POLICY.md leaves room, these readings are taken; each keeps every Step 3 identity
+Readings of the policy
+----------------------
+Where the policy's text leaves room, these readings are taken (docs/policy.md states the rules
+with them); each keeps every Step 3 identity
 (``medfee = fulamt_ownpay + overlmt + preselfpay + inscp``, ``psn_part = medfee - fund_sum``,
 ``psn_cash = psn_part - acct_pay``, ``balc = balance - acct_pay``) true and nothing negative.
 
@@ -45,7 +46,7 @@ Where POLICY.md leaves room, these readings are taken; each keeps every Step 3 i
    ``year.inpatient_310 > 0``; every 310 ``21`` settlement counts one admission, whatever
    its amount.
 7. The inpatient ratio cap ("max 95") bounds ratio + bonus for every psn_type. The 310
-   outpatient ratio + bonus has no cap in POLICY.md; the parameter file is refused if it
+   outpatient ratio + bonus has no cap in the policy; the parameter file is refused if it
    could exceed 100.
 8. 310 ``11``: the account's first draw ``a1`` comes out of in-scope before the segment, so
    there ``hifp_pay + pool_prop_selfpay + act_pay_dedc = S - a1``, not ``S``. The identity
@@ -60,7 +61,7 @@ Where POLICY.md leaves room, these readings are taken; each keeps every Step 3 i
     class C); pre-self-pay is rounded per line and then summed.
 12. The personal account is never used for 390, 410 and 510, whatever ``acct_used_flag``
     says; ``balc`` is then the balance unchanged.
-13. POLICY.md's eligibility 1 ("card status active") covers an expired card: an active card
+13. The policy's eligibility 1 ("card status active") covers an expired card: an active card
     whose expiry date (EF05 ``06``) is before the settlement's business date is refused as
     ``CARD_EXPIRED``, right after the status check (``cards.lifecycle.expired``: a card is
     valid through its expiry date). A snapshot without the date (``None``) is not checked.
@@ -68,7 +69,7 @@ Where POLICY.md leaves room, these readings are taken; each keeps every Step 3 i
     person, be ``approved``, match the id, and cover the settlement date (both ends included).
 14. A 310/390 hospital settlement needs the facility's level; a hospital without one is a
     registry fault (the database forbids it), raised as ``ValueError``, not a refusal.
-15. ``AMOUNT_LIMIT_EXCEEDED`` (not in POLICY.md: the policy file's ``amount_limits``) comes
+15. ``AMOUNT_LIMIT_EXCEEDED`` (from the policy file's ``amount_limits``) comes
     first of all: it is a fault of the request alone, whoever presents it. A line's unit
     price, quantity and amount (``unit_price x quantity``, before over-limit) and the
     settlement's ``medfee_sumamt`` are each bounded; the error names the limit in yuan.

@@ -1,4 +1,4 @@
-"""The card profile's APDU vocabulary (DESIGN.md, Card profile; docs/readers.md), pure.
+"""The card profile's APDU vocabulary (docs/protocol.md, card profile; docs/readers.md), pure.
 
 Shared by the reader SDK, which builds these commands, and the virtual card, which answers
 them, so both sides agree byte for byte. ISO 7816-4 commands use CLA ``00``; the project's

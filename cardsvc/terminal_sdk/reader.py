@@ -1,4 +1,4 @@
-"""``CardReader``: a terminal's PC/SC card access over pyscard (DESIGN.md, Card profile).
+"""``CardReader``: a terminal's PC/SC card access over pyscard (docs/protocol.md, card profile).
 
     reader = CardReader()                 # the first reader pcscd lists, or CardReader(name)
     reader.wait_for_card(timeout=30)      # connects exclusively: no other app interleaves

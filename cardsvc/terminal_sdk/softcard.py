@@ -1,5 +1,5 @@
 """A card's security behaviour in memory: PIN try counter, and INTERNAL AUTHENTICATE that
-refuses K_txn until VERIFY succeeded in this power session (DESIGN.md, Card profile).
+refuses K_txn until VERIFY succeeded in this power session (docs/protocol.md, card profile).
 
 The virtual PC/SC card (``cardsvc.vcard``) answers VERIFY and INTERNAL AUTHENTICATE with
 this class, persisting ``tries_left`` after each VERIFY; the load harness and tests use it

@@ -1,4 +1,4 @@
-"""A virtual social security card for vsmartcard's vpcd (DESIGN.md, Card profile).
+"""A virtual social security card for vsmartcard's vpcd (docs/protocol.md, card profile).
 
 - ``apdu``  command APDU parsing (pure)
 - ``card``  the SSSE application: file system, PIN, INTERNAL AUTHENTICATE, class-80

@@ -1,6 +1,6 @@
 -- Foundation: registry, terminals and sessions, cards, card authentication, ledger, audit.
 -- Money is integer fen (bigint). Person-owned tables carry psn_no and facility-owned ones
--- fixmedins_code, the future distribution columns (see DESIGN.md, production shape).
+-- fixmedins_code, the future distribution columns (docs/architecture.md).
 
 CREATE TABLE persons (
     psn_no         text PRIMARY KEY,

@@ -1,5 +1,6 @@
 """Who may call what: every route × every kind of caller, against a table written from
-DESIGN.md ("Who calls it"), not read off the code. A route missing from the table fails.
+the API contract (who calls each operation), not read off the code. A route missing from
+the table fails.
 
 A caller that is let through gets whatever the operation answers to an empty or dummy
 request (400, 404, 422 ...); one that is not gets the authentication or authorisation

@@ -1,5 +1,5 @@
 """Settlement through the HTTP API with signed terminals, on real PostgreSQL and hsm_stub:
-POLICY.md's worked examples end to end (year-to-date state built by the same person's
+docs/policy.md's worked examples end to end (year-to-date state built by the same person's
 earlier settlements), eligibility codes, idempotency, concurrency and reversal."""
 
 from __future__ import annotations

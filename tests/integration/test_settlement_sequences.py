@@ -1,6 +1,6 @@
 """Seeded random sequences of settlements, reversals and credits for one person, through the
 real HTTP API (signed terminals, PostgreSQL, hsm_stub), each step checked field by field against
-the independent reading of POLICY.md in ``tests/unit/settlement/reference.py``. The year state
+the independent reading of docs/policy.md in ``tests/unit/settlement/reference.py``. The year state
 of the reference is tracked here; the service keeps its own in the database."""
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 STEP3 = (*ref.STEP3_FIELDS, "review_required")
 
-# The reference catalog's own items (POLICY.md's five are POLICY_CATALOG).
+# The reference catalog's own items (docs/policy.md's five are POLICY_CATALOG).
 EXTRA_CATALOG = [
     {"code": code, "name": f"参考项目{code}", **item}
     for code, item in ref.CATALOG.items()

@@ -1,6 +1,6 @@
 """Independent interoperability terminal for cardsvc.
 
-Written only from DESIGN.md ("Crypto profile", "Card profile", "API contract"): it shows
+Written only from docs/protocol.md (crypto profile, card profile) and schema/openapi.yaml: it shows
 that a third party can sign in, sign requests, personalise and use a card with nothing but
 the document, the standard library, ``cryptography`` and ``aiohttp``.
 It deliberately imports nothing from ``cardsvc`` or ``hsm_stub``.

@@ -1,4 +1,4 @@
-"""End-to-end interoperability: an independent terminal, written from DESIGN.md only,
+"""End-to-end interoperability: an independent terminal, written from docs/protocol.md only,
 issues a card at a counter and authenticates it at a POS over plain HTTP."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Self-tests of the interop terminal's crypto against DESIGN.md and public standards."""
+"""Self-tests of the interop terminal's crypto against docs/protocol.md and public standards."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from tests.interop.identity import check_digit, is_valid, make_certno
 
 
 def seal(k_term: bytes, card_sn: str, k_auth: bytes, k_txn: bytes) -> str:
-    """The service side of the personalisation blob, as DESIGN.md describes it."""
+    """The service side of the personalisation blob, as docs/protocol.md describes it."""
     nonce = secrets.token_bytes(12)
     enc = Cipher(algorithms.SM4(k_term), modes.GCM(nonce)).encryptor()
     enc.authenticate_additional_data(card_sn.encode("ascii"))

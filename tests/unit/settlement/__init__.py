@@ -1,4 +1,4 @@
-"""Builders shared by the policy engine tests: POLICY.md's example catalog, a person, a facility."""
+"""Builders shared by the policy engine tests: the example catalog, a person, a facility."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ SETTLE_DATE = dt.date(2026, 3, 15)
 PSN_NO = "4401000000000001"
 ALL_SCHEMES = frozenset({"310", "390", "410", "510"})
 
-# POLICY.md, "Worked examples", the Catalog line.
+# docs/policy.md, "Worked examples", the catalog.
 CATALOG: Mapping[str, CatalogItem] = {
     "A-AMOX": CatalogItem(code="A-AMOX", chrgitm_lv="A"),
     "B-CEF": CatalogItem(code="B-CEF", chrgitm_lv="B", selfpay_prop=10, max_price=2000),
@@ -120,7 +120,7 @@ def request(
 
 
 def assert_step3_identities(split: Split, balance: int) -> None:
-    """POLICY.md's identities between the fields of one settlement."""
+    """The policy's Step 3 identities between the fields of one settlement."""
     assert split.medfee_sumamt == (
         split.fulamt_ownpay_amt + split.overlmt_selfpay + split.preselfpay_amt + split.inscp_scp_amt
     )

@@ -1,8 +1,8 @@
-"""An independent, deliberately literal reading of /work/shared/POLICY.md (policy 2026.1).
+"""An independent, deliberately literal reading of the benefit policy 2026.1 (docs/policy.md).
 
-Written from the document alone: it shares no code with ``cardsvc`` and uses plain dicts,
+Written from the policy's text alone: it shares no code with ``cardsvc`` and uses plain dicts,
 so the engine (``cardsvc.settlement.policy``) can be checked against it field by field.
-Every figure below is copied straight from POLICY.md.
+Every figure below is copied by hand from the policy's tables, not read from the policy file.
 
 Inputs (all plain dicts):
 
@@ -29,7 +29,7 @@ from typing import Any
 
 
 def pct(x: int, p: int) -> int:
-    """POLICY.md: pct(x, p) = (x * p + 50) // 100 (round half up, x >= 0)."""
+    """The policy: pct(x, p) = (x * p + 50) // 100 (round half up, x >= 0)."""
     assert x >= 0
     return (x * p + 50) // 100
 
@@ -61,7 +61,7 @@ ALLOWED = {
     ("510", "52"): "hospital",
 }
 
-# Person types per scheme. POLICY.md names in_service/retired for 310 and resident for 390;
+# Person types per scheme. The policy's text names in_service/retired for 310 and resident for 390;
 # the engine's documented reading 3 adds in_service/retired for 410 and 510, and makes a
 # psn_type that does not fit the scheme INSURANCE_NOT_ACTIVE.
 PSN_TYPES = {
@@ -99,14 +99,14 @@ DELIVERY_QUOTA = {"normal": 300000, "cesarean": 500000}
 
 DEFAULT_SELFPAY_PROP = 10
 
-# Amount limits: not in POLICY.md. Copied from schema/policy/2026.1.json (amount_limits);
+# Amount limits: not in the policy's text. Copied from schema/policy/2026.1.json (amount_limits);
 # the engine's documented reading 15 refuses a request above them before anything else.
 LIMIT_UNIT_PRICE = 200_000_000
 LIMIT_QUANTITY = 10_000
 LIMIT_LINE = 200_000_000
 LIMIT_SETTLEMENT = 500_000_000
 
-# --- Catalog: POLICY.md's worked-example catalog plus a few of our own ---------------------
+# --- Catalog: the policy's worked-example catalog plus a few of our own ------------------
 
 CATALOG: dict[str, dict[str, Any]] = {
     "A-AMOX": {"chrgitm_lv": "A"},
@@ -187,7 +187,7 @@ def check_eligibility(
     # 4
     if ALLOWED.get((insutype, med_type)) != facility["type"]:
         raise RefError("MED_TYPE_NOT_ALLOWED")
-    # Not in POLICY.md's list: a 52 needs delivery_type to pick its quota. The engine's
+    # Not in the policy's list of checks: a 52 needs delivery_type to pick its quota. The engine's
     # documented reading 1 refuses it here, right after MED_TYPE_NOT_ALLOWED.
     if insutype == MATERNITY and med_type == DELIVERY and request.get("delivery_type") is None:
         raise RefError("DELIVERY_TYPE_REQUIRED")
@@ -240,7 +240,7 @@ def decompose(insutype: str, item: dict[str, Any], unit_price: int, quantity: in
     return {"total": total, "over": over, "full": full, "pre": pre, "inscp": inscp}
 
 
-# Every field of POLICY.md Step 3, as the reference returns them.
+# Every field of the policy's Step 3, as the reference returns them.
 STEP3_FIELDS = (
     "medfee_sumamt",
     "fulamt_ownpay_amt",

@@ -1,10 +1,10 @@
-"""The engine against an independent reading of POLICY.md (``reference.py``), to the fen.
+"""The engine against an independent reading of the policy (``reference.py``), to the fen.
 
 Random sequences of settlements (and reversals of earlier ones, and account credits) for one
 person are run step by step through ``cardsvc.settlement.policy.settle`` and through
 ``reference.reference_settle``; every Step 3 field, every refusal code and the year state and
-balance after every step must be equal. POLICY.md's worked examples E1-E6 anchor the
-reference itself to the document.
+balance after every step must be equal. The policy's worked examples E1-E6 anchor the
+reference itself to the text (docs/policy.md).
 """
 
 from __future__ import annotations
@@ -492,7 +492,7 @@ def test_edges_of_dates_and_injury_cases() -> None:
         assert run.settle("H-2", req) == "INSURANCE_NOT_ACTIVE"
 
 
-# --- POLICY.md's worked examples, through the reference (and the engine) ------------------
+# --- the policy's worked examples, through the reference (and the engine) ----------------
 
 
 def _example(state: dict, person: dict, facility: dict, request: dict, expected: dict) -> dict:

@@ -203,7 +203,7 @@ def test_facility_rated_c_is_accepted_for_review() -> None:
 
 # --- first failure wins ------------------------------------------------------------------
 # Each chain starts from a snapshot and request failing every check; each fix removes the
-# failure just reported, and the next settle must report the next check in POLICY.md's order.
+# failure just reported, and the next settle must report the next check in the policy's order.
 
 Fix = Callable[[Snapshot, SettlementRequest], tuple[Snapshot, SettlementRequest]]
 

@@ -1,4 +1,4 @@
-"""POLICY.md's worked examples E1–E6 and further hand-computed cases, as one table."""
+"""The worked examples E1–E6 of docs/policy.md and further hand-computed cases, as one table."""
 
 from __future__ import annotations
 

@@ -205,7 +205,7 @@ def assert_within_limits(params: PolicyParams, psn_type: str, year: YearState) -
 
 
 def expected_year_delta(split: Split, insutype: str, med_type: str) -> YearState:
-    """What POLICY.md's year-to-date totals count for each branch."""
+    """What the policy's year-to-date totals count for each branch."""
     fund = split.fund_pay_sumamt
     return {
         ("310", "21"): YearState(hifp_310=split.hifp_pay, inpatient_310=1),

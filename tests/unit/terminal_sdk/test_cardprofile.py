@@ -1,4 +1,4 @@
-"""The SDK's pure parts: the profile's APDUs byte for byte (DESIGN.md, Card profile), status
+"""The SDK's pure parts: the profile's APDUs byte for byte (docs/protocol.md, card profile), status
 words turned into exceptions, records decoded into the national reader line."""
 
 from __future__ import annotations
