@@ -1,0 +1,64 @@
+"""docs/architecture.md and docs/operations.md name real things: every source file, every
+``python -m cardsvc`` command and every ``CARDSVC_*`` setting they mention exists in the code,
+so a rename that forgets the docs fails here."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCS = [ROOT / "docs" / "architecture.md", ROOT / "docs" / "operations.md", ROOT / "README.md"]
+_CODE_SPAN = re.compile(r"`([^`\n]+)`")
+_SOURCE_PATH = re.compile(
+    r"^[A-Za-z0-9_./*<>-]+\.(?:py|sql|yaml|json|sh|md)$"
+    r"|^(?:cardsvc|hsm_stub|schema|loadtest|scripts|tests|docs)/[a-z_/]*$"
+)
+_COMMAND = re.compile(r"python -m cardsvc ([a-z][a-z-]+)")
+_SETTING = re.compile(r"CARDSVC_[A-Z0-9_]*[A-Z0-9]")
+
+
+def _code_spans(doc: Path) -> list[str]:
+    return _CODE_SPAN.findall(doc.read_text())
+
+
+def _exists(name: str) -> bool:
+    """A path as the docs write it: from the repository root, or under cardsvc/ (the
+    architecture page names modules by area: ``settlement/policy.py``)."""
+    pattern = re.sub(r"<[^>]+>", "*", name)
+    return any(any(base.glob(pattern)) for base in (ROOT, ROOT / "cardsvc"))
+
+
+@pytest.mark.parametrize("doc", DOCS[:2], ids=lambda d: d.name)
+def test_every_source_path_named_exists(doc: Path) -> None:
+    named = {
+        token
+        for span in _code_spans(doc)
+        for token in span.split()
+        if _SOURCE_PATH.match(token) and "/" in token and not token.startswith("/")
+    }
+    assert named, "the page names no source file"
+    missing = sorted(name for name in named if not _exists(name))
+    assert missing == [], f"{doc.name} names files that do not exist: {missing}"
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda d: d.name)
+def test_every_cardsvc_command_named_exists(doc: Path) -> None:
+    main = (ROOT / "cardsvc" / "__main__.py").read_text()
+    commands = set(re.findall(r'add_parser\(\s*"([a-z-]+)"', main))
+    named = set(_COMMAND.findall(doc.read_text()))
+    assert named - commands == set(), f"{doc.name}: no such python -m cardsvc command"
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda d: d.name)
+def test_every_setting_named_is_read_by_the_code(doc: Path) -> None:
+    source = "\n".join(p.read_text() for p in (ROOT / "cardsvc").rglob("*.py"))
+    unknown = set()
+    for name in set(_SETTING.findall(doc.read_text())):
+        base = name.removesuffix("_FILE")
+        # Groups are written as a prefix (`CARDSVC_SIGN_IN_*`, `CARDSVC_DB_POOL_MIN`/`MAX`).
+        if f'"{base}' not in source and f'"{base}_' not in source:
+            unknown.add(name)
+    assert unknown == set(), f"{doc.name} names settings the code does not read: {unknown}"
