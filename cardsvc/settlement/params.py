@@ -184,6 +184,10 @@ class PolicyParams(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
             if not treated and row.insutype not in self.work_injury_insutypes:
                 raise ValueError(f"insutype {row.insutype} has no line treatment")
 
+    def insutypes_under(self, rules: SchemeRules) -> frozenset[str]:
+        """The insutypes whose fund payment the engine computes with ``rules``."""
+        return frozenset(i for i, used in self.scheme_rules.items() if used == rules)
+
     def _check_vocabulary(self) -> None:
         """Every insutype the API accepts has its scheme facts here, and every code named
         here is one the API can carry (``cardsvc.types``): no request meets a missing fact."""
@@ -193,8 +197,7 @@ class PolicyParams(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
         for insutype, psn_types in self.person_types.items():
             _require_within(psn_types, PSN_TYPES, f"person_types[{insutype}]")
         _require_within(self.account_insutypes, INSUTYPES, "account_insutypes")
-        injury = frozenset(i for i, rules in self.scheme_rules.items() if rules == "work_injury")
-        if self.work_injury_insutypes != injury:
+        if self.work_injury_insutypes != self.insutypes_under("work_injury"):
             raise ValueError("work_injury_insutypes must be the schemes with work_injury rules")
         ratings = self.facility_ratings
         _require_within(ratings.suspended | ratings.review, CREDIT_RATINGS, "facility_ratings")

@@ -143,3 +143,4 @@ def test_the_policy_file_holds_the_facts_the_code_used_to_spell() -> None:
         "410": "work_injury",
         "510": "maternity",
     }
+    assert PARAMS.insutypes_under("resident_medical") == {"390"}
