@@ -5,6 +5,8 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY cardsvc cardsvc
 COPY hsm_stub hsm_stub
+COPY hsmlink hsmlink
+COPY cardcrypto cardcrypto
 COPY loadtest loadtest
 COPY schema schema
 RUN pip install --no-cache-dir -e .

@@ -15,7 +15,7 @@ import hmac
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from cardsvc.crypto.profile import SealedBlobError, sm4_gcm_open, sm4_gcm_seal
+from cardcrypto.profile import SealedBlobError, sm4_gcm_open, sm4_gcm_seal
 
 
 class DecryptionError(Exception):

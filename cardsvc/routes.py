@@ -20,6 +20,7 @@ from cardsvc.reconciliation import views as reconciliation
 from cardsvc.settlement import views as settlements
 from cardsvc.supervision import views as supervision
 from cardsvc.terminals import views as terminals
+from cardsvc.web.auth import require_declared_access
 
 
 def setup_routes(app: web.Application) -> None:
@@ -79,3 +80,4 @@ def setup_routes(app: web.Application) -> None:
             web.post("/v1/kiosk/report-loss", kiosk.report_loss),
         ]
     )
+    require_declared_access(app)

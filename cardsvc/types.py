@@ -24,6 +24,10 @@ Text = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[^\x
 Fen = Annotated[int, msgspec.Meta(ge=0, le=10**13)]
 PositiveFen = Annotated[int, msgspec.Meta(gt=0, le=10**13)]
 
+# The wire vocabulary (what a request may say). What each value means for benefits (which
+# person types a scheme covers, which scheme has an account, which rating suspends) is the
+# policy file's; its loader refuses a file that does not cover exactly these values.
 Insutype = Literal["310", "390", "410", "510"]
 PsnType = Literal["in_service", "retired", "resident"]
+CreditRating = Literal["A", "B", "C", "D"]
 Gender = Literal["1", "2"]

@@ -2,5 +2,6 @@
 (mutual TLS, see ``credentials``).
 
 It alone holds the issuer master keys, encrypted under a local master key (LMK); callers see
-only key blobs under the LMK, key check values and results. See ``protocol`` for the wire format.
+only key blobs under the LMK, key check values and results. The wire format and the link's
+TLS credentials are ``hsmlink``'s, shared with cardsvc's client; the crypto is ``cardcrypto``'s.
 """

@@ -26,16 +26,16 @@ from pathlib import Path
 
 import structlog
 
-from cardsvc.crypto import profile
-from hsm_stub.credentials import (
+from cardcrypto import profile
+from hsm_stub.keystore import Keystore, KeystoreError, LoadedLmk, is_admdvs, load_lmk
+from hsm_stub.server import HsmServer, Limits
+from hsmlink.credentials import (
     DEFAULT_HOSTS,
     CredentialPaths,
     CredentialsError,
     make_credentials,
     server_context,
 )
-from hsm_stub.keystore import Keystore, KeystoreError, LoadedLmk, is_admdvs, load_lmk
-from hsm_stub.server import HsmServer, Limits
 
 OFFLINE_OPERATOR = "(offline: local operator)"
 

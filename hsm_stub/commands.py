@@ -11,7 +11,7 @@ Key usage is enforced here, from the kind bound into each terminal key's blob
 of any kind (legacy kind-less blobs included), PB only a counter's. No command creates issuer
 keys; a region gets them only by provisioning (``python -m hsm_stub provision-region``).
 
-All cryptography is ``cardsvc.crypto.profile``; cryptograms are compared in constant time.
+All cryptography is ``cardcrypto.profile``; cryptograms are compared in constant time.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from cardsvc.crypto import profile
+from cardcrypto import profile
 from hsm_stub.keystore import KeyBlobError, Keystore, KeystoreError, UnknownRegion
-from hsm_stub.protocol import (
+from hsmlink.protocol import (
     REQUEST_TYPES,
     AuditAnchorMacRequest,
     AuditAnchorMacResponse,

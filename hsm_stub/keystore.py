@@ -38,8 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cardsvc.crypto import profile
-from hsm_stub.protocol import TerminalKind
+from cardcrypto import profile
+from hsmlink.protocol import TerminalKind
 
 KEYSTORE_FILE = "keystore.json"
 GENERATED_LMK_FILE = "lmk.key"

@@ -31,9 +31,9 @@ from dataclasses import dataclass
 import structlog
 
 from hsm_stub.commands import Reply, execute, failure_reply
-from hsm_stub.credentials import peer_subject
 from hsm_stub.keystore import Keystore
-from hsm_stub.protocol import (
+from hsmlink.credentials import peer_subject
+from hsmlink.protocol import (
     UNREADABLE_COMMAND,
     FrameDecoder,
     FramingError,

@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 from cardsvc import db
 from cardsvc.devenv.pgcluster import LocalCluster
-from hsm_stub.credentials import CredentialPaths, client_context, make_credentials
+from hsmlink.credentials import CredentialPaths, client_context, make_credentials
 from loadtest.state import ROOT, StateDir
 
 ADMDVS = "320200"  # the city's insurance region (Wuxi); issuer keys are per region

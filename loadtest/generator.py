@@ -36,8 +36,8 @@ import msgspec
 import uvloop
 from hdrh.histogram import HdrHistogram
 
+from cardcrypto import profile
 from cardsvc.clock import business_date
-from cardsvc.crypto import profile
 from cardsvc.terminal_sdk.softcard import SoftCard
 from loadtest import scenarios, schedule
 from loadtest.city import Item

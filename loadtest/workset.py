@@ -15,7 +15,7 @@ import ssl
 import asyncpg
 from tqdm import tqdm
 
-from cardsvc.crypto import profile
+from cardcrypto import profile
 from cardsvc.hsm.client import HsmClient
 from loadtest import population
 from loadtest.state import City, Terminal, WorkCard

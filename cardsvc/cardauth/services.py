@@ -15,12 +15,12 @@ import time
 
 import structlog
 
+from cardcrypto.profile import KEY_REF_AUTH, KEY_REF_TXN
 from cardsvc import clock
 from cardsvc.cardauth import tokens
 from cardsvc.cardauth.models import CardAuthenticated, Challenge, ChallengeRequest, VerifyRequest
 from cardsvc.cards.lifecycle import CardStatus, check_not_expired
 from cardsvc.config import Settings
-from cardsvc.crypto.profile import KEY_REF_AUTH, KEY_REF_TXN
 from cardsvc.db import Pool
 from cardsvc.errors import BusinessRuleViolation, Conflict, Forbidden, NotFound, Unauthenticated
 from cardsvc.hsm.client import HsmClient

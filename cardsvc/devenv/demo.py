@@ -40,7 +40,7 @@ from cardsvc.devenv.pcsc import PcscDaemon, PcscError
 from cardsvc.devenv.pgcluster import LocalCluster
 from cardsvc.vcard.card import personalised_state
 from cardsvc.vcard.state import save
-from hsm_stub.credentials import DEFAULT_HOSTS, make_credentials
+from hsmlink.credentials import DEFAULT_HOSTS, make_credentials
 
 ROOT = Path(__file__).resolve().parents[2]
 

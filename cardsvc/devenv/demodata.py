@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 
-from cardsvc.crypto import profile
+from cardcrypto import profile
 from cardsvc.persons.certno import check_char
 from cardsvc.terminal_sdk.client import TerminalClient
 

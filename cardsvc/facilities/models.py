@@ -6,11 +6,10 @@ from typing import Literal
 
 import msgspec
 
-from cardsvc.types import FacilityCode, Insutype, Text
+from cardsvc.types import CreditRating, FacilityCode, Insutype, Text
 
 FacilityType = Literal["hospital", "pharmacy"]
 Level = Literal["community", "1", "2", "3"]
-CreditRating = Literal["A", "B", "C", "D"]
 FacilityStatus = Literal["active", "suspended"]
 
 

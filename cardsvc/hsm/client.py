@@ -13,7 +13,7 @@ calls for a short, growing backoff so a dead HSM is not hammered. A call that ti
 drops its connection: HSM commands take microseconds, so silence means a dead or half-open
 connection, not a slow answer.
 
-The link is mutual TLS 1.3 only (``hsm_stub.credentials.client_context``): the client presents
+The link is mutual TLS 1.3 only (``hsmlink.credentials.client_context``): the client presents
 cardsvc's certificate and accepts only an HSM whose certificate the link's CA issued for the
 address dialled; there is no plain-TCP mode. A connection idle for ``MAX_IDLE`` seconds is
 replaced before its next use, so the HSM's own (longer) idle timeout never closes a
@@ -35,7 +35,7 @@ from typing import TypeVar
 
 import structlog
 
-from cardsvc.crypto.profile import KEY_REF_AUTH, KEY_REF_TXN
+from cardcrypto.profile import KEY_REF_AUTH, KEY_REF_TXN
 from cardsvc.hsm.errors import (
     HsmError,
     HsmKeyUsageRefused,
@@ -43,7 +43,7 @@ from cardsvc.hsm.errors import (
     HsmRejected,
     HsmUnavailable,
 )
-from hsm_stub.protocol import (
+from hsmlink.protocol import (
     HEADER_LEN,
     AuditAnchorMacRequest,
     AuditAnchorMacResponse,

@@ -18,7 +18,7 @@
 from __future__ import annotations
 
 from cardsvc.errors import BusinessRuleViolation, Conflict, ServiceUnavailable
-from hsm_stub.protocol import Status
+from hsmlink.protocol import Status
 
 
 class HsmUnavailable(ServiceUnavailable):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from cardsvc.config import ConfigError, Settings
 from cardsvc.hsm.client import HsmClient
-from hsm_stub.credentials import CredentialsError, client_context
+from hsmlink.credentials import CredentialsError, client_context
 
 _VARIABLES = "CARDSVC_HSM_CA_FILE, CARDSVC_HSM_CERT_FILE and CARDSVC_HSM_KEY_FILE"
 

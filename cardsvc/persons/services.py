@@ -27,15 +27,9 @@ from cardsvc.persons.models import (
     PersonSummary,
 )
 from cardsvc.privacy import DataProtector
+from cardsvc.settlement.params import CURRENT_POLICY_VERSION, load_params
 from cardsvc.web.caller import ADMIN
 
-# Which person types each scheme covers (docs/policy.md, Codes).
-_SCHEME_PSN_TYPES = {
-    "310": {"in_service", "retired"},
-    "390": {"resident"},
-    "410": {"in_service", "retired"},
-    "510": {"in_service", "retired"},
-}
 NAME_BYTES = 30  # EF06 tag 09: GBK, 30 bytes
 
 
@@ -117,7 +111,8 @@ class PersonRegistry:
             )
             if psn_type is None:
                 raise NotFound("no such person", code="PERSON_NOT_FOUND")
-            if psn_type not in _SCHEME_PSN_TYPES[req.insutype]:
+            # Which person types each scheme covers is the policy file's.
+            if psn_type not in load_params(CURRENT_POLICY_VERSION).person_types[req.insutype]:
                 raise BusinessRuleViolation(
                     f"a {psn_type} person cannot enrol in {req.insutype}",
                     code="PSN_TYPE_NOT_ALLOWED",
@@ -205,6 +200,7 @@ async def card_holder_summary(
     )
     if row is None:
         return None
+    account_insutypes = load_params(CURRENT_POLICY_VERSION).account_insutypes
     summary = PersonSummary(
         baseinfo=BaseInfo(
             psn_no=row["psn_no"],
@@ -218,8 +214,8 @@ async def card_holder_summary(
             InsuInfo(
                 insutype=e.insutype,
                 psn_type=row["psn_type"],
-                # Only the employee scheme has a personal account.
-                balc=row["balance"] if e.insutype == "310" else 0,
+                # Only the schemes with a personal account show its balance.
+                balc=row["balance"] if e.insutype in account_insutypes else 0,
                 begndate=e.begndate,
                 enddate=e.enddate,
             )

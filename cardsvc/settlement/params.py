@@ -16,9 +16,11 @@ import functools
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 import msgspec
+
+from cardsvc.types import CreditRating, Insutype, PsnType
 
 CURRENT_POLICY_VERSION = "2026.1"
 POLICY_DIR = Path(__file__).resolve().parents[2] / "schema" / "policy"
@@ -35,11 +37,21 @@ Percent = Annotated[int, msgspec.Meta(ge=0, le=100)]
 PerLevel = dict[str, Fen]
 # How Step 1 books an item's base amount (after over-limit) for one item class.
 LineTreatment = Literal["in_scope", "pre_self_pay", "full_own_pay"]
+# Which of the engine's rule sets computes a scheme's fund payment (cardsvc.settlement.policy).
+SchemeRules = Literal["employee_medical", "resident_medical", "work_injury", "maternity"]
+INSUTYPES = frozenset(get_args(Insutype))
+PSN_TYPES = frozenset(get_args(PsnType))
+CREDIT_RATINGS = frozenset(get_args(CreditRating))
 
 
 def _require_keys(table: Mapping[str, object], keys: frozenset[str], what: str) -> None:
     if set(table) != keys:
         raise ValueError(f"{what} must name exactly {sorted(keys)}, got {sorted(table)}")
+
+
+def _require_within(values: frozenset[str], allowed: frozenset[str], what: str) -> None:
+    if not values <= allowed:
+        raise ValueError(f"{what} must be among {sorted(allowed)}, got {sorted(values)}")
 
 
 class AllowedMedType(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -146,6 +158,7 @@ class PolicyParams(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     version: str
     allowed_med_types: tuple[AllowedMedType, ...]
     person_types: dict[str, frozenset[str]]  # insutype -> psn_types that fit the scheme
+    scheme_rules: dict[str, SchemeRules]  # insutype -> the engine's rule set for its funds
     account_insutypes: frozenset[str]  # schemes whose settlements may use the account
     fund_pay_types: dict[str, str]  # insutype -> setldetail fund_pay_type
     facility_ratings: FacilityRatings
@@ -159,6 +172,7 @@ class PolicyParams(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     supervision: SupervisionRules
 
     def __post_init__(self) -> None:
+        self._check_vocabulary()
         if self.supervision.large_claim_fen >= self.amount_limits.settlement_total:
             raise ValueError("the LARGE_CLAIM threshold must lie below the settlement limit")
         for insutype, table in self.line_treatment.items():
@@ -169,6 +183,24 @@ class PolicyParams(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
             treated = row.insutype in self.line_treatment
             if not treated and row.insutype not in self.work_injury_insutypes:
                 raise ValueError(f"insutype {row.insutype} has no line treatment")
+
+    def insutypes_under(self, rules: SchemeRules) -> frozenset[str]:
+        """The insutypes whose fund payment the engine computes with ``rules``."""
+        return frozenset(i for i, used in self.scheme_rules.items() if used == rules)
+
+    def _check_vocabulary(self) -> None:
+        """Every insutype the API accepts has its scheme facts here, and every code named
+        here is one the API can carry (``cardsvc.types``): no request meets a missing fact."""
+        _require_keys(self.person_types, INSUTYPES, "person_types")
+        _require_keys(self.scheme_rules, INSUTYPES, "scheme_rules")
+        _require_keys(self.fund_pay_types, INSUTYPES, "fund_pay_types")
+        for insutype, psn_types in self.person_types.items():
+            _require_within(psn_types, PSN_TYPES, f"person_types[{insutype}]")
+        _require_within(self.account_insutypes, INSUTYPES, "account_insutypes")
+        if self.work_injury_insutypes != self.insutypes_under("work_injury"):
+            raise ValueError("work_injury_insutypes must be the schemes with work_injury rules")
+        ratings = self.facility_ratings
+        _require_within(ratings.suspended | ratings.review, CREDIT_RATINGS, "facility_ratings")
 
 
 _decoder = msgspec.json.Decoder(PolicyParams)

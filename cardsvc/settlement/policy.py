@@ -85,7 +85,7 @@ import msgspec
 
 from cardsvc.cards.lifecycle import expired, expired_message
 from cardsvc.errors import BusinessRuleViolation
-from cardsvc.settlement.params import LineTreatment, PolicyParams
+from cardsvc.settlement.params import LineTreatment, PolicyParams, SchemeRules
 
 Amount = Annotated[int, msgspec.Meta(ge=0)]
 DeliveryType = Literal["normal", "cesarean"]
@@ -96,12 +96,6 @@ INPATIENT = "21"
 PHARMACY_PURCHASE = "41"
 PRENATAL = "51"
 DELIVERY = "52"
-
-# National insutype codes.
-EMPLOYEE = "310"
-RESIDENT = "390"
-WORK_INJURY = "410"
-MATERNITY = "510"
 
 ACTIVE = "active"
 APPROVED = "approved"
@@ -601,22 +595,23 @@ def _maternity_delivery(params: PolicyParams, claim: _Claim) -> _Funds:
 
 
 _FundRule = Callable[[PolicyParams, _Claim], _Funds]
-_FUND_RULES: dict[tuple[str, str], _FundRule] = {
-    (EMPLOYEE, INPATIENT): _employee_inpatient,
-    (EMPLOYEE, OUTPATIENT): _employee_outpatient,
-    (EMPLOYEE, PHARMACY_PURCHASE): _employee_pharmacy,
-    (RESIDENT, INPATIENT): _resident_inpatient,
-    (RESIDENT, OUTPATIENT): _resident_outpatient,
-    (WORK_INJURY, INPATIENT): _work_injury,
-    (WORK_INJURY, OUTPATIENT): _work_injury,
-    (WORK_INJURY, PHARMACY_PURCHASE): _work_injury,
-    (MATERNITY, PRENATAL): _maternity_prenatal,
-    (MATERNITY, DELIVERY): _maternity_delivery,
+# By the scheme's rule set (the policy file's ``scheme_rules`` names it for each insutype).
+_FUND_RULES: dict[tuple[SchemeRules, str], _FundRule] = {
+    ("employee_medical", INPATIENT): _employee_inpatient,
+    ("employee_medical", OUTPATIENT): _employee_outpatient,
+    ("employee_medical", PHARMACY_PURCHASE): _employee_pharmacy,
+    ("resident_medical", INPATIENT): _resident_inpatient,
+    ("resident_medical", OUTPATIENT): _resident_outpatient,
+    ("work_injury", INPATIENT): _work_injury,
+    ("work_injury", OUTPATIENT): _work_injury,
+    ("work_injury", PHARMACY_PURCHASE): _work_injury,
+    ("maternity", PRENATAL): _maternity_prenatal,
+    ("maternity", DELIVERY): _maternity_delivery,
 }
 
 
-def _fund_rule(insutype: str, med_type: str) -> _FundRule:
-    rule = _FUND_RULES.get((insutype, med_type))
+def _fund_rule(params: PolicyParams, insutype: str, med_type: str) -> _FundRule:
+    rule = _FUND_RULES.get((params.scheme_rules[insutype], med_type))
     if rule is None:  # the params allow a combination this engine has no rule for
         raise ValueError(f"no fund rule for insutype {insutype} med_type {med_type}")
     return rule
@@ -644,7 +639,7 @@ def settle(params: PolicyParams, snapshot: Snapshot, request: SettlementRequest)
         year=snapshot.year,
         delivery_type=request.delivery_type,
     )
-    funds = _fund_rule(request.insutype, request.med_type)(params, claim)
+    funds = _fund_rule(params, request.insutype, request.med_type)(params, claim)
     return _totals(params, snapshot, request, lines, funds)
 
 

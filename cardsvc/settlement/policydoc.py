@@ -28,17 +28,18 @@ from pathlib import Path
 
 import msgspec
 
-from cardsvc.settlement.params import CURRENT_POLICY_VERSION, PolicyParams, load_params
+from cardsvc.settlement.params import (
+    CURRENT_POLICY_VERSION,
+    PolicyParams,
+    SchemeRules,
+    load_params,
+)
 from cardsvc.settlement.policy import (
     DELIVERY,
-    EMPLOYEE,
     INPATIENT,
-    MATERNITY,
     OUTPATIENT,
     PHARMACY_PURCHASE,
     PRENATAL,
-    RESIDENT,
-    WORK_INJURY,
     CatalogItem,
     DeliveryType,
     Enrolment,
@@ -55,6 +56,19 @@ from cardsvc.settlement.policy import (
     settle,
     yuan,
 )
+
+
+def _scheme(rules: SchemeRules) -> str:
+    """The one insutype whose fund payment the engine computes with ``rules``."""
+    (code,) = load_params(CURRENT_POLICY_VERSION).insutypes_under(rules)
+    return code
+
+
+# The schemes by what the engine does for them: their codes come from the policy file.
+EMPLOYEE = _scheme("employee_medical")
+RESIDENT = _scheme("resident_medical")
+WORK_INJURY = _scheme("work_injury")
+MATERNITY = _scheme("maternity")
 
 BEGIN = "<!-- generated: {name} -->"
 END = "<!-- end generated: {name} -->"

@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import msgspec
 
-from cardsvc.crypto import profile
+from cardcrypto import profile
 
 _encoder = msgspec.json.Encoder()
 _LARGE_BODY = 512 * 1024  # bytes; aiohttp warns from 1 MiB

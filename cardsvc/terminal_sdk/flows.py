@@ -27,8 +27,8 @@ from typing import Any
 import msgspec
 import structlog
 
+from cardcrypto import profile
 from cardsvc.cards.records import CardRecords
-from cardsvc.crypto import profile
 from cardsvc.terminal_sdk import cardprofile
 from cardsvc.terminal_sdk.client import TerminalClient, TerminalError
 from cardsvc.terminal_sdk.outbox import Forwarder

@@ -9,8 +9,8 @@ very same list against an in-memory card.
 
 from __future__ import annotations
 
+from cardcrypto import profile
 from cardsvc.cards.records import CardRecords
-from cardsvc.crypto import profile
 from cardsvc.terminal_sdk import cardprofile
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hmac
 
-from cardsvc.crypto import profile
+from cardcrypto import profile
 from cardsvc.terminal_sdk import cardprofile
 
 PIN_TRIES = 3

@@ -28,6 +28,7 @@ import structlog
 
 from cardsvc.db import Connection, Pool
 from cardsvc.errors import Forbidden, Unauthenticated
+from cardsvc.settlement.params import CURRENT_POLICY_VERSION, load_params
 from cardsvc.web.caller import Admission
 
 log = structlog.get_logger(__name__)
@@ -85,8 +86,15 @@ def check_admission(row: asyncpg.Record | dict[str, Any] | None) -> None:
     if not row["session_found"]:
         raise session_invalid()
     check_session_open(row["session_ended_reason"])
-    if row["has_facility"] and (row["facility_status"] != "active" or row["credit_rating"] == "D"):
+    if row["has_facility"] and (
+        row["facility_status"] != "active" or row["credit_rating"] in _suspended_ratings()
+    ):
         raise Forbidden("the terminal's facility is suspended", code="FACILITY_SUSPENDED")
+
+
+def _suspended_ratings() -> frozenset[str]:
+    """Ratings that suspend a facility even when its status is active: the policy file's."""
+    return load_params(CURRENT_POLICY_VERSION).facility_ratings.suspended
 
 
 def check_terminal(status: str) -> None:

@@ -49,7 +49,7 @@ from cardsvc.terminals.models import (
 )
 from cardsvc.web.caller import ADMIN, Admission, Caller
 from cardsvc.web.ratelimit import TokenBuckets
-from hsm_stub.protocol import TerminalKind as HsmTerminalKind
+from hsmlink.protocol import TerminalKind as HsmTerminalKind
 
 log = structlog.get_logger(__name__)
 

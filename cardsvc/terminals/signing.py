@@ -2,7 +2,7 @@
 
 Headers ``X-Terminal-Id``, ``X-Session-Id``, ``X-Timestamp`` (unix seconds), ``X-Nonce``
 (16–64 chars of ``[A-Za-z0-9_-]``) and ``X-Signature`` = hex HMAC-SHA256(session key,
-canonical request) — see ``cardsvc.crypto.profile.canonical_request``.
+canonical request) — see ``cardcrypto.profile.canonical_request``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 import msgspec
 
-from cardsvc.crypto import profile
+from cardcrypto import profile
 from cardsvc.errors import Unauthenticated
 
 _NONCE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")

@@ -15,8 +15,8 @@ from typing import Any
 
 import msgspec
 
+from cardcrypto import profile
 from cardsvc.cards.records import CardRecords
-from cardsvc.crypto import profile
 from cardsvc.terminal_sdk import cardprofile as cp
 from cardsvc.terminal_sdk.personalise import personalisation_commands
 from cardsvc.terminal_sdk.softcard import PIN_TRIES, CardRefused, SoftCard

@@ -2,15 +2,17 @@
 
 ``@admin_only`` takes ``Authorization: Bearer <token>``; ``@terminal("pos", "his")``
 takes a signed terminal request (see ``cardsvc.terminals.signing``) from a session of one of
-the named kinds. Each decorator records who may call the handler in ``ACCESS`` so the
-authorisation matrix can be read off the routes and tested.
+the named kinds; ``@public`` takes anyone. These decorators are the access matrix, declared
+once: each records who may call its handler, ``declared_access`` reads it back off a route's
+handler, ``require_declared_access`` refuses an app with a route that declares nothing, and
+the authorisation test derives every route × caller probe from the same declaration.
 """
 
 from __future__ import annotations
 
 import hmac
 from collections.abc import Awaitable, Callable
-from typing import Final
+from typing import Final, Literal
 
 from aiohttp import web
 
@@ -19,7 +21,25 @@ from cardsvc.web.appkeys import CALLER, SERVICES, SETTINGS
 from cardsvc.web.caller import ADMIN, Caller, TerminalKind
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Audience = Literal["public", "admin", "counter", "pos", "his", "kiosk"]
 ACCESS: Final = "__cardsvc_access__"
+
+
+def declared_access(handler: object) -> frozenset[Audience] | None:
+    """Who may call ``handler``, as its decorator declared; ``None`` when it declares nothing."""
+    access = getattr(handler, ACCESS, None)
+    return access if isinstance(access, frozenset) else None
+
+
+def require_declared_access(app: web.Application) -> None:
+    """Refuse an app with a route whose handler declares no access (it would be open to all)."""
+    for route in app.router.routes():
+        if declared_access(route.handler) is None:
+            where = route.resource.canonical if route.resource is not None else "?"
+            raise RuntimeError(
+                f"{route.method} {where}: its handler declares no access"
+                " (@public, @admin_only, @terminal(...) or @admin_or_terminal(...))"
+            )
 
 
 def _check_admin(request: web.Request) -> Caller:

@@ -9,7 +9,7 @@ import subprocess
 import msgspec
 import pytest
 
-from cardsvc.crypto import profile
+from cardcrypto import profile
 from tests.support.api import Service, authenticate_card, issue_card, lines, patient
 from tests.support.stack import Stack
 

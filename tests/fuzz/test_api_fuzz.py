@@ -22,7 +22,7 @@ from schemathesis import GenerationMode
 from schemathesis.core.parameters import ParameterLocation
 from schemathesis.specs.openapi.checks import ignored_auth, positive_data_acceptance
 
-from cardsvc.crypto import profile
+from cardcrypto import profile
 from tests.support.stack import Stack
 
 ROOT = Path(__file__).resolve().parents[2]

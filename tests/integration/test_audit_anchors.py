@@ -18,12 +18,12 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
+from cardcrypto import profile
 from cardsvc import db
 from cardsvc.audit.anchors import message, parse_line
 from cardsvc.audit.chain import GENESIS, AuditEntry, entry_hash
 from cardsvc.audit.services import AnchorExportUnavailable, AuditAnchors, AuditLog
 from cardsvc.config import Settings
-from cardsvc.crypto import profile
 from cardsvc.hsm.tls import hsm_client
 from cardsvc.ops.metrics import REGISTRY
 from hsm_stub.keystore import KeyType, unwrap_key

@@ -1,21 +1,30 @@
-"""Who may call what: every route × every kind of caller, against a table written from
-the API contract (who calls each operation), not read off the code. A route missing from
-the table fails.
+"""Who may call what: every route of the app × every kind of caller, probed for real.
+
+Who may call a route is declared once, by the decorator on its handler (``cardsvc.web.auth``);
+this test enumerates the app's routes, reads each declaration back, and checks the running
+service does exactly that. A route without a declaration fails (the app refuses to build).
+The declaration is also held to the design's general rules (``test_declarations_follow_*``).
 
 A caller that is let through gets whatever the operation answers to an empty or dummy
 request (400, 404, 422 ...); one that is not gets the authentication or authorisation
 refusal. Unsigned requests, expired sessions and replayed nonces are refused everywhere a
-terminal is required."""
+terminal is required. Facility scoping (another facility's settlement: 403 NOT_OWN_FACILITY)
+is tested in test_settlement.py, a suspended facility's terminal in test_terminal_auth.py."""
 
 from __future__ import annotations
+
+import re
 
 import asyncpg
 import msgspec
 import pytest
 import pytest_asyncio
+from aiohttp import web
 
 from cardsvc.app import create_app
+from cardsvc.config import Settings
 from cardsvc.terminal_sdk.client import TerminalClient
+from cardsvc.web.auth import declared_access, public, require_declared_access
 from tests.support.api import Service
 
 session_loop = pytest.mark.asyncio(loop_scope="session")
@@ -24,55 +33,102 @@ ADMIN, COUNTER, POS, HIS, KIOSK, PUBLIC = "admin", "counter", "pos", "his", "kio
 TERMINALS = (COUNTER, POS, HIS, KIOSK)
 
 SETL = "S20260101" + "0" * 20
-ACCESS = {
-    ("GET", "/healthz"): {PUBLIC},
-    ("GET", "/readyz"): {PUBLIC},
-    ("GET", "/metrics"): {PUBLIC},
-    ("POST", "/v1/persons"): {ADMIN},
-    ("GET", "/v1/persons/3202000000000001"): {ADMIN},
-    ("POST", "/v1/persons/3202000000000001/insurances"): {ADMIN},
-    ("POST", "/v1/accounts/credits"): {ADMIN},
-    ("POST", "/v1/facilities"): {ADMIN},
-    ("GET", "/v1/facilities/H1"): {ADMIN},
-    ("PATCH", "/v1/facilities/H1"): {ADMIN},
-    ("POST", "/v1/terminals"): {ADMIN},
-    ("PATCH", "/v1/terminals/T00000000"): {ADMIN},
-    ("PUT", "/v1/catalog/items"): {ADMIN},
-    ("POST", "/v1/injury-cases"): {ADMIN},
-    ("GET", "/v1/audit/verify"): {ADMIN},
-    ("POST", "/v1/audit/anchors"): {ADMIN},
-    ("GET", "/v1/ledger/proof"): {ADMIN},
-    ("GET", "/v1/supervision/flags"): {ADMIN},
-    ("GET", "/v1/reviews"): {ADMIN},
-    ("POST", f"/v1/reviews/{SETL}/approve"): {ADMIN},
-    ("POST", f"/v1/reviews/{SETL}/reject"): {ADMIN},
-    ("GET", "/v1/reports/funds"): {ADMIN},
-    ("POST", "/v1/clearing/runs"): {ADMIN},
-    ("GET", "/v1/clearing/runs/2000-01-01"): {ADMIN},
-    ("GET", "/v1/clearing/runs/2000-01-01/files/H1"): {ADMIN},
-    ("POST", "/v1/terminals/sign-in"): {PUBLIC},
-    ("POST", "/v1/terminals/sign-in/complete"): {PUBLIC},
-    ("POST", "/v1/cards"): {COUNTER},
-    ("GET", "/v1/cards/A00000000"): {COUNTER},
-    ("POST", "/v1/cards/A00000000/replace"): {COUNTER},
-    ("POST", "/v1/cards/A00000000/activate"): {COUNTER},
-    ("POST", "/v1/cards/A00000000/report-loss"): {COUNTER},
-    ("POST", "/v1/cards/A00000000/cancel-loss"): {COUNTER},
-    ("POST", "/v1/cards/A00000000/cancel"): {COUNTER},
-    ("POST", "/v1/card-auth/challenge"): set(TERMINALS),
-    ("POST", "/v1/card-auth/verify"): set(TERMINALS),
-    ("POST", "/v1/settlements/preview"): {POS, HIS},
-    ("POST", "/v1/settlements"): {POS, HIS},
-    ("GET", f"/v1/settlements/{SETL}"): {ADMIN, POS, HIS},
-    ("POST", f"/v1/settlements/{SETL}/reverse"): {POS, HIS},
-    ("POST", f"/v1/settlements/{SETL}/admin-reversal"): {ADMIN},
-    ("POST", "/v1/reconciliation"): {POS, HIS},
-    ("POST", "/v1/reconciliation/detail"): {POS, HIS},
-    ("POST", "/v1/kiosk/summary"): {KIOSK},
-    ("POST", "/v1/kiosk/report-loss"): {KIOSK},
+# A value for each path parameter that names one thing (alternatives such as
+# {action:activate|cancel} are each probed); any other parameter gets DEFAULT_SAMPLE.
+SAMPLES = {
+    "psn_no": "3202000000000001",
+    "fixmedins_code": "H1",
+    "terminal_id": "T00000000",
+    "card_no": "A00000000",
+    "setl_id": SETL,
+    "clearing_date": "2000-01-01",
 }
+DEFAULT_SAMPLE = "x1"
+_GROUP = re.compile(r"\(\?P<(?P<name>\w+)>(?P<pattern>[^()]*)\)")
+_ALTERNATIVES = re.compile(r"[\w-]+(?:\|[\w-]+)+")
 
+
+def _concrete_paths(resource: web.AbstractResource) -> list[str]:
+    """Paths that reach ``resource``: one per alternative of each parameter, else a sample."""
+    info = resource.get_info()
+    if "formatter" not in info:
+        return [resource.canonical]
+    pattern: re.Pattern[str] = info["pattern"]
+    choices = {}
+    for group in _GROUP.finditer(pattern.pattern):
+        name, sub = group["name"], group["pattern"]
+        choices[name] = (
+            sub.split("|") if _ALTERNATIVES.fullmatch(sub) else [SAMPLES.get(name, DEFAULT_SAMPLE)]
+        )
+    paths = [""]
+    for literal, name in re.findall(r"([^{]*)(?:\{(\w+)\})?", info["formatter"]):
+        paths = [p + literal for p in paths]
+        if name:
+            paths = [p + value for p in paths for value in choices[name]]
+    for path in paths:
+        assert pattern.fullmatch(path), f"{info['formatter']}: give {path!r} a sample in SAMPLES"
+    return paths
+
+
+def _declared_routes() -> list[tuple[str, str, str, frozenset[str] | None]]:
+    """(method, route, concrete path, who may call it) for every route of the app."""
+    app = create_app(Settings(admin_token="a" * 16, data_key=b"\0" * 32))
+    return [
+        (route.method, route.resource.canonical, path, declared_access(route.handler))
+        for route in app.router.routes()
+        if route.method != "HEAD" and route.resource is not None
+        for path in _concrete_paths(route.resource)
+    ]
+
+
+ROUTES = _declared_routes()
+ACCESS = {(method, path): access or frozenset() for method, _, path, access in ROUTES}
 REFUSALS = {"ADMIN_TOKEN_MISSING", "SIGNATURE_MISSING", "TERMINAL_KIND_NOT_ALLOWED"}
+
+
+def test_an_undeclared_route_is_refused():
+    async def declared(request: web.Request) -> web.Response:
+        return web.Response()
+
+    async def undeclared(request: web.Request) -> web.Response:
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_get("/declared", public(declared))
+    require_declared_access(app)
+    app.router.add_post("/v1/undeclared/{x}", undeclared)
+    with pytest.raises(RuntimeError, match=r"POST /v1/undeclared/\{x\}: .* declares no access"):
+        require_declared_access(app)
+
+
+def test_every_route_is_declared_and_probed():
+    app = create_app(Settings(admin_token="a" * 16, data_key=b"\0" * 32))
+    routes = {(r.method, r.resource.canonical) for r in app.router.routes() if r.method != "HEAD"}
+    assert {(method, route) for method, route, _, _ in ROUTES} == routes
+    assert [(m, p) for m, _, p, access in ROUTES if access is None] == []
+    assert len(ACCESS) == len(ROUTES)  # no two routes share a probe
+    # Each alternative of a route is probed.
+    assert {p for m, p in ACCESS if p.startswith("/v1/reviews/")} == {
+        f"/v1/reviews/{SETL}/approve",
+        f"/v1/reviews/{SETL}/reject",
+    }
+
+
+def test_declarations_follow_the_design_rules():
+    for (method, path), access in ACCESS.items():
+        where = (method, path, sorted(access))
+        assert access and access <= {PUBLIC, ADMIN, *TERMINALS}, where
+        # Public stands alone: a route open to all is not also "for" someone.
+        assert PUBLIC not in access or access == {PUBLIC}, where
+        # Anyone may only read, or begin a terminal's session (there is none yet to sign).
+        if PUBLIC in access:
+            assert method == "GET" or path.startswith("/v1/terminals/sign-in"), where
+        # The administrator never acts as a terminal: a route for both is a read.
+        if ADMIN in access and access & set(TERMINALS):
+            assert method == "GET", where
+        # Only the settling terminals settle, reverse or reconcile.
+        if method == "POST" and re.match(r"/v1/(settlements|reconciliation)", path):
+            assert access <= {POS, HIS} or access == {ADMIN}, where
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
@@ -84,41 +140,6 @@ async def callers(service: Service) -> dict[str, TerminalClient]:
         HIS: await service.terminal("his", facility["fixmedins_code"]),
         KIOSK: await service.terminal("kiosk"),
     }
-
-
-def _concrete_routes(settings) -> set[tuple[str, str]]:
-    app = create_app(settings)
-    templates = set()
-    for route in app.router.routes():
-        if route.method != "HEAD":
-            templates.add((route.method, route.resource.canonical))
-    return templates
-
-
-def test_the_table_covers_every_route(settings):
-    import re
-
-    def template(path: str) -> str:
-        return re.sub(r"/(3202\d{12}|H1|T\d{8}|A\d{8}|S\d{28}|2000-01-01)(?=/|$)", "/{x}", path)
-
-    documented = {(m, template(p)) for m, p in ACCESS}
-    routes = {
-        (m, re.sub(r"\{[^}]+\}", "{x}", p).replace("{x}/{x}", "{x}/{x}"))
-        for m, p in _concrete_routes(settings)
-    }
-    # Alternation routes stand for several concrete paths in the table.
-    expanded = set()
-    for m, p in routes:
-        if m == "POST" and p == "/v1/cards/{x}/{x}":
-            expanded |= {
-                (m, f"/v1/cards/{{x}}/{a}")
-                for a in ("activate", "report-loss", "cancel-loss", "cancel")
-            }
-        elif m == "POST" and p == "/v1/reviews/{x}/{x}":
-            expanded |= {(m, f"/v1/reviews/{{x}}/{a}") for a in ("approve", "reject")}
-        else:
-            expanded.add((m, p))
-    assert expanded == documented
 
 
 async def _call(service: Service, callers, who: str, method: str, path: str):

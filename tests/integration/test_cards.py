@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from cardsvc.crypto import profile
+from cardcrypto import profile
 from cardsvc.hsm import HsmClient, HsmKeyUsageRefused
 from cardsvc.persons import certno
 from tests.support.api import Service, authenticate_card, issue_card, personalise

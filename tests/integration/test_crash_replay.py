@@ -23,10 +23,10 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
+from cardcrypto import profile
 from cardsvc import db
 from cardsvc.app import create_app
 from cardsvc.config import Settings
-from cardsvc.crypto import profile
 from cardsvc.devenv.pgcluster import LocalCluster
 from cardsvc.terminal_sdk.client import Response
 from tests.conftest import free_port

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from cardsvc.crypto import profile
+from cardcrypto import profile
 from cardsvc.hsm import (
     HsmClient,
     HsmError,
@@ -28,10 +28,10 @@ from cardsvc.hsm import (
     HsmRegionNotProvisioned,
     HsmUnavailable,
 )
-from hsm_stub import protocol
-from hsm_stub.credentials import client_context, make_credentials
 from hsm_stub.keystore import KeyType, wrap_key
-from hsm_stub.protocol import TerminalKind
+from hsmlink import protocol
+from hsmlink.credentials import client_context, make_credentials
+from hsmlink.protocol import TerminalKind
 from tests.support.api import REGION
 from tests.support.hsm import REPO_ROOT, HsmProcess
 

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from cardsvc.crypto import profile
+from cardcrypto import profile
 from cardsvc.hsm import HsmClient, HsmError, HsmRejected, HsmUnavailable
-from hsm_stub import protocol
-from hsm_stub.credentials import server_context
 from hsm_stub.keystore import KeyType, unwrap_key
-from hsm_stub.protocol import TerminalKind
+from hsmlink import protocol
+from hsmlink.credentials import server_context
+from hsmlink.protocol import TerminalKind
 from tests.support.hsm import HsmProcess, HsmStartError
 
 ADMDVS = "320200"

@@ -196,7 +196,7 @@ async def test_terminal_registration_rules(service: Service):
         "POST", "/v1/terminals", {"kind": "his", "fixmedins_code": facility["fixmedins_code"]}
     )
     assert len(bytes.fromhex(reg["terminal_key"])) == 16 and len(reg["kcv"]) == 6
-    from cardsvc.crypto.profile import key_check_value
+    from cardcrypto.profile import key_check_value
 
     assert key_check_value(bytes.fromhex(reg["terminal_key"])) == reg["kcv"]
     for payload, code in [

@@ -11,9 +11,9 @@ import msgspec
 import pytest
 from aiohttp import web
 
+from cardcrypto import profile
 from cardsvc.app import create_app
 from cardsvc.config import Settings
-from cardsvc.crypto import profile
 from cardsvc.terminal_sdk.client import TerminalClient, TerminalError
 from tests.conftest import free_port
 from tests.support.api import Service

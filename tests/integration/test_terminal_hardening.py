@@ -18,9 +18,9 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
+from cardcrypto import profile
 from cardsvc.app import create_app
 from cardsvc.config import Settings
-from cardsvc.crypto import profile
 from cardsvc.terminal_sdk.client import TerminalClient
 from tests.conftest import free_port
 from tests.support.api import Service

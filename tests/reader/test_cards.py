@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cardsvc.crypto import profile
+from cardcrypto import profile
 from cardsvc.terminal_sdk import cardprofile as cp
 from cardsvc.terminal_sdk import flows
 from cardsvc.terminal_sdk.reader import (

@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import msgspec
 
-from cardsvc.crypto import profile
+from cardcrypto import profile
 from cardsvc.persons.certno import check_char
 from cardsvc.terminal_sdk.client import TerminalClient
 from cardsvc.terminal_sdk.softcard import SoftCard

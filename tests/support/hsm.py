@@ -32,7 +32,7 @@ from types import TracebackType
 from typing import IO
 
 from cardsvc.config import Settings
-from hsm_stub.credentials import CredentialPaths, client_context, make_credentials
+from hsmlink.credentials import CredentialPaths, client_context, make_credentials
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _LISTENING = re.compile(rb"hsm_stub listening on (\S+):(\d+)\n")

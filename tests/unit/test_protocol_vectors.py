@@ -3,7 +3,7 @@
 The document is the reference for clients written in other languages, so its figures must be
 the code's. This test reads the fenced blocks out of the document (``vector KIND``: lines of
 ``name: value``, a value hex or a JSON string; ``apdu START``: ``> command`` / ``< answer``
-lines) and recomputes every output with ``cardsvc.crypto.profile`` and the virtual card. A
+lines) and recomputes every output with ``cardcrypto.profile`` and the virtual card. A
 changed digit in the document or a changed formula in the code fails here; so does a vector
 with a field missing or unknown, a kind of vector removed, or an error code, setting or
 path named in the document that the code does not have, or a link to a heading it lacks.
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from cardcrypto import profile
 from cardsvc.cards.records import CardHolder, CardRecords, build_records
-from cardsvc.crypto import profile
 from cardsvc.terminal_sdk.personalise import personalisation_commands
 from cardsvc.vcard.card import VirtualCard
 from cardsvc.vcard.state import blank

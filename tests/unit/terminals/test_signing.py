@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from cardsvc.crypto import profile
+from cardcrypto import profile
 from cardsvc.errors import Unauthenticated
 from cardsvc.terminals import signing
 

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cardcrypto import profile
 from cardsvc.cards.records import CardHolder, build_records
-from cardsvc.crypto import profile
 from cardsvc.terminal_sdk import cardprofile as cp
 from cardsvc.terminal_sdk.personalise import key_command, personalisation_commands
 from cardsvc.vcard.card import ATR, VirtualCard, personalise_offline

@@ -1,4 +1,4 @@
-"""hsm_stub wire format: frames and payloads, shared by the server and cardsvc's client. Pure.
+"""The HSM link's wire format: frames and payloads, spoken by hsm_stub and cardsvc's client. Pure.
 
 A frame (payShield-style)::
 

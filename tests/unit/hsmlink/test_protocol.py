@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hsm_stub import protocol as p
+from hsmlink import protocol as p
 
 HEADER = b"\x00\x00\x00\x2a"
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from cardsvc.crypto import profile
+from cardcrypto import profile
 
 MASTER_KEY = bytes.fromhex("000102030405060708090a0b0c0d0e0f")
 CARD_SN = "32020012345678900011223344556677"

@@ -11,7 +11,7 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from hsm_stub.credentials import (
+from hsmlink.credentials import (
     CredentialsError,
     client_context,
     make_credentials,

@@ -1,1 +1,0 @@
-"""Cryptography for cardsvc: the exact crypto profile shared with terminals and hsm_stub."""
