@@ -48,8 +48,7 @@ def settlement_limit() -> int:
     fen (every policy file read once per process). Not the current policy's: a later
     policy that lowers the limit must not hold settlements that were legal when made."""
     return max(
-        load_params(path.stem).amount_limits.settlement_total
-        for path in POLICY_DIR.glob("*.json")
+        load_params(path.stem).amount_limits.settlement_total for path in POLICY_DIR.glob("*.json")
     )
 
 
