@@ -33,9 +33,11 @@ from cardsvc.hsm.errors import HsmRejected
 from cardsvc.privacy import DataProtector
 from cardsvc.terminals import signing
 from cardsvc.terminals.admission import (
+    DatabaseCrashed,
     admit,
     check_session_open,
     check_terminal,
+    fence_after_crash,
     session_invalid,
 )
 from cardsvc.terminals.models import (
@@ -363,13 +365,17 @@ class TerminalAuthenticator:
         try:
             await admit(self._pool, admission)
         except CardsvcError as exc:
-            self.refused(admission.session_id, exc)
+            await self.refused(admission.session_id, exc)
             raise
 
-    def refused(self, session_id: str, exc: BaseException) -> None:
-        """A request of this session was refused: if because the session ended or its
-        terminal is disabled, drop the cached key, so the next request is refused by the
-        session lookup, before its body is read."""
+    async def refused(self, session_id: str, exc: BaseException) -> None:
+        """A request of this session was refused: if because the database crashed and
+        nobody has fenced it yet, fence it now (every session open before the crash ends,
+        this one too); if because the session ended or its terminal is disabled, drop the
+        cached key, so the next request is refused by the session lookup, before its body
+        is read."""
+        if isinstance(exc, DatabaseCrashed):
+            await fence_after_crash(self._pool)
         if isinstance(exc, CardsvcError) and exc.code in _SESSION_GONE:
             self._sessions.forget(session_id)
 
