@@ -249,8 +249,8 @@ def make_credentials_main(argv: list[str]) -> int:
 def provision_region_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="hsm_stub provision-region",
-        description="Create regions' issuer master keys in the keystore (offline; restart a"
-        " running hsm_stub to serve them). A region that has keys keeps them.",
+        description="Create regions' issuer master keys in the keystore (a running hsm_stub"
+        " serves them without a restart). A region that has keys keeps them.",
     )
     parser.add_argument("regions", nargs="+", type=_regions, metavar="ADMDVS")
     parser.add_argument(

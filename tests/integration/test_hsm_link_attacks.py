@@ -351,3 +351,46 @@ def test_cardsvc_without_hsm_credentials_does_not_start() -> None:
     assert started.returncode == 2
     assert b"listening" not in started.stdout
     assert b"CARDSVC_HSM_CA_FILE" in started.stderr.strip().splitlines()[-1]
+
+
+# --- one keystore, two processes ---------------------------------------------------------
+
+
+def _provision(hsm: HsmProcess, admdvs: str) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "hsm_stub", "provision-region", admdvs],
+        check=True,
+        capture_output=True,
+        cwd=REPO_ROOT,
+        env={**os.environ, "HSM_KEYSTORE": str(hsm.keystore_dir), "HSM_LMK": hsm.lmk_hex},
+    )
+
+
+async def test_provisioning_while_hsm_stub_runs_loses_no_key(tmp_path: Path) -> None:
+    """provision-region while hsm_stub runs, then the running stub's first audit anchor
+    (which creates its key): both are in the keystore, and the running stub serves the new
+    region without a restart. And the other way round: the anchor key survives a later
+    provisioning."""
+    with HsmProcess(tmp_path / "hsm", regions=[REGION]) as hsm:
+        keystore = hsm.keystore_dir / "keystore.json"
+        async with HsmClient(hsm.host, hsm.port, tls=hsm.client_tls(), connections=1) as client:
+            await client.generate_terminal_key(TerminalKind.COUNTER)  # the stub is serving
+            _provision(hsm, UNPROVISIONED)
+            mac = await client.audit_anchor_mac(b"anchor")
+            stored = json.loads(keystore.read_text())
+            assert set(stored["regions"]) == {REGION, UNPROVISIONED}, "a region was lost"
+            assert "audit_anchor" in stored
+            counter = await client.generate_terminal_key(TerminalKind.COUNTER)
+            card_sn = UNPROVISIONED + CARD_SN[6:]
+            assert await client.build_personalization_blob(
+                UNPROVISIONED, card_sn, counter.key_under_lmk
+            )
+
+            _provision(hsm, "330200")  # after the anchor key exists
+            stored = json.loads(keystore.read_text())
+            assert set(stored["regions"]) == {REGION, UNPROVISIONED, "330200"}
+            assert "audit_anchor" in stored
+            assert await client.verify_audit_anchor(b"anchor", mac)
+        hsm.restart()  # what the file holds is what a restarted stub serves
+        async with HsmClient(hsm.host, hsm.port, tls=hsm.client_tls(), connections=1) as client:
+            assert await client.verify_audit_anchor(b"anchor", mac)
