@@ -59,12 +59,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_body_bytes: int = 256 * 1024
     terminal_rate: float = 50.0  # requests a second per terminal, per worker process
     terminal_burst: float = 100.0
-    # Sign-in challenges, per worker process: per client address (the socket's peer, never
-    # a forwarded header) and per terminal id asked for.
+    # Sign-in, per worker process. Challenges per client address (the socket's peer, never
+    # a forwarded header); naming a terminal id costs that terminal nothing. Failed
+    # completions (a wrong cryptogram) per terminal id and per client address.
     sign_in_address_rate: float = 20.0  # challenges a second
     sign_in_address_burst: float = 200.0  # a whole site behind one address, after a restart
-    sign_in_terminal_rate: float = 0.1
+    sign_in_terminal_rate: float = 0.1  # failed completions a second, per terminal
     sign_in_terminal_burst: float = 10.0
+    sign_in_failure_rate: float = 0.5  # failed completions a second, per address
+    sign_in_failure_burst: float = 20.0
     log_format: str = "json"
     log_level: str = "info"
     # Audit anchors (chain heads MACed by the HSM): the folder their JSON lines are appended
@@ -171,6 +174,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ),
         sign_in_terminal_burst=_float(
             env, "CARDSVC_SIGN_IN_TERMINAL_BURST", defaults.sign_in_terminal_burst
+        ),
+        sign_in_failure_rate=_float(
+            env, "CARDSVC_SIGN_IN_FAILURE_RATE", defaults.sign_in_failure_rate
+        ),
+        sign_in_failure_burst=_float(
+            env, "CARDSVC_SIGN_IN_FAILURE_BURST", defaults.sign_in_failure_burst
         ),
         log_format=env.get("CARDSVC_LOG_FORMAT", defaults.log_format),
         log_level=env.get("CARDSVC_LOG_LEVEL", defaults.log_level),

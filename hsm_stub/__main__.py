@@ -117,6 +117,16 @@ def _add_tls_arguments(parser: argparse.ArgumentParser) -> None:
         default=env("HSM_MAX_CONNECTIONS", str(defaults.max_connections)),
     )
     tls.add_argument(
+        "--max-handshakes",
+        type=_positive_int,
+        default=env("HSM_MAX_HANDSHAKES", str(defaults.max_handshakes)),
+    )
+    tls.add_argument(
+        "--max-handshakes-per-address",
+        type=_positive_int,
+        default=env("HSM_MAX_HANDSHAKES_PER_ADDRESS", str(defaults.max_handshakes_per_address)),
+    )
+    tls.add_argument(
         "--idle-timeout",
         type=_positive,
         default=env("HSM_IDLE_TIMEOUT", str(defaults.idle_timeout)),
@@ -191,6 +201,8 @@ async def serve(args: argparse.Namespace) -> None:
         log.warning("hsm.lmk_generated", source=lmk.source, note="back this file up")
     limits = Limits(
         max_connections=args.max_connections,
+        max_handshakes=args.max_handshakes,
+        max_handshakes_per_address=args.max_handshakes_per_address,
         handshake_timeout=args.handshake_timeout,
         idle_timeout=args.idle_timeout,
     )
@@ -204,6 +216,8 @@ async def serve(args: argparse.Namespace) -> None:
         regions=keystore.regions,
         tls="mutual, TLS 1.3",
         max_connections=limits.max_connections,
+        max_handshakes=limits.max_handshakes,
+        max_handshakes_per_address=limits.max_handshakes_per_address,
         idle_timeout=limits.idle_timeout,
         handshake_timeout=limits.handshake_timeout,
     )
@@ -249,8 +263,8 @@ def make_credentials_main(argv: list[str]) -> int:
 def provision_region_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="hsm_stub provision-region",
-        description="Create regions' issuer master keys in the keystore (offline; restart a"
-        " running hsm_stub to serve them). A region that has keys keeps them.",
+        description="Create regions' issuer master keys in the keystore (a running hsm_stub"
+        " serves them without a restart). A region that has keys keeps them.",
     )
     parser.add_argument("regions", nargs="+", type=_regions, metavar="ADMDVS")
     parser.add_argument(

@@ -18,7 +18,13 @@ fails at start rather than at the first card. Only provisioning creates a region
 ``audit_anchor`` (the ``AUDIT_ANCHOR`` key that MACs cardsvc's audit chain heads) is absent
 until the first anchor asks for it; it is generated here and never leaves under any command.
 
-Every change is written atomically (temp file, fsync, rename, fsync of the folder).
+Every change is written atomically (temp file, fsync, rename, fsync of the folder), under
+an exclusive ``flock`` of ``<dir>/keystore.lock`` and after reading the file again, so two
+processes on one keystore (a running hsm_stub and ``provision-region``, say) never write
+from stale memory over each other's keys: each change is applied to what the file holds
+then. A running hsm_stub reads the file again when it is asked for a region or the audit
+anchor key it does not know and the file has changed since it last read it, so a region
+provisioned while it runs is served without a restart.
 
 Errors::
 
@@ -30,10 +36,13 @@ Errors::
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import fcntl
 import json
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +51,7 @@ from cardcrypto import profile
 from hsmlink.protocol import TerminalKind
 
 KEYSTORE_FILE = "keystore.json"
+LOCK_FILE = "keystore.lock"
 GENERATED_LMK_FILE = "lmk.key"
 _FORMAT = 1
 _ADMDVS = re.compile(r"[0-9]{6}")
@@ -195,6 +205,7 @@ class Keystore:
         self._lmk = lmk
         self._regions = regions
         self._audit_anchor = audit_anchor
+        self._seen = _file_version(path)  # the file as last read or written here
 
     @classmethod
     def open(cls, directory: Path, lmk: bytes) -> Keystore:
@@ -202,17 +213,35 @@ class Keystore:
         path = directory / KEYSTORE_FILE
         if not path.exists():
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            keystore = cls(path, lmk, {})
-            keystore._persist(keystore._regions)
-            return keystore
-        document = _read_document(path)
-        expected_kcv = profile.key_check_value(lmk)
+            with _locked(directory):
+                if not path.exists():  # two first starts: one creates it
+                    keystore = cls(path, lmk, {})
+                    keystore._persist(keystore._regions)
+                    return keystore
+        keystore = cls(path, lmk, {})
+        keystore._reload()
+        return keystore
+
+    def _reload(self) -> None:
+        """Take the file's regions and audit anchor key (``LmkError`` if the LMK differs)."""
+        version = _file_version(self._path)
+        document = _read_document(self._path)
+        expected_kcv = profile.key_check_value(self._lmk)
         if document["lmk_kcv"] != expected_kcv:
             raise LmkError(
-                f"keystore {path} was created under LMK kcv {document['lmk_kcv']}, "
+                f"keystore {self._path} was created under LMK kcv {document['lmk_kcv']}, "
                 f"not under the given LMK (kcv {expected_kcv})"
             )
-        return cls(path, lmk, document["regions"], document.get("audit_anchor"))
+        self._regions = document["regions"]
+        self._audit_anchor = document.get("audit_anchor")
+        self._seen = version
+
+    def _reload_if_changed(self) -> None:
+        """Read the file again if another process changed it since (a stat, nothing more
+        when it did not)."""
+        if _file_version(self._path) != self._seen:
+            with _locked(self._path.parent):
+                self._reload()
 
     @property
     def regions(self) -> list[str]:
@@ -236,6 +265,8 @@ class Keystore:
         Only provisioning (``python -m hsm_stub provision-region``, ``--regions``) creates
         keys; no command a host can send does."""
         if admdvs not in self._regions:
+            self._reload_if_changed()  # provisioned by another process since?
+        if admdvs not in self._regions:
             if not create:
                 raise UnknownRegion(f"no issuer keys for region {admdvs}")
             self.ensure_region(admdvs)
@@ -253,13 +284,17 @@ class Keystore:
             raise ValueError("admdvs must be 6 digits")
         if admdvs in self._regions:
             return False
-        new_keys = {
-            key_type.value: self.wrap(key_type, os.urandom(profile.KEY_LEN)).hex()
-            for key_type in (KeyType.IMK_AUTH, KeyType.IMK_TXN)
-        }
-        regions = {**self._regions, admdvs: new_keys}
-        self._persist(regions)
-        self._regions = regions
+        with _locked(self._path.parent):
+            self._reload()  # what the file holds now, not what this process last read
+            if admdvs in self._regions:
+                return False
+            new_keys = {
+                key_type.value: self.wrap(key_type, os.urandom(profile.KEY_LEN)).hex()
+                for key_type in (KeyType.IMK_AUTH, KeyType.IMK_TXN)
+            }
+            regions = {**self._regions, admdvs: new_keys}
+            self._persist(regions)
+            self._regions = regions
         return True
 
     def region_kcvs(self, admdvs: str) -> tuple[str, str]:
@@ -270,11 +305,17 @@ class Keystore:
     def audit_anchor_key(self, *, create: bool = False) -> bytes:
         """The audit anchor key; generated and persisted first if ``create`` and none yet."""
         if self._audit_anchor is None:
+            self._reload_if_changed()  # created by another process since?
+        if self._audit_anchor is None:
             if not create:
                 raise KeyBlobError("no audit anchor key yet")
-            blob = self.wrap(KeyType.AUDIT_ANCHOR, os.urandom(profile.KEY_LEN)).hex()
-            self._persist(self._regions, audit_anchor=blob)
-            self._audit_anchor = blob
+            with _locked(self._path.parent):
+                self._reload()
+                if self._audit_anchor is None:
+                    blob = self.wrap(KeyType.AUDIT_ANCHOR, os.urandom(profile.KEY_LEN)).hex()
+                    self._persist(self._regions, audit_anchor=blob)
+                    self._audit_anchor = blob
+        assert self._audit_anchor is not None
         return self._unwrap_hex(KeyType.AUDIT_ANCHOR, self._audit_anchor)
 
     def _unwrap_hex(self, key_type: KeyType, blob_hex: str) -> bytes:
@@ -297,6 +338,28 @@ class Keystore:
             document["audit_anchor"] = anchor_blob
         data = json.dumps(document, indent=2, sort_keys=True).encode("ascii")
         _write_atomically(self._path, data)
+        self._seen = _file_version(self._path)
+
+
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    """The keystore folder's exclusive lock, between processes (``flock``; released when
+    the descriptor is closed, also if the process dies)."""
+    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _file_version(path: Path) -> tuple[int, int, int] | None:
+    """What tells one version of the file from the next (a rename makes a new inode)."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size
 
 
 def _read_document(path: Path) -> dict[str, Any]:

@@ -2,10 +2,19 @@
 
 Only its host talks to an HSM. Every connection must complete a TLS 1.3 handshake with a
 client certificate issued by the link's CA (``credentials.server_context``) before a single
-frame is read; there is no plain-TCP mode. Resources are bounded (``Limits``): at most
-``max_connections`` connections at once, counted from accept (handshakes included) — one
-more is closed at once; a handshake must finish within ``handshake_timeout``; a connection
-that sends nothing (or reads no answer) for ``idle_timeout`` is closed.
+frame is read; there is no plain-TCP mode. Resources are bounded (``Limits``), and a socket
+that has not authenticated can never take the place of one that has:
+
+- handshakes in progress have a budget of their own: at most ``max_handshakes_per_address``
+  from one source address (one more is closed at once) and ``max_handshakes`` in all. When
+  all are taken, a newcomer from an address with fewer handshakes in progress than the
+  busiest address displaces that address's oldest (which is closed); otherwise it is
+  closed. So squatters that never finish a handshake hold at most their addresses' share,
+  and a host from another address still gets through;
+- a handshake must finish within ``handshake_timeout``;
+- at most ``max_connections`` authenticated connections (a verified client certificate)
+  at once; one more is closed right after its handshake;
+- a connection that sends nothing (or reads no answer) for ``idle_timeout`` is closed.
 
 Each key-management command (TK, PB) is logged as one ``hsm.key_management`` line with the
 peer certificate's subject and the command's facts (kind, region, check values), never a key
@@ -24,6 +33,7 @@ cryptograms or payloads.
 from __future__ import annotations
 
 import asyncio
+import collections
 import ssl
 from contextlib import suppress
 from dataclasses import dataclass
@@ -48,14 +58,21 @@ _READ_SIZE = 64 * 1024
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    max_connections: int = 64
+    # Authenticated connections: every cardsvc worker's CARDSVC_HSM_CONNECTIONS (4 by
+    # default; 16 workers are 64), its commands' own, and a load test harness beside them.
+    max_connections: int = 128
+    # Handshakes in progress, apart from the above: in all, and from one source address
+    # (a host's workers connecting at once after a restart).
+    max_handshakes: int = 64
+    max_handshakes_per_address: int = 16
     handshake_timeout: float = 5.0
     # Above cardsvc's own idle bound (cardsvc.hsm.client.MAX_IDLE), so the host, not the
     # HSM, is the one that ends an idle connection and no request races the close.
     idle_timeout: float = 300.0
 
     def __post_init__(self) -> None:
-        if self.max_connections < 1 or self.handshake_timeout <= 0 or self.idle_timeout <= 0:
+        counts = (self.max_connections, self.max_handshakes, self.max_handshakes_per_address)
+        if min(counts) < 1 or self.handshake_timeout <= 0 or self.idle_timeout <= 0:
             raise ValueError("limits must be positive")
 
 
@@ -67,7 +84,13 @@ class HsmServer:
         self._tls = tls
         self._limits = limits
         self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.StreamWriter] = set()
+        self._connections: set[asyncio.StreamWriter] = set()  # every one, for ``stop``
+        self._authenticated: set[asyncio.StreamWriter] = set()
+        # Handshakes in progress, oldest first, with their source address.
+        self._handshaking: collections.OrderedDict[asyncio.StreamWriter, str] = (
+            collections.OrderedDict()
+        )
+        self._handshakes_from: collections.Counter[str] = collections.Counter()
         self._log: structlog.typing.FilteringBoundLogger = structlog.get_logger("hsm_stub")
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
@@ -90,14 +113,21 @@ class HsmServer:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         log = self._log.bind(peer=_peer_label(writer))
-        if len(self._connections) >= self._limits.max_connections:
-            log.warning("hsm.connection_refused", reason="too many connections")
+        if not self._begin_handshake(writer, log):
             writer.transport.abort()
             return
         self._connections.add(writer)
         try:
-            if not await self._handshake(writer, log):
+            try:
+                shaken = await self._handshake(writer, log)
+            finally:
+                self._end_handshake(writer)
+            if not shaken:
                 return
+            if len(self._authenticated) >= self._limits.max_connections:
+                log.warning("hsm.connection_refused", reason="too many connections")
+                return
+            self._authenticated.add(writer)
             log = log.bind(peer_subject=peer_subject(writer.get_extra_info("peercert")))
             log.info("hsm.connection_opened")
             await self._answer_frames(reader, writer, log)
@@ -108,6 +138,7 @@ class HsmServer:
         except OSError as exc:  # a reset, or a TLS error after the handshake
             log.info("hsm.connection_error", error=type(exc).__name__)
         finally:
+            self._authenticated.discard(writer)
             self._connections.discard(writer)
             writer.close()
             # A TLS close waits for the peer's close_notify; a silent peer gets a bound.
@@ -117,6 +148,35 @@ class HsmServer:
                     await writer.wait_closed()
             writer.transport.abort()
             log.info("hsm.connection_closed")
+
+    def _begin_handshake(
+        self, writer: asyncio.StreamWriter, log: structlog.typing.FilteringBoundLogger
+    ) -> bool:
+        """Count a new connection's handshake in its budget, or refuse it (False)."""
+        address = _peer_address(writer)
+        mine = self._handshakes_from[address]
+        if mine >= self._limits.max_handshakes_per_address:
+            log.warning("hsm.connection_refused", reason="too many handshakes from this address")
+            return False
+        if len(self._handshaking) >= self._limits.max_handshakes:
+            busiest, most = self._handshakes_from.most_common(1)[0]
+            if mine >= most:
+                log.warning("hsm.connection_refused", reason="too many handshakes in progress")
+                return False
+            oldest = next(w for w, a in self._handshaking.items() if a == busiest)
+            self._end_handshake(oldest)
+            oldest.transport.abort()
+            log.warning("hsm.handshake_displaced", displaced=_peer_label(oldest))
+        self._handshaking[writer] = address
+        self._handshakes_from[address] += 1
+        return True
+
+    def _end_handshake(self, writer: asyncio.StreamWriter) -> None:
+        address = self._handshaking.pop(writer, None)
+        if address is not None:
+            self._handshakes_from[address] -= 1
+            if not self._handshakes_from[address]:
+                del self._handshakes_from[address]
 
     async def _handshake(
         self, writer: asyncio.StreamWriter, log: structlog.typing.FilteringBoundLogger
@@ -182,6 +242,11 @@ def _tls_error(exc: BaseException) -> str:
         return "handshake timed out"
     reason = getattr(exc, "reason", None) or getattr(exc, "verify_message", None)
     return f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
+
+
+def _peer_address(writer: asyncio.StreamWriter) -> str:
+    peer = writer.get_extra_info("peername")
+    return str(peer[0]) if isinstance(peer, tuple) else str(peer)
 
 
 def _peer_label(writer: asyncio.StreamWriter) -> str:

@@ -17,8 +17,9 @@ import hashlib
 import itertools
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import asyncpg
 import msgspec
 import structlog
 
@@ -43,14 +44,17 @@ from cardsvc.audit.chain import (
 )
 from cardsvc.audit.export import append_line, iter_lines
 from cardsvc.db import Connection, Pool, as_service_error
-from cardsvc.errors import CardsvcError, ServiceUnavailable
+from cardsvc.errors import CardsvcError, Conflict, ServiceUnavailable
 from cardsvc.hsm.client import HsmClient
-from cardsvc.ops.metrics import AUDIT_ANCHORS
+from cardsvc.ops.metrics import AUDIT_ANCHORS, AUDIT_LAST_ANCHOR_AGE
 
 log = structlog.get_logger(__name__)
 
 # Serialises anchoring across worker processes and hosts (any fixed number: "audi").
 _ANCHOR_LOCK = 0x61756469
+# How long an anchoring asked for by hand waits for one in progress elsewhere (which takes
+# milliseconds: a MAC and a file append); past it, somebody is holding the lock.
+_ANCHOR_LOCK_WAIT_MS = 2000
 # Anchors whose MACs are checked concurrently, and read from a file or the table at a time.
 _BATCH = 256
 
@@ -127,6 +131,13 @@ class AnchorExportUnavailable(ServiceUnavailable):
     """The anchor export folder cannot be written or read (missing rights, full disk)."""
 
     default_code = "AUDIT_ANCHOR_EXPORT_UNAVAILABLE"
+
+
+class AnchorBusy(Conflict):
+    """The anchoring lock is held (by another anchoring, or by a database session that
+    should not hold it)."""
+
+    default_code = "AUDIT_ANCHOR_BUSY"
 
 
 class BadAnchor(msgspec.Struct, frozen=True):
@@ -245,23 +256,36 @@ class AuditAnchors:
     ) -> None:
         self._pool, self._hsm, self._audit = pool, hsm, audit
         self._directory, self._interval = directory, interval
+        self._started = clock.now()
+        self._last_genuine: dt.datetime | None = None  # newest anchor known to be genuine
 
     async def anchor(self) -> AnchorWritten:
-        """Anchor now (after any anchoring in progress elsewhere)."""
+        """Anchor now, after any anchoring in progress elsewhere; ``AnchorBusy`` (409) if
+        the lock is still held after ``_ANCHOR_LOCK_WAIT_MS``."""
         written = await self._write(only_if_due=False)
-        assert written is not None
+        assert isinstance(written, AnchorWritten)
         return written
 
-    async def _write(self, *, only_if_due: bool) -> AnchorWritten | None:
+    async def _write(self, *, only_if_due: bool) -> AnchorWritten | Literal["busy", "fresh"]:
         """MAC every chain head now, export the anchor, store it. One anchorer at a time:
-        ``only_if_due`` gives up if another is at it or one was written less than half an
-        interval ago (None), otherwise waits for the other."""
+        ``only_if_due`` gives up if another holds the lock ("busy") or a genuine anchor is
+        younger than half an interval ("fresh"); otherwise it waits a moment for the
+        other, then refuses (``AnchorBusy``)."""
         async with self._pool.acquire() as conn, conn.transaction():
             if only_if_due:
-                if not await self._due(conn):
-                    return None
+                due = await self._due(conn)
+                if due != "due":
+                    return due
             else:
-                await conn.execute("SELECT pg_advisory_xact_lock($1)", _ANCHOR_LOCK)
+                await conn.execute(f"SET LOCAL lock_timeout = {_ANCHOR_LOCK_WAIT_MS}")
+                try:
+                    await conn.execute("SELECT pg_advisory_xact_lock($1)", _ANCHOR_LOCK)
+                except asyncpg.LockNotAvailableError:
+                    raise AnchorBusy(
+                        "another anchoring holds the audit anchor lock: try again in a"
+                        " moment; if this persists, a database session is holding it"
+                        " (pg_locks, advisory lock)"
+                    ) from None
             rows = await conn.fetch("SELECT chain, seq, head FROM audit_chains ORDER BY chain")
             heads = tuple(ChainHead(r["chain"], r["seq"], bytes(r["head"])) for r in rows)
             at = clock.now()
@@ -276,35 +300,77 @@ class AuditAnchors:
                     f" ({type(exc).__name__})"
                 ) from None
             await conn.execute("INSERT INTO audit_anchors (at, line) VALUES ($1, $2)", at, line)
+        self._seen(at)
         log.info("audit.anchored", at=at.isoformat(), entries=anchor.entries(), file=file.name)
         return AnchorWritten(at, anchor.entries(), file.name)
 
-    async def _due(self, conn: Connection) -> bool:
-        """Whether no genuine anchor is younger than half the interval. The newest row's
-        own (MACed) time counts, and only if the HSM confirms it: a row someone wrote into
-        the table must not be able to silence anchoring."""
+    async def _due(self, conn: Connection) -> Literal["due", "busy", "fresh"]:
+        """Whether no genuine anchor is younger than half the interval ("fresh" if one
+        is), or another holds the lock ("busy"). The newest row's own (MACed) time counts,
+        and only if the HSM confirms it: a row someone wrote into the table must not be
+        able to silence anchoring."""
         if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _ANCHOR_LOCK):
-            return False
+            return "busy"
+        last = await self._newest(conn)
+        if last is None:
+            return "due"
+        if clock.now() - last.at >= dt.timedelta(seconds=self._interval / 2):
+            return "due"
+        if not await self._hsm.verify_audit_anchor(message(last.at, last.heads), last.mac):
+            log.warning("audit.anchor_row_forged", at=last.at.isoformat())
+            return "due"
+        self._seen(last.at)
+        return "fresh"
+
+    async def _newest(self, conn: Pool | Connection) -> Anchor | None:
+        """The newest anchor row, parsed (its MAC not checked); None if none, or if it
+        cannot be read (which is logged)."""
         line: str | None = await conn.fetchval(
             "SELECT line FROM audit_anchors WHERE at <= now() ORDER BY at DESC LIMIT 1"
         )
         if line is None:
-            return True
+            return None
         try:
-            last, signed = parse_line(line)
+            return parse_line(line)[0]
         except AnchorUnreadable:
             log.warning("audit.anchor_row_unreadable")
-            return True
-        if clock.now() - last.at >= dt.timedelta(seconds=self._interval / 2):
-            return True
-        if not await self._hsm.verify_audit_anchor(signed, last.mac):
-            log.warning("audit.anchor_row_forged", at=last.at.isoformat())
-            return True
-        return False
+            return None
+
+    def _seen(self, at: dt.datetime) -> None:
+        """``at`` is the time of a genuine anchor (written here, or verified by the HSM)."""
+        if self._last_genuine is None or at > self._last_genuine:
+            self._last_genuine = at
+
+    async def _look_again(self) -> None:
+        """After a turn that wrote nothing and looked at nothing: the newest row, if the
+        HSM confirms it (another worker may have anchored). Failures keep what was known."""
+        try:
+            last = await self._newest(self._pool)
+            if last is not None and await self._hsm.verify_audit_anchor(
+                message(last.at, last.heads), last.mac
+            ):
+                self._seen(last.at)
+        except Exception as exc:  # the turn's own failure is what is reported
+            log.info("audit.anchor_age_unknown", error=type(exc).__name__)
+
+    def _report_age(self) -> None:
+        """Set the age gauge; warn when no genuine anchor is younger than two intervals
+        (counted from the start of this process while none has been seen)."""
+        since = self._last_genuine or self._started
+        age = max(0.0, (clock.now() - since).total_seconds())
+        AUDIT_LAST_ANCHOR_AGE.set(age)
+        if self._interval > 0 and age > 2 * self._interval:
+            log.warning(
+                "audit.anchor_stale",
+                age_seconds=round(age),
+                interval_seconds=self._interval,
+                last_anchor=self._last_genuine.isoformat() if self._last_genuine else None,
+            )
 
     async def anchor_when_due(self) -> bool:
         """One turn of the background task: anchor if due; a failure (HSM or database
-        down, export folder not writable) is logged and counted, and retried next turn."""
+        down, export folder not writable) or a lock held elsewhere is logged and counted,
+        and retried next turn. Then the age of the newest genuine anchor is reported."""
         try:
             written = await self._write(only_if_due=True)
         except Exception as exc:
@@ -316,10 +382,19 @@ class AuditAnchors:
                 outcome = "failed"
                 log.exception("audit.anchor_failed")
             AUDIT_ANCHORS.labels(outcome).inc()
+            await self._look_again()
+            self._report_age()
             return False
-        if written is not None:
+        if written == "busy":
+            # Another worker anchoring right now, or a session holding the lock: the age
+            # gauge and its warning tell the two apart over a few turns.
+            AUDIT_ANCHORS.labels("busy").inc()
+            log.info("audit.anchor_busy")
+            await self._look_again()
+        elif isinstance(written, AnchorWritten):
             AUDIT_ANCHORS.labels("written").inc()
-        return written is not None
+        self._report_age()
+        return isinstance(written, AnchorWritten)
 
     async def run_periodically(self) -> None:
         """Anchor every ``interval`` seconds, until cancelled."""

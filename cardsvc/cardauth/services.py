@@ -84,7 +84,12 @@ class CardAuthenticator:
                 raise NotFound("no such card", code="CARD_NOT_FOUND")
             _check_status(card["status"], req.purpose)
             check_not_expired(card["expiry_date"], today)
-            raise RuntimeError("a card that may authenticate was not challenged")
+            # The card changed between the two reads (reactivated, say): nothing is stored,
+            # and asking again meets its new state.
+            raise Conflict(
+                "the card's status changed while it was being challenged: try again",
+                code="CARD_CHANGED",
+            )
         return Challenge(
             auth_id=auth_id,
             challenge=challenge.hex(),

@@ -3,7 +3,7 @@ settlement races that the optimistic write lost."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 REGISTRY = CollectorRegistry()
 
@@ -37,6 +37,12 @@ AUDIT_ANCHORS = Counter(
     "Audit anchor turns by outcome: written, or why it was delayed (hsm_unavailable, ...)",
     ["outcome"],
     registry=REGISTRY,
+)
+AUDIT_LAST_ANCHOR_AGE = Gauge(
+    "cardsvc_audit_last_anchor_age_seconds",
+    "Seconds since the newest audit anchor the HSM verified, as of the last anchoring turn",
+    registry=REGISTRY,
+    multiprocess_mode="livemin",
 )
 
 

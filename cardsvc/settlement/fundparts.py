@@ -13,7 +13,9 @@ those out and names them, so one such row cannot stop the figures of everyone el
 
 from __future__ import annotations
 
-from cardsvc.settlement.params import CURRENT_POLICY_VERSION, load_params
+import functools
+
+from cardsvc.settlement.params import POLICY_DIR, load_params
 
 
 def fund_parts(source: str, *columns: str) -> str:
@@ -40,9 +42,14 @@ def within_limits(alias: str, limit: str) -> str:
     )
 
 
+@functools.cache
 def settlement_limit() -> int:
-    """The current policy's limit on one settlement's ``medfee_sumamt``, in fen."""
-    return load_params(CURRENT_POLICY_VERSION).amount_limits.settlement_total
+    """The largest limit on one settlement's ``medfee_sumamt`` any policy version has, in
+    fen (every policy file read once per process). Not the current policy's: a later
+    policy that lowers the limit must not hold settlements that were legal when made."""
+    return max(
+        load_params(path.stem).amount_limits.settlement_total for path in POLICY_DIR.glob("*.json")
+    )
 
 
 # Where an aggregate becomes an integer it must fit the bigint columns and ledger amounts

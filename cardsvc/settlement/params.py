@@ -132,9 +132,10 @@ class Maternity(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
 class AmountLimits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Hard bounds on what a settlement may claim: above any of them the engine refuses it
     (``AMOUNT_LIMIT_EXCEEDED``). They also keep every sum of settlements far inside bigint
-    (at 2026.1's 5 x 10^8 fen, 1.8 x 10^10 settlements), and ``settlement_total`` is what
-    clearing, the fund report and reconciliation hold an impossible settlement to (one
-    stored before the limits existed; ``cardsvc.settlement.fundparts.within_limits``)."""
+    (at 2026.1's 5 x 10^8 fen, 1.8 x 10^10 settlements), and the largest
+    ``settlement_total`` of all policy versions is what clearing, the fund report and
+    reconciliation hold an impossible settlement to (one stored before the limits existed;
+    ``cardsvc.settlement.fundparts.within_limits``)."""
 
     unit_price: Annotated[int, msgspec.Meta(gt=0)]  # fen
     quantity: Annotated[int, msgspec.Meta(ge=1)]

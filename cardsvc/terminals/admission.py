@@ -11,12 +11,16 @@ would have to. Either way a nonce is recorded once, and a
 suspension or disabling, or the end of the session, takes effect on the next request.
 
 A database crash empties ``request_nonces`` (UNLOGGED: no WAL flush per request), so a
-request captured before it could be replayed after it. ``fence_after_crash`` runs on every
-new pool connection (and a crash leaves no connection alive: every statement after one runs
-on a connection that ran it): when the UNLOGGED ``crash_marker`` row is gone, the same
-statement puts it back and ends every open session, which the admission then refuses. Only
-requests of sessions opened after the crash are admitted, and their nonces are recorded
-again from empty. Challenges are UNLOGGED too, so none issued before a crash survives it.
+request captured before it could be replayed after it. The UNLOGGED ``crash_marker`` row
+is gone after a crash: ``fence_after_crash`` puts it back and, in the same statement, ends
+every open session, which the admission then refuses. It runs on every new pool connection,
+and the admission itself reads the marker too (``fenced``, in the statement that already
+runs, writing nothing): behind a connection pooler cardsvc's connections outlive a crash, so
+a request admitted on one finds the marker missing, the fence runs (``DatabaseCrashed``,
+handled by ``TerminalAuthenticator.refused``) and the request is refused as its session
+now is, ended. Only requests of sessions opened after the crash are admitted, and their
+nonces are recorded again from empty. Challenges are UNLOGGED too, so none issued before a
+crash survives it.
 """
 
 from __future__ import annotations
@@ -50,16 +54,18 @@ def nonce_cte(terminal: str, nonce: str) -> str:
 def standing_cte(terminal: str, session: str, fresh: str = "true") -> str:
     """SQL of the CTE ``admission``: one row (none for an unknown terminal) with ``fresh``
     (the SQL expression given), ``terminal_status``, ``facility_status``,
-    ``credit_rating``, ``has_facility``, ``session_found`` and ``session_ended_reason``
-    (NULL while the session is open). ``terminal`` and ``session`` are placeholders. It
-    writes nothing."""
+    ``credit_rating``, ``has_facility``, ``session_found``, ``session_ended_reason``
+    (NULL while the session is open) and ``fenced`` (false after a database crash nobody
+    has fenced yet: the one-row ``crash_marker`` is empty). ``terminal`` and ``session``
+    are placeholders. It writes nothing."""
     return f"""
     admission AS (
         SELECT {fresh} AS fresh,
                t.status AS terminal_status, f.status AS facility_status, f.credit_rating,
                t.fixmedins_code IS NOT NULL AS has_facility,
                s.session_id IS NOT NULL AS session_found,
-               s.ended_reason AS session_ended_reason
+               s.ended_reason AS session_ended_reason,
+               EXISTS (SELECT 1 FROM crash_marker) AS fenced
         FROM terminals t LEFT JOIN facilities f USING (fixmedins_code)
         LEFT JOIN terminal_sessions s
                ON s.session_id = {session} AND s.terminal_id = t.terminal_id
@@ -80,6 +86,8 @@ _ADMIT = f"WITH {admission_ctes(1)} SELECT * FROM admission"  # noqa: S608
 def check_admission(row: asyncpg.Record | dict[str, Any] | None) -> None:
     """Refuse the request as its admission row says; ``row`` holds the columns of
     ``admission`` (None: the terminal is gone)."""
+    if row is not None and not row["fenced"]:
+        raise DatabaseCrashed()
     if row is None or not row["fresh"]:
         raise nonce_replayed()
     check_terminal(row["terminal_status"])
@@ -121,6 +129,19 @@ def check_session_open(ended_reason: str | None) -> None:
         )
 
 
+class DatabaseCrashed(Unauthenticated):
+    """The database crashed and nobody has fenced it yet: every session open before the
+    crash is to be ended (``fence_after_crash``), this request's among them. Whoever
+    catches it runs the fence before answering (``TerminalAuthenticator.refused``)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            _ENDED["database_restart"],
+            code="SESSION_ENDED",
+            details={"reason": "database_restart"},
+        )
+
+
 def session_invalid() -> Unauthenticated:
     return Unauthenticated("no such session for this terminal", code="SESSION_INVALID")
 
@@ -152,10 +173,11 @@ SELECT EXISTS (SELECT 1 FROM marker) AS crashed, (SELECT count(*) FROM ended) AS
 """
 
 
-async def fence_after_crash(conn: Connection) -> None:
-    """Run on every new pool connection (asyncpg's ``init``): after a database crash, end
-    every open session before this connection serves anything. One round trip per new
-    connection, nothing per request; writes nothing unless the database crashed."""
+async def fence_after_crash(conn: Pool | Connection) -> None:
+    """Run on every new pool connection (asyncpg's ``init``), and when an admission finds
+    the marker missing (``DatabaseCrashed``): after a database crash, end every open
+    session. One round trip per new connection, nothing per request; writes nothing unless
+    the database crashed."""
     row = await conn.fetchrow(_FENCE)
     if row is not None and row["crashed"]:
         log.warning("database_crash_fenced", sessions_ended=row["ended"])

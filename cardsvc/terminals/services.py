@@ -33,9 +33,11 @@ from cardsvc.hsm.errors import HsmRejected
 from cardsvc.privacy import DataProtector
 from cardsvc.terminals import signing
 from cardsvc.terminals.admission import (
+    DatabaseCrashed,
     admit,
     check_session_open,
     check_terminal,
+    fence_after_crash,
     session_invalid,
 )
 from cardsvc.terminals.models import (
@@ -55,6 +57,9 @@ log = structlog.get_logger(__name__)
 
 # Refusals after which a session's cached key is of no more use.
 _SESSION_GONE = frozenset({"SESSION_ENDED", "SESSION_INVALID", "TERMINAL_DISABLED"})
+# Live sign-in challenges a terminal keeps: several sign-ins at once (a restart of a
+# multi-process terminal) each find theirs, and the table stays bounded.
+_LIVE_CHALLENGES = 16
 
 
 class Session(msgspec.Struct, frozen=True):
@@ -166,46 +171,65 @@ class SignIn:
     ) -> None:
         self._pool, self._hsm, self._protector, self._audit = pool, hsm, protector, audit
         self._settings = settings
+        # Challenges, per client address only: anybody can name any terminal id, so a
+        # challenge must cost that terminal nothing.
         self._per_address = TokenBuckets(
             settings.sign_in_address_rate, settings.sign_in_address_burst
         )
-        self._per_terminal = TokenBuckets(
+        # Failed completions (a wrong cryptogram), per terminal and per address: they slow
+        # down key guessing; a genuine terminal's successful sign-in spends nothing.
+        self._failed_per_terminal = TokenBuckets(
             settings.sign_in_terminal_rate, settings.sign_in_terminal_burst
         )
-
-    def _take(self, terminal_id: str, client_address: str) -> None:
-        """One challenge from the allowance of the client address (the socket's peer) and
-        of the terminal id asked for; per worker process, like ``TokenBuckets``."""
-        now = time.monotonic()
-        wait = self._per_address.take(client_address, now)
-        what = "from this address"
-        if not wait:
-            wait, what = self._per_terminal.take(terminal_id, now), "for this terminal"
-        if wait:
-            raise RateLimited(
-                f"too many sign-in attempts {what}: try again later", retry_after=wait
-            )
+        self._failed_per_address = TokenBuckets(
+            settings.sign_in_failure_rate, settings.sign_in_failure_burst
+        )
 
     async def start(self, terminal_id: str, client_address: str) -> SignInChallenge:
-        self._take(terminal_id, client_address)
+        wait = self._per_address.take(client_address, time.monotonic())
+        if wait:
+            raise RateLimited(
+                "too many sign-in attempts from this address: try again later",
+                retry_after=wait,
+            )
         challenge = os.urandom(16)
         expires_at = _now() + dt.timedelta(seconds=self._settings.challenge_ttl)
         # Unknown and disabled terminals get a challenge too, one that was never stored, so
         # this public endpoint does not tell which terminal ids exist; completing it fails
-        # with CHALLENGE_INVALID.
+        # with CHALLENGE_INVALID. A terminal keeps its newest _LIVE_CHALLENGES challenges
+        # (older ones are dropped here), so the table stays bounded by the terminals.
         await self._pool.execute(
             """
-            INSERT INTO sign_in_challenges (challenge, terminal_id, expires_at)
-            SELECT $1, terminal_id, $3 FROM terminals WHERE terminal_id = $2 AND status = 'active'
+            WITH added AS (
+                INSERT INTO sign_in_challenges (challenge, terminal_id, expires_at)
+                SELECT $1, terminal_id, $3 FROM terminals
+                WHERE terminal_id = $2 AND status = 'active'
+                RETURNING terminal_id
+            )
+            DELETE FROM sign_in_challenges c USING added a
+            WHERE c.terminal_id = a.terminal_id AND c.challenge IN (
+                SELECT challenge FROM sign_in_challenges WHERE terminal_id = $2
+                ORDER BY expires_at DESC OFFSET $4
+            )
             """,
             challenge,
             terminal_id,
             expires_at,
+            _LIVE_CHALLENGES - 1,  # the statement's snapshot does not hold the new one
         )
         return SignInChallenge(challenge=challenge.hex(), expires_at=expires_at)
 
-    async def complete(self, req: SignInComplete) -> SessionOpened:
+    def _check_failures(self, terminal_id: str, client_address: str, now: float) -> None:
+        wait = self._failed_per_address.wait(client_address, now)
+        what = "from this address"
+        if not wait:
+            wait, what = self._failed_per_terminal.wait(terminal_id, now), "for this terminal"
+        if wait:
+            raise RateLimited(f"too many failed sign-ins {what}: try again later", retry_after=wait)
+
+    async def complete(self, req: SignInComplete, client_address: str) -> SessionOpened:
         rs, rt = bytes.fromhex(req.challenge), bytes.fromhex(req.terminal_random)
+        self._check_failures(req.terminal_id, client_address, time.monotonic())
         async with transaction(self._pool) as conn:
             # One use per challenge, whatever the outcome.
             row = await conn.fetchrow(
@@ -224,6 +248,9 @@ class SignIn:
                 row["key_under_lmk"], rs, rt, bytes.fromhex(req.cryptogram)
             )
         except HsmRejected:
+            now = time.monotonic()
+            self._failed_per_terminal.take(req.terminal_id, now)
+            self._failed_per_address.take(client_address, now)
             log.warning("sign_in_refused", terminal_id=req.terminal_id)
             raise Unauthenticated(
                 "terminal cryptogram is not valid", code="CRYPTOGRAM_INVALID"
@@ -338,13 +365,17 @@ class TerminalAuthenticator:
         try:
             await admit(self._pool, admission)
         except CardsvcError as exc:
-            self.refused(admission.session_id, exc)
+            await self.refused(admission.session_id, exc)
             raise
 
-    def refused(self, session_id: str, exc: BaseException) -> None:
-        """A request of this session was refused: if because the session ended or its
-        terminal is disabled, drop the cached key, so the next request is refused by the
-        session lookup, before its body is read."""
+    async def refused(self, session_id: str, exc: BaseException) -> None:
+        """A request of this session was refused: if because the database crashed and
+        nobody has fenced it yet, fence it now (every session open before the crash ends,
+        this one too); if because the session ended or its terminal is disabled, drop the
+        cached key, so the next request is refused by the session lookup, before its body
+        is read."""
+        if isinstance(exc, DatabaseCrashed):
+            await fence_after_crash(self._pool)
         if isinstance(exc, CardsvcError) and exc.code in _SESSION_GONE:
             self._sessions.forget(session_id)
 

@@ -36,4 +36,5 @@ async def sign_in(request: web.Request) -> web.Response:
 @public
 async def sign_in_complete(request: web.Request) -> web.Response:
     req = await read_json(request, SignInComplete)
-    return json_response(await request.app[SERVICES].sign_in.complete(req))
+    client = request.remote or ""  # the socket's peer: no forwarded header is trusted
+    return json_response(await request.app[SERVICES].sign_in.complete(req, client))

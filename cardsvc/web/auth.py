@@ -103,7 +103,7 @@ def terminal(*kinds: TerminalKind, admit_in_handler: bool = False) -> Callable[[
                     # the same, so a replay is refused as one and a disabled terminal as one.
                     await authenticator.admit(pending)
                 if pending is not None:
-                    authenticator.refused(pending.session_id, exc)
+                    await authenticator.refused(pending.session_id, exc)
                 raise
             if pending is not None and not pending.done:
                 raise RuntimeError(f"{handler.__name__} answered without admitting its request")

@@ -13,6 +13,12 @@ class TokenBuckets:
         self._rate, self._burst, self._max = rate, burst, max_keys
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
 
+    def wait(self, key: str, now: float) -> float:
+        """The seconds until ``key`` has a token (0.0: it has one now), taking none."""
+        tokens, last = self._buckets.get(key, (self._burst, now))
+        tokens = min(self._burst, tokens + (now - last) * self._rate)
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self._rate
+
     def take(self, key: str, now: float) -> float:
         """Take one token: 0.0 if allowed, else the seconds until one is available."""
         tokens, last = self._buckets.pop(key, (self._burst, now))

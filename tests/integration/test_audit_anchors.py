@@ -350,3 +350,47 @@ async def test_an_unwritable_export_folder_is_a_clear_error_and_writes_no_row(
         assert caught.value.code == "AUDIT_ANCHOR_EXPORT_UNAVAILABLE"
         assert await anchors.anchor_when_due() is False  # the background task just logs it
         assert await pool.fetchval("SELECT count(*) FROM audit_anchors") == rows_before
+
+
+async def test_a_session_holding_the_anchor_lock_is_counted_reported_and_refused_quickly(
+    pool: db.Pool,
+    settings: Settings,
+    service: Service,
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """A database writer holding the anchoring lock in an idle session: every turn is
+    counted as busy, the age of the newest genuine anchor grows past two intervals and is
+    warned about, and anchoring by hand answers 409 at once instead of waiting."""
+
+    def busy() -> float:
+        labels = {"outcome": "busy"}
+        return REGISTRY.get_sample_value("cardsvc_audit_anchors_total", labels) or 0.0
+
+    def age() -> float:
+        return REGISTRY.get_sample_value("cardsvc_audit_last_anchor_age_seconds") or 0.0
+
+    holder = await asyncpg.connect(settings.database_url)
+    async with hsm_client(settings) as client:
+        anchors = AuditAnchors(pool, client, AuditLog(pool), tmp_path, interval=0.05)
+        try:
+            await holder.execute("SELECT pg_advisory_lock($1)", 0x61756469)
+            await asyncio.sleep(0.2)  # more than two intervals since the last anchor
+            capfd.readouterr()
+            before = busy()
+            assert await anchors.anchor_when_due() is False
+            assert busy() == before + 1
+            assert age() > 0.1
+            assert "audit.anchor_stale" in capfd.readouterr().out
+            assert list(tmp_path.iterdir()) == []
+
+            started = time.monotonic()
+            status, body = await service.admin("POST", "/v1/audit/anchors")
+            assert status == 409, body
+            assert body["error"]["code"] == "AUDIT_ANCHOR_BUSY"
+            assert time.monotonic() - started < settings.db_command_timeout / 2
+        finally:
+            await holder.close()
+        # The lock released: the next turn anchors, and the age is back near zero.
+        assert await anchors.anchor_when_due() is True
+        assert age() < 0.05

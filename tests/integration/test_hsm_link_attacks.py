@@ -351,3 +351,105 @@ def test_cardsvc_without_hsm_credentials_does_not_start() -> None:
     assert started.returncode == 2
     assert b"listening" not in started.stdout
     assert b"CARDSVC_HSM_CA_FILE" in started.stderr.strip().splitlines()[-1]
+
+
+# --- one keystore, two processes ---------------------------------------------------------
+
+
+def _provision(hsm: HsmProcess, admdvs: str) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "hsm_stub", "provision-region", admdvs],
+        check=True,
+        capture_output=True,
+        cwd=REPO_ROOT,
+        env={**os.environ, "HSM_KEYSTORE": str(hsm.keystore_dir), "HSM_LMK": hsm.lmk_hex},
+    )
+
+
+async def test_provisioning_while_hsm_stub_runs_loses_no_key(tmp_path: Path) -> None:
+    """provision-region while hsm_stub runs, then the running stub's first audit anchor
+    (which creates its key): both are in the keystore, and the running stub serves the new
+    region without a restart. And the other way round: the anchor key survives a later
+    provisioning."""
+    with HsmProcess(tmp_path / "hsm", regions=[REGION]) as hsm:
+        keystore = hsm.keystore_dir / "keystore.json"
+        async with HsmClient(hsm.host, hsm.port, tls=hsm.client_tls(), connections=1) as client:
+            await client.generate_terminal_key(TerminalKind.COUNTER)  # the stub is serving
+            _provision(hsm, UNPROVISIONED)
+            mac = await client.audit_anchor_mac(b"anchor")
+            stored = json.loads(keystore.read_text())
+            assert set(stored["regions"]) == {REGION, UNPROVISIONED}, "a region was lost"
+            assert "audit_anchor" in stored
+            counter = await client.generate_terminal_key(TerminalKind.COUNTER)
+            card_sn = UNPROVISIONED + CARD_SN[6:]
+            assert await client.build_personalization_blob(
+                UNPROVISIONED, card_sn, counter.key_under_lmk
+            )
+
+            _provision(hsm, "330200")  # after the anchor key exists
+            stored = json.loads(keystore.read_text())
+            assert set(stored["regions"]) == {REGION, UNPROVISIONED, "330200"}
+            assert "audit_anchor" in stored
+            assert await client.verify_audit_anchor(b"anchor", mac)
+        hsm.restart()  # what the file holds is what a restarted stub serves
+        async with HsmClient(hsm.host, hsm.port, tls=hsm.client_tls(), connections=1) as client:
+            assert await client.verify_audit_anchor(b"anchor", mac)
+
+
+# --- squatters that never handshake ------------------------------------------------------
+
+
+async def test_squatters_that_never_handshake_do_not_lock_out_an_authorised_host(
+    tmp_path: Path,
+) -> None:
+    """16 plain-TCP sockets from four other addresses (127.0.0.2-5: loopback, another
+    host to the server) that never start TLS, reconnecting as soon as they are dropped,
+    more than the handshake budget. The authorised host keeps connecting and is served:
+    handshakes have a budget of their own, per address and in all (a full budget is shared
+    fairly between addresses: 6 among 5 gives each at least one), and authenticated
+    connections theirs."""
+    limits = [
+        *("--max-connections", "4", "--max-handshakes", "6"),
+        *("--max-handshakes-per-address", "2", "--handshake-timeout", "2"),
+        *("--idle-timeout", "5"),
+    ]
+    with HsmProcess(tmp_path / "hsm", regions=[REGION], extra_args=limits) as hsm:
+        stop = asyncio.Event()
+
+        async def squatter(address: str) -> None:
+            while not stop.is_set():
+                try:
+                    reader, writer = await asyncio.open_connection(
+                        hsm.host, hsm.port, local_addr=(address, 0)
+                    )
+                    await reader.read(1)  # until the server drops it
+                    writer.transport.abort()
+                except OSError:
+                    await asyncio.sleep(0.01)
+
+        addresses = [f"127.0.0.{n}" for n in (2, 3, 4, 5)]
+        tasks = [asyncio.create_task(squatter(a)) for a in addresses for _ in range(4)]
+        try:
+            await asyncio.sleep(0.5)
+            served = 0
+            for _ in range(10):
+                try:
+                    _, writer = await open_authorised(hsm)
+                    served += 1
+                    writer.transport.abort()
+                except (OSError, TimeoutError, AssertionError):
+                    pass
+                await asyncio.sleep(0.1)
+            async with HsmClient(
+                hsm.host, hsm.port, tls=hsm.client_tls(), connections=1, timeout=3.0
+            ) as client:  # one handshake at a time: within this address's fair share
+                assert (await client.generate_terminal_key(TerminalKind.COUNTER)).kcv
+        finally:
+            stop.set()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        assert served == 10
+        text = hsm.log_path.read_text()
+        assert "too many handshakes from this address" in text  # the per-address bound
+        assert "hsm.handshake_displaced" in text  # and the full budget, shared

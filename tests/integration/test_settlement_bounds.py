@@ -5,8 +5,11 @@ administrator's reversal, and an Idempotency-Key that is the person's as well as
 from __future__ import annotations
 
 import datetime as dt
+import json
 import secrets
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 import asyncpg
 import msgspec
@@ -16,6 +19,7 @@ import pytest_asyncio
 from cardsvc import clock
 from cardsvc.ledger import services as ledger
 from cardsvc.ledger.postings import Posting, facility_account, fund_account, reversed_postings
+from cardsvc.settlement import fundparts, params
 from cardsvc.settlement.params import CURRENT_POLICY_VERSION, load_params
 from cardsvc.terminal_sdk.client import TerminalClient
 from tests.support.api import (
@@ -409,3 +413,54 @@ async def test_a_facility_whose_sums_do_not_fit_is_held_alone(world: World):
     await service.admin_ok(
         "POST", f"/v1/settlements/{own['setl_id']}/admin-reversal", {"reason": "test over"}
     )
+
+
+async def test_a_later_policy_lowering_the_limit_holds_no_earlier_settlement(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A settlement legal under 2026.1 stays in the figures when a later policy lowers the
+    settlement limit below it: aggregates hold rows to the largest limit of any policy."""
+    victim = await world.patient(balance=50000)
+    made = await victim.settle("310", "21", lines(("A-AMOX", 100000, 3)))
+    day = dt.date(2022, 1, 1) + dt.timedelta(days=secrets.randbelow(300))
+    conn = await asyncpg.connect(world.service.database_url)
+    try:
+        await conn.execute(
+            "UPDATE settlements SET setl_date = $2 WHERE setl_id = $1", made["setl_id"], day
+        )
+    finally:
+        await conn.close()
+    later = json.loads((params.POLICY_DIR / f"{CURRENT_POLICY_VERSION}.json").read_bytes())
+    lower = made["medfee_sumamt"] - 1
+    later |= {
+        "version": "2099.1",
+        "amount_limits": {
+            "unit_price": lower,
+            "quantity": 10,
+            "line_total": lower,
+            "settlement_total": lower,
+        },
+        "supervision": {**later["supervision"], "large_claim_fen": lower - 1},
+    }
+    shutil.copy(params.POLICY_DIR / f"{CURRENT_POLICY_VERSION}.json", tmp_path)
+    (tmp_path / "2099.1.json").write_text(json.dumps(later))
+    monkeypatch.setattr(params, "POLICY_DIR", tmp_path)
+    monkeypatch.setattr(fundparts, "POLICY_DIR", tmp_path, raising=False)
+    monkeypatch.setattr(fundparts, "CURRENT_POLICY_VERSION", "2099.1", raising=False)
+    _forget_policies()
+    try:
+        report = await world.service.admin_ok(
+            "GET", f"/v1/reports/funds?from={day.isoformat()}&to={day.isoformat()}"
+        )
+    finally:
+        monkeypatch.undo()
+        _forget_policies()
+    assert report["out_of_limits"] == 0, report
+    assert report["medfee_sumamt"] == made["medfee_sumamt"]
+
+
+def _forget_policies() -> None:
+    load_params.cache_clear()
+    cached = getattr(fundparts.settlement_limit, "cache_clear", None)
+    if cached is not None:
+        cached()

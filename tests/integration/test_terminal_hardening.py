@@ -205,7 +205,8 @@ async def test_a_sign_in_racing_a_disabling_does_not_outlive_it(service: Service
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def strict(settings: Settings) -> AsyncIterator[str]:
-    """The service with small sign-in allowances: 3 per terminal, 6 per address."""
+    """The service with small sign-in allowances: 6 challenges per address, 3 failed
+    sign-ins per terminal."""
     limited = msgspec.structs.replace(
         settings,
         port=free_port(),
@@ -230,14 +231,76 @@ async def _start(http: aiohttp.ClientSession, base: str, terminal_id: str, **hea
         return resp.status, resp.headers.get("Retry-After"), await resp.json()
 
 
-async def test_sign_in_challenges_are_limited_per_terminal(service: Service, strict: str):
-    first, second = f"T{secrets.randbelow(10**8):08d}", f"T{secrets.randbelow(10**8):08d}"
-    answers = [await _start(service.http, strict, first) for _ in range(4)]
-    assert [a[0] for a in answers] == [200, 200, 200, 429]
-    _, retry_after, body = answers[-1]
-    assert body["error"]["code"] == "RATE_LIMITED" and int(retry_after) >= 1
-    assert "terminal" in body["error"]["message"]
-    assert (await _start(service.http, strict, second))[0] == 200  # another terminal
+async def test_an_anonymous_flood_of_challenges_does_not_lock_a_terminal_out(
+    service: Service, strict: str
+):
+    """Anybody can name a terminal id (they are sequential): asking for its challenges
+    costs that terminal nothing. Only the address's allowance is spent."""
+    reg = await service.admin_ok("POST", "/v1/terminals", {"kind": "kiosk"})
+    for _ in range(5):  # more than the terminal's allowance of failed sign-ins (3)
+        assert (await _start(service.http, strict, reg["terminal_id"]))[0] == 200
+    genuine = TerminalClient(
+        service.http, strict, reg["terminal_id"], bytes.fromhex(reg["terminal_key"])
+    )
+    await genuine.sign_in()
+    assert genuine.session_id
+
+
+async def test_a_flood_keeps_a_bounded_number_of_challenges(service: Service):
+    """A terminal keeps its newest 16 live challenges: one taken before a smaller flood
+    still completes, and a flood never grows the table beyond 16 rows per terminal."""
+    reg = await service.admin_ok("POST", "/v1/terminals", {"kind": "kiosk"})
+    terminal_id, key = reg["terminal_id"], bytes.fromhex(reg["terminal_key"])
+    mine = (await _start(service.http, service.base_url, terminal_id))[2]["challenge"]
+    for _ in range(10):
+        assert (await _start(service.http, service.base_url, terminal_id))[0] == 200
+    rs, rt = bytes.fromhex(mine), os.urandom(16)
+    async with service.http.post(
+        service.base_url + "/v1/terminals/sign-in/complete",
+        json={
+            "terminal_id": terminal_id,
+            "challenge": mine,
+            "terminal_random": rt.hex(),
+            "cryptogram": profile.terminal_cryptogram(key, rs, rt).hex(),
+        },
+    ) as resp:
+        assert resp.status == 200, await resp.text()
+    for _ in range(40):
+        await _start(service.http, service.base_url, terminal_id)
+    conn = await asyncpg.connect(service.database_url)
+    try:
+        kept = await conn.fetchval(
+            "SELECT count(*) FROM sign_in_challenges WHERE terminal_id = $1", terminal_id
+        )
+    finally:
+        await conn.close()
+    assert kept == 16
+
+
+async def test_successful_sign_ins_spend_no_allowance(service: Service, strict: str):
+    reg = await service.admin_ok("POST", "/v1/terminals", {"kind": "kiosk"})
+    genuine = TerminalClient(
+        service.http, strict, reg["terminal_id"], bytes.fromhex(reg["terminal_key"])
+    )
+    for _ in range(5):  # more than the 3 failed sign-ins a terminal is allowed
+        await genuine.sign_in()
+
+
+async def test_failed_sign_ins_are_limited_per_terminal(service: Service, strict: str):
+    reg = await service.admin_ok("POST", "/v1/terminals", {"kind": "kiosk"})
+    impostor = TerminalClient(service.http, strict, reg["terminal_id"], os.urandom(16))
+    codes = []
+    for _ in range(4):
+        try:
+            await impostor.sign_in()
+        except Exception as exc:
+            codes.append(getattr(exc, "code", repr(exc)))
+    assert codes == ["CRYPTOGRAM_INVALID"] * 3 + ["RATE_LIMITED"]
+    other = await service.admin_ok("POST", "/v1/terminals", {"kind": "kiosk"})
+    genuine = TerminalClient(
+        service.http, strict, other["terminal_id"], bytes.fromhex(other["terminal_key"])
+    )
+    await genuine.sign_in()  # another terminal, same address: not held back
 
 
 async def test_sign_in_challenges_are_limited_per_address_whatever_it_forwards(

@@ -43,3 +43,6 @@ def test_sign_in_allowances():
         {**BASE, "CARDSVC_SIGN_IN_ADDRESS_BURST": "1000", "CARDSVC_SIGN_IN_TERMINAL_RATE": "1"}
     )
     assert tuned.sign_in_address_burst == 1000.0 and tuned.sign_in_terminal_rate == 1.0
+    assert (defaults.sign_in_failure_rate, defaults.sign_in_failure_burst) == (0.5, 20.0)
+    failures = load_settings({**BASE, "CARDSVC_SIGN_IN_FAILURE_BURST": "5"})
+    assert failures.sign_in_failure_burst == 5.0

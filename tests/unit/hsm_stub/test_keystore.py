@@ -12,6 +12,7 @@ import pytest
 from hsm_stub.keystore import (
     GENERATED_LMK_FILE,
     KEYSTORE_FILE,
+    LOCK_FILE,
     KeyBlobError,
     Keystore,
     KeystoreError,
@@ -90,7 +91,9 @@ def test_file_holds_only_wrapped_keys_and_is_private(tmp_path: Path) -> None:
     text = path.read_text()
     assert keys.auth.hex() not in text and keys.txn.hex() not in text
     assert mode_of(path) == 0o600
-    assert os.listdir(tmp_path) == [KEYSTORE_FILE]  # no temporary file left behind
+    # No temporary file left behind; the lock file holds nothing.
+    assert sorted(os.listdir(tmp_path)) == sorted([KEYSTORE_FILE, LOCK_FILE])
+    assert (tmp_path / LOCK_FILE).read_bytes() == b""
 
 
 def test_audit_anchor_key_is_made_once_kept_wrapped_and_survives_reopen(tmp_path: Path) -> None:
@@ -210,3 +213,21 @@ def test_malformed_lmk_is_refused(tmp_path: Path, env_hex: str) -> None:
 def test_missing_lmk_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(LmkError, match="cannot read LMK file"):
         load_lmk(tmp_path, lmk_file=tmp_path / "absent", env_hex=None)
+
+
+def test_two_instances_on_one_keystore_lose_nothing(tmp_path: Path) -> None:
+    """Two processes on one keystore (a running hsm_stub and provision-region): each
+    change is applied to what the file holds then, never written from stale memory."""
+    running, provisioner = Keystore.open(tmp_path, LMK), Keystore.open(tmp_path, LMK)
+    provisioner.ensure_region("320500")
+    anchor_key = running.audit_anchor_key(create=True)  # used to drop 320500
+    assert Keystore.open(tmp_path, LMK).regions == ["320500"]
+    assert running.issuer_keys("320500")  # learnt from the file, no restart
+
+    provisioner.ensure_region("320600")  # used to drop the audit anchor key
+    reopened = Keystore.open(tmp_path, LMK)
+    assert reopened.regions == ["320500", "320600"]
+    assert reopened.audit_anchor_key() == anchor_key
+    # Both asking for the anchor key first: one key, the same in both.
+    first, second = Keystore.open(tmp_path / "b", LMK), Keystore.open(tmp_path / "b", LMK)
+    assert first.audit_anchor_key(create=True) == second.audit_anchor_key(create=True)

@@ -26,3 +26,11 @@ def test_forgets_the_least_recent_keys():
     buckets.take("b", 0.0)
     buckets.take("c", 0.0)
     assert buckets.take("a", 0.0) == 0.0  # "a" was forgotten: a fresh bucket
+
+
+def test_wait_looks_without_taking():
+    buckets = TokenBuckets(rate=1.0, burst=1.0)
+    assert buckets.wait("t", 0.0) == 0.0 and buckets.wait("t", 0.0) == 0.0
+    assert buckets.take("t", 0.0) == 0.0
+    assert buckets.wait("t", 0.0) == 1.0 and buckets.wait("t", 0.5) == 0.5
+    assert buckets.wait("t", 1.0) == 0.0
