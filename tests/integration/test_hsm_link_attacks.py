@@ -422,10 +422,15 @@ async def test_squatters_that_never_handshake_do_not_lock_out_an_authorised_host
                     reader, writer = await asyncio.open_connection(
                         hsm.host, hsm.port, local_addr=(address, 0)
                     )
-                    await reader.read(1)  # until the server drops it
-                    writer.transport.abort()
                 except OSError:
                     await asyncio.sleep(0.01)
+                    continue
+                try:
+                    await reader.read(1)  # until the server drops it
+                except OSError:
+                    pass
+                finally:  # also when cancelled at the end
+                    writer.transport.abort()
 
         addresses = [f"127.0.0.{n}" for n in (2, 3, 4, 5)]
         tasks = [asyncio.create_task(squatter(a)) for a in addresses for _ in range(4)]
