@@ -27,7 +27,6 @@ from typing import IO
 import msgspec
 
 from cardsvc import clock
-
 from loadtest.sessions import Cache
 
 ROOT = Path(__file__).resolve().parent.parent
