@@ -37,6 +37,7 @@ ACCESS = {
     ("POST", "/v1/terminals"): {ADMIN},
     ("PATCH", "/v1/terminals/T00000000"): {ADMIN},
     ("PUT", "/v1/catalog/items"): {ADMIN},
+    ("GET", "/v1/catalog/items"): {ADMIN, *TERMINALS},
     ("POST", "/v1/injury-cases"): {ADMIN},
     ("GET", "/v1/audit/verify"): {ADMIN},
     ("POST", "/v1/audit/anchors"): {ADMIN},
