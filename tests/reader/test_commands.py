@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from cardsvc.terminal_sdk import flows
+from cardsvc.terminal_sdk.failures import Exit
 from cardsvc.terminal_sdk.reader import WrongPin
 from cardsvc.vcard.card import ATR
 from cardsvc.vcard.state import load
@@ -165,7 +166,7 @@ async def test_command_line_issue_read_visit_kiosk_reverse(desk: Desk, slot: Slo
     ]
 
     code, out, err = await terminal_cli(
-        "visit", "--pin", PIN, "--item", "A-AMOX:1200x2", "--item", "C-VIT:500", *common
+        "visit", "--pin", PIN, "--item", "A-AMOX:12.00x2", "--item", "C-VIT:5", *common
     )
     assert code == 0, err
     assert "PIN verified on the card" in err and "settlement S" in out
@@ -180,5 +181,7 @@ async def test_command_line_issue_read_visit_kiosk_reverse(desk: Desk, slot: Slo
     assert f"reversal R{setl_id[1:]} of {setl_id}" in out
     assert await desk.balance(person["psn_no"]) == 20000
 
-    code, out, err = await terminal_cli("visit", "--pin", "000000", "--item", "A-AMOX:100", *common)
-    assert code == 1 and "wrong PIN, 2 tries left" in err
+    code, out, err = await terminal_cli("visit", "--pin", "000000", "--item", "A-AMOX:1", *common)
+    assert code == Exit.WRONG_PIN and out == ""
+    assert err.splitlines()[-1].startswith("wrong PIN: 2 tries left before the card blocks;")
+    assert "re-enter the PIN" in err and "Traceback" not in err
