@@ -286,6 +286,39 @@ async def cmd_outbox(s: Session) -> None:
 def _print_drained(entries: list[Entry]) -> None:
     for entry in entries:
         print(f"outbox: {_entry_line(entry)}", file=sys.stderr)
+        print(f"outbox: {drained_outcome(entry)}", file=sys.stderr)
+
+
+def drained_outcome(entry: Entry) -> str:
+    """What a delivered outbox entry means for the money, in words."""
+    result = entry.result or {}
+    if entry.status == "pending":
+        return (
+            f"{entry.key} still has no answer ({entry.error}): do not take cash or refund yet;"
+            " it is tried again at the next visit or drain"
+        )
+    if entry.status == "stuck":
+        return f"{entry.key} could not be delivered ({entry.error}): call the administrator"
+    if entry.kind == "settle" and entry.status == "done":
+        return (
+            f"payment {result.get('setl_id')} is confirmed: the holder pays"
+            f" {yuan(int(result.get('psn_cash_pay', 0)))} in cash"
+        )
+    if entry.kind == "settle":
+        return (
+            f"payment {entry.key} was not made ({entry.error}): nothing was charged; run the"
+            " visit again"
+        )
+    if entry.kind == "void":
+        return f"payment {entry.key} was never made: nothing was charged; run the visit again"
+    if entry.status == "done" and entry.key.startswith("reverse:"):
+        return f"reversal of {result.get('setl_id')} is confirmed: refund the holder's cash"
+    if entry.status == "done":
+        return (
+            f"payment {result.get('setl_id')} could not be confirmed in time and was reversed:"
+            " nothing was charged; run the visit again"
+        )
+    return f"reversal {entry.key} was refused ({entry.error}): call the administrator"
 
 
 def _entry_line(entry: Entry) -> str:
