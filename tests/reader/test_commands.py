@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from cardsvc.terminal_sdk import flows
+from cardsvc.terminal_sdk.display import local_time
 from cardsvc.terminal_sdk.failures import Exit
 from cardsvc.terminal_sdk.reader import WrongPin
 from cardsvc.vcard.card import ATR
@@ -167,15 +168,21 @@ async def test_command_line_issue_read_visit_kiosk_reverse(desk: Desk, slot: Slo
     ]
 
     code, out, err = await terminal_cli(
-        "visit", "--pin", PIN, "--item", "A-AMOX:12.00x2", "--item", "C-VIT:5", *common
+        "visit", "--pin", PIN, "--item", "A-AMOX:12.00x2", "--item", "C-VIT:5.00", *common
     )
     assert code == 0, err
     assert "PIN verified on the card" in err and "settlement S" in out
+    assert "  total ¥29.00  " in out  # 2 × ¥12.00 + ¥5.00
     setl_id = out.split()[1]
+
+    settled = await desk.pos.call("GET", f"/v1/settlements/{setl_id}")
+    shown = local_time(settled["setl_time"])  # in Asia/Shanghai, with the offset
+    assert f"  time {shown}\n" in out and shown.endswith(" +08:00")
 
     code, out, err = await terminal_cli("kiosk", *common, "--terminal", "kiosk")
     assert code == 0, err
-    assert f"card {card_no} (active)" in out and setl_id in out
+    assert f"card {card_no} (active)" in out
+    assert f"  {shown}  {setl_id}  " in out
 
     code, out, err = await terminal_cli("reverse", "--setl-id", setl_id, *common)
     assert code == 0, err
