@@ -35,6 +35,7 @@ class CatalogQuery(msgspec.Struct, frozen=True, kw_only=True):
 
     limit: int = 100
     after: str | None = None  # the last code of the previous page
+    codes: list[str] | None = None  # exactly these codes (a terminal checking its lines)
     prefix: str | None = None  # codes that begin with it
     name: str | None = None  # names that contain it, case-insensitive
 

@@ -20,6 +20,7 @@ SELECT code, name, chrgitm_lv, selfpay_prop, max_price, work_injury FROM catalog
 WHERE ($1::text IS NULL OR code > $1)
   AND ($2::text IS NULL OR starts_with(code, $2))
   AND ($3::text IS NULL OR strpos(lower(name), lower($3)) > 0)
+  AND ($5::text[] IS NULL OR code = ANY($5))
 ORDER BY code LIMIT $4
 """
 
@@ -63,7 +64,9 @@ class Catalog:
 
     async def page(self, query: CatalogQuery) -> CatalogPage:
         """Up to ``query.limit`` items in code order; ``next_after`` when more may follow."""
-        rows = await self._pool.fetch(_PAGE, query.after, query.prefix, query.name, query.limit + 1)
+        rows = await self._pool.fetch(
+            _PAGE, query.after, query.prefix, query.name, query.limit + 1, query.codes
+        )
         items = [CatalogItem(**dict(row)) for row in rows[: query.limit]]
         more = len(rows) > query.limit
         return CatalogPage(items=items, next_after=items[-1].code if more else None)

@@ -12,6 +12,7 @@ from cardsvc.web.caller import ANY_TERMINAL
 from cardsvc.web.codec import json_response, query_limit, read_json
 
 _CODE = re.compile(ITEM_CODE_PATTERN)
+MAX_CODES = 500  # as many as the lines of one settlement
 _NAME = re.compile(r"^[^\x00-\x1f]{1,200}$")
 
 
@@ -26,6 +27,7 @@ async def list_items(request: web.Request) -> web.Response:
     query = CatalogQuery(
         limit=query_limit(request),
         after=_query(request, "after", _CODE, "an item code"),
+        codes=_codes(request),
         prefix=_query(request, "prefix", _CODE, "the beginning of an item code"),
         name=_query(request, "name", _NAME, "1-200 characters of a name"),
     )
@@ -39,3 +41,15 @@ def _query(request: web.Request, name: str, pattern: re.Pattern[str], what: str)
             f"{name} must be {what}", code="INVALID_QUERY", details={"parameter": name}
         )
     return raw
+
+
+def _codes(request: web.Request) -> list[str] | None:
+    """``code=A&code=B``: exactly these codes (at most ``MAX_CODES``)."""
+    codes = request.query.getall("code", [])
+    if len(codes) > MAX_CODES or not all(_CODE.fullmatch(code) for code in codes):
+        raise InvalidRequest(
+            f"code must be an item code, at most {MAX_CODES} of them",
+            code="INVALID_QUERY",
+            details={"parameter": "code"},
+        )
+    return codes or None

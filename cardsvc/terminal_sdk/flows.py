@@ -148,22 +148,18 @@ async def authenticate_card(
     return verified
 
 
-_CATALOG_PAGE = 100
 _SUGGESTIONS_FROM = 1000  # codes with the same first letter looked at for "did you mean"
 
 
 async def check_items(client: TerminalClient, codes: list[str]) -> None:
-    """Every code is in the catalog (``GET /v1/catalog/items``), else ``UnknownItems``."""
-    unknown = [code for code in sorted(set(codes)) if not await _in_catalog(client, code)]
+    """Every code is in the catalog (one ``GET /v1/catalog/items``), else ``UnknownItems``."""
+    wanted = sorted(set(codes))
+    query = "&".join(f"code={code}" for code in wanted)
+    page = await client.call("GET", f"/v1/catalog/items?{query}&limit={len(wanted)}")
+    unknown = sorted(set(wanted) - {item["code"] for item in page["items"]})
     if unknown:
         suggestions = {code: await _close_codes(client, code) for code in unknown}
         raise UnknownItems(unknown, suggestions)
-
-
-async def _in_catalog(client: TerminalClient, code: str) -> bool:
-    # In code order a code comes before the longer codes it begins: it is on the first page.
-    page = await client.call("GET", f"/v1/catalog/items?prefix={code}&limit={_CATALOG_PAGE}")
-    return any(item["code"] == code for item in page["items"])
 
 
 async def _close_codes(client: TerminalClient, code: str) -> list[str]:

@@ -34,6 +34,10 @@ async def test_every_terminal_kind_and_the_admin_read_the_catalog_page_by_page(
     codes = [item["code"] for item in items]
     assert pages == [codes[0:2], codes[2:4], codes[4:]]
 
+    exact = f"code={prefix}04&code={prefix}01&code=NO-SUCH-CODE&code={prefix}01"
+    page = await service.admin_ok("GET", f"/v1/catalog/items?{exact}")
+    assert [item["code"] for item in page["items"]] == [codes[1], codes[4]]
+
     facility = await service.facility()
     for kind in ("counter", "pos", "his", "kiosk"):
         code = facility["fixmedins_code"] if kind in ("pos", "his") else None
@@ -56,7 +60,17 @@ async def test_every_terminal_kind_and_the_admin_read_the_catalog_page_by_page(
 
 
 @pytest.mark.parametrize(
-    "query", ["limit=0", "limit=1001", "after=a%20b", "prefix=", "prefix=%25", "name="]
+    "query",
+    [
+        "limit=0",
+        "limit=1001",
+        "after=a%20b",
+        "prefix=",
+        "prefix=%25",
+        "name=",
+        "code=A&code=a%20b",
+        "&".join(["code=A"] * 501),
+    ],
 )
 async def test_a_malformed_catalog_query_is_a_400_naming_the_parameter(
     service: Service, query: str

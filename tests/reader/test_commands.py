@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from cardsvc.terminal_sdk import flows
+from cardsvc.terminal_sdk.client import TerminalClient
 from cardsvc.terminal_sdk.display import local_time
 from cardsvc.terminal_sdk.failures import Exit
 from cardsvc.terminal_sdk.reader import WrongPin
@@ -252,9 +253,9 @@ class Relay:
             dst.transport.abort() if self._cut else dst.close()
 
 
-def _terminals_file(desk: Desk, folder: Path) -> Path:
+def _terminals_file(desk: Desk, folder: Path, pos: TerminalClient) -> Path:
     path = folder / "terminals.json"
-    clients = {"counter": desk.counter, "pos": desk.pos, "kiosk": desk.kiosk}
+    clients = {"counter": desk.counter, "pos": pos, "kiosk": desk.kiosk}
     path.write_text(
         json.dumps(
             {
@@ -270,10 +271,12 @@ def _terminals_file(desk: Desk, folder: Path) -> Path:
     return path
 
 
-def _options(desk: Desk, slot: Slot, folder: Path, base_url: str | None = None) -> list[str]:
+async def _options(desk: Desk, slot: Slot, folder: Path, base_url: str | None = None) -> list[str]:
+    """Each test's own POS (every command signs in, and sign-ins are rate limited)."""
+    pos = await desk.service.terminal("pos", desk.fixmedins_code)
     return [
         *("--base-url", base_url or desk.service.base_url),
-        *("--terminals", str(_terminals_file(desk, folder))),
+        *("--terminals", str(_terminals_file(desk, folder, pos))),
         *("--reader", slot.reader_name),
         *("--wait", "10"),
         *("--outbox", str(folder / "outbox.sqlite3")),
@@ -317,7 +320,9 @@ async def test_command_line_service_gone_mid_visit_then_at_the_settlement(
 
     # Gone while the card is being authenticated: nothing is sent to settle.
     async with Relay(desk.service.base_url, b"POST /v1/card-auth/verify ") as relay:
-        code, out, err = await terminal_cli(*visit, *_options(desk, slot, tmp_path, relay.base_url))
+        code, out, err = await terminal_cli(
+            *visit, *await _options(desk, slot, tmp_path, relay.base_url)
+        )
     assert code == Exit.SERVICE_UNREACHABLE and out == "", err
     line = _one_line(err)
     assert line.startswith(f"cannot reach the card service at {relay.base_url} (")
@@ -332,7 +337,7 @@ async def test_command_line_service_gone_mid_visit_then_at_the_settlement(
     ):
         folder = tmp_path / f"pos-{after_request}"
         folder.mkdir()
-        options = _options(desk, slot, folder)
+        options = await _options(desk, slot, folder)
         cut = Relay(desk.service.base_url, b"POST /v1/settlements ", after_request=after_request)
         async with cut as relay:
             gone = [o if o != desk.service.base_url else relay.base_url for o in options]
@@ -359,7 +364,7 @@ async def test_command_line_card_taken_out_mid_visit(desk: Desk, slot: Slot, tmp
         str(flows.Step.PIN_VERIFIED),
         lambda: asyncio.to_thread(slot.remove),
         *("visit", "--pin", PIN, "--item", "A-AMOX:12.00"),
-        *_options(desk, slot, tmp_path),
+        *(await _options(desk, slot, tmp_path)),
     )
     assert code == Exit.CARD_PROBLEM and out == "", err
     assert _one_line(err) == (
@@ -376,7 +381,7 @@ async def test_command_line_unknown_item_is_caught_before_the_pin(
     await desk.issue(slot, person["psn_no"])
     code, out, err = await terminal_cli(
         *("visit", "--pin", "000000", "--item", "A-AMOK:12.00", "--item", "C-VIT:5"),
-        *_options(desk, slot, tmp_path),
+        *(await _options(desk, slot, tmp_path)),
     )
     assert code == Exit.USAGE and out == "", err
     assert _one_line(err) == (
@@ -390,7 +395,7 @@ async def test_command_line_unknown_item_is_caught_before_the_pin(
 
 
 async def test_command_line_reader_gone(desk: Desk, slot: Slot, tmp_path: Path):
-    options = _options(desk, slot, tmp_path)
+    options = await _options(desk, slot, tmp_path)
     options[options.index("--reader") + 1] = "Reader Unplugged 00 00"
     code, out, err = await terminal_cli("visit", "--pin", PIN, "--item", "A-AMOX:1", *options)
     assert code == Exit.READER_UNAVAILABLE and out == "", err
