@@ -148,15 +148,21 @@ async def authenticate_card(
     return verified
 
 
+CODES_PER_REQUEST = 100  # the service's bound on ``code`` in one catalog request
 _SUGGESTIONS_FROM = 1000  # codes with the same first letter looked at for "did you mean"
 
 
 async def check_items(client: TerminalClient, codes: list[str]) -> None:
-    """Every code is in the catalog (one ``GET /v1/catalog/items``), else ``UnknownItems``."""
+    """Every code is in the catalog (``GET /v1/catalog/items``, up to ``CODES_PER_REQUEST``
+    codes a request), else ``UnknownItems``."""
     wanted = sorted(set(codes))
-    query = "&".join(f"code={code}" for code in wanted)
-    page = await client.call("GET", f"/v1/catalog/items?{query}&limit={len(wanted)}")
-    unknown = sorted(set(wanted) - {item["code"] for item in page["items"]})
+    found: set[str] = set()
+    for start in range(0, len(wanted), CODES_PER_REQUEST):
+        batch = wanted[start : start + CODES_PER_REQUEST]
+        query = "&".join(f"code={code}" for code in batch)
+        page = await client.call("GET", f"/v1/catalog/items?{query}&limit={len(batch)}")
+        found |= {item["code"] for item in page["items"]}
+    unknown = [code for code in wanted if code not in found]
     if unknown:
         suggestions = {code: await _close_codes(client, code) for code in unknown}
         raise UnknownItems(unknown, suggestions)
