@@ -180,7 +180,11 @@ def _run(args: argparse.Namespace, settings: Settings, new_key: bytes | None) ->
         assert new_key is not None
         return asyncio.run(_rotate_data_key(settings, new_key, args.batch_size))
     if args.command == "clearing":
-        return asyncio.run(_clearing(settings, args.date, args.out))
+        try:
+            return asyncio.run(_clearing(settings, args.date, args.out))
+        except CardsvcError as exc:  # refused (a day not over yet) or a dependency down
+            sys.stderr.write(f"clearing: {exc.code}: {exc.message}\n")
+            return 1
     if args.command in ("verify-audit", "anchor-audit"):
         return _run_audit_command(settings, args)
     return 0 if asyncio.run(_check(settings, "ledger")) else 1

@@ -41,6 +41,7 @@ def setup_routes(app: web.Application) -> None:
             # Terminal ids begin with T: /v1/terminals/sign-in is never taken for one.
             web.patch("/v1/terminals/{terminal_id:T[^/]*}", terminals.update),
             web.put("/v1/catalog/items", catalog.put_items),
+            web.get("/v1/catalog/items", catalog.list_items),
             web.post("/v1/injury-cases", injuries.create),
             web.get("/v1/audit/verify", audit.verify),
             web.post("/v1/audit/anchors", audit.anchor),

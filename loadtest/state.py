@@ -26,6 +26,7 @@ from typing import IO
 
 import msgspec
 
+from cardsvc import clock
 from loadtest.sessions import Cache
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -139,7 +140,7 @@ class StateDir:
         return self.secret_file(name, make).read_text().strip()
 
     def new_run_dir(self, label: str) -> Path:
-        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        stamp = clock.now().astimezone(clock.BUSINESS_TZ).strftime("%Y%m%d-%H%M%S")
         run = self.path / f"{stamp}-{label}"
         suffix = 1
         while run.exists():

@@ -8,7 +8,8 @@ import msgspec
 
 from cardsvc.types import PositiveFen, Text
 
-ItemCode = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._-]{1,50}$")]
+ITEM_CODE_PATTERN = r"^[A-Za-z0-9._-]{1,50}$"
+ItemCode = Annotated[str, msgspec.Meta(pattern=ITEM_CODE_PATTERN)]
 Percent = Annotated[int, msgspec.Meta(ge=0, le=100)]
 
 
@@ -27,3 +28,18 @@ class PutItems(msgspec.Struct, forbid_unknown_fields=True):
 
 class ItemsUpserted(msgspec.Struct):
     upserted: int
+
+
+class CatalogQuery(msgspec.Struct, frozen=True, kw_only=True):
+    """One page of ``GET /v1/catalog/items``: items by code, after ``after``."""
+
+    limit: int = 100
+    after: str | None = None  # the last code of the previous page
+    codes: list[str] | None = None  # exactly these codes (a terminal checking its lines)
+    prefix: str | None = None  # codes that begin with it
+    name: str | None = None  # names that contain it, case-insensitive
+
+
+class CatalogPage(msgspec.Struct, kw_only=True):
+    items: list[CatalogItem]
+    next_after: str | None  # pass as ``after`` for the next page; null on the last page

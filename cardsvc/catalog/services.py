@@ -1,12 +1,28 @@
-"""The catalog: bulk upsert by item code."""
+"""The catalog: bulk upsert by item code, and paged reading for terminals and the admin."""
 
 from __future__ import annotations
 
 from cardsvc.audit.services import AuditLog
-from cardsvc.catalog.models import ItemsUpserted, PutItems
+from cardsvc.catalog.models import (
+    CatalogItem,
+    CatalogPage,
+    CatalogQuery,
+    ItemsUpserted,
+    PutItems,
+)
 from cardsvc.db import Pool, transaction
 from cardsvc.errors import InvalidRequest
 from cardsvc.web.caller import ADMIN
+
+# Keyset paging in the order of the primary key, so a page reads the index, not the table.
+_PAGE = """
+SELECT code, name, chrgitm_lv, selfpay_prop, max_price, work_injury FROM catalog_items
+WHERE ($1::text IS NULL OR code > $1)
+  AND ($2::text IS NULL OR starts_with(code, $2))
+  AND ($3::text IS NULL OR strpos(lower(name), lower($3)) > 0)
+  AND ($5::text[] IS NULL OR code = ANY($5))
+ORDER BY code LIMIT $4
+"""
 
 
 class Catalog:
@@ -45,3 +61,12 @@ class Catalog:
                 data={"count": len(codes), "codes": codes[:100]},
             )
         return ItemsUpserted(upserted=len(codes))
+
+    async def page(self, query: CatalogQuery) -> CatalogPage:
+        """Up to ``query.limit`` items in code order; ``next_after`` when more may follow."""
+        rows = await self._pool.fetch(
+            _PAGE, query.after, query.prefix, query.name, query.limit + 1, query.codes
+        )
+        items = [CatalogItem(**dict(row)) for row in rows[: query.limit]]
+        more = len(rows) > query.limit
+        return CatalogPage(items=items, next_after=items[-1].code if more else None)

@@ -307,7 +307,13 @@ def _figures(rows: list[asyncpg.Record]) -> list[tuple[str, str, int, int]]:
 
 
 def _check_day(day: dt.date) -> None:
-    if day > clock.business_date():
+    """A day is cleared once it is over in business time: a run of today would store an
+    empty or partial run for good (settlements after it wait for the next day's run)."""
+    today = clock.business_date()
+    if day >= today:
         raise BusinessRuleViolation(
-            "cannot clear a day that has not begun", code="CLEARING_DATE_IN_FUTURE"
+            f"{day} is not over yet (today is {today} in Asia/Shanghai): a day can be"
+            " cleared from the next day on",
+            code="CLEARING_DATE_NOT_CLOSED",
+            details={"clearing_date": day.isoformat(), "business_date": today.isoformat()},
         )

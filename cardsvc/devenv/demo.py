@@ -314,7 +314,7 @@ def _reader_lines(
         f"{reader.daemon.port}) holds demo card {summary.get('demo_card_no')} (PIN {pin})",
         "",
         "a card-present visit (from the checkout folder):",
-        f"  {terminal} visit --pin {pin} --item A-AMOX:1200x2{extra}",
+        f"  {terminal} visit --pin {pin} --item A-AMOX:12.00x2{extra}",
         f"  then {terminal} kiosk --terminal kiosk{extra}   (or read-card)",
     ]
 

@@ -3,14 +3,20 @@
     readers                       the PC/SC readers pcscd lists
     read-card                     the card's basic info in the national reader format
     issue --psn-no N [--pin P]    counter: issue, personalise a blank card, activate
-    visit --item CODE:FEN[xQTY]…  POS: card, PIN, card-auth, preview, settle (via the outbox)
+    visit --item CODE:YUAN[xQTY]… POS: items checked, card, PIN, card-auth, preview, settle
     kiosk [--report-loss]         kiosk: card-auth (no PIN), balance and recent settlements
     reverse --setl-id S           POS: reverse a settlement (via the outbox)
     outbox [--drain]              POS: what the outbox holds; deliver what is due
 
-Terminal identities (id and K_term) come from ``--terminals`` (the demo's
-``var/demo/terminals.json``), by name with ``--terminal``. Progress goes to stderr, results to
-stdout. Exit status: 0 done, 1 refused or failed, 2 usage, 3 settlement outcome pending.
+``--item A-AMOX:12.00x2`` is the item code, the unit price in yuan (at most 2 decimals) and
+the quantity (default 1). Terminal identities (id and K_term) come from ``--terminals`` (the
+demo's ``var/demo/terminals.json``), by name with ``--terminal``. Progress goes to stderr,
+results to stdout; times are shown in Asia/Shanghai. A failure is one line on stderr saying
+what to do, and its exit status says which: 0 done, 1 refused by the service, 2 usage (or
+an item code not in the catalog), 3 payment or reversal pending in the outbox, 4 service
+unreachable, 5 reader unavailable, 6 card problem (none, taken out, swapped, blank,
+unreadable), 7 wrong PIN, 8 PIN blocked, 9 card authorisation expired or used, 70 fault,
+130 interrupted.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import getpass
 import os
 import re
 import sys
+import traceback
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -31,13 +38,18 @@ import structlog
 
 from cardsvc.logging import configure_logging
 from cardsvc.terminal_sdk import flows
-from cardsvc.terminal_sdk.client import TerminalClient, TerminalError
-from cardsvc.terminal_sdk.outbox import Entry, Forwarder, Outbox, SettlementPending
-from cardsvc.terminal_sdk.reader import CardError, CardReader, list_readers, national_line
+from cardsvc.terminal_sdk.client import TerminalClient
+from cardsvc.terminal_sdk.display import local_time, parse_yuan, yuan
+from cardsvc.terminal_sdk.failures import Context, Exit, UsageError, explain
+from cardsvc.terminal_sdk.outbox import Entry, Forwarder, Outbox
+from cardsvc.terminal_sdk.reader import CardReader, list_readers, national_line
 
 DEFAULT_TERMINALS = Path("var/demo/terminals.json")
-EXIT_FAILED, EXIT_PENDING = 1, 3
-_ITEM = re.compile(r"(?P<code>[A-Za-z0-9._-]{1,50}):(?P<price>\d+)(?:x(?P<qty>\d+))?")
+DEFAULT_URL = "http://127.0.0.1:8080"
+_ITEM = re.compile(r"(?P<code>[A-Za-z0-9._-]{1,50}):(?P<price>[0-9.]+)(?:x(?P<qty>[0-9]{1,6}))?")
+_PIN = re.compile(r"[0-9]{6}")
+MAX_UNIT_PRICE = 10_000_000_000  # fen: the service's bound on a unit price
+MAX_QUANTITY = 100_000
 
 
 class TerminalConfig(msgspec.Struct, frozen=True):
@@ -47,10 +59,6 @@ class TerminalConfig(msgspec.Struct, frozen=True):
     fixmedins_code: str | None = None
 
 
-class UsageError(Exception):
-    """Bad input on the command line (shown without a traceback)."""
-
-
 def load_terminal(path: Path, name: str) -> TerminalConfig:
     try:
         terminals = msgspec.json.decode(path.read_bytes(), type=dict[str, TerminalConfig])
@@ -58,24 +66,45 @@ def load_terminal(path: Path, name: str) -> TerminalConfig:
         raise UsageError(
             f"no terminal keys at {path}: start the demo (scripts/demo.sh) or pass --terminals"
         ) from None
+    except msgspec.DecodeError as exc:
+        raise UsageError(f"{path} is not a terminals file ({exc}): check --terminals") from None
     if name not in terminals:
         raise UsageError(f"no terminal {name!r} in {path} (has: {', '.join(terminals)})")
-    return terminals[name]
+    terminal = terminals[name]
+    if not re.fullmatch(r"[0-9a-fA-F]{32}", terminal.terminal_key):
+        raise UsageError(f"terminal {name!r} in {path} has no valid key (32 hex digits)")
+    return terminal
 
 
 def parse_item(text: str) -> flows.FeeLine:
+    """``CODE:YUAN[xQUANTITY]``, e.g. ``A-AMOX:12.00x2``: the price exactly, in fen."""
     match = _ITEM.fullmatch(text)
+    usage = f"{text!r} is not CODE:PRICE_IN_YUAN[xQUANTITY] (like A-AMOX:12.00x2)"
     if match is None:
-        raise argparse.ArgumentTypeError(f"{text!r} is not CODE:PRICE_IN_FEN[xQUANTITY]")
+        raise argparse.ArgumentTypeError(usage)
+    try:
+        price = parse_yuan(match["price"])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{usage}: at most 2 decimals") from None
     qty = int(match["qty"] or 1)
-    return flows.FeeLine(code=match["code"], unit_price=int(match["price"]), quantity=qty)
+    if price > MAX_UNIT_PRICE:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: the unit price is above {yuan(MAX_UNIT_PRICE)}"
+        )
+    if not 1 <= qty <= MAX_QUANTITY:
+        raise argparse.ArgumentTypeError(f"{text!r}: the quantity must be 1 to {MAX_QUANTITY:,}")
+    return flows.FeeLine(code=match["code"], unit_price=price, quantity=qty)
+
+
+def parse_pin(text: str) -> str:
+    if not _PIN.fullmatch(text):
+        raise argparse.ArgumentTypeError("a PIN is 6 digits")
+    return text
 
 
 def _common(default_terminal: str) -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--base-url", default=os.environ.get("CARDSVC_URL", "http://127.0.0.1:8080")
-    )
+    common.add_argument("--base-url", default=os.environ.get("CARDSVC_URL", DEFAULT_URL))
     common.add_argument("--terminals", type=Path, default=DEFAULT_TERMINALS)
     common.add_argument("--terminal", default=default_terminal, help="name in --terminals")
     common.add_argument("--reader", help="PC/SC reader name (default: the first)")
@@ -95,10 +124,17 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("read-card", parents=[_common("pos")], help="national-format basic info")
     issue = sub.add_parser("issue", parents=[_common("counter")], help="issue and personalise")
     issue.add_argument("--psn-no", required=True)
-    issue.add_argument("--pin", help="the holder's first PIN (asked when omitted)")
+    issue.add_argument("--pin", type=parse_pin, help="the holder's first PIN (asked when omitted)")
     visit = sub.add_parser("visit", parents=[_common("pos")], help="a card-present visit")
-    visit.add_argument("--item", type=parse_item, action="append", required=True)
-    visit.add_argument("--pin", help="the holder's PIN (asked when omitted)")
+    visit.add_argument(
+        "--item",
+        type=parse_item,
+        action="append",
+        required=True,
+        metavar="CODE:YUAN[xQTY]",
+        help="an item: code, unit price in yuan, quantity (A-AMOX:12.00x2); repeat per item",
+    )
+    visit.add_argument("--pin", type=parse_pin, help="the holder's PIN (asked when omitted)")
     visit.add_argument("--insutype", default="310")
     visit.add_argument("--med-type", default="11")
     visit.add_argument("--mdtrt-id")
@@ -119,8 +155,19 @@ def progress(step: flows.Step, message: str) -> None:
     print(f"  · {step}: {message}", file=sys.stderr, flush=True)
 
 
-def _pin_entry(given: str | None) -> Callable[[], str]:
-    return (lambda: given) if given is not None else (lambda: getpass.getpass("PIN: "))
+def _pin_entry(given: str | None, prompt: str = "PIN: ") -> Callable[[], str]:
+    def ask() -> str:
+        if given is not None:
+            return given
+        try:
+            entered = getpass.getpass(prompt)
+        except EOFError:
+            raise UsageError("no PIN was entered: pass --pin, or run in a terminal") from None
+        if not _PIN.fullmatch(entered):
+            raise UsageError("a PIN is 6 digits: run the command again and re-enter it")
+        return entered
+
+    return ask
 
 
 def _outbox_path(args: argparse.Namespace, terminal: TerminalConfig) -> Path:
@@ -162,7 +209,7 @@ async def read_card(args: argparse.Namespace) -> None:
 
 
 async def cmd_issue(s: Session) -> None:
-    pin = s.args.pin if s.args.pin is not None else getpass.getpass("new PIN (6 digits): ")
+    pin = _pin_entry(s.args.pin, "new PIN (6 digits): ")()
     result = await flows.issue(
         s.client, s.reader, s.args.psn_no, pin, progress=progress, wait=s.args.wait
     )
@@ -194,8 +241,9 @@ async def cmd_visit(s: Session) -> None:
 
 
 def _print_settlement(setl: dict[str, Any]) -> None:
-    y = flows.yuan
+    y = yuan
     print(f"settlement {setl['setl_id']} ({setl['status']}) at {setl['fixmedins_code']}")
+    print(f"  time {local_time(setl['setl_time'])}")
     print(f"  total {y(setl['medfee_sumamt'])}  funds {y(setl['fund_pay_sumamt'])}", end="")
     print(f"  account {y(setl['acct_pay'])}  cash {y(setl['psn_cash_pay'])}")
     print(f"  account balance now {y(setl['balc'])}")
@@ -210,11 +258,11 @@ async def cmd_kiosk(s: Session) -> None:
         print(f"card {summary['card_no']} is {summary['card_status']}")
         return
     print(f"card {summary['card_no']} ({summary['card_status']}), {result.card.name}")
-    print(f"  account balance {flows.yuan(summary['balc'])}")
+    print(f"  account balance {yuan(summary['balc'])}")
     for setl in summary["settlements"]:
         print(
-            f"  {setl['setl_time'][:16]}  {setl['setl_id']}  {setl['fixmedins_code']}"
-            f"  {flows.yuan(setl['medfee_sumamt'])}  {setl['status']}"
+            f"  {local_time(setl['setl_time'])}  {setl['setl_id']}  {setl['fixmedins_code']}"
+            f"  {yuan(setl['medfee_sumamt'])}  {setl['status']}"
         )
     if result.reported is not None:
         print(f"card {result.reported['card_no']} is now {result.reported['card_status']}")
@@ -222,7 +270,7 @@ async def cmd_kiosk(s: Session) -> None:
 
 async def cmd_reverse(s: Session) -> None:
     reversal = await s.forwarder().reverse(s.args.setl_id, s.args.reason)
-    acct, fund = flows.yuan(reversal["acct_refund"]), flows.yuan(reversal["fund_refund"])
+    acct, fund = yuan(reversal["acct_refund"]), yuan(reversal["fund_refund"])
     print(f"reversal {reversal['reversal_id']} of {reversal['setl_id']}")
     print(f"  account refund {acct}  fund refund {fund}")
 
@@ -238,12 +286,48 @@ async def cmd_outbox(s: Session) -> None:
 def _print_drained(entries: list[Entry]) -> None:
     for entry in entries:
         print(f"outbox: {_entry_line(entry)}", file=sys.stderr)
+        print(f"outbox: {drained_outcome(entry)}", file=sys.stderr)
+
+
+def drained_outcome(entry: Entry) -> str:
+    """What a delivered outbox entry means for the money, in words."""
+    result = entry.result or {}
+    if entry.status == "pending":
+        return (
+            f"{entry.key} still has no answer ({entry.error}): do not take cash or refund yet;"
+            " it is tried again at the next visit or drain"
+        )
+    if entry.status == "stuck":
+        return f"{entry.key} could not be delivered ({entry.error}): call the administrator"
+    if entry.kind == "settle" and entry.status == "done":
+        return (
+            f"payment {result.get('setl_id')} is confirmed: the holder pays"
+            f" {yuan(int(result.get('psn_cash_pay', 0)))} in cash"
+        )
+    if entry.kind == "settle":
+        return (
+            f"payment {entry.key} was not made ({entry.error}): nothing was charged; run the"
+            " visit again"
+        )
+    if entry.kind == "void":
+        return f"payment {entry.key} was never made: nothing was charged; run the visit again"
+    if entry.status == "done" and entry.key.startswith("reverse:"):
+        return f"reversal of {result.get('setl_id')} is confirmed: refund the holder's cash"
+    if entry.status == "done":
+        return (
+            f"payment {result.get('setl_id')} could not be confirmed in time and was reversed:"
+            " nothing was charged; run the visit again"
+        )
+    return f"reversal {entry.key} was refused ({entry.error}): call the administrator"
 
 
 def _entry_line(entry: Entry) -> str:
     result = entry.result or {}
     outcome = result.get("reversal_id") or result.get("setl_id") or entry.error or ""
-    return f"{entry.key}  {entry.kind:<7} {entry.status:<8} {entry.attempts} unanswered  {outcome}"
+    return (
+        f"{local_time(entry.created_at)}  {entry.key}  {entry.kind:<7} {entry.status:<8}"
+        f" {entry.attempts} unanswered  {outcome}"
+    )
 
 
 COMMANDS: dict[str, Callable[[Session], Awaitable[None]]] = {
@@ -258,7 +342,7 @@ COMMANDS: dict[str, Callable[[Session], Awaitable[None]]] = {
 async def run(args: argparse.Namespace) -> int:
     if args.command == "read-card":
         await read_card(args)
-        return 0
+        return Exit.DONE
     terminal = load_terminal(args.terminals, args.terminal)
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(timeout=timeout) as http:
@@ -267,31 +351,30 @@ async def run(args: argparse.Namespace) -> int:
             await COMMANDS[args.command](session)
         finally:
             session.close()
-    return 0
+    return Exit.DONE
 
 
-# What a command reports in one line; anything else is a bug and keeps its traceback.
-_EXPECTED = (
-    UsageError,
-    ValueError,
-    CardError,
-    TerminalError,
-    SettlementPending,
-    aiohttp.ClientError,
-    OSError,
-)
+def drain_command(args: argparse.Namespace) -> str:
+    """The command that finishes what this terminal's outbox holds, with its options."""
+    words = ["python -m cardsvc.terminal_sdk outbox --drain"]
+    if args.base_url != DEFAULT_URL:
+        words.append(f"--base-url {args.base_url}")
+    if args.terminals != DEFAULT_TERMINALS:
+        words.append(f"--terminals {args.terminals}")
+    if args.terminal != "pos":
+        words.append(f"--terminal {args.terminal}")
+    if args.outbox is not None:
+        words.append(f"--outbox {args.outbox}")
+    return " ".join(words)
 
 
-def _failure(exc: BaseException) -> tuple[int, str]:
-    if isinstance(exc, SettlementPending):
-        return EXIT_PENDING, f"pending: {exc}"
-    if isinstance(exc, CardError):
-        return EXIT_FAILED, f"card: {exc}"
-    if isinstance(exc, TerminalError):
-        return EXIT_FAILED, f"refused by cardsvc: {exc}"
-    if isinstance(exc, aiohttp.ClientError | OSError):
-        return EXIT_FAILED, f"cannot reach cardsvc: {exc}"
-    return EXIT_FAILED, str(exc)
+def _context(args: argparse.Namespace) -> Context:
+    return Context(
+        command=args.command,
+        base_url=args.base_url,
+        wait=args.wait,
+        drain_command=drain_command(args),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -302,20 +385,23 @@ def main(argv: list[str] | None = None) -> int:
         return _readers()
     try:
         return asyncio.run(run(args))
-    except _EXPECTED as exc:
-        code, message = _failure(exc)
-        print(message, file=sys.stderr)
-        return code
+    except (Exception, KeyboardInterrupt) as exc:  # every failure is one line, never a trace
+        failure = explain(exc, _context(args))
+        if failure.exit == Exit.FAULT and os.environ.get("CARDSVC_LOG_LEVEL") == "debug":
+            traceback.print_exc()
+        print(failure.message, file=sys.stderr)
+        return failure.exit
 
 
 def _readers() -> int:
     try:
         names = list_readers()
-    except CardError as exc:
-        print(f"card: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+    except Exception as exc:
+        failure = explain(exc, Context(command="readers"))
+        print(failure.message, file=sys.stderr)
+        return failure.exit
     print("\n".join(names) if names else "no readers")
-    return 0
+    return Exit.DONE
 
 
 if __name__ == "__main__":

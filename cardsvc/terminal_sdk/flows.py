@@ -8,8 +8,9 @@ reported to ``progress`` so a command line or UI can show it (and a test can act
   personalisation and lock → read back, both keys and the PIN checked on the card →
   activate. If the card cannot be finished, the issued card is cancelled on the service, so
   the person can be issued another.
-- ``visit``: read the card → PIN on the card (VERIFY) → card-auth ``transaction`` (K_txn) →
-  preview → the same card still in the reader → settle through the outbox.
+- ``visit``: the item codes in the catalog (before anything is asked of the holder) → read
+  the card → PIN on the card (VERIFY) → card-auth ``transaction`` (K_txn) → preview → the
+  same card still in the reader → settle through the outbox.
 - ``kiosk``: read the card → card-auth ``identify`` (K_auth, no PIN) → summary (and
   optionally report it lost).
 """
@@ -17,6 +18,7 @@ reported to ``progress`` so a command line or UI can show it (and a test can act
 from __future__ import annotations
 
 import asyncio
+import difflib
 import enum
 import hmac
 import os
@@ -31,6 +33,7 @@ from cardcrypto import profile
 from cardsvc.cards.records import CardRecords
 from cardsvc.terminal_sdk import cardprofile
 from cardsvc.terminal_sdk.client import TerminalClient, TerminalError
+from cardsvc.terminal_sdk.display import yuan
 from cardsvc.terminal_sdk.outbox import Forwarder
 from cardsvc.terminal_sdk.personalise import expected_values, personalisation_commands
 from cardsvc.terminal_sdk.reader import (
@@ -44,6 +47,7 @@ log = structlog.get_logger("cardsvc.terminal_sdk")
 
 
 class Step(enum.StrEnum):
+    ITEMS_CHECKED = "items found in the catalog"
     WAITING_FOR_CARD = "waiting for a card"
     CARD_READ = "card read"
     BLANK_CARD = "blank card found"
@@ -68,8 +72,12 @@ def quiet(step: Step, message: str) -> None:
     del step, message
 
 
-def yuan(fen: int) -> str:
-    return f"¥{fen / 100:,.2f}"
+class UnknownItems(Exception):
+    """Item codes the catalog does not have (``codes``), with the closest known codes."""
+
+    def __init__(self, codes: list[str], suggestions: dict[str, list[str]]) -> None:
+        super().__init__(f"not in the catalog: {', '.join(codes)}")
+        self.codes, self.suggestions = codes, suggestions
 
 
 class FeeLine(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -138,6 +146,32 @@ async def authenticate_card(
         {"auth_id": challenge["auth_id"], "card_sn": info.card_sn, "cryptogram": cryptogram.hex()},
     )
     return verified
+
+
+CODES_PER_REQUEST = 100  # the service's bound on ``code`` in one catalog request
+_SUGGESTIONS_FROM = 1000  # codes with the same first letter looked at for "did you mean"
+
+
+async def check_items(client: TerminalClient, codes: list[str]) -> None:
+    """Every code is in the catalog (``GET /v1/catalog/items``, up to ``CODES_PER_REQUEST``
+    codes a request), else ``UnknownItems``."""
+    wanted = sorted(set(codes))
+    found: set[str] = set()
+    for start in range(0, len(wanted), CODES_PER_REQUEST):
+        batch = wanted[start : start + CODES_PER_REQUEST]
+        query = "&".join(f"code={code}" for code in batch)
+        page = await client.call("GET", f"/v1/catalog/items?{query}&limit={len(batch)}")
+        found |= {item["code"] for item in page["items"]}
+    unknown = [code for code in wanted if code not in found]
+    if unknown:
+        suggestions = {code: await _close_codes(client, code) for code in unknown}
+        raise UnknownItems(unknown, suggestions)
+
+
+async def _close_codes(client: TerminalClient, code: str) -> list[str]:
+    page = await client.call("GET", f"/v1/catalog/items?prefix={code[0]}&limit={_SUGGESTIONS_FROM}")
+    known = [item["code"] for item in page["items"]]
+    return difflib.get_close_matches(code, known, n=3, cutoff=0.6)
 
 
 # ---------------------------------------------------------------------- counter
@@ -224,6 +258,10 @@ async def visit(
     progress: Progress = quiet,
     wait: float = 30.0,
 ) -> VisitResult:
+    await check_items(client, [line.code for line in order.feedetail])
+    progress(
+        Step.ITEMS_CHECKED, ", ".join(f"{line.code} ×{line.quantity}" for line in order.feedetail)
+    )
     info = await present_card(reader, progress, wait)
     await asyncio.to_thread(reader.verify_pin, pin())
     progress(Step.PIN_VERIFIED, "the holder's PIN was accepted by the card")

@@ -79,11 +79,11 @@ class SettlementPending(Exception):
     """No answer yet: the outcome is unknown. The entry stays in the outbox, is retried with
     the same key, and is voided (reversed if it happened) when it cannot be confirmed."""
 
-    def __init__(self, key: str, reason: str) -> None:
+    def __init__(self, key: str, reason: str, kind: Kind = "settle") -> None:
         super().__init__(
             f"no answer for {key} ({reason}): kept in the outbox, retried with the same key"
         )
-        self.key = key
+        self.key, self.reason, self.kind = key, reason, kind
 
 
 # ---------------------------------------------------------------------- pure transitions
@@ -333,7 +333,7 @@ class Forwarder:
             if delay is not None:
                 await asyncio.sleep(delay)
         if entry.kind != kind:  # given up and voided: not this request's answer
-            raise SettlementPending(entry.key, entry.error or "given up")
+            raise SettlementPending(entry.key, entry.error or "given up", kind)
         return _outcome(entry)
 
     async def deliver(self, entry: Entry) -> Entry:
@@ -370,7 +370,7 @@ def _outcome(entry: Entry) -> dict[str, Any]:
         return entry.result
     if entry.status == "refused":
         raise _refusal(entry)
-    raise SettlementPending(entry.key, entry.error or "no answer")
+    raise SettlementPending(entry.key, entry.error or "no answer", entry.kind)
 
 
 def _refusal(entry: Entry) -> TerminalError:

@@ -189,7 +189,7 @@ async def test_clearing_pays_nets_reversals_and_is_idempotent(service: Service, 
 
     future = (today + dt.timedelta(days=1)).isoformat()
     status, body = await service.admin("POST", "/v1/clearing/runs", {"clearing_date": future})
-    assert status == 422 and body["error"]["code"] == "CLEARING_DATE_IN_FUTURE"
+    assert status == 422 and body["error"]["code"] == "CLEARING_DATE_NOT_CLOSED"
     assert (await service.admin_ok("GET", "/v1/ledger/proof"))["ok"]
 
 
@@ -384,3 +384,49 @@ async def test_malformed_queries_are_400(service: Service, path: str):
     assert status == 400, body
     assert body["error"]["code"] in {"INVALID_QUERY", "INVALID_PATH_PARAMETER"}
     assert body["error"]["details"]["parameter"]
+
+
+async def test_clearing_of_today_is_refused_until_the_day_is_over(service: Service, catalog):
+    """Today (Asia/Shanghai) still takes settlements: a run of it would be stored for good
+    and pay none of those that come after it. Refused by the API and the command alike,
+    and nothing is stored."""
+    _code, pos = await _hospital(service)
+    counter = await service.terminal("counter")
+    p = await patient(service, pos, counter, balance=5000)
+    settled = await p.settle("310", "11", lines(("A-AMOX", 1000, 1)))
+    today = clock.business_date()
+    status, body = await service.admin(
+        "POST", "/v1/clearing/runs", {"clearing_date": today.isoformat()}
+    )
+    assert status == 422 and body["error"]["code"] == "CLEARING_DATE_NOT_CLOSED"
+    assert body["error"]["details"]["business_date"] == today.isoformat()
+
+    env = {
+        "DATABASE_URL": service.database_url,
+        "CARDSVC_ADMIN_TOKEN": "x" * 16,
+        "CARDSVC_DATA_KEY": "00" * 32,
+        "PATH": "/usr/bin:/bin",
+    }
+    cli = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "cardsvc", "clearing", "--date", today.isoformat()),
+        env=env,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(cli.communicate(), timeout=60)
+    assert cli.returncode == 1 and out == b""
+    assert err.decode().splitlines()[-1].startswith("clearing: CLEARING_DATE_NOT_CLOSED: ")
+    assert b"Traceback" not in err
+
+    conn = await asyncpg.connect(service.database_url)
+    try:
+        stored = await conn.fetchval(
+            "SELECT count(*) FROM clearing_runs WHERE clearing_date >= $1", today
+        )
+        cleared = await conn.fetchval(
+            "SELECT clearing_date FROM settlements WHERE setl_id = $1", settled["setl_id"]
+        )
+    finally:
+        await conn.close()
+    assert stored == 0 and cleared is None

@@ -292,7 +292,7 @@ async def test_the_administrator_reverses_in_full_once_with_a_reason(world: Worl
     for body in (None, {}, {"reason": ""}, {"reason": "x" * 201}, {"reason": "a\nb"}):
         status, error = await service.admin("POST", path, body)
         assert status == 400, (body, status, error)
-    unknown = f"/v1/settlements/S{dt.date.today():%Y%m%d}{'0' * 20}/admin-reversal"
+    unknown = f"/v1/settlements/S{clock.business_date():%Y%m%d}{'0' * 20}/admin-reversal"
     status, error = await service.admin("POST", unknown, {"reason": "x"})
     assert status == 404 and error["error"]["code"] == "SETTLEMENT_NOT_FOUND"
     assert (await service.admin_ok("GET", f"/v1/settlements/{setl_id}"))["status"] == "settled"

@@ -73,6 +73,7 @@ async def test_visit_settles_with_the_cards_transaction_cryptogram(
     assert setl["acct_pay"] == result.preview["acct_pay"] > 0
     assert await desk.balance(person["psn_no"]) == 50000 - setl["acct_pay"] == setl["balc"]
     assert steps == [
+        flows.Step.ITEMS_CHECKED,
         flows.Step.WAITING_FOR_CARD,
         flows.Step.CARD_READ,
         flows.Step.PIN_VERIFIED,
