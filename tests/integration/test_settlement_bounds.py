@@ -460,7 +460,8 @@ async def test_a_later_policy_lowering_the_limit_holds_no_earlier_settlement(
 
 
 def _forget_policies() -> None:
-    load_params.cache_clear()
+    # load_params keeps its cache: the loaded 2026.1 stays the object every module holds,
+    # and 2099.1 is read from the temporary folder the first time it is asked for.
     cached = getattr(fundparts.settlement_limit, "cache_clear", None)
     if cached is not None:
         cached()

@@ -26,7 +26,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 TOOLS = ("cardsvc.terminal_sdk", "cardsvc.vcard", "cardsvc.devenv")
 OUR_CODE = ("cardsvc", "hsm_stub", "hsmlink", "cardcrypto", "loadtest")
-SDK_MAY_IMPORT = ("cardsvc.cards.records", "cardsvc.persons.certno", "cardsvc.logging")
+SDK_MAY_IMPORT = (
+    "cardsvc.cards.records",
+    "cardsvc.persons.certno",
+    "cardsvc.logging",
+    "cardsvc.clock",  # the business time zone, to show times as people read them
+)
 
 
 @dataclass(frozen=True)
