@@ -37,7 +37,7 @@ from cardsvc import db
 from cardsvc.cards.records import CardRecords
 from cardsvc.devenv import demodata
 from cardsvc.devenv.pcsc import PcscDaemon, PcscError
-from cardsvc.devenv.pgcluster import LocalCluster
+from cardsvc.devenv.pgcluster import ClusterError, LocalCluster
 from cardsvc.vcard.card import personalised_state
 from cardsvc.vcard.state import save
 from hsm_stub.credentials import DEFAULT_HOSTS, make_credentials
@@ -152,16 +152,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     var: Path = args.var.resolve()
     (var / "log").mkdir(parents=True, exist_ok=True)
-    var.chmod(0o755)  # the cluster may run as the postgres user: it must reach var/pgdata
 
     cluster = None
     database_url = os.environ.get("DATABASE_URL")
     if database_url is None:
-        cluster = LocalCluster(var / "pgdata", args.pg_port)
-        if cluster.ensure():
-            print(f"created a PostgreSQL cluster in {cluster.datadir}")
-        cluster.start()
-        cluster.create_database("cardsvc")
+        try:
+            # As root the cluster runs as the postgres user; when it cannot reach var/ (a
+            # checkout in a private folder), var/pgdata links to a folder it can.
+            cluster = LocalCluster(var / "pgdata", args.pg_port)
+            if cluster.ensure():
+                print(f"created a PostgreSQL cluster in {cluster.datadir}")
+            cluster.start()
+            cluster.create_database("cardsvc")
+        except ClusterError as exc:
+            raise SystemExit(f"demo: PostgreSQL did not start: {exc}") from None
         database_url = cluster.url("cardsvc")
     asyncio.run(db.migrate_url(database_url))
 
