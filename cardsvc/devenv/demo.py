@@ -173,9 +173,12 @@ def main(argv: list[str] | None = None) -> int:
     port = os.environ.get("CARDSVC_PORT", "8080")
     hsm_host = os.environ.get("CARDSVC_HSM_HOST", "127.0.0.1")
     hsm_port = os.environ.get("CARDSVC_HSM_PORT", "9510")
-    # The HSM link is mutual TLS: its CA and both certificates, made once and kept.
+    # The HSM link is mutual TLS: its CA and both certificates, made once and kept; the
+    # server certificate is issued again when it does not name CARDSVC_HSM_HOST.
     hsm_tls, _ = make_credentials(
-        var / "secrets" / "hsm-tls", hosts=list(dict.fromkeys([hsm_host, *DEFAULT_HOSTS]))
+        var / "secrets" / "hsm-tls",
+        hosts=list(dict.fromkeys([hsm_host, *DEFAULT_HOSTS])),
+        renew_misnamed=True,
     )
     env = {
         **os.environ,
