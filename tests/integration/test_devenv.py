@@ -4,6 +4,7 @@ failures as one line, not a traceback."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -15,8 +16,13 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from cardsvc.devenv import demodata
 from cardsvc.devenv.pgcluster import ClusterError, LocalCluster
+from cardsvc.terminal_sdk.client import TerminalClient
+from hsm_stub.keystore import KeyType, wrap_key
 from tests.conftest import free_port
+from tests.support.api import Service, issue_card
+from tests.support.hsm import HsmProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -137,3 +143,51 @@ def test_the_demo_says_why_postgres_did_not_start_in_one_line(private_checkout: 
         assert "PostgreSQL" in errors[0] and "already in use" in errors[0]
     finally:
         LocalCluster(private_checkout / "var" / "pgdata", port).destroy()
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_demo_data_from_before_key_kinds_gets_a_counter_that_can_issue(
+    service: Service, hsm: HsmProcess, tmp_path: Path
+):
+    # Demo data loaded before the HSM bound kinds into terminal keys: the counter's blob
+    # carries the bare TERM label, so issuing a card would be 409 TERMINAL_REKEY_REQUIRED.
+    reg = await service.admin_ok("POST", "/v1/terminals", {"kind": "counter"})
+    legacy = wrap_key(bytes.fromhex(hsm.lmk_hex), KeyType.TERM, bytes.fromhex(reg["terminal_key"]))
+    conn = await asyncpg.connect(service.database_url)
+    try:
+        await conn.execute(
+            "UPDATE terminals SET key_under_lmk = $1 WHERE terminal_id = $2",
+            legacy,
+            reg["terminal_id"],
+        )
+    finally:
+        await conn.close()
+    folder = tmp_path / "demo"
+    folder.mkdir()
+    counter = {key: reg[key] for key in ("terminal_id", "terminal_key", "kind", "fixmedins_code")}
+    (folder / "terminals.json").write_text(json.dumps({"counter": counter}))
+    (folder / "loaded.json").write_text(json.dumps({"persons": 4, "demo_card_pin": "123456"}))
+
+    summary = await demodata.load(service.base_url, service.admin_token, folder)
+
+    assert summary["persons"] == 4
+    now = json.loads((folder / "terminals.json").read_text())["counter"]
+    assert now["terminal_id"] != reg["terminal_id"] and now["kind"] == "counter"
+    client = TerminalClient(
+        service.http, service.base_url, now["terminal_id"], bytes.fromhex(now["terminal_key"])
+    )
+    await client.sign_in()
+    person = await service.person()
+    issued = await issue_card(client, person["psn_no"])
+    assert issued.card_no
+    # The old counter is disabled; loading again changes nothing more.
+    conn = await asyncpg.connect(service.database_url)
+    try:
+        status = await conn.fetchval(
+            "SELECT status FROM terminals WHERE terminal_id = $1", reg["terminal_id"]
+        )
+    finally:
+        await conn.close()
+    assert status == "disabled"
+    await demodata.load(service.base_url, service.admin_token, folder)
+    assert json.loads((folder / "terminals.json").read_text())["counter"] == now
