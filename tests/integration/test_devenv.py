@@ -191,3 +191,20 @@ async def test_demo_data_from_before_key_kinds_gets_a_counter_that_can_issue(
     assert status == "disabled"
     await demodata.load(service.base_url, service.admin_token, folder)
     assert json.loads((folder / "terminals.json").read_text())["counter"] == now
+
+
+def test_the_demo_says_the_database_is_unreachable_in_one_line(tmp_path: Path):
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # bound, never listening: connections are refused
+        result = subprocess.run(
+            [sys.executable, "-m", "cardsvc.devenv.demo", "--no-wait", "--var", str(tmp_path)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "DATABASE_URL": f"postgresql://cardsvc:s3cret@127.0.0.1:{port}/x"},
+        )
+    assert result.returncode != 0
+    errors = result.stderr.strip().splitlines()
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "could not apply the migrations" in errors[0] and "s3cret" not in errors[0]
