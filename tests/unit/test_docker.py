@@ -245,3 +245,8 @@ def test_cardsvc_health_check_asks_healthz(compose: dict[str, Any]) -> None:
         thread.join(5)
     assert seen == ["/healthz"]
     assert subprocess.run(probe, check=False, capture_output=True).returncode != 0
+
+
+def test_secrets_and_local_state_stay_out_of_the_build() -> None:
+    ignored = (ROOT / ".dockerignore").read_text().splitlines()
+    assert {".env", "var", ".venv", ".git"} <= set(ignored)
