@@ -1,18 +1,33 @@
+# The service image: cardsvc and hsm_stub, without the terminal SDK's card reader library
+# or the load harness (those are the [terminal] and [loadtest] extras).
 FROM python:3.11-slim-bookworm
-RUN apt-get update && apt-get install -y --no-install-recommends \
-        swig libpcsclite-dev gcc && rm -rf /var/lib/apt/lists/*
+# One user per service: cardsvc runs the HTTP service, hsm runs hsm_stub (its keystore and
+# its TLS key are readable by no one else).
+RUN groupadd --gid 10001 cardsvc \
+    && useradd --uid 10001 --gid cardsvc --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin cardsvc \
+    && groupadd --gid 10002 hsm \
+    && useradd --uid 10002 --gid hsm --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin hsm
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY cardsvc cardsvc
 COPY hsm_stub hsm_stub
 COPY hsmlink hsmlink
 COPY cardcrypto cardcrypto
-COPY loadtest loadtest
 COPY schema schema
+COPY scripts/docker-credentials.sh /usr/local/bin/cardsvc-docker-credentials
 RUN pip install --no-cache-dir -e .
-# Mount points for hsm_stub's keystore and the HSM link's credentials, owned by the user the
-# containers run as, so the named volumes created from them are writable by it.
-RUN mkdir -p /keys /tls && chown nobody /keys /tls && chmod 0700 /keys /tls
-USER nobody
-EXPOSE 8080 9510
+# Mount points, owned by the user that writes them, so the named volumes docker-compose.yml
+# creates on them start with that owner and mode:
+#   /keys                          hsm_stub's keystore
+#   /tls/hsm, /tls/cardsvc         each service's half of the HSM link's credentials
+#   /tls/ca                        the link's CA key (only the one-shot credentials service)
+#   /var/lib/cardsvc/audit-anchors the exported audit anchors (CARDSVC_AUDIT_ANCHOR_DIR)
+RUN install -d -o hsm -g hsm -m 0700 /keys /tls/hsm \
+    && install -d -o cardsvc -g cardsvc -m 0700 /tls/cardsvc /var/lib/cardsvc/audit-anchors \
+    && install -d -o root -g root -m 0700 /tls/ca
+ENV CARDSVC_AUDIT_ANCHOR_DIR=/var/lib/cardsvc/audit-anchors
+USER cardsvc
+EXPOSE 8080
 CMD ["python", "-m", "cardsvc", "serve"]

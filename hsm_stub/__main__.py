@@ -239,7 +239,8 @@ def make_credentials_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="hsm_stub make-credentials",
         description="Make the HSM link's private CA, hsm_stub's server certificate and"
-        " cardsvc's client certificate; files that exist are kept.",
+        " cardsvc's client certificate; files that exist are kept (but with --host, a server"
+        " certificate that does not name every host is issued again).",
     )
     parser.add_argument("--out", type=Path, required=True, help="folder for the files (0700)")
     parser.add_argument(
@@ -250,7 +251,9 @@ def make_credentials_main(argv: list[str]) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        paths, written = make_credentials(args.out, hosts=args.hosts or DEFAULT_HOSTS)
+        paths, written = make_credentials(
+            args.out, hosts=args.hosts or DEFAULT_HOSTS, renew_misnamed=bool(args.hosts)
+        )
     except (CredentialsError, OSError, ValueError) as exc:
         print(f"hsm_stub make-credentials: {exc}", file=sys.stderr)
         return 1

@@ -10,6 +10,10 @@ client certificate, and the TLS contexts of both ends (mutual TLS, TLS 1.3 only)
 
 Keys are EC P-256, PKCS#8 PEM, written with mode 0600 and never overwritten: a file that
 exists is kept, so running the command again changes nothing (delete a pair to renew it).
+One exception, asked for with ``renew_misnamed=True`` (the demo, and ``make-credentials``
+given ``--host``): a server certificate that does not name every host asked for, or a
+certificate this CA did not issue, is issued again (same key) — otherwise changing the
+address cardsvc dials would leave a certificate it must refuse.
 The CA key is only needed to issue certificates; in production keep it offline.
 
 ``server_context`` is hsm_stub's side: it presents ``hsm.pem`` and requires a client
@@ -29,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -75,9 +80,16 @@ class CredentialPaths:
 
 
 def make_credentials(
-    out: Path, *, hosts: Sequence[str] = DEFAULT_HOSTS, ca_name: str = "cardsvc HSM link CA"
+    out: Path,
+    *,
+    hosts: Sequence[str] = DEFAULT_HOSTS,
+    ca_name: str = "cardsvc HSM link CA",
+    renew_misnamed: bool = False,
 ) -> tuple[CredentialPaths, list[Path]]:
-    """Create whatever is missing in ``out``; returns the paths and the files written."""
+    """Create whatever is missing in ``out``; returns the paths and the files written.
+
+    With ``renew_misnamed`` a server certificate that does not cover ``hosts`` (or that
+    another CA issued) is replaced by one that does."""
     paths = CredentialPaths(out)
     out.mkdir(mode=0o700, parents=True, exist_ok=True)
     written: list[Path] = []
@@ -89,6 +101,12 @@ def make_credentials(
         builder = builder.add_extension(_key_usage(ca=True), True)
         _write(paths.ca_cert, _sign(builder, ca_key), 0o644, written)
     ca_cert = x509.load_pem_x509_certificate(paths.ca_cert.read_bytes())
+    if renew_misnamed and paths.server_cert.exists():
+        if not _names_all(paths.server_cert, ca_cert, hosts):
+            paths.server_cert.unlink()  # issued again just below, for the same key
+    if renew_misnamed and paths.client_cert.exists():
+        if not _names_all(paths.client_cert, ca_cert, ()):
+            paths.client_cert.unlink()
     _leaf(paths.server_cert, paths.server_key, "hsm_stub", ca_cert, ca_key, written, hosts=hosts)
     _leaf(paths.client_cert, paths.client_key, CLIENT_COMMON_NAME, ca_cert, ca_key, written)
     return paths, written
@@ -115,6 +133,19 @@ def _leaf(
     if hosts:
         builder = builder.add_extension(x509.SubjectAlternativeName(_sans(hosts)), False)
     _write(cert_path, _sign(builder, ca_key), 0o644, written)
+
+
+def _names_all(cert_path: Path, ca_cert: x509.Certificate, hosts: Sequence[str]) -> bool:
+    """Whether the certificate was issued by ``ca_cert`` and names every one of ``hosts``."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        cert.verify_directly_issued_by(ca_cert)
+        if not hosts:
+            return True
+        named = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (ValueError, TypeError, InvalidSignature, x509.ExtensionNotFound):
+        return False
+    return all(name in named for name in _sans(hosts))
 
 
 def _sans(hosts: Sequence[str]) -> list[x509.GeneralName]:

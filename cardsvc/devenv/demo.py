@@ -31,16 +31,17 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 import msgspec
 
 from cardsvc import db
 from cardsvc.cards.records import CardRecords
 from cardsvc.devenv import demodata
 from cardsvc.devenv.pcsc import PcscDaemon, PcscError
-from cardsvc.devenv.pgcluster import LocalCluster
+from cardsvc.devenv.pgcluster import ClusterError, LocalCluster
 from cardsvc.vcard.card import personalised_state
 from cardsvc.vcard.state import save
-from hsmlink.credentials import DEFAULT_HOSTS, make_credentials
+from hsmlink.credentials import DEFAULT_HOSTS, CredentialsError, make_credentials
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -152,27 +153,43 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     var: Path = args.var.resolve()
     (var / "log").mkdir(parents=True, exist_ok=True)
-    var.chmod(0o755)  # the cluster may run as the postgres user: it must reach var/pgdata
 
     cluster = None
     database_url = os.environ.get("DATABASE_URL")
     if database_url is None:
-        cluster = LocalCluster(var / "pgdata", args.pg_port)
-        if cluster.ensure():
-            print(f"created a PostgreSQL cluster in {cluster.datadir}")
-        cluster.start()
-        cluster.create_database("cardsvc")
+        try:
+            # As root the cluster runs as the postgres user; when it cannot reach var/ (a
+            # checkout in a private folder), var/pgdata links to a folder it can.
+            cluster = LocalCluster(var / "pgdata", args.pg_port)
+            if cluster.ensure():
+                print(f"created a PostgreSQL cluster in {cluster.datadir}")
+            cluster.start()
+            cluster.create_database("cardsvc")
+        except ClusterError as exc:
+            raise SystemExit(f"demo: PostgreSQL did not start: {exc}") from None
         database_url = cluster.url("cardsvc")
-    asyncio.run(db.migrate_url(database_url))
+    try:
+        asyncio.run(db.migrate_url(database_url))
+    except (OSError, asyncpg.PostgresError) as exc:
+        if cluster is not None:
+            cluster.stop()
+        # Not the URL itself: a DATABASE_URL may carry a password.
+        raise SystemExit(f"demo: could not apply the migrations to the database: {exc}") from None
 
     host = os.environ.get("CARDSVC_HOST", "127.0.0.1")
     port = os.environ.get("CARDSVC_PORT", "8080")
     hsm_host = os.environ.get("CARDSVC_HSM_HOST", "127.0.0.1")
     hsm_port = os.environ.get("CARDSVC_HSM_PORT", "9510")
-    # The HSM link is mutual TLS: its CA and both certificates, made once and kept.
-    hsm_tls, _ = make_credentials(
-        var / "secrets" / "hsm-tls", hosts=list(dict.fromkeys([hsm_host, *DEFAULT_HOSTS]))
-    )
+    # The HSM link is mutual TLS: its CA and both certificates, made once and kept; the
+    # server certificate is issued again when it does not name CARDSVC_HSM_HOST.
+    try:
+        hsm_tls, _ = make_credentials(
+            var / "secrets" / "hsm-tls",
+            hosts=list(dict.fromkeys([hsm_host, *DEFAULT_HOSTS])),
+            renew_misnamed=True,
+        )
+    except (CredentialsError, OSError, ValueError) as exc:
+        raise SystemExit(f"demo: the HSM link's credentials: {exc}") from None
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
@@ -222,7 +239,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         base_url = f"http://{host}:{port}"
         asyncio.run(_wait_healthy(base_url))
-        summary = asyncio.run(demodata.load(base_url, env["CARDSVC_ADMIN_TOKEN"], var / "demo"))
+        try:
+            summary = asyncio.run(demodata.load(base_url, env["CARDSVC_ADMIN_TOKEN"], var / "demo"))
+        except (RuntimeError, aiohttp.ClientError, OSError) as exc:
+            raise SystemExit(f"demo: loading the demo data failed: {exc}") from None
         reader.start(env)
         if reader.card is not None:
             children.append(reader.card)
@@ -274,6 +294,7 @@ def _print_banner(
     summary: dict[str, Any],
     reader_lines: list[str],
 ) -> None:
+    shown = {key: value for key, value in summary.items() if key != demodata.KINDS_BOUND}
     print(
         "\n".join(
             [
@@ -284,7 +305,7 @@ def _print_banner(
                 f" {var / 'secrets' / 'hsm-tls'})",
                 f"  PostgreSQL    {database_url}",
                 f"  admin token   {env['CARDSVC_ADMIN_TOKEN']}",
-                f"  demo data     {json.dumps(summary, ensure_ascii=False)}",
+                f"  demo data     {json.dumps(shown, ensure_ascii=False)}",
                 f"  terminal keys {var / 'demo' / 'terminals.json'}",
                 f"  logs          {var / 'log'}",
                 *reader_lines,

@@ -21,6 +21,9 @@ from cardsvc.terminal_sdk.client import TerminalClient
 
 REGION = "320200"
 DEMO_PIN = "123456"
+# Set in loaded.json once every demo terminal's key is bound to its kind in the HSM: demo
+# data loaded before carries a counter key that can no longer receive card keys.
+KINDS_BOUND = "terminal_keys_kind_bound"
 
 FACILITIES = [
     {
@@ -105,6 +108,10 @@ async def load(base_url: str, admin_token: str, folder: Path) -> dict[str, Any]:
     marker = folder / "loaded.json"
     if marker.exists():
         loaded: dict[str, Any] = json.loads(marker.read_text())
+        if not loaded.get(KINDS_BOUND):
+            await rekey_counter(base_url, admin_token, folder)
+            loaded[KINDS_BOUND] = True
+            marker.write_text(json.dumps(loaded, ensure_ascii=False))
         return loaded
     folder.mkdir(parents=True, exist_ok=True)
     async with aiohttp.ClientSession() as http:
@@ -124,9 +131,36 @@ async def load(base_url: str, admin_token: str, folder: Path) -> dict[str, Any]:
         "demo_psn_no": psn_nos[0],
         "demo_card_no": card["card_no"],
         "demo_card_pin": DEMO_PIN,
+        KINDS_BOUND: True,
     }
     marker.write_text(json.dumps(summary, ensure_ascii=False))
     return summary
+
+
+async def rekey_counter(base_url: str, admin_token: str, folder: Path) -> str:
+    """Register a new demo counter and disable the old one; returns the new terminal id.
+
+    A counter key made before the HSM bound kinds into keys signs in but cannot receive
+    card keys (``409 TERMINAL_REKEY_REQUIRED`` on issuing): a new registration carries the
+    kind. The demo card, issued before, stays valid (its keys come from the region's)."""
+    path = folder / "terminals.json"
+    terminals = json.loads(path.read_text())
+    old = terminals["counter"]["terminal_id"]
+    async with aiohttp.ClientSession() as http:
+        admin = _Admin(http, base_url, admin_token)
+        reg = await admin.call("POST", "/v1/terminals", {"kind": "counter"})
+        await admin.call("PATCH", f"/v1/terminals/{old}", {"status": "disabled"})
+    terminals["counter"] = {
+        "terminal_id": reg["terminal_id"],
+        "terminal_key": reg["terminal_key"],
+        "kind": reg["kind"],
+        "fixmedins_code": reg["fixmedins_code"],
+    }
+    _write_private(path, terminals)
+    print(
+        f"re-registered the demo counter (its key predates key kinds): {old} → {reg['terminal_id']}"
+    )
+    return str(reg["terminal_id"])
 
 
 async def _persons(admin: _Admin) -> list[str]:
