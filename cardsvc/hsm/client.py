@@ -411,7 +411,7 @@ class HsmClient:
         started = time.perf_counter()
         try:
             frame = await self._exchange(command, encode_payload(request))
-        except HsmError:
+        except (HsmUnavailable, HsmError):  # no answer, no connection, a broken link
             metrics.observe_hsm_call(command.name, "unavailable", None)
             raise
         # result: the HSM's status by name (ok, verification_failed, key_error, ...)
