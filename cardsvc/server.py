@@ -112,12 +112,15 @@ def _metrics_folder() -> Path:
 
 
 def _reexec() -> NoReturn:
+    """``python -m cardsvc serve`` again, in this process, with the environment as it is now
+    (the settings are read from it again)."""
     sys.stdout.flush()
-    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])  # noqa: S606  # noqa: S606 - this command
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "cardsvc", "serve"])  # noqa: S606  # noqa: S606 - this command
 
 
 def serve(settings: Settings) -> int:
-    if settings.workers > 1:
+    if settings.workers > 1 or os.environ.get(MULTIPROC_ENV):
         _metrics_folder()
     check_port(settings.host, settings.port)
     asyncio.run(prepare(settings))

@@ -72,6 +72,12 @@ def test_an_unreadable_secret_file_is_one_line(settings: Settings, tmp_path: Pat
     assert "CARDSVC_ADMIN_TOKEN_FILE" in _one_line(result)
 
 
+def test_a_missing_hsm_key_file_is_one_line(settings: Settings, tmp_path: Path):
+    missing = tmp_path / "client.key"
+    result = _serve(settings, CARDSVC_HSM_KEY_FILE=str(missing))
+    assert str(missing) in _one_line(result)
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [
