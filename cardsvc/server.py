@@ -116,7 +116,7 @@ def _reexec() -> NoReturn:
     (the settings are read from it again)."""
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(sys.executable, [sys.executable, "-m", "cardsvc", "serve"])  # noqa: S606  # noqa: S606 - this command
+    os.execv(sys.executable, [sys.executable, "-m", "cardsvc", "serve"])  # noqa: S606
 
 
 def serve(settings: Settings) -> int:

@@ -19,14 +19,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+import asyncpg
 import msgspec
 import pytest
 import pytest_asyncio
 from aiohttp import web
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from cardsvc.app import create_app
 from cardsvc.config import Settings
+from cardsvc.ops import metrics
+from cardsvc.ops.services import Health, pool_waiting
 from tests.conftest import free_port
 from tests.support.api import POLICY_CATALOG, REGION, Service, lines, patient
 from tests.support.hsm import HsmProcess, hsm_env
@@ -353,3 +357,23 @@ async def test_the_api_browser_renders_in_a_headless_browser(service: Service, t
         check=False,
     )
     assert shot.exists() and shot.stat().st_size > 10_000
+
+
+async def test_the_pool_gauges_count_connections_in_use_and_waiting(database_url: str):
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=1)
+    try:
+        health = Health(pool, None)  # the HSM is not asked here
+        async with pool.acquire():
+            waiter = asyncio.create_task(pool.fetchval("SELECT 1"))
+            await asyncio.sleep(0.1)
+            assert pool_waiting(pool) == 1
+            health.sample_pool()
+            text = generate_latest(metrics.REGISTRY).decode()
+            assert _sample(text, "cardsvc_db_pool_connections_in_use") == 1.0
+            assert _sample(text, "cardsvc_db_pool_waiting") == 1.0
+        assert await waiter == 1
+        health.sample_pool()
+        text = generate_latest(metrics.REGISTRY).decode()
+        assert _sample(text, "cardsvc_db_pool_waiting") == 0.0
+    finally:
+        await pool.close()
