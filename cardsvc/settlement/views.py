@@ -55,6 +55,7 @@ async def get(request: web.Request) -> web.Response:
 @terminal(*SETTLING_TERMINALS)
 async def reverse(request: web.Request) -> web.Response:
     setl_id = path_param(request, "setl_id")
+    structlog.contextvars.bind_contextvars(setl_id=setl_id)
     req = await read_json(request, ReverseRequest, default=ReverseRequest())
     reversal = await request.app[SERVICES].settlements.reverse(request[CALLER], setl_id, req.reason)
     return json_response(reversal)
@@ -64,6 +65,7 @@ async def reverse(request: web.Request) -> web.Response:
 async def admin_reverse(request: web.Request) -> web.Response:
     """The same full reversal as the facility's, by the administrator, with a reason."""
     setl_id = path_param(request, "setl_id")
+    structlog.contextvars.bind_contextvars(setl_id=setl_id)
     req = await read_json(request, AdminReversalRequest)
     reversal = await request.app[SERVICES].settlements.reverse(request[CALLER], setl_id, req.reason)
     return json_response(reversal)
