@@ -208,6 +208,33 @@ async def test_log_lines_carry_the_refusal_code_and_the_settlement_id(
     assert _sample(text, "cardsvc_dependency_up", dependency="database") == 1.0
 
 
+def _children(pid: int) -> set[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
+    return {int(p) for p in out.stdout.split()}
+
+
+async def test_a_dead_workers_gauges_go_and_its_counts_stay(two_workers: Served):
+    folder = _metrics_folder(two_workers.process.pid)
+    _, body, _ = await _get(two_workers.url + "/metrics")
+    labels = {"method": "GET", "route": "/healthz", "status": "200"}
+    before = _sample(body.decode(), "cardsvc_http_requests_total", **labels)
+    assert before
+    victim = min(_children(two_workers.process.pid))
+    assert list(folder.glob(f"gauge_live*_{victim}.db"))
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        now = _children(two_workers.process.pid)
+        if len(now) == 2 and victim not in now:
+            break
+        await asyncio.sleep(0.1)
+    _wait_ready(two_workers.url)
+    assert not list(folder.glob(f"gauge_live*_{victim}.db"))  # mark_process_dead
+    _, body, _ = await _get(two_workers.url + "/metrics")
+    # The dead worker's requests are still counted (a counter never goes back).
+    assert (_sample(body.decode(), "cardsvc_http_requests_total", **labels) or 0) >= before
+
+
 async def test_the_metrics_folder_is_removed_on_stop(settings: Settings, two_workers: Served):
     folder = _metrics_folder(two_workers.process.pid)
     assert folder.is_dir()
