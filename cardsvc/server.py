@@ -46,6 +46,10 @@ log = structlog.get_logger(__name__)
 
 SHUTDOWN_TIMEOUT = 10.0  # seconds a worker waits for in-flight requests when told to stop
 RESPAWN_PAUSE = 0.5  # between restarts of a crashing worker, so a crash loop does not spin
+# A worker that dies this soon after it was started failed to start; this many such deaths in
+# a row and the supervisor stops instead of restarting workers forever.
+FAILED_START_WINDOW = 5.0
+FAILED_STARTS_LIMIT = 5
 
 
 # Set (to the folder) when this supervisor made the metrics folder itself and must remove it.
@@ -126,9 +130,22 @@ def serve(settings: Settings) -> int:
     asyncio.run(prepare(settings))
     if settings.workers <= 1:
         print(f"cardsvc listening on http://{settings.host}:{settings.port}", flush=True)
-        _run_worker(settings, reuse_port=False)
+        try:
+            _run_worker(settings, reuse_port=False)
+        except Exception as exc:
+            if _unavailable(exc):  # a dependency gone since prepare: no traceback for that
+                raise StartupError(f"the service could not start: {_described(exc)}") from None
+            raise
         return 0
     return _supervise(settings)
+
+
+def _unavailable(exc: BaseException) -> bool:
+    return isinstance(exc, Exception) and db.as_service_error(exc) is not None
+
+
+def _described(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _run_worker(settings: Settings, *, reuse_port: bool) -> None:
@@ -154,16 +171,22 @@ def _spawn(settings: Settings) -> int:
         code = 0
         try:
             _run_worker(settings, reuse_port=True)
-        except BaseException:
-            log.exception("worker_failed")
+        except BaseException as exc:
+            if _unavailable(exc):  # the database gone, say: one line, no traceback
+                log.error("worker_failed", error=_described(exc))
+            else:
+                log.exception("worker_failed")
             code = 1
         os._exit(code)
     return pid
 
 
 def _supervise(settings: Settings) -> int:
-    workers = {_spawn(settings) for _ in range(settings.workers)}
+    started = {_spawn(settings): time.monotonic() for _ in range(settings.workers)}
+    workers = set(started)
     stopping = False
+    failed_starts = 0
+    gave_up = False
 
     def stop(signum: int, frame: FrameType | None) -> None:
         nonlocal stopping
@@ -185,11 +208,25 @@ def _supervise(settings: Settings) -> int:
         pid, status = os.wait()
         workers.discard(pid)
         multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+        lived = time.monotonic() - started.pop(pid, 0.0)
+        if not stopping:
+            failed_starts = failed_starts + 1 if lived < FAILED_START_WINDOW else 0
+            gave_up = failed_starts >= FAILED_STARTS_LIMIT
+            if gave_up:
+                log.error("workers_keep_failing", failed_starts=failed_starts)
+                stop(signal.SIGTERM, None)
         if not stopping:
             log.warning("worker_died", pid=pid, status=status)
             time.sleep(RESPAWN_PAUSE)
-            workers.add(_spawn(settings))
+            new = _spawn(settings)
+            started[new] = time.monotonic()
+            workers.add(new)
     owned = os.environ.get(_OWNED_METRICS_ENV)
     if owned and owned == os.environ.get(MULTIPROC_ENV):
         shutil.rmtree(owned, ignore_errors=True)
+    if gave_up:
+        raise StartupError(
+            f"workers keep failing to start ({failed_starts} in a row within"
+            f" {FAILED_START_WINDOW:g} s): see the 'worker_failed' log lines"
+        )
     return 0

@@ -126,3 +126,21 @@ def test_a_database_that_refuses_is_one_line_at_once(settings: Settings):
     line = _one_line(result)
     assert "refused the connection" in line and "no_such_database" in line
     assert time.monotonic() - started < 20  # not retried: waiting does not cure it
+
+
+def test_workers_that_keep_failing_to_start_stop_the_service_in_one_line(settings: Settings):
+    """The checks before the workers pass, but every worker fails as it starts (a pool larger
+    than the server's max_connections): no restarting forever, no traceback."""
+    started = time.monotonic()
+    result = _serve(
+        settings,
+        timeout=120,
+        CARDSVC_WORKERS="2",
+        CARDSVC_DB_POOL_MIN="300",
+        CARDSVC_DB_POOL_MAX="300",
+    )
+    line = _one_line(result)
+    assert result.returncode == 1 and "workers keep failing to start" in line
+    assert time.monotonic() - started < 90
+    failures = [ln for ln in result.stdout.splitlines() if '"worker_failed"' in ln]
+    assert len(failures) >= 5 and all("TooManyConnectionsError" in ln for ln in failures)
