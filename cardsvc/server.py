@@ -188,12 +188,18 @@ def _supervise(settings: Settings) -> int:
     failed_starts = 0
     gave_up = False
 
-    def stop(signum: int, frame: FrameType | None) -> None:
+    def stop(
+        signum: int, frame: FrameType | None, *, starting: signal.Signals | None = None
+    ) -> None:
+        """SIGTERM every worker (each drains its requests); with ``starting``, that signal to
+        the workers still within their start instead (they have nothing to drain)."""
         nonlocal stopping
         stopping = True
+        now = time.monotonic()
         for pid in workers:
+            young = now - started.get(pid, 0.0) < FAILED_START_WINDOW
             try:
-                os.kill(pid, signal.SIGTERM)
+                os.kill(pid, starting if starting and young else signal.SIGTERM)
             except ProcessLookupError:
                 pass
 
@@ -214,7 +220,7 @@ def _supervise(settings: Settings) -> int:
             gave_up = failed_starts >= FAILED_STARTS_LIMIT
             if gave_up:
                 log.error("workers_keep_failing", failed_starts=failed_starts)
-                stop(signal.SIGTERM, None)
+                stop(signal.SIGTERM, None, starting=signal.SIGKILL)
         if not stopping:
             log.warning("worker_died", pid=pid, status=status)
             time.sleep(RESPAWN_PAUSE)
