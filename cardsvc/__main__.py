@@ -21,6 +21,7 @@ from cardsvc.errors import CardsvcError
 from cardsvc.hsm.tls import hsm_client
 from cardsvc.ledger.services import Ledger, LedgerProof
 from cardsvc.logging import configure_logging
+from cardsvc.server import StartupError
 from cardsvc.services import audit_anchors
 
 
@@ -148,13 +149,14 @@ def main(argv: list[str] | None = None) -> int:
         new_key = None
         if args.command == "rotate-data-key":
             new_key = read_data_key_file(args.new_key_file, "--new-key-file")
-    except ConfigError as exc:
-        parser.error(str(exc))
+    except ConfigError as exc:  # one line, no usage text: the settings are what is wrong
+        sys.stderr.write(f"cardsvc: {exc}\n")
+        return 2
     stream = sys.stdout if args.command == "serve" else sys.stderr
     configure_logging(settings.log_format, settings.log_level, stream)
     try:
         return _run(args, settings, new_key)
-    except datakey.DataKeyError as exc:
+    except (datakey.DataKeyError, StartupError) as exc:
         sys.stderr.write(f"cardsvc: {exc}\n")
         return 1
 

@@ -17,6 +17,7 @@ from cardsvc import db
 from cardsvc.config import Settings
 from cardsvc.datakey import services as datakey
 from cardsvc.hsm.tls import hsm_client
+from cardsvc.ops.services import Health
 from cardsvc.routes import setup_routes
 from cardsvc.services import build_services
 from cardsvc.terminals.admission import fence_after_crash
@@ -86,6 +87,15 @@ async def _audit_anchoring(app: web.Application) -> AsyncIterator[None]:
         await task
 
 
+async def _monitoring(app: web.Application) -> AsyncIterator[None]:
+    """Event-loop lag, pool use and dependency health for the gauges (cardsvc/ops)."""
+    task = asyncio.create_task(Health(app[POOL], app[HSM]).monitor())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         middlewares=[middleware.request_context, middleware.errors],
@@ -93,5 +103,6 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app.cleanup_ctx.extend([_database, _data_key, _hsm, _services, _housekeeping, _audit_anchoring])
+    app.cleanup_ctx.append(_monitoring)
     setup_routes(app)
     return app

@@ -42,6 +42,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     db_pool_min: int = 2
     db_pool_max: int = 10
     db_command_timeout: float = 5.0
+    # At start, how long (seconds, in all) to keep trying a database that does not answer.
+    db_connect_timeout: float = 30.0
     # Bound on a whole request, waiting for a pooled connection included: past it the
     # caller gets 503 REQUEST_TIMEOUT (a settle retried with its key is then safe).
     request_timeout: float = 10.0
@@ -82,7 +84,12 @@ def _secret(env: Mapping[str, str], name: str) -> str | None:
         return env[name]
     path = env.get(f"{name}_FILE")
     if path:
-        return Path(path).read_text().strip()
+        try:
+            return Path(path).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"{name}_FILE: cannot read {path}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{name}_FILE: {path} is not a text file") from None
     return None
 
 
@@ -127,8 +134,39 @@ def read_data_key_file(path: Path, name: str) -> bytes:
     return _data_key(raw, name)
 
 
+_LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+_LOG_FORMATS = ("json", "console")
+
+
+def _checked(settings: Settings) -> Settings:
+    """Values that parse but cannot work, refused at start with the variable's name."""
+    if not 0 < settings.port < 65536:
+        raise ConfigError(f"CARDSVC_PORT must be between 1 and 65535, got {settings.port}")
+    if settings.workers < 1:
+        raise ConfigError(f"CARDSVC_WORKERS must be at least 1, got {settings.workers}")
+    if settings.log_level.lower() not in _LOG_LEVELS:
+        raise ConfigError(
+            f"CARDSVC_LOG_LEVEL must be one of {', '.join(_LOG_LEVELS)}, got {settings.log_level!r}"
+        )
+    if settings.log_format not in _LOG_FORMATS:
+        raise ConfigError(
+            f"CARDSVC_LOG_FORMAT must be json or console, got {settings.log_format!r}"
+        )
+    if not 0 <= settings.db_pool_min <= settings.db_pool_max or settings.db_pool_max < 1:
+        raise ConfigError(
+            "CARDSVC_DB_POOL_MAX must be at least 1 and CARDSVC_DB_POOL_MIN at most it"
+        )
+    if settings.db_connect_timeout < 0:
+        raise ConfigError("CARDSVC_DB_CONNECT_TIMEOUT must not be negative")
+    return settings
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if env is None else env
+    return _checked(_load(env))
+
+
+def _load(env: Mapping[str, str]) -> Settings:
     token = _secret(env, "CARDSVC_ADMIN_TOKEN")
     if not token or len(token) < 16:
         raise ConfigError("CARDSVC_ADMIN_TOKEN must be set, at least 16 characters")
@@ -150,6 +188,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         db_pool_min=_int(env, "CARDSVC_DB_POOL_MIN", defaults.db_pool_min),
         db_pool_max=_int(env, "CARDSVC_DB_POOL_MAX", defaults.db_pool_max),
         db_command_timeout=_float(env, "CARDSVC_DB_COMMAND_TIMEOUT", defaults.db_command_timeout),
+        db_connect_timeout=_float(env, "CARDSVC_DB_CONNECT_TIMEOUT", defaults.db_connect_timeout),
         request_timeout=_float(env, "CARDSVC_REQUEST_TIMEOUT", defaults.request_timeout),
         long_request_timeout=_float(
             env, "CARDSVC_LONG_REQUEST_TIMEOUT", defaults.long_request_timeout

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import structlog
@@ -158,6 +159,68 @@ async def migrate(conn: Connection, directory: Path = MIGRATIONS_DIR) -> list[st
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
     return applied
+
+
+class DatabaseNotReached(Exception):
+    """No connection at start: the message says where (never the password) and why."""
+
+
+# At start these are worth waiting out (the server is not up yet, or starting, or full).
+_RETRY_AT_START: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+)
+
+
+def where(database_url: str) -> str:
+    """``host:port/database`` of a URL, for messages: no user, no password."""
+    parts = urlsplit(database_url)
+    host = parts.hostname or "localhost"
+    return f"{host}:{parts.port or 5432}{parts.path or ''}"
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+async def connect_with_retry(
+    database_url: str,
+    *,
+    within: float,
+    every: float = 1.0,
+    progress: Callable[[int, str, float], None] | None = None,
+) -> Connection:
+    """One connection, trying every ``every`` seconds for ``within`` seconds in all while the
+    server cannot be reached; ``DatabaseNotReached`` then, or at once for a refusal that
+    waiting does not cure (wrong password, no such database)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    attempt = 0
+    while True:
+        attempt += 1
+        left = deadline - loop.time()
+        try:
+            conn: Connection = await asyncpg.connect(database_url, timeout=max(1.0, min(left, 10)))
+            return conn
+        except _RETRY_AT_START as exc:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise DatabaseNotReached(
+                    f"cannot reach the database at {where(database_url)} after {within:g} s:"
+                    f" {_reason(exc)} (is PostgreSQL running? is DATABASE_URL right?)"
+                ) from None
+            if progress is not None:
+                progress(attempt, _reason(exc), left)
+            await asyncio.sleep(min(every, left))
+        except asyncpg.PostgresError as exc:
+            raise DatabaseNotReached(
+                f"the database at {where(database_url)} refused the connection: {_reason(exc)}"
+            ) from None
 
 
 async def migrate_url(database_url: str) -> list[str]:

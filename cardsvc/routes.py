@@ -29,6 +29,9 @@ def setup_routes(app: web.Application) -> None:
             web.get("/healthz", ops.healthz),
             web.get("/readyz", ops.readyz),
             web.get("/metrics", ops.prometheus),
+            web.get("/openapi.yaml", ops.openapi),
+            web.get("/docs", ops.docs),
+            web.get("/docs/{asset}", ops.docs_asset),
             # administration
             web.post("/v1/persons", persons.create),
             web.get("/v1/persons/{psn_no}", persons.get),

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import ssl
+import time
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ from cardsvc.hsm.errors import (
     HsmRejected,
     HsmUnavailable,
 )
+from cardsvc.ops import metrics
 from hsmlink.protocol import (
     HEADER_LEN,
     AuditAnchorMacRequest,
@@ -406,7 +408,15 @@ class HsmClient:
         return True
 
     async def _call(self, command: Command, request: Payload, response_type: type[R]) -> R:
-        frame = await self._exchange(command, encode_payload(request))
+        started = time.perf_counter()
+        try:
+            frame = await self._exchange(command, encode_payload(request))
+        except (HsmUnavailable, HsmError):  # no answer, no connection, a broken link
+            metrics.observe_hsm_call(command.name, "unavailable", None)
+            raise
+        # result: the HSM's status by name (ok, verification_failed, key_error, ...)
+        seconds = time.perf_counter() - started
+        metrics.observe_hsm_call(command.name, frame.status.name.lower(), seconds)
         if frame.command != command:
             raise HsmError("HSM answered another command")
         if frame.status is Status.OK:

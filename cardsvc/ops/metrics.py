@@ -1,9 +1,29 @@
-"""Prometheus metrics: the HTTP edge (labels use route templates, never raw paths) and the
-settlement races that the optimistic write lost."""
+"""Prometheus metrics: the HTTP edge (labels use route templates, never raw paths), errors by
+code, settlements by outcome, the HSM calls, the database pool, the event loop and the
+dependencies' health.
+
+With several worker processes (``CARDSVC_WORKERS``) the supervisor gives every worker the same
+private ``PROMETHEUS_MULTIPROC_DIR`` before anything is imported (see ``cardsvc/server.py``):
+each worker then writes its values to memory-mapped files there, and a scrape of any worker
+adds up the files of all of them (``exposition``). Gauges say how they combine: pool use adds
+up over the live workers, the event loop's lag is the worst live worker's, a dependency is up
+only if every live worker reaches it.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import os
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 REGISTRY = CollectorRegistry()
 
@@ -20,7 +40,20 @@ LATENCY = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
     registry=REGISTRY,
 )
+ERRORS = Counter(
+    "cardsvc_http_errors",
+    "Refused or failed requests (4xx and 5xx) by status and error code",
+    ["status", "code"],
+    registry=REGISTRY,
+)
 
+SETTLEMENTS = Counter(
+    "cardsvc_settlements",
+    "POST /v1/settlements answers: outcome 'settled' (with an idempotent retry's answer), or"
+    " 'refused' with the refusal's error code",
+    ["outcome", "code"],
+    registry=REGISTRY,
+)
 SETTLEMENT_RACES_LOST = Counter(
     "cardsvc_settlement_races_lost",
     "Settlement writes that found the person's account changed since their read (retried)",
@@ -45,11 +78,78 @@ AUDIT_LAST_ANCHOR_AGE = Gauge(
     multiprocess_mode="livemin",
 )
 
+HSM_CALLS = Counter(
+    "cardsvc_hsm_calls",
+    "HSM commands by command and result: the HSM's status by name (ok, verification_failed,"
+    " key_error, unknown_region, ...) or unavailable (no answer in time, no connection)",
+    ["command", "result"],
+    registry=REGISTRY,
+)
+HSM_LATENCY = Histogram(
+    "cardsvc_hsm_call_seconds",
+    "HSM command latency (answered calls)",
+    ["command"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+    registry=REGISTRY,
+)
+
+DB_POOL_IN_USE = Gauge(
+    "cardsvc_db_pool_connections_in_use",
+    "Database connections handed out by the pools (all live workers)",
+    registry=REGISTRY,
+    multiprocess_mode="livesum",
+)
+DB_POOL_SIZE = Gauge(
+    "cardsvc_db_pool_connections",
+    "Database connections open in the pools (all live workers)",
+    registry=REGISTRY,
+    multiprocess_mode="livesum",
+)
+DB_POOL_WAITING = Gauge(
+    "cardsvc_db_pool_waiting",
+    "Requests waiting for a pooled database connection (all live workers)",
+    registry=REGISTRY,
+    multiprocess_mode="livesum",
+)
+EVENT_LOOP_LAG = Gauge(
+    "cardsvc_event_loop_lag_seconds",
+    "How late the event loop ran a timer at the last check (worst live worker)",
+    registry=REGISTRY,
+    multiprocess_mode="livemax",
+)
+DEPENDENCY_UP = Gauge(
+    "cardsvc_dependency_up",
+    "1 if the dependency answered at the last check, else 0 (worst live worker)",
+    ["dependency"],
+    registry=REGISTRY,
+    multiprocess_mode="livemin",
+)
+
 
 def observe_request(method: str, route: str, status: int, seconds: float) -> None:
     REQUESTS.labels(method, route, str(status)).inc()
     LATENCY.labels(method, route).observe(seconds)
 
 
+def observe_error(status: int, code: str) -> None:
+    ERRORS.labels(str(status), code).inc()
+
+
+def observe_hsm_call(command: str, result: str, seconds: float | None) -> None:
+    HSM_CALLS.labels(command, result).inc()
+    if seconds is not None:
+        HSM_LATENCY.labels(command).observe(seconds)
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
 def exposition() -> bytes:
-    return generate_latest(REGISTRY)
+    """The text exposition: every worker's values when several share a multiprocess folder,
+    else this process's."""
+    if multiprocess_dir() is None:
+        return generate_latest(REGISTRY)
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return generate_latest(registry)

@@ -2,9 +2,11 @@ from __future__ import annotations
 
 import re
 
+import structlog
 from aiohttp import web
 
-from cardsvc.errors import InvalidRequest
+from cardsvc.errors import CardsvcError, InvalidRequest
+from cardsvc.ops import metrics
 from cardsvc.settlement.models import AdminReversalRequest, ReverseRequest, SettleRequest
 from cardsvc.web.appkeys import CALLER, SERVICES
 from cardsvc.web.auth import admin_only, admin_or_terminal, terminal
@@ -32,9 +34,15 @@ async def preview(request: web.Request) -> web.Response:
 
 @terminal(*SETTLING_TERMINALS, admit_in_handler=True)
 async def settle(request: web.Request) -> web.Response:
-    key = _idempotency_key(request)
-    req = await read_json(request, SettleRequest)
-    result = await request.app[SERVICES].settlements.settle(request[CALLER], key, req)
+    try:
+        key = _idempotency_key(request)
+        req = await read_json(request, SettleRequest)
+        result = await request.app[SERVICES].settlements.settle(request[CALLER], key, req)
+    except CardsvcError as exc:
+        metrics.SETTLEMENTS.labels("refused", exc.code).inc()
+        raise
+    metrics.SETTLEMENTS.labels("settled", "").inc()
+    structlog.contextvars.bind_contextvars(setl_id=result.setl_id)  # on the request's log line
     return json_response(result)
 
 
@@ -47,6 +55,7 @@ async def get(request: web.Request) -> web.Response:
 @terminal(*SETTLING_TERMINALS)
 async def reverse(request: web.Request) -> web.Response:
     setl_id = path_param(request, "setl_id")
+    structlog.contextvars.bind_contextvars(setl_id=setl_id)
     req = await read_json(request, ReverseRequest, default=ReverseRequest())
     reversal = await request.app[SERVICES].settlements.reverse(request[CALLER], setl_id, req.reason)
     return json_response(reversal)
@@ -56,6 +65,7 @@ async def reverse(request: web.Request) -> web.Response:
 async def admin_reverse(request: web.Request) -> web.Response:
     """The same full reversal as the facility's, by the administrator, with a reason."""
     setl_id = path_param(request, "setl_id")
+    structlog.contextvars.bind_contextvars(setl_id=setl_id)
     req = await read_json(request, AdminReversalRequest)
     reversal = await request.app[SERVICES].settlements.reverse(request[CALLER], setl_id, req.reason)
     return json_response(reversal)

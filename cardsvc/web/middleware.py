@@ -36,6 +36,9 @@ _HTTP_CODES = {
 def _error_response(
     status: int, code: str, message: str, details: dict[str, Any] | None = None
 ) -> web.Response:
+    # The request's log line (request_context) carries the code, and so does the metric.
+    structlog.contextvars.bind_contextvars(error_code=code)
+    metrics.observe_error(status, code)
     return web.Response(
         body=error_body(code, message, details), status=status, content_type="application/json"
     )

@@ -42,6 +42,7 @@ SAMPLES = {
     "card_no": "A00000000",
     "setl_id": SETL,
     "clearing_date": "2000-01-01",
+    "asset": "swagger-ui.css",
 }
 DEFAULT_SAMPLE = "x1"
 _GROUP = re.compile(r"\(\?P<(?P<name>\w+)>(?P<pattern>[^()]*)\)")

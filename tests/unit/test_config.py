@@ -21,11 +21,19 @@ def test_defaults_and_overrides():
         ({**BASE, "CARDSVC_DATA_KEY": "zz"}, "hex"),
         ({**BASE, "CARDSVC_DATA_KEY": "00" * 16}, "32 bytes"),
         ({**BASE, "CARDSVC_PORT": "eighty"}, "CARDSVC_PORT"),
+        ({**BASE, "CARDSVC_PORT": "0"}, "CARDSVC_PORT"),
+        ({**BASE, "CARDSVC_WORKERS": "0"}, "CARDSVC_WORKERS"),
+        ({**BASE, "CARDSVC_LOG_LEVEL": "verbose"}, "CARDSVC_LOG_LEVEL"),
+        ({**BASE, "CARDSVC_LOG_FORMAT": "text"}, "CARDSVC_LOG_FORMAT"),
+        ({**BASE, "CARDSVC_DB_POOL_MIN": "5", "CARDSVC_DB_POOL_MAX": "2"}, "CARDSVC_DB_POOL"),
+        ({**BASE, "CARDSVC_DB_CONNECT_TIMEOUT": "-1"}, "CARDSVC_DB_CONNECT_TIMEOUT"),
+        ({"CARDSVC_ADMIN_TOKEN_FILE": "/nonexistent/token"}, "CARDSVC_ADMIN_TOKEN_FILE"),
+        ({**BASE, "CARDSVC_DATA_KEY": None, "CARDSVC_DATA_KEY_FILE": "/"}, "CARDSVC_DATA_KEY_FILE"),
     ],
 )
-def test_bad_settings_name_the_variable(env: dict[str, str], message: str):
+def test_bad_settings_name_the_variable(env: dict[str, str | None], message: str):
     with pytest.raises(ConfigError, match=message):
-        load_settings(env)
+        load_settings({k: v for k, v in env.items() if v is not None})
 
 
 def test_secret_from_file(tmp_path):
