@@ -13,7 +13,8 @@ command -v "$PYTHON" >/dev/null \
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
   || { echo "Python 3.11 or newer is required (set PYTHON=...)" >&2; exit 1; }
 
-SYSTEM_PACKAGES=(postgresql postgresql-contrib pcscd vsmartcard-vpcd swig libpcsclite-dev)
+# chromium: the browser tests render the web pages (API browser) in a real headless browser.
+SYSTEM_PACKAGES=(postgresql postgresql-contrib pcscd vsmartcard-vpcd swig libpcsclite-dev chromium)
 
 missing=()
 for pkg in "${SYSTEM_PACKAGES[@]}"; do
