@@ -8,9 +8,9 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import signal
 import stat
-import shutil
 import subprocess
 import sys
 import time
