@@ -216,6 +216,25 @@ class Split(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     year_delta: YearState  # what this settlement adds; its reversal subtracts exactly this
 
 
+# The Step 3 amounts, named alike in the engine's Split, the settlements table, SetlInfo and
+# docs/policy.md.
+STEP3_AMOUNTS = (
+    "medfee_sumamt",
+    "fulamt_ownpay_amt",
+    "overlmt_selfpay",
+    "preselfpay_amt",
+    "inscp_scp_amt",
+    "act_pay_dedc",
+    "hifp_pay",
+    "pool_prop_selfpay",
+    "acct_pay",
+    "fund_pay_sumamt",
+    "psn_part_amt",
+    "psn_cash_pay",
+    "balc",
+)
+
+
 class PolicyRefusal(BusinessRuleViolation):
     """The policy refuses the settlement; ``code`` names the rule (see the module docstring)."""
 

@@ -40,6 +40,7 @@ from cardsvc.settlement.policy import (
     OUTPATIENT,
     PHARMACY_PURCHASE,
     PRENATAL,
+    STEP3_AMOUNTS,
     CatalogItem,
     DeliveryType,
     Enrolment,
@@ -570,21 +571,7 @@ _STEPS: dict[tuple[str, str], _Steps] = {
     (MATERNITY, DELIVERY): _maternity_steps,
 }
 
-RESULT_FIELDS = (
-    "medfee_sumamt",
-    "fulamt_ownpay_amt",
-    "overlmt_selfpay",
-    "preselfpay_amt",
-    "inscp_scp_amt",
-    "act_pay_dedc",
-    "hifp_pay",
-    "pool_prop_selfpay",
-    "acct_pay",
-    "fund_pay_sumamt",
-    "psn_part_amt",
-    "psn_cash_pay",
-    "balc",
-)
+RESULT_FIELDS = STEP3_AMOUNTS
 
 
 def _line_rows(ex: Example, s: Split) -> list[tuple[str, ...]]:

@@ -97,24 +97,6 @@ def _policy_request(req: SettleRequest) -> policy.SettlementRequest:
     )
 
 
-# The Step 3 amounts, named alike in the engine's Split, the settlements table and SetlInfo.
-STEP3_AMOUNTS = (
-    "medfee_sumamt",
-    "fulamt_ownpay_amt",
-    "overlmt_selfpay",
-    "preselfpay_amt",
-    "inscp_scp_amt",
-    "act_pay_dedc",
-    "hifp_pay",
-    "pool_prop_selfpay",
-    "acct_pay",
-    "fund_pay_sumamt",
-    "psn_part_amt",
-    "psn_cash_pay",
-    "balc",
-)
-
-
 def _setl_info(
     *,
     setl_id: str | None,
@@ -142,7 +124,7 @@ def _setl_info(
         ],
         review_required=split.review_required,
         status=status,
-        **{name: getattr(split, name) for name in STEP3_AMOUNTS},
+        **{name: getattr(split, name) for name in policy.STEP3_AMOUNTS},
     )
 
 
@@ -160,7 +142,7 @@ def stored_setl_info(row: asyncpg.Record) -> SetlInfo:
         setldetail=_setldetail.decode(row["setldetail"]),
         review_required=row["review_status"] != "none",
         status=row["status"],
-        **{name: row[name] for name in STEP3_AMOUNTS},
+        **{name: row[name] for name in policy.STEP3_AMOUNTS},
     )
 
 
@@ -199,7 +181,7 @@ def _settlement_row(
         "policy_version": split.policy_version,
         "setl_time": now,
         "setl_date": clock.business_date(now),
-        **{name: getattr(split, name) for name in STEP3_AMOUNTS},
+        **{name: getattr(split, name) for name in policy.STEP3_AMOUNTS},
         "setldetail": _json.encode(list(split.setldetail)).decode(),
         "year_delta": _json.encode(split.year_delta).decode(),
         "review_status": "pending" if split.review_required else "none",
