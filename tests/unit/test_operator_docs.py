@@ -1,6 +1,7 @@
 """docs/architecture.md and docs/operations.md name real things: every source file, every
-``python -m cardsvc`` command and every ``CARDSVC_*`` setting they mention exists in the code,
-so a rename that forgets the docs fails here."""
+``python -m cardsvc`` and ``python -m hsm_stub`` command, every ``CARDSVC_*`` setting and
+every ``cardsvc_*`` metric they mention exists in the code, so a rename that forgets the docs
+fails here; and the operations guide describes every metric the service registers."""
 
 from __future__ import annotations
 
