@@ -1,6 +1,7 @@
 """docs/architecture.md and docs/operations.md name real things: every source file, every
-``python -m cardsvc`` command and every ``CARDSVC_*`` setting they mention exists in the code,
-so a rename that forgets the docs fails here."""
+``python -m cardsvc`` and ``python -m hsm_stub`` command, every ``CARDSVC_*`` setting and
+every ``cardsvc_*`` metric they mention exists in the code, so a rename that forgets the docs
+fails here; and the operations guide describes every metric the service registers."""
 
 from __future__ import annotations
 
@@ -64,3 +65,76 @@ def test_every_setting_named_is_read_by_the_code(doc: Path) -> None:
         if f'"{base}' not in source and f'"{base}_' not in source and f"${{{base}" not in compose:
             unknown.add(name)
     assert unknown == set(), f"{doc.name} names settings the code does not read: {unknown}"
+
+
+# Metrics: the names as a scrape shows them. prometheus-client adds `_total` to a counter's
+# name and exposes a histogram as `_bucket`, `_sum` and `_count`; a doc may write either form.
+_METRIC = re.compile(r"\bcardsvc_[a-z0-9_]*[a-z0-9]\b")
+_REGISTERED = re.compile(r"\b(Counter|Gauge|Histogram)\(\s*\"(cardsvc_[a-z0-9_]+)\"", re.MULTILINE)
+_SUFFIXES = {
+    "Counter": ("", "_total"),
+    "Gauge": ("",),
+    "Histogram": ("", "_bucket", "_sum", "_count"),
+}
+
+
+def _registered_metrics() -> dict[str, str]:
+    """Every name in cardsvc/ops/metrics.py as registered, with its kind."""
+    source = (ROOT / "cardsvc" / "ops" / "metrics.py").read_text()
+    return {name: kind for kind, name in _REGISTERED.findall(source)}
+
+
+def _exposed_names() -> set[str]:
+    return {
+        name + suffix for name, kind in _registered_metrics().items() for suffix in _SUFFIXES[kind]
+    }
+
+
+# Names that look like metrics and are something else (the restore example's database).
+_NOT_METRICS = {"cardsvc_restored"}
+
+
+def _metrics_named(text: str) -> set[str]:
+    return set(_METRIC.findall(text)) - _NOT_METRICS
+
+
+def test_the_metrics_module_registers_metrics() -> None:
+    assert len(_registered_metrics()) >= 10
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [*DOCS, ROOT / "docs" / "security.md", ROOT / "docs" / "design-notes.md"],
+    ids=lambda d: d.name,
+)
+def test_every_metric_named_is_registered(doc: Path) -> None:
+    unknown = _metrics_named(doc.read_text()) - _exposed_names()
+    assert unknown == set(), (
+        f"{doc.name} names metrics cardsvc/ops/metrics.py does not register: {unknown}"
+    )
+
+
+def test_every_registered_metric_is_in_the_operations_guide() -> None:
+    named = _metrics_named((ROOT / "docs" / "operations.md").read_text())
+    missing = sorted(
+        name
+        for name, kind in _registered_metrics().items()
+        if not any(name + suffix in named for suffix in _SUFFIXES[kind])
+    )
+    assert missing == [], f"docs/operations.md does not describe these metrics: {missing}"
+
+
+_HSM_STUB_COMMAND = re.compile(r"python -m hsm_stub ([a-z][a-z-]+)")
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [*DOCS, ROOT / "docs" / "security.md", ROOT / "docs" / "design-notes.md"],
+    ids=lambda d: d.name,
+)
+def test_every_hsm_stub_command_named_exists(doc: Path) -> None:
+    main = (ROOT / "hsm_stub" / "__main__.py").read_text()
+    commands = set(re.findall(r'^\s+"([a-z][a-z-]+)": [a-z_]+_main,$', main, re.MULTILINE))
+    assert commands, "hsm_stub/__main__.py names no subcommand"
+    named = set(_HSM_STUB_COMMAND.findall(doc.read_text()))
+    assert named - commands == set(), f"{doc.name}: no such python -m hsm_stub command"
