@@ -135,8 +135,21 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("anchor-audit", help="anchor the audit chain heads now (HSM MAC, export)")
     sub.add_parser("prove-ledger", help="prove the ledger balances; exit 1 if not")
     clearing = sub.add_parser("clearing", help="run (or re-read) a day's clearing, write files")
-    clearing.add_argument("--date", type=dt.date.fromisoformat, required=True)
-    clearing.add_argument("--out", type=Path, default=Path("var/clearing"))
+    clearing.add_argument(
+        "--date",
+        type=dt.date.fromisoformat,
+        required=True,
+        metavar="YYYY-MM-DD",
+        help="the business day to clear, a calendar date in Asia/Shanghai that is over"
+        " (before today there); today or a later date is refused",
+    )
+    clearing.add_argument(
+        "--out",
+        type=Path,
+        default=Path("var/clearing"),
+        metavar="DIR",
+        help="folder to write each facility's clearing file into (default: %(default)s)",
+    )
     rotate = sub.add_parser(
         "rotate-data-key",
         help="re-encrypt everything under CARDSVC_DATA_KEY with a new key (service stopped)",

@@ -23,7 +23,8 @@ from cardsvc.errors import InvalidRequest, ServiceUnavailable
 
 log = structlog.get_logger(__name__)
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "schema" / "migrations"
+# cardsvc/schema is schema/ (a link in the checkout, package data in an installed wheel).
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "schema" / "migrations"
 # Any fixed number: serialises migration runs of concurrently starting workers.
 _MIGRATION_LOCK = 0x63617264
 APPLICATION_NAME = "cardsvc"  # of the service's pooled connections (pg_stat_activity)

@@ -54,9 +54,22 @@ def _regions(text: str) -> list[str]:
     return regions
 
 
+# The offline commands are dispatched before the server's arguments are parsed (main);
+# the server's --help names them here.
+COMMANDS_HELP = """offline commands (each has its own --help):
+  make-credentials --out DIR [--host H ...]
+                        make the HSM link's CA, hsm_stub's server certificate and
+                        cardsvc's client certificate
+  provision-region ADMDVS [ADMDVS ...] [--keystore DIR]
+                        create regions' issuer master keys in the keystore"""
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="hsm_stub", description="A payment HSM stand-in for cardsvc."
+        prog="hsm_stub",
+        description="A payment HSM stand-in for cardsvc. Without a command it serves.",
+        epilog=COMMANDS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--host", default=os.environ.get("HSM_HOST", "127.0.0.1"))
     # argparse applies ``type`` to string defaults too, so a bad HSM_PORT is reported clearly.

@@ -16,7 +16,8 @@ from swagger_ui_bundle import swagger_ui_path
 
 from cardsvc.errors import NotFound
 
-SPEC_PATH: Final = Path(__file__).resolve().parents[2] / "schema" / "openapi.yaml"
+# cardsvc/schema is schema/ (a link in the checkout, package data in an installed wheel).
+SPEC_PATH: Final = Path(__file__).resolve().parents[1] / "schema" / "openapi.yaml"
 
 # Everything from the page's own origin; Swagger UI sets inline styles and data: images.
 CSP: Final = (

@@ -23,7 +23,8 @@ import msgspec
 from cardsvc.types import CreditRating, Insutype, PsnType
 
 CURRENT_POLICY_VERSION = "2026.1"
-POLICY_DIR = Path(__file__).resolve().parents[2] / "schema" / "policy"
+# cardsvc/schema is schema/ (a link in the checkout, package data in an installed wheel).
+POLICY_DIR = Path(__file__).resolve().parents[1] / "schema" / "policy"
 
 LEVELS = frozenset({"community", "1", "2", "3"})
 ITEM_CLASSES = frozenset({"A", "B", "C"})

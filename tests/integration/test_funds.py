@@ -10,6 +10,7 @@ import io
 import subprocess
 import sys
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import asyncpg
 import msgspec
@@ -400,6 +401,18 @@ async def test_clearing_of_today_is_refused_until_the_day_is_over(service: Servi
     )
     assert status == 422 and body["error"]["code"] == "CLEARING_DATE_NOT_CLOSED"
     assert body["error"]["details"]["business_date"] == today.isoformat()
+    # Today is Shanghai's date, not UTC's: from 16:00 to 24:00 UTC Shanghai is a day ahead,
+    # and the date UTC calls tomorrow is already Shanghai's today (checked only when the
+    # test runs in those hours: the clock is real). Later dates are refused too.
+    shanghai_today = dt.datetime.now(dt.UTC).astimezone(ZoneInfo("Asia/Shanghai")).date()
+    assert today == shanghai_today
+    utc_tomorrow = dt.datetime.now(dt.UTC).date() + dt.timedelta(days=1)
+    for later in sorted({utc_tomorrow, today + dt.timedelta(days=1), dt.date(2999, 12, 31)}):
+        status, body = await service.admin(
+            "POST", "/v1/clearing/runs", {"clearing_date": later.isoformat()}
+        )
+        assert status == 422 and body["error"]["code"] == "CLEARING_DATE_NOT_CLOSED", later
+        assert body["error"]["details"]["clearing_date"] == later.isoformat()
 
     env = {
         "DATABASE_URL": service.database_url,
