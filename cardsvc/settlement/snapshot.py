@@ -43,8 +43,7 @@ YEAR_COLUMNS = (
 
 _COLUMNS = """
 SELECT p.psn_type, a.balance, a.xmin AS account_version,
-  (SELECT status FROM cards WHERE card_no = $2 AND psn_no = p.psn_no) AS card_status,
-  (SELECT expiry_date FROM cards WHERE card_no = $2 AND psn_no = p.psn_no) AS card_expiry,
+  c.status AS card_status, c.expiry_date AS card_expiry,
   (SELECT coalesce(json_agg(json_build_object(
       'insutype', i.insutype, 'begndate', i.begndate, 'enddate', i.enddate)), '[]')
    FROM insurances i WHERE i.psn_no = p.psn_no) AS enrolments,
@@ -63,8 +62,10 @@ SELECT p.psn_type, a.balance, a.xmin AS account_version,
              prenatal_510, deliveries_510
       FROM year_states WHERE psn_no = p.psn_no AND year = $6) y) AS year"""
 
+# The token's card, if it is still this person's (one row: card_no is the key).
 _FROM = """
 FROM persons p JOIN psn_accounts a USING (psn_no)
+LEFT JOIN cards c ON c.card_no = $2 AND c.psn_no = p.psn_no
 WHERE p.psn_no = $1"""
 
 _PREVIEW = _COLUMNS + _FROM
