@@ -12,8 +12,6 @@ from cardsvc.clearing.models import ClearingHold, ClearingItem, FacilityClearing
 from cardsvc.settlement.fundparts import fits_bigint
 from cardsvc.settlement.policy import yuan
 
-HELD_IDS_SHOWN = 100  # a hold names at most this many of its settlements
-
 CSV_HEADER = (
     "clearing_date",
     "fixmedins_code",

@@ -33,7 +33,6 @@ import structlog
 from cardsvc import clock
 from cardsvc.audit.services import AuditLog
 from cardsvc.clearing.files import (
-    HELD_IDS_SHOWN,
     combine,
     facility_csv,
     out_of_range_hold,
@@ -45,7 +44,12 @@ from cardsvc.db import Connection, Pool, extend_bounds, transaction
 from cardsvc.errors import BusinessRuleViolation, NotFound
 from cardsvc.ledger import services as ledger
 from cardsvc.ledger.postings import CLEARING_BANK, Posting, facility_account
-from cardsvc.settlement.fundparts import fund_parts, settlement_limit, within_limits
+from cardsvc.settlement.fundparts import (
+    first_setl_ids,
+    fund_parts,
+    settlement_limit,
+    within_limits,
+)
 from cardsvc.web.caller import ADMIN
 
 log = structlog.get_logger(__name__)
@@ -73,7 +77,7 @@ FROM parts GROUP BY fixmedins_code, fund
 # Due, but above the amount limits (stored before they existed): held, and named in the run.
 _OVER_LIMITS = f"""
 SELECT fixmedins_code, count(*)::int AS n,
-       (array_agg(setl_id ORDER BY setl_id))[1:{HELD_IDS_SHOWN}] AS setl_ids
+       {first_setl_ids()} AS setl_ids
 FROM settlements WHERE {_DUE} AND NOT {within_limits("settlements", "$2")}
 GROUP BY fixmedins_code ORDER BY fixmedins_code
 """  # noqa: S608 - constant identifiers

@@ -15,10 +15,9 @@ from cardsvc.reconciliation.models import (
     StatementResult,
     Totals,
 )
-from cardsvc.settlement.fundparts import settlement_limit, within_limits
+from cardsvc.settlement.fundparts import first_setl_ids, settlement_limit, within_limits
 
 MAX_PERIOD_DAYS = 31
-OUT_OF_LIMITS_SHOWN = 100
 
 # $5: the settlement limit. The facility's settlements above it (stored before the limits
 # existed) are in no total: they are named instead. Sums are numeric, exact in Python.
@@ -27,7 +26,7 @@ _PERIOD = """settlements WHERE fixmedins_code = $1 AND insutype = $2
 _STATEMENT = f"""
 SELECT count(*) AS n, coalesce(sum(medfee_sumamt), 0) AS medfee,
        coalesce(sum(fund_pay_sumamt), 0) AS fund, coalesce(sum(acct_pay), 0) AS acct,
-       (SELECT (array_agg(setl_id ORDER BY setl_id))[1:{OUT_OF_LIMITS_SHOWN}]
+       (SELECT {first_setl_ids()}
         FROM {_PERIOD} AND NOT {within_limits("settlements", "$5")}) AS out_of_limits
 FROM {_PERIOD} AND {within_limits("settlements", "$5")}
 """  # noqa: S608 - constant identifiers

@@ -42,6 +42,16 @@ def within_limits(alias: str, limit: str) -> str:
     )
 
 
+# Clearing, reconciliation and the fund report name at most this many of the settlements
+# they hold or leave out (their count says how many there are).
+SETL_IDS_SHOWN = 100
+
+
+def first_setl_ids() -> str:
+    """SQL aggregate over settlement rows: the first ``SETL_IDS_SHOWN`` setl_ids, in order."""
+    return f"(array_agg(setl_id ORDER BY setl_id))[1:{SETL_IDS_SHOWN}]"
+
+
 @functools.cache
 def settlement_limit() -> int:
     """The largest limit on one settlement's ``medfee_sumamt`` any policy version has, in

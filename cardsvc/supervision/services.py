@@ -13,13 +13,17 @@ import msgspec
 from cardsvc.audit.services import AuditLog
 from cardsvc.db import Connection, Pool, transaction
 from cardsvc.errors import Conflict, InvalidRequest, NotFound
-from cardsvc.settlement.fundparts import fund_parts, settlement_limit, within_limits
+from cardsvc.settlement.fundparts import (
+    first_setl_ids,
+    fund_parts,
+    settlement_limit,
+    within_limits,
+)
 from cardsvc.settlement.services import reverse_locked, stored_setl_info
 from cardsvc.supervision.models import FlagInfo, FundLine, FundReport, Review
 from cardsvc.web.caller import ADMIN
 
 MAX_REPORT_DAYS = 366
-OUT_OF_LIMITS_SHOWN = 100  # a report names at most this many settlements it left out
 
 # $3: the settlement limit. Settlements above it are left out of every figure and counted
 # apart (``out_of_limits``); sums are numeric and become Python integers.
@@ -38,7 +42,7 @@ WITH o AS (SELECT setl_id FROM settlements
 SELECT count(*) AS settlements, coalesce(sum(medfee_sumamt), 0) AS medfee,
   (SELECT count(*) FROM reversals WHERE revs_date BETWEEN $1 AND $2) AS reversals,
   (SELECT count(*) FROM o) AS out_of_limits,
-  (SELECT (array_agg(setl_id ORDER BY setl_id))[1:{OUT_OF_LIMITS_SHOWN}] FROM o)
+  (SELECT {first_setl_ids()} FROM o)
     AS out_of_limits_setl_ids
 FROM {_REPORTED}
 """  # noqa: S608 - constant identifiers
