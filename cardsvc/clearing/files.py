@@ -9,8 +9,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 
 from cardsvc.clearing.models import ClearingHold, ClearingItem, FacilityClearing
+from cardsvc.money import yuan
 from cardsvc.settlement.fundparts import fits_bigint
-from cardsvc.settlement.policy import yuan
 
 CSV_HEADER = (
     "clearing_date",

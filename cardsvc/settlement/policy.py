@@ -85,6 +85,7 @@ import msgspec
 
 from cardsvc.cards.lifecycle import expired, expired_message
 from cardsvc.errors import BusinessRuleViolation
+from cardsvc.money import yuan
 from cardsvc.settlement.params import LineTreatment, PolicyParams, SchemeRules
 
 Amount = Annotated[int, msgspec.Meta(ge=0)]
@@ -261,12 +262,6 @@ def apply_delta(year: YearState, delta: YearState, sign: int = 1) -> YearState:
 
 
 # --- eligibility -----------------------------------------------------------------------
-
-
-def yuan(fen: int) -> str:
-    """``fen`` as the yuan amount people read: ``¥1,234,567.89``."""
-    sign = "-" if fen < 0 else ""
-    return f"{sign}¥{abs(fen) // 100:,}.{abs(fen) % 100:02d}"
 
 
 def _over_limit(what: str, limit_name: str, amount: int, limit: int, **where: Any) -> PolicyRefusal:

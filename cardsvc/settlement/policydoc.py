@@ -28,6 +28,7 @@ from pathlib import Path
 
 import msgspec
 
+from cardsvc.money import yuan
 from cardsvc.settlement.params import (
     CURRENT_POLICY_VERSION,
     PolicyParams,
@@ -55,7 +56,6 @@ from cardsvc.settlement.policy import (
     apply_delta,
     pct,
     settle,
-    yuan,
 )
 
 

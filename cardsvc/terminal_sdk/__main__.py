@@ -37,9 +37,10 @@ import msgspec
 import structlog
 
 from cardsvc.logging import configure_logging
+from cardsvc.money import parse_yuan, yuan
 from cardsvc.terminal_sdk import flows
 from cardsvc.terminal_sdk.client import TerminalClient
-from cardsvc.terminal_sdk.display import local_time, parse_yuan, yuan
+from cardsvc.terminal_sdk.display import local_time
 from cardsvc.terminal_sdk.failures import Context, Exit, UsageError, explain
 from cardsvc.terminal_sdk.outbox import Entry, Forwarder, Outbox
 from cardsvc.terminal_sdk.reader import CardReader, list_readers, national_line

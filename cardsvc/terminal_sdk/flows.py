@@ -31,9 +31,9 @@ import structlog
 
 from cardcrypto import profile
 from cardsvc.cards.records import CardRecords
+from cardsvc.money import yuan
 from cardsvc.terminal_sdk import cardprofile
 from cardsvc.terminal_sdk.client import TerminalClient, TerminalError
-from cardsvc.terminal_sdk.display import yuan
 from cardsvc.terminal_sdk.outbox import Forwarder
 from cardsvc.terminal_sdk.personalise import expected_values, personalisation_commands
 from cardsvc.terminal_sdk.reader import (

@@ -31,6 +31,7 @@ SDK_MAY_IMPORT = (
     "cardsvc.persons.certno",
     "cardsvc.logging",
     "cardsvc.clock",  # the business time zone, to show times as people read them
+    "cardsvc.money",  # fen and yuan, as people read and type them
 )
 
 

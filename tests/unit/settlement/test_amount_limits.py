@@ -5,8 +5,9 @@ from __future__ import annotations
 import msgspec
 import pytest
 
+from cardsvc.money import yuan
 from cardsvc.settlement.params import AmountLimits, PolicyParams
-from cardsvc.settlement.policy import PolicyRefusal, settle, yuan
+from cardsvc.settlement.policy import PolicyRefusal, settle
 from tests.unit.settlement import PARAMS, request, snapshot
 
 LIMITS = PARAMS.amount_limits

@@ -7,8 +7,9 @@ import datetime as dt
 
 import pytest
 
+from cardsvc.money import parse_yuan, yuan
 from cardsvc.terminal_sdk.__main__ import parse_item
-from cardsvc.terminal_sdk.display import local_time, parse_yuan, yuan
+from cardsvc.terminal_sdk.display import local_time
 from cardsvc.terminal_sdk.flows import FeeLine
 
 
