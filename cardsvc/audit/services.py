@@ -316,10 +316,9 @@ class AuditAnchors:
             return "due"
         if clock.now() - last.at >= dt.timedelta(seconds=self._interval / 2):
             return "due"
-        if not await self._hsm.verify_audit_anchor(message(last.at, last.heads), last.mac):
+        if not await self._genuine(last):
             log.warning("audit.anchor_row_forged", at=last.at.isoformat())
             return "due"
-        self._seen(last.at)
         return "fresh"
 
     async def _newest(self, conn: Pool | Connection) -> Anchor | None:
@@ -336,6 +335,13 @@ class AuditAnchors:
             log.warning("audit.anchor_row_unreadable")
             return None
 
+    async def _genuine(self, anchor: Anchor) -> bool:
+        """Whether the HSM confirms ``anchor``'s MAC; a genuine one is remembered as seen."""
+        if not await self._hsm.verify_audit_anchor(message(anchor.at, anchor.heads), anchor.mac):
+            return False
+        self._seen(anchor.at)
+        return True
+
     def _seen(self, at: dt.datetime) -> None:
         """``at`` is the time of a genuine anchor (written here, or verified by the HSM)."""
         if self._last_genuine is None or at > self._last_genuine:
@@ -346,10 +352,8 @@ class AuditAnchors:
         HSM confirms it (another worker may have anchored). Failures keep what was known."""
         try:
             last = await self._newest(self._pool)
-            if last is not None and await self._hsm.verify_audit_anchor(
-                message(last.at, last.heads), last.mac
-            ):
-                self._seen(last.at)
+            if last is not None:
+                await self._genuine(last)
         except Exception as exc:  # the turn's own failure is what is reported
             log.info("audit.anchor_age_unknown", error=type(exc).__name__)
 
