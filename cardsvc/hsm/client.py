@@ -218,6 +218,11 @@ class _Slot:
     def in_flight(self) -> int:
         return self._link.in_flight if self._link is not None else 0
 
+    @property
+    def backing_off(self) -> bool:
+        """Not connected and not to be dialled again yet: a call here would fail at once."""
+        return self._link is None and asyncio.get_running_loop().time() < self._retry_at
+
     async def request(self, command: Command, payload: bytes) -> ResponseFrame:
         link = await self._connected()
         return await link.request(command, payload)
@@ -451,11 +456,17 @@ class HsmClient:
             raise HsmUnavailable(f"HSM did not answer within {self._timeout:g} s") from None
 
     def _pick_slot(self) -> _Slot:
-        """Least busy slot; ties go round-robin so idle connections all stay warm."""
+        """Least busy slot; ties go round-robin so idle connections all stay warm. A slot
+        backing off after a failure comes last: once the HSM is back, calls go to the
+        connections already open again instead of failing on one still waiting to retry."""
         count = len(self._slots)
         index = min(
             range(count),
-            key=lambda i: (self._slots[i].in_flight, (i - self._next_slot) % count),
+            key=lambda i: (
+                self._slots[i].backing_off,
+                self._slots[i].in_flight,
+                (i - self._next_slot) % count,
+            ),
         )
         self._next_slot = (index + 1) % count
         return self._slots[index]

@@ -314,6 +314,34 @@ async def test_stopped_hsm_fails_fast_and_the_same_client_recovers(own_hsm: HsmP
         assert await eventually_echo(client, within=5) == b"back"
 
 
+async def test_once_the_hsm_is_back_no_call_waits_for_a_connection_still_backing_off(
+    own_hsm: HsmProcess,
+) -> None:
+    """After an outage the connections back off at different paces; as soon as one is
+    connected again, calls go to it instead of failing on one still waiting to retry."""
+    async with HsmClient(
+        own_hsm.host, own_hsm.port, tls=own_hsm.client_tls(), connections=4, timeout=2.0
+    ) as client:
+        own_hsm.stop()
+        outage = time.monotonic() + 2.5  # every connection fails until it waits a second
+        while time.monotonic() < outage:
+            with pytest.raises(HsmUnavailable):
+                await client.echo(b"down")
+            await asyncio.sleep(0.01)
+        starting = asyncio.create_task(asyncio.to_thread(own_hsm.start))
+        back = time.monotonic() + 10
+        while True:  # calls all along: the first connection to retry gets through
+            try:
+                await client.echo(b"back")
+                break
+            except HsmUnavailable:
+                assert time.monotonic() < back, "the HSM never answered again"
+                await asyncio.sleep(0.01)
+        await starting
+        for i in range(20):
+            assert await client.echo(bytes([i])) == bytes([i])
+
+
 async def test_requests_in_flight_fail_when_the_hsm_crashes(own_hsm: HsmProcess) -> None:
     async with HsmClient(
         own_hsm.host, own_hsm.port, tls=own_hsm.client_tls(), connections=1, timeout=10.0
