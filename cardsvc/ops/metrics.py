@@ -65,6 +65,14 @@ SETTLEMENT_LOCKED = Counter(
     registry=REGISTRY,
 )
 
+BATCH_SIZE = Histogram(
+    "cardsvc_batch_size",
+    "Jobs per batch of a group-commit batcher (settlement, admission, ...): one database"
+    " round trip and commit each",
+    ["batcher"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+    registry=REGISTRY,
+)
 AUDIT_ANCHORS = Counter(
     "cardsvc_audit_anchors",
     "Audit anchor turns by outcome: written, or why it was delayed (hsm_unavailable, ...)",
