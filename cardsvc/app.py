@@ -56,6 +56,9 @@ async def _hsm(app: web.Application) -> AsyncIterator[None]:
 async def _services(app: web.Application) -> AsyncIterator[None]:
     app[SERVICES] = build_services(app[SETTINGS], app[POOL], app[HSM])
     yield
+    # Requests in flight have finished (aiohttp's shutdown waits for them): the settlement
+    # pipeline has no job left and ends before the pool closes.
+    await app[SERVICES].settlements.close()
     await app[SERVICES].clearing.close()
 
 

@@ -30,6 +30,7 @@ from cardsvc.ledger.postings import Posting, reversed_postings
 from cardsvc.settlement import policy
 from cardsvc.settlement.params import CURRENT_POLICY_VERSION, load_params
 from cardsvc.settlement.postings import settlement_postings
+from cardsvc.settlement.store import lines_column
 from loadtest import city as layout
 from loadtest import population, scenarios
 from loadtest.environment import Environment
@@ -47,11 +48,7 @@ _SETTLEMENT_COLUMNS = (
     "policy_version", "setl_time", "setl_date", "medfee_sumamt", "fulamt_ownpay_amt",
     "overlmt_selfpay", "preselfpay_amt", "inscp_scp_amt", "act_pay_dedc", "hifp_pay",
     "pool_prop_selfpay", "acct_pay", "fund_pay_sumamt", "psn_part_amt", "psn_cash_pay",
-    "balc", "setldetail", "year_delta", "review_status", "status",
-)  # fmt: skip
-_LINE_COLUMNS = (
-    "setl_id", "line_no", "code", "chrgitm_lv", "unit_price", "quantity", "total",
-    "overlmt_selfpay", "fulamt_ownpay_amt", "preselfpay_amt", "inscp_scp_amt",
+    "balc", "setldetail", "year_delta", "review_status", "status", "lines",
 )  # fmt: skip
 _REVERSAL_COLUMNS = (
     "reversal_id", "setl_id", "psn_no", "fixmedins_code", "actor", "reason", "revs_time",
@@ -69,6 +66,7 @@ class Template(msgspec.Struct, frozen=True):
     acct_used_flag: bool
     body: dict[str, Any]
     split: policy.Split
+    fees: tuple[policy.FeeLine, ...]
 
 
 def _catalog(c: City) -> dict[str, policy.CatalogItem]:
@@ -153,7 +151,7 @@ def templates(
                 )
                 split = policy.settle(params, snapshot, request)
                 out.setdefault(key, []).append(
-                    Template(insutype, body["med_type"], acct, body, split)
+                    Template(insutype, body["med_type"], acct, body, split, lines)
                 )
     return out
 
@@ -200,7 +198,7 @@ class _Day:
 
     def batch(self, count: int, txn_ids: list[int]) -> dict[str, list[tuple[Any, ...]]]:
         rows: dict[str, list[tuple[Any, ...]]] = {
-            k: [] for k in ("settlements", "lines", "txns", "entries", "reversals", "debits")
+            k: [] for k in ("settlements", "txns", "entries", "reversals", "debits")
         }
         ids = iter(txn_ids)
         for _ in range(count):
@@ -245,15 +243,9 @@ class _Day:
                 split.fund_pay_sumamt, split.psn_part_amt, split.psn_cash_pay, balc,
                 _json.encode([msgspec.to_builtins(x) for x in split.setldetail]).decode(),
                 _ZERO_DELTA, "none", "reversed" if reverse else "settled",
+                _json.encode(lines_column(split, t.fees)).decode(),
             )
         )  # fmt: skip
-        for n, (line, fee) in enumerate(zip(split.lines, t.body["feedetail"], strict=True), 1):
-            rows["lines"].append(
-                (
-                    setl_id, n, line.code, line.chrgitm_lv, fee["unit_price"], fee["quantity"],
-                    line.total, line.over, line.fulamt_ownpay, line.preselfpay, line.inscp,
-                )
-            )  # fmt: skip
         postings = settlement_postings(psn_no, f.fixmedins_code, split)
         if postings:
             self._post(rows, next(ids), "settlement", setl_id, postings)
@@ -294,9 +286,6 @@ async def _copy(conn: asyncpg.Connection, rows: dict[str, list[tuple[Any, ...]]]
     async with conn.transaction():
         await conn.copy_records_to_table(
             "settlements", records=rows["settlements"], columns=list(_SETTLEMENT_COLUMNS)
-        )
-        await conn.copy_records_to_table(
-            "settlement_lines", records=rows["lines"], columns=list(_LINE_COLUMNS)
         )
         await conn.copy_records_to_table(
             "ledger_txns", records=rows["txns"], columns=["txn_id", "kind", "ref"]
@@ -365,7 +354,7 @@ async def seed_day(
                 done += len(rows["settlements"])
                 bar.update(len(rows["settlements"]))
         analysed = time.perf_counter()
-        await conn.execute("ANALYZE settlements, settlement_lines, ledger_txns, ledger_entries")
+        await conn.execute("ANALYZE settlements, ledger_txns, ledger_entries")
         await conn.execute("ANALYZE reversals, psn_accounts")
         analyse_s = time.perf_counter() - analysed
     finally:

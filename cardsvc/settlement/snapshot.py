@@ -1,24 +1,27 @@
-"""Reading what the policy engine needs about one settlement, in one round trip.
+"""Reading what the policy engine needs about a batch of settlements, in one round trip.
 
-``read_for_settle`` also returns the account row's version (its ``xmin``), looks the
-Idempotency-Key up, and counts the person's recent settlements for fund supervision. The
-settlement's write (``store.settlement_statement``) goes through only if the account row
-still has that version, and every write to a person's account or year state (settle,
-reverse, review, credit) writes the account row: so a settlement is computed from a
-snapshot nobody changed before it was stored, without a lock held while the service
-computes. ``lock=True`` also takes the row ``FOR UPDATE`` until the end of the caller's
-transaction: the path for a person so busy that the optimistic one keeps losing.
+``read_for_settle`` returns, for each settlement of a batch, the snapshot the policy needs,
+the account row's version (its ``xmin``), the settlement already stored under its
+Idempotency-Key, whether its card token was spent, the person's recent settlements for fund
+supervision, and its request's standing (session, terminal, facility). The batch's write
+(``store.settlement_statement``) goes through only if every account row still has the
+version read, and every write to a person's account or year state (settle, reverse,
+review, credit) writes the account row: so a settlement is computed from a snapshot nobody
+changed before it was stored, without a lock held while the service computes. The rare
+person so busy that this keeps losing is settled alone under the account's lock
+(``SettlementService``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 
 import asyncpg
 import msgspec
 
 from cardsvc.db import Connection
-from cardsvc.errors import NotFound
+from cardsvc.errors import CardsvcError, NotFound
 from cardsvc.settlement.flags import RecentActivity
 from cardsvc.settlement.policy import (
     CatalogItem,
@@ -28,7 +31,7 @@ from cardsvc.settlement.policy import (
     Snapshot,
     YearState,
 )
-from cardsvc.terminals.admission import check_admission, standing_cte
+from cardsvc.terminals.admission import check_admission, standing_select
 from cardsvc.web.caller import Admission
 
 YEAR_COLUMNS = (
@@ -41,7 +44,11 @@ YEAR_COLUMNS = (
     "deliveries_510",
 )
 
-_COLUMNS = """
+
+def _columns(psn: str, fac: str, codes: str, case: str, year: str) -> str:
+    """What the policy needs, for the person in ``p`` (and ``a``, ``c``); the arguments are
+    placeholders, or the columns of a batch's input row."""
+    return f"""
 SELECT p.psn_type, a.balance, a.xmin AS account_version,
   c.status AS card_status, c.expiry_date AS card_expiry,
   (SELECT coalesce(json_agg(json_build_object(
@@ -49,59 +56,63 @@ SELECT p.psn_type, a.balance, a.xmin AS account_version,
    FROM insurances i WHERE i.psn_no = p.psn_no) AS enrolments,
   (SELECT row_to_json(f) FROM (
       SELECT fixmedins_code, type, level, credit_rating, status, agreements
-      FROM facilities WHERE fixmedins_code = $3) f) AS facility,
+      FROM facilities WHERE fixmedins_code = {fac}) f) AS facility,
   (SELECT coalesce(json_agg(json_build_object(
       'code', c.code, 'chrgitm_lv', c.chrgitm_lv, 'selfpay_prop', c.selfpay_prop,
       'max_price', c.max_price, 'work_injury', c.work_injury)), '[]')
-   FROM catalog_items c WHERE c.code = ANY($4::text[])) AS catalog,
+   FROM catalog_items c WHERE c.code = ANY({codes})) AS catalog,
   (SELECT row_to_json(j) FROM (
       SELECT case_id, psn_no, status, valid_from, valid_to
-      FROM injury_cases WHERE case_id = $5) j) AS injury_case,
+      FROM injury_cases WHERE case_id = {case}) j) AS injury_case,
   (SELECT row_to_json(y) FROM (
-      SELECT hifp_310, seg_310, inpatient_310, hifp_390, outpatient_fund_390,
-             prenatal_510, deliveries_510
-      FROM year_states WHERE psn_no = p.psn_no AND year = $6) y) AS year"""
+      SELECT {", ".join(YEAR_COLUMNS)}
+      FROM year_states WHERE psn_no = p.psn_no AND year = {year}) y) AS year"""
 
-# The token's card, if it is still this person's (one row: card_no is the key).
-_FROM = """
+
+def _from(psn: str, card: str) -> str:
+    """The person, the account, and the token's card if it is still this person's (one row:
+    card_no is the key)."""
+    return f"""
 FROM persons p JOIN psn_accounts a USING (psn_no)
-LEFT JOIN cards c ON c.card_no = $2 AND c.psn_no = p.psn_no
-WHERE p.psn_no = $1"""
+LEFT JOIN cards c ON c.card_no = {card} AND c.psn_no = p.psn_no
+WHERE p.psn_no = {psn}"""
 
-_PREVIEW = _COLUMNS + _FROM
 
-# $7 idempotency key, $8 business date, $9 start of the other-facility window, $10 a day ago,
-# $11 the card token's auth_id.
-_SETTLE = (
-    _COLUMNS
-    + """,
+_PREVIEW = _columns("$1", "$3", "$4::text[]", "$5", "$6") + _from("$1", "$2")
+
+# A batch of settlements read in one statement: each input row (``r``) gets its terminal's,
+# session's and facility's standing (``adm``, NULL for a job without an admission or an
+# unknown terminal) and its snapshot (``s``, NULL for an unknown person). Common to the
+# batch: $2 year, $3 business date, $4 start of the other-facility window, $5 a day ago.
+# It writes nothing (the nonces go with the batch's write), so it never waits for WAL.
+_SETTLE_BATCH = f"""
+SELECT r.n, adm.fenced IS NOT NULL AS has_standing, adm.*, s.*
+FROM json_to_recordset($1::json) AS r(
+    n int, psn_no text, card_no text, fixmedins_code text, codes text[],
+    injury_case_id text, idempotency_key text, card_auth_id text,
+    terminal_id text, session_id text)
+LEFT JOIN LATERAL ({standing_select("r.terminal_id", "r.session_id")}) adm ON true
+LEFT JOIN LATERAL ({_columns("r.psn_no", "r.fixmedins_code", "r.codes", "r.injury_case_id", "$2")},
   (SELECT setl_id FROM settlements
-   WHERE fixmedins_code = $3 AND idempotency_key = $7) AS earlier,
-  EXISTS (SELECT 1 FROM settlements WHERE card_auth_id = $11) AS token_used,
+   WHERE fixmedins_code = r.fixmedins_code AND idempotency_key = r.idempotency_key) AS earlier,
+  EXISTS (SELECT 1 FROM settlements WHERE card_auth_id = decode(r.card_auth_id, 'hex'))
+      AS token_used,
   (SELECT count(*) FROM settlements
-   WHERE psn_no = p.psn_no AND status = 'settled' AND setl_time > $10
-     AND fixmedins_type = 'pharmacy' AND setl_date = $8) AS pharmacy_today,
+   WHERE psn_no = p.psn_no AND status = 'settled' AND setl_time > $5
+     AND fixmedins_type = 'pharmacy' AND setl_date = $3) AS pharmacy_today,
   (SELECT max(fixmedins_code) FROM settlements
-   WHERE psn_no = p.psn_no AND status = 'settled' AND setl_time > $9
-     AND card_no = $2 AND fixmedins_code <> $3) AS other_facility"""
-    + _FROM
-)
-_SETTLE_LOCKED = _SETTLE + "\nFOR UPDATE OF a"
-# The first read of a settlement also reads its terminal's and session's standing ($12
-# terminal, $13 session): the admission row always comes back, the snapshot's columns are
-# NULL for an unknown person. It writes nothing (the nonce goes with the settlement's
-# write), so it never waits for WAL.
-_SETTLE_STANDING = (
-    f"WITH {standing_cte('$12', '$13')}\nSELECT admission.*, s.* FROM admission LEFT JOIN ("
-    + _SETTLE
-    + "\n) s ON true"
-)
+   WHERE psn_no = p.psn_no AND status = 'settled' AND setl_time > $4
+     AND card_no = r.card_no AND fixmedins_code <> r.fixmedins_code) AS other_facility
+  {_from("r.psn_no", "r.card_no")}
+) s ON true
+ORDER BY r.n"""
 
 _enrolments = msgspec.json.Decoder(list[Enrolment])
 _facility = msgspec.json.Decoder(FacilityInfo)
 _catalog = msgspec.json.Decoder(list[CatalogItem])
 _injury_case = msgspec.json.Decoder(InjuryCase)
 _year = msgspec.json.Decoder(YearState)
+_batch_json = msgspec.json.Encoder()
 
 
 class SettleRead(msgspec.Struct, frozen=True):
@@ -129,47 +140,67 @@ async def load_snapshot(
     return _snapshot(row, psn_no, settle_date)
 
 
+@dataclass(frozen=True)
+class SettleInput:
+    """One settlement of a batch to read: whose, where, what, and its request's admission."""
+
+    psn_no: str
+    card_no: str
+    fixmedins_code: str
+    item_codes: list[str]
+    injury_case_id: str | None
+    idempotency_key: str
+    card_auth_id: bytes
+    standing_of: Admission | None = None  # a request to admit: its standing is checked
+
+
 async def read_for_settle(
     conn: Connection,
+    inputs: list[SettleInput],
     *,
-    psn_no: str,
-    card_no: str,
-    fixmedins_code: str,
-    item_codes: list[str],
-    injury_case_id: str | None,
-    idempotency_key: str,
-    card_auth_id: bytes,
     now: dt.datetime,
     settle_date: dt.date,
     other_facility_window: dt.timedelta,
-    lock: bool = False,
-    standing_of: Admission | None = None,
-) -> SettleRead:
-    """With ``standing_of`` (a request to admit), its session's, its terminal's and the
-    facility's standing is read by the same statement, and an ended session or a disabled
-    or suspended terminal refused before anything else is looked at."""
-    sql = _SETTLE_LOCKED if lock else _SETTLE
-    extra: tuple[str, ...] = ()
-    if standing_of is not None:
-        sql, extra = _SETTLE_STANDING, (standing_of.terminal_id, standing_of.session_id)
-    row = await conn.fetchrow(
-        sql,
-        psn_no,
-        card_no,
-        fixmedins_code,
-        item_codes,
-        injury_case_id,
+) -> list[SettleRead | CardsvcError]:
+    """Every input's snapshot in one statement, in order; an input refused by its standing
+    (an ended session, a disabled or suspended terminal) or naming no person or facility
+    gets its error instead."""
+    rows = await conn.fetch(
+        _SETTLE_BATCH,
+        _batch_json.encode([_input_row(n, i) for n, i in enumerate(inputs)]).decode(),
         settle_date.year,
-        idempotency_key,
         settle_date,
         now - other_facility_window,
         now - dt.timedelta(days=1),
-        card_auth_id,
-        *extra,
     )
-    if standing_of is not None:
-        check_admission(row)
-    snapshot = _snapshot(row, psn_no, settle_date)
+    return [_settle_read(row, i, settle_date) for row, i in zip(rows, inputs, strict=True)]
+
+
+def _input_row(n: int, i: SettleInput) -> dict[str, object]:
+    admission = i.standing_of
+    return {
+        "n": n,
+        "psn_no": i.psn_no,
+        "card_no": i.card_no,
+        "fixmedins_code": i.fixmedins_code,
+        "codes": i.item_codes,
+        "injury_case_id": i.injury_case_id,
+        "idempotency_key": i.idempotency_key,
+        "card_auth_id": i.card_auth_id.hex(),
+        "terminal_id": None if admission is None else admission.terminal_id,
+        "session_id": None if admission is None else admission.session_id,
+    }
+
+
+def _settle_read(
+    row: asyncpg.Record, i: SettleInput, settle_date: dt.date
+) -> SettleRead | CardsvcError:
+    try:
+        if i.standing_of is not None:
+            check_admission(row if row["has_standing"] else None)
+        snapshot = _snapshot(row, i.psn_no, settle_date)
+    except CardsvcError as exc:
+        return exc
     return SettleRead(
         snapshot=snapshot,
         earlier=row["earlier"],

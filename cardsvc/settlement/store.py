@@ -1,139 +1,193 @@
-"""The settlement's writes as one SQL statement.
+"""A batch of settlements written as one SQL statement: one round trip, one commit.
 
-A settlement is one read (``snapshot.read_for_settle``: everything the policy needs and the
-account's row version), the pure policy in Python, and this one write, which is also its own
-transaction: two round trips whatever the number of lines, funds or flags, and no lock held
-while the service computes. Each part is a data-modifying CTE; foreign keys between them are
-checked at the end of the statement, when every row exists. The account row is written
-first and the audit chain head last, so a statement holds the person before the chain and
-no two settlements can wait on each other in a cycle.
+Each settlement's parts (the settlements row with its lines as one column, its ledger
+transaction and entries, the account balance, the year state, supervision flags) are rows
+of JSON documents that PostgreSQL turns into table rows (``json_populate_recordset``: the
+columns' own types, so no cast list to keep in step); the request nonces go in with them and
+one audit entry covers the whole batch. Foreign keys between the parts are checked at the
+end of the statement, when every row exists.
+
+All or nothing: ``locked`` takes every account row of the batch ``FOR UPDATE`` in psn_no
+order, but only if it still has the version its snapshot read (under READ COMMITTED a row
+changed meanwhile is re-checked after the other writer commits, and drops out). Unless every
+account passed, nothing at all is written and ``locked`` names those that did: the caller
+writes them again and reads the others anew. Account rows are locked in psn_no order and
+the audit chain head last, so two batches never wait on each other in a cycle.
+
+A nonce seen before, an Idempotency-Key or a card token already used (by a request in
+another worker at this instant) fails the whole statement with a unique violation: nothing
+is written, and the caller settles those requests one at a time.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
 from cardsvc.audit.services import NewEntry, append_cte
-from cardsvc.ledger.postings import Posting
-from cardsvc.ledger.services import entry_columns
+from cardsvc.ledger.postings import Posting, check_balanced
+from cardsvc.settlement import policy
 from cardsvc.settlement.flags import Flag
 from cardsvc.settlement.snapshot import YEAR_COLUMNS
-from cardsvc.terminals.admission import NONCE_FRESH, nonce_cte
 
 _json = msgspec.json.Encoder()
 
 
-@dataclass
-class _Params:
-    """Collects parameter values and hands out their ``$n`` placeholders."""
-
-    values: list[Any] = field(default_factory=list)
-
-    def __call__(self, value: Any, cast: str = "") -> str:
-        self.values.append(value)
-        return f"${len(self.values)}{cast}"
-
-    def many(self, values: list[Any]) -> str:
-        return ", ".join(self(v) for v in values)
-
-
 @dataclass(frozen=True)
 class SettlementWrite:
-    row: dict[str, Any]  # column -> value of the settlements row
-    lines: list[tuple[Any, ...]]  # (line_no, code, chrgitm_lv, unit_price, quantity, total,
-    #                                 overlmt_selfpay, fulamt_ownpay_amt, preselfpay_amt, inscp)
+    row: dict[str, Any]  # column -> value of the settlements row (lines included)
     postings: list[Posting]
     acct_pay: int
     account_version: int  # the account row's xmin when the snapshot was read
     year: int
     year_delta: list[int]  # in YEAR_COLUMNS order
     flags: list[Flag]
-    audit: NewEntry
     nonce: tuple[str, str] | None = None  # (terminal, nonce) of a request to admit here
 
+    @property
+    def psn_no(self) -> str:
+        psn_no: str = self.row["psn_no"]
+        return psn_no
 
-_LINE_TYPES = (
-    "smallint",
-    "text",
-    "text",
-    "bigint",
-    "int",
-    "bigint",
-    "bigint",
-    "bigint",
-    "bigint",
-    "bigint",
-)
-_LINE_COLUMNS = (
-    "line_no, code, chrgitm_lv, unit_price, quantity, total, overlmt_selfpay,"
-    " fulamt_ownpay_amt, preselfpay_amt, inscp_scp_amt"
-)
+    @property
+    def setl_id(self) -> str:
+        setl_id: str = self.row["setl_id"]
+        return setl_id
 
 
-def settlement_statement(w: SettlementWrite) -> tuple[str, list[Any]]:
-    """The whole write, guarded by the account's row version read with the snapshot.
-
-    ``upd_account`` updates the person's account only if its ``xmin`` (the id of the
-    transaction that last wrote the row: every settlement, reversal and credit does) is
-    still the one the snapshot saw; every other part selects from it, so when the account
-    changed in between nothing is written and ``written`` is false; with ``nonce``, a
-    replayed request writes nothing either and ``fresh`` is false. Under READ
-    COMMITTED the UPDATE waits for a concurrent writer of the row and then re-checks the
-    version against the committed row, so two writers of one person can never both pass."""
-    p = _Params()
-    setl_id, psn_no = w.row["setl_id"], w.row["psn_no"]
-    ctes, guard = [], ""
-    if w.nonce is not None:
-        # The request's nonce is recorded here; a replayed one writes nothing at all.
-        ctes.append(nonce_cte(p(w.nonce[0]), p(w.nonce[1])).strip())
-        guard = " AND EXISTS (SELECT 1 FROM admission_nonce)"
-    ctes += [
-        f"upd_account AS (UPDATE psn_accounts SET balance = balance - {p(w.acct_pay)}"
-        f" WHERE psn_no = {p(psn_no)} AND xmin = {p(w.account_version, '::xid')}{guard}"
-        " RETURNING psn_no)",
-        f"ins_settlement AS (INSERT INTO settlements ({', '.join(w.row)})"
-        f" SELECT {p.many(list(w.row.values()))} FROM upd_account)",
-        f"ins_lines AS (INSERT INTO settlement_lines (setl_id, {_LINE_COLUMNS})"
-        f" SELECT {p(setl_id)}, l.* FROM upd_account, unnest("
-        + ", ".join(p([ln[i] for ln in w.lines], f"::{t}[]") for i, t in enumerate(_LINE_TYPES))
-        + ") AS l)",
+def lines_column(split: policy.Split, fees: Sequence[policy.FeeLine]) -> list[dict[str, Any]]:
+    """The settlement's ``lines`` column: per fee line, what was charged and how Step 1
+    split it (in fen)."""
+    return [
+        {
+            "line_no": n,
+            "code": line.code,
+            "chrgitm_lv": line.chrgitm_lv,
+            "unit_price": fee.unit_price,
+            "quantity": fee.quantity,
+            "total": line.total,
+            "overlmt_selfpay": line.over,
+            "fulamt_ownpay_amt": line.fulamt_ownpay,
+            "preselfpay_amt": line.preselfpay,
+            "inscp_scp_amt": line.inscp,
+        }
+        for n, (line, fee) in enumerate(zip(split.lines, fees, strict=True), 1)
     ]
-    if w.postings:
-        lines, accounts, sides, amounts = entry_columns(w.postings)
-        ctes += [
-            "ins_txn AS (INSERT INTO ledger_txns (kind, ref)"
-            f" SELECT 'settlement', {p(setl_id)} FROM upd_account RETURNING txn_id)",
-            "ins_entries AS (INSERT INTO ledger_entries (txn_id, line, account, side, amount)"
-            " SELECT ins_txn.txn_id, e.* FROM ins_txn, unnest("
-            f"{p(lines, '::smallint[]')}, {p(accounts, '::text[]')},"
-            f" {p(sides, '::text[]')}, {p(amounts, '::bigint[]')}) AS e)",
-        ]
-    if any(w.year_delta):
-        ctes.append(
-            f"upsert_year AS (INSERT INTO year_states (psn_no, year, {', '.join(YEAR_COLUMNS)})"
-            f" SELECT psn_no, {p(w.year)}, {p.many(w.year_delta)} FROM upd_account"
-            " ON CONFLICT (psn_no, year) DO UPDATE SET "
-            + ", ".join(f"{c} = year_states.{c} + EXCLUDED.{c}" for c in YEAR_COLUMNS)
-            + ")"
-        )
-    if w.flags:
-        ctes.append(
-            "ins_flags AS (INSERT INTO supervision_flags"
-            " (rule, setl_id, psn_no, fixmedins_code, details) SELECT r, "
-            f"{p(setl_id)}, psn_no, {p(w.row['fixmedins_code'])}, d::jsonb"
-            " FROM upd_account, unnest("
-            f"{p([f.rule for f in w.flags], '::text[]')},"
-            f" {p([_json.encode(f.details).decode() for f in w.flags], '::text[]')}) AS f(r, d))"
-        )
-    first = len(p.values) + 1
-    p.values.extend(w.audit.params())
-    ctes.append(append_cte(first, after="upd_account"))
-    fresh = NONCE_FRESH if w.nonce else "true"
-    return (
-        "WITH " + ",\n".join(ctes) + f"\nSELECT {fresh} AS fresh,"
-        " (SELECT count(*) FROM upd_account) > 0 AS written",
-        p.values,
-    )
+
+
+def _bytea(value: Any) -> Any:
+    """JSON has no bytes: PostgreSQL reads ``\\x``-hex as bytea."""
+    return "\\x" + value.hex() if isinstance(value, bytes | bytearray) else value
+
+
+def _doc(rows: list[dict[str, Any]]) -> str:
+    return _json.encode(rows).decode()
+
+
+def settlement_statement(writes: list[SettlementWrite], audit: NewEntry) -> tuple[str, list[Any]]:
+    """The batch's write; its one row says ``ok`` (all written) and ``locked`` (the
+    accounts that still had their snapshot's version)."""
+    if not writes or len({w.psn_no for w in writes}) != len(writes):
+        raise ValueError("a batch holds at most one settlement per person, and one at least")
+    columns = list(writes[0].row)
+    accounts = [
+        {"psn_no": w.psn_no, "pay": w.acct_pay, "version": str(w.account_version)} for w in writes
+    ]
+    nonces = [{"terminal_id": t, "nonce": n} for w in writes if w.nonce for t, n in [w.nonce]]
+    rows = [{c: _bytea(v) for c, v in w.row.items()} for w in writes]
+    txns, entries = [], []
+    for w in writes:
+        if w.postings:
+            check_balanced(w.postings)
+            txns.append({"ref": w.setl_id})
+            entries += [
+                {
+                    "ref": w.setl_id,
+                    "line": n,
+                    "account": p.account,
+                    "side": p.side,
+                    "amount": p.amount,
+                }
+                for n, p in enumerate(w.postings, 1)
+            ]
+    years = [
+        {"psn_no": w.psn_no, "year": w.year, **dict(zip(YEAR_COLUMNS, w.year_delta, strict=True))}
+        for w in writes
+        if any(w.year_delta)
+    ]
+    flags = [
+        {
+            "rule": f.rule,
+            "setl_id": w.setl_id,
+            "psn_no": w.psn_no,
+            "fixmedins_code": w.row["fixmedins_code"],
+            "details": f.details,
+        }
+        for w in writes
+        for f in w.flags
+    ]
+    cols = ", ".join(columns)
+    years_cols = ", ".join(YEAR_COLUMNS)
+    sql = f"""
+WITH accounts AS (
+    SELECT * FROM json_to_recordset($1::json) AS i(psn_no text, pay bigint, version text)
+),
+locked AS (
+    SELECT a.psn_no FROM psn_accounts a JOIN accounts i USING (psn_no)
+    WHERE a.xmin = i.version::xid ORDER BY a.psn_no FOR UPDATE OF a
+),
+guard AS (SELECT count(*) = $2 AS ok FROM locked),
+ins_nonces AS (
+    INSERT INTO request_nonces (terminal_id, nonce)
+    SELECT terminal_id, nonce FROM json_to_recordset($3::json) AS x(terminal_id text, nonce text)
+    WHERE (SELECT ok FROM guard)
+),
+upd_account AS (
+    UPDATE psn_accounts a SET balance = a.balance - i.pay FROM accounts i
+    WHERE a.psn_no = i.psn_no AND (SELECT ok FROM guard) RETURNING a.psn_no
+),
+ins_settlements AS (
+    INSERT INTO settlements ({cols})
+    SELECT {cols} FROM json_populate_recordset(NULL::settlements, $4::json)
+    WHERE (SELECT ok FROM guard)
+),
+ins_txns AS (
+    INSERT INTO ledger_txns (kind, ref)
+    SELECT 'settlement', ref FROM json_to_recordset($5::json) AS t(ref text)
+    WHERE (SELECT ok FROM guard) RETURNING txn_id, ref
+),
+ins_entries AS (
+    INSERT INTO ledger_entries (txn_id, line, account, side, amount)
+    SELECT t.txn_id, e.line, e.account, e.side, e.amount
+    FROM ins_txns t JOIN json_to_recordset($6::json)
+        AS e(ref text, line smallint, account text, side text, amount bigint) USING (ref)
+),
+upsert_years AS (
+    INSERT INTO year_states (psn_no, year, {years_cols})
+    SELECT psn_no, year, {years_cols} FROM json_populate_recordset(NULL::year_states, $7::json)
+    WHERE (SELECT ok FROM guard)
+    ON CONFLICT (psn_no, year) DO UPDATE SET
+    {", ".join(f"{c} = year_states.{c} + EXCLUDED.{c}" for c in YEAR_COLUMNS)}
+),
+ins_flags AS (
+    INSERT INTO supervision_flags (rule, setl_id, psn_no, fixmedins_code, details)
+    SELECT rule, setl_id, psn_no, fixmedins_code, details
+    FROM json_populate_recordset(NULL::supervision_flags, $8::json)
+    WHERE (SELECT ok FROM guard)
+),
+{append_cte(9, after="upd_account").strip()}
+SELECT (SELECT ok FROM guard) AS ok, ARRAY(SELECT psn_no FROM locked) AS locked"""
+    return sql, [
+        _doc(accounts),
+        len(writes),
+        _doc(nonces),
+        _doc(rows),
+        _doc(txns),
+        _doc(entries),
+        _doc(years),
+        _doc(flags),
+        *audit.params(),
+    ]

@@ -19,7 +19,8 @@ from cardsvc.settlement.fundparts import (
     settlement_limit,
     within_limits,
 )
-from cardsvc.settlement.services import reverse_locked, stored_setl_info
+from cardsvc.settlement.plan import stored_setl_info
+from cardsvc.settlement.services import reverse_locked
 from cardsvc.supervision.models import FlagInfo, FundLine, FundReport, Review
 from cardsvc.web.caller import ADMIN
 

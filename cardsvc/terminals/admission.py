@@ -59,7 +59,13 @@ def standing_cte(terminal: str, session: str, fresh: str = "true") -> str:
     has fenced yet: the one-row ``crash_marker`` is empty). ``terminal`` and ``session``
     are placeholders. It writes nothing."""
     return f"""
-    admission AS (
+    admission AS ({standing_select(terminal, session, fresh)})"""
+
+
+def standing_select(terminal: str, session: str, fresh: str = "true") -> str:
+    """The query of ``standing_cte``; ``terminal`` and ``session`` may also be columns of an
+    outer query (a LATERAL join standing each row of a batch)."""
+    return f"""
         SELECT {fresh} AS fresh,
                t.status AS terminal_status, f.status AS facility_status, f.credit_rating,
                t.fixmedins_code IS NOT NULL AS has_facility,
@@ -69,8 +75,7 @@ def standing_cte(terminal: str, session: str, fresh: str = "true") -> str:
         FROM terminals t LEFT JOIN facilities f USING (fixmedins_code)
         LEFT JOIN terminal_sessions s
                ON s.session_id = {session} AND s.terminal_id = t.terminal_id
-        WHERE t.terminal_id = {terminal}
-    )"""  # noqa: S608 - placeholders only
+        WHERE t.terminal_id = {terminal}"""  # noqa: S608 - placeholders or column names only
 
 
 def admission_ctes(first: int) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 
-from cardsvc.settlement.services import new_setl_id
+from cardsvc.settlement.plan import new_setl_id
 
 SHAPE = re.compile(r"^S\d{8}[0-9a-f]{20}$")  # schema/openapi.yaml
 
