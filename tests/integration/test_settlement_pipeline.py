@@ -1,0 +1,245 @@
+"""The settlement pipeline under real batches (real PostgreSQL, hsm_stub, signed terminals):
+a batch answers, pays and counts exactly as one request at a time would; a batch that dies
+in its write leaves nothing behind, and each of its requests, retried, settles once.
+
+A batch is made by holding one person's account row locked from outside: that person's
+settlement waits in its write, and every request sent meanwhile gathers behind it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import msgspec
+import pytest
+import pytest_asyncio
+
+from cardsvc.settlement.snapshot import YEAR_COLUMNS
+from cardsvc.terminal_sdk.client import TerminalClient
+from tests.support.api import POLICY_CATALOG, Patient, Service, lines, patient, unique_code
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+# What differs between two equal settlements of two persons.
+_OWN = {"setl_id", "setl_time", "psn_no", "card_no", "mdtrt_id"}
+
+
+@dataclass
+class World:
+    service: Service
+    counter: TerminalClient
+    pos: TerminalClient
+
+    async def patient(self, **kwargs: Any) -> Patient:
+        return await patient(self.service, self.pos, self.counter, **kwargs)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def world(service: Service) -> World:
+    await service.admin_ok("PUT", "/v1/catalog/items", {"items": POLICY_CATALOG})
+    facility = await service.facility(level="2")
+    pos = await service.terminal("pos", facility["fixmedins_code"])
+    return World(service, await service.terminal("counter"), pos)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def conn(service: Service) -> AsyncIterator[asyncpg.Connection]:
+    connection = await asyncpg.connect(service.database_url)
+    yield connection
+    await connection.close()
+
+
+def body(p: Patient, token: str, insutype: str, fee: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "card_token": token,
+        "insutype": insutype,
+        "med_type": "11",
+        "mdtrt_id": unique_code("MD"),
+        "feedetail": fee,
+    }
+
+
+@dataclass
+class Call:
+    """One settlement request, sendable again with the same Idempotency-Key and body."""
+
+    p: Patient
+    body: dict[str, Any]
+    key: str
+
+    def send(self) -> Awaitable[Any]:
+        return self.p.terminal.request(
+            "POST", "/v1/settlements", self.body, {"Idempotency-Key": self.key}
+        )
+
+
+async def call(p: Patient, insutype: str, fee: list[dict[str, Any]]) -> Call:
+    return Call(p, body(p, await p.fresh_token(), insutype, fee), unique_code("IK"))
+
+
+class AccountHold:
+    """A person's account row locked from outside, until released."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+        self.txn = conn.transaction()
+
+    async def take(self, psn_no: str) -> None:
+        await self.txn.start()
+        await self.conn.execute("SELECT 1 FROM psn_accounts WHERE psn_no = $1 FOR UPDATE", psn_no)
+
+    async def blocked_pid(self) -> int:
+        """The backend waiting for this hold (the batch's write)."""
+        for _ in range(500):
+            pid = await self.conn.fetchval(
+                "SELECT pid FROM pg_stat_activity"
+                " WHERE pg_backend_pid() = ANY(pg_blocking_pids(pid))"
+            )
+            if pid is not None:
+                return int(pid)
+            await asyncio.sleep(0.01)
+        raise AssertionError("no write ever waited for the held account")
+
+    async def release(self) -> None:
+        await self.txn.rollback()
+
+
+async def batch_of(conn: asyncpg.Connection, setl_id: str) -> list[str]:
+    """The settlements of the pipeline batch whose audit entry names ``setl_id``."""
+    rows = await conn.fetch(
+        "SELECT data FROM audit_log WHERE object_type = 'settlement_batch'"
+        " AND action = 'settlement.settled'"
+    )
+    for row in rows:
+        ids = [s["setl_id"] for s in msgspec.json.decode(row["data"])["settlements"]]
+        if setl_id in ids:
+            return ids
+    raise AssertionError(f"{setl_id} is in no batch's audit entry")
+
+
+async def state(conn: asyncpg.Connection, psn_no: str) -> tuple[Any, ...]:
+    balance = await conn.fetchval("SELECT balance FROM psn_accounts WHERE psn_no = $1", psn_no)
+    year = await conn.fetchrow(
+        f"SELECT {', '.join(YEAR_COLUMNS)} FROM year_states WHERE psn_no = $1",
+        psn_no,
+    )
+    return balance, None if year is None else tuple(year)
+
+
+def answer(resp: Any) -> tuple[int, Any]:
+    if resp.status != 200:
+        return resp.status, resp.body["error"]["code"]
+    return resp.status, {k: v for k, v in resp.body.items() if k not in _OWN}
+
+
+async def scenario(world: World) -> tuple[list[Patient], Call, list[Call], Call]:
+    """Persons and requests: a refused one (not enrolled in 390), one person twice, a retry
+    of a settled request, and one to reverse afterwards; plus a settled request to retry."""
+    refused = await world.patient(balance=5000)
+    twice = await world.patient(balance=3000)
+    retried = await world.patient(balance=2000)
+    reversed_ = await world.patient(balance=9000)
+    first = await call(retried, "310", lines(("A-AMOX", 1500, 1)))
+    assert (await first.send()).status == 200
+    calls = [
+        await call(refused, "390", lines(("A-AMOX", 1000, 1))),
+        await call(twice, "310", lines(("A-AMOX", 2000, 1))),
+        await call(twice, "310", lines(("B-CEF", 1500, 2))),
+        first,  # the same request again
+        await call(reversed_, "310", lines(("A-AMOX", 60000, 1), ("C-VIT", 800, 2))),
+    ]
+    return [refused, twice, retried, reversed_], first, calls, calls[-1]
+
+
+async def test_a_batch_answers_pays_and_counts_as_one_request_at_a_time(
+    world: World, conn: asyncpg.Connection
+) -> None:
+    # One request at a time.
+    alone_people, _, alone_calls, alone_reversed = await scenario(world)
+    alone = [answer(await c.send()) for c in alone_calls]
+
+    # The same, gathered in one batch behind a settlement waiting for its account.
+    people, _, calls, to_reverse = await scenario(world)
+    blocker = await world.patient(balance=100)
+    blocking = await call(blocker, "310", lines(("A-AMOX", 100, 1)))
+    hold = AccountHold(conn)
+    await hold.take(blocker.psn_no)
+    try:
+        first_batch = asyncio.ensure_future(blocking.send())
+        await hold.blocked_pid()
+        sent = [asyncio.ensure_future(c.send()) for c in calls]
+        await asyncio.sleep(0.5)  # all of them queued behind the batch in flight
+    finally:
+        await hold.release()
+    assert (await first_batch).status == 200
+    batched = [answer(await s) for s in sent]
+    assert batched == alone
+    assert batched[0] == (422, alone[0][1]) and batched[3][0] == 200
+
+    # They did share a batch: the person's first settlement and the one to reverse; the
+    # person's second settlement waited for the next.
+    ids = [(await s).body.get("setl_id") for s in sent]
+    shared = await batch_of(conn, ids[1])
+    assert ids[4] in shared and ids[2] not in shared
+    assert ids[3] == (await calls[3].send()).body["setl_id"]  # the retry: the first settlement
+
+    for c, p in ((alone_reversed, alone_people[3]), (to_reverse, people[3])):
+        setl_id = (await c.send()).body["setl_id"]
+        await p.terminal.call("POST", f"/v1/settlements/{setl_id}/reverse", {"reason": "test"})
+    assert [await state(conn, p.psn_no) for p in people] == [
+        await state(conn, p.psn_no) for p in alone_people
+    ]
+    for p in people:
+        settled = await conn.fetchval(
+            "SELECT count(*) FROM settlements WHERE psn_no = $1", p.psn_no
+        )
+        assert settled == {people[0].psn_no: 0, people[1].psn_no: 2}.get(p.psn_no, 1)
+    proof = await world.service.admin_ok("GET", "/v1/ledger/proof")
+    assert proof["ok"] is True
+    assert (await world.service.admin_ok("GET", "/v1/audit/verify"))["ok"] is True
+
+
+async def test_a_batch_that_dies_in_its_write_leaves_nothing_and_each_retry_settles_once(
+    world: World, conn: asyncpg.Connection, service: Service
+) -> None:
+    people = [await world.patient(balance=4000) for _ in range(4)]
+    calls = [await call(p, "310", lines(("A-AMOX", 3000, 1))) for p in people]
+    before = [await state(conn, p.psn_no) for p in people]
+    first, held = AccountHold(conn), AccountHold(await asyncpg.connect(service.database_url))
+    try:
+        await first.take(people[0].psn_no)
+        await held.take(people[1].psn_no)
+        first_batch = asyncio.ensure_future(calls[0].send())
+        await first.blocked_pid()
+        batch = [asyncio.ensure_future(c.send()) for c in calls[1:]]
+        await asyncio.sleep(0.5)
+        await first.release()  # the first batch commits; the next one waits in its write
+        assert (await first_batch).status == 200
+        pid = await held.blocked_pid()
+        await conn.execute("SELECT pg_terminate_backend($1)", pid)
+        died = [await s for s in batch]
+    finally:
+        await held.release()
+        await held.conn.close()
+    assert [(r.status, r.body["error"]["code"]) for r in died] == [
+        (503, "DATABASE_UNAVAILABLE")
+    ] * 3
+    for p, was in zip(people[1:], before[1:], strict=True):
+        assert await state(conn, p.psn_no) == was
+        assert (
+            await conn.fetchval("SELECT count(*) FROM settlements WHERE psn_no = $1", p.psn_no) == 0
+        )
+    # Retried with the same Idempotency-Key and body (a new signature and nonce): once each.
+    retried = [await c.send() for c in calls[1:]]
+    assert [r.status for r in retried] == [200] * 3
+    again = [await c.send() for c in calls[1:]]
+    assert [r.body["setl_id"] for r in again] == [r.body["setl_id"] for r in retried]
+    for p in people:
+        assert (
+            await conn.fetchval("SELECT count(*) FROM settlements WHERE psn_no = $1", p.psn_no) == 1
+        )
+        assert (await state(conn, p.psn_no))[0] == 1000
+    assert (await world.service.admin_ok("GET", "/v1/ledger/proof"))["ok"] is True
