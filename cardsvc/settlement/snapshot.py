@@ -60,7 +60,9 @@ SELECT p.psn_type, a.balance, a.xmin AS account_version,
   (SELECT coalesce(json_agg(json_build_object(
       'code', c.code, 'chrgitm_lv', c.chrgitm_lv, 'selfpay_prop', c.selfpay_prop,
       'max_price', c.max_price, 'work_injury', c.work_injury)), '[]')
-   FROM catalog_items c WHERE c.code = ANY({codes})) AS catalog,
+   FROM unnest({codes}) AS k(code),
+        -- OFFSET 0: one index probe per code, not a scan of the catalog per settlement
+        LATERAL (SELECT * FROM catalog_items WHERE code = k.code OFFSET 0) c) AS catalog,
   (SELECT row_to_json(j) FROM (
       SELECT case_id, psn_no, status, valid_from, valid_to
       FROM injury_cases WHERE case_id = {case}) j) AS injury_case,
@@ -88,7 +90,7 @@ _PREVIEW = _columns("$1", "$3", "$4::text[]", "$5", "$6") + _from("$1", "$2")
 _SETTLE_BATCH = f"""
 SELECT r.n, adm.fenced IS NOT NULL AS has_standing, adm.*, s.*
 FROM json_to_recordset($1::json) AS r(
-    n int, psn_no text, card_no text, fixmedins_code text, codes text[],
+    n int, psn_no text, card_no char(9), fixmedins_code text, codes text[],
     injury_case_id text, idempotency_key text, card_auth_id text,
     terminal_id text, session_id text)
 LEFT JOIN LATERAL ({standing_select("r.terminal_id", "r.session_id")}) adm ON true
