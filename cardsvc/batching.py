@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Generic, TypeAlias, TypeVar
 
 import structlog
@@ -33,13 +32,11 @@ R = TypeVar("R")
 Outcome: TypeAlias = R | BaseException
 
 
-@dataclass
 class _Waiting(Generic[J, R]):
-    job: J
-    keys: tuple[Hashable, ...]
-    future: asyncio.Future[R] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
+    __slots__ = ("future", "job", "keys")
+
+    def __init__(self, job: J, keys: tuple[Hashable, ...], future: asyncio.Future[R]) -> None:
+        self.job, self.keys, self.future = job, keys, future
 
 
 class Batcher(Generic[J, R]):
@@ -63,7 +60,8 @@ class Batcher(Generic[J, R]):
         """Run ``job`` in the next batch that can take it; its outcome, raised if an error."""
         if self._closed:
             raise RuntimeError(f"the {self.name} batcher is closed")
-        waiting: _Waiting[J, R] = _Waiting(job, tuple(self._keys(job)))
+        loop = asyncio.get_running_loop()
+        waiting: _Waiting[J, R] = _Waiting(job, tuple(self._keys(job)), loop.create_future())
         self._queue.append(waiting)
         self._wake.set()
         if self._task is None:

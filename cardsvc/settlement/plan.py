@@ -20,7 +20,7 @@ from cardsvc.settlement.models import FundPayment, SetlInfo, SettleRequest
 from cardsvc.settlement.params import PolicyParams
 from cardsvc.settlement.postings import settlement_postings
 from cardsvc.settlement.snapshot import YEAR_COLUMNS, SettleRead
-from cardsvc.settlement.store import SettlementWrite, lines_column
+from cardsvc.settlement.store import SettlementWrite, bytea, lines_column
 from cardsvc.web.caller import Admission, Caller
 
 _request_encoder = msgspec.json.Encoder()
@@ -175,7 +175,7 @@ def plan(
         "fixmedins_type": snapshot.facility.type,
         "terminal_id": job.caller.terminal_id,
         "idempotency_key": job.key,
-        "request_hash": job.digest,
+        "request_hash": bytea(job.digest),
         "insutype": req.insutype,
         "med_type": req.med_type,
         "mdtrt_id": req.mdtrt_id,
@@ -192,7 +192,7 @@ def plan(
         ],
         "year_delta": msgspec.to_builtins(split.year_delta),
         "review_status": "pending" if split.review_required else "none",
-        "card_auth_id": job.spends,  # spends the card token (a unique index)
+        "card_auth_id": bytea(job.spends),  # spends the card token (a unique index)
         "lines": lines_column(split, request.lines),
     }
     admission = job.admission

@@ -38,7 +38,8 @@ _json = msgspec.json.Encoder()
 
 @dataclass(frozen=True)
 class SettlementWrite:
-    row: dict[str, Any]  # column -> value of the settlements row (lines included)
+    row: dict[str, Any]  # column -> JSON value of the settlements row (lines included;
+    #                      bytea columns as ``bytea(...)``)
     postings: list[Posting]
     acct_pay: int
     account_version: int  # the account row's xmin when the snapshot was read
@@ -78,9 +79,9 @@ def lines_column(split: policy.Split, fees: Sequence[policy.FeeLine]) -> list[di
     ]
 
 
-def _bytea(value: Any) -> Any:
+def bytea(value: bytes) -> str:
     """JSON has no bytes: PostgreSQL reads ``\\x``-hex as bytea."""
-    return "\\x" + value.hex() if isinstance(value, bytes | bytearray) else value
+    return "\\x" + value.hex()
 
 
 def _doc(rows: list[dict[str, Any]]) -> str:
@@ -97,7 +98,6 @@ def settlement_statement(writes: list[SettlementWrite], audit: NewEntry) -> tupl
         {"psn_no": w.psn_no, "pay": w.acct_pay, "version": str(w.account_version)} for w in writes
     ]
     nonces = [{"terminal_id": t, "nonce": n} for w in writes if w.nonce for t, n in [w.nonce]]
-    rows = [{c: _bytea(v) for c, v in w.row.items()} for w in writes]
     txns, entries = [], []
     for w in writes:
         if w.postings:
@@ -184,7 +184,7 @@ SELECT (SELECT ok FROM guard) AS ok, ARRAY(SELECT psn_no FROM locked) AS locked"
         _doc(accounts),
         len(writes),
         _doc(nonces),
-        _doc(rows),
+        _doc([w.row for w in writes]),
         _doc(txns),
         _doc(entries),
         _doc(years),
