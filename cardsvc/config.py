@@ -41,6 +41,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     hsm_key_file: str = ""
     db_pool_min: int = 2
     db_pool_max: int = 10
+    # The most settlements one batch of a worker's settlement pipeline takes.
+    settle_batch_max: int = 64
     db_command_timeout: float = 5.0
     # At start, how long (seconds, in all) to keep trying a database that does not answer.
     db_connect_timeout: float = 30.0
@@ -158,6 +160,8 @@ def _checked(settings: Settings) -> Settings:
         )
     if settings.db_connect_timeout < 0:
         raise ConfigError("CARDSVC_DB_CONNECT_TIMEOUT must not be negative")
+    if not 1 <= settings.settle_batch_max <= 1000:
+        raise ConfigError("CARDSVC_SETTLE_BATCH_MAX must be between 1 and 1000")
     return settings
 
 
@@ -187,6 +191,7 @@ def _load(env: Mapping[str, str]) -> Settings:
         hsm_key_file=env.get("CARDSVC_HSM_KEY_FILE", defaults.hsm_key_file),
         db_pool_min=_int(env, "CARDSVC_DB_POOL_MIN", defaults.db_pool_min),
         db_pool_max=_int(env, "CARDSVC_DB_POOL_MAX", defaults.db_pool_max),
+        settle_batch_max=_int(env, "CARDSVC_SETTLE_BATCH_MAX", defaults.settle_batch_max),
         db_command_timeout=_float(env, "CARDSVC_DB_COMMAND_TIMEOUT", defaults.db_command_timeout),
         db_connect_timeout=_float(env, "CARDSVC_DB_CONNECT_TIMEOUT", defaults.db_connect_timeout),
         request_timeout=_float(env, "CARDSVC_REQUEST_TIMEOUT", defaults.request_timeout),

@@ -68,7 +68,9 @@ def build_services(settings: Settings, pool: Pool, hsm: HsmClient) -> Services:
         cards=cards,
         card_auth=CardAuthenticator(pool, hsm, settings),
         card_tokens=card_tokens,
-        settlements=SettlementService(pool, card_tokens, audit),
+        settlements=SettlementService(
+            pool, card_tokens, audit, max_batch=settings.settle_batch_max
+        ),
         reconciliation=Reconciliation(pool),
         clearing=Clearing(
             pool, audit, timeout=settings.clearing_timeout, wait=settings.clearing_wait

@@ -44,9 +44,6 @@ from cardsvc.web.caller import Caller
 
 log = structlog.get_logger(__name__)
 
-# The most settlements one batch of the pipeline takes (one statement's worth).
-MAX_BATCH = 64
-
 _year_delta = msgspec.json.Decoder(policy.YearState)
 
 # Takes a reversed settlement's delta back. An UPDATE, not the upsert with negative values:
@@ -66,7 +63,7 @@ class SettlementService:
         audit: AuditLog,
         rules: SupervisionRules | None = None,
         *,
-        max_batch: int = MAX_BATCH,
+        max_batch: int = 64,
     ) -> None:
         self._pool, self._tokens, self._audit = pool, tokens, audit
         self._params = load_params(CURRENT_POLICY_VERSION)
