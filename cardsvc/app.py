@@ -17,6 +17,7 @@ from cardsvc import db
 from cardsvc.config import Settings
 from cardsvc.datakey import services as datakey
 from cardsvc.hsm.tls import hsm_client
+from cardsvc.ops import gcpause
 from cardsvc.ops.services import Health
 from cardsvc.routes import setup_routes
 from cardsvc.services import build_services
@@ -91,9 +92,13 @@ async def _audit_anchoring(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _monitoring(app: web.Application) -> AsyncIterator[None]:
-    """Event-loop lag, pool use and dependency health for the gauges (cardsvc/ops)."""
+    """Event-loop lag, pool use, dependency health and garbage-collector pauses for the
+    gauges (cardsvc/ops); what start-up made is frozen out of the collector's walks."""
     task = asyncio.create_task(Health(app[POOL], app[HSM]).monitor())
+    gcpause.freeze_startup_objects()
+    gcpause.watch()
     yield
+    gcpause.unwatch()
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task

@@ -125,6 +125,13 @@ EVENT_LOOP_LAG = Gauge(
     registry=REGISTRY,
     multiprocess_mode="livemax",
 )
+GC_PAUSE = Histogram(
+    "cardsvc_gc_pause_seconds",
+    "Python garbage collections by generation and how long each stopped the worker",
+    ["generation"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1),
+    registry=REGISTRY,
+)
 DEPENDENCY_UP = Gauge(
     "cardsvc_dependency_up",
     "1 if the dependency answered at the last check, else 0 (worst live worker)",

@@ -4,6 +4,7 @@ OpenAPI document kept true to the routes."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import subprocess
 import sys
 import time
@@ -155,3 +156,18 @@ async def test_audit_chain_detects_tampering(service: Service, hsm: HsmProcess, 
     finally:
         await conn.close()
     assert (await service.admin_ok("GET", "/v1/audit/verify"))["ok"] is True
+
+
+async def test_garbage_collections_are_counted_with_their_pauses(service: Service) -> None:
+    async def full_collections() -> float:
+        async with service.http.get(service.base_url + "/metrics") as resp:
+            text = await resp.text()
+        return sum(
+            float(line.split()[-1])
+            for line in text.splitlines()
+            if line.startswith('cardsvc_gc_pause_seconds_count{generation="2"}')
+        )
+
+    before = await full_collections()
+    gc.collect()
+    assert await full_collections() == before + 1

@@ -1,0 +1,44 @@
+"""Python's garbage collector as the operator sees it: every collection's pause, by
+generation (``cardsvc_gc_pause_seconds``). A full (generation 2) collection walks every
+object the worker holds and stops its event loop meanwhile, every request of it waiting.
+
+``freeze_startup_objects`` moves what start-up created (modules, settings, the policy
+parameters, the routes) out of the collector's sight (``gc.freeze``): those live as long as
+the worker, and full collections then walk only what requests made.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from typing import Any
+
+from cardsvc.ops import metrics
+
+_started: dict[int, float] = {}
+
+
+def _observe(phase: str, info: dict[str, Any]) -> None:
+    generation = info["generation"]
+    if phase == "start":
+        _started[generation] = time.perf_counter()
+        return
+    began = _started.pop(generation, None)
+    if began is not None:
+        metrics.GC_PAUSE.labels(str(generation)).observe(time.perf_counter() - began)
+
+
+def watch() -> None:
+    """Observe every collection's pause (idempotent)."""
+    if _observe not in gc.callbacks:
+        gc.callbacks.append(_observe)
+
+
+def unwatch() -> None:
+    if _observe in gc.callbacks:
+        gc.callbacks.remove(_observe)
+
+
+def freeze_startup_objects() -> None:
+    gc.collect()
+    gc.freeze()
