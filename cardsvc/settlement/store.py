@@ -8,10 +8,12 @@ one audit entry covers the whole batch. Foreign keys between the parts are check
 end of the statement, when every row exists.
 
 All or nothing: ``locked`` takes every account row of the batch ``FOR UPDATE`` in psn_no
-order, but only if it still has the version its snapshot read (under READ COMMITTED a row
-changed meanwhile is re-checked after the other writer commits, and drops out). Unless every
-account passed, nothing at all is written and ``locked`` names those that did: the caller
-writes them again and reads the others anew. Account rows are locked in psn_no order and
+order, but only if it still has the version its snapshot read (a row changed and committed
+meanwhile drops out) and nobody else holds it (``SKIP LOCKED``: a batch never waits for a
+person's lock, so one account held by a long transaction cannot stall the worker's
+settlements behind it). Unless every account passed, nothing at all is written and
+``locked`` names those that did: the caller writes them again, and the others are settled
+alone, each waiting for its person's lock in its own request. Account rows are locked in psn_no order and
 the audit chain head last, so two batches never wait on each other in a cycle.
 
 A nonce seen before, an Idempotency-Key or a card token already used (by a request in
@@ -137,7 +139,7 @@ WITH accounts AS (
 ),
 locked AS (
     SELECT a.psn_no FROM psn_accounts a JOIN accounts i USING (psn_no)
-    WHERE a.xmin = i.version::xid ORDER BY a.psn_no FOR UPDATE OF a
+    WHERE a.xmin = i.version::xid ORDER BY a.psn_no FOR UPDATE OF a SKIP LOCKED
 ),
 guard AS (SELECT count(*) = $2 AS ok FROM locked),
 ins_nonces AS (
