@@ -148,6 +148,16 @@ class BadAnchor(msgspec.Struct, frozen=True):
     reason: str
 
 
+class ChangedSettlement(msgspec.Struct, frozen=True):
+    """A settlement whose row no longer says what its audit entry recorded when it was
+    written (or that is gone): ``fields`` names the columns that differ."""
+
+    setl_id: str
+    chain: int  # the audit entry that recorded it
+    seq: int
+    fields: list[str]
+
+
 class VerifyResult(msgspec.Struct, frozen=True):
     ok: bool
     entries: int
@@ -156,6 +166,42 @@ class VerifyResult(msgspec.Struct, frozen=True):
     last_anchor_at: dt.datetime | None = None
     bad_anchors: int = 0
     first_bad_anchor: BadAnchor | None = None
+    settlements_checked: int = 0  # settlement rows compared with their audit entries
+    first_changed_settlement: ChangedSettlement | None = None
+
+
+# What every settlement's audit entry records (a pipeline batch's entry lists its
+# settlements; one written before the pipeline is the settlement's own entry), compared
+# with the settlement's row: a row changed or deleted behind the service's back is named.
+_AUDITED_SETTLEMENT_FIELDS = ("psn_no", "fixmedins_code", "medfee_sumamt", "fund_pay_sumamt",
+                              "acct_pay")  # fmt: skip
+_CHANGED_SETTLEMENTS = f"""
+WITH audited AS (
+    SELECT l.chain, l.seq, x.doc ->> 'setl_id' AS setl_id, x.doc
+    FROM audit_log l, jsonb_array_elements(l.data::jsonb -> 'settlements') AS x(doc)
+    WHERE l.object_type = 'settlement_batch' AND l.action = 'settlement.settled'
+    UNION ALL
+    SELECT chain, seq, object_id, data::jsonb FROM audit_log
+    WHERE object_type = 'settlement' AND action = 'settlement.settled'
+),
+compared AS (
+    SELECT a.chain, a.seq, a.setl_id,
+           CASE WHEN s.setl_id IS NULL THEN ARRAY['(row missing)'] ELSE array_remove(ARRAY[
+               {
+    ", ".join(
+        f"CASE WHEN s.{f}::text IS DISTINCT FROM a.doc ->> '{f}' THEN '{f}' END"
+        for f in _AUDITED_SETTLEMENT_FIELDS
+    )
+}
+           ], NULL) END AS fields
+    FROM audited a LEFT JOIN settlements s ON s.setl_id = a.setl_id
+)
+SELECT (SELECT count(*) FROM compared) AS checked,
+       (SELECT row_to_json(c) FROM (
+            SELECT setl_id, chain, seq, fields FROM compared
+            WHERE cardinality(fields) > 0 ORDER BY chain, seq, setl_id LIMIT 1) c) AS first
+"""  # noqa: S608 - constant column names
+_changed = msgspec.json.Decoder(ChangedSettlement)
 
 
 class AnchorWritten(msgspec.Struct, frozen=True):
@@ -217,7 +263,15 @@ class AuditLog:
                 broken = _earliest(broken, _anchor_break(chain, rows, broken, anchored))
                 if broken is not None:
                     return VerifyResult(False, total, broken)
-        return VerifyResult(True, total, None)
+            settlements = await conn.fetchrow(_CHANGED_SETTLEMENTS)
+        changed = _changed.decode(settlements["first"]) if settlements["first"] else None
+        return VerifyResult(
+            changed is None,
+            total,
+            None,
+            settlements_checked=settlements["checked"],
+            first_changed_settlement=changed,
+        )
 
 
 def _anchor_break(

@@ -27,7 +27,7 @@ from cardsvc.config import Settings
 from cardsvc.hsm.tls import hsm_client
 from cardsvc.ops.metrics import REGISTRY
 from hsm_stub.keystore import KeyType, unwrap_key
-from tests.support.api import Service
+from tests.support.api import POLICY_CATALOG, Service, lines, patient
 from tests.support.hsm import HsmProcess, hsm_env
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -397,3 +397,40 @@ async def test_a_session_holding_the_anchor_lock_is_counted_reported_and_refused
         # The lock released: the next turn anchors, and the age is back near zero.
         assert await anchors.anchor_when_due() is True
         assert age() < 0.05
+
+
+async def test_a_settlement_row_changed_behind_the_service_is_named(
+    service: Service, conn: asyncpg.Connection
+) -> None:
+    """Settlement rows are not hashed; what their batch's audit entry recorded is. A row
+    changed (consistently with its own checks) or deleted in the database is named."""
+    await service.admin_ok("PUT", "/v1/catalog/items", {"items": POLICY_CATALOG})
+    facility = await service.facility()
+    pos = await service.terminal("pos", facility["fixmedins_code"])
+    p = await patient(service, pos, await service.terminal("counter"), balance=500)
+    settled = await p.settle("310", "11", lines(("A-AMOX", 3000, 1)))
+    row = await conn.fetchrow(
+        "SELECT setl_id, acct_pay, psn_cash_pay FROM settlements WHERE setl_id = $1",
+        settled["setl_id"],
+    )
+    assert row["acct_pay"] == 500 and row["psn_cash_pay"] > 0
+    before = await service.admin_ok("GET", "/v1/audit/verify")
+    assert before["ok"] is True and before["settlements_checked"] >= 1
+    await conn.execute(
+        "UPDATE settlements SET acct_pay = acct_pay + 1, psn_cash_pay = psn_cash_pay - 1"
+        " WHERE setl_id = $1",
+        row["setl_id"],
+    )
+    try:
+        verdict = await service.admin_ok("GET", "/v1/audit/verify")
+        assert verdict["ok"] is False and verdict["first_bad"] is None
+        changed = verdict["first_changed_settlement"]
+        assert (changed["setl_id"], changed["fields"]) == (row["setl_id"], ["acct_pay"])
+    finally:
+        await conn.execute(
+            "UPDATE settlements SET acct_pay = $2, psn_cash_pay = $3 WHERE setl_id = $1",
+            row["setl_id"],
+            row["acct_pay"],
+            row["psn_cash_pay"],
+        )
+    assert (await service.admin_ok("GET", "/v1/audit/verify"))["ok"] is True
