@@ -13,8 +13,9 @@ meanwhile drops out) and nobody else holds it (``SKIP LOCKED``: a batch never wa
 person's lock, so one account held by a long transaction cannot stall the worker's
 settlements behind it). Unless every account passed, nothing at all is written and
 ``locked`` names those that did: the caller writes them again, and the others are settled
-alone, each waiting for its person's lock in its own request. Account rows are locked in psn_no order and
-the audit chain head last, so two batches never wait on each other in a cycle.
+alone, each waiting for its person's lock in its own request. Account rows are locked in
+psn_no order and the audit chain head last, so two batches never wait on each other in a
+cycle.
 
 A nonce seen before, an Idempotency-Key or a card token already used (by a request in
 another worker at this instant) fails the whole statement with a unique violation: nothing
