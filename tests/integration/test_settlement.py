@@ -271,7 +271,10 @@ async def test_idempotent_retry_and_key_reuse(world: World):
 
 
 async def test_fifty_concurrent_settlements_of_one_person(world: World):
-    p = await world.patient(world.level2, balance=20000)
+    # A terminal of its own: its 100 card authentications start from a full rate bucket.
+    facility = await world.service.facility(level="2")
+    pos = await world.service.terminal("pos", facility["fixmedins_code"])
+    p = await world.patient(pos, balance=20000)
     fee = lines(("A-AMOX", 1000, 1))
     tokens = [await p.fresh_token() for _ in range(50)]  # one PIN entry per settlement
     await asyncio.sleep(1.5)  # the 100 card-auth requests used the terminal's burst allowance
