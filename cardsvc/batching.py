@@ -9,13 +9,16 @@ key; the later one waits, in order, for the next batch.
 ``run`` gets the batch and returns one outcome per job, in order: a value or the exception
 that job answers with, so one refused job does not disturb the others. If ``run`` itself
 raises (the database went away mid-batch), every job of the batch gets that error. A caller
-that stops waiting (its client went away) does not take its job back: the batch it is in
-completes as if it were still there.
+that stops waiting (its request timed out, its client went away) before a batch took its
+job takes the job back: it never runs. Once its batch is in flight, the batch completes as
+if the caller were still there. At most ``max_queue`` jobs wait: beyond, ``submit`` raises
+``BatcherFull`` at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from typing import Generic, TypeAlias, TypeVar
@@ -32,11 +35,17 @@ R = TypeVar("R")
 Outcome: TypeAlias = R | BaseException
 
 
+class BatcherFull(Exception):
+    """More jobs are waiting than the batcher takes (``max_queue``): the caller answers
+    at once that the service is busy instead of adding to a queue it cannot drain."""
+
+
 class _Waiting(Generic[J, R]):
-    __slots__ = ("future", "job", "keys")
+    __slots__ = ("abandoned", "future", "job", "keys")
 
     def __init__(self, job: J, keys: tuple[Hashable, ...], future: asyncio.Future[R]) -> None:
         self.job, self.keys, self.future = job, keys, future
+        self.abandoned = False  # its caller stopped waiting before a batch took it
 
 
 class Batcher(Generic[J, R]):
@@ -46,11 +55,13 @@ class Batcher(Generic[J, R]):
         run: Callable[[Sequence[J]], Awaitable[Sequence[Outcome[R]]]],
         *,
         max_size: int,
+        max_queue: int | None = None,
         keys: Callable[[J], Iterable[Hashable]] = lambda _job: (),
     ) -> None:
         if max_size < 1:
             raise ValueError("max_size must be >= 1")
         self.name, self._run, self._max, self._keys = name, run, max_size, keys
+        self._max_queue = max_queue if max_queue is not None else 16 * max_size
         self._queue: deque[_Waiting[J, R]] = deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -60,14 +71,25 @@ class Batcher(Generic[J, R]):
         """Run ``job`` in the next batch that can take it; its outcome, raised if an error."""
         if self._closed:
             raise RuntimeError(f"the {self.name} batcher is closed")
+        if len(self._queue) >= self._max_queue:
+            raise BatcherFull(f"{len(self._queue)} jobs already wait for the {self.name} batcher")
         loop = asyncio.get_running_loop()
         waiting: _Waiting[J, R] = _Waiting(job, tuple(self._keys(job)), loop.create_future())
         self._queue.append(waiting)
         self._wake.set()
         if self._task is None:
-            self._task = asyncio.create_task(self._loop(), name=f"batcher-{self.name}")
-        # Shielded: a caller that is cancelled leaves its job to complete with its batch.
-        return await asyncio.shield(waiting.future)
+            # A context of its own: not the first caller's (its request id in every log
+            # line of the loop).
+            self._task = loop.create_task(
+                self._loop(), name=f"batcher-{self.name}", context=contextvars.Context()
+            )
+        try:
+            # Shielded: a caller cancelled once its batch is in flight leaves its job to
+            # complete with it (the outcome is then unknown to the caller: a retry finds it).
+            return await asyncio.shield(waiting.future)
+        except asyncio.CancelledError:
+            waiting.abandoned = True  # not taken yet: it never runs
+            raise
 
     async def close(self) -> None:
         """Stop after the jobs already submitted (call when no request can submit more)."""
@@ -84,6 +106,9 @@ class Batcher(Generic[J, R]):
         later: deque[_Waiting[J, R]] = deque()
         while self._queue and len(batch) < self._max:
             waiting = self._queue.popleft()
+            if waiting.abandoned:
+                waiting.future.cancel()
+                continue
             if taken.intersection(waiting.keys):
                 later.append(waiting)
                 continue

@@ -66,6 +66,9 @@ TIMEOUT_ERRORS: tuple[type[BaseException], ...] = (
     TimeoutError,
     asyncpg.exceptions.QueryCanceledError,
     asyncpg.exceptions.LockNotAvailableError,
+    # Two transactions waited for each other and the database cancelled this one: nothing
+    # of it happened, and the same request again goes through.
+    asyncpg.exceptions.DeadlockDetectedError,
 )
 
 

@@ -68,7 +68,7 @@ class FacilityRegistry:
             changes["agreements"] = sorted(set(changes["agreements"]))
         async with transaction(self._pool) as conn:
             row = await conn.fetchrow(
-                f"SELECT {_COLUMNS} FROM facilities WHERE fixmedins_code = $1 FOR UPDATE",
+                f"SELECT {_COLUMNS} FROM facilities WHERE fixmedins_code = $1 FOR NO KEY UPDATE",
                 code,
             )
             if row is None:

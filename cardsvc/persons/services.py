@@ -107,7 +107,7 @@ class PersonRegistry:
             raise InvalidRequest("enddate is before begndate", code="INVALID_DATES")
         async with transaction(self._pool) as conn:
             psn_type = await conn.fetchval(
-                "SELECT psn_type FROM persons WHERE psn_no = $1 FOR UPDATE", psn_no
+                "SELECT psn_type FROM persons WHERE psn_no = $1 FOR NO KEY UPDATE", psn_no
             )
             if psn_type is None:
                 raise NotFound("no such person", code="PERSON_NOT_FOUND")

@@ -45,6 +45,15 @@ from cardsvc.settlement.store import settlement_statement
 
 log = structlog.get_logger(__name__)
 
+# A batch write that fails with one of these wrote nothing and says nothing about most of
+# its requests: each is settled alone.
+_SETTLE_ALONE_ON = (
+    asyncpg.UniqueViolationError,
+    asyncpg.DeadlockDetectedError,
+    asyncpg.LockNotAvailableError,
+    asyncpg.SerializationError,
+)
+
 # Who the batch's audit entry names; each settlement in it names its terminal.
 PIPELINE_ACTOR: Final = "settlement-pipeline"
 
@@ -152,8 +161,11 @@ class SettlementPipeline:
             while planned:
                 try:
                     ok, locked = await write_planned(conn, [p for _, p in planned])
-                except asyncpg.UniqueViolationError:
-                    break  # another worker's request won an index: each settles alone
+                except _SETTLE_ALONE_ON:
+                    # Another worker's request won an index at this instant, or the batch
+                    # met another transaction's locks: nothing was written, each settles
+                    # alone (the refused one gets its own answer there).
+                    break
                 if ok:
                     for i, p in planned:
                         outcomes[i] = p.info

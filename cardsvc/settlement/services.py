@@ -17,9 +17,10 @@ import structlog
 
 from cardsvc import clock
 from cardsvc.audit.services import AuditLog
+from cardsvc.batching import BatcherFull
 from cardsvc.cardauth.services import TOKEN_USE_INDEX, CardTokens, card_token_used, token_use_id
 from cardsvc.db import Connection, Pool, transaction
-from cardsvc.errors import CardsvcError, Conflict, Forbidden, NotFound
+from cardsvc.errors import CardsvcError, Conflict, Forbidden, NotFound, ServiceUnavailable
 from cardsvc.ledger import services as ledger
 from cardsvc.ledger.postings import reversed_postings
 from cardsvc.ops import metrics
@@ -124,7 +125,13 @@ class SettlementService:
             spends=token_use_id(claims),
             admission=caller.admission,
         )
-        outcome = await self._pipeline.submit(job)
+        try:
+            outcome = await self._pipeline.submit(job)
+        except BatcherFull:
+            raise ServiceUnavailable(
+                "too many settlements are waiting in this worker: retry in a moment",
+                code="SETTLEMENT_QUEUE_FULL",
+            ) from None
         if isinstance(outcome, SetlInfo):
             return outcome
         return await self._settle_alone(job)
@@ -144,20 +151,22 @@ class SettlementService:
                 [read] = await read_jobs(conn, [job], self._rules, now)
                 if isinstance(read, CardsvcError):
                     raise read
-                if read.earlier is not None:  # settled before (by a retry's first attempt)
-                    if job.admission is not None and not job.admission.done:
-                        await admit(conn, job.admission)
-                    earlier = await conn.fetchrow(
-                        "SELECT * FROM settlements WHERE setl_id = $1", read.earlier
-                    )
-                    return _same_request(earlier, job.digest)
-                if read.token_used:  # one PIN entry, one settlement (admitted by the route)
-                    raise card_token_used()
-                planned = plan(self._params, self._rules, job, read, now)
-                ok, _ = await write_planned(conn, [planned])
-                if not ok:
-                    raise RuntimeError("a locked account changed under its lock")
-                return planned.info
+                if read.token_used and read.earlier is None:  # one PIN entry, one settlement
+                    raise card_token_used()  # (admitted by the route)
+                if read.earlier is None:
+                    planned = plan(self._params, self._rules, job, read, now)
+                    ok, _ = await write_planned(conn, [planned])
+                    if not ok:
+                        raise RuntimeError("a locked account changed under its lock")
+                    return planned.info
+            # Settled before (by a retry's first attempt): admitted on its own, outside the
+            # transaction, so that a retry refused as another request still spends its nonce.
+            if job.admission is not None and not job.admission.done:
+                await admit(self._pool, job.admission)
+            earlier = await self._pool.fetchrow(
+                "SELECT * FROM settlements WHERE setl_id = $1", read.earlier
+            )
+            return _same_request(earlier, job.digest)
         except asyncpg.UniqueViolationError as exc:
             # The same key, settled at this instant by a concurrent request: answer as a
             # retry would be answered (admitted first: the failed write recorded nothing,

@@ -88,11 +88,13 @@ _PREVIEW = _columns("$1", "$3", "$4::text[]", "$5", "$6") + _from("$1", "$2")
 # batch: $2 year, $3 business date, $4 start of the other-facility window, $5 a day ago.
 # It writes nothing (the nonces go with the batch's write), so it never waits for WAL.
 _SETTLE_BATCH = f"""
-SELECT r.n, adm.fenced IS NOT NULL AS has_standing, adm.*, s.*
+SELECT r.n, adm.fenced IS NOT NULL AS has_standing, adm.*, s.*,
+  EXISTS (SELECT 1 FROM request_nonces
+          WHERE terminal_id = r.terminal_id AND nonce = r.nonce) AS nonce_seen
 FROM json_to_recordset($1::json) AS r(
     n int, psn_no text, card_no char(9), fixmedins_code text, codes text[],
     injury_case_id text, idempotency_key text, card_auth_id text,
-    terminal_id text, session_id text)
+    terminal_id text, session_id text, nonce text)
 LEFT JOIN LATERAL ({standing_select("r.terminal_id", "r.session_id")}) adm ON true
 LEFT JOIN LATERAL ({_columns("r.psn_no", "r.fixmedins_code", "r.codes", "r.injury_case_id", "$2")},
   (SELECT setl_id FROM settlements
@@ -191,6 +193,7 @@ def _input_row(n: int, i: SettleInput) -> dict[str, object]:
         "card_auth_id": i.card_auth_id.hex(),
         "terminal_id": None if admission is None else admission.terminal_id,
         "session_id": None if admission is None else admission.session_id,
+        "nonce": None if admission is None else admission.nonce,
     }
 
 
@@ -199,7 +202,11 @@ def _settle_read(
 ) -> SettleRead | CardsvcError:
     try:
         if i.standing_of is not None:
-            check_admission(row if row["has_standing"] else None)
+            # A replay already recorded is refused here, alone, not by failing the batch's
+            # write (that still catches two copies racing through two workers).
+            check_admission(
+                {**row, "fresh": not row["nonce_seen"]} if row["has_standing"] else None
+            )
         snapshot = _snapshot(row, i.psn_no, settle_date)
     except CardsvcError as exc:
         return exc

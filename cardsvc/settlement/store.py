@@ -146,7 +146,7 @@ guard AS (SELECT count(*) = $2 AS ok FROM locked),
 ins_nonces AS (
     INSERT INTO request_nonces (terminal_id, nonce)
     SELECT terminal_id, nonce FROM json_to_recordset($3::json) AS x(terminal_id text, nonce text)
-    WHERE (SELECT ok FROM guard)
+    WHERE (SELECT ok FROM guard) RETURNING 1
 ),
 upd_account AS (
     UPDATE psn_accounts a SET balance = a.balance - i.pay FROM accounts i
@@ -155,7 +155,7 @@ upd_account AS (
 ins_settlements AS (
     INSERT INTO settlements ({cols})
     SELECT {cols} FROM json_populate_recordset(NULL::settlements, $4::json)
-    WHERE (SELECT ok FROM guard)
+    WHERE (SELECT ok FROM guard) RETURNING 1
 ),
 ins_txns AS (
     INSERT INTO ledger_txns (kind, ref)
@@ -167,6 +167,7 @@ ins_entries AS (
     SELECT t.txn_id, e.line, e.account, e.side, e.amount
     FROM ins_txns t JOIN json_to_recordset($6::json)
         AS e(ref text, line smallint, account text, side text, amount bigint) USING (ref)
+    RETURNING 1
 ),
 upsert_years AS (
     INSERT INTO year_states (psn_no, year, {years_cols})
@@ -174,14 +175,24 @@ upsert_years AS (
     WHERE (SELECT ok FROM guard)
     ON CONFLICT (psn_no, year) DO UPDATE SET
     {", ".join(f"{c} = year_states.{c} + EXCLUDED.{c}" for c in YEAR_COLUMNS)}
+    RETURNING 1
 ),
 ins_flags AS (
     INSERT INTO supervision_flags (rule, setl_id, psn_no, fixmedins_code, details)
     SELECT rule, setl_id, psn_no, fixmedins_code, details
     FROM json_populate_recordset(NULL::supervision_flags, $8::json)
-    WHERE (SELECT ok FROM guard)
+    WHERE (SELECT ok FROM guard) RETURNING 1
 ),
-{append_cte(9, after="upd_account").strip()}
+-- Everything else first: the chain head is locked only once every row of the batch is
+-- in (and every unique-index wait is over), so it is held for as short as can be.
+done AS (
+    SELECT 1 FROM upd_account
+    WHERE (SELECT count(*) FROM ins_nonces) >= 0 AND (SELECT count(*) FROM ins_settlements) >= 0
+      AND (SELECT count(*) FROM ins_entries) >= 0 AND (SELECT count(*) FROM upsert_years) >= 0
+      AND (SELECT count(*) FROM ins_flags) >= 0
+    LIMIT 1
+),
+{append_cte(9, after="done").strip()}
 SELECT (SELECT ok FROM guard) AS ok, ARRAY(SELECT psn_no FROM locked) AS locked"""
     return sql, [
         _doc(accounts),

@@ -205,41 +205,113 @@ async def test_a_batch_answers_pays_and_counts_as_one_request_at_a_time(
 async def test_a_batch_that_dies_in_its_write_leaves_nothing_and_each_retry_settles_once(
     world: World, conn: asyncpg.Connection, service: Service
 ) -> None:
+    """Every audit chain head held from outside: a batch's write does all its work, then
+    waits for the head it appends to (last); killed there, nothing of it remains."""
     people = [await world.patient(balance=4000) for _ in range(4)]
     calls = [await call(p, "310", lines(("A-AMOX", 3000, 1))) for p in people]
     before = [await state(conn, p.psn_no) for p in people]
-    first, held = AccountHold(conn), AccountHold(await asyncpg.connect(service.database_url))
+    heads = await asyncpg.connect(service.database_url)
+    txn = heads.transaction()
     try:
-        await first.take(people[0].psn_no)
-        await held.take(people[1].psn_no)
+        await txn.start()
+        await heads.execute("SELECT 1 FROM audit_chains FOR UPDATE")
         first_batch = asyncio.ensure_future(calls[0].send())
-        await first.blocked_pid()
+        first = await blocked_on(heads)
         batch = [asyncio.ensure_future(c.send()) for c in calls[1:]]
-        await asyncio.sleep(0.5)
-        await first.release()  # the first batch commits; the next one waits in its write
-        assert (await first_batch).status == 200
-        pid = await held.blocked_pid()
-        await conn.execute("SELECT pg_terminate_backend($1)", pid)
-        died = [await s for s in batch]
+        await asyncio.sleep(0.5)  # the others queued behind the first batch
+        await conn.execute("SELECT pg_terminate_backend($1)", first)
+        second = await blocked_on(heads, other_than=first)
+        await conn.execute("SELECT pg_terminate_backend($1)", second)
+        died = [await first_batch] + [await s for s in batch]
     finally:
-        await held.release()
-        await held.conn.close()
-    assert [(r.status, r.body["error"]["code"]) for r in died] == [
-        (503, "DATABASE_UNAVAILABLE")
-    ] * 3
-    for p, was in zip(people[1:], before[1:], strict=True):
-        assert await state(conn, p.psn_no) == was
-        assert (
-            await conn.fetchval("SELECT count(*) FROM settlements WHERE psn_no = $1", p.psn_no) == 0
-        )
+        await txn.rollback()
+        await heads.close()
+    codes = [(r.status, r.body["error"]["code"]) for r in died]
+    assert codes == [(503, "DATABASE_UNAVAILABLE")] * 4
+    shared = await asyncpg.connect(service.database_url)
+    try:
+        for p, was in zip(people, before, strict=True):
+            assert await state(shared, p.psn_no) == was
+            settled = await shared.fetchval(
+                "SELECT count(*) FROM settlements WHERE psn_no = $1", p.psn_no
+            )
+            assert settled == 0
+    finally:
+        await shared.close()
     # Retried with the same Idempotency-Key and body (a new signature and nonce): once each.
-    retried = [await c.send() for c in calls[1:]]
-    assert [r.status for r in retried] == [200] * 3
-    again = [await c.send() for c in calls[1:]]
+    retried = [await c.send() for c in calls]
+    assert [r.status for r in retried] == [200] * 4
+    again = [await c.send() for c in calls]
     assert [r.body["setl_id"] for r in again] == [r.body["setl_id"] for r in retried]
     for p in people:
-        assert (
-            await conn.fetchval("SELECT count(*) FROM settlements WHERE psn_no = $1", p.psn_no) == 1
+        settled = await conn.fetchval(
+            "SELECT count(*) FROM settlements WHERE psn_no = $1", p.psn_no
         )
+        assert settled == 1
         assert (await state(conn, p.psn_no))[0] == 1000
     assert (await world.service.admin_ok("GET", "/v1/ledger/proof"))["ok"] is True
+
+
+async def blocked_on(holder: asyncpg.Connection, other_than: int | None = None) -> int:
+    """The backend waiting for a lock ``holder`` holds."""
+    for _ in range(500):
+        pids = await holder.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE pg_backend_pid() = ANY(pg_blocking_pids(pid))"
+        )
+        found = [r["pid"] for r in pids if r["pid"] != other_than]
+        if found:
+            return int(found[0])
+        await asyncio.sleep(0.01)
+    raise AssertionError("no write ever waited for the held lock")
+
+
+async def test_a_retry_refused_as_another_request_still_spends_its_nonce(
+    world: World, conn: asyncpg.Connection
+) -> None:
+    """Its Idempotency-Key was settled for another body (409): the exact signed request
+    sent again is a replay, refused as one."""
+    p = await world.patient(balance=5000)
+    first = await call(p, "310", lines(("A-AMOX", 1000, 1)))
+    assert (await first.send()).status == 200
+    other = msgspec.json.encode(
+        {**first.body, "mdtrt_id": unique_code("MD"), "card_token": await p.fresh_token()}
+    )
+    headers = p.terminal.signed_headers("POST", "/v1/settlements", other)
+    headers["Idempotency-Key"] = first.key
+    mismatch = await p.terminal.send("POST", "/v1/settlements", other, headers)
+    assert (mismatch.status, mismatch.body["error"]["code"]) == (409, "IDEMPOTENCY_MISMATCH")
+    replay = await p.terminal.send("POST", "/v1/settlements", other, headers)
+    assert (replay.status, replay.body["error"]["code"]) == (401, "NONCE_REPLAYED")
+
+
+async def test_a_batch_waiting_in_its_write_holds_no_audit_chain_head(
+    world: World, conn: asyncpg.Connection, service: Service
+) -> None:
+    """The chain head is taken last: a batch waiting for another transaction (here, on the
+    unique key of its own request's nonce, inserted and not yet committed elsewhere) has
+    not locked any chain head, so nothing else that audits waits for it."""
+    p = await world.patient(balance=5000)
+    c = await call(p, "310", lines(("A-AMOX", 1000, 1)))
+    raw = msgspec.json.encode(c.body)
+    headers = p.terminal.signed_headers("POST", "/v1/settlements", raw)
+    headers["Idempotency-Key"] = c.key
+    other = await asyncpg.connect(service.database_url)
+    txn = other.transaction()
+    try:
+        await txn.start()
+        await other.execute(
+            "INSERT INTO request_nonces (terminal_id, nonce) VALUES ($1, $2)",
+            headers["X-Terminal-Id"],
+            headers["X-Nonce"],
+        )
+        sent = asyncio.ensure_future(p.terminal.send("POST", "/v1/settlements", raw, headers))
+        await blocked_on(other)
+        async with conn.transaction():
+            free = await conn.fetchval(
+                "SELECT count(*) FROM (SELECT 1 FROM audit_chains FOR UPDATE NOWAIT) h"
+            )
+        assert free == 64
+    finally:
+        await txn.rollback()
+        await other.close()
+    assert (await sent).status == 200

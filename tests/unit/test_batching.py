@@ -7,8 +7,9 @@ import asyncio
 from collections.abc import Sequence
 
 import pytest
+import structlog
 
-from cardsvc.batching import Batcher, Outcome
+from cardsvc.batching import Batcher, BatcherFull, Outcome
 
 pytestmark = pytest.mark.asyncio
 
@@ -98,3 +99,52 @@ async def test_a_caller_that_goes_away_leaves_its_job_to_complete() -> None:
     await batcher.close()
     with pytest.raises(RuntimeError, match="closed"):
         await batcher.submit("late")
+
+
+async def test_a_job_whose_caller_went_away_before_its_batch_never_runs() -> None:
+    rec = Recorder()
+    batcher: Batcher[str, str] = Batcher("t", rec.run, max_size=10)
+    rec.gate.clear()
+    blocker = asyncio.create_task(batcher.submit("first"))
+    await asyncio.sleep(0.01)
+    queued = asyncio.create_task(batcher.submit("timed-out"))
+    kept = asyncio.create_task(batcher.submit("kept"))
+    await asyncio.sleep(0.01)
+    queued.cancel()  # its request timed out while the first batch was in flight
+    await asyncio.sleep(0)
+    rec.gate.set()
+    assert await blocker == "FIRST" and await kept == "KEPT"
+    assert rec.batches == [["first"], ["kept"]]
+    await batcher.close()
+
+
+async def test_a_full_queue_refuses_at_once() -> None:
+    rec = Recorder()
+    batcher: Batcher[str, str] = Batcher("t", rec.run, max_size=2, max_queue=3)
+    rec.gate.clear()
+    running = asyncio.create_task(batcher.submit("a"))
+    await asyncio.sleep(0.01)
+    waiting = [asyncio.create_task(batcher.submit(j)) for j in "bcd"]
+    await asyncio.sleep(0.01)
+    with pytest.raises(BatcherFull):
+        await batcher.submit("e")
+    rec.gate.set()
+    assert [await t for t in [running, *waiting]] == list("ABCD")
+    await batcher.close()
+
+
+async def test_the_loop_does_not_log_as_its_first_caller() -> None:
+    seen: list[object] = []
+
+    async def run(jobs: Sequence[str]) -> Sequence[Outcome[str]]:
+        seen.append(structlog.contextvars.get_contextvars().get("request_id"))
+        return list(jobs)
+
+    batcher: Batcher[str, str] = Batcher("t", run, max_size=2)
+    structlog.contextvars.bind_contextvars(request_id="first-caller")
+    try:
+        assert await batcher.submit("x") == "x"
+    finally:
+        structlog.contextvars.clear_contextvars()
+    assert seen == [None]
+    await batcher.close()
