@@ -33,7 +33,8 @@ async def _check(settings: Settings, what: str, anchors: Path | None = None) -> 
         result: VerifyResult | LedgerProof
         if what == "audit":
             async with hsm_client(settings) as hsm:
-                checker = audit_anchors(settings, pool, hsm, AuditLog(pool))
+                audit = AuditLog(pool, timeout=settings.long_request_timeout)
+                checker = audit_anchors(settings, pool, hsm, audit)
                 result = await checker.verify(anchors)
         else:
             result = await Ledger(pool, timeout=settings.long_request_timeout).prove()

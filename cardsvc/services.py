@@ -51,7 +51,7 @@ class Services:
 
 def build_services(settings: Settings, pool: Pool, hsm: HsmClient) -> Services:
     protector = DataProtector(settings.data_key)
-    audit = AuditLog(pool)
+    audit = AuditLog(pool, timeout=settings.long_request_timeout)
     card_tokens = CardTokens(settings)
     cards = CardIssuer(pool, hsm, protector, audit)
     return Services(

@@ -43,7 +43,7 @@ from cardsvc.audit.chain import (
     verify_chain,
 )
 from cardsvc.audit.export import append_line, iter_lines
-from cardsvc.db import Connection, Pool, as_service_error
+from cardsvc.db import Connection, Pool, as_service_error, extend_bounds
 from cardsvc.errors import CardsvcError, Conflict, ServiceUnavailable
 from cardsvc.hsm.client import HsmClient
 from cardsvc.ops.metrics import AUDIT_ANCHORS, AUDIT_LAST_ANCHOR_AGE
@@ -174,7 +174,18 @@ class VerifyResult(msgspec.Struct, frozen=True):
 # settlements; one written before the pipeline is the settlement's own entry), compared
 # with the settlement's row: a row changed or deleted behind the service's back is named.
 _AUDITED_SETTLEMENT_FIELDS = ("psn_no", "fixmedins_code", "medfee_sumamt", "fund_pay_sumamt",
-                              "acct_pay")  # fmt: skip
+                              "acct_pay", "psn_cash_pay", "card_no", "setl_date")  # fmt: skip
+# A field is compared where the entry recorded it (older entries recorded fewer).
+_FIELD_CHECKS = ", ".join(
+    [
+        f"CASE WHEN a.doc ? '{f}' AND s.{f}::text IS DISTINCT FROM a.doc ->> '{f}' THEN '{f}' END"
+        for f in _AUDITED_SETTLEMENT_FIELDS
+    ]
+    + [
+        "CASE WHEN a.doc ? 'setldetail' AND s.setldetail IS DISTINCT FROM a.doc -> 'setldetail'"
+        " THEN 'setldetail' END"
+    ]
+)
 _CHANGED_SETTLEMENTS = f"""
 WITH audited AS (
     SELECT l.chain, l.seq, x.doc ->> 'setl_id' AS setl_id, x.doc
@@ -187,12 +198,7 @@ WITH audited AS (
 compared AS (
     SELECT a.chain, a.seq, a.setl_id,
            CASE WHEN s.setl_id IS NULL THEN ARRAY['(row missing)'] ELSE array_remove(ARRAY[
-               {
-    ", ".join(
-        f"CASE WHEN s.{f}::text IS DISTINCT FROM a.doc ->> '{f}' THEN '{f}' END"
-        for f in _AUDITED_SETTLEMENT_FIELDS
-    )
-}
+               {_FIELD_CHECKS}
            ], NULL) END AS fields
     FROM audited a LEFT JOIN settlements s ON s.setl_id = a.setl_id
 )
@@ -211,8 +217,10 @@ class AnchorWritten(msgspec.Struct, frozen=True):
 
 
 class AuditLog:
-    def __init__(self, pool: Pool) -> None:
-        self._pool = pool
+    def __init__(self, pool: Pool, *, timeout: float | None = None) -> None:
+        """``timeout`` bounds each statement of the verification (None: the pool's bound):
+        comparing every settlement with its audit entry reads them all."""
+        self._pool, self._timeout = pool, timeout
 
     async def append(
         self,
@@ -233,6 +241,8 @@ class AuditLog:
         anchored = anchored or AnchoredHeads()
         total = 0
         async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
+            if self._timeout is not None:
+                await extend_bounds(conn, self._timeout)
             heads = {
                 r["chain"]: (r["seq"], r["head"])
                 for r in await conn.fetch("SELECT chain, seq, head FROM audit_chains")

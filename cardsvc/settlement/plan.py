@@ -224,6 +224,10 @@ def plan(
         "medfee_sumamt": split.medfee_sumamt,
         "fund_pay_sumamt": split.fund_pay_sumamt,
         "acct_pay": split.acct_pay,
+        "psn_cash_pay": split.psn_cash_pay,
+        "card_no": job.card_no,
+        "setl_date": today.isoformat(),
+        "setldetail": row["setldetail"],
         "review_required": split.review_required,
     }
     return Planned(job, write, info, audited)
