@@ -425,7 +425,10 @@ async def test_a_settlement_row_changed_behind_the_service_is_named(
         verdict = await service.admin_ok("GET", "/v1/audit/verify")
         assert verdict["ok"] is False and verdict["first_bad"] is None
         changed = verdict["first_changed_settlement"]
-        assert (changed["setl_id"], changed["fields"]) == (row["setl_id"], ["acct_pay"])
+        assert (changed["setl_id"], changed["fields"]) == (
+            row["setl_id"],
+            ["acct_pay", "psn_cash_pay"],
+        )
     finally:
         await conn.execute(
             "UPDATE settlements SET acct_pay = $2, psn_cash_pay = $3 WHERE setl_id = $1",
