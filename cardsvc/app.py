@@ -57,6 +57,10 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     app[SERVICES] = build_services(app[SETTINGS], app[POOL], app[HSM])
     yield
     await app[SERVICES].clearing.close()
+    # aiohttp cleans up after the requests in flight have finished (or were cancelled at
+    # its shutdown timeout): what they submitted completes here, while the pool is open.
+    for batcher in app[SERVICES].batchers:
+        await batcher.close()
 
 
 async def _housekeeping(app: web.Application) -> AsyncIterator[None]:

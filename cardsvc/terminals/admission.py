@@ -25,13 +25,15 @@ crash survives it.
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
 from typing import Any
 
 import asyncpg
 import structlog
 
+from cardsvc.batching import Batcher, Outcome
 from cardsvc.db import Connection, Pool
-from cardsvc.errors import Forbidden, Unauthenticated
+from cardsvc.errors import CardsvcError, Forbidden, Unauthenticated
 from cardsvc.settlement.params import CURRENT_POLICY_VERSION, load_params
 from cardsvc.web.caller import Admission
 
@@ -156,6 +158,76 @@ async def admit(db: Pool | Connection, admission: Admission) -> None:
     check_admission(
         await db.fetchrow(_ADMIT, admission.terminal_id, admission.nonce, admission.session_id)
     )
+
+
+# Admissions of many requests in one statement (``admit_batch``): every nonce of the batch
+# recorded (one seen before records nothing and reads not fresh), and each request's
+# standing read with ``standing_cte`` itself, one row per request in the batch's order; a
+# row of NULLs for an unknown terminal. The nonces go in in (terminal, nonce) order, so two
+# workers' batches that share nonces (a replay sent to both) wait for each other, never
+# deadlock. The caller keeps one (terminal, nonce) out of a batch twice (``admission_keys``):
+# it would read fresh both times.
+_ADMIT_BATCH = f"""
+WITH request AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY
+        AS r(terminal_id, nonce, session_id, i)
+), recorded AS (
+    INSERT INTO request_nonces (terminal_id, nonce)
+    SELECT terminal_id, nonce FROM request ORDER BY terminal_id, nonce
+    ON CONFLICT DO NOTHING RETURNING terminal_id, nonce
+)
+SELECT a.* FROM request r
+LEFT JOIN recorded n ON n.terminal_id = r.terminal_id AND n.nonce = r.nonce
+LEFT JOIN LATERAL (
+    WITH {standing_cte("r.terminal_id", "r.session_id", "n.nonce IS NOT NULL")}
+    SELECT * FROM admission
+) a ON true
+ORDER BY r.i
+"""  # noqa: S608 - no values in the text
+
+# Requests a worker admits at most in one statement.
+ADMISSION_BATCH_MAX = 64
+
+
+def admission_keys(admission: Admission) -> tuple[Hashable, ...]:
+    """What two admissions of one batch must not share: the (terminal, nonce) recorded."""
+    return ((admission.terminal_id, admission.nonce),)
+
+
+async def admit_batch(
+    db: Pool | Connection, admissions: Sequence[Admission]
+) -> list[Outcome[None]]:
+    """The admissions of many requests in one round trip and one commit: for each, in
+    order, None (admitted) or its refusal, as ``check_admission`` decides (a
+    ``DatabaseCrashed`` among them: the caller fences). No two may share a (terminal,
+    nonce). A failed statement raises, and records none of the nonces."""
+    for admission in admissions:
+        admission.done = True
+    rows = await db.fetch(
+        _ADMIT_BATCH,
+        [a.terminal_id for a in admissions],
+        [a.nonce for a in admissions],
+        [a.session_id for a in admissions],
+    )
+    outcomes: list[Outcome[None]] = []
+    for row in rows:
+        try:
+            # ``fenced`` is never NULL in a row of ``admission``: NULL means no row.
+            check_admission(None if row["fenced"] is None else row)
+        except CardsvcError as exc:
+            outcomes.append(exc)
+        else:
+            outcomes.append(None)
+    return outcomes
+
+
+def admission_batcher(pool: Pool) -> Batcher[Admission, None]:
+    """The batcher every admission of a worker goes through (``admit_batch``)."""
+
+    async def run(admissions: Sequence[Admission]) -> list[Outcome[None]]:
+        return await admit_batch(pool, admissions)
+
+    return Batcher("admission", run, max_size=ADMISSION_BATCH_MAX, keys=admission_keys)
 
 
 # Puts the marker back if a crash emptied it and, in the same statement (so no connection
