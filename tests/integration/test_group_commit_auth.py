@@ -271,10 +271,10 @@ async def test_a_failed_admission_batch_answers_each_request_503_and_records_no_
         await tx.rollback()
     finally:
         await blocker.close()
-    assert after[0] - before[0] == 1 and after[1] - before[1] == len(batch)  # one batch
     assert [(r.status, _code(r)) for r in answers] == [(503, "DATABASE_UNAVAILABLE")] * len(
         answers
     ), [r.body for r in answers]
+    assert after[0] - before[0] == 1 and after[1] - before[1] == len(batch)  # one batch
     # Nothing of the failed batches was written: every nonce is still unused, so the same
     # requests, byte for byte, are admitted now.
     recorded = await db.fetchval(
@@ -320,10 +320,10 @@ async def test_a_failed_challenge_batch_answers_each_request_503_and_stores_noth
         await tx.rollback()
     finally:
         await blocker.close()
-    assert after[0] - before[0] == 1 and after[1] - before[1] == len(batch)  # one batch
     assert [(r.status, _code(r)) for r in answers] == [(503, "DATABASE_UNAVAILABLE")] * len(
         batch
     ), [r.body for r in answers]
+    assert after[0] - before[0] == 1 and after[1] - before[1] == len(batch)  # one batch
     # Not one challenge of the batch was stored, though only one card was held.
     stored = await db.fetchval(
         "SELECT count(*) FROM card_auth_challenges WHERE session_id = ANY($1::text[])",
