@@ -112,14 +112,17 @@ ORDER BY r.i
 # row per request, all NULL when there was nothing to consume. A wrong cryptogram uses the
 # challenge up too (it is consumed before the HSM check). No auth_id twice in a batch
 # (the batcher's keys): the second would read the first one's consumption as its own.
+# The rows are found by key only: the expiry is written so that no plan reads the expiry
+# index, which holds every live challenge (thousands under load) and would be read whole.
 _CONSUME_CHALLENGES = """
 WITH request AS (
     SELECT * FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS r(auth_id, session_id, i)
 ), used AS (
     UPDATE card_auth_challenges a SET used_at = now()
     FROM request r, cards c
-    WHERE a.auth_id = r.auth_id AND a.session_id = r.session_id AND a.used_at IS NULL
-      AND a.expires_at > now() AND c.card_no = a.card_no
+    WHERE a.auth_id = ANY($1::text[]) AND a.auth_id = r.auth_id
+      AND a.session_id = r.session_id AND a.used_at IS NULL
+      AND a.expires_at - now() > interval '0' AND c.card_no = a.card_no
     RETURNING a.auth_id, a.card_no, a.purpose, a.challenge, c.card_sn, c.admdvs, c.psn_no,
               c.expiry_date
 )

@@ -334,3 +334,48 @@ async def test_a_failed_challenge_batch_answers_each_request_503_and_stores_noth
         *(s.client.request("POST", _CHALLENGE, msgspec.json.decode(s.body)) for s in batch)
     )
     assert [r.status for r in again] == [200] * len(batch)
+
+
+# --- the batch statement reads what the single admission reads -------------------------
+
+
+async def test_a_batch_admission_reads_each_request_as_the_single_admission_does(
+    service: Service, db: asyncpg.Connection
+):
+    """``admit_batch`` joins the standing for the whole batch instead of using
+    ``standing_cte`` per request: for every kind of request (fresh, replayed, unknown
+    terminal, foreign or unknown or ended session, disabled terminal, suspended facility)
+    its row equals the single admission's row."""
+    from cardsvc.terminals.admission import _ADMIT, _ADMIT_BATCH
+
+    suspended = await service.facility()
+    pos = await service.terminal("pos", suspended["fixmedins_code"])
+    code = suspended["fixmedins_code"]
+    await service.admin_ok("PATCH", f"/v1/facilities/{code}", {"status": "suspended"})
+    counter, kiosk = await service.terminal("counter"), await service.terminal("kiosk")
+    disabled = await service.terminal("counter")
+    await service.admin_ok("PATCH", f"/v1/terminals/{disabled.terminal_id}", {"status": "disabled"})
+    cases = [
+        (t.terminal_id, s)
+        for t in (pos, counter, kiosk, disabled)
+        for s in (pos.session_id, counter.session_id, disabled.session_id, "no-such-session")
+    ] + [("T99999999", counter.session_id)]
+    single_columns = [a.name for a in (await db.prepare(_ADMIT)).get_attributes()]
+    batch_columns = [a.name for a in (await db.prepare(_ADMIT_BATCH)).get_attributes()]
+    assert batch_columns == single_columns
+
+    async with db.transaction():
+        for fresh in (True, False):
+            nonces = [_nonce() for _ in cases]
+            singles = []
+            for (terminal, session), nonce in zip(cases, nonces, strict=True):
+                singles.append(await db.fetchrow(_ADMIT, terminal, f"s{nonce}", session))
+            if not fresh:  # the single run recorded these: the batch finds them used
+                nonces = [f"s{n}" for n in nonces]
+            rows = await db.fetch(
+                _ADMIT_BATCH, [t for t, _ in cases], nonces, [s for _, s in cases]
+            )
+            for case, single, row in zip(cases, singles, rows, strict=True):
+                expected = None if single is None else {**dict(single), "fresh": fresh}
+                got = None if row["fenced"] is None else dict(row)
+                assert got == expected, case
