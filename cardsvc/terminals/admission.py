@@ -3,12 +3,14 @@ facility's standing.
 
 This is the part of request authentication that needs the database. It is written as two
 CTEs so that a handler on the hot path can put them in its own statements and spend no
-round trip of its own on them (see ``terminal(..., admit_in_handler=True)``); every other
-request runs them together through ``admit``. Settlement reads the standing with its
-snapshot and records the nonce in its write: a read that records nothing commits without
-waiting for a WAL flush, which a statement that inserts a row and happens to prune a page
-would have to. Either way a nonce is recorded once, and a
-suspension or disabling, or the end of the session, takes effect on the next request.
+round trip of its own on them (see ``terminal(..., admit_in_handler=True)``); ``admit``
+runs them together for one request, and every other route's requests are admitted by
+their worker's batcher, many in one statement and one commit (``admit_batch``).
+Settlement reads the standing with its snapshot and records the nonce in its write: a
+read that records nothing commits without waiting for a WAL flush, which a statement
+that inserts a row and happens to prune a page would have to. Either way a nonce is
+recorded once, and a suspension or disabling, or the end of the session, takes effect on
+the next request.
 
 A database crash empties ``request_nonces`` (UNLOGGED: no WAL flush per request), so a
 request captured before it could be replayed after it. The UNLOGGED ``crash_marker`` row
