@@ -108,6 +108,23 @@ FROM request r LEFT JOIN card c USING (i) LEFT JOIN stored s USING (auth_id)
 ORDER BY r.i
 """
 
+# The same for a lone challenge (an idle worker), as one statement that costs the server
+# less to plan and run: one row, the card's status and expiry NULL if there is no card.
+_STORE_CHALLENGE = """
+WITH card AS (
+    SELECT card_no, status, expiry_date,
+           status = ANY($7::text[]) AND expiry_date >= $8 AS allowed
+    FROM cards WHERE card_no = $3
+), stored AS (
+    INSERT INTO card_auth_challenges
+        (auth_id, session_id, card_no, purpose, challenge, expires_at)
+    SELECT $1, $2, card_no, $4, $5, $6 FROM card WHERE allowed
+    RETURNING 1
+)
+SELECT c.status, c.expiry_date, EXISTS (SELECT 1 FROM stored) AS stored
+FROM (SELECT) AS one LEFT JOIN card c ON true
+"""
+
 # Consumes each unused, unexpired challenge of the batch asked for by its own session; a
 # row per request, all NULL when there was nothing to consume. A wrong cryptogram uses the
 # challenge up too (it is consumed before the HSM check). No auth_id twice in a batch
@@ -129,6 +146,15 @@ WITH request AS (
 SELECT u.card_no, u.purpose, u.challenge, u.card_sn, u.admdvs, u.psn_no, u.expiry_date
 FROM request r LEFT JOIN used u USING (auth_id)
 ORDER BY r.i
+"""
+
+# The same for a lone verify: the consumed challenge's row, or none.
+_CONSUME_CHALLENGE = """
+UPDATE card_auth_challenges a SET used_at = now()
+FROM cards c
+WHERE a.auth_id = $1 AND a.session_id = $2 AND a.used_at IS NULL
+  AND a.expires_at > now() AND c.card_no = a.card_no
+RETURNING a.card_no, a.purpose, a.challenge, c.card_sn, c.admdvs, c.psn_no, c.expiry_date
 """
 
 
@@ -155,7 +181,7 @@ class CardAuthenticator:
         self.challenges: Batcher[_NewChallenge, asyncpg.Record] = Batcher(
             "card_auth_challenge", self._store_challenges, max_size=CARD_AUTH_BATCH_MAX
         )
-        self.consumptions: Batcher[_Consume, asyncpg.Record] = Batcher(
+        self.consumptions: Batcher[_Consume, asyncpg.Record | None] = Batcher(
             "card_auth_verify",
             self._consume_challenges,
             max_size=CARD_AUTH_BATCH_MAX,
@@ -193,6 +219,20 @@ class CardAuthenticator:
 
     async def _store_challenges(self, jobs: Sequence[_NewChallenge]) -> list[asyncpg.Record]:
         """One statement and one commit for the batch's challenges: a row per job."""
+        if len(jobs) == 1:
+            j = jobs[0]
+            row: asyncpg.Record = await self._pool.fetchrow(
+                _STORE_CHALLENGE,
+                j.auth_id,
+                j.session_id,
+                j.card_no,
+                j.purpose,
+                j.challenge,
+                j.expires_at,
+                sorted(_ALLOWED[j.purpose]),
+                j.today,
+            )
+            return [row]
         rows: list[asyncpg.Record] = await self._pool.fetch(
             _STORE_CHALLENGES,
             [j.auth_id for j in jobs],
@@ -210,7 +250,7 @@ class CardAuthenticator:
     async def verify(self, caller: Caller, req: VerifyRequest) -> CardAuthenticated:
         # Consumed before the HSM check: a wrong cryptogram uses the challenge up too.
         row = await self.consumptions.submit(_Consume(req.auth_id, _session(caller)))
-        if row["card_no"] is None:
+        if row is None:
             raise Unauthenticated(
                 "card challenge unknown, used, expired or of another session",
                 code="CARD_CHALLENGE_INVALID",
@@ -231,12 +271,18 @@ class CardAuthenticator:
             caller, req.auth_id, row["card_no"], row["purpose"], row["expiry_date"]
         )
 
-    async def _consume_challenges(self, jobs: Sequence[_Consume]) -> list[asyncpg.Record]:
-        """One statement and one commit for the batch's verifies: a row per job."""
+    async def _consume_challenges(self, jobs: Sequence[_Consume]) -> list[asyncpg.Record | None]:
+        """One statement and one commit for the batch's verifies: a row per job (None:
+        nothing consumed)."""
+        if len(jobs) == 1:
+            one: asyncpg.Record | None = await self._pool.fetchrow(
+                _CONSUME_CHALLENGE, jobs[0].auth_id, jobs[0].session_id
+            )
+            return [one]
         rows: list[asyncpg.Record] = await self._pool.fetch(
             _CONSUME_CHALLENGES, [j.auth_id for j in jobs], [j.session_id for j in jobs]
         )
-        return rows
+        return [None if row["card_no"] is None else row for row in rows]
 
     async def _authenticated(
         self, caller: Caller, auth_id: str, card_no: str, purpose: str, expiry_date: dt.date

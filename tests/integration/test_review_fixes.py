@@ -71,6 +71,15 @@ class _ChangesCardAfterItsStatement:
 
     async def fetch(self, query: str, *args: Any, **kwargs: Any) -> Any:
         rows = await self._pool.fetch(query, *args, **kwargs)
+        await self._after(query)
+        return rows
+
+    async def fetchrow(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        row = await self._pool.fetchrow(query, *args, **kwargs)
+        await self._after(query)
+        return row
+
+    async def _after(self, query: str) -> None:
         if "INSERT INTO card_auth_challenges" in query:
             conn = await asyncpg.connect(self._url)
             try:
@@ -79,7 +88,6 @@ class _ChangesCardAfterItsStatement:
                 )
             finally:
                 await conn.close()
-        return rows
 
 
 async def test_a_card_changing_while_challenged_is_answered_from_the_storing_read(
