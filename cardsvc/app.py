@@ -61,6 +61,10 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     # pipeline has no job left and ends before the pool closes.
     await app[SERVICES].settlements.close()
     await app[SERVICES].clearing.close()
+    # aiohttp cleans up after the requests in flight have finished (or were cancelled at
+    # its shutdown timeout): what they submitted completes here, while the pool is open.
+    for batcher in app[SERVICES].batchers:
+        await batcher.close()
 
 
 async def _housekeeping(app: web.Application) -> AsyncIterator[None]:

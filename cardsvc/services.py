@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cardsvc.accounts.services import AccountCredits
 from cardsvc.audit.services import AuditAnchors, AuditLog
+from cardsvc.batching import Batcher
 from cardsvc.cardauth.services import CardAuthenticator, CardTokens
 from cardsvc.cards.services import CardIssuer
 from cardsvc.catalog.services import Catalog
@@ -47,6 +49,9 @@ class Services:
     supervision: Supervision
     kiosk: Kiosk
     audit_anchors: AuditAnchors
+    # The group-commit batchers of the services above (each needs the pool): closed at
+    # shutdown, once no request can submit more and before the pool closes.
+    batchers: tuple[Batcher[Any, Any], ...] = ()
 
 
 def build_services(settings: Settings, pool: Pool, hsm: HsmClient) -> Services:
@@ -54,6 +59,8 @@ def build_services(settings: Settings, pool: Pool, hsm: HsmClient) -> Services:
     audit = AuditLog(pool, timeout=settings.long_request_timeout)
     card_tokens = CardTokens(settings)
     cards = CardIssuer(pool, hsm, protector, audit)
+    terminal_auth = TerminalAuthenticator(pool, protector, settings)
+    card_auth = CardAuthenticator(pool, hsm, settings)
     return Services(
         audit=audit,
         ledger=Ledger(pool, timeout=settings.long_request_timeout),
@@ -64,9 +71,9 @@ def build_services(settings: Settings, pool: Pool, hsm: HsmClient) -> Services:
         injuries=InjuryCases(pool, audit),
         terminals=TerminalRegistry(pool, hsm, audit),
         sign_in=SignIn(pool, hsm, protector, audit, settings),
-        terminal_auth=TerminalAuthenticator(pool, protector, settings),
+        terminal_auth=terminal_auth,
         cards=cards,
-        card_auth=CardAuthenticator(pool, hsm, settings),
+        card_auth=card_auth,
         card_tokens=card_tokens,
         settlements=SettlementService(
             pool, card_tokens, audit, max_batch=settings.settle_batch_max
@@ -78,6 +85,7 @@ def build_services(settings: Settings, pool: Pool, hsm: HsmClient) -> Services:
         supervision=Supervision(pool, audit),
         kiosk=Kiosk(pool, card_tokens, cards),
         audit_anchors=audit_anchors(settings, pool, hsm, audit),
+        batchers=(terminal_auth.admissions, card_auth.challenges, card_auth.consumptions),
     )
 
 

@@ -3,12 +3,14 @@ facility's standing.
 
 This is the part of request authentication that needs the database. It is written as two
 CTEs so that a handler on the hot path can put them in its own statements and spend no
-round trip of its own on them (see ``terminal(..., admit_in_handler=True)``); every other
-request runs them together through ``admit``. Settlement reads the standing with its
-snapshot and records the nonce in its write: a read that records nothing commits without
-waiting for a WAL flush, which a statement that inserts a row and happens to prune a page
-would have to. Either way a nonce is recorded once, and a
-suspension or disabling, or the end of the session, takes effect on the next request.
+round trip of its own on them (see ``terminal(..., admit_in_handler=True)``); ``admit``
+runs them together for one request, and every other route's requests are admitted by
+their worker's batcher, many in one statement and one commit (``admit_batch``).
+Settlement reads the standing with its snapshot and records the nonce in its write: a
+read that records nothing commits without waiting for a WAL flush, which a statement
+that inserts a row and happens to prune a page would have to. Either way a nonce is
+recorded once, and a suspension or disabling, or the end of the session, takes effect on
+the next request.
 
 A database crash empties ``request_nonces`` (UNLOGGED: no WAL flush per request), so a
 request captured before it could be replayed after it. The UNLOGGED ``crash_marker`` row
@@ -25,13 +27,15 @@ crash survives it.
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
 from typing import Any
 
 import asyncpg
 import structlog
 
+from cardsvc.batching import Batcher, Outcome
 from cardsvc.db import Connection, Pool
-from cardsvc.errors import Forbidden, Unauthenticated
+from cardsvc.errors import CardsvcError, Forbidden, Unauthenticated
 from cardsvc.settlement.params import CURRENT_POLICY_VERSION, load_params
 from cardsvc.web.caller import Admission
 
@@ -161,6 +165,91 @@ async def admit(db: Pool | Connection, admission: Admission) -> None:
     check_admission(
         await db.fetchrow(_ADMIT, admission.terminal_id, admission.nonce, admission.session_id)
     )
+
+
+# Admissions of many requests in one statement (``admit_batch``): every nonce of the batch
+# recorded (one seen before records nothing and reads not fresh), and each request's
+# standing read, one row per request in the batch's order, with the columns of
+# ``standing_cte`` (``fenced`` NULL: an unknown terminal, no row). The standing is joined
+# for the whole batch at once rather than by ``standing_cte`` per request, which would
+# read the terminals and facilities once per request; a test holds the two to the same
+# columns and answers. The nonces go in in (terminal, nonce) order, so two workers'
+# batches that share nonces (a replay sent to both) wait for each other, never deadlock.
+# The caller keeps one (terminal, nonce) out of a batch twice (``admission_keys``): it
+# would read fresh both times.
+_ADMIT_BATCH = """
+WITH request AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY
+        AS r(terminal_id, nonce, session_id, i)
+), recorded AS (
+    INSERT INTO request_nonces (terminal_id, nonce)
+    SELECT terminal_id, nonce FROM request ORDER BY terminal_id, nonce
+    ON CONFLICT DO NOTHING RETURNING terminal_id, nonce
+)
+SELECT n.nonce IS NOT NULL AS fresh,
+       t.status AS terminal_status, f.status AS facility_status, f.credit_rating,
+       t.fixmedins_code IS NOT NULL AS has_facility,
+       s.session_id IS NOT NULL AS session_found,
+       s.ended_reason AS session_ended_reason,
+       CASE WHEN t.terminal_id IS NOT NULL THEN EXISTS (SELECT 1 FROM crash_marker) END
+           AS fenced
+FROM request r
+LEFT JOIN recorded n ON n.terminal_id = r.terminal_id AND n.nonce = r.nonce
+LEFT JOIN terminals t ON t.terminal_id = r.terminal_id
+LEFT JOIN facilities f ON f.fixmedins_code = t.fixmedins_code
+LEFT JOIN terminal_sessions s ON s.session_id = r.session_id AND s.terminal_id = t.terminal_id
+ORDER BY r.i
+"""
+
+# Requests a worker admits at most in one statement.
+ADMISSION_BATCH_MAX = 64
+
+
+def admission_keys(admission: Admission) -> tuple[Hashable, ...]:
+    """What two admissions of one batch must not share: the (terminal, nonce) recorded."""
+    return ((admission.terminal_id, admission.nonce),)
+
+
+async def admit_batch(
+    db: Pool | Connection, admissions: Sequence[Admission]
+) -> list[Outcome[None]]:
+    """The admissions of many requests in one round trip and one commit: for each, in
+    order, None (admitted) or its refusal, as ``check_admission`` decides (a
+    ``DatabaseCrashed`` among them: the caller fences). No two may share a (terminal,
+    nonce). A failed statement raises, and records none of the nonces."""
+    for admission in admissions:
+        admission.done = True
+    rows: list[asyncpg.Record | None]
+    if len(admissions) == 1:  # a lone request (an idle worker): the single statement,
+        one = admissions[0]  # which costs the server less to plan and run
+        rows = [await db.fetchrow(_ADMIT, one.terminal_id, one.nonce, one.session_id)]
+    else:
+        batch = await db.fetch(
+            _ADMIT_BATCH,
+            [a.terminal_id for a in admissions],
+            [a.nonce for a in admissions],
+            [a.session_id for a in admissions],
+        )
+        # ``fenced`` is NULL only for an unknown terminal: no row of ``admission``.
+        rows = [None if row["fenced"] is None else row for row in batch]
+    outcomes: list[Outcome[None]] = []
+    for row in rows:
+        try:
+            check_admission(row)
+        except CardsvcError as exc:
+            outcomes.append(exc)
+        else:
+            outcomes.append(None)
+    return outcomes
+
+
+def admission_batcher(pool: Pool) -> Batcher[Admission, None]:
+    """The batcher every admission of a worker goes through (``admit_batch``)."""
+
+    async def run(admissions: Sequence[Admission]) -> list[Outcome[None]]:
+        return await admit_batch(pool, admissions)
+
+    return Batcher("admission", run, max_size=ADMISSION_BATCH_MAX, keys=admission_keys)
 
 
 # Puts the marker back if a crash emptied it and, in the same statement (so no connection

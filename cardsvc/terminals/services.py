@@ -34,7 +34,7 @@ from cardsvc.privacy import DataProtector
 from cardsvc.terminals import signing
 from cardsvc.terminals.admission import (
     DatabaseCrashed,
-    admit,
+    admission_batcher,
     check_session_open,
     check_terminal,
     fence_after_crash,
@@ -318,6 +318,9 @@ class TerminalAuthenticator:
         self._pool, self._protector, self._settings = pool, protector, settings
         self._sessions = SessionCache()
         self._buckets = TokenBuckets(settings.terminal_rate, settings.terminal_burst)
+        # The worker's admissions, group-committed: one statement for those that gathered
+        # while the previous one was in flight. Closed at shutdown (``Services.batchers``).
+        self.admissions = admission_batcher(pool)
 
     async def authenticate(
         self,
@@ -362,8 +365,10 @@ class TerminalAuthenticator:
         )
 
     async def admit(self, admission: Admission) -> None:
+        """Admit the request (nonce, standing) in the worker's next admission batch; a
+        refusal is this request's own, a failed batch statement fails it (503)."""
         try:
-            await admit(self._pool, admission)
+            await self.admissions.submit(admission)
         except CardsvcError as exc:
             await self.refused(admission.session_id, exc)
             raise

@@ -59,9 +59,9 @@ async def _terminal(service: Service, base_url: str, kind: str) -> TerminalClien
 # --- 7. a card whose status changes while it is challenged ------------------------------
 
 
-class _ChangesCardAfterFirstRead:
-    """The service's pool, except that right after the conditional insert of a card
-    challenge the card is reactivated (as a counter would, between the two statements)."""
+class _ChangesCardAfterItsStatement:
+    """The service's pool, except that right after the statement that stores card
+    challenges the card is reactivated (as a counter would, before the answer is made)."""
 
     def __init__(self, pool: Any, database_url: str, card_no: str) -> None:
         self._pool, self._url, self._card_no = pool, database_url, card_no
@@ -69,8 +69,17 @@ class _ChangesCardAfterFirstRead:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._pool, name)
 
-    async def fetchval(self, query: str, *args: Any, **kwargs: Any) -> Any:
-        value = await self._pool.fetchval(query, *args, **kwargs)
+    async def fetch(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        rows = await self._pool.fetch(query, *args, **kwargs)
+        await self._after(query)
+        return rows
+
+    async def fetchrow(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        row = await self._pool.fetchrow(query, *args, **kwargs)
+        await self._after(query)
+        return row
+
+    async def _after(self, query: str) -> None:
         if "INSERT INTO card_auth_challenges" in query:
             conn = await asyncpg.connect(self._url)
             try:
@@ -79,12 +88,14 @@ class _ChangesCardAfterFirstRead:
                 )
             finally:
                 await conn.close()
-        return value
 
 
-async def test_a_card_changing_while_challenged_is_a_retryable_conflict(
+async def test_a_card_changing_while_challenged_is_answered_from_the_storing_read(
     service: Service, own: Own, monkeypatch: pytest.MonkeyPatch
 ):
+    """The refusal says why from the same statement that did not store the challenge (it
+    used to read the card a second time, and answer 409 CARD_CHANGED when the two reads
+    disagreed): a change right after it does not alter the answer."""
     counter = await service.terminal("counter")
     person = await service.person()
     card = await issue_card(counter, person["psn_no"])
@@ -97,14 +108,23 @@ async def test_a_card_changing_while_challenged_is_a_retryable_conflict(
         await conn.close()
     terminal = await _terminal(service, own.base_url, "counter")
     card_auth = own.services.card_auth
-    hook = _ChangesCardAfterFirstRead(card_auth._pool, service.database_url, card.card_no)
-    monkeypatch.setattr(card_auth, "_pool", hook)  # between its two statements
+    hook = _ChangesCardAfterItsStatement(card_auth._pool, service.database_url, card.card_no)
+    monkeypatch.setattr(card_auth, "_pool", hook)  # right after its statement
     resp = await terminal.request(
         "POST", "/v1/card-auth/challenge", {"card_no": card.card_no, "purpose": "transaction"}
     )
     monkeypatch.undo()
-    assert resp.status == 409, resp.body
-    assert resp.body["error"]["code"] == "CARD_CHANGED"
+    assert resp.status == 422, resp.body
+    assert resp.body["error"]["code"] == "CARD_NOT_ACTIVE"
+    assert resp.body["error"]["details"] == {"status": "loss_reported"}
+    conn = await asyncpg.connect(service.database_url)
+    try:
+        stored = await conn.fetchval(
+            "SELECT count(*) FROM card_auth_challenges WHERE card_no = $1", card.card_no
+        )
+    finally:
+        await conn.close()
+    assert stored == 0
     again = await terminal.request(
         "POST", "/v1/card-auth/challenge", {"card_no": card.card_no, "purpose": "transaction"}
     )
