@@ -180,7 +180,8 @@ class _Connection(asyncio.Protocol):
 
     def _chunked(self) -> bytes | None:
         """The body once every chunk is in, else None."""
-        buf, at, parts = self.buf, self.body_at, []
+        buf, at = self.buf, self.body_at
+        parts: list[bytes] = []
         while True:
             line_end = buf.find(b"\r\n", at)
             if line_end < 0:
