@@ -227,7 +227,9 @@ class Pool:
     def __init__(self, host: str, port: int, limit: int, timeout: float) -> None:
         self.host, self.port, self.limit, self.timeout = host, port, limit, timeout
         self._loop = asyncio.get_running_loop()
-        self._idle: list[_Connection] = []  # most recently used last
+        # Idle connections, least recently used first, and taken in that order (as aiohttp
+        # does): the requests go round every connection, so round both service workers.
+        self._idle: collections.deque[_Connection] = collections.deque()
         self._busy: set[_Connection] = set()
         self._opening = 0
         self._waiting: collections.deque[tuple[bytes, Done, float]] = collections.deque()
@@ -242,7 +244,7 @@ class Pool:
     def send(self, data: bytes, done: Done) -> None:
         deadline = self._clock() + self.timeout
         if self._idle:
-            conn = self._idle.pop()
+            conn = self._idle.popleft()
             self._busy.add(conn)
             conn.send(data, done, deadline)
         elif self.open_connections < self.limit:
@@ -320,7 +322,7 @@ class Pool:
 
     def send_until(self, data: bytes, done: Done, deadline: float) -> None:
         if self._idle:
-            conn = self._idle.pop()
+            conn = self._idle.popleft()
             self._busy.add(conn)
             conn.send(data, done, deadline)
         else:
@@ -335,7 +337,7 @@ class Pool:
             _, done, _ = self._waiting.popleft()
             done(0, b"", "timeout")
         while self._idle and self._idle[0].idle_since < now - IDLE_S:
-            stale = self._idle.pop(0)
+            stale = self._idle.popleft()
             if stale.transport is not None:
                 stale.transport.close()
         self._sweeper = self._loop.call_later(SWEEP_S, self._sweep)

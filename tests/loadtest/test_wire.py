@@ -70,6 +70,9 @@ async def _echo(request: web.Request) -> web.StreamResponse:
         await resp.write(body)
         await resp.write_eof()
         return resp
+    if mode == "port":
+        assert request.transport is not None
+        return web.json_response(request.transport.get_extra_info("peername")[1])
     if mode == "empty":
         return web.Response(status=204)
     resp = web.json_response({"got": body.decode()}, status=int(request.query.get("status", 200)))
@@ -132,6 +135,18 @@ async def test_more_requests_than_connections_wait_their_turn(server):
         assert [a[0] for a in answers] == [200] * 40
         assert [a[1] for a in answers] == [b'{"got": "%d"}' % n for n in range(40)]
         assert pool.opened <= 3
+    finally:
+        pool.close()
+
+
+async def test_idle_connections_are_taken_in_turn(server):
+    host, port = server
+    pool = wire.Pool(host, port, limit=8, timeout=5)
+    try:
+        await pool.warm(3)
+        ports = [(await pool.request(_request(host, port, "?mode=port")))[1] for _ in range(6)]
+        assert len(set(ports)) == 3 and ports[:3] == ports[3:]
+        assert pool.opened == 3
     finally:
         pool.close()
 
