@@ -8,7 +8,8 @@ terminals and cards, and then orders steps over a pipe::
           ◀── Ready(prep figures)
     Step(rate, duration) ──▶             the step's open-loop schedule; for ``settle`` a
                                          card token per planned settlement (challenge/verify:
-                                         one PIN entry pays for one settlement), untimed
+                                         one PIN entry pays for one settlement) and its
+                                         request body, encoded; untimed
           ◀── Prepared(prep figures)
     Start(start) ──▶                     requests on the schedule, histograms
           ◀── Outcome(histograms, errors, acknowledged settlements, CPU)
@@ -17,6 +18,11 @@ terminals and cards, and then orders steps over a pipe::
 Latency is measured from each request's intended start (HDR histogram, microseconds), and
 the send lag (how late the generator itself started a request) is kept apart, with the
 process's CPU time, so a reader can tell when the generator was the limit.
+
+The generator's CPU counts against the service's (they share the cores), so the timed phase
+does as little per request as it can: requests go through ``loadtest.wire`` (the request's
+bytes signed and written, the answer read back, no task per ``settle`` request), and a
+timer releases the requests that are due rather than one timer each.
 """
 
 from __future__ import annotations
