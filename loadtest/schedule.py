@@ -7,6 +7,7 @@ slowing the client down (coordinated omission).
 
 from __future__ import annotations
 
+import bisect
 import random
 from typing import Literal
 
@@ -29,3 +30,9 @@ def offsets(
         out.append(t)
         t += rng.expovariate(rate)
     return out
+
+
+def released(due: list[float], first: int, elapsed: float, most: int) -> int:
+    """Where the requests to send now end: those from ``first`` on that are due by
+    ``elapsed`` (never one before its time), at most ``most`` of them. ``due`` is sorted."""
+    return bisect.bisect_right(due, elapsed, first, min(len(due), first + most))

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 EXTRAS = {
     "terminal": {"pyscard"},
-    "loadtest": {"hdrhistogram", "tqdm", "matplotlib"},
+    "loadtest": {"hdrhistogram", "tqdm", "matplotlib", "py-spy"},
 }
 # The import names of the extras' distributions.
 BLOCKED = ("smartcard", "hdrh", "tqdm", "matplotlib")
