@@ -174,7 +174,7 @@ class VerifyResult(msgspec.Struct, frozen=True):
 # settlements; one written before the pipeline is the settlement's own entry), compared
 # with the settlement's row: a row changed or deleted behind the service's back is named.
 _AUDITED_SETTLEMENT_FIELDS = ("psn_no", "fixmedins_code", "medfee_sumamt", "fund_pay_sumamt",
-                              "acct_pay", "psn_cash_pay", "card_no", "setl_date")  # fmt: skip
+                              "acct_pay", "psn_cash_pay", "card_no")  # fmt: skip
 # A field is compared where the entry recorded it (older entries recorded fewer).
 _FIELD_CHECKS = ", ".join(
     [

@@ -28,14 +28,21 @@ def _observe(phase: str, info: dict[str, Any]) -> None:
         metrics.GC_PAUSE.labels(str(generation)).observe(time.perf_counter() - began)
 
 
+_watchers = 0  # apps in this process that want the pauses observed
+
+
 def watch() -> None:
-    """Observe every collection's pause (idempotent)."""
+    """Observe every collection's pause, until as many ``unwatch`` calls."""
+    global _watchers
+    _watchers += 1
     if _observe not in gc.callbacks:
         gc.callbacks.append(_observe)
 
 
 def unwatch() -> None:
-    if _observe in gc.callbacks:
+    global _watchers
+    _watchers = max(0, _watchers - 1)
+    if _watchers == 0 and _observe in gc.callbacks:
         gc.callbacks.remove(_observe)
 
 

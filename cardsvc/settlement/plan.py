@@ -226,7 +226,6 @@ def plan(
         "acct_pay": split.acct_pay,
         "psn_cash_pay": split.psn_cash_pay,
         "card_no": job.card_no,
-        "setl_date": today.isoformat(),
         "setldetail": row["setldetail"],
         "review_required": split.review_required,
     }
