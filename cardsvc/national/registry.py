@@ -1,0 +1,87 @@
+"""Every gateway transaction by ``infno``: each module registers its handlers here.
+
+A handler gets the call (who, for which facility, under which message) and its ``input``
+nodes still as raw JSON, so that each decodes its own nodes into typed structs
+(``cardsvc.national.units`` holds the exact decimal types): a JSON number is never read as
+a binary float. It returns the ``output`` object, or bytes for a transaction whose answer is a
+file (9102). A refusal is a ``CardsvcError`` like everywhere in cardsvc: the envelope answers
+``infcode -1`` with ``[CODE] message``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import msgspec
+
+from cardsvc.errors import InvalidRequest
+from cardsvc.web.caller import Caller
+
+if TYPE_CHECKING:
+    from cardsvc.db import Pool
+    from cardsvc.services import Services
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One authenticated gateway message."""
+
+    services: Services
+    pool: Pool
+    caller: Caller  # kind "gateway", fixmedins_code = the client's facility
+    paasid: str
+    fixmedins_code: str
+    msgid: str
+    infno: str
+    opter: str  # recorded in the audit log with opter_name
+    opter_name: str
+    opter_type: str
+    mdtrtarea_admvs: str
+    insuplc_admdvs: str
+    sign_no: str | None
+    now: dt.datetime  # when the message arrived (UTC)
+
+
+T = TypeVar("T")
+
+Output = dict[str, Any] | bytes
+Handler = Callable[[Call, dict[str, msgspec.Raw]], Awaitable[Output]]
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    infno: str
+    handler: Handler
+    needs_sign_no: bool  # every transaction but 9001
+
+
+TRANSACTIONS: dict[str, Transaction] = {}
+
+
+def transaction(infno: str, *, needs_sign_no: bool = True) -> Callable[[Handler], Handler]:
+    """Registers ``handler`` for ``infno`` (one handler per infno)."""
+
+    def register(handler: Handler) -> Handler:
+        if infno in TRANSACTIONS:
+            raise RuntimeError(f"infno {infno} registered twice")
+        TRANSACTIONS[infno] = Transaction(infno, handler, needs_sign_no)
+        return handler
+
+    return register
+
+
+def node(inputs: dict[str, msgspec.Raw], name: str, type_: type[T]) -> T:
+    """The input node ``name`` decoded as ``type_``; a missing or malformed node is refused
+    with a message naming the node and the field."""
+    raw = inputs.get(name)
+    if raw is None:
+        raise InvalidRequest(f"input.{name} is required", code="INPUT_INVALID")
+    try:
+        return msgspec.json.decode(raw, type=type_)
+    except msgspec.ValidationError as exc:
+        raise InvalidRequest(f"input.{name}: {exc}", code="INPUT_INVALID") from None
+    except msgspec.DecodeError:
+        raise InvalidRequest(f"input.{name} is not valid JSON", code="INPUT_INVALID") from None
