@@ -1,0 +1,3 @@
+"""Imports every transaction module, so that each registers its handlers (``registry``)."""
+
+from __future__ import annotations
