@@ -87,10 +87,10 @@ _PREVIEW = _columns("$1", "$3", "$4::text[]", "$5", "$6") + _from("$1", "$2")
 # unknown terminal) and its snapshot (``s``, NULL for an unknown person). Common to the
 # batch: $2 year, $3 business date, $4 start of the other-facility window, $5 a day ago.
 # It writes nothing (the nonces go with the batch's write), so it never waits for WAL.
+# The nonce probe is a function (migration 0021): inline, its cached plan could be a scan.
 _SETTLE_BATCH = f"""
 SELECT r.n, adm.fenced IS NOT NULL AS has_standing, adm.*, s.*,
-  EXISTS (SELECT 1 FROM request_nonces
-          WHERE terminal_id = r.terminal_id AND nonce = r.nonce) AS nonce_seen
+  nonce_recorded(r.terminal_id, r.nonce) AS nonce_seen
 FROM json_to_recordset($1::json) AS r(
     n int, psn_no text, card_no char(9), fixmedins_code text, codes text[],
     injury_case_id text, idempotency_key text, card_auth_id text,

@@ -8,6 +8,7 @@ settlement waits in its write, and every request sent meanwhile gathers behind i
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import Any
@@ -17,8 +18,10 @@ import msgspec
 import pytest
 import pytest_asyncio
 
+from cardsvc.settlement import snapshot
 from cardsvc.settlement.snapshot import YEAR_COLUMNS
 from cardsvc.terminal_sdk.client import TerminalClient
+from cardsvc.web.caller import Admission
 from tests.support.api import POLICY_CATALOG, Patient, Service, lines, patient, unique_code
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -315,3 +318,45 @@ async def test_a_batch_waiting_in_its_write_holds_no_audit_chain_head(
         await txn.rollback()
         await other.close()
     assert (await sent).status == 200
+
+
+async def test_the_batch_read_never_scans_the_nonces_whatever_its_cached_plan_saw(
+    conn: asyncpg.Connection,
+) -> None:
+    """A connection keeps one generic plan of the batch read, made with the tables' sizes of
+    that moment. request_nonces is UNLOGGED and pruned, so it is near-empty after a crash or
+    a fresh start; the nonce probe planned then must still be a key probe once the table has
+    grown back, not a scan of every recorded nonce for every request (as it was, inline)."""
+    now = dt.datetime.now(dt.UTC)
+    doc = msgspec.json.encode(
+        [
+            snapshot._input_row(  # the statement's own input rows
+                0,
+                snapshot.SettleInput(
+                    psn_no="P1",
+                    card_no="C00000001",
+                    fixmedins_code="H1",
+                    item_codes=["A-AMOX"],
+                    injury_case_id=None,
+                    idempotency_key="k1",
+                    card_auth_id=b"\x01" * 16,
+                    standing_of=Admission(terminal_id="T-plan", nonce="n-0", session_id="S"),
+                ),
+            )
+        ]
+    ).decode()
+    txn = conn.transaction()  # rolled back: the test database keeps its nonces
+    await txn.start()
+    try:
+        await conn.execute("DELETE FROM request_nonces")
+        await conn.execute("ANALYZE request_nonces")  # what the planner knows: empty
+        await conn.execute(
+            "INSERT INTO request_nonces (terminal_id, nonce)"
+            " SELECT 'T-plan', 'n-' || i FROM generate_series(1, 5000) i"
+        )
+        await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        explain = await conn.prepare("EXPLAIN (ANALYZE, COSTS off) " + snapshot._SETTLE_BATCH)
+        plan = "\n".join(r[0] for r in await explain.fetch(doc, now.year, now.date(), now, now))
+    finally:
+        await txn.rollback()
+    assert "Seq Scan on request_nonces" not in plan, plan
