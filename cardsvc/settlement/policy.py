@@ -366,7 +366,16 @@ def _where(line: Line, line_no: int | None) -> dict[str, Any]:
 
 def check_line_amount(line: Line, line_no: int | None = None) -> None:
     """A line's declared amount must be its price x count rounded to the fen (reading 16),
-    else ``FEE_AMOUNT_MISMATCH`` naming the line (``line_no``, from 1, when it has one)."""
+    else ``FEE_AMOUNT_MISMATCH`` naming the line (``line_no``, from 1, when it has one). A
+    line built by hand rather than decoded (where its constraints hold) with a count below
+    one 10^-4 unit or a negative price or amount is ``AMOUNT_INVALID``."""
+    if line.count_e4 < 1 or line.price_e4 < 0 or line.total < 0:
+        raise PolicyRefusal(
+            "AMOUNT_INVALID",
+            f"{_line_name(line, line_no)}: the count must be above zero, the price and the "
+            "amount not below zero",
+            _where(line, line_no),
+        )
     expected = round_e8(line.price_e4 * line.count_e4)
     if line.total != expected:
         raise PolicyRefusal(
