@@ -624,6 +624,12 @@ def line_result(
     ``med_type`` does not change Step 1 under the current rules; it is taken so that the
     callers (the visit's lines) pass everything a settlement of the line would see."""
     del med_type  # Step 1 is the same for every visit type (see above)
+    if insutype not in params.scheme_rules:  # a settlement refuses it as MED_TYPE_NOT_ALLOWED
+        raise PolicyRefusal(
+            "MED_TYPE_NOT_ALLOWED",
+            f"insutype {insutype} is not a scheme of policy {params.version}",
+            {"insutype": insutype},
+        )
     check_line_amount(line)
     check_line_limits(params.amount_limits, line)
     return decompose_line(params, insutype, line, item)

@@ -327,6 +327,12 @@ def test_a_line_built_without_its_constraints_is_refused_not_settled(line: Decim
     assert caught.value.code == "AMOUNT_INVALID"
 
 
+def test_line_result_refuses_an_insutype_the_policy_does_not_have() -> None:
+    with pytest.raises(PolicyRefusal) as caught:
+        line_result(PARAMS, "999", "11", dline("A-AMOX", "1", "1", "1.00"), CATALOG["A-AMOX"])
+    assert caught.value.code == "MED_TYPE_NOT_ALLOWED"
+
+
 # --- integer lines through the decimal rule --------------------------------------------------
 
 fee_lines = st.builds(
