@@ -426,6 +426,16 @@ async def test_1101_with_a_counters_token_is_refused(service: Service):
     assert answer.code == "CARD_TOKEN_INVALID"
 
 
+async def test_1101_with_a_lost_card_names_nobody(service: Service):
+    client = await gateway_client(service)
+    _, card, his = await _card_and_his(service, client.fixmedins_code)
+    counter = await service.terminal("counter")
+    await counter.call("POST", f"/v1/cards/{card.card_no}/report-loss")
+    token = (await authenticate_card(his, card, "identify"))["card_token"]  # still allowed
+    answer = await client.call("1101", _query(card_cert(card.card_no, token), "03"))
+    assert (answer.infcode, answer.code) == (-1, "CARD_NOT_ACTIVE")
+
+
 async def test_1101_with_a_mismatched_card_is_refused(service: Service):
     client = await gateway_client(service)
     _, card, his = await _card_and_his(service, client.fixmedins_code)
