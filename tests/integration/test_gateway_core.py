@@ -271,6 +271,33 @@ async def test_sign_out_ends_the_sign_no(service: Service):
     await client.sign_in()
     bad = await client.call("9002", {"signOut": {"sign_no": "nosuch", "opter_no": "OP001"}})
     assert bad.code == "SIGN_NO_INVALID"
+    conn = await asyncpg.connect(service.database_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT actor, action, data FROM audit_log"
+            " WHERE object_type = 'facility' AND object_id = $1 AND action LIKE 'gateway.%'"
+            " ORDER BY at",
+            client.fixmedins_code,
+        )
+    finally:
+        await conn.close()
+    assert [r["action"] for r in rows] == [
+        "gateway.signed_in",
+        "gateway.signed_out",
+        "gateway.signed_in",
+    ]
+    assert {r["actor"] for r in rows} == {f"gateway:{client.paasid}"}
+    data = msgspec.json.decode(rows[1]["data"])
+    assert (data["opter"], data["opter_name"], data["infno"]) == ("OP001", "测试操作员", "9002")
+
+
+async def test_a_second_sign_out_answers_the_first_time(service: Service):
+    client = await gateway_client(service)
+    sign_no = client.sign_no
+    first = await client.ok("9002", {"signOut": {"sign_no": sign_no, "opter_no": "OP001"}})
+    await client.sign_in()
+    again = await client.ok("9002", {"signOut": {"sign_no": sign_no, "opter_no": "OP001"}})
+    assert again == first
 
 
 async def test_unknown_infno_is_unsupported(service: Service):
