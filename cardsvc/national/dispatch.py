@@ -205,7 +205,9 @@ class Gateway:
         env = m.env
         try:
             envelope.check(env, m.key.fixmedins_code)
-            body_hash = envelope.body_hash(env.infno, env.input)
+            inputs = envelope.normalise(env.input)
+            envelope.check_insured_region(env, inputs)
+            body_hash = envelope.hash_of(env.infno, inputs)
         except CardsvcError as exc:
             observe(env.infno, env.msgid or "", "refused", exc.code)
             return Reply(200, m.answer(None, exc))

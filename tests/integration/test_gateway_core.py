@@ -229,11 +229,13 @@ async def test_another_facilitys_code_is_refused(service: Service):
         ({"input": None}, "input is required"),
         ({"mdtrtarea_admvs": "32020"}, "mdtrtarea_admvs"),
         ({"opter": "o" * 31}, "opter"),
+        ({"insuplc_admdvs": ""}, "insuplc_admdvs"),
     ],
 )
 async def test_malformed_envelope_fields_are_input_invalid(service: Service, fields, why):
     client = await gateway_client(service)
-    answer = await client.call("9001", SIGN_IN, **fields)
+    inputs = {"signIn": {**SIGN_IN["signIn"], "psn_no": "3202000000000001"}}
+    answer = await client.call("9001", inputs, **fields)
     assert (answer.status, answer.infcode, answer.code) == (200, -1, "INPUT_INVALID")
     assert why in answer.body["err_msg"]
 
