@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -77,9 +78,12 @@ class PayloadTooLarge(InvalidRequest):
 
 
 def refusal(exc: CardsvcError, received: dt.datetime) -> Reply:
-    """An answer that is no message's: HTTP 4xx with the envelope error body."""
+    """An answer that is no message's: HTTP 4xx with the envelope error body. Its
+    ``inf_refmsgid`` has the contract's form (region ``000000``: the envelope was not read)
+    with 10 random digits; nothing is recorded under it."""
+    inf_refmsgid = envelope.refmsgid(None, received, secrets.randbelow(10**10))
     body = envelope.encode_answer(
-        output=None, error=exc, inf_refmsgid="", received=received, answered=clock.now()
+        output=None, error=exc, inf_refmsgid=inf_refmsgid, received=received, answered=clock.now()
     )
     headers = {}
     if isinstance(exc, RateLimited):

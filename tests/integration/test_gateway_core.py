@@ -136,6 +136,8 @@ async def _refused(client: GatewayClient, headers: dict[str, str], status: int, 
     assert (answer.status, answer.code) == (status, code), answer.body
     assert answer.infcode == -1 and answer.body["output"] == {}
     assert answer.body["err_msg"].startswith(f"[{code}] ")
+    assert re.fullmatch(r"000000\d{24}", answer.body["inf_refmsgid"])
+    assert re.fullmatch(r"\d{17}", answer.body["respond_time"])
     return answer
 
 
