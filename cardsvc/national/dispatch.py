@@ -128,6 +128,8 @@ class _Message:
 class Gateway:
     def __init__(self, pool: Pool, clients: GatewayClients, settings: Settings) -> None:
         self._pool, self._clients, self._settings = pool, clients, settings
+        # The admissions and stored answers, group-committed (closed at shutdown).
+        self.messages = messages.Messages(pool)
         self._buckets = TokenBuckets(settings.gateway_rate, settings.gateway_burst)
 
     async def handle(self, services: Services, headers: Mapping[str, str], body: bytes) -> Reply:
@@ -160,12 +162,13 @@ class Gateway:
             infno = decoded.infno or (decoded.envelope.infno if decoded.envelope else "")
             env = decoded.envelope
             msgid = (env.msgid or "") if env is not None else ""
-            admitted = await messages.admit(
-                self._pool,
-                paasid=key.paasid,
-                nonce=nonce,
-                sign_no=(env.sign_no or "") if env is not None else "",
-                msgid=msgid,
+            admitted = await self.messages.admit(
+                messages.Admission(
+                    paasid=key.paasid,
+                    nonce=nonce,
+                    sign_no=(env.sign_no or "") if env is not None else "",
+                    msgid=msgid,
+                )
             )
         except CardsvcError as exc:
             observe(infno, msgid, "refused", exc.code)
@@ -306,9 +309,9 @@ class Gateway:
             answer=answer,
         )
         try:
-            ours, stored = await messages.store(self._pool, new)
+            ours, stored = await self.messages.store(new)
         except Exception as exc:
-            mapped = db.as_service_error(exc)
+            mapped = exc if isinstance(exc, ServiceUnavailable) else db.as_service_error(exc)
             if mapped is None:
                 raise
             # Done but not stored: a retry runs the (idempotent) handler again.

@@ -13,6 +13,7 @@ import asyncpg
 import msgspec
 import pytest
 
+from cardsvc.errors import CardsvcError
 from tests.support.api import Service, authenticate_card, issue_card
 from tests.support.gateway import (
     PATH,
@@ -553,3 +554,72 @@ async def test_a_business_refusal_is_stored(service: Service, flaky_transaction)
     assert (first.infcode, first.code) == (-1, "SOME_RULE")
     again = await client.post(envelope, client.headers())
     assert again.raw == first.raw and runs == [envelope["msgid"]]
+
+
+# ------------------------------------------------------------------ group commit
+
+
+async def test_admissions_and_answers_in_one_batch(service: Service):
+    from cardsvc.national import messages
+
+    one, two = await gateway_client(service), await gateway_client(service)
+    pool = await asyncpg.create_pool(service.database_url, min_size=1, max_size=2)
+    try:
+        signed = await messages.admit_batch(
+            pool,
+            [
+                messages.Admission(one.paasid, "n" * 20, one.sign_no, "B1"),
+                messages.Admission(two.paasid, "n" * 20, "nosuch", "B1"),
+                messages.Admission(one.paasid, "m" * 20, two.sign_no, "B2"),
+            ],
+        )
+        assert [(a.signed_in, a.stored) for a in signed] == [  # type: ignore[union-attr]
+            (True, None),
+            (False, None),
+            (False, None),  # another facility's sign_no
+        ]
+        again = await messages.admit_batch(
+            pool,
+            [
+                messages.Admission(one.paasid, "n" * 20, one.sign_no, "B1"),
+                messages.Admission(one.paasid, "k" * 20, one.sign_no, "B1"),
+            ],
+        )
+        assert isinstance(again[0], CardsvcError) and again[0].code == "NONCE_REPLAYED"
+
+        def answer(client: GatewayClient, msgid: str, body: bytes) -> messages.NewAnswer:
+            return messages.NewAnswer(
+                client.fixmedins_code, msgid, "9001", b"h", client.paasid, "r", 0,
+                "application/json", body,
+            )  # fmt: skip
+
+        stored = await messages.store_batch(
+            pool, [answer(one, "B1", b"first"), answer(two, "B1", b"other")]
+        )
+        assert stored == [None, None]
+        twins = await messages.store_batch(
+            pool, [answer(one, "B1", b"second"), answer(one, "B3", b"third")]
+        )
+        assert isinstance(twins[0], messages.Stored) and twins[0].answer == b"first"
+        assert twins[1] is None
+        replay = await messages.admit_batch(
+            pool,
+            [
+                messages.Admission(one.paasid, "j" * 20, one.sign_no, "B1"),
+                messages.Admission(two.paasid, "j" * 20, two.sign_no, "B1"),
+            ],
+        )
+        assert [r.stored.answer for r in replay] == [b"first", b"other"]  # type: ignore[union-attr]
+        assert replay[0].sequence != replay[1].sequence  # type: ignore[union-attr]
+    finally:
+        await pool.close()
+
+
+async def test_many_messages_at_once(service: Service):
+    client = await gateway_client(service)
+    envelopes = [client.envelope("9001", SIGN_IN) for _ in range(30)]
+    answers = await asyncio.gather(*(client.post(e, client.headers()) for e in envelopes))
+    assert all(a.infcode == 0 for a in answers)
+    assert len({a.body["inf_refmsgid"] for a in answers}) == 30
+    again = await asyncio.gather(*(client.post(e, client.headers()) for e in envelopes))
+    assert [a.raw for a in again] == [a.raw for a in answers]
