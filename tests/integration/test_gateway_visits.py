@@ -5,6 +5,7 @@ codes, and a message run twice (its answer lost) doing its work once."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -673,3 +674,30 @@ async def test_a_message_run_again_does_its_work_once(world: World, db: asyncpg.
     second = await site.client.post(cancel)
     assert (first.body["infcode"], second.body["infcode"]) == (0, 0)
     assert await unsettled(db, site, mdtrt_id) == []
+
+
+async def test_two_tries_of_one_message_at_once(world: World, db: asyncpg.Connection) -> None:
+    """A retry sent while the first try still runs: one visit, one set of lines, and both
+    tries answered alike (or the second told to retry, never a second visit)."""
+    site, who = world.hospital, await holder(world)
+    registration = site.client.envelope("2201", await register_input(site, who))
+    answers = await asyncio.gather(*(site.client.post(registration) for _ in range(3)))
+    ok = [a.body["output"] for a in answers if a.body["infcode"] == 0]
+    assert ok and all(out == ok[0] for out in ok), [a.body for a in answers]
+    count = "SELECT count(*) FROM gateway_visits WHERE psn_no = $1"
+    assert await db.fetchval(count, who.psn_no) == 1
+    mdtrt_id = ok[0]["data"]["mdtrt_id"]
+
+    lines = [fee(mdtrt_id, who, str(n), "A-AMOX", 12, 1, 12) for n in range(1, 21)]
+    upload = site.client.envelope("2204", {"feedetail": lines})
+    others = [
+        site.client.envelope("2204", {"feedetail": [fee(mdtrt_id, who, f"x{n}", "C-VIT", 1, 1, 1)]})
+        for n in range(3)
+    ]
+    answers = await asyncio.gather(
+        *(site.client.post(upload) for _ in range(3)), *(site.client.post(o) for o in others)
+    )
+    assert all(a.body["infcode"] == 0 for a in answers[3:]), [a.body for a in answers]
+    ok = [a.body["output"] for a in answers[:3] if a.body["infcode"] == 0]
+    assert ok and all(out == ok[0] for out in ok)
+    assert len(await unsettled(db, site, mdtrt_id)) == 23
