@@ -594,6 +594,9 @@ async def test_bounds_of_the_input(world: World) -> None:
         },
     )
     assert twice.code == "INPUT_INVALID", twice.body
+    not_a_day = fee(mdtrt_id, who, "1", "A-AMOX", 1, 1, 1, fee_ocur_time="2026-02-30 10:00:00")
+    answer = await site.client.call("2204", {"feedetail": [not_a_day]})
+    assert answer.code == "INPUT_INVALID", answer.body
     unknown = await site.client.call(
         "2204", {"feedetail": [fee(mdtrt_id, who, "1", "Z-NONE", 1, 1, 1)]}
     )
