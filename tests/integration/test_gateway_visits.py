@@ -594,6 +594,12 @@ async def test_bounds_of_the_input(world: World) -> None:
         },
     )
     assert twice.code == "INPUT_INVALID", twice.body
+    nul = fee(mdtrt_id, who, "1", "A-AMOX", 1, 1, 1, memo="a\x00b")
+    answer = await site.client.call("2204", {"feedetail": [nul]})
+    assert answer.code == "INPUT_INVALID", answer.body
+    nul_info = await register_input(site, who, his_note={"n": ["a\x00b"]})
+    answer = await site.client.call("2201", nul_info)
+    assert answer.code == "INPUT_INVALID", answer.body
     not_a_day = fee(mdtrt_id, who, "1", "A-AMOX", 1, 1, 1, fee_ocur_time="2026-02-30 10:00:00")
     answer = await site.client.call("2204", {"feedetail": [not_a_day]})
     assert answer.code == "INPUT_INVALID", answer.body
