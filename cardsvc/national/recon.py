@@ -8,7 +8,7 @@ twice finds the file it made) and are kept until their ``dld_endtime``; the file
 and the comparison are ``cardsvc.national.stmtfiles``.
 
 Refusals: ``INVALID_DATES`` (a period backwards or too long), ``FILE_NOT_FOUND`` (no such
-file of this facility), ``FILE_EXPIRED``, ``FILE_QUOTA_EXCEEDED``, ``FACILITY_MISMATCH``
+file of this facility), ``FILE_EXPIRED``, ``FILE_QUOTA_EXCEEDED``, ``NOT_OWN_FACILITY``
 (an input naming another facility), and ``stmtfiles``' file refusals.
 """
 
@@ -130,7 +130,7 @@ def _own(fixmedins_code: str, named: str) -> None:
     if named != fixmedins_code:
         raise Forbidden(
             "fixmedins_code of the input is not the facility of the message",
-            code="FACILITY_MISMATCH",
+            code="NOT_OWN_FACILITY",
         )
 
 
