@@ -136,7 +136,9 @@ async def gateway(service: Service, fixmedins_code: str) -> Gateway:
         "POST", "/v1/gateway-clients", {"fixmedins_code": fixmedins_code}
     )
     gw = Gateway(service, fixmedins_code, client["paasid"], client["secret"])
-    out = await gw.ok("9001", {"signIn": {"opter_no": "001", "mac": "00-16-3E-00-00-01", "ip": "127.0.0.1"}})
+    out = await gw.ok(
+        "9001", {"signIn": {"opter_no": "001", "mac": "00-16-3E-00-00-01", "ip": "127.0.0.1"}}
+    )
     gw.sign_no = out["signinoutb"]["sign_no"]
     return gw
 
