@@ -6,6 +6,7 @@ bad zips refused. The settlements are made through the native API."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 import hashlib
 import io
@@ -14,14 +15,20 @@ import secrets
 import time
 import zipfile
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import msgspec
 import pytest
 import pytest_asyncio
 
+from cardsvc import db
+from cardsvc.audit.services import AuditLog
 from cardsvc.clock import business_date
+from cardsvc.config import Settings
 from cardsvc.national import stmtfiles
+from cardsvc.national.recon import DetailIn, Message, NationalReconciliation, UploadIn
+from cardsvc.reconciliation.services import Reconciliation
 from tests.support.api import (
     POLICY_CATALOG,
     Patient,
@@ -466,3 +473,45 @@ async def test_3202_refuses_a_result_file_and_a_long_period(world: World):
     assert await world.gw.refused("3202", {"data": header}) == "FILE_INVALID"
     header["file_qury_no"] = "Fnosuchfile"
     assert await world.gw.refused("3202", {"data": header}) == "FILE_NOT_FOUND"
+
+
+async def test_a_message_run_twice_makes_one_file(world: World, settings: Settings):
+    """The core stores a message's answer after its handler; a crash in between runs the
+    handler again under the same msgid: it finds the file it made, answers the same."""
+    pool = await db.create_pool(settings)
+    try:
+        recon = NationalReconciliation(pool, AuditLog(pool), Reconciliation(pool))
+        msg = Message(
+            fixmedins_code=world.gw.fixmedins_code,
+            msgid=world.gw.msgid(),
+            actor="gateway:test",
+            opter="001",
+            opter_name="收费员",
+            now=dt.datetime.now(dt.UTC),
+        )
+        data = stmtfiles.upload_zip([file_row(world.settled[0])])
+        upload = UploadIn(in_=data, filename="a.zip", fixmedins_code=msg.fixmedins_code)
+        first = await recon.upload(msg, upload)
+        assert await recon.upload(msg, upload) == first
+        today = business_date()
+        detail = DetailIn(
+            file_qury_no=first.file_qury_no,
+            stmt_begndate=today,
+            stmt_enddate=today,
+            medfee_sumamt=Decimal(0),
+            fund_pay_sumamt=Decimal(0),
+            cash_payamt=Decimal(0),
+            fixmedins_setl_cnt=Decimal(0),
+        )
+        detail_msg = dataclasses.replace(msg, msgid=world.gw.msgid())
+        result = await recon.detail(detail_msg, detail)
+        assert await recon.detail(detail_msg, detail) == result
+        for made_by in (msg, detail_msg):
+            made = await pool.fetchval(
+                "SELECT count(*) FROM national_files WHERE fixmedins_code = $1 AND msgid = $2",
+                made_by.fixmedins_code,
+                made_by.msgid,
+            )
+            assert made == 1
+    finally:
+        await pool.close()
