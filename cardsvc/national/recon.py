@@ -153,10 +153,9 @@ def statement_description(result: StatementResult) -> str:
     if differing:
         text += f"; differs: {', '.join(differing)}"
     if result.out_of_limits:
-        text += (
-            f"; {len(result.out_of_limits)} or more settlements above the amount limits are"
-            f" in no total: {', '.join(result.out_of_limits[:5])}"
-        )
+        named = ", ".join(result.out_of_limits[:5])
+        more = ", …" if len(result.out_of_limits) > 5 else ""
+        text += f"; settlements above the amount limits are in no total: {named}{more}"
     return text if result.stmt_rslt == "1" else text + "; balanced"
 
 

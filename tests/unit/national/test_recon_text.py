@@ -42,7 +42,13 @@ FIGURES = "cardsvc: 3 settlements, medfee_sumamt 225.00, fund_pay_sumamt 0.00, a
         (
             OURS,
             ["S1", "S2"],
-            FIGURES + "; 2 or more settlements above the amount limits are in no total: S1, S2",
+            FIGURES + "; settlements above the amount limits are in no total: S1, S2",
+        ),
+        (
+            OURS,
+            [f"S{i}" for i in range(7)],
+            FIGURES
+            + "; settlements above the amount limits are in no total: S0, S1, S2, S3, S4, …",
         ),
     ],
 )
