@@ -52,13 +52,10 @@ RESULT_COLUMNS = (
 )
 RESULT_MEMBER = "result.txt"
 
-# The zip as uploaded. A 9101 message carries it as base64 (4/3 of its size) or as an array
-# of numbers (up to 4 bytes of JSON a byte, and a Python int each once decoded): 8 MB holds
-# 200 000 settlements zipped with room to spare and keeps such a message's cost bounded.
+# The zip as uploaded: 200 000 settlements zipped with room to spare. A 9101 message carries
+# it as base64 (4/3 of its size) or as an array of numbers (up to 4 bytes of JSON a byte),
+# within the gateway's body limit (CARDSVC_GATEWAY_MAX_BODY_BYTES, 8 MB by default).
 MAX_FILE_BYTES = 8 * 1024 * 1024
-# The largest 9101 request: the file as an array of numbers, and the envelope. The gateway
-# endpoint reads bodies up to this size (its other transactions are far smaller).
-MAX_UPLOAD_BODY = 4 * MAX_FILE_BYTES + 64 * 1024
 MAX_TEXT_BYTES = 32 * 1024 * 1024  # its text, uncompressed
 MAX_ROWS = 200_000  # settlements in one file
 MAX_FILENAME = 100
