@@ -327,9 +327,9 @@ def _both(row: FileRow, settled: Settled) -> ResultLine:
 
 
 def _only_ours(settled: Settled) -> ResultLine:
-    if settled.reversed:  # neither side counts it
-        return _line(settled, "0", "reversed at cardsvc; not in the facility's file")
-    return _line(settled, "1", "not in the facility's file")
+    # A reversed settlement too: the facility's list names it, flagged (refd_setl_flag 1).
+    memo = "not in the facility's file"
+    return _line(settled, "1", memo + " (reversed at cardsvc)" if settled.reversed else memo)
 
 
 def _only_listed(row: FileRow, settled: Settled | None) -> ResultLine:

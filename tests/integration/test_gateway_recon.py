@@ -270,7 +270,9 @@ async def test_3202_missing_extra_and_mismatching(world: World):
 
 
 async def test_3202_header_totals_checked(world: World):
-    upload = await send_9101(world.gw, stmtfiles.upload_zip([file_row(s) for s in world.settled]))
+    rows = [file_row(s) for s in world.settled]
+    rows.append(file_row(world.reversed_, refd_setl_flag="1"))  # listed, flagged
+    upload = await send_9101(world.gw, stmtfiles.upload_zip(rows))
     today = business_date().isoformat()
     header = {
         "file_qury_no": upload["file_qury_no"],
@@ -285,6 +287,7 @@ async def test_3202_header_totals_checked(world: World):
     assert info["stmt_rslt"] == "0", info
     result = result_lines(await fetch_9102(world.gw, info["file_qury_no"], info["filename"]))
     assert [r[4] for r in result.values()] == ["0"] * 4  # three settled, one reversed
+    assert result[world.reversed_["setl_id"]][5] == "1"
     header["cash_payamt"] = "0.01"
     header["fixmedins_setl_cnt"] = 4
     info = (await world.gw.ok("3202", {"data": header}))["fileinfo"]
