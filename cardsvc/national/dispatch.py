@@ -192,17 +192,17 @@ class Gateway:
         if m.admitted.stored is not None:
             return self._again(m, body_hash, m.admitted.stored)
         tx = TRANSACTIONS.get(env.infno)
+        refused: CardsvcError | None = None
         if tx is None:
-            exc = NotFound(f"infno {env.infno} is not supported", code="UNSUPPORTED_INFNO")
-            observe(env.infno, msgid, "refused", exc.code)
-            return Reply(200, m.answer(None, exc))
-        if tx.needs_sign_no and not m.admitted.signed_in:
-            exc = Unauthenticated(
+            refused = NotFound(f"infno {env.infno} is not supported", code="UNSUPPORTED_INFNO")
+        elif tx.needs_sign_no and not m.admitted.signed_in:
+            refused = Unauthenticated(
                 "sign_no is missing, unknown, signed out or expired: sign in with 9001",
                 code="SIGN_NO_INVALID",
             )
-            observe(env.infno, msgid, "refused", exc.code)
-            return Reply(200, m.answer(None, exc))
+        if refused is not None:
+            observe(env.infno, msgid, "refused", refused.code)
+            return Reply(200, m.answer(None, refused))
         call = Call(
             services=services,
             pool=self._pool,

@@ -4,6 +4,7 @@ answers per msgid, 9001/9002 and 1101 (with an identity number and with the card
 from __future__ import annotations
 
 import asyncio
+import io
 import re
 import time
 from decimal import Decimal
@@ -202,8 +203,10 @@ async def test_not_an_envelope_is_refused_with_400(service: Service):
 
 async def test_a_body_too_large_is_refused(service: Service):
     client = await register_client(service, (await service.facility())["fixmedins_code"])
-    answer = await client.post(b" " * (8 * 1024 * 1024 + 1))
-    assert (answer.status, answer.code) == (413, "PAYLOAD_TOO_LARGE")
+    body = io.BytesIO(b" " * (8 * 1024 * 1024 + 1))
+    async with service.http.post(service.base_url + PATH, data=body, headers=client.headers()) as r:
+        assert r.status == 413
+        assert (await r.json())["err_msg"].startswith("[PAYLOAD_TOO_LARGE]")
 
 
 # ------------------------------------------------------------------ the envelope
@@ -339,7 +342,7 @@ async def test_concurrent_twins_get_one_answer(service: Service):
 
 async def test_1101_with_an_identity_number(service: Service):
     client = await gateway_client(service)
-    person = await service.person(insutypes=("310", "390"))
+    person = await service.person(insutypes=("310", "510"))
     out = await client.ok("1101", _query(person["certno_full"]))
     base = out["baseinfo"]
     assert base["psn_no"] == person["psn_no"]
@@ -347,7 +350,7 @@ async def test_1101_with_an_identity_number(service: Service):
     assert base["brdy"] == str(person["birth_year"])
     full = person["certno_full"]
     assert full[6:14] not in str(out) and full not in str(out)  # no birth date anywhere
-    assert {i["insutype"] for i in out["insuinfo"]} == {"310", "390"}
+    assert {i["insutype"] for i in out["insuinfo"]} == {"310", "510"}
     assert all(i["psn_insu_stas"] == "1" for i in out["insuinfo"])
     assert out["idetinfo"] == []
 
