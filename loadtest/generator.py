@@ -57,6 +57,7 @@ from loadtest.workset import PIN
 
 LOWEST_US, HIGHEST_US, DIGITS = 1, 3_600_000_000, 3
 PREP_CONCURRENCY = 64
+PREP_RETRIES = 30  # ``his``: card authentications refused by a terminal's rate limit
 RELEASE_MOST = 32  # requests released per wake when behind, before answers are let in
 TIMER_PAD_S = 0.0002  # the release timer is set this much after the due time (see _release)
 # Refusals that a new session cures (as the terminal SDK's client): expired, or ended.
@@ -411,11 +412,16 @@ class Load:
         async def prepare(card: WorkCard, terminal: int) -> None:
             nonlocal made
             async with gate:
-                try:
-                    token = await self._card_auth(terminal, card)
-                except _Failed as exc:
-                    errors[exc.key] += 1
-                    return
+                for attempt in range(PREP_RETRIES + 1):
+                    try:
+                        token = await self._card_auth(terminal, card)
+                        break
+                    except _Failed as exc:
+                        # A pharmacy's one pos meets its rate limit: wait for it (untimed).
+                        if ":429:" not in exc.key or attempt == PREP_RETRIES:
+                            errors[exc.key] += 1
+                            return
+                        await asyncio.sleep(1.0)
             code = str(self.places.terminals[terminal].fixmedins_code)
             facility = self.places.facility[self.places.terminals[terminal].terminal_id]
             mdtrt_id = self._next_id("MD")
