@@ -62,6 +62,14 @@ class SettlementWrite:
         return setl_id
 
 
+def _charged(fee: policy.Line) -> dict[str, int]:
+    """What a line charged: a native line's unit price (fen) and quantity, as ever; a
+    decimal line's price (10^-4 fen) and count (10^-4 units)."""
+    if isinstance(fee, policy.FeeLine):
+        return {"unit_price": fee.unit_price, "quantity": fee.quantity}
+    return {"price_e4": fee.price_e4, "count_e4": fee.count_e4}
+
+
 def lines_column(
     split: policy.Split, fees: Sequence[policy.Line], refs: Sequence[str] = ()
 ) -> list[dict[str, Any]]:
@@ -86,12 +94,6 @@ def lines_column(
     for entry, ref in zip(column, refs, strict=False):
         entry["feedetl_sn"] = ref
     return column
-
-
-def _charged(fee: policy.Line) -> dict[str, int]:
-    if isinstance(fee, policy.FeeLine):
-        return {"unit_price": fee.unit_price, "quantity": fee.quantity}
-    return {"price_e4": fee.price_e4, "count_e4": fee.count_e4}
 
 
 def bytea(value: bytes) -> str:
