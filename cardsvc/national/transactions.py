@@ -1,3 +1,5 @@
 """Imports every transaction module, so that each registers its handlers (``registry``)."""
 
 from __future__ import annotations
+
+from cardsvc.national import tx_settle  # noqa: F401
