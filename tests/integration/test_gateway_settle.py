@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import hashlib
 import itertools
-import secrets
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -31,18 +28,13 @@ from tests.support.api import (
     lines,
     patient,
 )
+from tests.support.gateway import GatewayClient, gateway_client, new_msgid
 from tests.unit.settlement import reference as ref
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
-GATEWAY = "/fsi/api/rsfComIfsService/callService"
-REGION = "440300"
 STEP3 = ref.STEP3_FIELDS
 _seq = itertools.count(1)
-
-
-def _decode(raw: bytes) -> Any:
-    return msgspec.json.decode(raw, float_hook=Decimal)
 
 
 def fen(value: Any) -> int:
@@ -56,53 +48,23 @@ def fen(value: Any) -> int:
 class His:
     """A hospital system speaking the national interface to the gateway."""
 
-    service: Service
-    fixmedins_code: str
-    paasid: str
-    secret: str
-    sign_no: str = ""
-    opter: str = "OP01"
-    opter_name: str = "李医生"
-    sent: list[str] = field(default_factory=list)
+    client: GatewayClient
+
+    @property
+    def paasid(self) -> str:
+        return self.client.paasid
+
+    @property
+    def fixmedins_code(self) -> str:
+        return self.client.fixmedins_code
 
     def new_msgid(self) -> str:
-        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d%H%M%S")
-        return f"{self.fixmedins_code}{stamp}{next(_seq) % 10000:04d}"
+        return new_msgid(self.fixmedins_code)
 
     async def call(self, infno: str, inputs: dict[str, Any], *, msgid: str | None = None) -> Any:
-        msgid = msgid or self.new_msgid()
-        self.sent.append(msgid)
-        ts = str(int(time.time()))
-        nonce = secrets.token_hex(16)
-        signature = hashlib.sha256((ts + self.secret + nonce + ts).encode()).hexdigest()
-        headers = {
-            "x-tif-paasid": self.paasid,
-            "x-tif-timestamp": ts,
-            "x-tif-nonce": nonce,
-            "x-tif-signature": signature,
-            "Content-Type": "application/json",
-        }
-        body = {
-            "infno": infno,
-            "msgid": msgid,
-            "mdtrtarea_admvs": REGION,
-            "insuplc_admdvs": REGION,
-            "recer_sys_code": "YBXT",
-            "infver": "V1.0",
-            "opter_type": "1",
-            "opter": self.opter,
-            "opter_name": self.opter_name,
-            "inf_time": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S"),
-            "fixmedins_code": self.fixmedins_code,
-            "fixmedins_name": "测试医院",
-            "sign_no": self.sign_no,
-            "input": inputs,
-        }
-        async with self.service.http.post(
-            self.service.base_url + GATEWAY, data=msgspec.json.encode(body), headers=headers
-        ) as resp:
-            assert resp.status == 200, await resp.text()
-            return _decode(await resp.read())
+        answer = await self.client.call(infno, inputs, msgid=msgid)
+        assert answer.status == 200, answer.body
+        return answer.body
 
     async def ok(self, infno: str, inputs: dict[str, Any], *, msgid: str | None = None) -> Any:
         answer = await self.call(infno, inputs, msgid=msgid)
@@ -114,16 +76,6 @@ class His:
         assert answer["infcode"] == -1, answer
         assert answer["err_msg"].startswith(f"[{code}]"), answer
         return str(answer["err_msg"])
-
-
-async def gateway_client(service: Service, fixmedins_code: str) -> His:
-    client = await service.admin_ok(
-        "POST", "/v1/gateway-clients", {"fixmedins_code": fixmedins_code}
-    )
-    his = His(service, fixmedins_code, client["paasid"], client["secret"])
-    out = await his.ok("9001", {"signIn": {"opter_no": "OP01", "mac": "00-00", "ip": "10.0.0.1"}})
-    his.sign_no = out["signinoutb"]["sign_no"]
-    return his
 
 
 @dataclass
@@ -144,7 +96,7 @@ async def site(service: Service) -> Site:
     code = facility["fixmedins_code"]
     return Site(
         service,
-        await gateway_client(service, code),
+        His(await gateway_client(service, code)),
         await service.terminal("pos", code),
         await service.terminal("counter"),
     )
@@ -328,7 +280,7 @@ async def test_outpatient_presettle_settle_cancel_match_the_native_api(site: Sit
             s for s in msgspec.json.decode(audit["data"])["settlements"] if s["setl_id"] == setl_id
         ]
         assert entry["actor"] == f"gateway:{his.paasid}"
-        assert (entry["opter"], entry["opter_name"]) == ("OP01", "李医生")
+        assert (entry["opter"], entry["opter_name"]) == ("OP001", "测试操作员")
     finally:
         await conn.close()
 
