@@ -243,10 +243,16 @@ async def settle(call: Call, order: Order, cert: Certified) -> Settled:
     if cert.claims is None or cert.card_no is None:  # certs.resolve(settling=True) saw to it
         raise RuntimeError("a settlement needs a card token")
     fac, msgid = call.fixmedins_code, call.msgid
+    card = _Card(cert.card_no, cert.claims)
     async with transaction(call.pool) as conn:
-        claimed = await _claim(conn, call, order, cert, _Card(cert.card_no, cert.claims))
+        claimed = await _claim(conn, call, order, cert, card)
+    if claimed is _COMPLETED:  # committed another message's marking: now this one's turn
+        async with transaction(call.pool) as conn:
+            claimed = await _claim(conn, call, order, cert, card)
     if isinstance(claimed, Settled):
         return claimed
+    if isinstance(claimed, _Completed):  # yet another message settled it meanwhile
+        raise visit_settling(order.mdtrt_id)
     job = claimed.job
     try:
         info = await call.services.settlements.submit(job)
@@ -264,6 +270,13 @@ async def settle(call: Call, order: Order, cert: Certified) -> Settled:
     return Settled(info, claimed.psn_type, msgid)
 
 
+class _Completed:
+    """The claim step completed another message's claim: run it again (see ``settle``)."""
+
+
+_COMPLETED: Final = _Completed()
+
+
 @dataclass(frozen=True, slots=True)
 class _Card:
     card_no: str
@@ -272,7 +285,7 @@ class _Card:
 
 async def _claim(
     conn: Connection, call: Call, order: Order, cert: Certified, card: _Card
-) -> _Claimed | Settled:
+) -> _Claimed | Settled | _Completed:
     fac, msgid, now = call.fixmedins_code, call.msgid, clock.now()
     await _lock_message(conn, fac, msgid)
     undone = await conn.fetchval(
@@ -292,7 +305,8 @@ async def _claim(
     stored = await _settlement(conn, fac, key)
     if stored is not None:  # this message settled before (its answer was lost)
         return await _finish(conn, stored, msgid, psn_type)
-    await _settle_other_claim(conn, visit, msgid, now)
+    if await _completed_other_claim(conn, visit, msgid):
+        return _COMPLETED  # committed whatever this message's fate
     check_visit(visit, order, cert)
     lines = await visits.unsettled_lines(conn, fac, order.mdtrt_id, order.chrg_bchno)
     request = engine_request(visit, order, lines)
@@ -315,18 +329,19 @@ async def _claim(
     return _Claimed(job, psn_type)
 
 
-async def _settle_other_claim(
-    conn: Connection, visit: visits.Visit, msgid: str, now: dt.datetime
-) -> None:
-    """Another message's claim on the visit: completed if its settlement exists, left to
-    ``visits.claim`` otherwise (which takes over one past its TTL and refuses a live one)."""
+async def _completed_other_claim(conn: Connection, visit: visits.Visit, msgid: str) -> bool:
+    """Another message's claim on the visit whose settlement exists: its marking completed
+    (True). A claim without one is left to ``visits.claim``, which takes over one past its
+    TTL and refuses a live one."""
     other = visit.settling_msgid
     if other is None or other == msgid:
-        return
+        return False
     stored = await _settlement(conn, visit.fixmedins_code, KEY_PREFIX + other)
-    if stored is not None:
-        await _finish(conn, stored, other, "")
-        log.info("gateway_claim_completed", mdtrt_id=visit.mdtrt_id, setl_id=stored["setl_id"])
+    if stored is None:
+        return False
+    await _finish(conn, stored, other, "")
+    log.info("gateway_claim_completed", mdtrt_id=visit.mdtrt_id, setl_id=stored["setl_id"])
+    return True
 
 
 async def _finish(conn: Connection, stored: asyncpg.Record, msgid: str, psn_type: str) -> Settled:
@@ -346,8 +361,11 @@ async def _finish(conn: Connection, stored: asyncpg.Record, msgid: str, psn_type
 async def _mark(
     conn: Connection, fac: str, mdtrt_id: str, refs: tuple[str, ...], setl_id: str, msgid: str
 ) -> None:
-    marked = await visits.mark_settled(conn, fac, mdtrt_id, refs, setl_id)
+    # The visit's row first, then its lines: the order every writer of a visit takes (a
+    # claim step holds the visit's row while it may complete another's marking).
+    await visits.load_visit(conn, fac, mdtrt_id, lock=True)
     await visits.end_claim(conn, fac, mdtrt_id, msgid)
+    marked = await visits.mark_settled(conn, fac, mdtrt_id, refs, setl_id)
     if marked != len(refs):
         # Only lines already marked by this very settlement (a completion run twice) are
         # expected here; anything else would mean the claim was broken.
@@ -418,10 +436,15 @@ async def cancel(
                 f"settlement {setl_id} is "
                 + ("inpatient: cancel it with 2305" if not inpatient else "not inpatient: 2208")
             )
-        return await _reverse(conn, call, setl_id, row["psn_no"])
+        return await _reverse(conn, call, setl_id, row["psn_no"], row["mdtrt_id"])
 
 
-async def _reverse(conn: Connection, call: Call, setl_id: str, psn_no: str) -> Cancelled:
+async def _reverse(
+    conn: Connection, call: Call, setl_id: str, psn_no: str, mdtrt_id: str
+) -> Cancelled:
+    # The visit's row before anything else (as the claim step and the marking take it):
+    # held while the reversal gives the money back and the lines are released.
+    await visits.find_visit(conn, call.fixmedins_code, mdtrt_id)
     reason = f"national {call.infno} msgid {call.msgid}, opter {call.opter} {call.opter_name}"
     reversal = await reverse_locked(
         conn, call.services.audit, call.caller, setl_id, psn_no, reason.strip()
@@ -493,6 +516,6 @@ async def _undo_settlement(
         return Undone("none")
     if psn_no is not None and stored["psn_no"] != psn_no:
         raise _mismatch(f"message {omsgid} settled for another person")
-    cancelled = await _reverse(conn, call, stored["setl_id"], stored["psn_no"])
+    cancelled = await _reverse(conn, call, stored["setl_id"], stored["psn_no"], stored["mdtrt_id"])
     await visits.end_claim(conn, fac, stored["mdtrt_id"], omsgid)
     return Undone("reversed", cancelled)

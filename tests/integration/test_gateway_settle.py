@@ -18,6 +18,7 @@ import msgspec
 import pytest
 import pytest_asyncio
 
+from cardsvc.settlement import policy
 from cardsvc.terminal_sdk.client import TerminalClient
 from tests.support.api import (
     POLICY_CATALOG,
@@ -29,11 +30,10 @@ from tests.support.api import (
     patient,
 )
 from tests.support.gateway import GatewayClient, gateway_client, new_msgid
-from tests.unit.settlement import reference as ref
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
-STEP3 = ref.STEP3_FIELDS
+STEP3 = policy.STEP3_AMOUNTS
 _seq = itertools.count(1)
 
 
@@ -382,7 +382,7 @@ async def test_concurrent_messages_for_one_visit_settle_it_once(site: Site):
     mdtrt_id = await outpatient_visit(site, h)
     answers = await asyncio.gather(*(his.call("2207", settle_data(h, mdtrt_id)) for _ in range(4)))
     settled = [a for a in answers if a["infcode"] == 0]
-    assert len(settled) == 1, answers
+    assert len(settled) == 1, [a["err_msg"] for a in answers]
     for a in answers:
         if a["infcode"] != 0:
             assert a["err_msg"].split("]")[0] in (

@@ -48,15 +48,8 @@ def _visit(**changes: object) -> visits.Visit:
 
 
 def _line(sn: str, code: str, price_e4: int, count_e4: int, total: int) -> visits.VisitLine:
-    result = visits.LineResult(
-        total=total,
-        over=0,
-        fulamt_ownpay=0,
-        preselfpay=0,
-        inscp=total,
-        chrgitm_lv="A",
-        selfpay_prop=0,
-        max_price=None,
+    result = policy.LineSplit(
+        code=code, chrgitm_lv="A", total=total, over=0, fulamt_ownpay=0, preselfpay=0, inscp=total
     )
     return visits.VisitLine(
         feedetl_sn=sn,
