@@ -89,7 +89,7 @@ def refusal(exc: CardsvcError, received: dt.datetime) -> Reply:
 
 def observe(infno: str, msgid: str, outcome: str, code: str) -> None:
     """The message's metric and its log line."""
-    label = infno if infno in TRANSACTIONS else "unsupported"
+    label = infno if infno in TRANSACTIONS else "unsupported" if infno else "none"
     metrics.observe_gateway_message(label, outcome, code)
     log.info(
         "gateway_message",
@@ -127,7 +127,28 @@ class Gateway:
         self._buckets = TokenBuckets(settings.gateway_rate, settings.gateway_burst)
 
     async def handle(self, services: Services, headers: Mapping[str, str], body: bytes) -> Reply:
+        """The reply to one request; never raises (a fault of cardsvc's own is a logged
+        503 with the envelope error body, nothing stored: the HIS sends it again)."""
         received = clock.now()
+        try:
+            return await self._handle(services, headers, body, received)
+        except Exception as exc:
+            log.error("gateway_failed", exc_info=exc)
+            observe("", "", "unavailable", "INTERNAL")
+            fault = ServiceUnavailable(
+                "internal error: the message was not processed; send it again with the same"
+                " msgid, or report it",
+                code="INTERNAL",
+            )
+            return refusal(fault, received)
+
+    async def _handle(
+        self,
+        services: Services,
+        headers: Mapping[str, str],
+        body: bytes,
+        received: dt.datetime,
+    ) -> Reply:
         infno = msgid = ""
         try:
             key, nonce = await self._authenticate(headers)
@@ -192,17 +213,17 @@ class Gateway:
         if m.admitted.stored is not None:
             return self._again(m, body_hash, m.admitted.stored)
         tx = TRANSACTIONS.get(env.infno)
+        refused: CardsvcError | None = None
         if tx is None:
-            exc = NotFound(f"infno {env.infno} is not supported", code="UNSUPPORTED_INFNO")
-            observe(env.infno, msgid, "refused", exc.code)
-            return Reply(200, m.answer(None, exc))
-        if tx.needs_sign_no and not m.admitted.signed_in:
-            exc = Unauthenticated(
+            refused = NotFound(f"infno {env.infno} is not supported", code="UNSUPPORTED_INFNO")
+        elif tx.needs_sign_no and not m.admitted.signed_in:
+            refused = Unauthenticated(
                 "sign_no is missing, unknown, signed out or expired: sign in with 9001",
                 code="SIGN_NO_INVALID",
             )
-            observe(env.infno, msgid, "refused", exc.code)
-            return Reply(200, m.answer(None, exc))
+        if refused is not None:
+            observe(env.infno, msgid, "refused", refused.code)
+            return Reply(200, m.answer(None, refused))
         call = Call(
             services=services,
             pool=self._pool,

@@ -4,6 +4,7 @@ answers per msgid, 9001/9002 and 1101 (with an identity number and with the card
 from __future__ import annotations
 
 import asyncio
+import io
 import re
 import time
 from decimal import Decimal
@@ -202,8 +203,10 @@ async def test_not_an_envelope_is_refused_with_400(service: Service):
 
 async def test_a_body_too_large_is_refused(service: Service):
     client = await register_client(service, (await service.facility())["fixmedins_code"])
-    answer = await client.post(b" " * (8 * 1024 * 1024 + 1))
-    assert (answer.status, answer.code) == (413, "PAYLOAD_TOO_LARGE")
+    body = io.BytesIO(b" " * (8 * 1024 * 1024 + 1))
+    async with service.http.post(service.base_url + PATH, data=body, headers=client.headers()) as r:
+        assert r.status == 413
+        assert (await r.json())["err_msg"].startswith("[PAYLOAD_TOO_LARGE]")
 
 
 # ------------------------------------------------------------------ the envelope
@@ -339,7 +342,7 @@ async def test_concurrent_twins_get_one_answer(service: Service):
 
 async def test_1101_with_an_identity_number(service: Service):
     client = await gateway_client(service)
-    person = await service.person(insutypes=("310", "390"))
+    person = await service.person(insutypes=("310", "510"))
     out = await client.ok("1101", _query(person["certno_full"]))
     base = out["baseinfo"]
     assert base["psn_no"] == person["psn_no"]
@@ -347,7 +350,7 @@ async def test_1101_with_an_identity_number(service: Service):
     assert base["brdy"] == str(person["birth_year"])
     full = person["certno_full"]
     assert full[6:14] not in str(out) and full not in str(out)  # no birth date anywhere
-    assert {i["insutype"] for i in out["insuinfo"]} == {"310", "390"}
+    assert {i["insutype"] for i in out["insuinfo"]} == {"310", "510"}
     assert all(i["psn_insu_stas"] == "1" for i in out["insuinfo"])
     assert out["idetinfo"] == []
 
@@ -444,3 +447,68 @@ async def test_a_terminal_signature_or_the_admin_token_does_not_reach_the_gatewa
 ):
     status, body = await service.admin("POST", PATH, {"infno": "9001"})
     assert status == 401 and body["err_msg"].startswith("[SIGNATURE_MISSING]")
+
+
+# ------------------------------------------------------------------ what is stored, what not
+
+
+@pytest.fixture
+def flaky_transaction():
+    """A transaction of this test only: each run pops its next behaviour."""
+    from cardsvc.national.registry import TRANSACTIONS, transaction
+
+    behaviours: list[object] = []
+    runs: list[str] = []
+
+    @transaction(FLAKY)
+    async def flaky(call, inputs):
+        runs.append(call.msgid)
+        behaviour = behaviours.pop(0)
+        if isinstance(behaviour, BaseException):
+            raise behaviour
+        return {"data": {"n": len(runs)}}
+
+    yield behaviours, runs
+    del TRANSACTIONS[FLAKY]
+
+
+FLAKY = "X9901"
+
+
+async def test_a_dependency_failure_is_not_stored(service: Service, flaky_transaction):
+    from cardsvc.db import DatabaseUnavailable
+
+    behaviours, runs = flaky_transaction
+    behaviours.extend([DatabaseUnavailable("down"), "ok"])
+    client = await gateway_client(service)
+    envelope = client.envelope(FLAKY, {"data": {}})
+    first = await client.post(envelope)
+    assert (first.status, first.infcode, first.code) == (200, -1, "DATABASE_UNAVAILABLE")
+    again = await client.post(envelope, client.headers())
+    assert again.infcode == 0 and again.body["output"] == {"data": {"n": 2}}
+    third = await client.post(envelope, client.headers())
+    assert third.raw == again.raw and len(runs) == 2
+
+
+async def test_an_unexpected_error_is_an_envelope_not_a_500(service: Service, flaky_transaction):
+    behaviours, _ = flaky_transaction
+    behaviours.extend([RuntimeError("bug"), "ok"])
+    client = await gateway_client(service)
+    envelope = client.envelope(FLAKY, {"data": {}})
+    first = await client.post(envelope)
+    assert (first.status, first.infcode, first.code) == (200, -1, "INTERNAL")
+    assert "bug" not in first.body["err_msg"]
+    assert (await client.post(envelope, client.headers())).infcode == 0
+
+
+async def test_a_business_refusal_is_stored(service: Service, flaky_transaction):
+    from cardsvc.errors import BusinessRuleViolation
+
+    behaviours, runs = flaky_transaction
+    behaviours.extend([BusinessRuleViolation("no", code="SOME_RULE"), "ok"])
+    client = await gateway_client(service)
+    envelope = client.envelope(FLAKY, {"data": {}})
+    first = await client.post(envelope)
+    assert (first.infcode, first.code) == (-1, "SOME_RULE")
+    again = await client.post(envelope, client.headers())
+    assert again.raw == first.raw and runs == [envelope["msgid"]]

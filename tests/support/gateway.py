@@ -83,11 +83,11 @@ class GatewayClient:
         return tif_headers(self.paasid, self.secret, **kwargs)
 
     def envelope(
-        self, infno: str, inputs: dict[str, Any], *, msgid: str | None = None, **fields: Any
+        self, infno: str, inputs: dict[str, Any], *, msgid: Any = None, **fields: Any
     ) -> dict[str, Any]:
         env: dict[str, Any] = {
             "infno": infno,
-            "msgid": msgid or new_msgid(self.fixmedins_code),
+            "msgid": new_msgid(self.fixmedins_code) if msgid is None else msgid,
             "mdtrtarea_admvs": REGION,
             "insuplc_admdvs": REGION,
             "recer_sys_code": "YBXT",
