@@ -104,8 +104,11 @@ class Settled:
 # --- refusals --------------------------------------------------------------------------
 
 
-def _mismatch(message: str) -> Conflict:
-    return Conflict(message, code="VISIT_MISMATCH")
+def _mismatch(message: str, code: str = "VISIT_MISMATCH") -> Conflict:
+    """The codes the visit transactions use where they apply (VISIT_PERSON_MISMATCH,
+    VISIT_KIND_MISMATCH); VISIT_MISMATCH for a scheme, visit type or settlement that is not
+    the visit's."""
+    return Conflict(message, code=code)
 
 
 def visit_settling(mdtrt_id: str) -> ServiceUnavailable:
@@ -124,18 +127,19 @@ def check_visit(visit: visits.Visit, order: Order, cert: Certified) -> None:
     before it)."""
     cert.require_person(order.psn_no)
     if visit.psn_no != cert.psn_no:
-        raise _mismatch(f"visit {visit.mdtrt_id} is another person's")
+        raise _mismatch(f"visit {visit.mdtrt_id} is another person's", "VISIT_PERSON_MISMATCH")
     if visit.status == "cancelled":
-        raise Conflict(f"visit {visit.mdtrt_id} was cancelled", code="VISIT_CANCELLED")
+        raise Conflict(f"visit {visit.mdtrt_id} was cancelled", code="VISIT_CLOSED")
+    if order.inpatient != (visit.kind == "inpatient"):
+        raise _mismatch(
+            f"visit {visit.mdtrt_id} is {visit.kind}: settle it with "
+            + ("2303/2304" if visit.kind == "inpatient" else "2206/2207"),
+            "VISIT_KIND_MISMATCH",
+        )
     if order.insutype != visit.insutype:
         raise _mismatch(f"visit {visit.mdtrt_id} is of insutype {visit.insutype}")
     if order.med_type is not None and order.med_type != visit.med_type:
         raise _mismatch(f"visit {visit.mdtrt_id} is of med_type {visit.med_type}")
-    if order.inpatient != (visit.kind == "inpatient"):
-        raise _mismatch(
-            f"visit {visit.mdtrt_id} is {visit.kind}: settle it with "
-            + ("2303/2304" if visit.kind == "inpatient" else "2206/2207")
-        )
     if order.inpatient and order.mid_setl_flag and visit.status != "open":
         raise Conflict(
             f"the stay {visit.mdtrt_id} is discharged: settle it with mid_setl_flag 0",
@@ -416,7 +420,7 @@ class Cancelled:
 
 
 async def cancel(
-    call: Call, setl_id: str, *, mdtrt_id: str | None, psn_no: str | None, inpatient: bool | None
+    call: Call, setl_id: str, *, mdtrt_id: str | None, psn_no: str | None, inpatient: bool
 ) -> Cancelled:
     """2208/2305: the settlement reversed (``SettlementService``'s reversal) and its lines
     unsettled again, in one transaction; a second cancel answers the first reversal."""
@@ -431,10 +435,12 @@ async def cancel(
             raise _mismatch(f"settlement {setl_id} is not of visit {mdtrt_id}")
         if psn_no is not None and row["psn_no"] != psn_no:
             raise _mismatch(f"settlement {setl_id} is not of person {psn_no}")
-        if inpatient is not None and inpatient != (row["med_type"] == policy.INPATIENT):
+        visit = await visits.find_visit(conn, call.fixmedins_code, row["mdtrt_id"])
+        if visit is not None and inpatient != (visit.kind == "inpatient"):
             raise _mismatch(
-                f"settlement {setl_id} is "
-                + ("inpatient: cancel it with 2305" if not inpatient else "not inpatient: 2208")
+                f"settlement {setl_id} is of {visit.kind} visit {visit.mdtrt_id}: cancel it"
+                f" with {'2305' if visit.kind == 'inpatient' else '2208'}",
+                "VISIT_KIND_MISMATCH",
             )
         return await _reverse(conn, call, setl_id, row["psn_no"], row["mdtrt_id"])
 

@@ -495,7 +495,7 @@ async def test_inpatient_mid_stay_and_final_settlement(site: Site):
         return d
 
     await his.refused("2304", data("800.00", "0"), "VISIT_NOT_DISCHARGED")
-    await his.refused("2207", settle_data(h, mdtrt_id, Decimal("800.00")), "VISIT_MISMATCH")
+    await his.refused("2207", settle_data(h, mdtrt_id, Decimal("800.00")), "VISIT_KIND_MISMATCH")
     pre = await his.ok("2303", data("800.00", "1"))
     mid = await his.ok("2304", data("800.00", "1"))
     assert_same = {n: pre["setlinfo"][n] for n in STEP3}
@@ -525,7 +525,9 @@ async def test_inpatient_mid_stay_and_final_settlement(site: Site):
     )
     assert fen(undone["setlinfo"]["medfee_sumamt"]) == 5000
     # Cancelling an inpatient settlement with the outpatient transaction is refused.
-    await his.refused("2208", {"data": {"setl_id": mid["setlinfo"]["setl_id"]}}, "VISIT_MISMATCH")
+    await his.refused(
+        "2208", {"data": {"setl_id": mid["setlinfo"]["setl_id"]}}, "VISIT_KIND_MISMATCH"
+    )
 
 
 async def test_2601_undoes_a_settlement_whose_answer_was_lost(site: Site):

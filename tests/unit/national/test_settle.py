@@ -110,13 +110,13 @@ def test_engine_request_refusals(order: Order, lines: list[visits.VisitLine], co
 @pytest.mark.parametrize(
     ("visit", "order", "code"),
     [
-        (_visit(psn_no="P2"), _order(), "VISIT_MISMATCH"),
+        (_visit(psn_no="P2"), _order(), "VISIT_PERSON_MISMATCH"),
         (_visit(), _order(psn_no="P2"), "CERT_PERSON_MISMATCH"),
         (_visit(insutype="390"), _order(), "VISIT_MISMATCH"),
         (_visit(med_type="41"), _order(), "VISIT_MISMATCH"),
-        (_visit(status="cancelled"), _order(), "VISIT_CANCELLED"),
-        (_visit(kind="inpatient", med_type="21"), _order(med_type="21"), "VISIT_MISMATCH"),
-        (_visit(), _order(inpatient=True, med_type=None), "VISIT_MISMATCH"),
+        (_visit(status="cancelled"), _order(), "VISIT_CLOSED"),
+        (_visit(kind="inpatient", med_type="21"), _order(med_type="21"), "VISIT_KIND_MISMATCH"),
+        (_visit(), _order(inpatient=True, med_type=None), "VISIT_KIND_MISMATCH"),
         (
             _visit(kind="inpatient", med_type="21"),
             _order(inpatient=True, med_type=None),
