@@ -352,13 +352,10 @@ async def _finish(conn: Connection, stored: asyncpg.Record, msgid: str, psn_type
     """The settlement stored under message ``msgid``: its lines marked (unless it was
     reversed since: its lines are free again), the message's claim ended, its answer."""
     fac, mdtrt_id = stored["fixmedins_code"], stored["mdtrt_id"]
-    if stored["status"] == "settled":
-        refs = tuple(
-            line.feedetl_sn for line in _stored_lines.decode(stored["lines"]) if line.feedetl_sn
-        )
-        await _mark(conn, fac, mdtrt_id, refs, stored["setl_id"], msgid)
-    else:
-        await visits.end_claim(conn, fac, mdtrt_id, msgid)
+    refs = tuple(
+        line.feedetl_sn for line in _stored_lines.decode(stored["lines"]) if line.feedetl_sn
+    )
+    await _mark(conn, fac, mdtrt_id, refs, stored["setl_id"], msgid)
     return Settled(stored_setl_info(stored), psn_type, msgid)
 
 
@@ -369,6 +366,13 @@ async def _mark(
     # claim step holds the visit's row while it may complete another's marking).
     await visits.load_visit(conn, fac, mdtrt_id, lock=True)
     await visits.end_claim(conn, fac, mdtrt_id, msgid)
+    # Reversed meanwhile (by the administrator, a rejected review)? Its lines are free: a
+    # reversal holds the settlement's row while it releases them, so this waits for it.
+    status = await conn.fetchval(
+        "SELECT status FROM settlements WHERE setl_id = $1 FOR SHARE", setl_id
+    )
+    if status != "settled":
+        return
     marked = await visits.mark_settled(conn, fac, mdtrt_id, refs, setl_id)
     if marked != len(refs):
         # Only lines already marked by this very settlement (a completion run twice) are
@@ -452,10 +456,10 @@ async def _reverse(
     # held while the reversal gives the money back and the lines are released.
     await visits.find_visit(conn, call.fixmedins_code, mdtrt_id)
     reason = f"national {call.infno} msgid {call.msgid}, opter {call.opter} {call.opter_name}"
+    # The reversal releases the settlement's lines (``visits.release``), whoever reverses.
     reversal = await reverse_locked(
         conn, call.services.audit, call.caller, setl_id, psn_no, reason.strip()
     )
-    await visits.release(conn, setl_id)
     stored = await conn.fetchrow("SELECT * FROM settlements WHERE setl_id = $1", setl_id)
     return Cancelled(reversal, stored_setl_info(stored), await _psn_type(conn, psn_no))
 

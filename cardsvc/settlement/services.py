@@ -23,6 +23,7 @@ from cardsvc.db import Connection, Pool, transaction
 from cardsvc.errors import CardsvcError, Conflict, Forbidden, NotFound, ServiceUnavailable
 from cardsvc.ledger import services as ledger
 from cardsvc.ledger.postings import reversed_postings
+from cardsvc.national import visits
 from cardsvc.ops import metrics
 from cardsvc.settlement import policy
 from cardsvc.settlement.flags import SupervisionRules
@@ -266,6 +267,9 @@ async def reverse_locked(
         " WHEN 'pending' THEN 'withdrawn' ELSE review_status END WHERE setl_id = $1",
         setl_id,
     )
+    # A gateway settlement's visit lines can be settled again, whoever reversed it (the
+    # facility, the administrator, a rejected review); none for a native settlement.
+    await visits.release(conn, setl_id)
     reversal = await conn.fetchrow(
         """
         INSERT INTO reversals (reversal_id, setl_id, psn_no, fixmedins_code, actor, reason,

@@ -593,3 +593,20 @@ async def test_2601_of_a_message_that_never_arrived(site: Site):
         {"data": {"psn_no": h.psn_no, "omsgid": late, "oinfno": "2203"}},
         "UNSUPPORTED_INFNO",
     )
+
+
+async def test_any_reversal_frees_the_lines(site: Site):
+    """Reversed by the administrator (not by the facility's 2208): the visit's lines can be
+    settled again."""
+    his = site.his
+    h = await holder(site, balance=5000)
+    mdtrt_id = await outpatient_visit(site, h)
+    first = await his.ok("2207", settle_data(h, mdtrt_id))
+    setl_id = first["setlinfo"]["setl_id"]
+    await site.service.admin_ok(
+        "POST", f"/v1/settlements/{setl_id}/admin-reversal", {"reason": "wrong patient"}
+    )
+    h.cert_no = await new_token(site, h)
+    again = await his.ok("2207", settle_data(h, mdtrt_id))
+    assert again["setlinfo"]["setl_id"] != setl_id
+    assert again["setlinfo"]["medfee_sumamt"] == SUM
