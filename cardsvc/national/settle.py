@@ -274,6 +274,16 @@ async def settle(call: Call, order: Order, cert: Certified) -> Settled:
     return Settled(info, claimed.psn_type, msgid)
 
 
+_CLAIM_READ = """
+SELECT (SELECT undone_by FROM gateway_undone_messages
+        WHERE fixmedins_code = $1 AND msgid = $2) AS undone_by,
+       (SELECT psn_type FROM persons WHERE psn_no = $4) AS psn_type,
+       s.*
+FROM (SELECT 1) AS one
+LEFT JOIN settlements s ON s.fixmedins_code = $1 AND s.idempotency_key = $3
+"""
+
+
 class _Completed:
     """The claim step completed another message's claim: run it again (see ``settle``)."""
 
@@ -291,24 +301,21 @@ async def _claim(
     conn: Connection, call: Call, order: Order, cert: Certified, card: _Card
 ) -> _Claimed | Settled | _Completed:
     fac, msgid, now = call.fixmedins_code, call.msgid, clock.now()
+    key = KEY_PREFIX + msgid
     await _lock_message(conn, fac, msgid)
-    undone = await conn.fetchval(
-        "SELECT undone_by FROM gateway_undone_messages WHERE fixmedins_code = $1 AND msgid = $2",
-        fac,
-        msgid,
-    )
-    if undone is not None:
+    # After the lock (a statement reads what was committed when it began): whether a 2601
+    # undid this message, the person's type, and this message's settlement, in one read.
+    read = await conn.fetchrow(_CLAIM_READ, fac, msgid, key, cert.psn_no)
+    if read["undone_by"] is not None:
         raise Conflict(
-            f"message {msgid} was undone by 2601 (msgid {undone}) before it arrived:"
-            " send the settlement again as a new message",
+            f"message {msgid} was undone by 2601 (msgid {read['undone_by']}) before it"
+            " arrived: send the settlement again as a new message",
             code="MSGID_UNDONE",
         )
+    psn_type = read["psn_type"] or ""
     visit = await visits.load_visit(conn, fac, order.mdtrt_id, lock=True)
-    psn_type = await _psn_type(conn, cert.psn_no)
-    key = KEY_PREFIX + msgid
-    stored = await _settlement(conn, fac, key)
-    if stored is not None:  # this message settled before (its answer was lost)
-        return await _finish(conn, stored, msgid, psn_type)
+    if read["setl_id"] is not None:  # this message settled before (its answer was lost)
+        return await _finish(conn, read, msgid, psn_type)
     if await _completed_other_claim(conn, visit, msgid):
         return _COMPLETED  # committed whatever this message's fate
     check_visit(visit, order, cert)
