@@ -610,3 +610,25 @@ async def test_any_reversal_frees_the_lines(site: Site):
     again = await his.ok("2207", settle_data(h, mdtrt_id))
     assert again["setlinfo"]["setl_id"] != setl_id
     assert again["setlinfo"]["medfee_sumamt"] == SUM
+
+
+async def test_pharmacy_purchase_matches_the_native_api(service: Service):
+    """A pharmacy's 2204 opens the visit (its own mdtrt_id), 2207 settles it as 41."""
+    await service.admin_ok("PUT", "/v1/catalog/items", {"items": POLICY_CATALOG})
+    facility = await service.facility(type="pharmacy", level=None, agreements=["310", "410"])
+    code = facility["fixmedins_code"]
+    pharmacy = Site(
+        service,
+        His(await gateway_client(service, code)),
+        await service.terminal("pos", code),
+        await service.terminal("counter"),
+    )
+    h = await holder(pharmacy, balance=3000)
+    twin = await patient(service, pharmacy.pos, pharmacy.counter, balance=3000)
+    fees = [("A-AMOX", "12.50", "2", "25.00"), ("C-VIT", "8.00", "1", "8.00")]
+    native = await twin.settle("310", "41", lines(("A-AMOX", 1250, 2), ("C-VIT", 800, 1)))
+    mdtrt_id = f"PH{next(_seq)}{h.psn_no[-6:]}"
+    await upload(pharmacy, h, mdtrt_id, fees)
+    out = await pharmacy.his.ok("2207", settle_data(h, mdtrt_id, Decimal("33.00"), med_type="41"))
+    assert_same_figures(out["setlinfo"], native)
+    assert out["setlinfo"]["med_type"] == "41"
