@@ -41,7 +41,7 @@ Max4000 = Annotated[str, msgspec.Meta(max_length=4000)] | None
 class Envelope(msgspec.Struct, kw_only=True):
     """The request envelope. Optional fields may be absent, null or ""."""
 
-    infno: str
+    infno: Annotated[str, msgspec.Meta(min_length=1)]
     msgid: Max30 = None  # at most MSGID_MAX
     mdtrtarea_admvs: Max6 = None
     insuplc_admdvs: Max6 = None
