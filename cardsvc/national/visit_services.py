@@ -40,9 +40,8 @@ from cardsvc.settlement.params import CURRENT_POLICY_VERSION, PolicyParams, load
 from cardsvc.settlement.snapshot import load_snapshot
 
 # The visit type a registration gets when it names none (2201 has no med_type; 2203 may
-# change it): the facility's general visit for the scheme.
-_DEFAULT_MED_TYPE = {"pharmacy": "41", "510": "51"}
-_OUTPATIENT = "11"
+# change it): the first of these the policy allows for the scheme at the facility.
+_GENERAL_VISITS = (policy.OUTPATIENT, policy.PRENATAL, policy.PHARMACY_PURCHASE)
 _CATALOG = (
     "SELECT code, chrgitm_lv, selfpay_prop, max_price, work_injury FROM catalog_items"
     " WHERE code = ANY($1::text[])"
@@ -55,6 +54,30 @@ _VALID_CASES = (
 
 def _params() -> PolicyParams:
     return load_params(CURRENT_POLICY_VERSION)
+
+
+def default_med_type(params: PolicyParams, insutype: str, facility_type: str) -> str:
+    """The general visit type of ``insutype`` at a facility of ``facility_type``: outpatient
+    (prenatal for maternity) at a hospital, a purchase at a pharmacy. A scheme with none
+    there gets outpatient, which the registration's checks refuse."""
+    allowed = {
+        row.med_type
+        for row in params.allowed_med_types
+        if row.insutype == insutype and row.facility_type == facility_type
+    }
+    return next((m for m in _GENERAL_VISITS if m in allowed), policy.OUTPATIENT)
+
+
+def pharmacy_scheme(params: PolicyParams) -> str:
+    """The scheme of a pharmacy visit opened by 2204 without ``insutype``: the first the
+    policy allows purchases at a pharmacy under, work injury aside (it needs a case)."""
+    return next(
+        row.insutype
+        for row in params.allowed_med_types
+        if row.med_type == policy.PHARMACY_PURCHASE
+        and row.facility_type == "pharmacy"
+        and row.insutype not in params.work_injury_insutypes
+    )
 
 
 def _kind_at(facility_type: str) -> VisitKind:
@@ -123,9 +146,7 @@ async def _checked_visit(
     )
     facility_type = snapshot.facility.type
     kind: VisitKind = "inpatient" if reg.inpatient else _kind_at(facility_type)
-    med_type = reg.med_type or _DEFAULT_MED_TYPE.get(
-        facility_type, _DEFAULT_MED_TYPE.get(reg.insutype, _OUTPATIENT)
-    )
+    med_type = reg.med_type or default_med_type(_params(), reg.insutype, facility_type)
     # No year-to-date limit at registration (the settlement's rule), and no card when the
     # certificate is the identity number: the card is checked when it is presented.
     snapshot = msgspec.structs.replace(
@@ -279,7 +300,7 @@ async def _pharmacy_visit(conn: Connection, call: Call, first: FeeDetail, exp: E
         raise visits.visit_not_found(first.mdtrt_id)
     reg = Registration(
         psn_no=first.psn_no,
-        insutype=first.insutype or "310",
+        insutype=first.insutype or pharmacy_scheme(_params()),
         med_type=first.med_type,
         begntime=call.now,
         exp=exp,

@@ -761,3 +761,29 @@ async def test_undo_message_for_a_reversal_by_message(world: World, db: asyncpg.
     visit = await visits.load_visit(db, site.code, mdtrt_id)
     assert (visit.status, visit.closed_msgid) == ("cancelled", "UNDO4")
     assert await unsettled(db, site, mdtrt_id) == []
+
+
+async def test_lines_of_a_visit_being_settled_are_not_cancelled(
+    world: World, db: asyncpg.Connection
+) -> None:
+    site, who = world.hospital, await holder(world)
+    mdtrt_id = await register(site, who)
+    await site.client.ok("2204", {"feedetail": [fee(mdtrt_id, who, "1", "A-AMOX", 1, 1, 1)]})
+    now = dt.datetime.now(dt.UTC)
+    assert await visits.claim(db, site.code, mdtrt_id, "SETTLE1", now)
+    assert not await visits.claim(db, site.code, mdtrt_id, "SETTLE2", now)
+    cancel = {"data": {"mdtrt_id": mdtrt_id, "chrg_bchno": "0000", "psn_no": who.psn_no}}
+    busy = await site.client.call("2205", cancel)
+    assert busy.code == "VISIT_SETTLING", busy.body
+    more = await site.client.ok(
+        "2204", {"feedetail": [fee(mdtrt_id, who, "2", "A-AMOX", 1, 1, 1)]}
+    )  # new lines may still come: the settlement takes only the lines it read
+    assert len(more["result"]) == 1
+    await visits.end_claim(db, site.code, mdtrt_id, "SETTLE1")
+    await site.client.ok("2205", cancel)
+    assert await unsettled(db, site, mdtrt_id) == []
+    # A claim left behind by a settlement that never finished expires.
+    stale = now - visits.SETTLING_CLAIM_TTL - dt.timedelta(seconds=1)
+    assert await visits.claim(db, site.code, mdtrt_id, "SETTLE3", stale)
+    assert await visits.claim(db, site.code, mdtrt_id, "SETTLE4", now)
+    await visits.end_claim(db, site.code, mdtrt_id, "SETTLE4")
