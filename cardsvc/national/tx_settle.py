@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from cardsvc.errors import InvalidRequest
 from cardsvc.national import certs
 from cardsvc.national import settle as settling
 from cardsvc.national.registry import Call, node, transaction
@@ -61,12 +62,15 @@ class UndoData(msgspec.Struct, kw_only=True):
 
 
 def _order(data: SettleData, *, inpatient: bool) -> settling.Order:
+    medfee_sumamt = fen(data.medfee_sumamt, "medfee_sumamt")
+    if medfee_sumamt < 0:
+        raise InvalidRequest("medfee_sumamt cannot be negative", code="AMOUNT_INVALID")
     return settling.Order(
         psn_no=data.psn_no,
         mdtrt_id=data.mdtrt_id,
         insutype=data.insutype,
         med_type=None if inpatient else data.med_type or "",
-        medfee_sumamt=fen(data.medfee_sumamt, "medfee_sumamt"),
+        medfee_sumamt=medfee_sumamt,
         chrg_bchno=None if inpatient else data.chrg_bchno,
         acct_used_flag=data.acct_used_flag == "1",
         inpatient=inpatient,

@@ -318,6 +318,8 @@ async def test_medfee_sumamt_must_be_the_lines_sum(site: Site):
     await site.his.refused("2207", settle_data(h, mdtrt_id, Decimal("99.99")), "FEE_SUM_MISMATCH")
     await site.his.refused("2206", settle_data(h, mdtrt_id, Decimal("100.01")), "FEE_SUM_MISMATCH")
     await site.his.refused("2207", settle_data(h, mdtrt_id, "100.001"), "AMOUNT_INVALID")
+    await site.his.refused("2207", settle_data(h, mdtrt_id, "-100.00"), "AMOUNT_INVALID")
+    await site.his.refused("2207", settle_data(h, mdtrt_id, "abc"), "INPUT_INVALID")
 
 
 async def test_settlement_needs_a_transaction_token_of_this_facility(site: Site):
@@ -632,3 +634,13 @@ async def test_pharmacy_purchase_matches_the_native_api(service: Service):
     out = await pharmacy.his.ok("2207", settle_data(h, mdtrt_id, Decimal("33.00"), med_type="41"))
     assert_same_figures(out["setlinfo"], native)
     assert out["setlinfo"]["med_type"] == "41"
+
+
+@pytest.mark.parametrize("infno", ["2206", "2207", "2208", "2303", "2304", "2305", "2601"])
+@pytest.mark.parametrize(
+    "inputs",
+    [{}, {"data": []}, {"data": {"psn_no": 5}}, {"data": {"setl_id": "", "omsgid": ""}}],
+    ids=["no node", "not an object", "wrong type", "empty ids"],
+)
+async def test_a_malformed_node_is_input_invalid(site: Site, infno: str, inputs: dict[str, Any]):
+    await site.his.refused(infno, inputs, "INPUT_INVALID")
