@@ -7,6 +7,7 @@ message is undone by 2601 even when its answer was lost."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import itertools
 from dataclasses import dataclass
@@ -17,9 +18,13 @@ import asyncpg
 import msgspec
 import pytest
 import pytest_asyncio
+from aiohttp import web
 
+from cardsvc.app import create_app
+from cardsvc.config import Settings
 from cardsvc.settlement import policy
 from cardsvc.terminal_sdk.client import TerminalClient
+from tests.conftest import free_port
 from tests.support.api import (
     POLICY_CATALOG,
     Service,
@@ -644,3 +649,38 @@ async def test_pharmacy_purchase_matches_the_native_api(service: Service):
 )
 async def test_a_malformed_node_is_input_invalid(site: Site, infno: str, inputs: dict[str, Any]):
     await site.his.refused(infno, inputs, "INPUT_INVALID")
+
+
+async def test_two_workers_settle_one_visit_once(site: Site, settings: Settings):
+    """Two worker processes (two apps, each with its pool and settlement pipeline, one
+    database) receive settlement messages for one visit at once: one settles it."""
+    own = msgspec.structs.replace(settings, port=free_port())
+    runner = web.AppRunner(create_app(own))
+    await runner.setup()
+    await web.TCPSite(runner, own.host, own.port).start()
+    try:
+        other = dataclasses.replace(site.service, base_url=f"http://{own.host}:{own.port}")
+        client = site.his.client
+        second = His(dataclasses.replace(client, service=other))
+        h = await holder(site, balance=5000)
+        mdtrt_id = await outpatient_visit(site, h)
+        answers = await asyncio.gather(
+            *(his.call("2207", settle_data(h, mdtrt_id)) for his in [site.his, second] * 3)
+        )
+    finally:
+        await runner.cleanup()
+    assert [a["infcode"] for a in answers].count(0) == 1, [a["err_msg"] for a in answers]
+    conn = await db(site)
+    try:
+        rows = await conn.fetch("SELECT setl_id FROM settlements WHERE mdtrt_id = $1", mdtrt_id)
+        assert len(rows) == 1
+        assert (
+            await conn.fetchval(
+                "SELECT count(*) FROM gateway_visit_lines WHERE mdtrt_id = $1 AND setl_id = $2",
+                mdtrt_id,
+                rows[0]["setl_id"],
+            )
+            == 2
+        )
+    finally:
+        await conn.close()
