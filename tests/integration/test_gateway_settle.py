@@ -387,7 +387,12 @@ async def test_concurrent_messages_for_one_visit_settle_it_once(site: Site):
     his = site.his
     h = await holder(site, balance=5000)
     mdtrt_id = await outpatient_visit(site, h)
-    answers = await asyncio.gather(*(his.call("2207", settle_data(h, mdtrt_id)) for _ in range(4)))
+    # Each with a card token of its own (two workstations, say): only the visit's claim
+    # stands between them and a second settlement of the same lines.
+    certs = [await new_token(site, h) for _ in range(4)]
+    answers = await asyncio.gather(
+        *(his.call("2207", settle_data(h, mdtrt_id, mdtrt_cert_no=c)) for c in certs)
+    )
     settled = [a for a in answers if a["infcode"] == 0]
     assert len(settled) == 1, [a["err_msg"] for a in answers]
     for a in answers:
@@ -664,8 +669,12 @@ async def test_two_workers_settle_one_visit_once(site: Site, settings: Settings)
         second = His(dataclasses.replace(client, service=other))
         h = await holder(site, balance=5000)
         mdtrt_id = await outpatient_visit(site, h)
+        certs = [await new_token(site, h) for _ in range(6)]
         answers = await asyncio.gather(
-            *(his.call("2207", settle_data(h, mdtrt_id)) for his in [site.his, second] * 3)
+            *(
+                his.call("2207", settle_data(h, mdtrt_id, mdtrt_cert_no=c))
+                for his, c in zip([site.his, second] * 3, certs, strict=True)
+            )
         )
     finally:
         await runner.cleanup()
