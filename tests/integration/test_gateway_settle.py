@@ -300,6 +300,17 @@ async def test_outpatient_presettle_settle_cancel_match_the_native_api(site: Sit
     for name in ("medfee_sumamt", "fund_pay_sumamt", "acct_pay", "psn_cash_pay"):
         assert fen(back[name]) == native[name] >= 0
     assert fen(back["balc"]) == 5000
+    conn = await db(site)
+    try:
+        [audit] = await conn.fetch(
+            "SELECT actor, data FROM audit_log WHERE action = 'settlement.reversed'"
+            " AND object_id = $1",
+            setl_id,
+        )
+        assert audit["actor"] == f"gateway:{his.paasid}"
+        assert "opter OP001 测试操作员" in msgspec.json.decode(audit["data"])["reason"]
+    finally:
+        await conn.close()
     # Released: the same lines can be settled again (with a new PIN entry).
     h.cert_no = await new_token(site, h)
     again = await his.ok("2207", settle_data(h, mdtrt_id))
