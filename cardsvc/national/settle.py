@@ -249,9 +249,11 @@ async def settle(call: Call, order: Order, cert: Certified) -> Settled:
     fac, msgid = call.fixmedins_code, call.msgid
     card = _Card(cert.card_no, cert.claims)
     async with transaction(call.pool) as conn:
+        await _no_flush_wait(conn)
         claimed = await _claim(conn, call, order, cert, card)
     if claimed is _COMPLETED:  # committed another message's marking: now this one's turn
         async with transaction(call.pool) as conn:
+            await _no_flush_wait(conn)
             claimed = await _claim(conn, call, order, cert, card)
     if isinstance(claimed, Settled):
         return claimed
@@ -270,8 +272,19 @@ async def settle(call: Call, order: Order, cert: Certified) -> Settled:
             await visits.end_claim(conn, fac, order.mdtrt_id, msgid)
         raise
     async with transaction(call.pool) as conn:
+        await _no_flush_wait(conn)
         await _mark(conn, fac, order.mdtrt_id, job.line_refs, info.setl_id or "", msgid)
     return Settled(info, claimed.psn_type, msgid)
+
+
+async def _no_flush_wait(conn: Connection) -> None:
+    """The claim and the marking commit without waiting for their WAL to reach the disk:
+    what depends on them is safe either way. The WAL is written in order, so once the
+    settlement's own (synchronous) commit is durable the claim before it is too; a claim
+    lost in a crash had no settlement (nothing to protect), and a marking lost in a crash
+    is completed from its settlement by the next message for the visit, as if the process
+    had died before it."""
+    await conn.execute("SET LOCAL synchronous_commit = off")
 
 
 _CLAIM_READ = """
