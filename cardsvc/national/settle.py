@@ -329,7 +329,7 @@ async def _claim(
     visit = await visits.load_visit(conn, fac, order.mdtrt_id, lock=True)
     if read["setl_id"] is not None:  # this message settled before (its answer was lost)
         return await _finish(conn, read, msgid, psn_type)
-    if await _completed_other_claim(conn, visit, msgid):
+    if await complete_claim(conn, visit, msgid):
         return _COMPLETED  # committed whatever this message's fate
     check_visit(visit, order, cert)
     lines = await visits.unsettled_lines(conn, fac, order.mdtrt_id, order.chrg_bchno)
@@ -353,10 +353,13 @@ async def _claim(
     return _Claimed(job, psn_type)
 
 
-async def _completed_other_claim(conn: Connection, visit: visits.Visit, msgid: str) -> bool:
-    """Another message's claim on the visit whose settlement exists: its marking completed
-    (True). A claim without one is left to ``visits.claim``, which takes over one past its
-    TTL and refuses a live one."""
+async def complete_claim(conn: Connection, visit: visits.Visit, msgid: str = "") -> bool:
+    """A claim on ``visit`` (held ``FOR UPDATE`` by the caller) by another message than
+    ``msgid`` whose settlement exists — its process stopped between the settlement's commit
+    and the marking: its lines are marked and the claim ended (True). Anything that would
+    change the visit's lines after finding a claim past its TTL calls this first, so that it
+    never treats a settled line as unsettled. A claim without a settlement is left to
+    ``visits.claim``, which takes over one past its TTL and refuses a live one."""
     other = visit.settling_msgid
     if other is None or other == msgid:
         return False
