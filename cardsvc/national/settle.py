@@ -84,7 +84,7 @@ class Order:
     psn_no: str
     mdtrt_id: str
     insutype: str
-    med_type: str | None  # 2303/2304 name none: the stay's
+    med_type: str | None  # None: the visit's (2303/2304 name none)
     medfee_sumamt: int
     chrg_bchno: str | None  # None or "0000": every unsettled line
     acct_used_flag: bool

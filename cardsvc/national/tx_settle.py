@@ -69,7 +69,7 @@ def _order(data: SettleData, *, inpatient: bool) -> settling.Order:
         psn_no=data.psn_no,
         mdtrt_id=data.mdtrt_id,
         insutype=data.insutype,
-        med_type=None if inpatient else data.med_type or "",
+        med_type=None if inpatient else data.med_type,  # absent: the visit's
         medfee_sumamt=medfee_sumamt,
         chrg_bchno=None if inpatient else data.chrg_bchno,
         acct_used_flag=data.acct_used_flag == "1",
