@@ -14,7 +14,8 @@ settlement, not the visit). Between the two the visit is *claimed* by the messag
 (``visits.claim``: ``settling_msgid``, ``settling_since``), committed before the job is
 submitted:
 
-1. Under the visit's row lock, the claim step looks for the settlement of this message
+1. Under a per-message advisory lock and the visit's row lock, the claim step refuses a
+   message a 2601 undid, and looks for the settlement of this message
    (a rerun: its lines are marked and its answer returned) and for another message's claim.
    A claim whose settlement exists is completed (its lines marked, the claim ended) — the
    settlement's own ``lines`` column names each line's ``feedetl_sn``, so the link between
@@ -24,6 +25,11 @@ submitted:
 2. The unsettled lines are read, checked (``medfee_sumamt`` their sum), and claimed.
 3. The job goes through the pipeline; a refusal ends the claim.
 4. The lines are marked and the claim ended, in one transaction.
+
+The claim and the marking commit without waiting for their WAL flush (``_no_flush_wait``
+says why that is safe); the settlement's own commit is the pipeline's, as ever. Every
+writer of a visit takes the visit's row before its lines (deadlock-free), and any reversal
+of a settlement releases its lines (``reverse_locked`` calls ``visits.release``).
 
 Two messages for one visit therefore serialise on the claim: exactly one settles, the other
 is told to retry, and its retry sees the lines already settled. Changing the lines of a
@@ -41,7 +47,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Final, Literal
 
 import asyncpg
 import msgspec
@@ -55,6 +61,7 @@ from cardsvc.errors import CardsvcError, Conflict, InvalidRequest, NotFound, Ser
 from cardsvc.national import visits
 from cardsvc.national.certs import Certified
 from cardsvc.national.registry import Call
+from cardsvc.national.units import yuan
 from cardsvc.settlement import policy
 from cardsvc.settlement.models import Reversal, SetlInfo
 from cardsvc.settlement.plan import Opter, SettleJob, stored_setl_info
@@ -166,8 +173,8 @@ def engine_request(
     total = sum(line.total for line in lines)
     if total != order.medfee_sumamt:
         raise InvalidRequest(
-            f"medfee_sumamt {_yuan_text(order.medfee_sumamt)} is not the sum of the visit's"
-            f" {len(lines)} unsettled lines, {_yuan_text(total)}",
+            f"medfee_sumamt {yuan(order.medfee_sumamt)} is not the sum of the visit's"
+            f" {len(lines)} unsettled lines, {yuan(total)}",
             code="FEE_SUM_MISMATCH",
             details={"medfee_sumamt_fen": order.medfee_sumamt, "lines_sum_fen": total},
         )
@@ -186,11 +193,9 @@ def engine_request(
     )
 
 
-def _yuan_text(fen: int) -> str:
-    return f"{fen // 100}.{fen % 100:02d}"
-
-
-def request_digest(psn_no: str, mdtrt_id: str, refs: tuple[str, ...], request: Any) -> bytes:
+def request_digest(
+    psn_no: str, mdtrt_id: str, refs: tuple[str, ...], request: policy.SettlementRequest
+) -> bytes:
     """The gateway settlement's request hash: the person, the visit and exactly the lines
     it settles (a rerun that would settle other lines is another request)."""
     body = _digest_encoder.encode({"mdtrt_id": mdtrt_id, "refs": refs, "request": request})
