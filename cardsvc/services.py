@@ -66,6 +66,7 @@ def build_services(settings: Settings, pool: Pool, hsm: HsmClient) -> Services:
     terminal_auth = TerminalAuthenticator(pool, protector, settings)
     card_auth = CardAuthenticator(pool, hsm, settings)
     gateway_clients = GatewayClients(pool, protector, audit)
+    gateway = Gateway(pool, gateway_clients, settings)
     return Services(
         audit=audit,
         ledger=Ledger(pool, timeout=settings.long_request_timeout),
@@ -91,8 +92,14 @@ def build_services(settings: Settings, pool: Pool, hsm: HsmClient) -> Services:
         kiosk=Kiosk(pool, card_tokens, cards),
         audit_anchors=audit_anchors(settings, pool, hsm, audit),
         gateway_clients=gateway_clients,
-        gateway=Gateway(pool, gateway_clients, settings),
-        batchers=(terminal_auth.admissions, card_auth.challenges, card_auth.consumptions),
+        gateway=gateway,
+        batchers=(
+            terminal_auth.admissions,
+            card_auth.challenges,
+            card_auth.consumptions,
+            gateway.messages.admissions,
+            gateway.messages.answers,
+        ),
     )
 
 

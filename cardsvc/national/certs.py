@@ -6,7 +6,10 @@
 - ``03`` social security card: ``mdtrt_cert_no`` is ``card_no|busi_card_info``, the second
   part the card token of a card authentication by a terminal of the caller's facility
   (``CardTokens.check``): any purpose, or for a settlement a ``transaction`` token (the PIN
-  was entered on the card). ``card_sn``, when given, must be that card's.
+  was entered on the card). ``card_sn``, when given, must be that card's. Outside a
+  settlement the card must be active (CARD_NOT_ACTIVE): as card authentication shows the
+  holder of an active card only, a lost card's ``identify`` token names nobody here
+  either; a settlement reads the card's status with its own snapshot.
 
 The token is a bearer secret and the identity number personal data: neither is logged nor
 named in a refusal.
@@ -17,7 +20,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cardsvc.cardauth.tokens import CardTokenClaims
-from cardsvc.errors import Forbidden, InvalidRequest, NotFound, Unauthenticated
+from cardsvc.cards.lifecycle import CardStatus
+from cardsvc.errors import (
+    BusinessRuleViolation,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    Unauthenticated,
+)
 from cardsvc.national.registry import Call
 
 VOUCHER, IDENTITY_NUMBER, CARD = "01", "02", "03"
@@ -91,12 +101,18 @@ async def _card(call: Call, mdtrt_cert_no: str, card_sn: str, *, settling: bool)
         raise Unauthenticated(
             "busi_card_info was issued for another card than card_no", code="CARD_MISMATCH"
         )
-    if card_sn:
-        stored: str | None = await call.pool.fetchval(
-            "SELECT card_sn FROM cards WHERE card_no = $1", card_no
+    if card_sn or not settling:
+        card = await call.pool.fetchrow(
+            "SELECT card_sn, status FROM cards WHERE card_no = $1", card_no
         )
-        if stored is None:
+        if card is None:
             raise NotFound("no such card", code="CARD_NOT_FOUND")
-        if stored.strip().lower() != card_sn.strip().lower():
+        if card_sn and card["card_sn"].strip().lower() != card_sn.strip().lower():
             raise Unauthenticated("card_sn is not the card's", code="CARD_MISMATCH")
+        if not settling and card["status"] != CardStatus.ACTIVE:
+            raise BusinessRuleViolation(
+                f"card is {card['status']}: it cannot be used",
+                code="CARD_NOT_ACTIVE",
+                details={"status": card["status"]},
+            )
     return Certified(psn_no=claims.psn_no, card_no=card_no, claims=claims, card_token=token)

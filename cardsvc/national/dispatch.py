@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -77,9 +78,12 @@ class PayloadTooLarge(InvalidRequest):
 
 
 def refusal(exc: CardsvcError, received: dt.datetime) -> Reply:
-    """An answer that is no message's: HTTP 4xx with the envelope error body."""
+    """An answer that is no message's: HTTP 4xx with the envelope error body. Its
+    ``inf_refmsgid`` has the contract's form (region ``000000``: the envelope was not read)
+    with 10 random digits; nothing is recorded under it."""
+    inf_refmsgid = envelope.refmsgid(None, received, secrets.randbelow(10**10))
     body = envelope.encode_answer(
-        output=None, error=exc, inf_refmsgid="", received=received, answered=clock.now()
+        output=None, error=exc, inf_refmsgid=inf_refmsgid, received=received, answered=clock.now()
     )
     headers = {}
     if isinstance(exc, RateLimited):
@@ -124,6 +128,8 @@ class _Message:
 class Gateway:
     def __init__(self, pool: Pool, clients: GatewayClients, settings: Settings) -> None:
         self._pool, self._clients, self._settings = pool, clients, settings
+        # The admissions and stored answers, group-committed (closed at shutdown).
+        self.messages = messages.Messages(pool)
         self._buckets = TokenBuckets(settings.gateway_rate, settings.gateway_burst)
 
     async def handle(self, services: Services, headers: Mapping[str, str], body: bytes) -> Reply:
@@ -156,12 +162,13 @@ class Gateway:
             infno = decoded.infno or (decoded.envelope.infno if decoded.envelope else "")
             env = decoded.envelope
             msgid = (env.msgid or "") if env is not None else ""
-            admitted = await messages.admit(
-                self._pool,
-                paasid=key.paasid,
-                nonce=nonce,
-                sign_no=(env.sign_no or "") if env is not None else "",
-                msgid=msgid,
+            admitted = await self.messages.admit(
+                messages.Admission(
+                    paasid=key.paasid,
+                    nonce=nonce,
+                    sign_no=(env.sign_no or "") if env is not None else "",
+                    msgid=msgid,
+                )
             )
         except CardsvcError as exc:
             observe(infno, msgid, "refused", exc.code)
@@ -205,7 +212,9 @@ class Gateway:
         env = m.env
         try:
             envelope.check(env, m.key.fixmedins_code)
-            body_hash = envelope.body_hash(env.infno, env.input)
+            inputs = envelope.normalise(env.input)
+            envelope.check_insured_region(env, inputs)
+            body_hash = envelope.hash_of(env.infno, inputs)
         except CardsvcError as exc:
             observe(env.infno, env.msgid or "", "refused", exc.code)
             return Reply(200, m.answer(None, exc))
@@ -300,9 +309,9 @@ class Gateway:
             answer=answer,
         )
         try:
-            ours, stored = await messages.store(self._pool, new)
+            ours, stored = await self.messages.store(new)
         except Exception as exc:
-            mapped = db.as_service_error(exc)
+            mapped = exc if isinstance(exc, ServiceUnavailable) else db.as_service_error(exc)
             if mapped is None:
                 raise
             # Done but not stored: a retry runs the (idempotent) handler again.

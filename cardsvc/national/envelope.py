@@ -131,15 +131,42 @@ def check(env: Envelope, client_facility: str) -> None:
         raise InvalidRequest("input is required (an object of nodes)", code="INPUT_INVALID")
 
 
+def normalise(inputs: dict[str, msgspec.Raw] | None) -> dict[str, Any]:
+    """The input nodes as plain values (numbers with a fraction as ``Decimal``)."""
+    return {name: _any.decode(raw) for name, raw in (inputs or {}).items()}
+
+
 def body_hash(infno: str, inputs: dict[str, msgspec.Raw] | None) -> bytes:
     """What tells a message from another under one msgid: its infno and its input,
     normalised (key order and spacing do not count; numbers are compared as written)."""
+    return hash_of(infno, normalise(inputs))
+
+
+def hash_of(infno: str, normalised: dict[str, Any]) -> bytes:
     digest = hashlib.sha256(infno.encode())
     digest.update(b"\0")
-    if inputs:
-        normalised = {name: _any.decode(raw) for name, raw in inputs.items()}
+    if normalised:
         digest.update(_canonical.encode(normalised))
     return digest.digest()
+
+
+def names_psn_no(normalised: dict[str, Any]) -> bool:
+    """Whether an input node (an object, or a list of objects) has a ``psn_no``."""
+    for value in normalised.values():
+        items = value if isinstance(value, list) else [value]
+        if any(isinstance(item, dict) and item.get("psn_no") for item in items):
+            return True
+    return False
+
+
+def check_insured_region(env: Envelope, normalised: dict[str, Any]) -> None:
+    """``insuplc_admdvs`` is required when the input names a ``psn_no``."""
+    if not env.insuplc_admdvs and names_psn_no(normalised):
+        raise InvalidRequest(
+            "insuplc_admdvs (the insured's region, 6 digits) is required when the input"
+            " names a psn_no",
+            code="INPUT_INVALID",
+        )
 
 
 def wire_time(moment: dt.datetime) -> str:

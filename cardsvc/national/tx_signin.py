@@ -12,13 +12,12 @@ import secrets
 from typing import Annotated, Any
 
 import msgspec
-import structlog
 
+from cardsvc.db import transaction as db_transaction
 from cardsvc.errors import Unauthenticated
 from cardsvc.national.envelope import SHANGHAI
+from cardsvc.national.operator import operator
 from cardsvc.national.registry import Call, node, transaction
-
-log = structlog.get_logger(__name__)
 
 SIGN_IN_TTL = dt.timedelta(hours=24)
 
@@ -49,10 +48,21 @@ WITH new AS (
     ON CONFLICT (fixmedins_code, msgid) DO NOTHING
     RETURNING sign_no, signed_in_at
 )
-SELECT sign_no, signed_in_at FROM new
+SELECT sign_no, signed_in_at, true AS fresh FROM new
 UNION ALL
-SELECT sign_no, signed_in_at FROM gateway_signins WHERE fixmedins_code = $2 AND msgid = $4
+SELECT sign_no, signed_in_at, false FROM gateway_signins WHERE fixmedins_code = $2 AND msgid = $4
 LIMIT 1
+"""
+
+# The sign-out time (the first one, if it was signed out before) and whether it is this one.
+_SIGN_OUT = """
+WITH old AS (
+    SELECT signed_out_at FROM gateway_signins
+    WHERE sign_no = $1 AND fixmedins_code = $2 FOR UPDATE
+)
+UPDATE gateway_signins s SET signed_out_at = coalesce(old.signed_out_at, $3)
+FROM old WHERE s.sign_no = $1
+RETURNING s.signed_out_at, old.signed_out_at IS NULL AS first
 """
 
 _SIGNED_IN_BY = (
@@ -74,24 +84,39 @@ async def sign_in(call: Call, inputs: dict[str, msgspec.Raw]) -> dict[str, Any]:
         call.now,
         call.now + SIGN_IN_TTL,
     )
-    row = await call.pool.fetchrow(_SIGN_IN, *args)
+    async with db_transaction(call.pool) as conn:
+        row = await conn.fetchrow(_SIGN_IN, *args)
+        if row is not None and row["fresh"]:
+            await call.services.audit.append(
+                conn,
+                actor=call.caller.actor,
+                action="gateway.signed_in",
+                object_type="facility",
+                object_id=call.fixmedins_code,
+                data={**operator(call), "opter_no": req.opter_no, "mac": req.mac, "ip": req.ip},
+            )
     if row is None:  # a concurrent twin committed after this statement's snapshot
         row = await call.pool.fetchrow(_SIGNED_IN_BY, call.fixmedins_code, call.msgid)
-    assert row is not None
-    log.info("gateway_signed_in", paasid=call.paasid, fixmedins_code=call.fixmedins_code)
+    if row is None:
+        raise RuntimeError("a sign-in was neither made nor found")
     return {"signinoutb": {"sign_time": sign_time(row["signed_in_at"]), "sign_no": row["sign_no"]}}
 
 
 @transaction("9002")
 async def sign_out(call: Call, inputs: dict[str, msgspec.Raw]) -> dict[str, Any]:
     req = node(inputs, "signOut", SignOut)
-    signed_out_at = await call.pool.fetchval(
-        "UPDATE gateway_signins SET signed_out_at = coalesce(signed_out_at, $3)"
-        " WHERE sign_no = $1 AND fixmedins_code = $2 RETURNING signed_out_at",
-        req.sign_no,
-        call.fixmedins_code,
-        call.now,
-    )
-    if signed_out_at is None:
-        raise Unauthenticated("no such sign-in of this facility", code="SIGN_NO_INVALID")
+    async with db_transaction(call.pool) as conn:
+        row = await conn.fetchrow(_SIGN_OUT, req.sign_no, call.fixmedins_code, call.now)
+        if row is None:
+            raise Unauthenticated("no such sign-in of this facility", code="SIGN_NO_INVALID")
+        signed_out_at = row["signed_out_at"]
+        if row["first"]:
+            await call.services.audit.append(
+                conn,
+                actor=call.caller.actor,
+                action="gateway.signed_out",
+                object_type="facility",
+                object_id=call.fixmedins_code,
+                data={**operator(call), "opter_no": req.opter_no},
+            )
     return {"signoutoutb": {"sign_time": sign_time(signed_out_at)}}

@@ -13,6 +13,7 @@ import asyncpg
 import msgspec
 import pytest
 
+from cardsvc.errors import CardsvcError
 from tests.support.api import Service, authenticate_card, issue_card
 from tests.support.gateway import (
     PATH,
@@ -136,6 +137,8 @@ async def _refused(client: GatewayClient, headers: dict[str, str], status: int, 
     assert (answer.status, answer.code) == (status, code), answer.body
     assert answer.infcode == -1 and answer.body["output"] == {}
     assert answer.body["err_msg"].startswith(f"[{code}] ")
+    assert re.fullmatch(r"000000\d{24}", answer.body["inf_refmsgid"])
+    assert re.fullmatch(r"\d{17}", answer.body["respond_time"])
     return answer
 
 
@@ -229,11 +232,13 @@ async def test_another_facilitys_code_is_refused(service: Service):
         ({"input": None}, "input is required"),
         ({"mdtrtarea_admvs": "32020"}, "mdtrtarea_admvs"),
         ({"opter": "o" * 31}, "opter"),
+        ({"insuplc_admdvs": ""}, "insuplc_admdvs"),
     ],
 )
 async def test_malformed_envelope_fields_are_input_invalid(service: Service, fields, why):
     client = await gateway_client(service)
-    answer = await client.call("9001", SIGN_IN, **fields)
+    inputs = {"signIn": {**SIGN_IN["signIn"], "psn_no": "3202000000000001"}}
+    answer = await client.call("9001", inputs, **fields)
     assert (answer.status, answer.infcode, answer.code) == (200, -1, "INPUT_INVALID")
     assert why in answer.body["err_msg"]
 
@@ -271,6 +276,33 @@ async def test_sign_out_ends_the_sign_no(service: Service):
     await client.sign_in()
     bad = await client.call("9002", {"signOut": {"sign_no": "nosuch", "opter_no": "OP001"}})
     assert bad.code == "SIGN_NO_INVALID"
+    conn = await asyncpg.connect(service.database_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT actor, action, data FROM audit_log"
+            " WHERE object_type = 'facility' AND object_id = $1 AND action LIKE 'gateway.%'"
+            " ORDER BY at",
+            client.fixmedins_code,
+        )
+    finally:
+        await conn.close()
+    assert [r["action"] for r in rows] == [
+        "gateway.signed_in",
+        "gateway.signed_out",
+        "gateway.signed_in",
+    ]
+    assert {r["actor"] for r in rows} == {f"gateway:{client.paasid}"}
+    data = msgspec.json.decode(rows[1]["data"])
+    assert (data["opter"], data["opter_name"], data["infno"]) == ("OP001", "测试操作员", "9002")
+
+
+async def test_a_second_sign_out_answers_the_first_time(service: Service):
+    client = await gateway_client(service)
+    sign_no = client.sign_no
+    first = await client.ok("9002", {"signOut": {"sign_no": sign_no, "opter_no": "OP001"}})
+    await client.sign_in()
+    again = await client.ok("9002", {"signOut": {"sign_no": sign_no, "opter_no": "OP001"}})
+    assert again == first
 
 
 async def test_unknown_infno_is_unsupported(service: Service):
@@ -426,6 +458,16 @@ async def test_1101_with_a_counters_token_is_refused(service: Service):
     assert answer.code == "CARD_TOKEN_INVALID"
 
 
+async def test_1101_with_a_lost_card_names_nobody(service: Service):
+    client = await gateway_client(service)
+    _, card, his = await _card_and_his(service, client.fixmedins_code)
+    counter = await service.terminal("counter")
+    await counter.call("POST", f"/v1/cards/{card.card_no}/report-loss")
+    token = (await authenticate_card(his, card, "identify"))["card_token"]  # still allowed
+    answer = await client.call("1101", _query(card_cert(card.card_no, token), "03"))
+    assert (answer.infcode, answer.code) == (-1, "CARD_NOT_ACTIVE")
+
+
 async def test_1101_with_a_mismatched_card_is_refused(service: Service):
     client = await gateway_client(service)
     _, card, his = await _card_and_his(service, client.fixmedins_code)
@@ -512,3 +554,72 @@ async def test_a_business_refusal_is_stored(service: Service, flaky_transaction)
     assert (first.infcode, first.code) == (-1, "SOME_RULE")
     again = await client.post(envelope, client.headers())
     assert again.raw == first.raw and runs == [envelope["msgid"]]
+
+
+# ------------------------------------------------------------------ group commit
+
+
+async def test_admissions_and_answers_in_one_batch(service: Service):
+    from cardsvc.national import messages
+
+    one, two = await gateway_client(service), await gateway_client(service)
+    pool = await asyncpg.create_pool(service.database_url, min_size=1, max_size=2)
+    try:
+        signed = await messages.admit_batch(
+            pool,
+            [
+                messages.Admission(one.paasid, "n" * 20, one.sign_no, "B1"),
+                messages.Admission(two.paasid, "n" * 20, "nosuch", "B1"),
+                messages.Admission(one.paasid, "m" * 20, two.sign_no, "B2"),
+            ],
+        )
+        assert [(a.signed_in, a.stored) for a in signed] == [  # type: ignore[union-attr]
+            (True, None),
+            (False, None),
+            (False, None),  # another facility's sign_no
+        ]
+        again = await messages.admit_batch(
+            pool,
+            [
+                messages.Admission(one.paasid, "n" * 20, one.sign_no, "B1"),
+                messages.Admission(one.paasid, "k" * 20, one.sign_no, "B1"),
+            ],
+        )
+        assert isinstance(again[0], CardsvcError) and again[0].code == "NONCE_REPLAYED"
+
+        def answer(client: GatewayClient, msgid: str, body: bytes) -> messages.NewAnswer:
+            return messages.NewAnswer(
+                client.fixmedins_code, msgid, "9001", b"h", client.paasid, "r", 0,
+                "application/json", body,
+            )  # fmt: skip
+
+        stored = await messages.store_batch(
+            pool, [answer(one, "B1", b"first"), answer(two, "B1", b"other")]
+        )
+        assert stored == [None, None]
+        twins = await messages.store_batch(
+            pool, [answer(one, "B1", b"second"), answer(one, "B3", b"third")]
+        )
+        assert isinstance(twins[0], messages.Stored) and twins[0].answer == b"first"
+        assert twins[1] is None
+        replay = await messages.admit_batch(
+            pool,
+            [
+                messages.Admission(one.paasid, "j" * 20, one.sign_no, "B1"),
+                messages.Admission(two.paasid, "j" * 20, two.sign_no, "B1"),
+            ],
+        )
+        assert [r.stored.answer for r in replay] == [b"first", b"other"]  # type: ignore[union-attr]
+        assert replay[0].sequence != replay[1].sequence  # type: ignore[union-attr]
+    finally:
+        await pool.close()
+
+
+async def test_many_messages_at_once(service: Service):
+    client = await gateway_client(service)
+    envelopes = [client.envelope("9001", SIGN_IN) for _ in range(30)]
+    answers = await asyncio.gather(*(client.post(e, client.headers()) for e in envelopes))
+    assert all(a.infcode == 0 for a in answers)
+    assert len({a.body["inf_refmsgid"] for a in answers}) == 30
+    again = await asyncio.gather(*(client.post(e, client.headers()) for e in envelopes))
+    assert [a.raw for a in again] == [a.raw for a in answers]

@@ -50,7 +50,8 @@ def tif_headers(
 def new_msgid(fixmedins_code: str) -> str:
     """fixmedins_code + yyyyMMddHHmmss + 4 digits (unique within this test process)."""
     now = dt.datetime.now(SHANGHAI)
-    return f"{fixmedins_code}{now:%Y%m%d%H%M%S}{next(_sequence) % 10_000:04d}"[:30]
+    suffix = f"{now:%Y%m%d%H%M%S}{next(_sequence) % 10_000:04d}"
+    return fixmedins_code[: 30 - len(suffix)] + suffix
 
 
 @dataclass

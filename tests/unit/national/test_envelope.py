@@ -137,3 +137,30 @@ def test_answer_fields_and_order():
     )
     assert refused["infcode"] == -1 and refused["err_msg"] == "[SOME_CODE] why"
     assert refused["output"] == {}
+
+
+@pytest.mark.parametrize(
+    ("inputs", "named"),
+    [
+        ({"data": b'{"psn_no": "3202"}'}, True),
+        ({"feedetail": b'[{"feedetl_sn": "1"}, {"psn_no": "3202"}]'}, True),
+        ({"data": b'{"psn_no": ""}'}, False),
+        ({"signIn": b'{"opter_no": "1"}'}, False),
+        ({"data": b'{"nested": {"psn_no": "3202"}}'}, False),
+        ({"data": b"5"}, False),
+    ],
+)
+def test_the_insured_region_is_required_when_a_psn_no_is_named(inputs, named: bool):
+    normalised = envelope.normalise({k: msgspec.Raw(v) for k, v in inputs.items()})
+    assert envelope.names_psn_no(normalised) is named
+    without = envelope.decode(b'{"infno": "2202", "msgid": "m"}').envelope
+    assert without is not None
+    if named:
+        with pytest.raises(CardsvcError) as exc:
+            envelope.check_insured_region(without, normalised)
+        assert exc.value.code == "INPUT_INVALID" and "insuplc_admdvs" in exc.value.message
+    else:
+        envelope.check_insured_region(without, normalised)
+    with_region = envelope.decode(b'{"infno": "2202", "msgid": "m", "insuplc_admdvs": "320200"}')
+    assert with_region.envelope is not None
+    envelope.check_insured_region(with_region.envelope, normalised)
