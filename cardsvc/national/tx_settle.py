@@ -71,7 +71,7 @@ def _order(data: SettleData, *, inpatient: bool) -> settling.Order:
         insutype=data.insutype,
         med_type=None if inpatient else data.med_type,  # absent: the visit's
         medfee_sumamt=medfee_sumamt,
-        chrg_bchno=None if inpatient else data.chrg_bchno,
+        chrg_bchno=None if inpatient else data.chrg_bchno or None,  # "" as absent
         acct_used_flag=data.acct_used_flag == "1",
         inpatient=inpatient,
         mid_setl_flag=data.mid_setl_flag == "1",

@@ -704,3 +704,17 @@ async def test_two_workers_settle_one_visit_once(site: Site, settings: Settings)
         )
     finally:
         await conn.close()
+
+
+async def test_a_charge_batch_is_settled_on_its_own(site: Site):
+    his = site.his
+    h = await holder(site, balance=5000)
+    mdtrt_id = await outpatient_visit(site, h)  # batch B1: 100.00
+    await upload(site, h, mdtrt_id, [("C-VIT", "8.00", "1", "8.00")], chrg_bchno="B2")
+    await his.refused("2207", settle_data(h, mdtrt_id, Decimal("8.00")), "FEE_SUM_MISMATCH")
+    b2 = await his.ok("2207", settle_data(h, mdtrt_id, Decimal("8.00"), chrg_bchno="B2"))
+    assert fen(b2["setlinfo"]["medfee_sumamt"]) == 800
+    h.cert_no = await new_token(site, h)
+    rest = await his.ok("2207", settle_data(h, mdtrt_id, SUM, chrg_bchno=""))
+    assert fen(rest["setlinfo"]["medfee_sumamt"]) == 10000
+    await his.refused("2206", settle_data(h, mdtrt_id, SUM), "NO_UNSETTLED_LINES")
