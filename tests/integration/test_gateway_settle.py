@@ -712,8 +712,12 @@ async def test_a_charge_batch_is_settled_on_its_own(site: Site):
     mdtrt_id = await outpatient_visit(site, h)  # batch B1: 100.00
     await upload(site, h, mdtrt_id, [("C-VIT", "8.00", "1", "8.00")], chrg_bchno="B2")
     await his.refused("2207", settle_data(h, mdtrt_id, Decimal("8.00")), "FEE_SUM_MISMATCH")
-    b2 = await his.ok("2207", settle_data(h, mdtrt_id, Decimal("8.00"), chrg_bchno="B2"))
+    b2 = await his.ok(
+        "2207", settle_data(h, mdtrt_id, Decimal("8.00"), chrg_bchno="B2", acct_used_flag="0")
+    )
     assert fen(b2["setlinfo"]["medfee_sumamt"]) == 800
+    assert b2["setlinfo"]["acct_pay"] == 0  # the account not used, as asked
+    assert b2["setlinfo"]["psn_cash_pay"] == b2["setlinfo"]["psn_part_amt"] > 0
     h.cert_no = await new_token(site, h)
     rest = await his.ok("2207", settle_data(h, mdtrt_id, SUM, chrg_bchno=""))
     assert fen(rest["setlinfo"]["medfee_sumamt"]) == 10000
