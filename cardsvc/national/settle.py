@@ -1,5 +1,4 @@
-"""Settling a visit's uploaded lines through the settlement pipeline (2206/2207, 2303/2304),
-cancelling a settlement (2208/2305) and undoing a message (2601).
+"""Settling a visit's uploaded lines through the settlement pipeline (2206/2207, 2303/2304).
 
 A gateway settlement is a ``SettleJob`` like a POST /v1/settlements: the same engine,
 ledger, supervision flags and review holds, audit entry (which names the gateway client as
@@ -35,19 +34,15 @@ Two messages for one visit therefore serialise on the claim: exactly one settles
 is told to retry, and its retry sees the lines already settled. Changing the lines of a
 claimed visit (2205/2302/2601) waits for the claim too (``visits.check_not_settling``).
 
-**2601 for a message that has not arrived** is recorded (``gateway_undone_messages``): a
-settlement message arriving later with that msgid is refused (``MSGID_UNDONE``), so an HIS
-that gave up on a settlement and undid it is never charged by its late copy. The record and
-the settlement's claim step take the same per-message advisory lock, so one of them sees
-the other.
+Cancelling a settlement and undoing a message (2601, which a late settlement message of
+the msgid it names meets as ``MSGID_UNDONE``): ``cardsvc.national.reversals``.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final
 
 import asyncpg
 import msgspec
@@ -57,22 +52,19 @@ from cardsvc import clock
 from cardsvc.cardauth.services import token_use_id
 from cardsvc.cardauth.tokens import CardTokenClaims
 from cardsvc.db import Connection, transaction
-from cardsvc.errors import CardsvcError, Conflict, InvalidRequest, NotFound, ServiceUnavailable
+from cardsvc.errors import CardsvcError, Conflict, InvalidRequest, ServiceUnavailable
 from cardsvc.national import visits
 from cardsvc.national.certs import Certified
 from cardsvc.national.registry import Call
 from cardsvc.national.units import yuan
 from cardsvc.settlement import policy
-from cardsvc.settlement.models import Reversal, SetlInfo
+from cardsvc.settlement.models import SetlInfo
 from cardsvc.settlement.plan import Opter, SettleJob, stored_setl_info
-from cardsvc.settlement.services import reverse_locked
 
 log = structlog.get_logger(__name__)
 
 KEY_PREFIX: Final = "gw:"  # a gateway settlement's Idempotency-Key: "gw:" + its msgid
 SETTLING_INFNOS: Final = frozenset({"2207", "2304"})
-REGISTERING_INFNOS: Final = frozenset({"2201", "2401"})
-UPLOADING_INFNOS: Final = frozenset({"2204", "2301"})
 
 _digest_encoder = msgspec.json.Encoder()
 
@@ -111,7 +103,7 @@ class Settled:
 # --- refusals --------------------------------------------------------------------------
 
 
-def _mismatch(message: str, code: str = "VISIT_MISMATCH") -> Conflict:
+def mismatch(message: str, code: str = "VISIT_MISMATCH") -> Conflict:
     """The codes the visit transactions use where they apply (VISIT_PERSON_MISMATCH,
     VISIT_KIND_MISMATCH); VISIT_MISMATCH for a scheme, visit type or settlement that is not
     the visit's."""
@@ -134,19 +126,19 @@ def check_visit(visit: visits.Visit, order: Order, cert: Certified) -> None:
     before it)."""
     cert.require_person(order.psn_no)
     if visit.psn_no != cert.psn_no:
-        raise _mismatch(f"visit {visit.mdtrt_id} is another person's", "VISIT_PERSON_MISMATCH")
+        raise mismatch(f"visit {visit.mdtrt_id} is another person's", "VISIT_PERSON_MISMATCH")
     if visit.status == "cancelled":
         raise Conflict(f"visit {visit.mdtrt_id} was cancelled", code="VISIT_CLOSED")
     if order.inpatient != (visit.kind == "inpatient"):
-        raise _mismatch(
+        raise mismatch(
             f"visit {visit.mdtrt_id} is {visit.kind}: settle it with "
             + ("2303/2304" if visit.kind == "inpatient" else "2206/2207"),
             "VISIT_KIND_MISMATCH",
         )
     if order.insutype != visit.insutype:
-        raise _mismatch(f"visit {visit.mdtrt_id} is of insutype {visit.insutype}")
+        raise mismatch(f"visit {visit.mdtrt_id} is of insutype {visit.insutype}")
     if order.med_type is not None and order.med_type != visit.med_type:
-        raise _mismatch(f"visit {visit.mdtrt_id} is of med_type {visit.med_type}")
+        raise mismatch(f"visit {visit.mdtrt_id} is of med_type {visit.med_type}")
     if order.inpatient and order.mid_setl_flag and visit.status != "open":
         raise Conflict(
             f"the stay {visit.mdtrt_id} is discharged: settle it with mid_setl_flag 0",
@@ -214,7 +206,7 @@ async def preview(call: Call, order: Order, cert: Certified) -> Settled:
         lines = await visits.unsettled_lines(conn, fac, order.mdtrt_id, order.chrg_bchno)
         request = engine_request(visit, order, lines)
         card_no = cert.card_no or await _active_card(conn, cert.psn_no)
-        psn_type = await _psn_type(conn, cert.psn_no)
+        psn_type = await psn_type_of(conn, cert.psn_no)
     info = await call.services.settlements.preview_request(
         fac, cert.psn_no, card_no, request, order.mdtrt_id
     )
@@ -231,7 +223,7 @@ async def _active_card(conn: Connection, psn_no: str) -> str:
     return card_no or ""
 
 
-async def _psn_type(conn: Connection, psn_no: str) -> str:
+async def psn_type_of(conn: Connection, psn_no: str) -> str:
     psn_type: str | None = await conn.fetchval(
         "SELECT psn_type FROM persons WHERE psn_no = $1", psn_no
     )
@@ -271,7 +263,7 @@ async def settle(call: Call, order: Order, cert: Certified) -> Settled:
         raise  # maybe written, maybe not: the claim stays for the retry (or expires)
     except CardsvcError:
         async with transaction(call.pool) as conn:
-            stored = await _settlement(conn, fac, job.key)
+            stored = await settlement_of(conn, fac, job.key)
             if stored is not None:  # settled meanwhile under this message (a concurrent rerun)
                 return await _finish(conn, stored, msgid, claimed.psn_type)
             await visits.end_claim(conn, fac, order.mdtrt_id, msgid)
@@ -320,7 +312,7 @@ async def _claim(
 ) -> _Claimed | Settled | _Completed:
     fac, msgid, now = call.fixmedins_code, call.msgid, clock.now()
     key = KEY_PREFIX + msgid
-    await _lock_message(conn, fac, msgid)
+    await lock_message(conn, fac, msgid)
     # After the lock (a statement reads what was committed when it began): whether a 2601
     # undid this message, the person's type, and this message's settlement, in one read.
     read = await conn.fetchrow(_CLAIM_READ, fac, msgid, key, cert.psn_no)
@@ -368,7 +360,7 @@ async def complete_claim(conn: Connection, visit: visits.Visit, msgid: str = "")
     other = visit.settling_msgid
     if other is None or other == msgid:
         return False
-    stored = await _settlement(conn, visit.fixmedins_code, KEY_PREFIX + other)
+    stored = await settlement_of(conn, visit.fixmedins_code, KEY_PREFIX + other)
     if stored is None:
         return False
     await _finish(conn, stored, other, "")
@@ -423,137 +415,17 @@ async def _mark(
             )
 
 
-async def _settlement(conn: Connection, fac: str, key: str) -> asyncpg.Record | None:
+async def settlement_of(conn: Connection, fac: str, key: str) -> asyncpg.Record | None:
     row: asyncpg.Record | None = await conn.fetchrow(
         "SELECT * FROM settlements WHERE fixmedins_code = $1 AND idempotency_key = $2", fac, key
     )
     return row
 
 
-async def _lock_message(conn: Connection, fac: str, msgid: str) -> None:
+async def lock_message(conn: Connection, fac: str, msgid: str) -> None:
     """Serialises a settlement message's claim step with a 2601 naming it."""
     await conn.execute(
         "SELECT pg_advisory_xact_lock(hashtextextended('gateway-msg|' || $1 || '|' || $2, 0))",
         fac,
         msgid,
     )
-
-
-# --- cancelling a settlement -----------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Cancelled:
-    """A reversal with the settlement it gave back."""
-
-    reversal: Reversal
-    settlement: SetlInfo
-    psn_type: str
-
-
-async def cancel(
-    call: Call, setl_id: str, *, mdtrt_id: str | None, psn_no: str | None, inpatient: bool
-) -> Cancelled:
-    """2208/2305: the settlement reversed (``SettlementService``'s reversal) and its lines
-    unsettled again, in one transaction; a second cancel answers the first reversal."""
-    async with transaction(call.pool) as conn:
-        row = await conn.fetchrow(
-            "SELECT psn_no, fixmedins_code, mdtrt_id, med_type FROM settlements WHERE setl_id = $1",
-            setl_id,
-        )
-        if row is None or row["fixmedins_code"] != call.fixmedins_code:
-            raise NotFound(f"no settlement {setl_id} at this facility", code="SETTLEMENT_NOT_FOUND")
-        if mdtrt_id is not None and row["mdtrt_id"] != mdtrt_id:
-            raise _mismatch(f"settlement {setl_id} is not of visit {mdtrt_id}")
-        if psn_no is not None and row["psn_no"] != psn_no:
-            raise _mismatch(f"settlement {setl_id} is not of person {psn_no}")
-        visit = await visits.find_visit(conn, call.fixmedins_code, row["mdtrt_id"])
-        if visit is not None and inpatient != (visit.kind == "inpatient"):
-            raise _mismatch(
-                f"settlement {setl_id} is of {visit.kind} visit {visit.mdtrt_id}: cancel it"
-                f" with {'2305' if visit.kind == 'inpatient' else '2208'}",
-                "VISIT_KIND_MISMATCH",
-            )
-        return await _reverse(conn, call, setl_id, row["psn_no"], row["mdtrt_id"])
-
-
-async def _reverse(
-    conn: Connection, call: Call, setl_id: str, psn_no: str, mdtrt_id: str
-) -> Cancelled:
-    # The visit's row before anything else (as the claim step and the marking take it):
-    # held while the reversal gives the money back and the lines are released.
-    await visits.find_visit(conn, call.fixmedins_code, mdtrt_id)
-    reason = f"national {call.infno} msgid {call.msgid}, opter {call.opter} {call.opter_name}"
-    # The reversal releases the settlement's lines (``visits.release``), whoever reverses.
-    reversal = await reverse_locked(
-        conn, call.services.audit, call.caller, setl_id, psn_no, reason.strip()
-    )
-    stored = await conn.fetchrow("SELECT * FROM settlements WHERE setl_id = $1", setl_id)
-    return Cancelled(reversal, stored_setl_info(stored), await _psn_type(conn, psn_no))
-
-
-# --- undoing a message -----------------------------------------------------------------
-
-Outcome = Literal["reversed", "cancelled", "none"]
-
-
-@dataclass(frozen=True, slots=True)
-class Undone:
-    outcome: Outcome
-    cancelled: Cancelled | None = None
-
-
-async def undo(call: Call, omsgid: str, oinfno: str, psn_no: str | None) -> Undone:
-    """2601: what message ``omsgid`` of this facility did, undone; idempotent. A message
-    that did nothing (or never arrived) answers ``none`` and is recorded, so that a late
-    settlement message with that msgid is refused."""
-    if oinfno not in SETTLING_INFNOS | REGISTERING_INFNOS | UPLOADING_INFNOS:
-        raise InvalidRequest(
-            f"oinfno {oinfno} cannot be undone by 2601: only 2201, 2204, 2207, 2301, 2304"
-            " and 2401 can",
-            code="UNSUPPORTED_INFNO",
-        )
-    fac, now = call.fixmedins_code, clock.now()
-    async with transaction(call.pool) as conn:
-        await _lock_message(conn, fac, omsgid)
-        undone: Undone
-        if oinfno in SETTLING_INFNOS:
-            undone = await _undo_settlement(conn, call, omsgid, psn_no, now)
-        else:
-            did = await visits.undo_message(conn, fac, omsgid, call.msgid, now)
-            undone = Undone("cancelled" if did else "none")
-        await conn.execute(
-            "INSERT INTO gateway_undone_messages (fixmedins_code, msgid, oinfno, undone_by,"
-            " outcome) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-            fac,
-            omsgid,
-            oinfno,
-            call.msgid,
-            undone.outcome,
-        )
-        return undone
-
-
-async def _undo_settlement(
-    conn: Connection, call: Call, omsgid: str, psn_no: str | None, now: dt.datetime
-) -> Undone:
-    fac = call.fixmedins_code
-    stored = await _settlement(conn, fac, KEY_PREFIX + omsgid)
-    if stored is None:
-        # Not settled (yet): refused while the message holds a live claim on a visit (its
-        # settlement may be committing), else recorded as never arrived.
-        busy = await conn.fetchval(
-            "SELECT mdtrt_id FROM gateway_visits WHERE fixmedins_code = $1"
-            " AND settling_msgid = $2 AND settling_since > $3",
-            fac,
-            omsgid,
-            now - visits.SETTLING_CLAIM_TTL,
-        )
-        if busy is not None:
-            raise visit_settling(busy)
-        return Undone("none")
-    if psn_no is not None and stored["psn_no"] != psn_no:
-        raise _mismatch(f"message {omsgid} settled for another person")
-    cancelled = await _reverse(conn, call, stored["setl_id"], stored["psn_no"], stored["mdtrt_id"])
-    await visits.end_claim(conn, fac, stored["mdtrt_id"], omsgid)
-    return Undone("reversed", cancelled)

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from cardsvc.errors import InvalidRequest
-from cardsvc.national import certs
+from cardsvc.national import certs, reversals
 from cardsvc.national import settle as settling
 from cardsvc.national.registry import Call, node, transaction
 from cardsvc.national.settle_output import setldetail, setlinfo
@@ -109,7 +109,7 @@ async def _preview(
     return _answer(call, await settling.preview(call, order, cert), data.mdtrt_cert_type)
 
 
-def _cancelled(call: Call, done: settling.Cancelled) -> dict[str, Any]:
+def _cancelled(call: Call, done: reversals.Cancelled) -> dict[str, Any]:
     """The reversal's figures, positive: what was given back."""
     info = setlinfo(
         done.settlement,
@@ -126,7 +126,7 @@ def _cancelled(call: Call, done: settling.Cancelled) -> dict[str, Any]:
 
 async def _cancel(call: Call, inputs: dict[str, msgspec.Raw], *, inpatient: bool) -> dict[str, Any]:
     data = node(inputs, "data", CancelData)
-    done = await settling.cancel(
+    done = await reversals.cancel(
         call, data.setl_id, mdtrt_id=data.mdtrt_id, psn_no=data.psn_no, inpatient=inpatient
     )
     return _cancelled(call, done)
@@ -165,7 +165,7 @@ async def inpatient_cancel(call: Call, inputs: dict[str, msgspec.Raw]) -> dict[s
 @transaction("2601")
 async def undo_message(call: Call, inputs: dict[str, msgspec.Raw]) -> dict[str, Any]:
     data = node(inputs, "data", UndoData)
-    undone = await settling.undo(call, data.omsgid, data.oinfno, data.psn_no)
+    undone = await reversals.undo(call, data.omsgid, data.oinfno, data.psn_no)
     out: dict[str, Any] = {
         "result": {"omsgid": data.omsgid, "oinfno": data.oinfno, "outcome": undone.outcome}
     }
