@@ -259,8 +259,11 @@ async def settle(call: Call, order: Order, cert: Certified) -> Settled:
     job = claimed.job
     try:
         info = await call.services.settlements.submit(job)
-    except ServiceUnavailable:
-        raise  # maybe written, maybe not: the claim stays for the retry (or expires)
+    except ServiceUnavailable as exc:
+        if exc.code == "SETTLEMENT_QUEUE_FULL":  # refused before it was queued: not written
+            async with transaction(call.pool) as conn:
+                await visits.end_claim(conn, fac, order.mdtrt_id, msgid)
+        raise  # else maybe written, maybe not: the claim stays for the retry (or expires)
     except CardsvcError:
         async with transaction(call.pool) as conn:
             stored = await settlement_of(conn, fac, job.key)
