@@ -157,3 +157,15 @@ async def _undosettlement_of(
     cancelled = await _reverse(conn, call, stored["setl_id"], stored["psn_no"], stored["mdtrt_id"])
     await visits.end_claim(conn, fac, stored["mdtrt_id"], omsgid)
     return Undone("reversed", cancelled)
+
+
+async def undone_by(conn: Connection, fixmedins_code: str, msgid: str) -> str | None:
+    """The 2601 that named message ``msgid`` of the facility, if one did: a message that
+    arrives after its undoing must do nothing (settlements refuse it with MSGID_UNDONE;
+    hold ``lock_message`` for the msgid while checking, as ``undo`` does while recording)."""
+    by: str | None = await conn.fetchval(
+        "SELECT undone_by FROM gateway_undone_messages WHERE fixmedins_code = $1 AND msgid = $2",
+        fixmedins_code,
+        msgid,
+    )
+    return by
