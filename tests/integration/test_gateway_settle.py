@@ -22,6 +22,7 @@ from aiohttp import web
 
 from cardsvc.app import create_app
 from cardsvc.config import Settings
+from cardsvc.national import reversals
 from cardsvc.settlement import policy
 from cardsvc.terminal_sdk.client import TerminalClient
 from tests.conftest import free_port
@@ -605,8 +606,19 @@ async def test_2601_of_a_message_that_never_arrived(site: Site):
     h = await holder(site, balance=5000)
     mdtrt_id = await outpatient_visit(site, h)
     late = his.new_msgid()
-    out = await his.ok("2601", {"data": {"psn_no": h.psn_no, "omsgid": late, "oinfno": "2207"}})
+    undo_msgid = his.new_msgid()
+    out = await his.ok(
+        "2601",
+        {"data": {"psn_no": h.psn_no, "omsgid": late, "oinfno": "2207"}},
+        msgid=undo_msgid,
+    )
     assert out["result"]["outcome"] == "none"
+    conn = await db(site)
+    try:
+        assert await reversals.undone_by(conn, his.fixmedins_code, late) == undo_msgid
+        assert await reversals.undone_by(conn, his.fixmedins_code, undo_msgid) is None
+    finally:
+        await conn.close()
     answer = await his.call("2207", settle_data(h, mdtrt_id), msgid=late)
     assert answer["infcode"] == -1 and answer["err_msg"].startswith("[MSGID_UNDONE]"), answer
     # A new message settles the visit.
