@@ -7,13 +7,16 @@ message is undone by 2601 even when its answer was lost."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import itertools
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+import aiohttp
 import asyncpg
 import msgspec
 import pytest
@@ -82,6 +85,18 @@ class His:
         assert answer["infcode"] == -1, answer
         assert answer["err_msg"].startswith(f"[{code}]"), answer
         return str(answer["err_msg"])
+
+
+@contextlib.asynccontextmanager
+async def own_session(his: His, base_url: str | None = None) -> AsyncIterator[His]:
+    """The same client on an HTTP session of its own (and another worker's address): the
+    connections concurrent messages open are closed afterwards, not left in the shared
+    session to change the timing of the tests that follow."""
+    async with aiohttp.ClientSession() as http:
+        service = dataclasses.replace(
+            his.client.service, http=http, base_url=base_url or his.client.service.base_url
+        )
+        yield His(dataclasses.replace(his.client, service=service))
 
 
 @dataclass
@@ -402,9 +417,10 @@ async def test_concurrent_messages_for_one_visit_settle_it_once(site: Site):
     # Each with a card token of its own (two workstations, say): only the visit's claim
     # stands between them and a second settlement of the same lines.
     certs = [await new_token(site, h) for _ in range(4)]
-    answers = await asyncio.gather(
-        *(his.call("2207", settle_data(h, mdtrt_id, mdtrt_cert_no=c)) for c in certs)
-    )
+    async with own_session(his) as his:
+        answers = await asyncio.gather(
+            *(his.call("2207", settle_data(h, mdtrt_id, mdtrt_cert_no=c)) for c in certs)
+        )
     settled = [a for a in answers if a["infcode"] == 0]
     assert len(settled) == 1, [a["err_msg"] for a in answers]
     for a in answers:
@@ -687,18 +703,17 @@ async def test_two_workers_settle_one_visit_once(site: Site, settings: Settings)
     await runner.setup()
     await web.TCPSite(runner, own.host, own.port).start()
     try:
-        other = dataclasses.replace(site.service, base_url=f"http://{own.host}:{own.port}")
-        client = site.his.client
-        second = His(dataclasses.replace(client, service=other))
         h = await holder(site, balance=5000)
         mdtrt_id = await outpatient_visit(site, h)
         certs = [await new_token(site, h) for _ in range(6)]
-        answers = await asyncio.gather(
-            *(
-                his.call("2207", settle_data(h, mdtrt_id, mdtrt_cert_no=c))
-                for his, c in zip([site.his, second] * 3, certs, strict=True)
+        base_url = f"http://{own.host}:{own.port}"
+        async with own_session(site.his) as first, own_session(site.his, base_url) as second:
+            answers = await asyncio.gather(
+                *(
+                    his.call("2207", settle_data(h, mdtrt_id, mdtrt_cert_no=c))
+                    for his, c in zip([first, second] * 3, certs, strict=True)
+                )
             )
-        )
     finally:
         await runner.cleanup()
     assert [a["infcode"] for a in answers].count(0) == 1, [a["err_msg"] for a in answers]
