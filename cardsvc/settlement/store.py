@@ -70,10 +70,14 @@ def _charged(fee: policy.Line) -> dict[str, int]:
     return {"price_e4": fee.price_e4, "count_e4": fee.count_e4}
 
 
-def lines_column(split: policy.Split, fees: Sequence[policy.Line]) -> list[dict[str, Any]]:
+def lines_column(
+    split: policy.Split, fees: Sequence[policy.Line], refs: Sequence[str] = ()
+) -> list[dict[str, Any]]:
     """The settlement's ``lines`` column: per fee line, what was charged and how Step 1
-    split it (in fen)."""
-    return [
+    split it (in fen). A native line keeps ``unit_price`` (fen) and ``quantity``; a
+    gateway's decimal line ``price_e4`` (10^-4 fen) and ``count_e4`` (10^-4 units) and its
+    ``feedetl_sn`` (``refs``): the link from the settlement to the visit's lines."""
+    column = [
         {
             "line_no": n,
             "code": line.code,
@@ -87,6 +91,9 @@ def lines_column(split: policy.Split, fees: Sequence[policy.Line]) -> list[dict[
         }
         for n, (line, fee) in enumerate(zip(split.lines, fees, strict=True), 1)
     ]
+    for entry, ref in zip(column, refs, strict=False):
+        entry["feedetl_sn"] = ref
+    return column
 
 
 def bytea(value: bytes) -> str:
