@@ -976,6 +976,11 @@ async def test_envelope_and_authentication_failures(world: World):
     other = await his.call("1101", info, fixmedins_code=world.level3.fixmedins_code)
     assert other.infcode == -1 and other.err_code, other.describe()
 
+    # A card authenticated by another facility's terminal is not this facility's card.
+    theirs = await busi_card_info(world.level3, holder, "identify")
+    foreign = await his.call("1101", {"data": {**cert(theirs, holder), "begntime": local_time()}})
+    assert foreign.infcode == -1 and foreign.err_code, foreign.describe()
+
     # Not an envelope: not JSON, no infno.
     for raw in (b"not json", b"[]", json.dumps({"msgid": his.mint_msgid()}).encode()):
         answer = await his.post(raw)
@@ -1010,7 +1015,12 @@ async def test_envelope_and_authentication_failures(world: World):
         feedetail(cnt=D("1.5"), pric=D("3.333333"), det_item_fee_sumamt=D("4.99")),
         "FEE_AMOUNT_MISMATCH",
     )
-    for bad in ({"cnt": "two"}, {"pric": None}, {"feedetl_sn": 7}, {"det_item_fee_sumamt": True}):
+    for bad in (
+        {"cnt": "two"},
+        {"pric": None},
+        {"fee_ocur_time": "yesterday"},
+        {"det_item_fee_sumamt": True},
+    ):
         answer = await his.call("2204", feedetail(**bad))
         assert answer.infcode == -1 and answer.err_code in ("INPUT_INVALID", "AMOUNT_INVALID"), (
             answer.describe()
@@ -1061,3 +1071,17 @@ async def test_concurrent_retries_of_one_settlement_settle_once(world: World):
     assert ok, [a.describe() for a in answers]
     assert len({a.output["setlinfo"]["setl_id"] for a in ok}) == 1
     assert await balance(service, holder.psn_no) == 4000
+
+
+async def test_a_suspended_facility_is_refused(world: World, service: Service):
+    desk = await gateway_desk_fresh(service)
+    holder = await world.holder()
+    await person_info(desk, holder)
+    cert_no = await busi_card_info(desk, holder, "identify")
+    await service.admin_ok(
+        "PATCH", f"/v1/facilities/{desk.fixmedins_code}", {"status": "suspended"}
+    )
+    answer = await desk.his.call(
+        "1101", {"data": {**cert(cert_no, holder), "begntime": local_time()}}
+    )
+    assert answer.infcode == -1 and answer.err_code == "FACILITY_SUSPENDED", answer.describe()
