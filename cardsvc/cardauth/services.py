@@ -305,6 +305,7 @@ class CardAuthenticator:
             purpose=purpose,  # type: ignore[arg-type]
             expires_at=int(expires_at.timestamp()),
             auth_id=auth_id,
+            fixmedins_code=caller.fixmedins_code or "",
         )
         # Only an active card shows its holder: a lost one (identify) shows its status alone.
         shown = person if status == CardStatus.ACTIVE else None
@@ -337,7 +338,11 @@ def token_use_id(claims: tokens.CardTokenClaims) -> bytes:
 
 
 class CardTokens:
-    """Checks card tokens presented with settlement and kiosk requests, in process."""
+    """Checks card tokens presented with settlement and kiosk requests, in process.
+
+    A terminal may present only a token of its own session. A national gateway client has
+    no session: it may present a token issued to a terminal of its own facility (the HIS
+    workstation's card reader authenticated the card, the HIS sends the token on)."""
 
     def __init__(self, settings: Settings) -> None:
         self._key = derive_key(settings.data_key, TOKEN_KEY_LABEL)
@@ -349,7 +354,12 @@ class CardTokens:
             claims = tokens.verify(self._key, token, time.time())
         except tokens.InvalidCardToken as exc:
             raise Unauthenticated(str(exc), code="CARD_TOKEN_INVALID") from None
-        if claims.session_id != caller.session_id:
+        if caller.kind == "gateway":
+            if not caller.fixmedins_code or claims.fixmedins_code != caller.fixmedins_code:
+                raise Unauthenticated(
+                    "the card was authenticated at another facility", code="CARD_TOKEN_INVALID"
+                )
+        elif claims.session_id != caller.session_id:
             raise Unauthenticated(
                 "card token belongs to another terminal session", code="CARD_TOKEN_INVALID"
             )

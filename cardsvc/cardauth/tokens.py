@@ -2,7 +2,8 @@
 
 A token is ``base64url(claims) "." base64url(HMAC-SHA256(key, claims)[:16])``: checked in
 process with no database round trip. It is bound to the terminal session that did the card
-authentication and is a bearer secret: never log it.
+authentication (and names that terminal's facility, for the national gateway's
+``busi_card_info``) and is a bearer secret: never log it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,11 @@ class CardTokenClaims(msgspec.Struct, frozen=True, array_like=True):
     purpose: Purpose
     expires_at: int  # unix seconds
     auth_id: str  # the card authentication that issued it: one settlement per transaction token
+    # The facility of the terminal that authenticated the card ("" for a counter or kiosk,
+    # and in tokens issued before the field existed): a national gateway client of that
+    # facility may present the token (``busi_card_info``). Last, with a default, so that
+    # older tokens still decode.
+    fixmedins_code: str = ""
 
 
 class InvalidCardToken(Exception):

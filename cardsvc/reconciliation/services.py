@@ -45,11 +45,15 @@ class Reconciliation:
     def __init__(self, pool: Pool) -> None:
         self._pool = pool
 
-    async def statement(self, fixmedins_code: str, req: StatementRequest) -> StatementResult:
+    async def statement(
+        self, fixmedins_code: str, req: StatementRequest, *, max_days: int = MAX_PERIOD_DAYS
+    ) -> StatementResult:
+        """``max_days``: the longest period allowed (the national gateway's 3201 allows a
+        year: its facilities reconcile by month or year as their region does)."""
         days = (req.stmt_enddate - req.stmt_begndate).days
-        if not 0 <= days < MAX_PERIOD_DAYS:
+        if not 0 <= days < max_days:
             raise InvalidRequest(
-                f"the period must run forwards and span at most {MAX_PERIOD_DAYS} days",
+                f"the period must run forwards and span at most {max_days} days",
                 code="INVALID_DATES",
             )
         row = await self._pool.fetchrow(

@@ -4,6 +4,7 @@ gathered while its previous batch was in flight, in one read, one write and one 
 A request's path (see docs/architecture.md, "The settlement pipeline"):
 
 1. The handler checks the card token and submits a ``SettleJob``; it waits for its answer.
+   (The national gateway's 2207/2304 submit theirs the same way: ``cardsvc.national.settle``.)
 2. The batcher takes the jobs queued, in order, up to ``max_batch``, at most one per person,
    Idempotency-Key, card token and nonce (the others wait for the next batch).
 3. One statement reads every job's snapshot and standing (``snapshot.read_for_settle``).
@@ -84,8 +85,8 @@ def job_input(job: SettleJob) -> SettleInput:
         psn_no=job.psn_no,
         card_no=job.card_no,
         fixmedins_code=job.fixmedins_code,
-        item_codes=item_codes(job.req),
-        injury_case_id=job.req.injury_case_id,
+        item_codes=item_codes(job.request),
+        injury_case_id=job.request.injury_case_id,
         idempotency_key=job.key,
         card_auth_id=job.spends,
         standing_of=job.admission,

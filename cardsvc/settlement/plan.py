@@ -1,6 +1,13 @@
 """A settlement planned, pure: from a request and its snapshot to the rows to write and the
 answer to give, with no database in sight. The pipeline (``pipeline``) reads the snapshots
-of a batch, plans each settlement here and writes the batch (``store``)."""
+of a batch, plans each settlement here and writes the batch (``store``).
+
+A job carries the engine's request (``policy.SettlementRequest``), whoever asked: the native
+API's ``SettleRequest`` becomes one with its integer fee lines (``policy_request``), the
+national gateway's 2207/2304 with the visit's decimal lines (``cardsvc.national.settle``),
+which also names each line's ``feedetl_sn`` (``line_refs``, kept in the settlement's
+``lines``) and the operator (``opter``, in the audit entry). The native API's stored rows
+and request hashes are the same as before either existed."""
 
 from __future__ import annotations
 
@@ -28,18 +35,31 @@ _json = msgspec.json.Encoder()
 _setldetail = msgspec.json.Decoder(list[FundPayment])
 
 
+@dataclass(frozen=True, slots=True)
+class Opter:
+    """The facility's operator who asked (the national interface's ``opter``/``opter_name``),
+    recorded in the audit entry beside the caller."""
+
+    opter: str
+    opter_name: str
+
+
 @dataclass
 class SettleJob:
-    """One POST /v1/settlements on its way through the pipeline."""
+    """One settlement on its way through the pipeline (POST /v1/settlements or a gateway
+    2207/2304)."""
 
     caller: Caller
-    key: str  # Idempotency-Key
-    digest: bytes  # request_hash
-    req: SettleRequest
+    key: str  # Idempotency-Key (the gateway's: "gw:" + msgid)
+    digest: bytes  # the request's hash: the same key with another request is refused
+    request: policy.SettlementRequest  # what the engine settles
+    mdtrt_id: str
     psn_no: str
     card_no: str
     spends: bytes  # the card token's use id (settlements.card_auth_id)
     admission: Admission | None  # the request's nonce, recorded with the write
+    line_refs: tuple[str, ...] = ()  # the gateway's feedetl_sn of each line, in order
+    opter: Opter | None = None
 
     @property
     def fixmedins_code(self) -> str:
@@ -98,7 +118,8 @@ def setl_info(
     psn_no: str,
     card_no: str,
     fixmedins_code: str,
-    req: SettleRequest,
+    request: policy.SettlementRequest,
+    mdtrt_id: str,
     split: policy.Split,
     status: Literal["preview", "settled"],
 ) -> SetlInfo:
@@ -108,9 +129,9 @@ def setl_info(
         psn_no=psn_no,
         card_no=card_no,
         fixmedins_code=fixmedins_code,
-        insutype=req.insutype,
-        med_type=req.med_type,
-        mdtrt_id=req.mdtrt_id,
+        insutype=request.insutype,
+        med_type=request.med_type,
+        mdtrt_id=mdtrt_id,
         policy_version=split.policy_version,
         setldetail=[
             FundPayment(fund_pay_type=f.fund_pay_type, fund_payamt=f.fund_payamt)
@@ -140,8 +161,8 @@ def stored_setl_info(row: asyncpg.Record) -> SetlInfo:
     )
 
 
-def item_codes(req: SettleRequest) -> list[str]:
-    return sorted({f.code for f in req.feedetail})
+def item_codes(request: policy.SettlementRequest) -> list[str]:
+    return sorted({line.code for line in request.lines})
 
 
 def year_args(delta: policy.YearState) -> list[int]:
@@ -156,8 +177,7 @@ def plan(
     now: dt.datetime,
 ) -> Planned:
     """The settlement of ``job`` on ``read``'s snapshot; a refusal raises its CardsvcError."""
-    snapshot, req = read.snapshot, job.req
-    request = policy_request(req)
+    snapshot, request = read.snapshot, job.request
     split = policy.settle(params, snapshot, request)
     setl_id = new_setl_id(now)
     today = clock.business_date(now)
@@ -173,15 +193,16 @@ def plan(
         "card_no": job.card_no,
         "fixmedins_code": snapshot.facility.fixmedins_code,
         "fixmedins_type": snapshot.facility.type,
-        "terminal_id": job.caller.terminal_id,
+        # A gateway client has no terminal: its settlements name the client (gateway:<paasid>).
+        "terminal_id": job.caller.terminal_id or job.caller.actor,
         "idempotency_key": job.key,
         "request_hash": bytea(job.digest),
-        "insutype": req.insutype,
-        "med_type": req.med_type,
-        "mdtrt_id": req.mdtrt_id,
-        "injury_case_id": req.injury_case_id,
-        "delivery_type": req.delivery_type,
-        "acct_used_flag": req.acct_used_flag,
+        "insutype": request.insutype,
+        "med_type": request.med_type,
+        "mdtrt_id": job.mdtrt_id,
+        "injury_case_id": request.injury_case_id,
+        "delivery_type": request.delivery_type,
+        "acct_used_flag": request.acct_used_flag,
         "policy_version": split.policy_version,
         "setl_time": now,
         "setl_date": today,
@@ -193,7 +214,7 @@ def plan(
         "year_delta": msgspec.to_builtins(split.year_delta),
         "review_status": "pending" if split.review_required else "none",
         "card_auth_id": bytea(job.spends),  # spends the card token (a unique index)
-        "lines": lines_column(split, request.lines),
+        "lines": lines_column(split, request.lines, job.line_refs),
     }
     admission = job.admission
     write = SettlementWrite(
@@ -212,7 +233,8 @@ def plan(
         psn_no=job.psn_no,
         card_no=job.card_no,
         fixmedins_code=snapshot.facility.fixmedins_code,
-        req=req,
+        request=request,
+        mdtrt_id=job.mdtrt_id,
         split=split,
         status="settled",
     )
@@ -229,4 +251,7 @@ def plan(
         "setldetail": row["setldetail"],
         "review_required": split.review_required,
     }
+    if job.opter is not None:
+        audited["opter"] = job.opter.opter
+        audited["opter_name"] = job.opter.opter_name
     return Planned(job, write, info, audited)

@@ -5,10 +5,19 @@ settlement's transaction, calls :func:`settle`, and stores the :class:`Split` to
 its ``year_delta``; a reversal applies ``apply_delta(year, split.year_delta, -1)``.
 
 Every figure comes from :class:`~cardsvc.settlement.params.PolicyParams`. Money is integer
-fen; the only rounding is :func:`pct`. Names follow the national 2206/2207 ``setlinfo``.
+fen; the roundings are :func:`pct` and, for a line with a decimal price or count,
+:func:`round_e8`. Names follow the national 2206/2207 ``setlinfo``.
+
+A fee line is a :class:`FeeLine` (the native API: whole fen, whole units) or a
+:class:`DecimalLine` (the national interface: a price in 10^-4 fen, a count in 10^-4 units
+and the declared amount in fen). Both are read through the same three numbers
+(``price_e4``, ``count_e4``, ``total``) by one rule, :func:`decompose_line`; a
+:class:`FeeLine` gives them exactly (``unit_price x 10^4``, ``quantity x 10^4``,
+``unit_price x quantity``), so it splits as it always has.
 
 Order of refusals (first failure wins; each is a :class:`PolicyRefusal`)::
 
+    FEE_AMOUNT_MISMATCH     a line's declared amount is not price x count rounded to the fen
     AMOUNT_LIMIT_EXCEEDED   a line or the total above the policy's amount limits
     CARD_NOT_ACTIVE         card status is not active
     CARD_EXPIRED            the settlement date is after the card's expiry date (reading 13)
@@ -73,6 +82,20 @@ with them); each keeps every Step 3 identity
     first of all: it is a fault of the request alone, whoever presents it. A line's unit
     price, quantity and amount (``unit_price x quantity``, before over-limit) and the
     settlement's ``medfee_sumamt`` are each bounded; the error names the limit in yuan.
+    A decimal line is held to the same limits, exactly (its price and count compared in
+    10^-4, its amount being its declared ``total``).
+16. A line with a decimal price or count (the national interface's lines): ``r(x)`` rounds
+    an amount of 10^-8 fen half up to a fen (:func:`round_e8`). Its declared ``total`` must
+    be ``r(price_e4 x count_e4)``, else ``FEE_AMOUNT_MISMATCH`` naming the line; the lines
+    are checked one by one, each before its amount limits, so a line that contradicts
+    itself is named before any limit is measured on its amount. ``over =
+    min(total, r(max(0, price_e4 - max_price x 10^4) x count_e4))``; ``base = total - over``
+    and the rest is as for any line (pre-self-pay rounded per line by :func:`pct`).
+17. :func:`line_result` is Step 1 of one line on its own (a fee-detail upload's answer): the
+    same checks of the line (amount, then the per-line limits) and the same
+    :func:`decompose_line`; a settlement of those lines later gives the same split per line.
+    ``LineSplit.selfpay_prop`` is the percent of the base the person pays before any fund
+    (0 in scope, the item's proportion for pre-self-pay, 100 for full own-pay).
 """
 
 from __future__ import annotations
@@ -86,7 +109,7 @@ import msgspec
 from cardsvc.cards.lifecycle import expired, expired_message
 from cardsvc.errors import BusinessRuleViolation
 from cardsvc.money import yuan
-from cardsvc.settlement.params import LineTreatment, PolicyParams, SchemeRules
+from cardsvc.settlement.params import AmountLimits, LineTreatment, PolicyParams, SchemeRules
 
 Amount = Annotated[int, msgspec.Meta(ge=0)]
 DeliveryType = Literal["normal", "cesarean"]
@@ -105,10 +128,46 @@ APPROVED = "approved"
 # --- inputs ----------------------------------------------------------------------------
 
 
+# A decimal price is in 10^-4 fen and a decimal count in 10^-4 units: E4 of them make one.
+E4 = 10_000
+_E8 = E4 * E4  # price_e4 x count_e4 is in 10^-8 fen
+_HALF_E8 = _E8 // 2
+
+
 class FeeLine(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A line of the native API: a unit price in whole fen, a whole quantity."""
+
     code: str
     unit_price: Amount
     quantity: Annotated[int, msgspec.Meta(ge=1)]
+
+    @property
+    def price_e4(self) -> int:
+        return self.unit_price * E4
+
+    @property
+    def count_e4(self) -> int:
+        return self.quantity * E4
+
+    @property
+    def total(self) -> int:
+        return self.unit_price * self.quantity
+
+
+class DecimalLine(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A line of the national interface: ``pric`` yuan with up to 6 decimals is ``price_e4``
+    (10^-4 fen), ``cnt`` with up to 4 decimals is ``count_e4`` (10^-4 units), and
+    ``det_item_fee_sumamt`` is ``total`` (fen), which must be ``r(price_e4 x count_e4)``
+    (``cardsvc.national.units`` converts exactly)."""
+
+    code: str
+    price_e4: Amount
+    count_e4: Annotated[int, msgspec.Meta(ge=1)]
+    total: Amount
+
+
+# Either kind of line; the engine reads both through price_e4, count_e4 and total.
+Line = FeeLine | DecimalLine
 
 
 class CatalogItem(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -161,7 +220,7 @@ class SettlementRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     acct_used_flag: bool = True
     injury_case_id: str | None = None
     delivery_type: DeliveryType | None = None
-    lines: tuple[FeeLine, ...]
+    lines: tuple[Line, ...]
 
 
 class Snapshot(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -187,6 +246,8 @@ class FundPayment(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
 
 class LineSplit(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Step 1 of one line, in fen (``total = over + fulamt_ownpay + preselfpay + inscp``)."""
+
     code: str
     chrgitm_lv: str
     total: int
@@ -194,6 +255,8 @@ class LineSplit(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     fulamt_ownpay: int
     preselfpay: int
     inscp: int
+    selfpay_prop: int = 0  # percent of the base the person pays first (reading 17)
+    max_price: int | None = None  # the item's price ceiling in fen, if it has one
 
 
 class Split(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -244,8 +307,14 @@ class PolicyRefusal(BusinessRuleViolation):
 
 
 def pct(amount: int, percent: int) -> int:
-    """``percent`` % of ``amount`` fen, rounded half up (the policy's only rounding)."""
+    """``percent`` % of ``amount`` fen, rounded half up."""
     return (amount * percent + 50) // 100
+
+
+def round_e8(amount_e8: int) -> int:
+    """``r(x)``: an amount of 10^-8 fen (a ``price_e4 x count_e4``), >= 0, rounded half up
+    to a whole fen."""
+    return (amount_e8 + _HALF_E8) // _E8
 
 
 def apply_delta(year: YearState, delta: YearState, sign: int = 1) -> YearState:
@@ -264,6 +333,21 @@ def apply_delta(year: YearState, delta: YearState, sign: int = 1) -> YearState:
 # --- eligibility -----------------------------------------------------------------------
 
 
+def _decimals(scaled: int, places: int) -> str:
+    """``scaled`` x 10^-places, written out without trailing zeros: ``5000, 4`` -> ``0.5``."""
+    whole, part = divmod(scaled, 10**places)
+    digits = f"{part:0{places}d}".rstrip("0")
+    return f"{whole}.{digits}" if digits else f"{whole}"
+
+
+def _money_e4(amount_e4: int) -> str:
+    """10^-4 fen as yuan: ``¥1.00`` for whole fen (as :func:`yuan`), else every decimal."""
+    if amount_e4 % E4 == 0:
+        return yuan(amount_e4 // E4)
+    whole, part = divmod(amount_e4, 100 * E4)
+    return f"¥{whole:,}.{f'{part:06d}'.rstrip('0')}"
+
+
 def _over_limit(what: str, limit_name: str, amount: int, limit: int, **where: Any) -> PolicyRefusal:
     return PolicyRefusal(
         "AMOUNT_LIMIT_EXCEEDED",
@@ -272,35 +356,77 @@ def _over_limit(what: str, limit_name: str, amount: int, limit: int, **where: An
     )
 
 
-def check_amounts(params: PolicyParams, lines: tuple[FeeLine, ...]) -> None:
-    """The policy's amount limits, per line and per settlement (documented reading 15)."""
-    limits = params.amount_limits
-    for line_no, line in enumerate(lines, 1):
-        where = {"line_no": line_no, "code": line.code}
-        if line.quantity > limits.quantity:
-            raise PolicyRefusal(
-                "AMOUNT_LIMIT_EXCEEDED",
-                f"line {line_no}: quantity {line.quantity} exceeds the limit of {limits.quantity}",
-                {"limit": "quantity", "limit_quantity": limits.quantity, **where},
-            )
-        if line.unit_price > limits.unit_price:
+def _line_name(line: Line, line_no: int | None) -> str:
+    return f"line {line_no}" if line_no is not None else f"the line of {line.code}"
+
+
+def _where(line: Line, line_no: int | None) -> dict[str, Any]:
+    return {"code": line.code} if line_no is None else {"line_no": line_no, "code": line.code}
+
+
+def check_line_amount(line: Line, line_no: int | None = None) -> None:
+    """A line's declared amount must be its price x count rounded to the fen (reading 16),
+    else ``FEE_AMOUNT_MISMATCH`` naming the line (``line_no``, from 1, when it has one). A
+    line built by hand rather than decoded (where its constraints hold) with a count below
+    one 10^-4 unit or a negative price or amount is ``AMOUNT_INVALID``."""
+    if line.count_e4 < 1 or line.price_e4 < 0 or line.total < 0:
+        raise PolicyRefusal(
+            "AMOUNT_INVALID",
+            f"{_line_name(line, line_no)}: the count must be above zero, the price and the "
+            "amount not below zero",
+            _where(line, line_no),
+        )
+    expected = round_e8(line.price_e4 * line.count_e4)
+    if line.total != expected:
+        raise PolicyRefusal(
+            "FEE_AMOUNT_MISMATCH",
+            f"{_line_name(line, line_no)}: the amount {yuan(line.total)} is not the price "
+            f"{_money_e4(line.price_e4)} × the count {_decimals(line.count_e4, 4)} rounded to "
+            f"the fen, {yuan(expected)}",
+            {"total_fen": line.total, "expected_fen": expected, **_where(line, line_no)},
+        )
+
+
+def check_line_limits(limits: AmountLimits, line: Line, line_no: int | None = None) -> None:
+    """One line's amount limits (reading 15): its quantity, unit price and amount."""
+    where = _where(line, line_no)
+    name = _line_name(line, line_no)
+    if line.count_e4 > limits.quantity * E4:
+        raise PolicyRefusal(
+            "AMOUNT_LIMIT_EXCEEDED",
+            f"{name}: quantity {_decimals(line.count_e4, 4)} exceeds the limit of "
+            f"{limits.quantity}",
+            {"limit": "quantity", "limit_quantity": limits.quantity, **where},
+        )
+    if line.price_e4 > limits.unit_price * E4:
+        if line.price_e4 % E4 == 0:
             raise _over_limit(
-                f"line {line_no}: the unit price",
+                f"{name}: the unit price",
                 "unit_price",
-                line.unit_price,
+                line.price_e4 // E4,
                 limits.unit_price,
                 **where,
             )
-        total = line.unit_price * line.quantity
-        if total > limits.line_total:
-            raise _over_limit(
-                f"line {line_no}: the line amount",
-                "line_total",
-                total,
-                limits.line_total,
-                **where,
-            )
-    total = sum(line.unit_price * line.quantity for line in lines)
+        raise PolicyRefusal(
+            "AMOUNT_LIMIT_EXCEEDED",
+            f"{name}: the unit price {_money_e4(line.price_e4)} exceeds the limit of "
+            f"{yuan(limits.unit_price)}",
+            {"limit": "unit_price", "limit_fen": limits.unit_price, "amount_e4": line.price_e4}
+            | where,
+        )
+    if line.total > limits.line_total:
+        raise _over_limit(
+            f"{name}: the line amount", "line_total", line.total, limits.line_total, **where
+        )
+
+
+def check_amounts(params: PolicyParams, lines: tuple[Line, ...]) -> None:
+    """Each line's amount and limits, then the settlement's total (readings 15 and 16)."""
+    limits = params.amount_limits
+    for line_no, line in enumerate(lines, 1):
+        check_line_amount(line, line_no)
+        check_line_limits(limits, line, line_no)
+    total = sum(line.total for line in lines)
     if total > limits.settlement_total:
         raise _over_limit(
             "the settlement's total", "settlement_total", total, limits.settlement_total
@@ -415,7 +541,7 @@ def _check_injury_case(
         )
 
 
-def _check_items(catalog: Mapping[str, CatalogItem], lines: tuple[FeeLine, ...]) -> None:
+def _check_items(catalog: Mapping[str, CatalogItem], lines: tuple[Line, ...]) -> None:
     unknown = sorted({line.code for line in lines if line.code not in catalog})
     if unknown:
         raise PolicyRefusal(
@@ -445,14 +571,19 @@ def _treatment(params: PolicyParams, insutype: str, item: CatalogItem) -> LineTr
     return params.line_treatment[insutype][item.chrgitm_lv]
 
 
-def decompose_line(
-    params: PolicyParams, insutype: str, line: FeeLine, item: CatalogItem
-) -> LineSplit:
-    """Step 1 for one line: over-limit first, then the base by the item's treatment."""
-    total = line.unit_price * line.quantity
-    over = 0 if item.max_price is None else max(0, line.unit_price - item.max_price) * line.quantity
+def decompose_line(params: PolicyParams, insutype: str, line: Line, item: CatalogItem) -> LineSplit:
+    """Step 1 for one line: over-limit first, then the base by the item's treatment.
+
+    One rule for both kinds of line (reading 16); for a :class:`FeeLine` the rounding is
+    exact, so ``over = max(0, unit_price - max_price) x quantity``. The line's amount is
+    taken as declared: :func:`check_line_amount` has held it to its price and count."""
+    total = line.total
+    over = 0
+    if item.max_price is not None:
+        excess_e4 = max(0, line.price_e4 - item.max_price * E4)
+        over = min(total, round_e8(excess_e4 * line.count_e4))
     base = total - over
-    own, pre, inscp = 0, 0, 0
+    own, pre, inscp, prop = 0, 0, 0, 0
     match _treatment(params, insutype, item):
         case "in_scope":
             inscp = base
@@ -461,7 +592,7 @@ def decompose_line(
             pre = pct(base, prop)
             inscp = base - pre
         case "full_own_pay":
-            own = base
+            own, prop = base, 100
     return LineSplit(
         code=line.code,
         chrgitm_lv=item.chrgitm_lv,
@@ -470,7 +601,25 @@ def decompose_line(
         fulamt_ownpay=own,
         preselfpay=pre,
         inscp=inscp,
+        selfpay_prop=prop,
+        max_price=item.max_price,
     )
+
+
+def line_result(
+    params: PolicyParams, insutype: str, med_type: str, line: Line, item: CatalogItem
+) -> LineSplit:
+    """Step 1 of one line on its own, without a settlement (reading 17): what a fee-detail
+    upload answers for the line. Refuses the line as a settlement would
+    (``FEE_AMOUNT_MISMATCH``, then ``AMOUNT_LIMIT_EXCEEDED``); ``item`` is the catalog entry
+    of ``line.code`` (a code missing from the catalog is the caller's ``UNKNOWN_ITEM``).
+
+    ``med_type`` does not change Step 1 under the current rules; it is taken so that the
+    callers (the visit's lines) pass everything a settlement of the line would see."""
+    del med_type  # Step 1 is the same for every visit type (see above)
+    check_line_amount(line)
+    check_line_limits(params.amount_limits, line)
+    return decompose_line(params, insutype, line, item)
 
 
 # --- step 2: the funds -----------------------------------------------------------------

@@ -78,25 +78,39 @@ class SettlementService:
     async def preview(self, caller: Caller, req: SettleRequest) -> SetlInfo:
         """The settlement as it would be now; writes nothing, locks nothing."""
         claims = self._tokens.check(caller, req.card_token)
+        return await self.preview_request(
+            caller.facility(), claims.psn_no, claims.card_no, policy_request(req), req.mdtrt_id
+        )
+
+    async def preview_request(
+        self,
+        fixmedins_code: str,
+        psn_no: str,
+        card_no: str,
+        request: policy.SettlementRequest,
+        mdtrt_id: str,
+    ) -> SetlInfo:
+        """The settlement of ``request`` as it would be now (also the gateway's 2206/2303)."""
         now = clock.now()
         async with self._pool.acquire() as conn:
             snapshot = await load_snapshot(
                 conn,
-                psn_no=claims.psn_no,
-                card_no=claims.card_no,
-                fixmedins_code=caller.facility(),
-                item_codes=item_codes(req),
-                injury_case_id=req.injury_case_id,
+                psn_no=psn_no,
+                card_no=card_no,
+                fixmedins_code=fixmedins_code,
+                item_codes=item_codes(request),
+                injury_case_id=request.injury_case_id,
                 settle_date=clock.business_date(now),
             )
-        split = policy.settle(self._params, snapshot, policy_request(req))
+        split = policy.settle(self._params, snapshot, request)
         return setl_info(
             setl_id=None,
             setl_time=now,
-            psn_no=claims.psn_no,
-            card_no=claims.card_no,
-            fixmedins_code=caller.facility(),
-            req=req,
+            psn_no=psn_no,
+            card_no=card_no,
+            fixmedins_code=fixmedins_code,
+            request=request,
+            mdtrt_id=mdtrt_id,
             split=split,
             status="preview",
         )
@@ -119,12 +133,18 @@ class SettlementService:
             caller=caller,
             key=idempotency_key,
             digest=request_hash(req, claims.psn_no),
-            req=req,
+            request=policy_request(req),
+            mdtrt_id=req.mdtrt_id,
             psn_no=claims.psn_no,
             card_no=claims.card_no,
             spends=token_use_id(claims),
             admission=caller.admission,
         )
+        return await self.submit(job)
+
+    async def submit(self, job: SettleJob) -> SetlInfo:
+        """Settles ``job`` through the pipeline (or by itself, when the pipeline says so):
+        every caller's settlement, the native API's and the gateway's, comes through here."""
         try:
             outcome = await self._pipeline.submit(job)
         except BatcherFull:
@@ -174,9 +194,9 @@ class SettlementService:
             # this instant by another settlement.
             if caller.admission is not None and not caller.admission.done:
                 await admit(self._pool, caller.admission)
-            replay = await self._replay(caller, job.key, job.req, job.psn_no)
-            if replay is not None:
-                return replay
+            row = await self._stored(caller, job.key)
+            if row is not None:
+                return _same_request(row, job.digest)
             if exc.constraint_name == TOKEN_USE_INDEX:
                 raise card_token_used() from None
             raise
@@ -186,14 +206,18 @@ class SettlementService:
     ) -> SetlInfo | None:
         """The settlement stored under ``key``, if ``req`` of ``psn_no`` (None: the stored
         settlement's person) is the request it answered."""
-        row = await self._pool.fetchrow(
+        row = await self._stored(caller, key)
+        if row is None:
+            return None
+        return _same_request(row, request_hash(req, psn_no or row["psn_no"]))
+
+    async def _stored(self, caller: Caller, key: str) -> asyncpg.Record | None:
+        row: asyncpg.Record | None = await self._pool.fetchrow(
             "SELECT * FROM settlements WHERE fixmedins_code = $1 AND idempotency_key = $2",
             caller.facility(),
             key,
         )
-        if row is None:
-            return None
-        return _same_request(row, request_hash(req, psn_no or row["psn_no"]))
+        return row
 
     async def get(self, caller: Caller, setl_id: str) -> SetlInfo:
         row = await self._pool.fetchrow("SELECT * FROM settlements WHERE setl_id = $1", setl_id)
@@ -276,7 +300,8 @@ async def reverse_locked(
 
 
 def _check_own(caller: Caller, fixmedins_code: str) -> None:
-    """A facility's terminals see and reverse only their own facility's settlements."""
+    """A facility's terminals (and gateway clients) see and reverse only their own
+    facility's settlements."""
     if caller.kind != "admin" and fixmedins_code != caller.fixmedins_code:
         raise Forbidden("this settlement belongs to another facility", code="NOT_OWN_FACILITY")
 

@@ -62,16 +62,27 @@ class SettlementWrite:
         return setl_id
 
 
-def lines_column(split: policy.Split, fees: Sequence[policy.FeeLine]) -> list[dict[str, Any]]:
+def _charged(fee: policy.Line) -> dict[str, int]:
+    """What a line charged: a native line's unit price (fen) and quantity, as ever; a
+    decimal line's price (10^-4 fen) and count (10^-4 units)."""
+    if isinstance(fee, policy.FeeLine):
+        return {"unit_price": fee.unit_price, "quantity": fee.quantity}
+    return {"price_e4": fee.price_e4, "count_e4": fee.count_e4}
+
+
+def lines_column(
+    split: policy.Split, fees: Sequence[policy.Line], refs: Sequence[str] = ()
+) -> list[dict[str, Any]]:
     """The settlement's ``lines`` column: per fee line, what was charged and how Step 1
-    split it (in fen)."""
-    return [
+    split it (in fen). A native line keeps ``unit_price`` (fen) and ``quantity``; a
+    gateway's decimal line ``price_e4`` (10^-4 fen) and ``count_e4`` (10^-4 units) and its
+    ``feedetl_sn`` (``refs``): the link from the settlement to the visit's lines."""
+    column = [
         {
             "line_no": n,
             "code": line.code,
             "chrgitm_lv": line.chrgitm_lv,
-            "unit_price": fee.unit_price,
-            "quantity": fee.quantity,
+            **_charged(fee),
             "total": line.total,
             "overlmt_selfpay": line.over,
             "fulamt_ownpay_amt": line.fulamt_ownpay,
@@ -80,6 +91,9 @@ def lines_column(split: policy.Split, fees: Sequence[policy.FeeLine]) -> list[di
         }
         for n, (line, fee) in enumerate(zip(split.lines, fees, strict=True), 1)
     ]
+    for entry, ref in zip(column, refs, strict=False):
+        entry["feedetl_sn"] = ref
+    return column
 
 
 def bytea(value: bytes) -> str:

@@ -40,3 +40,21 @@ def test_claims_cannot_be_swapped_between_tokens():
     _, mac = other.split(".")
     with pytest.raises(InvalidCardToken, match="signature"):
         verify(KEY, f"{payload}.{mac}", now=0)
+
+
+def test_a_token_issued_before_the_facility_claim_still_decodes():
+    import msgspec
+
+    from cardsvc.cardauth.tokens import _b64, _mac
+
+    old = ["A00000001", "3202000000000001", "s" * 32, "transaction", 1_000, "a" * 32]
+    payload = msgspec.msgpack.encode(old)
+    claims = verify(KEY, f"{_b64(payload)}.{_b64(_mac(KEY, payload))}", now=0)
+    assert claims.card_no == "A00000001" and claims.fixmedins_code == ""
+
+
+def test_the_facility_claim_round_trips():
+    claims = CardTokenClaims(
+        "A00000001", "3202000000000001", "s" * 32, "identify", 1_000, "a" * 32, "H1"
+    )
+    assert verify(KEY, issue(KEY, claims), now=0).fixmedins_code == "H1"

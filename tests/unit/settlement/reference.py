@@ -12,8 +12,12 @@ Inputs (all plain dicts):
               (``{case_id: {"psn_no", "status", "valid_from", "valid_to"}}``), ``psn_no``;
 ``facility``  ``type`` (hospital/pharmacy), ``level``, ``credit_rating``, ``status``,
               ``agreements``;
-``request``   ``insutype``, ``med_type``, ``date``, ``lines`` (``(code, unit_price, quantity)``),
-              optional ``acct_used_flag``, ``injury_case_id``, ``delivery_type``, ``catalog``.
+``request``   ``insutype``, ``med_type``, ``date``, ``lines``, optional ``acct_used_flag``,
+              ``injury_case_id``, ``delivery_type``, ``catalog``. A line is
+              ``(code, unit_price, quantity)`` in whole fen and units, or, as the national
+              interface sends it, ``(code, pric, cnt, det_item_fee_sumamt)``: ``Decimal`` yuan
+              (up to 6 decimals), count (up to 4) and yuan (up to 2), computed exactly here
+              with ``fractions.Fraction``, never a float.
 
 ``reference_settle`` returns every Step 3 field, plus ``review_required``, ``year_change``
 (what the settlement adds to the year totals) and ``state_after``; or raises ``RefError``.
@@ -23,6 +27,9 @@ Inputs (all plain dicts):
 from __future__ import annotations
 
 import datetime as dt
+import math
+from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 # --- Units and rounding -------------------------------------------------------------------
@@ -32,6 +39,12 @@ def pct(x: int, p: int) -> int:
     """The policy: pct(x, p) = (x * p + 50) // 100 (round half up, x >= 0)."""
     assert x >= 0
     return (x * p + 50) // 100
+
+
+def r(x: Fraction) -> int:
+    """The policy's r(x): a non-negative amount in fen rounded half up to a whole fen."""
+    assert x >= 0
+    return math.floor(x + Fraction(1, 2))
 
 
 # --- Codes --------------------------------------------------------------------------------
@@ -158,6 +171,50 @@ def _enrolled(person: dict[str, Any], insutype: str, date: dt.date) -> bool:
     return False
 
 
+def line_amounts(item: dict[str, Any], line: tuple) -> tuple[int, int]:
+    """Step 1's ``(total, over)`` of one line, in fen, straight from the policy's text.
+
+    An integer line: ``total = unit_price * quantity``,
+    ``over = max(0, unit_price - max_price) * quantity``. A decimal line:
+    ``total = det_item_fee_sumamt * 100``, which must equal ``r(pric * cnt * 100)`` (else
+    FEE_AMOUNT_MISMATCH); ``over = min(total, r(max(0, pric * 100 - max_price) * cnt))``."""
+    max_price = item.get("max_price")
+    if len(line) == 3:
+        _code, unit_price, quantity = line
+        over = 0 if max_price is None else max(0, unit_price - max_price) * quantity
+        return unit_price * quantity, over
+    _code, pric, cnt, _sumamt = line
+    total = declared_total(line)
+    if max_price is None:
+        return total, 0
+    return total, min(total, r(max(Fraction(0), Fraction(pric) * 100 - max_price) * Fraction(cnt)))
+
+
+def declared_total(line: tuple) -> int:
+    """A decimal line's ``det_item_fee_sumamt`` in fen, once it is ``r(pric * cnt * 100)``."""
+    _code, pric, cnt, sumamt = line
+    total = Fraction(sumamt) * 100
+    assert total.denominator == 1, "det_item_fee_sumamt has at most 2 decimals"
+    if total != r(Fraction(pric) * Fraction(cnt) * 100):
+        raise RefError("FEE_AMOUNT_MISMATCH")
+    return int(total)
+
+
+def _line_over_limits(line: tuple) -> bool:
+    """A line's unit price (fen), quantity or amount (fen) above the amount limits."""
+    if len(line) == 3:
+        _code, price, qty = line
+        return price > LIMIT_UNIT_PRICE or qty > LIMIT_QUANTITY or price * qty > LIMIT_LINE
+    _code, pric, cnt, sumamt = line
+    return pric * 100 > LIMIT_UNIT_PRICE or cnt > LIMIT_QUANTITY or sumamt * 100 > LIMIT_LINE
+
+
+def line_total(line: tuple) -> int:
+    if len(line) == 3:
+        return int(line[1] * line[2])
+    return int(Decimal(line[3]) * 100)
+
+
 def check_eligibility(
     person: dict[str, Any], facility: dict[str, Any], request: dict[str, Any]
 ) -> None:
@@ -165,11 +222,13 @@ def check_eligibility(
     med_type = request["med_type"]
     date = request["date"]
     catalog = request.get("catalog", CATALOG)
-    # Amount limits first (see LIMIT_*).
-    for _code, price, qty in request["lines"]:
-        if price > LIMIT_UNIT_PRICE or qty > LIMIT_QUANTITY or price * qty > LIMIT_LINE:
+    # Line by line: a decimal line's declared amount, then the amount limits (see LIMIT_*).
+    for line in request["lines"]:
+        if len(line) == 4:
+            declared_total(line)
+        if _line_over_limits(line):
             raise RefError("AMOUNT_LIMIT_EXCEEDED")
-    if sum(price * qty for _code, price, qty in request["lines"]) > LIMIT_SETTLEMENT:
+    if sum(line_total(line) for line in request["lines"]) > LIMIT_SETTLEMENT:
         raise RefError("AMOUNT_LIMIT_EXCEEDED")
     # 1
     if person["card_status"] != "active":
@@ -202,15 +261,13 @@ def check_eligibility(
         ):
             raise RefError("INJURY_CASE_INVALID")
     # 6
-    unknown = sorted({code for code, _price, _qty in request["lines"] if code not in catalog})
+    unknown = sorted({line[0] for line in request["lines"] if line[0] not in catalog})
     if unknown:
         raise RefError("UNKNOWN_ITEM", unknown)
 
 
-def decompose(insutype: str, item: dict[str, Any], unit_price: int, quantity: int) -> dict:
-    total = unit_price * quantity
-    max_price = item.get("max_price")
-    over = 0 if max_price is None else max(0, unit_price - max_price) * quantity
+def decompose(insutype: str, item: dict[str, Any], line: tuple) -> dict:
+    total, over = line_amounts(item, line)
     base = total - over
     full = pre = inscp = 0
     cls = item["chrgitm_lv"]
@@ -276,8 +333,8 @@ def reference_settle(
 
     # Step 1
     medfee = overlmt = fulamt = preself = inscp = 0
-    for code, unit_price, quantity in request["lines"]:
-        part = decompose(insutype, catalog[code], unit_price, quantity)
+    for line in request["lines"]:
+        part = decompose(insutype, catalog[line[0]], line)
         medfee += part["total"]
         overlmt += part["over"]
         fulamt += part["full"]

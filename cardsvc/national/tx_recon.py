@@ -1,0 +1,55 @@
+"""Reconciliation transactions: 3201 (totals), 9101 (upload a file), 3202 (detail against an
+uploaded file) and 9102 (download a file: the answer is the zip itself)."""
+
+from __future__ import annotations
+
+import msgspec
+
+from cardsvc.national.recon import (
+    DetailIn,
+    DownloadIn,
+    Message,
+    NationalReconciliation,
+    StatementIn,
+    UploadIn,
+)
+from cardsvc.national.registry import Call, Output, node, transaction
+
+
+def _service(call: Call) -> NationalReconciliation:
+    services = call.services
+    return NationalReconciliation(call.pool, services.audit, services.reconciliation)
+
+
+def _message(call: Call) -> Message:
+    return Message(
+        fixmedins_code=call.fixmedins_code,
+        msgid=call.msgid,
+        actor=call.caller.actor,
+        opter=call.opter,
+        opter_name=call.opter_name,
+        now=call.now,
+    )
+
+
+@transaction("3201")
+async def statement(call: Call, inputs: dict[str, msgspec.Raw]) -> Output:
+    data = node(inputs, "data", StatementIn)
+    return {"stmtinfo": await _service(call).statement(_message(call), data)}
+
+
+@transaction("9101")
+async def upload(call: Call, inputs: dict[str, msgspec.Raw]) -> Output:
+    stored = await _service(call).upload(_message(call), node(inputs, "fsUploadIn", UploadIn))
+    return stored.fileinfo()
+
+
+@transaction("3202")
+async def detail(call: Call, inputs: dict[str, msgspec.Raw]) -> Output:
+    data = node(inputs, "data", DetailIn)
+    return {"fileinfo": await _service(call).detail(_message(call), data)}
+
+
+@transaction("9102")
+async def download(call: Call, inputs: dict[str, msgspec.Raw]) -> Output:
+    return await _service(call).download(_message(call), node(inputs, "fsDownloadIn", DownloadIn))

@@ -1,0 +1,507 @@
+"""Visits (``mdtrt_id``) and their uploaded fee lines: the store the gateway's visit and
+settlement transactions share.
+
+A visit belongs to one facility, one person, one insutype and med_type; it is keyed by
+(``fixmedins_code``, ``mdtrt_id``). Its fee lines are keyed by (``fixmedins_code``,
+``mdtrt_id``, ``feedetl_sn``) and are, in their ``status``::
+
+    active     uploaded; unsettled while ``setl_id`` is None, else settled by that settlement
+    cancelled  cancelled (2205/2302, 2202, 2601) before any settlement took it
+    refunded   cancelled by a refund line (2301, negative ``cnt``, ``init_feedetl_sn``)
+    refund     the refund line itself (never settled)
+
+A settlement takes the unsettled lines (``unsettled_lines``), marks them (``mark_settled``)
+in its own transaction, and a reversal unmarks them (``release``). While a settlement of a
+visit is in flight it may claim the visit (``claim``/``end_claim``): cancelling or refunding
+its lines waits until the claim ends or is older than ``SETTLING_CLAIM_TTL``.
+
+Every row records the message (``msgid``) that created it, so that a rerun of that message
+finds what it did, and 2601 undoes it (``undo_message``).
+
+Amounts are exact integers: ``total`` in fen, ``price_e4`` in 10^-4 fen, ``count_e4`` in
+10^-4 units (``cardsvc.national.units`` converts from and to the interface's decimals).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import asyncpg
+import msgspec
+
+from cardsvc.clock import business_date
+from cardsvc.db import Connection
+from cardsvc.errors import Conflict, NotFound, ServiceUnavailable
+
+VisitKind = Literal["outpatient", "inpatient", "pharmacy"]
+VisitStatus = Literal["open", "cancelled", "discharged"]
+LineStatus = Literal["active", "cancelled", "refunded", "refund"]
+
+# Every unsettled line of the visit, whatever its charge batch (2205 ``chrg_bchno``).
+ALL_BATCHES = "0000"
+# A settlement's claim on a visit older than this is abandoned (its settlement failed or
+# its worker died): well above the settlement's own time bound.
+SETTLING_CLAIM_TTL = dt.timedelta(seconds=120)
+
+
+class LineResult(msgspec.Struct, frozen=True, kw_only=True):
+    """A line's Step-1 split as answered at upload (fen; ``selfpay_prop`` in percent of
+    the base left to the person: 0 in scope, the item's proportion, 100 full own-pay)."""
+
+    total: int
+    over: int
+    fulamt_ownpay: int
+    preselfpay: int
+    inscp: int
+    chrgitm_lv: str
+    selfpay_prop: int
+    max_price: int | None  # fen per unit; None: the item has no price ceiling
+
+
+class Visit(msgspec.Struct, frozen=True, kw_only=True):
+    fixmedins_code: str
+    mdtrt_id: str
+    psn_no: str
+    insutype: str
+    med_type: str
+    kind: VisitKind
+    status: VisitStatus
+    card_no: str | None
+    ipt_otp_no: str
+    injury_case_id: str | None
+    delivery_type: Literal["normal", "cesarean"] | None
+    begntime: dt.datetime
+    endtime: dt.datetime | None
+    created_msgid: str
+    closed_msgid: str | None
+    settling_msgid: str | None
+    settling_since: dt.datetime | None
+
+
+class VisitLine(msgspec.Struct, frozen=True, kw_only=True):
+    feedetl_sn: str
+    chrg_bchno: str
+    code: str  # med_list_codg, the catalog code
+    price_e4: int  # 10^-4 fen
+    count_e4: int  # 10^-4 units; negative for a refund line
+    total: int  # fen; negative for a refund line
+    setl_id: str | None
+    status: LineStatus
+    init_feedetl_sn: str | None
+    created_msgid: str
+    result: LineResult
+
+
+class NewLine(msgspec.Struct, frozen=True, kw_only=True):
+    """A line to store (its Step-1 result already computed)."""
+
+    feedetl_sn: str
+    chrg_bchno: str
+    code: str
+    price_e4: int
+    count_e4: int
+    total: int
+    init_feedetl_sn: str | None
+    result: LineResult
+    details: dict[str, Any]
+
+    def same_content(self, line: VisitLine) -> bool:
+        """Whether ``line`` (stored) is this line: what a re-upload must not change."""
+        return (
+            self.chrg_bchno,
+            self.code,
+            self.price_e4,
+            self.count_e4,
+            self.total,
+            self.init_feedetl_sn,
+        ) == (
+            line.chrg_bchno,
+            line.code,
+            line.price_e4,
+            line.count_e4,
+            line.total,
+            line.init_feedetl_sn,
+        )
+
+
+_result_decoder = msgspec.json.Decoder(LineResult)
+_encoder = msgspec.json.Encoder()
+
+_VISIT_COLUMNS = ", ".join(Visit.__struct_fields__)
+_LINE_COLUMNS = (
+    "feedetl_sn, chrg_bchno, code, price_e4, count_e4, total, setl_id, status,"
+    " init_feedetl_sn, created_msgid, result"
+)
+
+
+def visit_not_found(mdtrt_id: str) -> NotFound:
+    return NotFound(f"no visit {mdtrt_id} at this facility", code="VISIT_NOT_FOUND")
+
+
+def _visit(row: asyncpg.Record) -> Visit:
+    return Visit(**{name: row[name] for name in Visit.__struct_fields__})
+
+
+def _line(row: asyncpg.Record) -> VisitLine:
+    values = {name: row[name] for name in VisitLine.__struct_fields__ if name != "result"}
+    return VisitLine(**values, result=_result_decoder.decode(row["result"]))
+
+
+# --- reading ---------------------------------------------------------------------------
+
+
+async def load_visit(
+    conn: Connection, fixmedins_code: str, mdtrt_id: str, *, lock: bool = False
+) -> Visit:
+    """The facility's visit ``mdtrt_id`` (``VISIT_NOT_FOUND``: none at this facility);
+    ``lock``: held ``FOR UPDATE`` until the caller's transaction ends."""
+    row = await conn.fetchrow(
+        f"SELECT {_VISIT_COLUMNS} FROM gateway_visits"  # noqa: S608 - constant columns
+        f" WHERE fixmedins_code = $1 AND mdtrt_id = $2{' FOR UPDATE' if lock else ''}",
+        fixmedins_code,
+        mdtrt_id,
+    )
+    if row is None:
+        raise visit_not_found(mdtrt_id)
+    return _visit(row)
+
+
+async def find_visit(conn: Connection, fixmedins_code: str, mdtrt_id: str) -> Visit | None:
+    """The visit locked ``FOR UPDATE``, or None."""
+    try:
+        return await load_visit(conn, fixmedins_code, mdtrt_id, lock=True)
+    except NotFound:
+        return None
+
+
+async def visit_created_by(conn: Connection, fixmedins_code: str, msgid: str) -> Visit | None:
+    row = await conn.fetchrow(
+        f"SELECT {_VISIT_COLUMNS} FROM gateway_visits"  # noqa: S608 - constant columns
+        " WHERE fixmedins_code = $1 AND created_msgid = $2",
+        fixmedins_code,
+        msgid,
+    )
+    return None if row is None else _visit(row)
+
+
+async def unsettled_lines(
+    conn: Connection, fixmedins_code: str, mdtrt_id: str, chrg_bchno: str | None
+) -> list[VisitLine]:
+    """The visit's active lines no settlement has taken, of charge batch ``chrg_bchno``
+    (None or ``"0000"``: of every batch), in upload order; cancelled, refunded and refund
+    lines are never among them."""
+    batch = None if chrg_bchno in (None, ALL_BATCHES) else chrg_bchno
+    rows = await conn.fetch(
+        f"SELECT {_LINE_COLUMNS} FROM gateway_visit_lines"  # noqa: S608 - constant columns
+        " WHERE fixmedins_code = $1 AND mdtrt_id = $2 AND status = 'active'"
+        " AND setl_id IS NULL AND ($3::text IS NULL OR chrg_bchno = $3)"
+        " ORDER BY created_at, feedetl_sn",
+        fixmedins_code,
+        mdtrt_id,
+        batch,
+    )
+    return [_line(row) for row in rows]
+
+
+async def lines_by_sn(
+    conn: Connection, fixmedins_code: str, mdtrt_id: str, feedetl_sns: Sequence[str]
+) -> dict[str, VisitLine]:
+    rows = await conn.fetch(
+        f"SELECT {_LINE_COLUMNS} FROM gateway_visit_lines"  # noqa: S608 - constant columns
+        " WHERE fixmedins_code = $1 AND mdtrt_id = $2 AND feedetl_sn = ANY($3::text[])",
+        fixmedins_code,
+        mdtrt_id,
+        list(feedetl_sns),
+    )
+    return {row["feedetl_sn"]: _line(row) for row in rows}
+
+
+async def has_settled_lines(conn: Connection, fixmedins_code: str, mdtrt_id: str) -> bool:
+    return bool(
+        await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM gateway_visit_lines WHERE fixmedins_code = $1"
+            " AND mdtrt_id = $2 AND setl_id IS NOT NULL)",
+            fixmedins_code,
+            mdtrt_id,
+        )
+    )
+
+
+# --- settlement (settle's interface) ---------------------------------------------------
+
+
+async def mark_settled(
+    conn: Connection,
+    fixmedins_code: str,
+    mdtrt_id: str,
+    feedetl_sns: Sequence[str],
+    setl_id: str,
+) -> int:
+    """Marks the named lines settled by ``setl_id``, only those still active and
+    unsettled; returns how many (fewer than named: some were cancelled or settled
+    meanwhile, and the caller's settlement must not stand)."""
+    result = await conn.execute(
+        "UPDATE gateway_visit_lines SET setl_id = $4 WHERE fixmedins_code = $1"
+        " AND mdtrt_id = $2 AND feedetl_sn = ANY($3::text[]) AND status = 'active'"
+        " AND setl_id IS NULL",
+        fixmedins_code,
+        mdtrt_id,
+        list(feedetl_sns),
+        setl_id,
+    )
+    return int(result.split()[-1])
+
+
+async def release(conn: Connection, setl_id: str) -> int:
+    """A reversed settlement's lines are unsettled again; returns how many."""
+    result = await conn.execute(
+        "UPDATE gateway_visit_lines SET setl_id = NULL WHERE setl_id = $1", setl_id
+    )
+    return int(result.split()[-1])
+
+
+async def claim(
+    conn: Connection, fixmedins_code: str, mdtrt_id: str, msgid: str, now: dt.datetime
+) -> bool:
+    """Claims the visit for the settlement of message ``msgid``: False if another
+    message's settlement holds a claim younger than ``SETTLING_CLAIM_TTL``."""
+    row = await conn.fetchval(
+        "UPDATE gateway_visits SET settling_msgid = $3, settling_since = $4"
+        " WHERE fixmedins_code = $1 AND mdtrt_id = $2 AND (settling_msgid IS NULL"
+        " OR settling_msgid = $3 OR settling_since < $5) RETURNING 1",
+        fixmedins_code,
+        mdtrt_id,
+        msgid,
+        now,
+        now - SETTLING_CLAIM_TTL,
+    )
+    return row is not None
+
+
+async def end_claim(conn: Connection, fixmedins_code: str, mdtrt_id: str, msgid: str) -> None:
+    """Ends the claim of message ``msgid`` (no-op if it holds none)."""
+    await conn.execute(
+        "UPDATE gateway_visits SET settling_msgid = NULL, settling_since = NULL"
+        " WHERE fixmedins_code = $1 AND mdtrt_id = $2 AND settling_msgid = $3",
+        fixmedins_code,
+        mdtrt_id,
+        msgid,
+    )
+
+
+def check_not_settling(visit: Visit, now: dt.datetime) -> None:
+    """Refuses (retryably) to change a visit's lines while a settlement of it is in flight."""
+    since = visit.settling_since
+    if since is not None and now - since < SETTLING_CLAIM_TTL:
+        raise ServiceUnavailable(
+            f"visit {visit.mdtrt_id} is being settled: retry in a moment",
+            code="VISIT_SETTLING",
+        )
+
+
+# --- writing (the visit transactions) --------------------------------------------------
+
+
+async def mint_mdtrt_id(conn: Connection, now: dt.datetime) -> str:
+    """A new mdtrt_id: ``M``, the date (yyyyMMdd, Asia/Shanghai), 12 digits (21 chars)."""
+    seq = await conn.fetchval("SELECT nextval('gateway_mdtrt_seq')")
+    return f"M{business_date(now):%Y%m%d}{seq:012d}"
+
+
+async def open_visit(conn: Connection, visit: Visit, info: dict[str, Any]) -> Visit:
+    """Stores ``visit``; if its message already created one (a rerun), or the facility
+    already has its ``mdtrt_id``, that visit is returned instead (compare its
+    ``created_msgid``)."""
+    row = await conn.fetchrow(
+        f"INSERT INTO gateway_visits ({_VISIT_COLUMNS}, info)"  # noqa: S608 - constant columns
+        f" VALUES ({', '.join(f'${i}' for i in range(1, len(Visit.__struct_fields__) + 2))})"
+        f" ON CONFLICT DO NOTHING RETURNING {_VISIT_COLUMNS}",
+        *(getattr(visit, name) for name in Visit.__struct_fields__),
+        _encoder.encode(info).decode(),
+    )
+    if row is None:
+        row = await conn.fetchrow(
+            f"SELECT {_VISIT_COLUMNS} FROM gateway_visits"  # noqa: S608 - constant columns
+            " WHERE fixmedins_code = $1 AND (created_msgid = $2 OR mdtrt_id = $3)"
+            " ORDER BY created_msgid = $2 DESC LIMIT 1 FOR UPDATE",
+            visit.fixmedins_code,
+            visit.created_msgid,
+            visit.mdtrt_id,
+        )
+    return _visit(row)
+
+
+async def update_visit(
+    conn: Connection,
+    visit: Visit,
+    *,
+    info: dict[str, Any] | None = None,
+    **changes: Any,
+) -> Visit:
+    """Sets ``changes`` (Visit fields) and merges ``info`` into the stored details."""
+    unknown = set(changes) - set(Visit.__struct_fields__)
+    if unknown:
+        raise ValueError(f"not visit fields: {sorted(unknown)}")
+    sets = [f"{name} = ${i}" for i, name in enumerate(changes, 3)]
+    sets.append(f"info = info || ${len(changes) + 3}::jsonb")
+    row = await conn.fetchrow(
+        f"UPDATE gateway_visits SET {', '.join(sets)}, updated_at = now()"  # noqa: S608
+        f" WHERE fixmedins_code = $1 AND mdtrt_id = $2 RETURNING {_VISIT_COLUMNS}",
+        visit.fixmedins_code,
+        visit.mdtrt_id,
+        *changes.values(),
+        _encoder.encode(info or {}).decode(),
+    )
+    return _visit(row)
+
+
+async def store_lines(conn: Connection, visit: Visit, lines: Sequence[NewLine], msgid: str) -> None:
+    """Inserts ``lines`` (created by ``msgid``); a line of the same ``feedetl_sn`` that was
+    cancelled is replaced, any other is left as it is (the caller decided beforehand,
+    under the visit's lock, that none of these conflicts)."""
+    if not lines:
+        return
+    await conn.execute(
+        """
+        INSERT INTO gateway_visit_lines AS l
+            (fixmedins_code, mdtrt_id, feedetl_sn, chrg_bchno, code, price_e4, count_e4,
+             total, init_feedetl_sn, status, result, details, created_msgid)
+        SELECT $1, $2, u.sn, u.bch, u.code, u.price, u.cnt, u.total, u.init,
+               CASE WHEN u.init IS NULL THEN 'active' ELSE 'refund' END,
+               u.result::jsonb, u.details::jsonb, $3
+        FROM unnest($4::text[], $5::text[], $6::text[], $7::bigint[], $8::bigint[],
+                    $9::bigint[], $10::text[], $11::text[], $12::text[])
+             AS u(sn, bch, code, price, cnt, total, init, result, details)
+        ON CONFLICT (fixmedins_code, mdtrt_id, feedetl_sn) DO UPDATE SET
+            chrg_bchno = EXCLUDED.chrg_bchno, code = EXCLUDED.code,
+            price_e4 = EXCLUDED.price_e4, count_e4 = EXCLUDED.count_e4,
+            total = EXCLUDED.total, init_feedetl_sn = EXCLUDED.init_feedetl_sn,
+            status = EXCLUDED.status, result = EXCLUDED.result, details = EXCLUDED.details,
+            created_msgid = EXCLUDED.created_msgid, cancelled_msgid = NULL,
+            created_at = now()
+        WHERE l.status = 'cancelled'
+        """,
+        visit.fixmedins_code,
+        visit.mdtrt_id,
+        msgid,
+        [line.feedetl_sn for line in lines],
+        [line.chrg_bchno for line in lines],
+        [line.code for line in lines],
+        [line.price_e4 for line in lines],
+        [line.count_e4 for line in lines],
+        [line.total for line in lines],
+        [line.init_feedetl_sn for line in lines],
+        [_encoder.encode(line.result).decode() for line in lines],
+        [_encoder.encode(line.details).decode() for line in lines],
+    )
+
+
+async def mark_refunded(
+    conn: Connection, visit: Visit, feedetl_sns: Sequence[str], msgid: str
+) -> None:
+    """The lines named by refund lines (active, unsettled) are refunded."""
+    await conn.execute(
+        "UPDATE gateway_visit_lines SET status = 'refunded', cancelled_msgid = $4"
+        " WHERE fixmedins_code = $1 AND mdtrt_id = $2 AND feedetl_sn = ANY($3::text[])"
+        " AND status = 'active' AND setl_id IS NULL",
+        visit.fixmedins_code,
+        visit.mdtrt_id,
+        list(feedetl_sns),
+        msgid,
+    )
+
+
+async def cancel_lines(
+    conn: Connection,
+    visit: Visit,
+    msgid: str,
+    *,
+    feedetl_sn: str | None = None,
+    chrg_bchno: str | None = None,
+    created_msgid: str | None = None,
+) -> int:
+    """Cancels the visit's unsettled lines: the one ``feedetl_sn``, or those of charge
+    batch ``chrg_bchno`` (``"0000"``: all), or those message ``created_msgid`` uploaded
+    (None for all three: every one). A cancelled refund line gives back the line it
+    refunded, unless that line is cancelled too. Returns how many lines were cancelled."""
+    everything = (
+        feedetl_sn is None
+        and created_msgid is None
+        and (chrg_bchno is None or chrg_bchno == ALL_BATCHES)
+    )
+    statuses = ["active", "refund", "refunded"] if everything else ["active", "refund"]
+    batch = None if chrg_bchno == ALL_BATCHES else chrg_bchno
+    rows = await conn.fetch(
+        "UPDATE gateway_visit_lines SET status = 'cancelled', cancelled_msgid = $3"
+        " WHERE fixmedins_code = $1 AND mdtrt_id = $2 AND setl_id IS NULL"
+        " AND status = ANY($4::text[]) AND ($5::text IS NULL OR feedetl_sn = $5)"
+        " AND ($6::text IS NULL OR chrg_bchno = $6)"
+        " AND ($7::text IS NULL OR created_msgid = $7)"
+        " RETURNING init_feedetl_sn",
+        visit.fixmedins_code,
+        visit.mdtrt_id,
+        msgid,
+        statuses,
+        feedetl_sn,
+        batch,
+        created_msgid,
+    )
+    restored = [row["init_feedetl_sn"] for row in rows if row["init_feedetl_sn"] is not None]
+    if restored:
+        await conn.execute(
+            "UPDATE gateway_visit_lines SET status = 'active', cancelled_msgid = NULL"
+            " WHERE fixmedins_code = $1 AND mdtrt_id = $2 AND feedetl_sn = ANY($3::text[])"
+            " AND status = 'refunded'",
+            visit.fixmedins_code,
+            visit.mdtrt_id,
+            restored,
+        )
+    return len(rows)
+
+
+async def close_visit(
+    conn: Connection, visit: Visit, status: VisitStatus, msgid: str, **changes: Any
+) -> Visit:
+    return await update_visit(conn, visit, status=status, closed_msgid=msgid, **changes)
+
+
+def visit_has_settlement(mdtrt_id: str) -> Conflict:
+    return Conflict(
+        f"visit {mdtrt_id} has a settlement: cancel the settlement first (2208/2305)",
+        code="VISIT_HAS_SETTLEMENT",
+    )
+
+
+async def undo_message(
+    conn: Connection, fixmedins_code: str, omsgid: str, msgid: str, now: dt.datetime
+) -> bool:
+    """2601 for a registration or fee-line message ``omsgid``: its unsettled lines are
+    cancelled, and the visit it opened is cancelled with its other unsettled lines. A
+    registration (2201/2401) whose visit has a settlement is refused
+    (``VISIT_HAS_SETTLEMENT``); a pharmacy visit opened by a 2204 whose lines were
+    settled stays. Returns whether ``omsgid`` had done anything here."""
+    opened = await visit_created_by(conn, fixmedins_code, omsgid)
+    line_visits = await conn.fetch(
+        "SELECT DISTINCT mdtrt_id FROM gateway_visit_lines"
+        " WHERE fixmedins_code = $1 AND created_msgid = $2",
+        fixmedins_code,
+        omsgid,
+    )
+    for row in line_visits:
+        visit = await load_visit(conn, fixmedins_code, row["mdtrt_id"], lock=True)
+        check_not_settling(visit, now)
+        await cancel_lines(conn, visit, msgid, created_msgid=omsgid)
+    if opened is not None:
+        visit = await load_visit(conn, fixmedins_code, opened.mdtrt_id, lock=True)
+        by_lines = any(row["mdtrt_id"] == visit.mdtrt_id for row in line_visits)
+        if visit.status != "cancelled":
+            if await has_settled_lines(conn, fixmedins_code, visit.mdtrt_id):
+                if by_lines:
+                    return True
+                raise visit_has_settlement(visit.mdtrt_id)
+            check_not_settling(visit, now)
+            await cancel_lines(conn, visit, msgid)
+            await close_visit(conn, visit, "cancelled", msgid)
+    return opened is not None or bool(line_visits)
