@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 from collections.abc import AsyncIterator
 
 import structlog
@@ -73,6 +74,8 @@ async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
             await asyncio.sleep(HOUSEKEEPING_SECONDS)
             try:
                 await app[SERVICES].terminal_auth.purge_expired()
+                window = dt.timedelta(seconds=2 * app[SETTINGS].signature_window)
+                await app[SERVICES].gateway_clients.purge_expired(window)
             except Exception:
                 log.exception("housekeeping_failed")
 

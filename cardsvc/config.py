@@ -63,6 +63,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_body_bytes: int = 256 * 1024
     terminal_rate: float = 50.0  # requests a second per terminal, per worker process
     terminal_burst: float = 100.0
+    # The national gateway: its bodies carry whole files (9101), and one client sends a
+    # whole facility's messages (per worker process).
+    gateway_max_body_bytes: int = 8 * 1024 * 1024
+    gateway_rate: float = 200.0
+    gateway_burst: float = 400.0
     # Sign-in, per worker process. Challenges per client address (the socket's peer, never
     # a forwarded header); naming a terminal id costs that terminal nothing. Failed
     # completions (a wrong cryptogram) per terminal id and per client address.
@@ -207,6 +212,11 @@ def _load(env: Mapping[str, str]) -> Settings:
         max_body_bytes=_int(env, "CARDSVC_MAX_BODY_BYTES", defaults.max_body_bytes),
         terminal_rate=_float(env, "CARDSVC_TERMINAL_RATE", defaults.terminal_rate),
         terminal_burst=_float(env, "CARDSVC_TERMINAL_BURST", defaults.terminal_burst),
+        gateway_max_body_bytes=_int(
+            env, "CARDSVC_GATEWAY_MAX_BODY_BYTES", defaults.gateway_max_body_bytes
+        ),
+        gateway_rate=_float(env, "CARDSVC_GATEWAY_RATE", defaults.gateway_rate),
+        gateway_burst=_float(env, "CARDSVC_GATEWAY_BURST", defaults.gateway_burst),
         sign_in_address_rate=_float(
             env, "CARDSVC_SIGN_IN_ADDRESS_RATE", defaults.sign_in_address_rate
         ),

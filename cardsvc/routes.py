@@ -14,6 +14,7 @@ from cardsvc.facilities import views as facilities
 from cardsvc.injuries import views as injuries
 from cardsvc.kiosk import views as kiosk
 from cardsvc.ledger import views as ledger
+from cardsvc.national import views as national
 from cardsvc.ops import views as ops
 from cardsvc.persons import views as persons
 from cardsvc.reconciliation import views as reconciliation
@@ -56,6 +57,11 @@ def setup_routes(app: web.Application) -> None:
             web.post("/v1/clearing/runs", clearing.run),
             web.get("/v1/clearing/runs/{clearing_date}", clearing.get),
             web.get("/v1/clearing/runs/{clearing_date}/files/{fixmedins_code}", clearing.file),
+            web.post("/v1/gateway-clients", national.create_client),
+            web.get("/v1/gateway-clients", national.list_clients),
+            web.patch("/v1/gateway-clients/{paasid}", national.update_client),
+            # the national interface gateway (its own TIF authentication)
+            web.post("/fsi/api/rsfComIfsService/callService", national.call_service),
             # terminal sign-in
             web.post("/v1/terminals/sign-in", terminals.sign_in),
             web.post("/v1/terminals/sign-in/complete", terminals.sign_in_complete),

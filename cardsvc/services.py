@@ -20,6 +20,8 @@ from cardsvc.hsm.client import HsmClient
 from cardsvc.injuries.services import InjuryCases
 from cardsvc.kiosk.services import Kiosk
 from cardsvc.ledger.services import Ledger
+from cardsvc.national.clients import GatewayClients
+from cardsvc.national.dispatch import Gateway
 from cardsvc.persons.services import PersonRegistry
 from cardsvc.privacy import DataProtector
 from cardsvc.reconciliation.services import Reconciliation
@@ -49,6 +51,8 @@ class Services:
     supervision: Supervision
     kiosk: Kiosk
     audit_anchors: AuditAnchors
+    gateway_clients: GatewayClients
+    gateway: Gateway
     # The group-commit batchers of the services above (each needs the pool): closed at
     # shutdown, once no request can submit more and before the pool closes.
     batchers: tuple[Batcher[Any, Any], ...] = ()
@@ -61,6 +65,7 @@ def build_services(settings: Settings, pool: Pool, hsm: HsmClient) -> Services:
     cards = CardIssuer(pool, hsm, protector, audit)
     terminal_auth = TerminalAuthenticator(pool, protector, settings)
     card_auth = CardAuthenticator(pool, hsm, settings)
+    gateway_clients = GatewayClients(pool, protector, audit)
     return Services(
         audit=audit,
         ledger=Ledger(pool, timeout=settings.long_request_timeout),
@@ -85,6 +90,8 @@ def build_services(settings: Settings, pool: Pool, hsm: HsmClient) -> Services:
         supervision=Supervision(pool, audit),
         kiosk=Kiosk(pool, card_tokens, cards),
         audit_anchors=audit_anchors(settings, pool, hsm, audit),
+        gateway_clients=gateway_clients,
+        gateway=Gateway(pool, gateway_clients, settings),
         batchers=(terminal_auth.admissions, card_auth.challenges, card_auth.consumptions),
     )
 

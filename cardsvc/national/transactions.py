@@ -1,4 +1,8 @@
-"""Imports every transaction module, so that each registers its handlers (``registry``)."""
+"""Imports every transaction module, so that each registers its handlers (``registry``).
+One line per module."""
 
 from __future__ import annotations
-from cardsvc.national import tx_recon  # noqa: F401
+
+import cardsvc.national.tx_person as _tx_person  # noqa: F401
+import cardsvc.national.tx_recon as _tx_recon  # noqa: F401
+import cardsvc.national.tx_signin as _tx_signin  # noqa: F401

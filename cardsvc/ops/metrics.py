@@ -54,6 +54,14 @@ SETTLEMENTS = Counter(
     ["outcome", "code"],
     registry=REGISTRY,
 )
+GATEWAY_MESSAGES = Counter(
+    "cardsvc_gateway_messages",
+    "National gateway messages answered, by infno and outcome: 'ok', 'refused' (infcode -1,"
+    " with the error code), 'replayed' (the stored answer of a msgid sent again) or"
+    " 'unavailable' (not stored: the HIS retries)",
+    ["infno", "outcome", "code"],
+    registry=REGISTRY,
+)
 SETTLEMENT_RACES_LOST = Counter(
     "cardsvc_settlement_races_lost",
     "Settlement writes that found the person's account changed since their read (retried)",
@@ -148,6 +156,10 @@ def observe_request(method: str, route: str, status: int, seconds: float) -> Non
 
 def observe_error(status: int, code: str) -> None:
     ERRORS.labels(str(status), code).inc()
+
+
+def observe_gateway_message(infno: str, outcome: str, code: str) -> None:
+    GATEWAY_MESSAGES.labels(infno, outcome, code).inc()
 
 
 def observe_hsm_call(command: str, result: str, seconds: float | None) -> None:

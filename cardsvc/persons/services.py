@@ -193,29 +193,40 @@ class _Enrolled(msgspec.Struct, frozen=True):
 _enrolled = msgspec.json.Decoder(list[_Enrolled])
 
 
+_SUMMARY = """
+SELECT {status} AS status, p.psn_no, p.psn_name, p.certno_masked, p.gend, p.birth_year, p.admdvs,
+       p.psn_type, a.balance,
+       (SELECT coalesce(json_agg(json_build_object('insutype', i.insutype,
+            'begndate', i.begndate, 'enddate', i.enddate) ORDER BY i.insutype), '[]')
+        FROM insurances i WHERE i.psn_no = p.psn_no AND i.begndate <= $2
+          AND (i.enddate IS NULL OR i.enddate >= $2)) AS enrolments
+FROM persons p JOIN psn_accounts a USING (psn_no) {join}
+WHERE {where} = $1
+"""
+_BY_CARD = _SUMMARY.format(status="c.status", join="JOIN cards c USING (psn_no)", where="c.card_no")
+_BY_PERSON = _SUMMARY.format(status="NULL::text", join="", where="p.psn_no")
+
+
 async def card_holder_summary(
     pool: Pool, card_no: str, on: dt.date
 ) -> tuple[str, PersonSummary] | None:
     """The card's status and its holder's 1101-shaped summary (identity masked, enrolments
     active on ``on``) in one query; None if there is no such card."""
-    row = await pool.fetchrow(
-        """
-        SELECT c.status, p.psn_no, p.psn_name, p.certno_masked, p.gend, p.birth_year, p.admdvs,
-               p.psn_type, a.balance,
-               (SELECT coalesce(json_agg(json_build_object('insutype', i.insutype,
-                    'begndate', i.begndate, 'enddate', i.enddate) ORDER BY i.insutype), '[]')
-                FROM insurances i WHERE i.psn_no = p.psn_no AND i.begndate <= $2
-                  AND (i.enddate IS NULL OR i.enddate >= $2)) AS enrolments
-        FROM cards c JOIN persons p USING (psn_no) JOIN psn_accounts a USING (psn_no)
-        WHERE c.card_no = $1
-        """,
-        card_no,
-        on,
-    )
+    row = await pool.fetchrow(_BY_CARD, card_no, on)
+    return None if row is None else (row["status"], _summary(row))
+
+
+async def person_summary(pool: Pool, psn_no: str, on: dt.date) -> PersonSummary:
+    """The person's 1101-shaped summary, as ``card_holder_summary`` gives it."""
+    row = await pool.fetchrow(_BY_PERSON, psn_no, on)
     if row is None:
-        return None
+        raise NotFound("no such person", code="PERSON_NOT_FOUND")
+    return _summary(row)
+
+
+def _summary(row: asyncpg.Record) -> PersonSummary:
     account_insutypes = load_params(CURRENT_POLICY_VERSION).account_insutypes
-    summary = PersonSummary(
+    return PersonSummary(
         baseinfo=BaseInfo(
             psn_no=row["psn_no"],
             psn_name=row["psn_name"],
@@ -236,4 +247,3 @@ async def card_holder_summary(
             for e in _enrolled.decode(row["enrolments"])
         ],
     )
-    return row["status"], summary

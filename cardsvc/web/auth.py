@@ -2,7 +2,9 @@
 
 ``@admin_only`` takes ``Authorization: Bearer <token>``; ``@terminal("pos", "his")``
 takes a signed terminal request (see ``cardsvc.terminals.signing``) from a session of one of
-the named kinds; ``@public`` takes anyone. These decorators are the access matrix, declared
+the named kinds; ``@gateway`` takes a national gateway client's message, whose TIF headers
+the gateway itself checks (``cardsvc.national.dispatch``: its refusals are envelopes);
+``@public`` takes anyone. These decorators are the access matrix, declared
 once: each records who may call its handler, ``declared_access`` reads it back off a route's
 handler, ``require_declared_access`` refuses an app with a route that declares nothing, and
 the authorisation test derives every route × caller probe from the same declaration.
@@ -21,7 +23,7 @@ from cardsvc.web.appkeys import CALLER, SERVICES, SETTINGS
 from cardsvc.web.caller import ADMIN, Caller, TerminalKind
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-Audience = Literal["public", "admin", "counter", "pos", "his", "kiosk"]
+Audience = Literal["public", "admin", "counter", "pos", "his", "kiosk", "gateway"]
 ACCESS: Final = "__cardsvc_access__"
 
 
@@ -38,7 +40,7 @@ def require_declared_access(app: web.Application) -> None:
             where = route.resource.canonical if route.resource is not None else "?"
             raise RuntimeError(
                 f"{route.method} {where}: its handler declares no access"
-                " (@public, @admin_only, @terminal(...) or @admin_or_terminal(...))"
+                " (@public, @admin_only, @terminal(...), @admin_or_terminal(...) or @gateway)"
             )
 
 
@@ -134,6 +136,14 @@ def admin_or_terminal(*kinds: TerminalKind) -> Callable[[Handler], Handler]:
         return wrapper
 
     return decorate
+
+
+def gateway(handler: Handler) -> Handler:
+    """A national gateway client (TIF headers). The handler authenticates the message
+    itself, before anything else, since the contract answers every refusal as an envelope;
+    neither the administrator's token nor a terminal's signature is accepted."""
+    setattr(handler, ACCESS, frozenset({"gateway"}))
+    return handler
 
 
 def public(handler: Handler) -> Handler:

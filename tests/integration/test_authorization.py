@@ -30,6 +30,9 @@ from tests.support.api import Service
 session_loop = pytest.mark.asyncio(loop_scope="session")
 
 ADMIN, COUNTER, POS, HIS, KIOSK, PUBLIC = "admin", "counter", "pos", "his", "kiosk", "public"
+GATEWAY = (
+    "gateway"  # a national gateway client: TIF headers (tests/integration/test_gateway_core.py)
+)
 TERMINALS = (COUNTER, POS, HIS, KIOSK)
 
 SETL = "S20260101" + "0" * 20
@@ -43,6 +46,7 @@ SAMPLES = {
     "setl_id": SETL,
     "clearing_date": "2000-01-01",
     "asset": "swagger-ui.css",
+    "paasid": "gw0000000000000000",
 }
 DEFAULT_SAMPLE = "x1"
 _GROUP = re.compile(r"\(\?P<(?P<name>\w+)>(?P<pattern>[^()]*)\)")
@@ -118,7 +122,10 @@ def test_every_route_is_declared_and_probed():
 def test_declarations_follow_the_design_rules():
     for (method, path), access in ACCESS.items():
         where = (method, path, sorted(access))
-        assert access and access <= {PUBLIC, ADMIN, *TERMINALS}, where
+        assert access and access <= {PUBLIC, ADMIN, GATEWAY, *TERMINALS}, where
+        # The gateway stands alone, and is the national interface's one endpoint.
+        assert GATEWAY not in access or access == {GATEWAY}, where
+        assert (GATEWAY in access) == path.startswith("/fsi/"), where
         # Public stands alone: a route open to all is not also "for" someone.
         assert PUBLIC not in access or access == {PUBLIC}, where
         # Anyone may only read, or begin a terminal's session (there is none yet to sign).
@@ -159,6 +166,18 @@ async def _call(service: Service, callers, who: str, method: str, path: str):
     return resp.status, msgspec.json.encode(resp.body)
 
 
+def _code(body: object) -> str | None:
+    """The error code of a refusal: ``error.code``, or the gateway envelope's
+    ``err_msg`` "[CODE] message"."""
+    if not isinstance(body, dict):
+        return None
+    if "err_msg" in body:
+        err = str(body["err_msg"])
+        return err[1 : err.index("]")] if err.startswith("[") else None
+    code = body.get("error", {}).get("code")
+    return str(code) if code is not None else None
+
+
 @session_loop
 @pytest.mark.parametrize(("method", "path"), sorted(ACCESS))
 async def test_who_may_call(service: Service, callers, method: str, path: str):
@@ -166,7 +185,7 @@ async def test_who_may_call(service: Service, callers, method: str, path: str):
     for who in (ADMIN, PUBLIC, *TERMINALS):
         status, raw = await _call(service, callers, who, method, path)
         body = msgspec.json.decode(raw) if raw and raw[:1] == b"{" else {}
-        code = body.get("error", {}).get("code") if isinstance(body, dict) else None
+        code = _code(body)
         passes = PUBLIC in allowed or who in allowed
         if passes:
             assert code not in REFUSALS and status not in (401,), (who, method, path, status, code)

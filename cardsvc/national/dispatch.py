@@ -1,0 +1,312 @@
+"""One gateway message, from its HTTP request to its answer.
+
+The order is that of what each step costs and of what it may answer:
+
+1. the TIF headers and the timestamp (no IO), the client's secret (a per-worker cache, else
+   one read) and the signature: an unauthenticated request is refused with HTTP 401 before
+   anything is recorded; then the client's rate (429);
+2. the envelope: a body that is not JSON or has no ``infno`` is refused with HTTP 400;
+3. the admission (``messages.admit``, one statement): the nonce recorded (a replay 401), the
+   client's and the facility's standing (403);
+4. from here every answer is an envelope with HTTP 200: the envelope's fields, the answer
+   stored for the msgid (sent again unchanged, or MSGID_REUSED for another body), the
+   infno (UNSUPPORTED_INFNO), sign_no (SIGN_NO_INVALID), then the transaction's handler;
+5. the handler's answer, success or business refusal, is stored before it is sent; a
+   failure of a dependency or an unexpected error is answered (infcode -1) but not stored,
+   so the HIS may send the message again under the same msgid.
+
+The log line of each message names its infno, msgid, infcode and error code, never a
+secret, token or identity number.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import msgspec
+import structlog
+
+from cardsvc import clock, db
+from cardsvc.config import Settings
+from cardsvc.db import Pool
+from cardsvc.errors import (
+    CardsvcError,
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    RateLimited,
+    ServiceUnavailable,
+    Unauthenticated,
+)
+from cardsvc.national import envelope, messages, tif
+from cardsvc.national import transactions as _transactions  # noqa: F401 - registers them
+from cardsvc.national.clients import ClientKey, GatewayClients
+from cardsvc.national.registry import TRANSACTIONS, Call, Output
+from cardsvc.ops import metrics
+from cardsvc.web.caller import Caller
+from cardsvc.web.ratelimit import TokenBuckets
+
+if TYPE_CHECKING:
+    from cardsvc.services import Services
+
+log = structlog.get_logger("cardsvc.national")
+
+JSON = "application/json"
+FILE = "application/zip"
+# A handler's bound: inside the request's own, so that a slow one is answered as an
+# envelope (not stored: the HIS sends the message again).
+_HANDLER_MARGIN = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    status: int
+    body: bytes
+    content_type: str = JSON
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class PayloadTooLarge(InvalidRequest):
+    status = 413
+    default_code = "PAYLOAD_TOO_LARGE"
+
+
+def refusal(exc: CardsvcError, received: dt.datetime) -> Reply:
+    """An answer that is no message's: HTTP 4xx with the envelope error body."""
+    body = envelope.encode_answer(
+        output=None, error=exc, inf_refmsgid="", received=received, answered=clock.now()
+    )
+    headers = {}
+    if isinstance(exc, RateLimited):
+        headers["Retry-After"] = str(exc.retry_after)
+    return Reply(exc.status, body, headers=headers)
+
+
+def observe(infno: str, msgid: str, outcome: str, code: str) -> None:
+    """The message's metric and its log line."""
+    label = infno if infno in TRANSACTIONS else "unsupported"
+    metrics.observe_gateway_message(label, outcome, code)
+    log.info(
+        "gateway_message",
+        infno=infno[:10],
+        msgid=msgid,
+        infcode=-1 if code else 0,
+        outcome=outcome,
+        error_code=code,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Message:
+    """An admitted message: everything its answer needs."""
+
+    key: ClientKey
+    env: envelope.Envelope
+    admitted: messages.Admitted
+    inf_refmsgid: str
+    received: dt.datetime
+
+    def answer(self, output: dict[str, object] | None, error: CardsvcError | None) -> bytes:
+        return envelope.encode_answer(
+            output=output,
+            error=error,
+            inf_refmsgid=self.inf_refmsgid,
+            received=self.received,
+            answered=clock.now(),
+        )
+
+
+class Gateway:
+    def __init__(self, pool: Pool, clients: GatewayClients, settings: Settings) -> None:
+        self._pool, self._clients, self._settings = pool, clients, settings
+        self._buckets = TokenBuckets(settings.gateway_rate, settings.gateway_burst)
+
+    async def handle(self, services: Services, headers: Mapping[str, str], body: bytes) -> Reply:
+        received = clock.now()
+        infno = msgid = ""
+        try:
+            key, nonce = await self._authenticate(headers)
+            decoded = envelope.decode(body)
+            infno = decoded.infno or (decoded.envelope.infno if decoded.envelope else "")
+            env = decoded.envelope
+            msgid = (env.msgid or "") if env is not None else ""
+            admitted = await messages.admit(
+                self._pool,
+                paasid=key.paasid,
+                nonce=nonce,
+                sign_no=(env.sign_no or "") if env is not None else "",
+                msgid=msgid,
+            )
+        except CardsvcError as exc:
+            observe(infno, msgid, "refused", exc.code)
+            return refusal(exc, received)
+        except Exception as exc:
+            mapped = db.as_service_error(exc)
+            if mapped is None:
+                raise
+            observe(infno, msgid, "unavailable", mapped.code)
+            return refusal(mapped, received)
+        region = env.mdtrtarea_admvs if env is not None else None
+        inf_refmsgid = envelope.refmsgid(region, received, admitted.sequence)
+        if env is None:  # an envelope with a malformed field: answered, not stored
+            error = decoded.refusal or InvalidRequest("envelope invalid", code="INPUT_INVALID")
+            observe(infno, msgid, "refused", error.code)
+            bare = envelope.encode_answer(
+                output=None,
+                error=error,
+                inf_refmsgid=inf_refmsgid,
+                received=received,
+                answered=clock.now(),
+            )
+            return Reply(200, bare)
+        message = _Message(key, env, admitted, inf_refmsgid, received)
+        return await self._message(services, message)
+
+    async def _authenticate(self, headers: Mapping[str, str]) -> tuple[ClientKey, str]:
+        parsed = tif.parse(headers)
+        tif.check_timestamp(parsed.timestamp, time.time(), self._settings.signature_window)
+        key = await self._clients.key(parsed.paasid)
+        if key is None:
+            raise Unauthenticated("no such gateway client", code="GATEWAY_CLIENT_UNKNOWN")
+        tif.check_signature(parsed, key.secret)
+        # After the signature, so nobody can spend another client's allowance.
+        wait = self._buckets.take(key.paasid, time.monotonic())
+        if wait:
+            raise RateLimited("too many messages from this gateway client", retry_after=wait)
+        return key, parsed.nonce
+
+    async def _message(self, services: Services, m: _Message) -> Reply:
+        env = m.env
+        try:
+            envelope.check(env, m.key.fixmedins_code)
+            body_hash = envelope.body_hash(env.infno, env.input)
+        except CardsvcError as exc:
+            observe(env.infno, env.msgid or "", "refused", exc.code)
+            return Reply(200, m.answer(None, exc))
+        msgid = env.msgid or ""
+        if m.admitted.stored is not None:
+            return self._again(m, body_hash, m.admitted.stored)
+        tx = TRANSACTIONS.get(env.infno)
+        refused: CardsvcError | None = None
+        if tx is None:
+            refused = NotFound(f"infno {env.infno} is not supported", code="UNSUPPORTED_INFNO")
+        elif tx.needs_sign_no and not m.admitted.signed_in:
+            refused = Unauthenticated(
+                "sign_no is missing, unknown, signed out or expired: sign in with 9001",
+                code="SIGN_NO_INVALID",
+            )
+        if refused is not None:
+            observe(env.infno, msgid, "refused", refused.code)
+            return Reply(200, m.answer(None, refused))
+        call = Call(
+            services=services,
+            pool=self._pool,
+            caller=Caller(
+                kind="gateway", fixmedins_code=m.key.fixmedins_code, gateway_client=m.key.paasid
+            ),
+            paasid=m.key.paasid,
+            fixmedins_code=m.key.fixmedins_code,
+            msgid=msgid,
+            infno=env.infno,
+            opter=env.opter or "",
+            opter_name=env.opter_name or "",
+            opter_type=env.opter_type or "",
+            mdtrtarea_admvs=env.mdtrtarea_admvs or "",
+            insuplc_admdvs=env.insuplc_admdvs or "",
+            sign_no=env.sign_no or None,
+            now=m.received,
+        )
+        output, error = await self._run(call, env.input or {})
+        if error is not None and not _stored_refusal(error):
+            observe(env.infno, msgid, "unavailable", error.code)
+            return Reply(200, m.answer(None, error))
+        if isinstance(output, bytes):
+            answer, content_type = output, FILE
+        else:
+            answer, content_type = m.answer(output, error), JSON
+        return await self._store(m, call, body_hash, error, answer, content_type)
+
+    async def _run(
+        self, call: Call, inputs: dict[str, msgspec.Raw]
+    ) -> tuple[Output | None, CardsvcError | None]:
+        handler = TRANSACTIONS[call.infno].handler
+        bound = max(0.1, self._settings.request_timeout - _HANDLER_MARGIN)
+        try:
+            async with asyncio.timeout(bound):
+                return await handler(call, inputs), None
+        except CardsvcError as exc:
+            return None, exc
+        except TimeoutError:
+            log.warning("gateway_handler_timeout", infno=call.infno, msgid=call.msgid)
+            return None, ServiceUnavailable(
+                "the message took too long: send it again with the same msgid",
+                code="REQUEST_TIMEOUT",
+            )
+        except Exception as exc:
+            mapped = db.as_service_error(exc) or db.as_input_error(exc)
+            if mapped is not None:
+                return None, mapped
+            log.error("gateway_handler_failed", infno=call.infno, msgid=call.msgid, exc_info=exc)
+            return None, ServiceUnavailable(
+                "internal error: the message was not processed; send it again with the same"
+                " msgid, or report it",
+                code="INTERNAL",
+            )
+
+    async def _store(
+        self,
+        m: _Message,
+        call: Call,
+        body_hash: bytes,
+        error: CardsvcError | None,
+        answer: bytes,
+        content_type: str,
+    ) -> Reply:
+        new = messages.NewAnswer(
+            fixmedins_code=call.fixmedins_code,
+            msgid=call.msgid,
+            infno=call.infno,
+            body_hash=body_hash,
+            paasid=call.paasid,
+            inf_refmsgid=m.inf_refmsgid,
+            infcode=-1 if error is not None else 0,
+            content_type=content_type,
+            answer=answer,
+        )
+        try:
+            ours, stored = await messages.store(self._pool, new)
+        except Exception as exc:
+            mapped = db.as_service_error(exc)
+            if mapped is None:
+                raise
+            # Done but not stored: a retry runs the (idempotent) handler again.
+            observe(call.infno, call.msgid, "unavailable", mapped.code)
+            return Reply(200, m.answer(None, mapped))
+        if not ours:
+            return self._again(m, body_hash, stored)
+        observe(call.infno, call.msgid, "refused" if error else "ok", error.code if error else "")
+        return Reply(200, stored.answer, stored.content_type)
+
+    def _again(self, m: _Message, body_hash: bytes, stored: messages.Stored) -> Reply:
+        """The msgid was answered before: that answer, unchanged, for the same body."""
+        msgid = m.env.msgid or ""
+        if stored.body_hash != body_hash:
+            exc = Conflict(
+                "msgid was used before for another message: every message needs its own msgid",
+                code="MSGID_REUSED",
+            )
+            observe(m.env.infno, msgid, "refused", exc.code)
+            return Reply(200, m.answer(None, exc))
+        observe(m.env.infno, msgid, "replayed", "")
+        return Reply(200, stored.answer, stored.content_type)
+
+
+def _stored_refusal(error: CardsvcError) -> bool:
+    """A refusal the same message would meet again (stored); not a dependency's failure,
+    a timeout or an overload, which a retry may get past."""
+    return not isinstance(error, ServiceUnavailable | RateLimited) and error.status < 500

@@ -1,0 +1,74 @@
+"""The gateway's endpoint and its clients' administration API: decode, call, encode."""
+
+from __future__ import annotations
+
+import re
+
+from aiohttp import web
+
+from cardsvc import clock
+from cardsvc.errors import InvalidRequest
+from cardsvc.national.dispatch import PayloadTooLarge, Reply, refusal
+from cardsvc.national.models import CreateGatewayClient, UpdateGatewayClient
+from cardsvc.types import FACILITY_CODE_PATTERN
+from cardsvc.web.appkeys import SERVICES, SETTINGS
+from cardsvc.web.auth import admin_only, gateway
+from cardsvc.web.codec import json_response, read_json
+
+_CHUNK = 64 * 1024
+_FACILITY = re.compile(FACILITY_CODE_PATTERN)
+
+
+async def _read_bounded(request: web.Request, limit: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"the body is larger than {limit} bytes")
+    body = bytearray()
+    async for chunk in request.content.iter_chunked(_CHUNK):
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLarge(f"the body is larger than {limit} bytes")
+    return bytes(body)
+
+
+def _response(reply: Reply) -> web.Response:
+    return web.Response(
+        body=reply.body,
+        status=reply.status,
+        content_type=reply.content_type,
+        headers=reply.headers,
+    )
+
+
+@gateway
+async def call_service(request: web.Request) -> web.Response:
+    try:
+        body = await _read_bounded(request, request.app[SETTINGS].gateway_max_body_bytes)
+    except PayloadTooLarge as exc:
+        return _response(refusal(exc, clock.now()))
+    services = request.app[SERVICES]
+    return _response(await services.gateway.handle(services, request.headers, body))
+
+
+@admin_only
+async def create_client(request: web.Request) -> web.Response:
+    req = await read_json(request, CreateGatewayClient)
+    return json_response(await request.app[SERVICES].gateway_clients.create(req), status=201)
+
+
+@admin_only
+async def list_clients(request: web.Request) -> web.Response:
+    code = request.query.get("fixmedins_code")
+    if code is not None and not _FACILITY.fullmatch(code):
+        raise InvalidRequest(
+            "fixmedins_code is malformed",
+            code="INVALID_QUERY",
+            details={"parameter": "fixmedins_code"},
+        )
+    return json_response(await request.app[SERVICES].gateway_clients.list(code))
+
+
+@admin_only
+async def update_client(request: web.Request) -> web.Response:
+    req = await read_json(request, UpdateGatewayClient)
+    paasid = request.match_info["paasid"]
+    return json_response(await request.app[SERVICES].gateway_clients.update(paasid, req))

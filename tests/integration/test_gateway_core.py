@@ -1,0 +1,449 @@
+"""The national gateway's core: clients, TIF authentication, the envelope, exactly-once
+answers per msgid, 9001/9002 and 1101 (with an identity number and with the card)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import re
+import time
+from decimal import Decimal
+
+import asyncpg
+import msgspec
+import pytest
+
+from tests.support.api import Service, authenticate_card, issue_card
+from tests.support.gateway import (
+    PATH,
+    GatewayClient,
+    card_cert,
+    gateway_client,
+    register_client,
+    tif_headers,
+)
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+SIGN_IN = {"signIn": {"opter_no": "OP001", "mac": "00-11-22-33-44-55", "ip": "10.0.0.1"}}
+
+
+def _query(certno: str, cert_type: str = "02") -> dict[str, object]:
+    return {
+        "data": {
+            "mdtrt_cert_type": cert_type,
+            "mdtrt_cert_no": certno,
+            "card_sn": "",
+            "begntime": "2026-01-01 08:00:00",
+            "psn_cert_type": "01",
+            "certno": "",
+            "psn_name": "",
+        }
+    }
+
+
+async def _sql(service: Service, statement: str, *args: object) -> None:
+    conn = await asyncpg.connect(service.database_url)
+    try:
+        await conn.execute(statement, *args)
+    finally:
+        await conn.close()
+
+
+# ------------------------------------------------------------------ the clients' admin API
+
+
+async def test_register_list_and_disable_clients(service: Service):
+    facility = (await service.facility())["fixmedins_code"]
+    status, created = await service.admin(
+        "POST", "/v1/gateway-clients", {"fixmedins_code": facility}
+    )
+    assert status == 201
+    assert set(created) == {"paasid", "secret", "fixmedins_code", "status", "created_at"}
+    assert created["fixmedins_code"] == facility and created["status"] == "active"
+    assert len(created["secret"]) >= 32
+    listed = await service.admin_ok("GET", f"/v1/gateway-clients?fixmedins_code={facility}")
+    assert [c["paasid"] for c in listed["clients"]] == [created["paasid"]]
+    assert "secret" not in listed["clients"][0]
+    everyone = await service.admin_ok("GET", "/v1/gateway-clients")
+    assert created["paasid"] in {c["paasid"] for c in everyone["clients"]}
+    disabled = await service.admin_ok(
+        "PATCH", f"/v1/gateway-clients/{created['paasid']}", {"status": "disabled"}
+    )
+    assert disabled["status"] == "disabled"
+    audit = await _audit_actions(service, created["paasid"])
+    assert audit == ["gateway_client.created", "gateway_client.updated"]
+
+
+async def _audit_actions(service: Service, paasid: str) -> list[str]:
+    conn = await asyncpg.connect(service.database_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT action FROM audit_log WHERE object_id = $1 ORDER BY at", paasid
+        )
+    finally:
+        await conn.close()
+    return [r["action"] for r in rows]
+
+
+async def test_the_secret_is_stored_only_encrypted(service: Service):
+    client = await register_client(service, (await service.facility())["fixmedins_code"])
+    conn = await asyncpg.connect(service.database_url)
+    try:
+        stored = await conn.fetchval(
+            "SELECT secret_enc FROM gateway_clients WHERE paasid = $1", client.paasid
+        )
+    finally:
+        await conn.close()
+    assert client.secret.encode() not in bytes(stored)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "code"),
+    [
+        ("POST", "/v1/gateway-clients", {"fixmedins_code": "HNO0"}, 404, "FACILITY_NOT_FOUND"),
+        ("POST", "/v1/gateway-clients", {"fixmedins_code": "a b"}, 400, "VALIDATION_FAILED"),
+        ("GET", "/v1/gateway-clients?fixmedins_code=a%20b", None, 400, "INVALID_QUERY"),
+        ("PATCH", "/v1/gateway-clients/gwnosuch", {"status": "disabled"}, 404,
+         "GATEWAY_CLIENT_NOT_FOUND"),
+        ("PATCH", "/v1/gateway-clients/gwnosuch", {"status": "gone"}, 400, "VALIDATION_FAILED"),
+    ],
+)  # fmt: skip
+async def test_client_admin_refusals(service: Service, method, path, body, status, code):
+    got, answer = await service.admin(method, path, body)
+    assert (got, answer["error"]["code"]) == (status, code)
+
+
+# ------------------------------------------------------------------ authentication
+
+
+async def test_sign_in_and_a_message_with_its_sign_no(service: Service):
+    client = await gateway_client(service)
+    assert re.fullmatch(r"[0-9a-f]{24}", client.sign_no)
+    answer = await client.call("9001", SIGN_IN)
+    assert answer.status == 200 and answer.infcode == 0
+    out = answer.body["output"]["signinoutb"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", out["sign_time"])
+    body = answer.body
+    assert len(body["inf_refmsgid"]) == 30 and body["inf_refmsgid"][:6] == "320200"
+    assert re.fullmatch(r"\d{17}", body["refmsg_time"])
+    assert re.fullmatch(r"\d{17}", body["respond_time"])
+    assert body["err_msg"] == "" and body["cainfo"] == "" and body["signtype"] == ""
+
+
+async def _refused(client: GatewayClient, headers: dict[str, str], status: int, code: str):
+    answer = await client.post(client.envelope("9001", SIGN_IN), headers)
+    assert (answer.status, answer.code) == (status, code), answer.body
+    assert answer.infcode == -1 and answer.body["output"] == {}
+    assert answer.body["err_msg"].startswith(f"[{code}] ")
+    return answer
+
+
+async def test_wrong_signature_is_refused(service: Service):
+    client = await register_client(service, (await service.facility())["fixmedins_code"])
+    headers = tif_headers(client.paasid, client.secret + "x")
+    await _refused(client, headers, 401, "SIGNATURE_INVALID")
+
+
+async def test_unknown_client_is_refused(service: Service):
+    client = await register_client(service, (await service.facility())["fixmedins_code"])
+    await _refused(client, tif_headers("gwnosuch", client.secret), 401, "GATEWAY_CLIENT_UNKNOWN")
+
+
+async def test_missing_headers_are_refused(service: Service):
+    client = await register_client(service, (await service.facility())["fixmedins_code"])
+    headers = client.headers()
+    del headers["x-tif-signature"]
+    await _refused(client, headers, 401, "SIGNATURE_MISSING")
+
+
+@pytest.mark.parametrize("offset", [-301, 301])
+async def test_stale_timestamp_is_refused(service: Service, offset: int):
+    client = await register_client(service, (await service.facility())["fixmedins_code"])
+    headers = client.headers(timestamp=int(time.time()) + offset)
+    await _refused(client, headers, 401, "TIMESTAMP_OUT_OF_WINDOW")
+
+
+@pytest.mark.parametrize("nonce", ["short", "x" * 65, "has a space in it!"])
+async def test_malformed_nonce_is_refused(service: Service, nonce: str):
+    client = await register_client(service, (await service.facility())["fixmedins_code"])
+    await _refused(client, client.headers(nonce=nonce), 401, "NONCE_INVALID")
+
+
+async def test_replayed_nonce_is_refused(service: Service):
+    client = await register_client(service, (await service.facility())["fixmedins_code"])
+    headers = client.headers()
+    first = await client.post(client.envelope("9001", SIGN_IN), headers)
+    assert first.infcode == 0
+    # Captured headers with another body (the signature does not cover it): refused.
+    await _refused(client, headers, 401, "NONCE_REPLAYED")
+
+
+async def test_disabled_client_is_refused(service: Service):
+    client = await gateway_client(service)
+    await service.admin_ok("PATCH", f"/v1/gateway-clients/{client.paasid}", {"status": "disabled"})
+    await _refused(client, client.headers(), 403, "GATEWAY_CLIENT_DISABLED")
+    await service.admin_ok("PATCH", f"/v1/gateway-clients/{client.paasid}", {"status": "active"})
+    assert (await client.call("9001", SIGN_IN)).infcode == 0
+
+
+async def test_client_of_a_suspended_facility_is_refused(service: Service):
+    client = await gateway_client(service)
+    code = client.fixmedins_code
+    await service.admin_ok("PATCH", f"/v1/facilities/{code}", {"status": "suspended"})
+    await _refused(client, client.headers(), 403, "FACILITY_SUSPENDED")
+
+
+async def test_not_an_envelope_is_refused_with_400(service: Service):
+    client = await register_client(service, (await service.facility())["fixmedins_code"])
+    for body in (b"not json", b"[1, 2]", b'{"msgid": "x"}', b'{"infno": 9001}'):
+        answer = await client.post(body)
+        assert (answer.status, answer.code) == (400, "ENVELOPE_INVALID"), body
+
+
+async def test_a_body_too_large_is_refused(service: Service):
+    client = await register_client(service, (await service.facility())["fixmedins_code"])
+    body = io.BytesIO(b" " * (8 * 1024 * 1024 + 1))
+    async with service.http.post(service.base_url + PATH, data=body, headers=client.headers()) as r:
+        assert r.status == 413
+        assert (await r.json())["err_msg"].startswith("[PAYLOAD_TOO_LARGE]")
+
+
+# ------------------------------------------------------------------ the envelope
+
+
+async def test_another_facilitys_code_is_refused(service: Service):
+    client = await gateway_client(service)
+    other = (await service.facility())["fixmedins_code"]
+    answer = await client.call("9001", SIGN_IN, fixmedins_code=other)
+    assert (answer.status, answer.infcode, answer.code) == (200, -1, "NOT_OWN_FACILITY")
+
+
+@pytest.mark.parametrize(
+    ("fields", "why"),
+    [
+        ({"msgid": ""}, "msgid is required"),
+        ({"msgid": "x" * 31}, "msgid"),
+        ({"msgid": 12}, "msgid"),
+        ({"input": "text"}, "input"),
+        ({"input": None}, "input is required"),
+        ({"mdtrtarea_admvs": "32020"}, "mdtrtarea_admvs"),
+        ({"opter": "o" * 31}, "opter"),
+    ],
+)
+async def test_malformed_envelope_fields_are_input_invalid(service: Service, fields, why):
+    client = await gateway_client(service)
+    answer = await client.call("9001", SIGN_IN, **fields)
+    assert (answer.status, answer.infcode, answer.code) == (200, -1, "INPUT_INVALID")
+    assert why in answer.body["err_msg"]
+
+
+async def test_missing_and_unknown_sign_no_are_refused(service: Service):
+    client = await gateway_client(service)
+    for sign_no in ("", "0" * 24, None):
+        answer = await client.call("1101", _query("x"), sign_no=sign_no)
+        assert (answer.status, answer.infcode, answer.code) == (200, -1, "SIGN_NO_INVALID")
+
+
+async def test_expired_sign_no_is_refused(service: Service):
+    client = await gateway_client(service)
+    await _sql(
+        service,
+        "UPDATE gateway_signins SET expires_at = now() - interval '1 second' WHERE sign_no = $1",
+        client.sign_no,
+    )
+    answer = await client.call("1101", _query("x"))
+    assert answer.code == "SIGN_NO_INVALID"
+
+
+async def test_another_facilitys_sign_no_is_refused(service: Service):
+    client, other = await gateway_client(service), await gateway_client(service)
+    answer = await client.call("1101", _query("x"), sign_no=other.sign_no)
+    assert answer.code == "SIGN_NO_INVALID"
+
+
+async def test_sign_out_ends_the_sign_no(service: Service):
+    client = await gateway_client(service)
+    out = await client.ok("9002", {"signOut": {"sign_no": client.sign_no, "opter_no": "OP001"}})
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", out["signoutoutb"]["sign_time"])
+    assert (await client.call("1101", _query("x"))).code == "SIGN_NO_INVALID"
+    # 9001 needs none: sign in again.
+    await client.sign_in()
+    bad = await client.call("9002", {"signOut": {"sign_no": "nosuch", "opter_no": "OP001"}})
+    assert bad.code == "SIGN_NO_INVALID"
+
+
+async def test_unknown_infno_is_unsupported(service: Service):
+    client = await gateway_client(service)
+    answer = await client.call("9999", {"data": {}})
+    assert (answer.status, answer.infcode, answer.code) == (200, -1, "UNSUPPORTED_INFNO")
+
+
+async def test_a_malformed_input_node_is_input_invalid(service: Service):
+    client = await gateway_client(service)
+    for inputs in ({}, {"data": []}, {"data": {"mdtrt_cert_type": 2}}):
+        answer = await client.call("1101", inputs)
+        assert (answer.infcode, answer.code) == (-1, "INPUT_INVALID"), inputs
+
+
+# ------------------------------------------------------------------ exactly once per msgid
+
+
+async def test_same_msgid_same_body_gets_the_stored_answer(service: Service):
+    client = await gateway_client(service)
+    envelope = client.envelope("9001", SIGN_IN)
+    first = await client.post(envelope)
+    # The same message again, keys in another order, with new headers: the same bytes.
+    again = await client.post(
+        msgspec.json.encode(dict(reversed(list(envelope.items())))), client.headers()
+    )
+    assert first.infcode == 0 and again.raw == first.raw
+
+
+async def test_a_stored_refusal_is_answered_again(service: Service):
+    client = await gateway_client(service)
+    envelope = client.envelope("1101", _query("110101199001011234"))
+    first = await client.post(envelope)
+    assert first.infcode == -1
+    again = await client.post(envelope, client.headers())
+    assert again.raw == first.raw
+
+
+async def test_reused_msgid_with_another_body_is_refused(service: Service):
+    client = await gateway_client(service)
+    envelope = client.envelope("9001", SIGN_IN)
+    assert (await client.post(envelope)).infcode == 0
+    other = {**envelope, "input": {"signIn": {"opter_no": "OP002", "mac": "", "ip": ""}}}
+    answer = await client.post(other, client.headers())
+    assert (answer.status, answer.infcode, answer.code) == (200, -1, "MSGID_REUSED")
+    other_infno = {**envelope, "infno": "1101", "input": _query("x")}
+    assert (await client.post(other_infno, client.headers())).code == "MSGID_REUSED"
+
+
+async def test_msgids_are_per_facility(service: Service):
+    one, two = await gateway_client(service), await gateway_client(service)
+    msgid = "SHARED" + str(time.time_ns())[-20:]
+    a = await one.call("9001", SIGN_IN, msgid=msgid)
+    b = await two.call("9001", SIGN_IN, msgid=msgid)
+    assert a.infcode == b.infcode == 0
+    assert a.body["output"] != b.body["output"]
+
+
+async def test_concurrent_twins_get_one_answer(service: Service):
+    client = await gateway_client(service)
+    envelope = client.envelope("9001", SIGN_IN)
+    answers = await asyncio.gather(*(client.post(envelope, client.headers()) for _ in range(4)))
+    assert {a.raw for a in answers} == {answers[0].raw}
+    assert answers[0].infcode == 0
+
+
+# ------------------------------------------------------------------ 1101
+
+
+async def test_1101_with_an_identity_number(service: Service):
+    client = await gateway_client(service)
+    person = await service.person(insutypes=("310", "510"))
+    out = await client.ok("1101", _query(person["certno_full"]))
+    base = out["baseinfo"]
+    assert base["psn_no"] == person["psn_no"]
+    assert base["certno"] == person["certno"] and "*" in base["certno"]
+    assert base["brdy"] == str(person["birth_year"])
+    full = person["certno_full"]
+    assert full[6:14] not in str(out) and full not in str(out)  # no birth date anywhere
+    assert {i["insutype"] for i in out["insuinfo"]} == {"310", "510"}
+    assert all(i["psn_insu_stas"] == "1" for i in out["insuinfo"])
+    assert out["idetinfo"] == []
+
+
+async def test_1101_balance_is_in_yuan(service: Service):
+    from tests.support.api import credit
+
+    client = await gateway_client(service)
+    person = await service.person(insutypes=("310",))
+    await credit(service, person["psn_no"], 12345)
+    answer = await client.call("1101", _query(person["certno_full"]))
+    assert answer.body["output"]["insuinfo"][0]["balc"] == Decimal("123.45")
+    assert b'"balc":123.45,' in answer.raw  # a JSON number
+
+
+async def test_1101_refusals(service: Service):
+    client = await gateway_client(service)
+    cases = [
+        (_query("110101199001011234", "01"), "CERT_TYPE_NOT_ALLOWED"),
+        (_query("110101199001011234", "04"), "CERT_TYPE_NOT_ALLOWED"),
+        (_query("12345"), "INVALID_CERTNO"),
+        (_query("A00000001", "03"), "INPUT_INVALID"),
+        (_query("A00000001|not-a-token", "03"), "CARD_TOKEN_INVALID"),
+    ]
+    for inputs, code in cases:
+        answer = await client.call("1101", inputs)
+        assert (answer.infcode, answer.code) == (-1, code), inputs
+
+
+async def test_1101_of_an_unknown_identity_number(service: Service):
+    from tests.support.api import make_certno
+
+    client = await gateway_client(service)
+    answer = await client.call("1101", _query(make_certno()))
+    assert answer.code == "PERSON_NOT_FOUND"
+
+
+async def _card_and_his(service: Service, facility: str):
+    counter = await service.terminal("counter")
+    person = await service.person()
+    card = await issue_card(counter, person["psn_no"])
+    his = await service.terminal("his", facility)
+    return person, card, his
+
+
+async def test_1101_with_the_card_of_a_terminal_of_the_same_facility(service: Service):
+    client = await gateway_client(service)
+    person, card, his = await _card_and_his(service, client.fixmedins_code)
+    for purpose in ("identify", "transaction"):
+        token = (await authenticate_card(his, card, purpose))["card_token"]
+        inputs = _query(card_cert(card.card_no, token), "03")
+        inputs["data"]["card_sn"] = card.card_sn  # type: ignore[index]
+        out = await client.ok("1101", inputs)
+        assert out["baseinfo"]["psn_no"] == person["psn_no"]
+
+
+async def test_1101_with_a_token_of_another_facility_is_refused(service: Service):
+    client = await gateway_client(service)
+    other = (await service.facility())["fixmedins_code"]
+    _, card, his = await _card_and_his(service, other)
+    token = (await authenticate_card(his, card, "identify"))["card_token"]
+    answer = await client.call("1101", _query(card_cert(card.card_no, token), "03"))
+    assert (answer.infcode, answer.code) == (-1, "CARD_TOKEN_INVALID")
+    assert "another facility" in answer.body["err_msg"]
+
+
+async def test_1101_with_a_counters_token_is_refused(service: Service):
+    client = await gateway_client(service)
+    counter = await service.terminal("counter")
+    card = await issue_card(counter, (await service.person())["psn_no"])
+    token = (await authenticate_card(counter, card, "identify"))["card_token"]
+    answer = await client.call("1101", _query(card_cert(card.card_no, token), "03"))
+    assert answer.code == "CARD_TOKEN_INVALID"
+
+
+async def test_1101_with_a_mismatched_card_is_refused(service: Service):
+    client = await gateway_client(service)
+    _, card, his = await _card_and_his(service, client.fixmedins_code)
+    _, other_card, _ = await _card_and_his(service, client.fixmedins_code)
+    token = (await authenticate_card(his, card, "identify"))["card_token"]
+    wrong_no = await client.call("1101", _query(card_cert(other_card.card_no, token), "03"))
+    assert wrong_no.code == "CARD_MISMATCH"
+    inputs = _query(card_cert(card.card_no, token), "03")
+    inputs["data"]["card_sn"] = other_card.card_sn  # type: ignore[index]
+    wrong_sn = await client.call("1101", inputs)
+    assert wrong_sn.code == "CARD_MISMATCH"
+
+
+# ------------------------------------------------------------------ the route's declaration
+
+
+async def test_a_terminal_signature_or_the_admin_token_does_not_reach_the_gateway(
+    service: Service,
+):
+    status, body = await service.admin("POST", PATH, {"infno": "9001"})
+    assert status == 401 and body["err_msg"].startswith("[SIGNATURE_MISSING]")
