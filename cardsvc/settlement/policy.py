@@ -79,7 +79,8 @@ with them); each keeps every Step 3 identity
 14. A 310/390 hospital settlement needs the facility's level; a hospital without one is a
     registry fault (the database forbids it), raised as ``ValueError``, not a refusal.
 15. ``AMOUNT_LIMIT_EXCEEDED`` (from the policy file's ``amount_limits``) comes
-    first of all: it is a fault of the request alone, whoever presents it. A line's unit
+    first of all (with a line's own amount, reading 16): it is a fault of the request
+    alone, whoever presents it. A line's unit
     price, quantity and amount (``unit_price x quantity``, before over-limit) and the
     settlement's ``medfee_sumamt`` are each bounded; the error names the limit in yuan.
     A decimal line is held to the same limits, exactly (its price and count compared in
@@ -389,35 +390,41 @@ def check_line_amount(line: Line, line_no: int | None = None) -> None:
 
 def check_line_limits(limits: AmountLimits, line: Line, line_no: int | None = None) -> None:
     """One line's amount limits (reading 15): its quantity, unit price and amount."""
-    where = _where(line, line_no)
-    name = _line_name(line, line_no)
     if line.count_e4 > limits.quantity * E4:
         raise PolicyRefusal(
             "AMOUNT_LIMIT_EXCEEDED",
-            f"{name}: quantity {_decimals(line.count_e4, 4)} exceeds the limit of "
-            f"{limits.quantity}",
-            {"limit": "quantity", "limit_quantity": limits.quantity, **where},
+            f"{_line_name(line, line_no)}: quantity {_decimals(line.count_e4, 4)} exceeds the "
+            f"limit of {limits.quantity}",
+            {"limit": "quantity", "limit_quantity": limits.quantity, **_where(line, line_no)},
         )
     if line.price_e4 > limits.unit_price * E4:
-        if line.price_e4 % E4 == 0:
-            raise _over_limit(
-                f"{name}: the unit price",
-                "unit_price",
-                line.price_e4 // E4,
-                limits.unit_price,
-                **where,
-            )
-        raise PolicyRefusal(
-            "AMOUNT_LIMIT_EXCEEDED",
-            f"{name}: the unit price {_money_e4(line.price_e4)} exceeds the limit of "
-            f"{yuan(limits.unit_price)}",
-            {"limit": "unit_price", "limit_fen": limits.unit_price, "amount_e4": line.price_e4}
-            | where,
-        )
+        raise _price_over_limit(limits, line, line_no)
     if line.total > limits.line_total:
         raise _over_limit(
-            f"{name}: the line amount", "line_total", line.total, limits.line_total, **where
+            f"{_line_name(line, line_no)}: the line amount",
+            "line_total",
+            line.total,
+            limits.line_total,
+            **_where(line, line_no),
         )
+
+
+def _price_over_limit(limits: AmountLimits, line: Line, line_no: int | None) -> PolicyRefusal:
+    what = f"{_line_name(line, line_no)}: the unit price"
+    if line.price_e4 % E4 == 0:  # whole fen: as a native line's refusal always read
+        return _over_limit(
+            what, "unit_price", line.price_e4 // E4, limits.unit_price, **_where(line, line_no)
+        )
+    return PolicyRefusal(
+        "AMOUNT_LIMIT_EXCEEDED",
+        f"{what} {_money_e4(line.price_e4)} exceeds the limit of {yuan(limits.unit_price)}",
+        {
+            "limit": "unit_price",
+            "limit_fen": limits.unit_price,
+            "amount_e4": line.price_e4,
+            **_where(line, line_no),
+        },
+    )
 
 
 def check_amounts(params: PolicyParams, lines: tuple[Line, ...]) -> None:
@@ -617,6 +624,12 @@ def line_result(
     ``med_type`` does not change Step 1 under the current rules; it is taken so that the
     callers (the visit's lines) pass everything a settlement of the line would see."""
     del med_type  # Step 1 is the same for every visit type (see above)
+    if insutype not in params.scheme_rules:  # a settlement refuses it as MED_TYPE_NOT_ALLOWED
+        raise PolicyRefusal(
+            "MED_TYPE_NOT_ALLOWED",
+            f"insutype {insutype} is not a scheme of policy {params.version}",
+            {"insutype": insutype},
+        )
     check_line_amount(line)
     check_line_limits(params.amount_limits, line)
     return decompose_line(params, insutype, line, item)

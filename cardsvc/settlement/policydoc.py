@@ -8,7 +8,8 @@
 
 Every block is rendered here from :class:`~cardsvc.settlement.params.PolicyParams` (the
 parameter tables) or by running :func:`~cardsvc.settlement.policy.settle` (the worked
-examples), so no figure of the policy is typed into the document. Each worked example also
+examples) and :func:`~cardsvc.settlement.policy.line_result` (the lines with a decimal price
+and count), so no figure of the policy is typed into the document. Each worked example also
 spells the arithmetic out step by step; those steps are recomputed here from the rules as
 the document states them and must equal the engine's result to the fen, or rendering fails.
 
@@ -21,9 +22,11 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import math
 import re
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from fractions import Fraction
 from pathlib import Path
 
 import msgspec
@@ -37,23 +40,27 @@ from cardsvc.settlement.params import (
 )
 from cardsvc.settlement.policy import (
     DELIVERY,
+    E4,
     INPATIENT,
     OUTPATIENT,
     PHARMACY_PURCHASE,
     PRENATAL,
     STEP3_AMOUNTS,
     CatalogItem,
+    DecimalLine,
     DeliveryType,
     Enrolment,
     FacilityInfo,
     FeeLine,
     InjuryCase,
+    LineSplit,
     PolicyRefusal,
     SettlementRequest,
     Snapshot,
     Split,
     YearState,
     apply_delta,
+    line_result,
     pct,
     settle,
 )
@@ -707,6 +714,146 @@ def _examples(params: PolicyParams) -> list[str]:
     return out
 
 
+# --- lines with a decimal price and count ---------------------------------------------------
+
+COUNT_PLACES = len(str(E4)) - 1  # a count in 10^-4 units: 4 decimals
+PRICE_PLACES = COUNT_PLACES + 2  # a price in 10^-4 fen: 6 decimals of a yuan
+AMOUNT_PLACES = 2  # the declared amount: whole fen
+
+# (item, pric yuan, cnt, det_item_fee_sumamt yuan), as the national interface sends them.
+DECIMAL_EXAMPLES: tuple[tuple[str, str, str, str], ...] = (
+    ("A-AMOX", "12.35", "0.5", "6.18"),
+    ("B-STENT", "0.123456", "100", "12.35"),
+    ("B-CEF", "20.123456", "2.5", "50.31"),
+    ("C-VIT", "20.00", "0.25", "5.00"),
+    ("B-CEF", "25.00", "4", "100.00"),
+)
+DECIMAL_MISMATCH = ("B-CEF", "20.123456", "2.5", "50.30")
+DECIMAL_SCHEME = "310"
+
+
+def _exact(text: str, places: int) -> int:
+    """A decimal written out (``12.35``) times 10^places, exactly; never a float."""
+    scaled = Fraction(text) * 10**places
+    if scaled.denominator != 1:
+        raise ValueError(f"{text} has more than {places} decimals")
+    return int(scaled)
+
+
+def decimal_line(code: str, pric: str, cnt: str, sumamt: str) -> DecimalLine:
+    return DecimalLine(
+        code=code,
+        price_e4=_exact(pric, PRICE_PLACES),
+        count_e4=_exact(cnt, COUNT_PLACES),
+        total=_exact(sumamt, AMOUNT_PLACES),
+    )
+
+
+def _r(amount: Fraction) -> int:
+    """``r(x)`` as the document states it: half a fen and more up, less down."""
+    return math.floor(amount + Fraction(1, 2))
+
+
+def _fen_exact(amount: Fraction) -> str:
+    """An exact amount of fen, with as many decimals as it has (at most 8)."""
+    scaled = amount * 10**8
+    if scaled.denominator != 1:
+        raise ValueError(f"{amount} fen has more than 8 decimals")
+    whole, part = divmod(int(scaled), 10**8)
+    digits = f"{part:08d}".rstrip("0")
+    return f"{whole:,}.{digits}" if digits else f"{whole:,}"
+
+
+def _decimal_row(params: PolicyParams, example: tuple[str, str, str, str]) -> tuple[str, ...]:
+    code, pric, cnt, sumamt = example
+    item = EXAMPLE_CATALOG[code]
+    got: LineSplit = line_result(params, DECIMAL_SCHEME, OUTPATIENT, decimal_line(*example), item)
+    amount = Fraction(pric) * Fraction(cnt) * 100
+    total = _same("total", _r(amount), got.total)
+    _same("det_item_fee_sumamt", _exact(sumamt, AMOUNT_PLACES), total)
+    over, over_text = 0, "no `max_price`"
+    if item.max_price is not None:
+        excess = max(Fraction(0), Fraction(pric) * 100 - item.max_price) * Fraction(cnt)
+        over = min(total, _r(excess))
+        over_text = f"{_fen_exact(excess)} → {fen(over)}"
+    _same("over", over, got.over)
+    base = total - over
+    own, pre = 0, 0
+    match params.line_treatment[DECIMAL_SCHEME][item.chrgitm_lv]:
+        case "full_own_pay":
+            own = base
+        case "pre_self_pay":
+            prop = params.default_selfpay_prop if item.selfpay_prop is None else item.selfpay_prop
+            pre = pct(base, prop)
+    _same("fulamt_ownpay", own, got.fulamt_ownpay)
+    _same("preselfpay", pre, got.preselfpay)
+    _same("inscp", base - own - pre, got.inscp)
+    facts = [f"class `{item.chrgitm_lv}`"]
+    if item.selfpay_prop is not None:
+        facts.append(f"selfpay_prop {item.selfpay_prop}")
+    if item.max_price is not None:
+        facts.append(f"max_price {fen(item.max_price)}")
+    return (
+        f"`{code}` ({', '.join(facts)})",
+        f"{pric} × {cnt}",
+        f"{_fen_exact(amount)} → {fen(total)}",
+        over_text,
+        fen(base),
+        fen(got.fulamt_ownpay),
+        fen(got.preselfpay),
+        fen(got.inscp),
+    )
+
+
+def _decimal_lines(params: PolicyParams) -> list[str]:
+    out = [
+        f"- `pric`, the price in yuan, has at most {PRICE_PLACES} decimals: the engine holds it "
+        f"as an integer number of 1/{E4:,} fen (`price_e4`).",
+        f"- `cnt`, the count, has at most {COUNT_PLACES} decimals: an integer number of "
+        f"1/{E4:,} units (`count_e4`).",
+        f"- `det_item_fee_sumamt`, the line's amount the facility declares, has at most "
+        f"{AMOUNT_PLACES} decimals: whole fen (`total`).",
+        "- `r(x)` rounds an exact amount of fen to a whole fen, half a fen up.",
+        "",
+        "The lines below are split for scheme "
+        f"`{DECIMAL_SCHEME}` (`pric × cnt` in yuan; amounts in fen):",
+        "",
+    ]
+    out += _table(
+        (
+            "line",
+            "pric × cnt",
+            "`r(pric × cnt × 100)` = total",
+            "over: `r(excess × cnt)`",
+            "base",
+            "own-pay",
+            "pre-self-pay",
+            "in scope",
+        ),
+        [_decimal_row(params, example) for example in DECIMAL_EXAMPLES],
+    )
+    code, pric, cnt, sumamt = DECIMAL_MISMATCH
+    try:
+        line_result(
+            params,
+            DECIMAL_SCHEME,
+            OUTPATIENT,
+            decimal_line(*DECIMAL_MISMATCH),
+            EXAMPLE_CATALOG[code],
+        )
+    except PolicyRefusal as refusal:
+        message = f"`{refusal.code}`: {refusal.message}"
+    else:
+        raise StepMismatch(f"{DECIMAL_MISMATCH} is not refused")
+    out += [
+        "",
+        f"The same `{code}` line declared as {sumamt} yuan is refused, "
+        f"since {_fen_exact(Fraction(pric) * Fraction(cnt) * 100)} fen rounds to "
+        f"{fen(_r(Fraction(pric) * Fraction(cnt) * 100))}: {message}.",
+    ]
+    return out
+
+
 # --- the document -------------------------------------------------------------------------
 
 RENDERERS: dict[str, Callable[[PolicyParams], list[str]]] = {
@@ -714,6 +861,7 @@ RENDERERS: dict[str, Callable[[PolicyParams], list[str]]] = {
     "ratings": _ratings,
     "amount-limits": _amount_limits,
     "line-treatment": _line_treatment,
+    "decimal-lines": _decimal_lines,
     "employee": _employee,
     "resident": _resident,
     "maternity": _maternity,

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cardsvc.national.units import count_e4, fen, price_e4
+from cardsvc.settlement import policydoc
 from cardsvc.settlement.policy import (
     E4,
     DecimalLine,
@@ -326,6 +327,12 @@ def test_a_line_built_without_its_constraints_is_refused_not_settled(line: Decim
     assert caught.value.code == "AMOUNT_INVALID"
 
 
+def test_line_result_refuses_an_insutype_the_policy_does_not_have() -> None:
+    with pytest.raises(PolicyRefusal) as caught:
+        line_result(PARAMS, "999", "11", dline("A-AMOX", "1", "1", "1.00"), CATALOG["A-AMOX"])
+    assert caught.value.code == "MED_TYPE_NOT_ALLOWED"
+
+
 # --- integer lines through the decimal rule --------------------------------------------------
 
 fee_lines = st.builds(
@@ -519,3 +526,32 @@ def test_settlements_with_decimal_lines_match_the_reference(
     assert isinstance(expected, dict), (expected, request_)
     assert step3_of(split) == {k: expected[k] for k in (*ref.STEP3_FIELDS, "review_required")}
     assert_step3_identities(split, state["balance"])
+
+
+# --- docs/policy.md ---------------------------------------------------------------------------
+
+
+def test_the_docs_decimal_lines_carry_the_hand_checked_figures() -> None:
+    block = policydoc.render_blocks(PARAMS)["decimal-lines"]
+    for figures in (
+        "| 12.35 × 0.5 | 617.5 → 618 | no `max_price` | 618 | 0 | 0 | 618 |",
+        "| 0.123456 × 100 | 1,234.56 → 1,235 | no `max_price` | 1,235 | 0 | 247 | 988 |",
+        "| 20.123456 × 2.5 | 5,030.864 → 5,031 | 30.864 → 31 | 5,000 | 0 | 500 | 4,500 |",
+        "| 25.00 × 4 | 10,000 → 10,000 | 2,000 → 2,000 | 8,000 | 0 | 800 | 7,200 |",
+        "`FEE_AMOUNT_MISMATCH`: the line of B-CEF: the amount ¥50.30",
+    ):
+        assert figures in block
+
+
+def test_a_docs_figure_the_rule_does_not_give_fails_rendering(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    engine = policydoc.line_result
+
+    def one_fen_more_over(*args: Any) -> LineSplit:
+        split = engine(*args)
+        return msgspec.structs.replace(split, over=split.over + 1, inscp=split.inscp - 1)
+
+    monkeypatch.setattr(policydoc, "line_result", one_fen_more_over)
+    with pytest.raises(policydoc.StepMismatch, match="over"):
+        policydoc.render_blocks(PARAMS)
