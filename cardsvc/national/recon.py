@@ -99,17 +99,32 @@ class Message:
 
 
 @dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a detail reconciliation found, as 3202 answers it beside its file."""
+
+    stmt_rslt: str
+    stmt_rslt_dscr: str
+
+
+@dataclass(frozen=True, slots=True)
 class StoredFile:
     file_qury_no: str
     filename: str
     dld_endtime: dt.datetime
+    outcome: Outcome | None = None  # a result's
 
     def fileinfo(self) -> dict[str, str]:
-        return {
+        info = {
             "file_qury_no": self.file_qury_no,
             "filename": self.filename,
             "dld_endtime": f"{self.dld_endtime.astimezone(BUSINESS_TZ):%Y-%m-%d %H:%M:%S}",
         }
+        if self.outcome is not None:
+            info |= {
+                "stmt_rslt": self.outcome.stmt_rslt,
+                "stmt_rslt_dscr": self.outcome.stmt_rslt_dscr,
+            }
+        return info
 
 
 def _count(value: Decimal, field: str) -> int:
@@ -153,10 +168,9 @@ def statement_description(result: StatementResult) -> str:
     if differing:
         text += f"; differs: {', '.join(differing)}"
     if result.out_of_limits:
-        text += (
-            f"; {len(result.out_of_limits)} or more settlements above the amount limits are"
-            f" in no total: {', '.join(result.out_of_limits[:5])}"
-        )
+        named = ", ".join(result.out_of_limits[:5])
+        more = ", …" if len(result.out_of_limits) > 5 else ""
+        text += f"; settlements above the amount limits are in no total: {named}{more}"
     return text if result.stmt_rslt == "1" else text + "; balanced"
 
 
@@ -167,7 +181,7 @@ _IN_PERIOD = f"""SELECT {_SETTLED_COLUMNS} FROM settlements
 _LISTED_ELSEWHERE = f"""SELECT {_SETTLED_COLUMNS} FROM settlements
     WHERE fixmedins_code = $1 AND setl_id = ANY($2::text[])
     AND NOT setl_date BETWEEN $3 AND $4"""  # noqa: S608 - constants
-_FILE_COLUMNS = "file_qury_no, filename, dld_endtime"
+_FILE_COLUMNS = "file_qury_no, filename, dld_endtime, stmt_rslt, stmt_rslt_dscr"
 
 
 def _settled(row: Any) -> stmtfiles.Settled:
@@ -190,7 +204,10 @@ def _new_file_qury_no() -> str:
 
 
 def _stored(row: Any) -> StoredFile:
-    return StoredFile(row["file_qury_no"], row["filename"], row["dld_endtime"])
+    outcome = None
+    if row["stmt_rslt"] is not None:
+        outcome = Outcome(row["stmt_rslt"], row["stmt_rslt_dscr"])
+    return StoredFile(row["file_qury_no"], row["filename"], row["dld_endtime"], outcome)
 
 
 class NationalReconciliation:
@@ -247,7 +264,10 @@ class NationalReconciliation:
 
     # -- 3202 ------------------------------------------------------------------------------
 
-    async def detail(self, msg: Message, inp: DetailIn) -> dict[str, str]:
+    async def detail(self, msg: Message, inp: DetailIn) -> StoredFile:
+        made = await self._made(self._pool, msg)
+        if made is not None:  # the message ran before
+            return made
         _period(inp.stmt_begndate, inp.stmt_enddate, MAX_DETAIL_DAYS)
         declared = stmtfiles.HeaderTotals(
             medfee_sumamt=fen(inp.medfee_sumamt, "medfee_sumamt"),
@@ -272,24 +292,20 @@ class NationalReconciliation:
         lines = stmtfiles.compare(rows, in_period, elsewhere)
         differences = stmtfiles.header_differences(declared, stmtfiles.service_totals(in_period))
         disagreeing = sum(line.stmt_rslt != "0" for line in lines)
-        balanced = not differences and not disagreeing
+        dscr = f"{len(lines)} settlements compared, {disagreeing} disagree"
+        if differences:
+            dscr += "; header totals differ: " + "; ".join(differences)
+        outcome = Outcome("1" if differences or disagreeing else "0", dscr)
         file_qury_no = _new_file_qury_no()
-        stored = await self._store(
+        return await self._store(
             msg,
             file_qury_no,
             "result",
             f"result_{inp.stmt_begndate:%Y%m%d}_{inp.stmt_enddate:%Y%m%d}_{file_qury_no}.zip",
             stmtfiles.result_zip(lines),
             {"upload": inp.file_qury_no, "lines": len(lines), "disagreeing": disagreeing},
+            outcome,
         )
-        dscr = f"{len(lines)} settlements compared, {disagreeing} disagree"
-        if differences:
-            dscr += "; header totals differ: " + "; ".join(differences)
-        return {
-            **stored.fileinfo(),
-            "stmt_rslt": "0" if balanced else "1",
-            "stmt_rslt_dscr": dscr,
-        }
 
     # -- 9102 ------------------------------------------------------------------------------
 
@@ -328,6 +344,7 @@ class NationalReconciliation:
         filename: str,
         content: bytes,
         data: dict[str, Any],
+        outcome: Outcome | None = None,
     ) -> StoredFile:
         """Stores the file ``msg`` made, or finds it if ``msg`` made one already. The
         facility's stores run one at a time (its quota is checked exactly)."""
@@ -336,14 +353,9 @@ class NationalReconciliation:
                 "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
                 "national_files:" + msg.fixmedins_code,
             )
-            made = await conn.fetchrow(
-                f"SELECT {_FILE_COLUMNS} FROM national_files"  # noqa: S608 - constants
-                " WHERE fixmedins_code = $1 AND msgid = $2",
-                msg.fixmedins_code,
-                msg.msgid,
-            )
+            made = await self._made(conn, msg)
             if made is not None:
-                return _stored(made)
+                return made
             used = await conn.fetchval(
                 """WITH expired AS (
                     DELETE FROM national_files WHERE fixmedins_code = $1 AND dld_endtime <= $2
@@ -360,8 +372,8 @@ class NationalReconciliation:
                 )
             row = await conn.fetchrow(
                 f"""INSERT INTO national_files (file_qury_no, fixmedins_code, msgid, kind,
-                    filename, content, size, created_at, dld_endtime)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                    filename, content, size, created_at, dld_endtime, stmt_rslt, stmt_rslt_dscr)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
                 RETURNING {_FILE_COLUMNS}""",  # noqa: S608 - constants
                 file_qury_no,
                 msg.fixmedins_code,
@@ -372,6 +384,8 @@ class NationalReconciliation:
                 len(content),
                 msg.now,
                 msg.now + FILE_TTL,
+                outcome.stmt_rslt if outcome else None,
+                outcome.stmt_rslt_dscr if outcome else None,
             )
             stored = _stored(row)
             await self._record(
@@ -382,6 +396,16 @@ class NationalReconciliation:
                 {"filename": filename, "size": len(content), **data},
             )
             return stored
+
+    async def _made(self, conn: Pool | Connection, msg: Message) -> StoredFile | None:
+        """The file ``msg`` made, if it ran before."""
+        row = await conn.fetchrow(
+            f"SELECT {_FILE_COLUMNS} FROM national_files"  # noqa: S608 - constants
+            " WHERE fixmedins_code = $1 AND msgid = $2",
+            msg.fixmedins_code,
+            msg.msgid,
+        )
+        return None if row is None else _stored(row)
 
     async def _record(
         self,

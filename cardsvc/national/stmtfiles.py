@@ -52,7 +52,10 @@ RESULT_COLUMNS = (
 )
 RESULT_MEMBER = "result.txt"
 
-MAX_FILE_BYTES = 20 * 1024 * 1024  # the zip as uploaded
+# The zip as uploaded: 200 000 settlements zipped with room to spare. A 9101 message carries
+# it as base64 (4/3 of its size) or as an array of numbers (up to 4 bytes of JSON a byte),
+# within the gateway's body limit (CARDSVC_GATEWAY_MAX_BODY_BYTES, 8 MB by default).
+MAX_FILE_BYTES = 8 * 1024 * 1024
 MAX_TEXT_BYTES = 32 * 1024 * 1024  # its text, uncompressed
 MAX_ROWS = 200_000  # settlements in one file
 MAX_FILENAME = 100
@@ -324,9 +327,9 @@ def _both(row: FileRow, settled: Settled) -> ResultLine:
 
 
 def _only_ours(settled: Settled) -> ResultLine:
-    if settled.reversed:  # neither side counts it
-        return _line(settled, "0", "reversed at cardsvc; not in the facility's file")
-    return _line(settled, "1", "not in the facility's file")
+    # A reversed settlement too: the facility's list names it, flagged (refd_setl_flag 1).
+    memo = "not in the facility's file"
+    return _line(settled, "1", memo + " (reversed at cardsvc)" if settled.reversed else memo)
 
 
 def _only_listed(row: FileRow, settled: Settled | None) -> ResultLine:

@@ -47,7 +47,7 @@ async def upload(call: Call, inputs: dict[str, msgspec.Raw]) -> Output:
 @transaction("3202")
 async def detail(call: Call, inputs: dict[str, msgspec.Raw]) -> Output:
     data = node(inputs, "data", DetailIn)
-    return {"fileinfo": await _service(call).detail(_message(call), data)}
+    return {"fileinfo": (await _service(call).detail(_message(call), data)).fileinfo()}
 
 
 @transaction("9102")

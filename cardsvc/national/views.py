@@ -8,7 +8,7 @@ from aiohttp import web
 
 from cardsvc import clock
 from cardsvc.errors import InvalidRequest
-from cardsvc.national.dispatch import PayloadTooLarge, Reply, refusal
+from cardsvc.national.dispatch import FILE, PayloadTooLarge, Reply, refusal
 from cardsvc.national.models import CreateGatewayClient, UpdateGatewayClient
 from cardsvc.types import FACILITY_CODE_PATTERN
 from cardsvc.web.appkeys import SERVICES, SETTINGS
@@ -31,11 +31,13 @@ async def _read_bounded(request: web.Request, limit: int) -> bytes:
 
 
 def _response(reply: Reply) -> web.Response:
+    # A file (9102) is saved, not shown; the HIS names it (it asked for it by name).
+    file = {"Content-Disposition": "attachment"} if reply.content_type == FILE else {}
     return web.Response(
         body=reply.body,
         status=reply.status,
         content_type=reply.content_type,
-        headers=reply.headers,
+        headers={**reply.headers, **file},
     )
 
 

@@ -16,6 +16,9 @@ CREATE TABLE national_files (
     size           integer NOT NULL CHECK (size >= 0),
     created_at     timestamptz NOT NULL,
     dld_endtime    timestamptz NOT NULL,
+    -- a result's outcome as 3202 answered it (a message run again answers the same)
+    stmt_rslt      text CHECK (stmt_rslt IN ('0', '1')),
+    stmt_rslt_dscr text,
     UNIQUE (fixmedins_code, msgid)
 );
 ALTER TABLE national_files ALTER COLUMN content SET STORAGE EXTERNAL;

@@ -6,22 +6,25 @@ bad zips refused. The settlements are made through the native API."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
-import hashlib
 import io
-import itertools
-import secrets
-import time
 import zipfile
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import msgspec
 import pytest
 import pytest_asyncio
 
+from cardsvc import db
+from cardsvc.audit.services import AuditLog
 from cardsvc.clock import business_date
+from cardsvc.config import Settings
 from cardsvc.national import stmtfiles
+from cardsvc.national.recon import DetailIn, Message, NationalReconciliation, UploadIn
+from cardsvc.reconciliation.services import Reconciliation
 from tests.support.api import (
     POLICY_CATALOG,
     Patient,
@@ -30,122 +33,48 @@ from tests.support.api import (
     lines,
     patient,
 )
+from tests.support.gateway import PATH, GatewayClient, gateway_client, new_msgid
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
-ENDPOINT = "/fsi/api/rsfComIfsService/callService"
-_serial = itertools.count(1)
+
+def gw_upload_in(gw: GatewayClient, data: bytes, *, as_array: bool = False) -> dict[str, Any]:
+    encoded: Any = list(data) if as_array else base64.b64encode(data).decode()
+    return {
+        "fsUploadIn": {"in": encoded, "filename": "stmt.zip", "fixmedins_code": gw.fixmedins_code}
+    }
 
 
-@dataclass
-class Gateway:
-    """An HIS of one facility speaking the national interface (signed in with 9001)."""
-
-    service: Service
-    fixmedins_code: str
-    paasid: str
-    secret: str
-    sign_no: str = ""
-
-    def headers(self) -> dict[str, str]:
-        ts, nonce = str(int(time.time())), secrets.token_hex(16)
-        digest = hashlib.sha256((ts + self.secret + nonce + ts).encode()).hexdigest()
-        return {
-            "x-tif-paasid": self.paasid,
-            "x-tif-timestamp": ts,
-            "x-tif-nonce": nonce,
-            "x-tif-signature": digest,
-        }
-
-    def msgid(self) -> str:
-        return f"{self.fixmedins_code}{dt.datetime.now():%Y%m%d%H%M%S}{next(_serial) % 10000:04d}"
-
-    async def raw(self, infno: str, inputs: dict[str, Any], **env: Any) -> tuple[str, bytes]:
-        body = {
-            "infno": infno,
-            "msgid": self.msgid(),
-            "mdtrtarea_admvs": "320200",
-            "insuplc_admdvs": "",
-            "recer_sys_code": "YBXT",
-            "infver": "V1.0",
-            "opter_type": "1",
-            "opter": "001",
-            "opter_name": "收费员",
-            "inf_time": f"{dt.datetime.now():%Y-%m-%d %H:%M:%S}",
-            "fixmedins_code": self.fixmedins_code,
-            "fixmedins_name": "测试医院",
-            "sign_no": self.sign_no,
-            "input": inputs,
-            **env,
-        }
-        async with self.service.http.post(
-            self.service.base_url + ENDPOINT, json=body, headers=self.headers()
-        ) as resp:
-            assert resp.status == 200, (resp.status, await resp.text())
-            return resp.content_type, await resp.read()
-
-    async def call(self, infno: str, inputs: dict[str, Any], **env: Any) -> dict[str, Any]:
-        content_type, body = await self.raw(infno, inputs, **env)
-        assert content_type == "application/json", content_type
-        answer: dict[str, Any] = msgspec.json.decode(body)
-        return answer
-
-    async def ok(self, infno: str, inputs: dict[str, Any]) -> dict[str, Any]:
-        answer = await self.call(infno, inputs)
-        assert answer["infcode"] == 0, answer
-        output: dict[str, Any] = answer["output"]
-        return output
-
-    async def refused(self, infno: str, inputs: dict[str, Any]) -> str:
-        """The stable code of a refusal."""
-        answer = await self.call(infno, inputs)
-        assert answer["infcode"] == -1 and answer["output"] == {}, answer
-        code: str = answer["err_msg"].split("]")[0].lstrip("[")
-        return code
-
-    async def upload(self, data: bytes, *, as_array: bool = False) -> dict[str, Any]:
-        encoded: Any = list(data) if as_array else base64.b64encode(data).decode()
-        return await self.ok(
-            "9101",
-            {
-                "fsUploadIn": {
-                    "in": encoded,
-                    "filename": "stmt.zip",
-                    "fixmedins_code": self.fixmedins_code,
-                }
-            },
-        )
-
-    async def download(self, file_qury_no: str, filename: str) -> bytes:
-        content_type, body = await self.raw(
-            "9102",
-            {
-                "fsDownloadIn": {
-                    "file_qury_no": file_qury_no,
-                    "filename": filename,
-                    "fixmedins_code": self.fixmedins_code,
-                }
-            },
-        )
-        assert content_type == "application/zip", (content_type, body[:200])
-        return body
+async def send_9101(gw: GatewayClient, data: bytes, *, as_array: bool = False) -> dict[str, Any]:
+    out: dict[str, Any] = await gw.ok("9101", gw_upload_in(gw, data, as_array=as_array))
+    return out
 
 
-async def gateway(service: Service, fixmedins_code: str) -> Gateway:
-    client = await service.admin_ok(
-        "POST", "/v1/gateway-clients", {"fixmedins_code": fixmedins_code}
-    )
-    gw = Gateway(service, fixmedins_code, client["paasid"], client["secret"])
-    out = await gw.ok("9001", {"signIn": {"opter_no": "001", "mac": "00-16-3E-00-00-01", "ip": "127.0.0.1"}})
-    gw.sign_no = out["signinoutb"]["sign_no"]
-    return gw
+async def fetch_9102(gw: GatewayClient, file_qury_no: str, filename: str) -> bytes:
+    """9102: the zip itself as the HTTP body."""
+    node = {"file_qury_no": file_qury_no, "filename": filename, "fixmedins_code": gw.fixmedins_code}
+    body = msgspec.json.encode(gw.envelope("9102", {"fsDownloadIn": node}))
+    async with gw.service.http.post(
+        gw.service.base_url + PATH, data=body, headers=gw.headers()
+    ) as resp:
+        assert resp.status == 200 and resp.content_type == "application/zip", await resp.text()
+        assert resp.headers.get("Content-Disposition") == "attachment"
+        return await resp.read()
+
+
+async def refused(gw: GatewayClient, infno: str, inputs: dict[str, Any]) -> str | None:
+    """The stable code of a refusal."""
+    answer = await gw.call(infno, inputs)
+    assert answer.status == 200 and answer.infcode == -1, answer.body
+    assert answer.body["output"] == {}
+    return answer.code
 
 
 @dataclass
 class World:
     service: Service
-    gw: Gateway
-    other: Gateway  # another facility's HIS
+    gw: GatewayClient
+    other: GatewayClient  # another facility's HIS
     settled: list[dict[str, Any]]  # three settlements of gw's facility today, 310
     reversed_: dict[str, Any]  # one more, reversed
     patient: Patient
@@ -169,8 +98,8 @@ async def world(service: Service) -> World:
     await pos.call("POST", f"/v1/settlements/{reversed_['setl_id']}/reverse")
     return World(
         service,
-        await gateway(service, facility["fixmedins_code"]),
-        await gateway(service, other["fixmedins_code"]),
+        await gateway_client(service, facility["fixmedins_code"]),
+        await gateway_client(service, other["fixmedins_code"]),
         settled,
         reversed_,
         p,
@@ -235,19 +164,19 @@ async def test_3201_unbalanced_says_what_differs(world: World):
 async def test_3201_refusals(world: World):
     figures = totals(world.settled)
     assert (
-        await world.gw.refused("3201", statement(**{**figures, "acct_pay": "1.001"}))
+        await refused(world.gw, "3201", statement(**{**figures, "acct_pay": "1.001"}))
         == "AMOUNT_INVALID"
     )
     long = statement(**figures)
     long["data"]["stmt_begndate"] = "2025-01-01"
     long["data"]["stmt_enddate"] = "2026-06-30"
-    assert await world.gw.refused("3201", long) == "INVALID_DATES"
-    assert await world.gw.refused("3201", statement(**{**figures, "insutype": "999"})) == (
+    assert await refused(world.gw, "3201", long) == "INVALID_DATES"
+    assert await refused(world.gw, "3201", statement(**{**figures, "insutype": "999"})) == (
         "INPUT_INVALID"
     )
-    assert await world.gw.refused("3201", {"nodata": {}}) == "INPUT_INVALID"
+    assert await refused(world.gw, "3201", {"nodata": {}}) == "INPUT_INVALID"
     fraction = {**figures, "fixmedins_setl_cnt": "2.5"}
-    assert await world.gw.refused("3201", statement(**fraction)) == "INPUT_INVALID"
+    assert await refused(world.gw, "3201", statement(**fraction)) == "INPUT_INVALID"
 
 
 def file_row(s: dict[str, Any], **changes: Any) -> stmtfiles.FileRow:
@@ -267,12 +196,12 @@ def file_row(s: dict[str, Any], **changes: Any) -> stmtfiles.FileRow:
 @pytest.mark.parametrize("as_array", [False, True], ids=["base64", "array"])
 async def test_9101_upload_and_9102_round_trip(world: World, as_array: bool):
     data = stmtfiles.upload_zip([file_row(s) for s in world.settled])
-    out = await world.gw.upload(data, as_array=as_array)
+    out = await send_9101(world.gw, data, as_array=as_array)
     assert out["filename"] == "stmt.zip"
     assert out["file_qury_no"]
     end = dt.datetime.strptime(out["dld_endtime"], "%Y-%m-%d %H:%M:%S")
     assert end > dt.datetime.now()
-    assert await world.gw.download(out["file_qury_no"], "stmt.zip") == data
+    assert await fetch_9102(world.gw, out["file_qury_no"], "stmt.zip") == data
 
 
 def result_lines(data: bytes) -> dict[str, list[str]]:
@@ -293,7 +222,7 @@ async def test_3202_missing_extra_and_mismatching(world: World):
         file_row(world.reversed_, refd_setl_flag="1"),  # reversed on both sides
         # third: missing from the facility's file
     ]
-    upload = await world.gw.upload(stmtfiles.upload_zip(rows))
+    upload = await send_9101(world.gw, stmtfiles.upload_zip(rows))
     today = business_date().isoformat()
     header = {
         "setl_optins": "320200",
@@ -309,7 +238,7 @@ async def test_3202_missing_extra_and_mismatching(world: World):
     assert info["file_qury_no"] != upload["file_qury_no"]
     assert info["stmt_rslt"] == "1"
     assert "header totals differ" not in info["stmt_rslt_dscr"]  # the header is cardsvc's
-    result = result_lines(await world.gw.download(info["file_qury_no"], info["filename"]))
+    result = result_lines(await fetch_9102(world.gw, info["file_qury_no"], info["filename"]))
     assert set(result) == {
         first["setl_id"],
         second["setl_id"],
@@ -341,7 +270,9 @@ async def test_3202_missing_extra_and_mismatching(world: World):
 
 
 async def test_3202_header_totals_checked(world: World):
-    upload = await world.gw.upload(stmtfiles.upload_zip([file_row(s) for s in world.settled]))
+    rows = [file_row(s) for s in world.settled]
+    rows.append(file_row(world.reversed_, refd_setl_flag="1"))  # listed, flagged
+    upload = await send_9101(world.gw, stmtfiles.upload_zip(rows))
     today = business_date().isoformat()
     header = {
         "file_qury_no": upload["file_qury_no"],
@@ -354,8 +285,9 @@ async def test_3202_header_totals_checked(world: World):
     }
     info = (await world.gw.ok("3202", {"data": header}))["fileinfo"]
     assert info["stmt_rslt"] == "0", info
-    result = result_lines(await world.gw.download(info["file_qury_no"], info["filename"]))
+    result = result_lines(await fetch_9102(world.gw, info["file_qury_no"], info["filename"]))
     assert [r[4] for r in result.values()] == ["0"] * 4  # three settled, one reversed
+    assert result[world.reversed_["setl_id"]][5] == "1"
     header["cash_payamt"] = "0.01"
     header["fixmedins_setl_cnt"] = 4
     info = (await world.gw.ok("3202", {"data": header}))["fileinfo"]
@@ -365,14 +297,14 @@ async def test_3202_header_totals_checked(world: World):
 
 
 async def test_another_facilitys_file_is_refused(world: World):
-    upload = await world.gw.upload(stmtfiles.upload_zip([file_row(world.settled[0])]))
+    upload = await send_9101(world.gw, stmtfiles.upload_zip([file_row(world.settled[0])]))
     no = upload["file_qury_no"]
     download = {
         "file_qury_no": no,
         "filename": "stmt.zip",
         "fixmedins_code": world.other.fixmedins_code,
     }
-    assert await world.other.refused("9102", {"fsDownloadIn": download}) == "FILE_NOT_FOUND"
+    assert await refused(world.other, "9102", {"fsDownloadIn": download}) == "FILE_NOT_FOUND"
     today = business_date().isoformat()
     header = {
         "file_qury_no": no,
@@ -383,20 +315,20 @@ async def test_another_facilitys_file_is_refused(world: World):
         "cash_payamt": 0,
         "fixmedins_setl_cnt": 0,
     }
-    assert await world.other.refused("3202", {"data": header}) == "FILE_NOT_FOUND"
+    assert await refused(world.other, "3202", {"data": header}) == "FILE_NOT_FOUND"
     # naming the other facility in the input node
     theirs = {**download, "fixmedins_code": world.gw.fixmedins_code}
-    assert await world.other.refused("9102", {"fsDownloadIn": theirs}) == "NOT_OWN_FACILITY"
+    assert await refused(world.other, "9102", {"fsDownloadIn": theirs}) == "NOT_OWN_FACILITY"
     upload_in = {
         "in": "UEsFBgAAAAAAAAAAAAAAAAAAAAAAAA==",
         "filename": "a.zip",
         "fixmedins_code": world.gw.fixmedins_code,
     }
-    assert await world.other.refused("9101", {"fsUploadIn": upload_in}) == "NOT_OWN_FACILITY"
+    assert await refused(world.other, "9101", {"fsUploadIn": upload_in}) == "NOT_OWN_FACILITY"
     # the owner: the file, but only under its name
-    assert await world.gw.download(no, "stmt.zip")
+    assert await fetch_9102(world.gw, no, "stmt.zip")
     wrong_name = {**download, "fixmedins_code": world.gw.fixmedins_code, "filename": "x.zip"}
-    assert await world.gw.refused("9102", {"fsDownloadIn": wrong_name}) == "FILE_NOT_FOUND"
+    assert await refused(world.gw, "9102", {"fsDownloadIn": wrong_name}) == "FILE_NOT_FOUND"
 
 
 def zip_of(*members: tuple[str, bytes]) -> bytes:
@@ -430,7 +362,7 @@ async def test_bad_zips_are_refused(world: World, data: bytes, code: str):
         "filename": "stmt.zip",
         "fixmedins_code": world.gw.fixmedins_code,
     }
-    assert await world.gw.refused("9101", {"fsUploadIn": upload_in}) == code
+    assert await refused(world.gw, "9101", {"fsUploadIn": upload_in}) == code
 
 
 async def test_bad_upload_nodes_are_refused(world: World):
@@ -440,13 +372,13 @@ async def test_bad_upload_nodes_are_refused(world: World):
         {"in": [1, 256], "filename": "a.zip", "fixmedins_code": code},
         {"in": [], "fixmedins_code": code},
     ):
-        assert await world.gw.refused("9101", {"fsUploadIn": upload_in}) == "INPUT_INVALID"
+        assert await refused(world.gw, "9101", {"fsUploadIn": upload_in}) == "INPUT_INVALID"
     bad_name = {"in": list(zip_of(("a.txt", GOOD))), "filename": "../a.zip", "fixmedins_code": code}
-    assert await world.gw.refused("9101", {"fsUploadIn": bad_name}) == "FILE_INVALID"
+    assert await refused(world.gw, "9101", {"fsUploadIn": bad_name}) == "FILE_INVALID"
 
 
 async def test_3202_refuses_a_result_file_and_a_long_period(world: World):
-    upload = await world.gw.upload(stmtfiles.upload_zip([file_row(world.settled[0])]))
+    upload = await send_9101(world.gw, stmtfiles.upload_zip([file_row(world.settled[0])]))
     today = business_date()
     header = {
         "file_qury_no": upload["file_qury_no"],
@@ -457,10 +389,52 @@ async def test_3202_refuses_a_result_file_and_a_long_period(world: World):
         "cash_payamt": 0,
         "fixmedins_setl_cnt": 0,
     }
-    assert await world.gw.refused("3202", {"data": header}) == "INVALID_DATES"
+    assert await refused(world.gw, "3202", {"data": header}) == "INVALID_DATES"
     header["stmt_begndate"] = today.isoformat()
     info = (await world.gw.ok("3202", {"data": header}))["fileinfo"]
     header["file_qury_no"] = info["file_qury_no"]
-    assert await world.gw.refused("3202", {"data": header}) == "FILE_INVALID"
+    assert await refused(world.gw, "3202", {"data": header}) == "FILE_INVALID"
     header["file_qury_no"] = "Fnosuchfile"
-    assert await world.gw.refused("3202", {"data": header}) == "FILE_NOT_FOUND"
+    assert await refused(world.gw, "3202", {"data": header}) == "FILE_NOT_FOUND"
+
+
+async def test_a_message_run_twice_makes_one_file(world: World, settings: Settings):
+    """The core stores a message's answer after its handler; a crash in between runs the
+    handler again under the same msgid: it finds the file it made, answers the same."""
+    pool = await db.create_pool(settings)
+    try:
+        recon = NationalReconciliation(pool, AuditLog(pool), Reconciliation(pool))
+        msg = Message(
+            fixmedins_code=world.gw.fixmedins_code,
+            msgid=new_msgid(world.gw.fixmedins_code),
+            actor="gateway:test",
+            opter="001",
+            opter_name="收费员",
+            now=dt.datetime.now(dt.UTC),
+        )
+        data = stmtfiles.upload_zip([file_row(world.settled[0])])
+        upload = UploadIn(in_=data, filename="a.zip", fixmedins_code=msg.fixmedins_code)
+        first = await recon.upload(msg, upload)
+        assert await recon.upload(msg, upload) == first
+        today = business_date()
+        detail = DetailIn(
+            file_qury_no=first.file_qury_no,
+            stmt_begndate=today,
+            stmt_enddate=today,
+            medfee_sumamt=Decimal(0),
+            fund_pay_sumamt=Decimal(0),
+            cash_payamt=Decimal(0),
+            fixmedins_setl_cnt=Decimal(0),
+        )
+        detail_msg = dataclasses.replace(msg, msgid=new_msgid(world.gw.fixmedins_code))
+        result = await recon.detail(detail_msg, detail)
+        assert await recon.detail(detail_msg, detail) == result
+        for made_by in (msg, detail_msg):
+            made = await pool.fetchval(
+                "SELECT count(*) FROM national_files WHERE fixmedins_code = $1 AND msgid = $2",
+                made_by.fixmedins_code,
+                made_by.msgid,
+            )
+            assert made == 1
+    finally:
+        await pool.close()

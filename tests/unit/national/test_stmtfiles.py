@@ -219,7 +219,7 @@ def test_comparison_missing_extra_mismatching_reversed_and_outside() -> None:
         settled("S2"),
         settled("S4"),  # missing from the file
         settled("S5", reversed=True),
-        settled("S6", reversed=True),  # reversed, not listed: nobody counts it
+        settled("S6", reversed=True),  # reversed, not listed
     ]
     elsewhere = {"S7": settled("S7", setl_date=DAY - dt.timedelta(days=40), msgid="H1m7")}
     lines = sf.compare(rows, ours, elsewhere)
@@ -232,7 +232,7 @@ def test_comparison_missing_extra_mismatching_reversed_and_outside() -> None:
     assert by_id["S3"][4] == "1" and "unknown to cardsvc" in by_id["S3"][6]
     assert by_id["S4"][4:7] == ["1", "0", "not in the facility's file"]
     assert by_id["S5"][4:7] == ["0", "1", ""]
-    assert by_id["S6"][4:6] == ["0", "1"]
+    assert by_id["S6"][4:7] == ["1", "1", "not in the facility's file (reversed at cardsvc)"]
     assert by_id["S7"][3:5] == ["H1m7", "1"]
     assert "2026-10-21, outside the period" in by_id["S7"][6]
 
