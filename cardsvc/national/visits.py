@@ -34,6 +34,7 @@ import msgspec
 from cardsvc.clock import business_date
 from cardsvc.db import Connection
 from cardsvc.errors import Conflict, NotFound, ServiceUnavailable
+from cardsvc.settlement.policy import LineSplit
 
 VisitKind = Literal["outpatient", "inpatient", "pharmacy"]
 VisitStatus = Literal["open", "cancelled", "discharged"]
@@ -44,20 +45,6 @@ ALL_BATCHES = "0000"
 # A settlement's claim on a visit older than this is abandoned (its settlement failed or
 # its worker died): well above the settlement's own time bound.
 SETTLING_CLAIM_TTL = dt.timedelta(seconds=120)
-
-
-class LineResult(msgspec.Struct, frozen=True, kw_only=True):
-    """A line's Step-1 split as answered at upload (fen; ``selfpay_prop`` in percent of
-    the base left to the person: 0 in scope, the item's proportion, 100 full own-pay)."""
-
-    total: int
-    over: int
-    fulamt_ownpay: int
-    preselfpay: int
-    inscp: int
-    chrgitm_lv: str
-    selfpay_prop: int
-    max_price: int | None  # fen per unit; None: the item has no price ceiling
 
 
 class Visit(msgspec.Struct, frozen=True, kw_only=True):
@@ -91,7 +78,7 @@ class VisitLine(msgspec.Struct, frozen=True, kw_only=True):
     status: LineStatus
     init_feedetl_sn: str | None
     created_msgid: str
-    result: LineResult
+    result: LineSplit
 
 
 class NewLine(msgspec.Struct, frozen=True, kw_only=True):
@@ -104,7 +91,7 @@ class NewLine(msgspec.Struct, frozen=True, kw_only=True):
     count_e4: int
     total: int
     init_feedetl_sn: str | None
-    result: LineResult
+    result: LineSplit
     details: dict[str, Any]
 
     def same_content(self, line: VisitLine) -> bool:
@@ -126,7 +113,7 @@ class NewLine(msgspec.Struct, frozen=True, kw_only=True):
         )
 
 
-_result_decoder = msgspec.json.Decoder(LineResult)
+_result_decoder = msgspec.json.Decoder(LineSplit)
 _encoder = msgspec.json.Encoder()
 
 _VISIT_COLUMNS = ", ".join(Visit.__struct_fields__)

@@ -1,0 +1,498 @@
+"""Settling a visit's uploaded lines through the settlement pipeline (2206/2207, 2303/2304),
+cancelling a settlement (2208/2305) and undoing a message (2601).
+
+A gateway settlement is a ``SettleJob`` like a POST /v1/settlements: the same engine,
+ledger, supervision flags and review holds, audit entry (which names the gateway client as
+actor and the message's ``opter``/``opter_name``), token spending (one settlement per
+``transaction`` card token) and idempotency: its Idempotency-Key is ``"gw:" + msgid``,
+unique per facility, so a message run twice (a crash before its answer was stored, two
+retries at once) settles once and answers the same.
+
+**Never a line settled twice.** The lines a settlement takes are the visit's unsettled
+lines; they are marked with its ``setl_id`` only after its commit (the pipeline writes the
+settlement, not the visit). Between the two the visit is *claimed* by the message
+(``visits.claim``: ``settling_msgid``, ``settling_since``), committed before the job is
+submitted:
+
+1. Under the visit's row lock, the claim step looks for the settlement of this message
+   (a rerun: its lines are marked and its answer returned) and for another message's claim.
+   A claim whose settlement exists is completed (its lines marked, the claim ended) — the
+   settlement's own ``lines`` column names each line's ``feedetl_sn``, so the link between
+   a settlement and its lines survives a process dying between commit and marking. A claim
+   older than ``visits.SETTLING_CLAIM_TTL`` without a settlement is abandoned. A live claim
+   refuses the message with ``VISIT_SETTLING`` (retryable: not stored as its answer).
+2. The unsettled lines are read, checked (``medfee_sumamt`` their sum), and claimed.
+3. The job goes through the pipeline; a refusal ends the claim.
+4. The lines are marked and the claim ended, in one transaction.
+
+Two messages for one visit therefore serialise on the claim: exactly one settles, the other
+is told to retry, and its retry sees the lines already settled. Changing the lines of a
+claimed visit (2205/2302/2601) waits for the claim too (``visits.check_not_settling``).
+
+**2601 for a message that has not arrived** is recorded (``gateway_undone_messages``): a
+settlement message arriving later with that msgid is refused (``MSGID_UNDONE``), so an HIS
+that gave up on a settlement and undid it is never charged by its late copy. The record and
+the settlement's claim step take the same per-message advisory lock, so one of them sees
+the other.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+import asyncpg
+import msgspec
+import structlog
+
+from cardsvc import clock
+from cardsvc.cardauth.services import token_use_id
+from cardsvc.cardauth.tokens import CardTokenClaims
+from cardsvc.db import Connection, transaction
+from cardsvc.errors import CardsvcError, Conflict, InvalidRequest, NotFound, ServiceUnavailable
+from cardsvc.national import visits
+from cardsvc.national.certs import Certified
+from cardsvc.national.registry import Call
+from cardsvc.settlement import policy
+from cardsvc.settlement.models import Reversal, SetlInfo
+from cardsvc.settlement.plan import Opter, SettleJob, stored_setl_info
+from cardsvc.settlement.services import reverse_locked
+
+log = structlog.get_logger(__name__)
+
+KEY_PREFIX: Final = "gw:"  # a gateway settlement's Idempotency-Key: "gw:" + its msgid
+SETTLING_INFNOS: Final = frozenset({"2207", "2304"})
+REGISTERING_INFNOS: Final = frozenset({"2201", "2401"})
+UPLOADING_INFNOS: Final = frozenset({"2204", "2301"})
+
+_digest_encoder = msgspec.json.Encoder()
+
+
+class _StoredLine(msgspec.Struct):
+    feedetl_sn: str | None = None
+
+
+_stored_lines = msgspec.json.Decoder(list[_StoredLine])
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    """What a 2206/2207/2303/2304 asks to settle (amounts in fen)."""
+
+    psn_no: str
+    mdtrt_id: str
+    insutype: str
+    med_type: str | None  # 2303/2304 name none: the stay's
+    medfee_sumamt: int
+    chrg_bchno: str | None  # None or "0000": every unsettled line
+    acct_used_flag: bool
+    inpatient: bool
+    mid_setl_flag: bool = False  # 2303/2304: a settlement during the stay
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """A settlement's answer with what the gateway's output adds to cardsvc's."""
+
+    info: SetlInfo
+    psn_type: str
+    msgid: str  # the settling message (medins_setl_id); for a preview, the 2206/2303's
+
+
+# --- refusals --------------------------------------------------------------------------
+
+
+def _mismatch(message: str) -> Conflict:
+    return Conflict(message, code="VISIT_MISMATCH")
+
+
+def visit_settling(mdtrt_id: str) -> ServiceUnavailable:
+    return ServiceUnavailable(
+        f"visit {mdtrt_id} is being settled by another message: retry in a moment",
+        code="VISIT_SETTLING",
+    )
+
+
+# --- the order against the visit -------------------------------------------------------
+
+
+def check_visit(visit: visits.Visit, order: Order, cert: Certified) -> None:
+    """The order must be of the visit's person, insutype, med_type and kind, on a visit
+    that can be settled now (a final inpatient settlement after discharge, a mid-stay one
+    before it)."""
+    cert.require_person(order.psn_no)
+    if visit.psn_no != cert.psn_no:
+        raise _mismatch(f"visit {visit.mdtrt_id} is another person's")
+    if visit.status == "cancelled":
+        raise Conflict(f"visit {visit.mdtrt_id} was cancelled", code="VISIT_CANCELLED")
+    if order.insutype != visit.insutype:
+        raise _mismatch(f"visit {visit.mdtrt_id} is of insutype {visit.insutype}")
+    if order.med_type is not None and order.med_type != visit.med_type:
+        raise _mismatch(f"visit {visit.mdtrt_id} is of med_type {visit.med_type}")
+    if order.inpatient != (visit.kind == "inpatient"):
+        raise _mismatch(
+            f"visit {visit.mdtrt_id} is {visit.kind}: settle it with "
+            + ("2303/2304" if visit.kind == "inpatient" else "2206/2207")
+        )
+    if order.inpatient and order.mid_setl_flag and visit.status != "open":
+        raise Conflict(
+            f"the stay {visit.mdtrt_id} is discharged: settle it with mid_setl_flag 0",
+            code="VISIT_DISCHARGED",
+        )
+    if order.inpatient and not order.mid_setl_flag and visit.status != "discharged":
+        raise Conflict(
+            f"the stay {visit.mdtrt_id} is not discharged (2402): a final settlement follows"
+            " the discharge; during the stay use mid_setl_flag 1",
+            code="VISIT_NOT_DISCHARGED",
+        )
+
+
+def engine_request(
+    visit: visits.Visit, order: Order, lines: list[visits.VisitLine]
+) -> policy.SettlementRequest:
+    """The engine's request for ``lines``; ``medfee_sumamt`` must be their sum."""
+    if not lines:
+        raise Conflict(
+            f"visit {visit.mdtrt_id} has no unsettled fee lines"
+            + ("" if order.chrg_bchno in (None, visits.ALL_BATCHES) else " in this chrg_bchno"),
+            code="NO_UNSETTLED_LINES",
+        )
+    total = sum(line.total for line in lines)
+    if total != order.medfee_sumamt:
+        raise InvalidRequest(
+            f"medfee_sumamt {_yuan_text(order.medfee_sumamt)} is not the sum of the visit's"
+            f" {len(lines)} unsettled lines, {_yuan_text(total)}",
+            code="FEE_SUM_MISMATCH",
+            details={"medfee_sumamt_fen": order.medfee_sumamt, "lines_sum_fen": total},
+        )
+    return policy.SettlementRequest(
+        insutype=visit.insutype,
+        med_type=visit.med_type,
+        acct_used_flag=order.acct_used_flag,
+        injury_case_id=visit.injury_case_id,
+        delivery_type=visit.delivery_type,
+        lines=tuple(
+            policy.DecimalLine(
+                code=line.code, price_e4=line.price_e4, count_e4=line.count_e4, total=line.total
+            )
+            for line in lines
+        ),
+    )
+
+
+def _yuan_text(fen: int) -> str:
+    return f"{fen // 100}.{fen % 100:02d}"
+
+
+def request_digest(psn_no: str, mdtrt_id: str, refs: tuple[str, ...], request: Any) -> bytes:
+    """The gateway settlement's request hash: the person, the visit and exactly the lines
+    it settles (a rerun that would settle other lines is another request)."""
+    body = _digest_encoder.encode({"mdtrt_id": mdtrt_id, "refs": refs, "request": request})
+    return hashlib.sha256(b"gw\n" + psn_no.encode() + b"\n" + body).digest()
+
+
+# --- pre-settlement --------------------------------------------------------------------
+
+
+async def preview(call: Call, order: Order, cert: Certified) -> Settled:
+    """The settlement of the visit's unsettled lines as it would be now; writes nothing."""
+    fac = call.fixmedins_code
+    async with call.pool.acquire() as conn:
+        visit = await visits.load_visit(conn, fac, order.mdtrt_id)
+        check_visit(visit, order, cert)
+        lines = await visits.unsettled_lines(conn, fac, order.mdtrt_id, order.chrg_bchno)
+        request = engine_request(visit, order, lines)
+        card_no = cert.card_no or await _active_card(conn, cert.psn_no)
+        psn_type = await _psn_type(conn, cert.psn_no)
+    info = await call.services.settlements.preview_request(
+        fac, cert.psn_no, card_no, request, order.mdtrt_id
+    )
+    return Settled(info, psn_type, call.msgid)
+
+
+async def _active_card(conn: Connection, psn_no: str) -> str:
+    """For a preview by identity number (02): the person's active card, if any (the policy
+    refuses a settlement without one, and says so)."""
+    card_no: str | None = await conn.fetchval(
+        "SELECT card_no FROM cards WHERE psn_no = $1 ORDER BY status = 'active' DESC LIMIT 1",
+        psn_no,
+    )
+    return card_no or ""
+
+
+async def _psn_type(conn: Connection, psn_no: str) -> str:
+    psn_type: str | None = await conn.fetchval(
+        "SELECT psn_type FROM persons WHERE psn_no = $1", psn_no
+    )
+    return psn_type or ""
+
+
+# --- settlement ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Claimed:
+    job: SettleJob
+    psn_type: str
+
+
+async def settle(call: Call, order: Order, cert: Certified) -> Settled:
+    """Settles the visit's unsettled lines (see the module's docstring for the claim)."""
+    if cert.claims is None or cert.card_no is None:  # certs.resolve(settling=True) saw to it
+        raise RuntimeError("a settlement needs a card token")
+    fac, msgid = call.fixmedins_code, call.msgid
+    async with transaction(call.pool) as conn:
+        claimed = await _claim(conn, call, order, cert, _Card(cert.card_no, cert.claims))
+    if isinstance(claimed, Settled):
+        return claimed
+    job = claimed.job
+    try:
+        info = await call.services.settlements.submit(job)
+    except ServiceUnavailable:
+        raise  # maybe written, maybe not: the claim stays for the retry (or expires)
+    except CardsvcError:
+        async with transaction(call.pool) as conn:
+            stored = await _settlement(conn, fac, job.key)
+            if stored is not None:  # settled meanwhile under this message (a concurrent rerun)
+                return await _finish(conn, stored, msgid, claimed.psn_type)
+            await visits.end_claim(conn, fac, order.mdtrt_id, msgid)
+        raise
+    async with transaction(call.pool) as conn:
+        await _mark(conn, fac, order.mdtrt_id, job.line_refs, info.setl_id or "", msgid)
+    return Settled(info, claimed.psn_type, msgid)
+
+
+@dataclass(frozen=True, slots=True)
+class _Card:
+    card_no: str
+    claims: CardTokenClaims
+
+
+async def _claim(
+    conn: Connection, call: Call, order: Order, cert: Certified, card: _Card
+) -> _Claimed | Settled:
+    fac, msgid, now = call.fixmedins_code, call.msgid, clock.now()
+    await _lock_message(conn, fac, msgid)
+    undone = await conn.fetchval(
+        "SELECT undone_by FROM gateway_undone_messages WHERE fixmedins_code = $1 AND msgid = $2",
+        fac,
+        msgid,
+    )
+    if undone is not None:
+        raise Conflict(
+            f"message {msgid} was undone by 2601 (msgid {undone}) before it arrived:"
+            " send the settlement again as a new message",
+            code="MSGID_UNDONE",
+        )
+    visit = await visits.load_visit(conn, fac, order.mdtrt_id, lock=True)
+    psn_type = await _psn_type(conn, cert.psn_no)
+    key = KEY_PREFIX + msgid
+    stored = await _settlement(conn, fac, key)
+    if stored is not None:  # this message settled before (its answer was lost)
+        return await _finish(conn, stored, msgid, psn_type)
+    await _settle_other_claim(conn, visit, msgid, now)
+    check_visit(visit, order, cert)
+    lines = await visits.unsettled_lines(conn, fac, order.mdtrt_id, order.chrg_bchno)
+    request = engine_request(visit, order, lines)
+    if not await visits.claim(conn, fac, order.mdtrt_id, msgid, now):
+        raise visit_settling(order.mdtrt_id)
+    refs = tuple(line.feedetl_sn for line in lines)
+    job = SettleJob(
+        caller=call.caller,
+        key=key,
+        digest=request_digest(cert.psn_no, order.mdtrt_id, refs, request),
+        request=request,
+        mdtrt_id=order.mdtrt_id,
+        psn_no=cert.psn_no,
+        card_no=card.card_no,
+        spends=token_use_id(card.claims),
+        admission=None,  # the gateway admitted the message (its TIF nonce) itself
+        line_refs=refs,
+        opter=Opter(call.opter, call.opter_name),
+    )
+    return _Claimed(job, psn_type)
+
+
+async def _settle_other_claim(
+    conn: Connection, visit: visits.Visit, msgid: str, now: dt.datetime
+) -> None:
+    """Another message's claim on the visit: completed if its settlement exists, left to
+    ``visits.claim`` otherwise (which takes over one past its TTL and refuses a live one)."""
+    other = visit.settling_msgid
+    if other is None or other == msgid:
+        return
+    stored = await _settlement(conn, visit.fixmedins_code, KEY_PREFIX + other)
+    if stored is not None:
+        await _finish(conn, stored, other, "")
+        log.info("gateway_claim_completed", mdtrt_id=visit.mdtrt_id, setl_id=stored["setl_id"])
+
+
+async def _finish(conn: Connection, stored: asyncpg.Record, msgid: str, psn_type: str) -> Settled:
+    """The settlement stored under message ``msgid``: its lines marked (unless it was
+    reversed since: its lines are free again), the message's claim ended, its answer."""
+    fac, mdtrt_id = stored["fixmedins_code"], stored["mdtrt_id"]
+    if stored["status"] == "settled":
+        refs = tuple(
+            line.feedetl_sn for line in _stored_lines.decode(stored["lines"]) if line.feedetl_sn
+        )
+        await _mark(conn, fac, mdtrt_id, refs, stored["setl_id"], msgid)
+    else:
+        await visits.end_claim(conn, fac, mdtrt_id, msgid)
+    return Settled(stored_setl_info(stored), psn_type, msgid)
+
+
+async def _mark(
+    conn: Connection, fac: str, mdtrt_id: str, refs: tuple[str, ...], setl_id: str, msgid: str
+) -> None:
+    marked = await visits.mark_settled(conn, fac, mdtrt_id, refs, setl_id)
+    await visits.end_claim(conn, fac, mdtrt_id, msgid)
+    if marked != len(refs):
+        # Only lines already marked by this very settlement (a completion run twice) are
+        # expected here; anything else would mean the claim was broken.
+        already = await conn.fetchval(
+            "SELECT count(*) FROM gateway_visit_lines WHERE fixmedins_code = $1"
+            " AND mdtrt_id = $2 AND feedetl_sn = ANY($3::text[]) AND setl_id = $4",
+            fac,
+            mdtrt_id,
+            list(refs),
+            setl_id,
+        )
+        if already != len(refs):
+            log.error(
+                "gateway_lines_not_marked",
+                setl_id=setl_id,
+                mdtrt_id=mdtrt_id,
+                lines=len(refs),
+                marked=already,
+            )
+
+
+async def _settlement(conn: Connection, fac: str, key: str) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await conn.fetchrow(
+        "SELECT * FROM settlements WHERE fixmedins_code = $1 AND idempotency_key = $2", fac, key
+    )
+    return row
+
+
+async def _lock_message(conn: Connection, fac: str, msgid: str) -> None:
+    """Serialises a settlement message's claim step with a 2601 naming it."""
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended('gateway-msg|' || $1 || '|' || $2, 0))",
+        fac,
+        msgid,
+    )
+
+
+# --- cancelling a settlement -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    """A reversal with the settlement it gave back."""
+
+    reversal: Reversal
+    settlement: SetlInfo
+    psn_type: str
+
+
+async def cancel(
+    call: Call, setl_id: str, *, mdtrt_id: str | None, psn_no: str | None, inpatient: bool | None
+) -> Cancelled:
+    """2208/2305: the settlement reversed (``SettlementService``'s reversal) and its lines
+    unsettled again, in one transaction; a second cancel answers the first reversal."""
+    async with transaction(call.pool) as conn:
+        row = await conn.fetchrow(
+            "SELECT psn_no, fixmedins_code, mdtrt_id, med_type FROM settlements WHERE setl_id = $1",
+            setl_id,
+        )
+        if row is None or row["fixmedins_code"] != call.fixmedins_code:
+            raise NotFound(f"no settlement {setl_id} at this facility", code="SETTLEMENT_NOT_FOUND")
+        if mdtrt_id is not None and row["mdtrt_id"] != mdtrt_id:
+            raise _mismatch(f"settlement {setl_id} is not of visit {mdtrt_id}")
+        if psn_no is not None and row["psn_no"] != psn_no:
+            raise _mismatch(f"settlement {setl_id} is not of person {psn_no}")
+        if inpatient is not None and inpatient != (row["med_type"] == policy.INPATIENT):
+            raise _mismatch(
+                f"settlement {setl_id} is "
+                + ("inpatient: cancel it with 2305" if not inpatient else "not inpatient: 2208")
+            )
+        return await _reverse(conn, call, setl_id, row["psn_no"])
+
+
+async def _reverse(conn: Connection, call: Call, setl_id: str, psn_no: str) -> Cancelled:
+    reason = f"national {call.infno} msgid {call.msgid}, opter {call.opter} {call.opter_name}"
+    reversal = await reverse_locked(
+        conn, call.services.audit, call.caller, setl_id, psn_no, reason.strip()
+    )
+    await visits.release(conn, setl_id)
+    stored = await conn.fetchrow("SELECT * FROM settlements WHERE setl_id = $1", setl_id)
+    return Cancelled(reversal, stored_setl_info(stored), await _psn_type(conn, psn_no))
+
+
+# --- undoing a message -----------------------------------------------------------------
+
+Outcome = Literal["reversed", "cancelled", "none"]
+
+
+@dataclass(frozen=True, slots=True)
+class Undone:
+    outcome: Outcome
+    cancelled: Cancelled | None = None
+
+
+async def undo(call: Call, omsgid: str, oinfno: str, psn_no: str | None) -> Undone:
+    """2601: what message ``omsgid`` of this facility did, undone; idempotent. A message
+    that did nothing (or never arrived) answers ``none`` and is recorded, so that a late
+    settlement message with that msgid is refused."""
+    if oinfno not in SETTLING_INFNOS | REGISTERING_INFNOS | UPLOADING_INFNOS:
+        raise InvalidRequest(
+            f"oinfno {oinfno} cannot be undone by 2601: only 2201, 2204, 2207, 2301, 2304"
+            " and 2401 can",
+            code="UNSUPPORTED_INFNO",
+        )
+    fac, now = call.fixmedins_code, clock.now()
+    async with transaction(call.pool) as conn:
+        await _lock_message(conn, fac, omsgid)
+        undone: Undone
+        if oinfno in SETTLING_INFNOS:
+            undone = await _undo_settlement(conn, call, omsgid, psn_no, now)
+        else:
+            did = await visits.undo_message(conn, fac, omsgid, call.msgid, now)
+            undone = Undone("cancelled" if did else "none")
+        await conn.execute(
+            "INSERT INTO gateway_undone_messages (fixmedins_code, msgid, oinfno, undone_by,"
+            " outcome) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            fac,
+            omsgid,
+            oinfno,
+            call.msgid,
+            undone.outcome,
+        )
+        return undone
+
+
+async def _undo_settlement(
+    conn: Connection, call: Call, omsgid: str, psn_no: str | None, now: dt.datetime
+) -> Undone:
+    fac = call.fixmedins_code
+    stored = await _settlement(conn, fac, KEY_PREFIX + omsgid)
+    if stored is None:
+        # Not settled (yet): refused while the message holds a live claim on a visit (its
+        # settlement may be committing), else recorded as never arrived.
+        busy = await conn.fetchval(
+            "SELECT mdtrt_id FROM gateway_visits WHERE fixmedins_code = $1"
+            " AND settling_msgid = $2 AND settling_since > $3",
+            fac,
+            omsgid,
+            now - visits.SETTLING_CLAIM_TTL,
+        )
+        if busy is not None:
+            raise visit_settling(busy)
+        return Undone("none")
+    if psn_no is not None and stored["psn_no"] != psn_no:
+        raise _mismatch(f"message {omsgid} settled for another person")
+    cancelled = await _reverse(conn, call, stored["setl_id"], stored["psn_no"])
+    await visits.end_claim(conn, fac, stored["mdtrt_id"], omsgid)
+    return Undone("reversed", cancelled)

@@ -1,0 +1,364 @@
+"""The visit transactions' work: registration (2201, 2401, a pharmacy's first 2204), visit
+information (2203), fee lines (2204/2301) and their cancellation (2205/2302), cancelling a
+registration (2202) and discharge (2402).
+
+Each runs in one database transaction holding the visit's row lock, so that two messages
+about one visit (or two tries of one message) take turns; each is idempotent under its
+``msgid``: a rerun finds what the first run stored and answers the same.
+
+A registration checks what a settlement of the visit would check first, with cardsvc's
+codes (``policy.check_eligibility`` on the person, the card of the certificate, the
+facility and the visit type): ``CARD_NOT_ACTIVE``, ``INSURANCE_NOT_ACTIVE``,
+``FACILITY_SUSPENDED``, ``NO_AGREEMENT``, ``MED_TYPE_NOT_ALLOWED``, ``INJURY_CASE_INVALID``.
+It does not check year-to-date limits (``MATERNITY_LIMIT``) or the delivery type: those
+belong to the settlement, which checks everything again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from cardsvc import clock
+from cardsvc.db import Connection, transaction
+from cardsvc.errors import Conflict, Forbidden, InvalidRequest, ServiceUnavailable
+from cardsvc.national import certs, fees, visits
+from cardsvc.national.registry import Call
+from cardsvc.national.visit_models import ExpContent, FeeDetail, FeeResult, exp_content
+from cardsvc.national.visits import Visit, VisitKind
+from cardsvc.settlement import policy
+from cardsvc.settlement.params import CURRENT_POLICY_VERSION, PolicyParams, load_params
+from cardsvc.settlement.snapshot import load_snapshot
+
+# The visit type a registration gets when it names none (2201 has no med_type; 2203 may
+# change it): the facility's general visit for the scheme.
+_DEFAULT_MED_TYPE = {"pharmacy": "41", "510": "51"}
+_OUTPATIENT = "11"
+_CATALOG = (
+    "SELECT code, chrgitm_lv, selfpay_prop, max_price, work_injury FROM catalog_items"
+    " WHERE code = ANY($1::text[])"
+)
+_VALID_CASES = (
+    "SELECT case_id FROM injury_cases WHERE psn_no = $1 AND status = 'approved'"
+    " AND valid_from <= $2 AND valid_to >= $2 ORDER BY case_id LIMIT 2"
+)
+
+
+def _params() -> PolicyParams:
+    return load_params(CURRENT_POLICY_VERSION)
+
+
+def _kind_at(facility_type: str) -> VisitKind:
+    return "pharmacy" if facility_type == "pharmacy" else "outpatient"
+
+
+class Registration(msgspec.Struct, frozen=True, kw_only=True):
+    """What opens a visit, whichever message it came in."""
+
+    psn_no: str
+    insutype: str
+    med_type: str | None  # None: the default for the facility and scheme
+    begntime: dt.datetime
+    ipt_otp_no: str = ""
+    exp: ExpContent = msgspec.field(default_factory=ExpContent)
+    info: dict[str, Any] = msgspec.field(default_factory=dict)
+    inpatient: bool = False
+
+
+def _person_mismatch() -> Forbidden:
+    return Forbidden("psn_no is not the person of this visit", code="VISIT_PERSON_MISMATCH")
+
+
+def _closed(visit: Visit) -> Conflict:
+    return Conflict(f"visit {visit.mdtrt_id} is {visit.status}", code="VISIT_CLOSED")
+
+
+async def _injury_case(conn: Connection, reg: Registration, on: dt.date) -> str | None:
+    """The work-injury case of the visit: the one ``exp_content`` names, else the person's
+    only approved case valid today (none or several: ``INJURY_CASE_INVALID``)."""
+    if reg.insutype not in _params().work_injury_insutypes:
+        return None
+    if reg.exp.injury_case_id is not None:
+        return reg.exp.injury_case_id
+    cases = await conn.fetch(_VALID_CASES, reg.psn_no, on)
+    if len(cases) != 1:
+        raise policy.PolicyRefusal(
+            "INJURY_CASE_INVALID",
+            "name the work-injury case in exp_content (injury_case_id): the person has "
+            + ("no approved case valid today" if not cases else "several approved cases"),
+            {"cases": len(cases)},
+        )
+    return str(cases[0]["case_id"])
+
+
+async def _checked_visit(
+    conn: Connection,
+    call: Call,
+    reg: Registration,
+    *,
+    card_no: str | None,
+    mdtrt_id: str | None,
+) -> Visit:
+    """The visit ``reg`` opens, checked as a settlement would check it first; ``mdtrt_id``
+    None: cardsvc mints one. Stored by the caller."""
+    today = clock.business_date(call.now)
+    case_id = await _injury_case(conn, reg, today)
+    snapshot = await load_snapshot(
+        conn,
+        psn_no=reg.psn_no,
+        card_no=card_no or "",
+        fixmedins_code=call.fixmedins_code,
+        item_codes=[],
+        injury_case_id=case_id,
+        settle_date=today,
+    )
+    facility_type = snapshot.facility.type
+    kind: VisitKind = "inpatient" if reg.inpatient else _kind_at(facility_type)
+    med_type = reg.med_type or _DEFAULT_MED_TYPE.get(
+        facility_type, _DEFAULT_MED_TYPE.get(reg.insutype, _OUTPATIENT)
+    )
+    # No year-to-date limit at registration (the settlement's rule), and no card when the
+    # certificate is the identity number: the card is checked when it is presented.
+    snapshot = msgspec.structs.replace(
+        snapshot,
+        year=policy.YearState(),
+        card_status=snapshot.card_status if card_no else policy.ACTIVE,
+    )
+    policy.check_eligibility(
+        _params(),
+        snapshot,
+        policy.SettlementRequest(
+            insutype=reg.insutype,
+            med_type=med_type,
+            injury_case_id=case_id,
+            # The delivery type may come later (2203); the settlement requires it.
+            delivery_type=reg.exp.delivery_type or "normal",
+            lines=(),
+        ),
+    )
+    return Visit(
+        fixmedins_code=call.fixmedins_code,
+        mdtrt_id=mdtrt_id or await visits.mint_mdtrt_id(conn, call.now),
+        psn_no=reg.psn_no,
+        insutype=reg.insutype,
+        med_type=med_type,
+        kind=kind,
+        status="open",
+        card_no=card_no,
+        ipt_otp_no=reg.ipt_otp_no,
+        injury_case_id=case_id,
+        delivery_type=reg.exp.delivery_type,
+        begntime=reg.begntime,
+        endtime=None,
+        created_msgid=call.msgid,
+        closed_msgid=None,
+        settling_msgid=None,
+        settling_since=None,
+    )
+
+
+async def _audit(conn: Connection, call: Call, action: str, visit: Visit, **data: Any) -> None:
+    await call.services.audit.append(
+        conn,
+        actor=call.caller.actor,
+        action=action,
+        object_type="visit",
+        object_id=f"{visit.fixmedins_code}/{visit.mdtrt_id}",
+        data={
+            "msgid": call.msgid,
+            "infno": call.infno,
+            "opter": call.opter,
+            "opter_name": call.opter_name,
+            **data,
+        },
+    )
+
+
+async def register(
+    call: Call, reg: Registration, cert_type: str, cert_no: str, card_sn: str
+) -> Visit:
+    """2201/2401: the visit, opened once per message (a rerun returns it unchanged)."""
+    async with call.pool.acquire() as conn:
+        earlier = await visits.visit_created_by(conn, call.fixmedins_code, call.msgid)
+    if earlier is not None:
+        return earlier
+    certified = await certs.resolve(call, cert_type, cert_no, card_sn, settling=False)
+    certified.require_person(reg.psn_no)
+    async with transaction(call.pool) as conn:
+        visit = await _checked_visit(conn, call, reg, card_no=certified.card_no, mdtrt_id=None)
+        stored = await visits.open_visit(conn, visit, reg.info)
+        if stored.created_msgid != call.msgid:  # the minted mdtrt_id was a pharmacy's own
+            raise ServiceUnavailable("the visit could not be opened: retry", code="VISIT_BUSY")
+        if stored.mdtrt_id == visit.mdtrt_id:  # else a concurrent try of this message won
+            await _audit(
+                conn, call, "visit.registered", stored, psn_no=stored.psn_no, kind=stored.kind
+            )
+    return stored
+
+
+async def _open_visit(
+    conn: Connection, call: Call, mdtrt_id: str, *, psn_no: str, inpatient: bool
+) -> Visit:
+    visit = await visits.find_visit(conn, call.fixmedins_code, mdtrt_id)
+    if visit is None:
+        raise visits.visit_not_found(mdtrt_id)
+    if visit.psn_no != psn_no:
+        raise _person_mismatch()
+    if visit.status == "cancelled":
+        raise _closed(visit)
+    if inpatient != (visit.kind == "inpatient"):
+        raise InvalidRequest(
+            f"visit {mdtrt_id} is "
+            + ("an inpatient stay: use 2301/2302" if not inpatient else "not an inpatient stay"),
+            code="VISIT_KIND_MISMATCH",
+        )
+    return visit
+
+
+async def cancel_registration(call: Call, mdtrt_id: str, psn_no: str) -> None:
+    """2202: the visit is cancelled with its unsettled lines; not once it has a settlement."""
+    async with transaction(call.pool) as conn:
+        visit = await visits.find_visit(conn, call.fixmedins_code, mdtrt_id)
+        if visit is None:
+            raise visits.visit_not_found(mdtrt_id)
+        if visit.psn_no != psn_no:
+            raise _person_mismatch()
+        if visit.status == "cancelled":
+            return
+        if await visits.has_settled_lines(conn, call.fixmedins_code, mdtrt_id):
+            raise visits.visit_has_settlement(mdtrt_id)
+        visits.check_not_settling(visit, call.now)
+        await visits.cancel_lines(conn, visit, call.msgid)
+        await visits.close_visit(conn, visit, "cancelled", call.msgid)
+        await _audit(conn, call, "visit.cancelled", visit)
+
+
+async def record_info(
+    call: Call, mdtrt_id: str, psn_no: str, med_type: str, exp: ExpContent, info: dict[str, Any]
+) -> None:
+    """2203: the visit's type, delivery type and details (diagnoses) stored with it."""
+    async with transaction(call.pool) as conn:
+        visit = await _open_visit(conn, call, mdtrt_id, psn_no=psn_no, inpatient=False)
+        delivery = exp.delivery_type or visit.delivery_type
+        if med_type != visit.med_type:
+            if await visits.has_settled_lines(conn, call.fixmedins_code, mdtrt_id):
+                raise visits.visit_has_settlement(mdtrt_id)
+            reg = Registration(
+                psn_no=visit.psn_no,
+                insutype=visit.insutype,
+                med_type=med_type,
+                begntime=visit.begntime,
+                exp=ExpContent(injury_case_id=visit.injury_case_id, delivery_type=delivery),
+            )
+            await _checked_visit(conn, call, reg, card_no=None, mdtrt_id=mdtrt_id)
+        await visits.update_visit(conn, visit, info=info, med_type=med_type, delivery_type=delivery)
+
+
+async def _catalog(conn: Connection, codes: Sequence[str]) -> dict[str, policy.CatalogItem]:
+    rows = await conn.fetch(_CATALOG, sorted(set(codes)))
+    return {row["code"]: policy.CatalogItem(**dict(row)) for row in rows}
+
+
+async def _pharmacy_visit(conn: Connection, call: Call, first: FeeDetail, exp: ExpContent) -> Visit:
+    """A pharmacy's 2204 naming a new mdtrt_id opens its visit (``VISIT_NOT_FOUND`` at a
+    hospital): the scheme ``insutype`` of the line, else 310; no certificate (the card is
+    presented at settlement)."""
+    facility_type = await conn.fetchval(
+        "SELECT type FROM facilities WHERE fixmedins_code = $1", call.fixmedins_code
+    )
+    if facility_type != "pharmacy":
+        raise visits.visit_not_found(first.mdtrt_id)
+    reg = Registration(
+        psn_no=first.psn_no,
+        insutype=first.insutype or "310",
+        med_type=first.med_type,
+        begntime=call.now,
+        exp=exp,
+    )
+    visit = await _checked_visit(conn, call, reg, card_no=None, mdtrt_id=first.mdtrt_id)
+    stored = await visits.open_visit(conn, visit, {"opened_by": "2204"})
+    if stored.created_msgid == call.msgid:
+        await _audit(conn, call, "visit.registered", stored, psn_no=stored.psn_no, kind="pharmacy")
+    if stored.psn_no != first.psn_no:
+        raise _person_mismatch()
+    return stored
+
+
+async def upload_fees(
+    call: Call,
+    details: Sequence[FeeDetail],
+    sent: Sequence[dict[str, Any]],
+    *,
+    inpatient: bool,
+) -> list[FeeResult]:
+    """2204/2301: the lines stored with their Step-1 split (answered per line)."""
+    mdtrt_id, psn_no = fees.check_message(details)
+    lines = [
+        fees.priced(detail, raw, refunds_allowed=inpatient)
+        for detail, raw in zip(details, sent, strict=True)
+    ]
+    async with transaction(call.pool) as conn:
+        visit = await visits.find_visit(conn, call.fixmedins_code, mdtrt_id)
+        if visit is None and not inpatient:
+            exp = exp_content(details[0].exp_content, "feedetail")
+            await _pharmacy_visit(conn, call, details[0], exp)
+        visit = await _open_visit(conn, call, mdtrt_id, psn_no=psn_no, inpatient=inpatient)
+        named = [line.feedetl_sn for line in lines] + [
+            line.init_feedetl_sn for line in lines if line.init_feedetl_sn is not None
+        ]
+        stored = await visits.lines_by_sn(conn, call.fixmedins_code, mdtrt_id, named)
+        catalog = await _catalog(conn, [line.code for line in lines])
+        plan = fees.plan_upload(_params(), visit.insutype, visit.med_type, lines, stored, catalog)
+        if plan.refunded:
+            visits.check_not_settling(visit, call.now)
+            await visits.mark_refunded(conn, visit, plan.refunded, call.msgid)
+        await visits.store_lines(conn, visit, plan.store, call.msgid)
+    return [fees.fee_result(mdtrt_id, line, split) for line, split in plan.results]
+
+
+async def cancel_fees(
+    call: Call,
+    mdtrt_id: str,
+    psn_no: str,
+    *,
+    inpatient: bool,
+    chrg_bchno: str | None = None,
+    feedetl_sn: str | None = None,
+) -> int:
+    """2205 (a charge batch, ``"0000"`` all) / 2302 (one line, ``"0000"`` all): the unsettled
+    lines cancelled; a named line that is settled is refused. Returns how many."""
+    async with transaction(call.pool) as conn:
+        visit = await _open_visit(conn, call, mdtrt_id, psn_no=psn_no, inpatient=inpatient)
+        visits.check_not_settling(visit, call.now)
+        if feedetl_sn is not None and feedetl_sn != visits.ALL_BATCHES:
+            found = await visits.lines_by_sn(conn, call.fixmedins_code, mdtrt_id, [feedetl_sn])
+            line = found.get(feedetl_sn)
+            if line is None:
+                raise fees.line_not_found(feedetl_sn)
+            if line.setl_id is not None:
+                raise fees.line_settled(feedetl_sn)
+            count = await visits.cancel_lines(conn, visit, call.msgid, feedetl_sn=feedetl_sn)
+        else:
+            count = await visits.cancel_lines(conn, visit, call.msgid, chrg_bchno=chrg_bchno)
+        if count:
+            await _audit(conn, call, "visit.fees_cancelled", visit, lines=count)
+        return count
+
+
+async def discharge(
+    call: Call, mdtrt_id: str, psn_no: str, endtime: dt.datetime, info: dict[str, Any]
+) -> None:
+    """2402: the stay ends (its lines stay for the final settlement)."""
+    async with transaction(call.pool) as conn:
+        visit = await _open_visit(conn, call, mdtrt_id, psn_no=psn_no, inpatient=True)
+        if visit.status == "discharged":
+            if visit.closed_msgid == call.msgid:
+                return
+            raise _closed(visit)
+        if endtime < visit.begntime:
+            raise InvalidRequest("endtime is before the admission's begntime", code="INPUT_INVALID")
+        await visits.close_visit(conn, visit, "discharged", call.msgid, endtime=endtime, info=info)
+        await _audit(conn, call, "visit.discharged", visit)

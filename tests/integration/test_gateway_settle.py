@@ -1,0 +1,593 @@
+"""Gateway settlement (2206/2207, 2303/2304, 2208/2305, 2601) end to end, through the
+national endpoint with a signed gateway client, on real PostgreSQL and hsm_stub: the figures
+equal the native API's to the fen, a line is never settled twice (reruns, concurrent
+messages, a process that died between the settlement's commit and the line marking), and a
+message is undone by 2601 even when its answer was lost."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import itertools
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+import msgspec
+import pytest
+import pytest_asyncio
+
+from cardsvc.terminal_sdk.client import TerminalClient
+from tests.support.api import (
+    POLICY_CATALOG,
+    Service,
+    authenticate_card,
+    credit,
+    issue_card,
+    lines,
+    patient,
+)
+from tests.support.gateway import GatewayClient, gateway_client, new_msgid
+from tests.unit.settlement import reference as ref
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+STEP3 = ref.STEP3_FIELDS
+_seq = itertools.count(1)
+
+
+def fen(value: Any) -> int:
+    """A JSON number of yuan (decoded as Decimal) → fen, exactly."""
+    scaled = Decimal(value) * 100
+    assert scaled == scaled.to_integral_value(), value
+    return int(scaled)
+
+
+@dataclass
+class His:
+    """A hospital system speaking the national interface to the gateway."""
+
+    client: GatewayClient
+
+    @property
+    def paasid(self) -> str:
+        return self.client.paasid
+
+    @property
+    def fixmedins_code(self) -> str:
+        return self.client.fixmedins_code
+
+    def new_msgid(self) -> str:
+        return new_msgid(self.fixmedins_code)
+
+    async def call(self, infno: str, inputs: dict[str, Any], *, msgid: str | None = None) -> Any:
+        answer = await self.client.call(infno, inputs, msgid=msgid)
+        assert answer.status == 200, answer.body
+        return answer.body
+
+    async def ok(self, infno: str, inputs: dict[str, Any], *, msgid: str | None = None) -> Any:
+        answer = await self.call(infno, inputs, msgid=msgid)
+        assert answer["infcode"] == 0, answer
+        return answer["output"]
+
+    async def refused(self, infno: str, inputs: dict[str, Any], code: str) -> str:
+        answer = await self.call(infno, inputs)
+        assert answer["infcode"] == -1, answer
+        assert answer["err_msg"].startswith(f"[{code}]"), answer
+        return str(answer["err_msg"])
+
+
+@dataclass
+class Site:
+    """A facility with a gateway client, a card reader terminal (its HIS workstation's) and
+    a native POS terminal, for the same claims by both roads."""
+
+    service: Service
+    his: His
+    pos: TerminalClient
+    counter: TerminalClient
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def site(service: Service) -> Site:
+    await service.admin_ok("PUT", "/v1/catalog/items", {"items": POLICY_CATALOG})
+    facility = await service.facility(level="2")
+    code = facility["fixmedins_code"]
+    return Site(
+        service,
+        His(await gateway_client(service, code)),
+        await service.terminal("pos", code),
+        await service.terminal("counter"),
+    )
+
+
+@dataclass
+class Holder:
+    psn_no: str
+    cert_no: str  # card_no|busi_card_info of a transaction token
+    card: Any
+
+
+async def holder(site: Site, *, balance: int = 0, purpose: str = "transaction") -> Holder:
+    person = await site.service.person()
+    if balance:
+        await credit(site.service, person["psn_no"], balance)
+    card = await issue_card(site.counter, person["psn_no"])
+    auth = await authenticate_card(site.pos, card, purpose)
+    return Holder(person["psn_no"], f"{card.card_no}|{auth['card_token']}", card)
+
+
+async def new_token(site: Site, h: Holder, purpose: str = "transaction") -> str:
+    auth = await authenticate_card(site.pos, h.card, purpose)
+    return f"{h.card.card_no}|{auth['card_token']}"
+
+
+# Two lines: 2 × 12.50 of A-AMOX (in scope), 3 × 25.00 of B-CEF (over its 20.00 ceiling,
+# 10 % pre-self-pay): the native claim lines(("A-AMOX", 1250, 2), ("B-CEF", 2500, 3)).
+FEES = [("A-AMOX", "12.50", "2", "25.00"), ("B-CEF", "25.000000", "3.0000", "75.00")]
+NATIVE_FEES = lines(("A-AMOX", 1250, 2), ("B-CEF", 2500, 3))
+SUM = Decimal("100.00")
+
+
+async def outpatient_visit(
+    site: Site, h: Holder, fees: list[tuple[str, str, str, str]] = FEES, *, med_type: str = "11"
+) -> str:
+    his = site.his
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+    reg = await his.ok(
+        "2201",
+        {
+            "data": {
+                "psn_no": h.psn_no,
+                "insutype": "310",
+                "begntime": now,
+                "mdtrt_cert_type": "03",
+                "mdtrt_cert_no": h.cert_no,
+                "ipt_otp_no": f"OTP{next(_seq)}",
+                "atddr_no": "D01",
+                "dr_name": "王医生",
+                "dept_code": "01",
+                "dept_name": "内科",
+                "caty": "A03",
+            }
+        },
+    )
+    mdtrt_id = str(reg["data"]["mdtrt_id"])
+    await his.ok(
+        "2203",
+        {
+            "mdtrtinfo": {
+                "mdtrt_id": mdtrt_id,
+                "psn_no": h.psn_no,
+                "med_type": med_type,
+                "begntime": now,
+                "main_cond_dscr": "",
+                "dise_codg": "J06.900",
+                "dise_name": "急性上呼吸道感染",
+            },
+            "diseinfo": [],
+        },
+    )
+    await upload(site, h, mdtrt_id, fees)
+    return mdtrt_id
+
+
+async def upload(
+    site: Site,
+    h: Holder,
+    mdtrt_id: str,
+    fees: list[tuple[str, str, str, str]],
+    *,
+    infno: str = "2204",
+    chrg_bchno: str = "B1",
+) -> Any:
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return await site.his.ok(
+        infno,
+        {
+            "feedetail": [
+                {
+                    "feedetl_sn": f"F{next(_seq)}",
+                    "mdtrt_id": mdtrt_id,
+                    "psn_no": h.psn_no,
+                    "chrg_bchno": chrg_bchno,
+                    "rxno": "",
+                    "rx_circ_flag": "0",
+                    "fee_ocur_time": now,
+                    "med_list_codg": code,
+                    "medins_list_codg": code,
+                    "det_item_fee_sumamt": Decimal(total),
+                    "cnt": Decimal(cnt),
+                    "pric": Decimal(pric),
+                }
+                for code, pric, cnt, total in fees
+            ]
+        },
+    )
+
+
+def settle_data(h: Holder, mdtrt_id: str, medfee: Decimal = SUM, **extra: Any) -> dict[str, Any]:
+    return {
+        "data": {
+            "psn_no": h.psn_no,
+            "mdtrt_cert_type": "03",
+            "mdtrt_cert_no": h.cert_no,
+            "med_type": "11",
+            "medfee_sumamt": medfee,
+            "psn_setlway": "01",
+            "mdtrt_id": mdtrt_id,
+            "chrg_bchno": "0000",
+            "acct_used_flag": "1",
+            "insutype": "310",
+            **extra,
+        }
+    }
+
+
+async def db(site: Site) -> asyncpg.Connection:
+    return await asyncpg.connect(site.service.database_url)
+
+
+def assert_same_figures(setlinfo: dict[str, Any], native: dict[str, Any]) -> None:
+    for name in STEP3:
+        assert fen(setlinfo[name]) == native[name], (name, setlinfo[name], native[name])
+
+
+async def test_outpatient_presettle_settle_cancel_match_the_native_api(site: Site):
+    his = site.his
+    h = await holder(site, balance=5000)
+    twin = await patient(site.service, site.pos, site.counter, balance=5000)
+    native = await twin.settle("310", "11", NATIVE_FEES)
+
+    mdtrt_id = await outpatient_visit(site, h)
+    preview = await his.ok("2206", settle_data(h, mdtrt_id))
+    assert preview["setlinfo"]["setl_id"] == ""
+    assert_same_figures(preview["setlinfo"], native)
+
+    msgid = his.new_msgid()
+    out = await his.ok("2207", settle_data(h, mdtrt_id), msgid=msgid)
+    info = out["setlinfo"]
+    assert_same_figures(info, native)
+    assert info["medins_setl_id"] == msgid
+    assert info["mdtrt_id"] == mdtrt_id and info["psn_no"] == h.psn_no
+    assert all(info[name] == 0 for name in ("cvlserv_pay", "hifmi_pay", "maf_pay", "oth_pay"))
+    assert [fen(d["fund_payamt"]) for d in out["setldetail"]] == [
+        d["fund_payamt"] for d in native["setldetail"]
+    ]
+    setl_id = info["setl_id"]
+
+    conn = await db(site)
+    try:
+        row = await conn.fetchrow(
+            "SELECT idempotency_key, terminal_id, lines FROM settlements WHERE setl_id = $1",
+            setl_id,
+        )
+        assert row["idempotency_key"] == f"gw:{msgid}"
+        assert row["terminal_id"] == f"gateway:{his.paasid}"
+        marked = await conn.fetchval(
+            "SELECT count(*) FROM gateway_visit_lines WHERE mdtrt_id = $1 AND setl_id = $2",
+            mdtrt_id,
+            setl_id,
+        )
+        assert marked == 2
+        [audit] = await conn.fetch(
+            "SELECT actor, data FROM audit_log WHERE action = 'settlement.settled'"
+            " AND data LIKE '%' || $1 || '%'",
+            setl_id,
+        )
+        [entry] = [
+            s for s in msgspec.json.decode(audit["data"])["settlements"] if s["setl_id"] == setl_id
+        ]
+        assert entry["actor"] == f"gateway:{his.paasid}"
+        assert (entry["opter"], entry["opter_name"]) == ("OP001", "测试操作员")
+    finally:
+        await conn.close()
+
+    # Nothing left to settle: the lines are the settlement's.
+    await his.refused("2206", settle_data(h, mdtrt_id), "NO_UNSETTLED_LINES")
+
+    cancelled = await his.ok(
+        "2208", {"data": {"setl_id": setl_id, "mdtrt_id": mdtrt_id, "psn_no": h.psn_no}}
+    )
+    back = cancelled["setlinfo"]
+    assert back["setl_id"].startswith("R")
+    for name in ("medfee_sumamt", "fund_pay_sumamt", "acct_pay", "psn_cash_pay"):
+        assert fen(back[name]) == native[name] >= 0
+    assert fen(back["balc"]) == 5000
+    # Released: the same lines can be settled again (with a new PIN entry).
+    h.cert_no = await new_token(site, h)
+    again = await his.ok("2207", settle_data(h, mdtrt_id))
+    assert_same_figures(again["setlinfo"], native)
+
+
+async def test_decimal_lines_settle_exactly(site: Site):
+    h = await holder(site)
+    # 0.5 box at 33.333333 → 16.67 (half up from 16.6666665); 1.25 × 8.00 = 10.00.
+    fees = [("A-AMOX", "33.333333", "0.5", "16.67"), ("C-VIT", "8", "1.25", "10.00")]
+    mdtrt_id = await outpatient_visit(site, h, fees)
+    info = (await site.his.ok("2207", settle_data(h, mdtrt_id, Decimal("26.67"))))["setlinfo"]
+    assert fen(info["medfee_sumamt"]) == 2667
+    assert fen(info["fulamt_ownpay_amt"]) == 1000  # class C
+    assert fen(info["inscp_scp_amt"]) == 1667
+
+
+async def test_medfee_sumamt_must_be_the_lines_sum(site: Site):
+    h = await holder(site)
+    mdtrt_id = await outpatient_visit(site, h)
+    await site.his.refused("2207", settle_data(h, mdtrt_id, Decimal("99.99")), "FEE_SUM_MISMATCH")
+    await site.his.refused("2206", settle_data(h, mdtrt_id, Decimal("100.01")), "FEE_SUM_MISMATCH")
+    await site.his.refused("2207", settle_data(h, mdtrt_id, "100.001"), "AMOUNT_INVALID")
+
+
+async def test_settlement_needs_a_transaction_token_of_this_facility(site: Site):
+    h = await holder(site, purpose="identify")
+    mdtrt_id = await outpatient_visit(site, h)
+    # Pre-settlement takes any token; settlement only a transaction one.
+    await site.his.ok("2206", settle_data(h, mdtrt_id))
+    await site.his.refused("2207", settle_data(h, mdtrt_id), "CARD_TOKEN_PURPOSE")
+
+    other = await site.service.facility(level="2")
+    elsewhere = await site.service.terminal("pos", other["fixmedins_code"])
+    auth = await authenticate_card(elsewhere, h.card, "transaction")
+    foreign = {**settle_data(h, mdtrt_id)}
+    foreign["data"] = {**foreign["data"], "mdtrt_cert_no": f"{h.card.card_no}|{auth['card_token']}"}
+    await site.his.refused("2207", foreign, "CARD_TOKEN_INVALID")
+    await site.his.refused(
+        "2207", settle_data(h, mdtrt_id, mdtrt_cert_type="02"), "CERT_TYPE_NOT_ALLOWED"
+    )
+
+    conn = await db(site)
+    try:
+        assert not await conn.fetchval(
+            "SELECT count(*) FROM settlements WHERE mdtrt_id = $1", mdtrt_id
+        )
+    finally:
+        await conn.close()
+
+
+async def test_rerun_after_a_lost_answer_settles_once(site: Site):
+    """The process stored the settlement but died before the gateway stored its answer
+    (the stored answer is removed here): the HIS sends the same message again."""
+    his = site.his
+    h = await holder(site, balance=5000)
+    mdtrt_id = await outpatient_visit(site, h)
+    msgid = his.new_msgid()
+    first = await his.ok("2207", settle_data(h, mdtrt_id), msgid=msgid)
+    conn = await db(site)
+    try:
+        await conn.execute(
+            "DELETE FROM gateway_messages WHERE fixmedins_code = $1 AND msgid = $2",
+            his.fixmedins_code,
+            msgid,
+        )
+        again = await his.ok("2207", settle_data(h, mdtrt_id), msgid=msgid)
+        assert again == first
+        assert (
+            await conn.fetchval("SELECT count(*) FROM settlements WHERE mdtrt_id = $1", mdtrt_id)
+            == 1
+        )
+        assert await conn.fetchval(
+            "SELECT balance FROM psn_accounts WHERE psn_no = $1", h.psn_no
+        ) == 5000 - fen(first["setlinfo"]["acct_pay"])
+    finally:
+        await conn.close()
+    # The stored answer, now that it is stored again.
+    assert await his.ok("2207", settle_data(h, mdtrt_id), msgid=msgid) == first
+
+
+async def test_concurrent_messages_for_one_visit_settle_it_once(site: Site):
+    his = site.his
+    h = await holder(site, balance=5000)
+    mdtrt_id = await outpatient_visit(site, h)
+    answers = await asyncio.gather(*(his.call("2207", settle_data(h, mdtrt_id)) for _ in range(4)))
+    settled = [a for a in answers if a["infcode"] == 0]
+    assert len(settled) == 1, answers
+    for a in answers:
+        if a["infcode"] != 0:
+            assert a["err_msg"].split("]")[0] in (
+                "[VISIT_SETTLING",
+                "[NO_UNSETTLED_LINES",
+                "[CARD_TOKEN_USED",
+            ), a
+    conn = await db(site)
+    try:
+        rows = await conn.fetch("SELECT setl_id FROM settlements WHERE mdtrt_id = $1", mdtrt_id)
+        assert [r["setl_id"] for r in rows] == [settled[0]["output"]["setlinfo"]["setl_id"]]
+        assert (
+            await conn.fetchval(
+                "SELECT count(*) FROM gateway_visit_lines WHERE mdtrt_id = $1 AND setl_id = $2",
+                mdtrt_id,
+                rows[0]["setl_id"],
+            )
+            == 2
+        )
+    finally:
+        await conn.close()
+
+
+async def test_a_claim_left_by_a_dead_process_is_completed_not_settled_again(site: Site):
+    """The settlement committed, the process died before marking its lines: the next
+    message for the visit finds the claim's settlement and marks its lines."""
+    his = site.his
+    h = await holder(site, balance=5000)
+    mdtrt_id = await outpatient_visit(site, h)
+    msgid = his.new_msgid()
+    out = await his.ok("2207", settle_data(h, mdtrt_id), msgid=msgid)
+    conn = await db(site)
+    try:
+        await conn.execute(
+            "UPDATE gateway_visit_lines SET setl_id = NULL WHERE mdtrt_id = $1", mdtrt_id
+        )
+        await conn.execute(
+            "UPDATE gateway_visits SET settling_msgid = $2, settling_since = now()"
+            " WHERE mdtrt_id = $1",
+            mdtrt_id,
+            msgid,
+        )
+        h.cert_no = await new_token(site, h)
+        await his.refused("2207", settle_data(h, mdtrt_id), "NO_UNSETTLED_LINES")
+        assert (
+            await conn.fetchval("SELECT count(*) FROM settlements WHERE mdtrt_id = $1", mdtrt_id)
+            == 1
+        )
+        assert (
+            await conn.fetchval(
+                "SELECT count(*) FROM gateway_visit_lines WHERE mdtrt_id = $1 AND setl_id = $2",
+                mdtrt_id,
+                out["setlinfo"]["setl_id"],
+            )
+            == 2
+        )
+        assert (
+            await conn.fetchval(
+                "SELECT settling_msgid FROM gateway_visits WHERE mdtrt_id = $1", mdtrt_id
+            )
+            is None
+        )
+    finally:
+        await conn.close()
+
+
+async def test_a_live_claim_refuses_and_a_stale_one_is_released(site: Site):
+    his = site.his
+    h = await holder(site, balance=5000)
+    mdtrt_id = await outpatient_visit(site, h)
+    conn = await db(site)
+    try:
+        claim = (
+            "UPDATE gateway_visits SET settling_msgid = 'gone', settling_since = $2"
+            " WHERE mdtrt_id = $1"
+        )
+        await conn.execute(claim, mdtrt_id, dt.datetime.now(dt.UTC))
+        await his.refused("2207", settle_data(h, mdtrt_id), "VISIT_SETTLING")
+        await conn.execute(claim, mdtrt_id, dt.datetime.now(dt.UTC) - dt.timedelta(minutes=10))
+        await his.ok("2207", settle_data(h, mdtrt_id))
+    finally:
+        await conn.close()
+
+
+async def test_inpatient_mid_stay_and_final_settlement(site: Site):
+    his = site.his
+    h = await holder(site, balance=100000)
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+    adm = await his.ok(
+        "2401",
+        {
+            "mdtrtinfo": {
+                "psn_no": h.psn_no,
+                "insutype": "310",
+                "begntime": now,
+                "mdtrt_cert_type": "03",
+                "mdtrt_cert_no": h.cert_no,
+                "med_type": "21",
+                "ipt_no": f"IPT{next(_seq)}",
+            },
+            "diseinfo": [],
+        },
+    )
+    mdtrt_id = str(adm["result"]["mdtrt_id"])
+    await upload(site, h, mdtrt_id, [("B-STENT", "800.00", "1", "800.00")], infno="2301")
+
+    def data(medfee: str, mid: str) -> dict[str, Any]:
+        d = settle_data(h, mdtrt_id, Decimal(medfee), mid_setl_flag=mid)
+        del d["data"]["med_type"], d["data"]["chrg_bchno"]
+        return d
+
+    await his.refused("2304", data("800.00", "0"), "VISIT_NOT_DISCHARGED")
+    await his.refused("2207", settle_data(h, mdtrt_id, Decimal("800.00")), "VISIT_MISMATCH")
+    pre = await his.ok("2303", data("800.00", "1"))
+    mid = await his.ok("2304", data("800.00", "1"))
+    assert_same = {n: pre["setlinfo"][n] for n in STEP3}
+    assert {n: mid["setlinfo"][n] for n in STEP3} == assert_same
+    assert fen(mid["setlinfo"]["medfee_sumamt"]) == 80000
+
+    await upload(site, h, mdtrt_id, [("A-AMOX", "12.50", "4", "50.00")], infno="2301")
+    await his.ok(
+        "2402",
+        {"dscginfo": {"mdtrt_id": mdtrt_id, "psn_no": h.psn_no, "insutype": "310", "endtime": now}},
+    )
+    await his.refused("2304", data("50.00", "1"), "VISIT_DISCHARGED")
+    h.cert_no = await new_token(site, h)
+    final = await his.ok("2304", data("50.00", "0"))
+    assert fen(final["setlinfo"]["medfee_sumamt"]) == 5000
+    assert final["setlinfo"]["setl_id"] != mid["setlinfo"]["setl_id"]
+
+    undone = await his.ok(
+        "2305",
+        {
+            "data": {
+                "mdtrt_id": mdtrt_id,
+                "setl_id": final["setlinfo"]["setl_id"],
+                "psn_no": h.psn_no,
+            }
+        },
+    )
+    assert fen(undone["setlinfo"]["medfee_sumamt"]) == 5000
+    # Cancelling an inpatient settlement with the outpatient transaction is refused.
+    await his.refused("2208", {"data": {"setl_id": mid["setlinfo"]["setl_id"]}}, "VISIT_MISMATCH")
+
+
+async def test_2601_undoes_a_settlement_whose_answer_was_lost(site: Site):
+    his = site.his
+    h = await holder(site, balance=5000)
+    mdtrt_id = await outpatient_visit(site, h)
+    msgid = his.new_msgid()
+    conn = await db(site)
+    try:
+        await his.ok("2207", settle_data(h, mdtrt_id), msgid=msgid)
+        # The answer never reached the HIS (and the gateway lost it too).
+        await conn.execute(
+            "DELETE FROM gateway_messages WHERE fixmedins_code = $1 AND msgid = $2",
+            his.fixmedins_code,
+            msgid,
+        )
+        undo = {"data": {"psn_no": h.psn_no, "omsgid": msgid, "oinfno": "2207"}}
+        out = await his.ok("2601", undo)
+        assert out["result"]["outcome"] == "reversed"
+        assert (
+            await conn.fetchval(
+                "SELECT status FROM settlements WHERE idempotency_key = $1", f"gw:{msgid}"
+            )
+            == "reversed"
+        )
+        assert (
+            await conn.fetchval("SELECT balance FROM psn_accounts WHERE psn_no = $1", h.psn_no)
+            == 5000
+        )
+        assert not await conn.fetchval(
+            "SELECT count(*) FROM gateway_visit_lines WHERE mdtrt_id = $1 AND setl_id IS NOT NULL",
+            mdtrt_id,
+        )
+        # Idempotent: a second 2601 (another msgid) reverses nothing more.
+        again = await his.ok("2601", undo)
+        assert again["result"]["outcome"] == "reversed"
+        assert again["setlinfo"]["setl_id"] == out["setlinfo"]["setl_id"]
+        # The undone message, arriving again, does not settle.
+        await conn.execute(
+            "DELETE FROM gateway_messages WHERE fixmedins_code = $1 AND msgid = $2",
+            his.fixmedins_code,
+            msgid,
+        )
+        answer = await his.call("2207", settle_data(h, mdtrt_id), msgid=msgid)
+        assert answer["err_msg"].startswith("[MSGID_UNDONE]"), answer
+    finally:
+        await conn.close()
+
+
+async def test_2601_of_a_message_that_never_arrived(site: Site):
+    his = site.his
+    h = await holder(site, balance=5000)
+    mdtrt_id = await outpatient_visit(site, h)
+    late = his.new_msgid()
+    out = await his.ok("2601", {"data": {"psn_no": h.psn_no, "omsgid": late, "oinfno": "2207"}})
+    assert out["result"]["outcome"] == "none"
+    answer = await his.call("2207", settle_data(h, mdtrt_id), msgid=late)
+    assert answer["infcode"] == -1 and answer["err_msg"].startswith("[MSGID_UNDONE]"), answer
+    # A new message settles the visit.
+    await his.ok("2207", settle_data(h, mdtrt_id))
+    await his.refused(
+        "2601",
+        {"data": {"psn_no": h.psn_no, "omsgid": late, "oinfno": "2203"}},
+        "UNSUPPORTED_INFNO",
+    )
