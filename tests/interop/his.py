@@ -219,6 +219,10 @@ class GatewayClient:
     fixmedins_code: str
 
 
+# The facility's message serial, shared by all its workstations (msgid is unique per facility).
+_SERIALS: dict[str, itertools.count[int]] = {}
+
+
 @dataclass
 class His:
     http: aiohttp.ClientSession
@@ -229,8 +233,6 @@ class His:
     opter: str = "D0001"
     opter_name: str = "李医生"
     sign_no: str | None = None
-    _serial: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
-    _last_stamp: str = ""
 
     @property
     def fixmedins_code(self) -> str:
@@ -239,7 +241,8 @@ class His:
     # ---- msgid: fixmedins_code + yyyyMMddHHmmss + 4 digits, unique per facility
     def mint_msgid(self) -> str:
         stamp = shanghai_now().strftime("%Y%m%d%H%M%S")
-        serial = next(self._serial) % 10000
+        serials = _SERIALS.setdefault(self.fixmedins_code, itertools.count(1))
+        serial = next(serials) % 10000
         msgid = f"{self.fixmedins_code}{stamp}{serial:04d}"
         assert len(msgid) <= 30, msgid
         return msgid
