@@ -436,6 +436,12 @@ async def test_1101_person_information_with_the_card(world: World):
     assert insu["310"]["balc"] == D("123.45") and insu["310"]["psn_type"]
     assert isinstance(out["idetinfo"], list)
 
+    # card_sn as the reader component prints it (upper-case hex) names the same card.
+    cert_no = await busi_card_info(desk, holder, "identify")
+    upper = {**cert(cert_no, holder), "card_sn": holder.card.card_sn.upper()}
+    out = await desk.his.ok("1101", {"data": {**upper, "begntime": local_time()}})
+    assert out["baseinfo"]["psn_no"] == holder.psn_no
+
 
 # ---------------------------------------------------------------------- outpatient
 async def test_outpatient_visit_2201_2203_2204_2206_2207_2208(world: World):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+from decimal import Decimal
 from pathlib import Path
 
 import msgspec
@@ -12,6 +13,7 @@ import pytest
 
 from cardsvc.cardauth.tokens import CardTokenClaims
 from cardsvc.terminal_sdk.failures import Exit
+from tests.interop.his import GatewayClient, His, Line, local_time
 from tests.reader.conftest import PIN, Desk, Slot
 from tests.reader.test_commands import terminal_cli
 
@@ -87,3 +89,56 @@ async def test_read_card_busi_failures_print_nothing_on_stdout(
     code, out, err = await terminal_cli("read-card", "--busi", *missing)
     assert code == Exit.USAGE and out == ""
     assert "no terminal keys" in err.splitlines()[-1]
+
+
+async def test_read_card_busi_lines_are_what_the_national_gateway_takes(
+    desk: Desk, slot: Slot, tmp_path: Path
+):
+    """The HIS takes the two lines as they are: card_sn from the first, mdtrt_cert_no the
+    second; identify for 1101 and registration, transaction (--pin) for 2207."""
+    service = desk.service
+    person = await desk.holder(balance=5000)
+    await desk.issue(slot, person["psn_no"])
+    common = _options(desk, slot, tmp_path)
+    status, reg = await service.admin(
+        "POST", "/v1/gateway-clients", {"fixmedins_code": desk.fixmedins_code}
+    )
+    assert status == 201, reg
+    client = GatewayClient(reg["paasid"], reg["secret"], desk.fixmedins_code)
+    his = His(service.http, service.base_url, client)
+    await his.sign_in()
+
+    async def card(*pin: str) -> dict[str, str]:
+        code, out, err = await terminal_cli("read-card", "--busi", *pin, *common)
+        assert code == 0, err
+        basic, busi = out.splitlines()
+        card_sn = basic.split("|")[3]
+        return {"mdtrt_cert_type": "03", "mdtrt_cert_no": busi, "card_sn": card_sn}
+
+    info = await his.ok("1101", {"data": {**await card(), "begntime": local_time()}})
+    psn_no = info["baseinfo"]["psn_no"]
+    assert psn_no == person["psn_no"]
+    registered = await his.ok(
+        "2201",
+        {"data": {"psn_no": psn_no, "insutype": "310", "begntime": local_time(), **await card()}},
+    )
+    mdtrt_id = registered["data"]["mdtrt_id"]
+    visit = {"mdtrt_id": mdtrt_id, "psn_no": psn_no, "med_type": "11", "begntime": local_time()}
+    await his.ok("2203", {"mdtrtinfo": visit, "diseinfo": []})
+    line = Line("A-AMOX", Decimal("12.00"), Decimal("1"))
+    await his.ok("2204", {"feedetail": [line.node(mdtrt_id, psn_no, "B1")]})
+    settle = {
+        "psn_no": psn_no,
+        "med_type": "11",
+        "medfee_sumamt": Decimal("12.00"),
+        "psn_setlway": "01",
+        "mdtrt_id": mdtrt_id,
+        "chrg_bchno": "B1",
+        "acct_used_flag": "1",
+        "insutype": "310",
+    }
+    refused = await his.call("2207", {"data": {**settle, **await card()}})
+    assert refused.infcode == -1  # an identify token does not pay
+    settled = await his.ok("2207", {"data": {**settle, **await card("--pin", PIN)}})
+    assert settled["setlinfo"]["acct_pay"] == Decimal("12.00")
+    assert await desk.balance(psn_no) == 3800
