@@ -1411,3 +1411,90 @@ async def test_a_missing_insured_region_is_refused(world: World):
     del env["insuplc_admdvs"]
     answer = await desk.his.post(env)
     assert answer.infcode == -1 and answer.err_code == "INPUT_INVALID", answer.describe()
+
+
+# ---------------------------------------------------------------------- authorisation, edges
+async def test_each_facility_and_person_acts_only_on_its_own(world: World):
+    ours, theirs, service = world.level2, world.level3, world.service
+    holder, other = await world.holder(balance=5000), await world.holder(balance=5000)
+    mdtrt_id = await register(ours, holder, "310")
+    await visit_info(ours, holder, mdtrt_id, "11")
+    await upload(ours, "2204", holder, mdtrt_id, [fen_line("A-AMOX", 1000, 1)])
+
+    # Another person's card does not pay for this person's visit.
+    foreign_card = await busi_card_info(ours, other, "transaction")
+    data = settle_input(holder, foreign_card, mdtrt_id, "310", "11", D("10.00"), chrg_bchno="B1")
+    data["data"]["card_sn"] = other.card.card_sn
+    wrong = await ours.his.call("2207", data)
+    assert wrong.infcode == -1, wrong.describe()
+    assert await balance(service, other.psn_no) == 5000
+    # Lines for a visit under another person's psn_no are refused.
+    stray = await ours.his.call(
+        "2204", {"feedetail": [fen_line("A-AMOX", 1000, 1).node(mdtrt_id, other.psn_no, "B1")]}
+    )
+    assert stray.infcode == -1, stray.describe()
+
+    txn = await busi_card_info(ours, holder, "transaction")
+    env = ours.his.envelope(
+        "2207", settle_input(holder, txn, mdtrt_id, "310", "11", D("10.00"), chrg_bchno="B1")
+    )
+    settled = await ours.his.post(env)
+    assert settled.infcode == 0, settled.describe()
+    setl_id = settled.output["setlinfo"]["setl_id"]
+    assert await balance(service, holder.psn_no) == 4000
+
+    # Another facility can neither see our visit, nor cancel our settlement, nor undo our
+    # message; its msgid space is its own (the same msgid is a new message there).
+    cancel = {"setl_id": setl_id, "mdtrt_id": mdtrt_id, "psn_no": holder.psn_no}
+    assert (await theirs.his.call("2208", {"data": cancel})).infcode == -1
+    undo = {"psn_no": holder.psn_no, "omsgid": env["msgid"], "oinfno": "2207"}
+    await theirs.his.call("2601", {"data": undo})
+    assert await balance(service, holder.psn_no) == 4000
+    same_msgid = await theirs.his.call("9999", {}, msgid=env["msgid"])
+    assert same_msgid.err_code == "UNSUPPORTED_INFNO", same_msgid.describe()
+    seen = await theirs.his.call(
+        "2203",
+        {"mdtrtinfo": {"mdtrt_id": mdtrt_id, "psn_no": holder.psn_no, "med_type": "11"}},
+    )
+    assert seen.err_code == "VISIT_NOT_FOUND", seen.describe()
+
+
+async def test_amounts_out_of_the_interface_are_refused_never_a_500(world: World):
+    desk = world.level2
+    holder = await world.holder()
+    mdtrt_id = await register(desk, holder, "310")
+    await visit_info(desk, holder, mdtrt_id, "11")
+
+    def feedetail(**change: Any) -> dict[str, Any]:
+        node = fen_line("A-AMOX", 1200, 2).node(mdtrt_id, holder.psn_no, "B1")
+        return {"feedetail": [{**node, **change}]}
+
+    await desk.his.refused("2204", feedetail(det_item_fee_sumamt=D("24.001")), "AMOUNT_INVALID")
+    await desk.his.refused("2204", feedetail(cnt=D("2.00001")), "AMOUNT_INVALID")
+    for bad in (
+        {"det_item_fee_sumamt": "1E+30", "pric": "1E+30", "cnt": "1"},
+        {"det_item_fee_sumamt": D("1E+30")},
+        {"pric": "NaN"},
+        {"pric": "Infinity"},
+        {"cnt": "-2", "det_item_fee_sumamt": "-24.00"},  # a negative count is a 2301 refund
+        {"pric": "-12.00", "det_item_fee_sumamt": "-24.00"},
+        {"cnt": "0", "det_item_fee_sumamt": "0"},
+    ):
+        answer = await desk.his.call("2204", feedetail(**bad))
+        assert answer.status == 200 and answer.infcode == -1, (bad, answer.describe())
+        assert answer.err_code in ("AMOUNT_INVALID", "INPUT_INVALID"), (bad, answer.describe())
+    await upload(desk, "2204", holder, mdtrt_id, [fen_line("A-AMOX", 1200, 2)])
+    identify = await busi_card_info(desk, holder, "identify")
+    # Trailing zeros name the same exact value: "24.000" is ¥24.00 (the gateway's reading
+    # of "more decimals than allowed"; a significant third decimal is refused below).
+    await desk.his.ok(
+        "2206", settle_input(holder, identify, mdtrt_id, "310", "11", "24.000", chrg_bchno="B1")
+    )
+    await desk.his.refused(
+        "2206",
+        settle_input(holder, identify, mdtrt_id, "310", "11", D("24.001"), chrg_bchno="B1"),
+        "AMOUNT_INVALID",
+    )
+    long_msgid = desk.his.mint_msgid() + "00"  # over 30 characters
+    answer = await desk.his.call("1101", {"data": {}}, msgid=long_msgid)
+    assert answer.infcode == -1 and answer.err_code == "INPUT_INVALID", answer.describe()
