@@ -998,9 +998,9 @@ async def test_3201_balanced_and_unbalanced_and_3202_with_a_missing_and_an_extra
     assert rows[first["setl_id"]]["msgid"] == first["medins_setl_id"]  # the 2207's msgid
 
 
-async def gateway_desk_fresh(service: Service) -> Desk:
+async def gateway_desk_fresh(service: Service, **facility: Any) -> Desk:
     """A level-1 hospital of its own: its reconciliation sees only this test's settlements."""
-    return await desk(service, level="1")
+    return await desk(service, **{"level": "1", **facility})
 
 
 # ---------------------------------------------------------------------- envelope and auth
@@ -1498,3 +1498,23 @@ async def test_amounts_out_of_the_interface_are_refused_never_a_500(world: World
     long_msgid = desk.his.mint_msgid() + "00"  # over 30 characters
     answer = await desk.his.call("1101", {"data": {}}, msgid=long_msgid)
     assert answer.infcode == -1 and answer.err_code == "INPUT_INVALID", answer.describe()
+
+
+async def test_a_c_rated_facility_settles_held_for_review_as_natively(
+    world: World, service: Service
+):
+    desk = await gateway_desk_fresh(service, credit_rating="C")
+    holder = await world.holder(balance=5000)
+    out = await outpatient_settlement(desk, holder, [fen_line("A-AMOX", 1000, 2)])
+    setl_id = out["setlinfo"]["setl_id"]
+    # The same settlement as the native API shows it: held for review, the same figures.
+    native = await desk.pos.call("GET", f"/v1/settlements/{setl_id}")
+    assert native["review_required"] is True, native
+    for name in SETL_FEN_FIELDS:
+        assert to_fen(out["setlinfo"][name]) == native[name], name
+    rated_d = await gateway_desk_fresh(service)
+    await service.admin_ok(
+        "PATCH", f"/v1/facilities/{rated_d.fixmedins_code}", {"credit_rating": "D"}
+    )
+    answer = await rated_d.his.call("1101", {"data": {}})
+    assert answer.infcode == -1 and answer.err_code == "FACILITY_SUSPENDED", answer.describe()
