@@ -334,6 +334,10 @@ class His:
             sign_no="",
         )
         sign_no = output["signinoutb"]["sign_no"]
+        assert re.fullmatch(
+            r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}",
+            output["signinoutb"]["sign_time"],
+        )
         assert isinstance(sign_no, str) and sign_no
         self.sign_no = sign_no
         return sign_no

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import time
 from dataclasses import dataclass
 from decimal import Decimal
@@ -48,6 +49,8 @@ from tests.support.api import (
 )
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}")  # the contract's times
 
 D = Decimal
 
@@ -401,7 +404,7 @@ async def test_sign_in_sign_out_and_the_sign_no_that_ended(world: World, service
     holder = await world.holder()
     await person_info(mine, holder)  # the fixture's 9001 sign_no opens transactions
     out = await his.sign_out()
-    assert "sign_time" in out["signoutoutb"]
+    assert TIME.fullmatch(out["signoutoutb"]["sign_time"]), out
     # After 9002 the sign_no no longer opens anything.
     ended = await his.refused("1101", {"data": {}}, "SIGN_NO_INVALID")
     assert ended.status == 200
@@ -431,6 +434,21 @@ async def test_1101_person_information_with_the_card(world: World):
     assert certno not in json.dumps(out, default=str)  # nowhere in the answer
     # Nothing rebuilds it: the birth date is not answered whole (it is digits 7-14).
     assert certno[6:14] not in json.dumps(out, default=str).replace("-", "")
+    for name in ("psn_no", "psn_cert_type", "certno", "psn_name", "gend", "naty", "brdy", "age"):
+        assert name in base, (name, base)
+    insu_fields = (
+        "balc",
+        "insutype",
+        "psn_type",
+        "psn_insu_stas",
+        "psn_insu_date",
+        "paus_insu_date",
+        "cvlserv_flag",
+        "insuplc_admdvs",
+        "emp_name",
+    )
+    for row in out["insuinfo"]:
+        assert all(name in row for name in insu_fields), row
     insu = {row["insutype"]: row for row in out["insuinfo"]}
     assert set(insu) == {"310"}
     assert insu["310"]["balc"] == D("123.45") and insu["310"]["psn_type"]
@@ -952,7 +970,7 @@ async def test_3201_balanced_and_unbalanced_and_3202_with_a_missing_and_an_extra
         "fixmedins_code": desk.fixmedins_code,
     }
     uploaded = await desk.his.ok("9101", {"fsUploadIn": upload_in})
-    assert uploaded["file_qury_no"] and uploaded["filename"]
+    assert uploaded["file_qury_no"] and uploaded["filename"] and "dld_endtime" in uploaded
     # The same file as an array of byte values is accepted too.
     as_numbers = await desk.his.ok("9101", {"fsUploadIn": {**upload_in, "in": list(zipped)}})
     assert as_numbers["file_qury_no"]
@@ -973,6 +991,7 @@ async def test_3201_balanced_and_unbalanced_and_3202_with_a_missing_and_an_extra
         },
     )
     fileinfo = detail["fileinfo"]
+    assert fileinfo["file_qury_no"] and fileinfo["filename"] and "dld_endtime" in fileinfo
     download = await desk.his.post(
         desk.his.envelope(
             "9102",
