@@ -1,10 +1,11 @@
 """Which data key a database's protected data is under, and moving it to another key.
 
 The ``data_key`` row (migration 0007) holds the key check value (``privacy.key_check_value``)
-of the key every ``persons.certno_enc`` / ``certno_hash`` and ``terminal_sessions.key_enc``
-is under. ``check`` runs at every start: it records the value on first use (after making
-sure the key opens the data already stored, if any) and refuses any other key, since with
-one a look-up by identity number would miss and the same person could be registered twice.
+of the key every ``persons.certno_enc`` / ``certno_hash``, ``terminal_sessions.key_enc`` and
+``gateway_clients.secret_enc`` is under. ``check`` runs at every start: it records the value
+on first use (after making sure the key opens the data already stored, if any) and refuses
+any other key, since with one a look-up by identity number would miss and the same person
+could be registered twice.
 
 ``rotate`` moves everything under the data key to a new key, offline:
 
@@ -15,7 +16,8 @@ one a look-up by identity number would miss and the same person could be registe
    ``psn_no`` order, one committed batch at a time; each batch also moves
    ``rotated_through`` to its last ``psn_no``, so the persons done are exactly those up to
    it and a rotation cut off anywhere is finished by running it again;
-4. in one last transaction, end every terminal session (their keys are under the data key;
+4. in one last transaction, re-encrypt every national gateway client's secret (AAD its
+   paasid; a few rows), end every terminal session (their keys are under the data key;
    terminals sign in again) and make the new check value the database's.
 
 Card tokens (HMAC under a sub-key) need nothing: the old ones no longer verify, and they
@@ -203,8 +205,27 @@ async def _rotate_batch(
         return str(psn_nos[-1]), len(psn_nos)
 
 
-async def _finish(conn: Connection, new_value: str) -> int:
+async def _rotate_gateway_secrets(conn: Connection, old: DataProtector, new: DataProtector) -> None:
+    rows = await conn.fetch("SELECT paasid, secret_enc FROM gateway_clients FOR UPDATE")
+    for row in rows:
+        aad = row["paasid"].encode()
+        try:
+            secret = old.decrypt(row["secret_enc"], aad)
+        except DecryptionError:
+            raise RotationRefused(
+                f"gateway client {row['paasid']}: the secret does not decrypt under the current"
+                " key; nothing of the last step was written"
+            ) from None
+        await conn.execute(
+            "UPDATE gateway_clients SET secret_enc = $2 WHERE paasid = $1",
+            row["paasid"],
+            new.encrypt(secret, aad),
+        )
+
+
+async def _finish(conn: Connection, new_value: str, old: DataProtector, new: DataProtector) -> int:
     async with conn.transaction():
+        await _rotate_gateway_secrets(conn, old, new)
         ended = await conn.fetchval(
             "WITH gone AS (DELETE FROM terminal_sessions RETURNING 1) SELECT count(*) FROM gone"
         )
@@ -262,5 +283,5 @@ async def _rotate_locked(
         if batch is None:
             break
         after, done = batch[0], done + batch[1]
-    ended = await _finish(conn, new_value)
+    ended = await _finish(conn, new_value, old, new)
     return RotationResult(persons=done, sessions_ended=ended, check_value=new_value)

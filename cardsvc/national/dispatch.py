@@ -89,7 +89,7 @@ def refusal(exc: CardsvcError, received: dt.datetime) -> Reply:
 
 def observe(infno: str, msgid: str, outcome: str, code: str) -> None:
     """The message's metric and its log line."""
-    label = infno if infno in TRANSACTIONS else "unsupported"
+    label = infno if infno in TRANSACTIONS else "unsupported" if infno else "none"
     metrics.observe_gateway_message(label, outcome, code)
     log.info(
         "gateway_message",
@@ -127,7 +127,28 @@ class Gateway:
         self._buckets = TokenBuckets(settings.gateway_rate, settings.gateway_burst)
 
     async def handle(self, services: Services, headers: Mapping[str, str], body: bytes) -> Reply:
+        """The reply to one request; never raises (a fault of cardsvc's own is a logged
+        503 with the envelope error body, nothing stored: the HIS sends it again)."""
         received = clock.now()
+        try:
+            return await self._handle(services, headers, body, received)
+        except Exception as exc:
+            log.error("gateway_failed", exc_info=exc)
+            observe("", "", "unavailable", "INTERNAL")
+            fault = ServiceUnavailable(
+                "internal error: the message was not processed; send it again with the same"
+                " msgid, or report it",
+                code="INTERNAL",
+            )
+            return refusal(fault, received)
+
+    async def _handle(
+        self,
+        services: Services,
+        headers: Mapping[str, str],
+        body: bytes,
+        received: dt.datetime,
+    ) -> Reply:
         infno = msgid = ""
         try:
             key, nonce = await self._authenticate(headers)

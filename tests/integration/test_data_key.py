@@ -31,6 +31,7 @@ from cardsvc.privacy import DataProtector, DecryptionError, key_check_value
 from cardsvc.terminal_sdk.client import TerminalClient
 from tests.conftest import free_port
 from tests.support.api import REGION, Service, issue_card, make_certno, random_birth_date
+from tests.support.gateway import gateway_client
 from tests.support.hsm import hsm_env
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -205,6 +206,7 @@ async def test_rotation_end_to_end(
 
     async with _serving(settings, url, key_a) as service:
         persons = [await service.person() for _ in range(5)]
+        gateway = await gateway_client(service)
         old_counter = await service.terminal("counter")
         card = await issue_card(old_counter, persons[0]["psn_no"])
         # While cardsvc serves, the rotation refuses to start.
@@ -246,6 +248,9 @@ async def test_rotation_end_to_end(
         # Decrypted under key B: issuance writes the full number to EF06.
         issued = await counter.call("POST", "/v1/cards", {"psn_no": persons[1]["psn_no"]})
         assert bytes.fromhex(issued["records"]["ef06"]["08"]).decode() == payload["certno"]
+        # The gateway client's secret was re-encrypted: its signature still checks.
+        gateway.service = service
+        assert (await gateway.call("9001", {"signIn": {"opter_no": "1"}})).infcode == 0
 
     # Run again after it finished: nothing to do, still key B.
     code, out, err = _finished(_command(settings, url, key_a, *rotate))

@@ -447,3 +447,68 @@ async def test_a_terminal_signature_or_the_admin_token_does_not_reach_the_gatewa
 ):
     status, body = await service.admin("POST", PATH, {"infno": "9001"})
     assert status == 401 and body["err_msg"].startswith("[SIGNATURE_MISSING]")
+
+
+# ------------------------------------------------------------------ what is stored, what not
+
+
+@pytest.fixture
+def flaky_transaction():
+    """A transaction of this test only: each run pops its next behaviour."""
+    from cardsvc.national.registry import TRANSACTIONS, transaction
+
+    behaviours: list[object] = []
+    runs: list[str] = []
+
+    @transaction(FLAKY)
+    async def flaky(call, inputs):
+        runs.append(call.msgid)
+        behaviour = behaviours.pop(0)
+        if isinstance(behaviour, BaseException):
+            raise behaviour
+        return {"data": {"n": len(runs)}}
+
+    yield behaviours, runs
+    del TRANSACTIONS[FLAKY]
+
+
+FLAKY = "X9901"
+
+
+async def test_a_dependency_failure_is_not_stored(service: Service, flaky_transaction):
+    from cardsvc.db import DatabaseUnavailable
+
+    behaviours, runs = flaky_transaction
+    behaviours.extend([DatabaseUnavailable("down"), "ok"])
+    client = await gateway_client(service)
+    envelope = client.envelope(FLAKY, {"data": {}})
+    first = await client.post(envelope)
+    assert (first.status, first.infcode, first.code) == (200, -1, "DATABASE_UNAVAILABLE")
+    again = await client.post(envelope, client.headers())
+    assert again.infcode == 0 and again.body["output"] == {"data": {"n": 2}}
+    third = await client.post(envelope, client.headers())
+    assert third.raw == again.raw and len(runs) == 2
+
+
+async def test_an_unexpected_error_is_an_envelope_not_a_500(service: Service, flaky_transaction):
+    behaviours, _ = flaky_transaction
+    behaviours.extend([RuntimeError("bug"), "ok"])
+    client = await gateway_client(service)
+    envelope = client.envelope(FLAKY, {"data": {}})
+    first = await client.post(envelope)
+    assert (first.status, first.infcode, first.code) == (200, -1, "INTERNAL")
+    assert "bug" not in first.body["err_msg"]
+    assert (await client.post(envelope, client.headers())).infcode == 0
+
+
+async def test_a_business_refusal_is_stored(service: Service, flaky_transaction):
+    from cardsvc.errors import BusinessRuleViolation
+
+    behaviours, runs = flaky_transaction
+    behaviours.extend([BusinessRuleViolation("no", code="SOME_RULE"), "ok"])
+    client = await gateway_client(service)
+    envelope = client.envelope(FLAKY, {"data": {}})
+    first = await client.post(envelope)
+    assert (first.infcode, first.code) == (-1, "SOME_RULE")
+    again = await client.post(envelope, client.headers())
+    assert again.raw == first.raw and runs == [envelope["msgid"]]
