@@ -370,21 +370,22 @@ def check_line_amount(line: Line, line_no: int | None = None) -> None:
     else ``FEE_AMOUNT_MISMATCH`` naming the line (``line_no``, from 1, when it has one). A
     line built by hand rather than decoded (where its constraints hold) with a count below
     one 10^-4 unit or a negative price or amount is ``AMOUNT_INVALID``."""
-    if line.count_e4 < 1 or line.price_e4 < 0 or line.total < 0:
+    price, count, total = line.price_e4, line.count_e4, line.total  # read once: hot path
+    if count < 1 or price < 0 or total < 0:
         raise PolicyRefusal(
             "AMOUNT_INVALID",
             f"{_line_name(line, line_no)}: the count must be above zero, the price and the "
             "amount not below zero",
             _where(line, line_no),
         )
-    expected = round_e8(line.price_e4 * line.count_e4)
-    if line.total != expected:
+    expected = round_e8(price * count)
+    if total != expected:
         raise PolicyRefusal(
             "FEE_AMOUNT_MISMATCH",
-            f"{_line_name(line, line_no)}: the amount {yuan(line.total)} is not the price "
-            f"{_money_e4(line.price_e4)} × the count {_decimals(line.count_e4, 4)} rounded to "
-            f"the fen, {yuan(expected)}",
-            {"total_fen": line.total, "expected_fen": expected, **_where(line, line_no)},
+            f"{_line_name(line, line_no)}: the amount {yuan(total)} is not the price "
+            f"{_money_e4(price)} × the count {_decimals(count, 4)} rounded to the fen, "
+            f"{yuan(expected)}",
+            {"total_fen": total, "expected_fen": expected, **_where(line, line_no)},
         )
 
 
