@@ -62,7 +62,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _load_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--scenario", choices=("settle", "visit", "mix"), default="settle")
+    p.add_argument("--scenario", choices=("settle", "visit", "mix", "his"), default="settle")
     p.add_argument("--arrival", choices=("poisson", "fixed"), default="poisson")
     p.add_argument(
         "--generators",

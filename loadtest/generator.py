@@ -49,7 +49,7 @@ from hdrh.histogram import HdrHistogram
 from cardcrypto import profile
 from cardsvc.clock import business_date
 from cardsvc.terminal_sdk.softcard import SoftCard
-from loadtest import scenarios, schedule, wire
+from loadtest import gateway, scenarios, schedule, wire
 from loadtest.city import Item
 from loadtest.sessions import GeneratorCache, ResumableClient
 from loadtest.state import Facility, Terminal, WorkCard
@@ -57,6 +57,7 @@ from loadtest.workset import PIN
 
 LOWEST_US, HIGHEST_US, DIGITS = 1, 3_600_000_000, 3
 PREP_CONCURRENCY = 64
+PREP_RETRIES = 30  # ``his``: card authentications refused by a terminal's rate limit
 RELEASE_MOST = 32  # requests released per wake when behind, before answers are let in
 TIMER_PAD_S = 0.0002  # the release timer is set this much after the due time (see _release)
 # Refusals that a new session cures (as the terminal SDK's client): expired, or ended.
@@ -84,6 +85,8 @@ class Plan(msgspec.Struct, kw_only=True):
     connections: int
     cache: GeneratorCache  # sessions of earlier runs, checked before use
     session_ttl: float
+    # ``his``: the gateway clients of the pharmacies the load buys at.
+    gateways: list[gateway.GatewayCred] = msgspec.field(default_factory=list)
 
 
 class Ready(msgspec.Struct, kw_only=True):
@@ -274,6 +277,20 @@ class Load:
         self.recent: collections.deque[tuple[str, int]] = collections.deque(maxlen=20_000)
         self.counter = 0
         self.tasks: set[asyncio.Task[None]] = set()
+        # ``his``: a pharmacy purchase through the gateway per arrival (2204 + 2207), at a
+        # pharmacy with a gateway client; the card authenticated at its pos (untimed).
+        self.tif = {
+            c.fixmedins_code: gateway.TifSigner(f"{self.host}:{self.port}", c)
+            for c in plan.gateways
+        }
+        self.sign_no: dict[str, str] = {}
+        self.his_terminals = [
+            n
+            for n in self.places.where("pharmacy", "310")
+            if self.places.terminals[n].fixmedins_code in self.tif
+        ]
+        self.his_cards = [c for c in plan.cards if "310" in c.insutypes]
+        self.purchases: collections.deque[gateway.Purchase] = collections.deque()
 
     # --- preparation (untimed) ----------------------------------------------------------
 
@@ -294,6 +311,8 @@ class Load:
             self._new_signer(n)
 
         await asyncio.gather(*(sign_in(n, c) for n, c in enumerate(self.clients)))
+        for code in self.tif:
+            await self._gateway_sign_in(code)
         sessions = {c.terminal_id: s for c in self.clients if (s := c.export()) is not None}
         return Ready(
             terminals_signed_in=len(self.clients),
@@ -301,6 +320,21 @@ class Load:
             prep_seconds=time.perf_counter() - started,
             cache=GeneratorCache(sessions=sessions),
         )
+
+    async def _gateway_sign_in(self, code: str) -> None:
+        """9001 for a gateway client (untimed): its sign_no serves the whole run."""
+        body = gateway.envelope(
+            "9001",
+            self._next_id(code),
+            code,
+            "",
+            {"signIn": {"opter_no": "LT001", "mac": "00-00-00-00-00-00", "ip": "127.0.0.1"}},
+        )
+        status, payload, error = await self.pool.request(self.tif[code].post(body))
+        ans = gateway.answer(payload) if error is None and status == 200 else None
+        if ans is None or ans.infcode != 0 or ans.output is None or not ans.output.signinoutb:
+            raise RuntimeError(f"gateway sign-in (9001) failed: {status} {error}")
+        self.sign_no[code] = ans.output.signinoutb.sign_no
 
     def _new_signer(self, terminal: int) -> None:
         session = self.clients[terminal].export()
@@ -357,11 +391,83 @@ class Load:
                 if auth is not None:
                     self.paid.append(self._paid(card, auth, rng))
                     made += 1
+        elif self.plan.scenario == "his":
+            made = await self._prepare_purchases(len(due) - len(self.purchases), rng, errors)
         await self.pool.warm(PREP_CONCURRENCY)
         # What is made by now lives through the step: the collector need not scan it again.
         gc.collect()
         gc.freeze()
         return Prepared(tokens=made, seconds=time.perf_counter() - started, errors=dict(errors))
+
+    async def _prepare_purchases(
+        self, count: int, rng: random.Random, errors: collections.Counter[str]
+    ) -> int:
+        """``his``: ``count`` purchases ready to send (card token, both envelopes)."""
+        if not self.his_terminals or not self.his_cards:
+            raise RuntimeError("his: no pharmacy with a gateway client, or no 310 card")
+        gate = asyncio.Semaphore(PREP_CONCURRENCY)
+        picks = [(rng.choice(self.his_cards), rng.choice(self.his_terminals)) for _ in range(count)]
+        made = 0
+
+        async def prepare(card: WorkCard, terminal: int) -> None:
+            nonlocal made
+            async with gate:
+                for attempt in range(PREP_RETRIES + 1):
+                    try:
+                        token = await self._card_auth(terminal, card)
+                        break
+                    except _Failed as exc:
+                        # A pharmacy's one pos meets its rate limit: wait for it (untimed).
+                        if ":429:" not in exc.key or attempt == PREP_RETRIES:
+                            errors[exc.key] += 1
+                            return
+                        await asyncio.sleep(1.0)
+            code = str(self.places.terminals[terminal].fixmedins_code)
+            facility = self.places.facility[self.places.terminals[terminal].terminal_id]
+            mdtrt_id = self._next_id("MD")
+            body = scenarios.settlement("pharmacy", card, facility, self.catalog, rng, mdtrt_id)
+            self.purchases.append(
+                gateway.purchase(
+                    fixmedins_code=code,
+                    sign_no=self.sign_no[code],
+                    msgids=(self._next_id(code), self._next_id(code)),
+                    psn_no=card.psn_no,
+                    card_no=card.card_no,
+                    card_sn=card.card_sn,
+                    card_token=token,
+                    mdtrt_id=mdtrt_id,
+                    lines=body["feedetail"],
+                )
+            )
+            made += 1
+
+        await asyncio.gather(*(prepare(c, t) for c, t in picks))
+        return made
+
+    async def _gateway(self, kind: str, code: str, envelope: bytes, rec: _Recorder) -> Any:
+        """One gateway message of a timed ``his`` purchase; its answer (infcode 0)."""
+        sent = time.perf_counter()
+        status, payload, error = await self.pool.request(self.tif[code].post(envelope))
+        rec.service_time(kind, time.perf_counter() - sent)
+        if error is not None:
+            raise _Failed(f"{kind}:{error}")
+        if status != 200:
+            raise _Failed(f"{kind}:{status}")
+        ans = gateway.answer(payload)
+        if ans.infcode != 0:
+            raise _Failed(f"{kind}:{gateway.error_code(ans)}")
+        return ans
+
+    async def _his(self, rec: _Recorder) -> None:
+        if not self.purchases:
+            raise _Failed("his:no_card_token")
+        p = self.purchases.popleft()  # prepared for this arrival alone
+        await self._gateway("2204", p.fixmedins_code, p.fee_upload, rec)
+        ans = await self._gateway("2207", p.fixmedins_code, p.settle, rec)
+        if ans.output is None or ans.output.setlinfo is None:
+            raise _Failed("2207:no_setlinfo")
+        setl_id = ans.output.setlinfo.setl_id
+        rec.settlements.append((setl_id, "gw:" + p.settle_msgid, p.fixmedins_code))
 
     def _paid(self, card: WorkCard, token: str, rng: random.Random) -> _Paid:
         """A ``settle`` arrival's request, but for its signature (made when it is sent)."""
@@ -611,6 +717,9 @@ class Load:
 
     async def _operation(self, rng: random.Random, rec: _Recorder) -> str:
         """One ``visit`` or ``mix`` arrival's work; returns the operation's name."""
+        if self.plan.scenario == "his":
+            await self._his(rec)
+            return "his"
         if self.plan.scenario == "visit":
             card = rng.choice(self.cards)
             terminal, op = self.homes[card.card_no]

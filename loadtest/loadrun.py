@@ -17,13 +17,15 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 import msgspec
 from hdrh.histogram import HdrHistogram
 
 from cardsvc.clock import business_date
-from loadtest import budget, generator, integrity, pgbench, probes, report
+from loadtest import budget, gateway, generator, integrity, pgbench, probes, report
 from loadtest import city as city_layout
+from loadtest.admin import Admin
 from loadtest.cpu import Sampler
 from loadtest.environment import Environment
 from loadtest.sessions import Cache, GeneratorCache
@@ -273,6 +275,7 @@ def _plans(
     opts: LoadOptions,
     deliverable: list[str],
     cache: Cache,
+    gateways: list[gateway.GatewayCred],
 ) -> list[generator.Plan]:
     facilities = [f for f in c.facilities if city_layout.loaded(f)]
     tag = f"{int(time.time()) % 10**8:x}"
@@ -293,9 +296,31 @@ def _plans(
             connections=opts.connections,
             cache=GeneratorCache(sessions=cache.generators.get(g, GeneratorCache()).sessions),
             session_ttl=float(env.service_env.get("CARDSVC_SESSION_TTL", 43200)),
+            gateways=gateways,
         )
         for g in range(opts.generators)
     ]
+
+
+async def gateway_clients(env: Environment, c: City) -> list[gateway.GatewayCred]:
+    """``his``: a gateway client for each loaded pharmacy with the 310 agreement (new ones
+    each run: a secret is shown only when its client is registered)."""
+    pharmacies = [
+        f.fixmedins_code
+        for f in c.facilities
+        if city_layout.loaded(f) and f.type == "pharmacy" and "310" in f.agreements
+    ]
+    creds = []
+    async with aiohttp.ClientSession() as http:
+        admin = Admin(http, env.base_url, env.admin_token)
+        for code in pharmacies:
+            made = await admin.call("POST", "/v1/gateway-clients", {"fixmedins_code": code})
+            creds.append(
+                gateway.GatewayCred(
+                    fixmedins_code=code, paasid=made["paasid"], secret=made["secret"]
+                )
+            )
+    return creds
 
 
 async def measure(
@@ -350,7 +375,8 @@ async def measure(
     try:
         cache = state.load_sessions(await database_identity(env.database_url))
         deliverable = await _deliverable(env.database_url, cards)
-        gens.spawn(_plans(env, c, cards, opts, deliverable, cache))
+        creds = await gateway_clients(env, c) if opts.scenario == "his" else []
+        gens.spawn(_plans(env, c, cards, opts, deliverable, cache, creds))
         ready: list[generator.Ready] = await gens.receive_all("ready", READY_TIMEOUT)
         for g, r in enumerate(ready):
             cache.generators[g] = GeneratorCache(sessions=r.cache.sessions)
