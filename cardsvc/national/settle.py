@@ -104,8 +104,11 @@ class Settled:
 # --- refusals --------------------------------------------------------------------------
 
 
-def _mismatch(message: str) -> Conflict:
-    return Conflict(message, code="VISIT_MISMATCH")
+def _mismatch(message: str, code: str = "VISIT_MISMATCH") -> Conflict:
+    """The codes the visit transactions use where they apply (VISIT_PERSON_MISMATCH,
+    VISIT_KIND_MISMATCH); VISIT_MISMATCH for a scheme, visit type or settlement that is not
+    the visit's."""
+    return Conflict(message, code=code)
 
 
 def visit_settling(mdtrt_id: str) -> ServiceUnavailable:
@@ -124,18 +127,19 @@ def check_visit(visit: visits.Visit, order: Order, cert: Certified) -> None:
     before it)."""
     cert.require_person(order.psn_no)
     if visit.psn_no != cert.psn_no:
-        raise _mismatch(f"visit {visit.mdtrt_id} is another person's")
+        raise _mismatch(f"visit {visit.mdtrt_id} is another person's", "VISIT_PERSON_MISMATCH")
     if visit.status == "cancelled":
-        raise Conflict(f"visit {visit.mdtrt_id} was cancelled", code="VISIT_CANCELLED")
+        raise Conflict(f"visit {visit.mdtrt_id} was cancelled", code="VISIT_CLOSED")
+    if order.inpatient != (visit.kind == "inpatient"):
+        raise _mismatch(
+            f"visit {visit.mdtrt_id} is {visit.kind}: settle it with "
+            + ("2303/2304" if visit.kind == "inpatient" else "2206/2207"),
+            "VISIT_KIND_MISMATCH",
+        )
     if order.insutype != visit.insutype:
         raise _mismatch(f"visit {visit.mdtrt_id} is of insutype {visit.insutype}")
     if order.med_type is not None and order.med_type != visit.med_type:
         raise _mismatch(f"visit {visit.mdtrt_id} is of med_type {visit.med_type}")
-    if order.inpatient != (visit.kind == "inpatient"):
-        raise _mismatch(
-            f"visit {visit.mdtrt_id} is {visit.kind}: settle it with "
-            + ("2303/2304" if visit.kind == "inpatient" else "2206/2207")
-        )
     if order.inpatient and order.mid_setl_flag and visit.status != "open":
         raise Conflict(
             f"the stay {visit.mdtrt_id} is discharged: settle it with mid_setl_flag 0",
@@ -243,10 +247,16 @@ async def settle(call: Call, order: Order, cert: Certified) -> Settled:
     if cert.claims is None or cert.card_no is None:  # certs.resolve(settling=True) saw to it
         raise RuntimeError("a settlement needs a card token")
     fac, msgid = call.fixmedins_code, call.msgid
+    card = _Card(cert.card_no, cert.claims)
     async with transaction(call.pool) as conn:
-        claimed = await _claim(conn, call, order, cert, _Card(cert.card_no, cert.claims))
+        claimed = await _claim(conn, call, order, cert, card)
+    if claimed is _COMPLETED:  # committed another message's marking: now this one's turn
+        async with transaction(call.pool) as conn:
+            claimed = await _claim(conn, call, order, cert, card)
     if isinstance(claimed, Settled):
         return claimed
+    if isinstance(claimed, _Completed):  # yet another message settled it meanwhile
+        raise visit_settling(order.mdtrt_id)
     job = claimed.job
     try:
         info = await call.services.settlements.submit(job)
@@ -264,6 +274,13 @@ async def settle(call: Call, order: Order, cert: Certified) -> Settled:
     return Settled(info, claimed.psn_type, msgid)
 
 
+class _Completed:
+    """The claim step completed another message's claim: run it again (see ``settle``)."""
+
+
+_COMPLETED: Final = _Completed()
+
+
 @dataclass(frozen=True, slots=True)
 class _Card:
     card_no: str
@@ -272,7 +289,7 @@ class _Card:
 
 async def _claim(
     conn: Connection, call: Call, order: Order, cert: Certified, card: _Card
-) -> _Claimed | Settled:
+) -> _Claimed | Settled | _Completed:
     fac, msgid, now = call.fixmedins_code, call.msgid, clock.now()
     await _lock_message(conn, fac, msgid)
     undone = await conn.fetchval(
@@ -292,7 +309,8 @@ async def _claim(
     stored = await _settlement(conn, fac, key)
     if stored is not None:  # this message settled before (its answer was lost)
         return await _finish(conn, stored, msgid, psn_type)
-    await _settle_other_claim(conn, visit, msgid, now)
+    if await _completed_other_claim(conn, visit, msgid):
+        return _COMPLETED  # committed whatever this message's fate
     check_visit(visit, order, cert)
     lines = await visits.unsettled_lines(conn, fac, order.mdtrt_id, order.chrg_bchno)
     request = engine_request(visit, order, lines)
@@ -315,18 +333,19 @@ async def _claim(
     return _Claimed(job, psn_type)
 
 
-async def _settle_other_claim(
-    conn: Connection, visit: visits.Visit, msgid: str, now: dt.datetime
-) -> None:
-    """Another message's claim on the visit: completed if its settlement exists, left to
-    ``visits.claim`` otherwise (which takes over one past its TTL and refuses a live one)."""
+async def _completed_other_claim(conn: Connection, visit: visits.Visit, msgid: str) -> bool:
+    """Another message's claim on the visit whose settlement exists: its marking completed
+    (True). A claim without one is left to ``visits.claim``, which takes over one past its
+    TTL and refuses a live one."""
     other = visit.settling_msgid
     if other is None or other == msgid:
-        return
+        return False
     stored = await _settlement(conn, visit.fixmedins_code, KEY_PREFIX + other)
-    if stored is not None:
-        await _finish(conn, stored, other, "")
-        log.info("gateway_claim_completed", mdtrt_id=visit.mdtrt_id, setl_id=stored["setl_id"])
+    if stored is None:
+        return False
+    await _finish(conn, stored, other, "")
+    log.info("gateway_claim_completed", mdtrt_id=visit.mdtrt_id, setl_id=stored["setl_id"])
+    return True
 
 
 async def _finish(conn: Connection, stored: asyncpg.Record, msgid: str, psn_type: str) -> Settled:
@@ -346,8 +365,11 @@ async def _finish(conn: Connection, stored: asyncpg.Record, msgid: str, psn_type
 async def _mark(
     conn: Connection, fac: str, mdtrt_id: str, refs: tuple[str, ...], setl_id: str, msgid: str
 ) -> None:
-    marked = await visits.mark_settled(conn, fac, mdtrt_id, refs, setl_id)
+    # The visit's row first, then its lines: the order every writer of a visit takes (a
+    # claim step holds the visit's row while it may complete another's marking).
+    await visits.load_visit(conn, fac, mdtrt_id, lock=True)
     await visits.end_claim(conn, fac, mdtrt_id, msgid)
+    marked = await visits.mark_settled(conn, fac, mdtrt_id, refs, setl_id)
     if marked != len(refs):
         # Only lines already marked by this very settlement (a completion run twice) are
         # expected here; anything else would mean the claim was broken.
@@ -398,7 +420,7 @@ class Cancelled:
 
 
 async def cancel(
-    call: Call, setl_id: str, *, mdtrt_id: str | None, psn_no: str | None, inpatient: bool | None
+    call: Call, setl_id: str, *, mdtrt_id: str | None, psn_no: str | None, inpatient: bool
 ) -> Cancelled:
     """2208/2305: the settlement reversed (``SettlementService``'s reversal) and its lines
     unsettled again, in one transaction; a second cancel answers the first reversal."""
@@ -413,15 +435,22 @@ async def cancel(
             raise _mismatch(f"settlement {setl_id} is not of visit {mdtrt_id}")
         if psn_no is not None and row["psn_no"] != psn_no:
             raise _mismatch(f"settlement {setl_id} is not of person {psn_no}")
-        if inpatient is not None and inpatient != (row["med_type"] == policy.INPATIENT):
+        visit = await visits.find_visit(conn, call.fixmedins_code, row["mdtrt_id"])
+        if visit is not None and inpatient != (visit.kind == "inpatient"):
             raise _mismatch(
-                f"settlement {setl_id} is "
-                + ("inpatient: cancel it with 2305" if not inpatient else "not inpatient: 2208")
+                f"settlement {setl_id} is of {visit.kind} visit {visit.mdtrt_id}: cancel it"
+                f" with {'2305' if visit.kind == 'inpatient' else '2208'}",
+                "VISIT_KIND_MISMATCH",
             )
-        return await _reverse(conn, call, setl_id, row["psn_no"])
+        return await _reverse(conn, call, setl_id, row["psn_no"], row["mdtrt_id"])
 
 
-async def _reverse(conn: Connection, call: Call, setl_id: str, psn_no: str) -> Cancelled:
+async def _reverse(
+    conn: Connection, call: Call, setl_id: str, psn_no: str, mdtrt_id: str
+) -> Cancelled:
+    # The visit's row before anything else (as the claim step and the marking take it):
+    # held while the reversal gives the money back and the lines are released.
+    await visits.find_visit(conn, call.fixmedins_code, mdtrt_id)
     reason = f"national {call.infno} msgid {call.msgid}, opter {call.opter} {call.opter_name}"
     reversal = await reverse_locked(
         conn, call.services.audit, call.caller, setl_id, psn_no, reason.strip()
@@ -493,6 +522,6 @@ async def _undo_settlement(
         return Undone("none")
     if psn_no is not None and stored["psn_no"] != psn_no:
         raise _mismatch(f"message {omsgid} settled for another person")
-    cancelled = await _reverse(conn, call, stored["setl_id"], stored["psn_no"])
+    cancelled = await _reverse(conn, call, stored["setl_id"], stored["psn_no"], stored["mdtrt_id"])
     await visits.end_claim(conn, fac, stored["mdtrt_id"], omsgid)
     return Undone("reversed", cancelled)

@@ -43,10 +43,10 @@ def _exp(field: ExpContentField, inputs: Inputs, where: str) -> ExpContent:
 
 def _details(inputs: Inputs, main: str) -> dict[str, Any]:
     """The main node and the diagnoses (``diseinfo``, optional) as sent."""
-    kept: dict[str, Any] = {main: as_sent(inputs[main])}
+    kept: dict[str, Any] = {main: as_sent(inputs[main], main)}
     if "diseinfo" in inputs:
         node(inputs, "diseinfo", Diagnoses)
-        kept["diseinfo"] = rows_as_sent(inputs["diseinfo"])
+        kept["diseinfo"] = rows_as_sent(inputs["diseinfo"], "diseinfo")
     return kept
 
 
@@ -88,7 +88,7 @@ async def visit_info(call: Call, inputs: Inputs) -> Output:
 
 async def _upload(call: Call, inputs: Inputs, *, inpatient: bool) -> Output:
     details = node(inputs, "feedetail", FeeDetails)
-    sent = rows_as_sent(inputs["feedetail"])
+    sent = rows_as_sent(inputs["feedetail"], "feedetail")
     results = await service.upload_fees(call, details, sent, inpatient=inpatient)
     return {"result": results}
 

@@ -243,18 +243,35 @@ _rows_as_sent = msgspec.json.Decoder(list[dict[str, Any]], float_hook=Decimal)
 _NOT_KEPT = ("mdtrt_cert_no", "card_sn", "certno")
 
 
-def as_sent(raw: msgspec.Raw) -> dict[str, Any]:
+def _storable(value: Any, where: str) -> None:
+    """Kept text holds no NUL character (PostgreSQL cannot store one)."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise InvalidRequest(f"{where} holds a NUL character", code="INPUT_INVALID")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _storable(key, where)
+            _storable(item, f"{where}.{key}")
+    elif isinstance(value, list):
+        for item in value:
+            _storable(item, where)
+
+
+def as_sent(raw: msgspec.Raw, where: str) -> dict[str, Any]:
     """A node (already decoded and checked as its struct) as sent, every field, known or
     not (numbers exact), minus the certificate: what is kept with the visit."""
     sent = _as_sent.decode(raw)
     for name in _NOT_KEPT:
         sent.pop(name, None)
+    _storable(sent, where)
     return sent
 
 
-def rows_as_sent(raw: msgspec.Raw) -> list[dict[str, Any]]:
+def rows_as_sent(raw: msgspec.Raw, where: str) -> list[dict[str, Any]]:
     """An array node (already checked) as sent, row by row."""
-    return _rows_as_sent.decode(raw)
+    rows = _rows_as_sent.decode(raw)
+    _storable(rows, where)
+    return rows
 
 
 # --- output ----------------------------------------------------------------------------

@@ -27,7 +27,13 @@ from cardsvc.db import Connection, transaction
 from cardsvc.errors import Conflict, Forbidden, InvalidRequest, ServiceUnavailable
 from cardsvc.national import certs, fees, visits
 from cardsvc.national.registry import Call
-from cardsvc.national.visit_models import ExpContent, FeeDetail, FeeResult, exp_content
+from cardsvc.national.visit_models import (
+    ExpContent,
+    FeeDetail,
+    FeeResult,
+    exp_content,
+    parse_time,
+)
 from cardsvc.national.visits import Visit, VisitKind
 from cardsvc.settlement import policy
 from cardsvc.settlement.params import CURRENT_POLICY_VERSION, PolicyParams, load_params
@@ -296,6 +302,11 @@ async def upload_fees(
 ) -> list[FeeResult]:
     """2204/2301: the lines stored with their Step-1 split (answered per line)."""
     mdtrt_id, psn_no = fees.check_message(details)
+    for detail in details:
+        if detail.fee_ocur_time is not None:
+            parse_time(
+                detail.fee_ocur_time, f"feedetail {detail.feedetl_sn}: fee_ocur_time", call.now
+            )
     lines = [
         fees.priced(detail, raw, refunds_allowed=inpatient)
         for detail, raw in zip(details, sent, strict=True)

@@ -18,6 +18,7 @@ import msgspec
 import pytest
 import pytest_asyncio
 
+from cardsvc.settlement import policy
 from cardsvc.terminal_sdk.client import TerminalClient
 from tests.support.api import (
     POLICY_CATALOG,
@@ -29,11 +30,10 @@ from tests.support.api import (
     patient,
 )
 from tests.support.gateway import GatewayClient, gateway_client, new_msgid
-from tests.unit.settlement import reference as ref
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
-STEP3 = ref.STEP3_FIELDS
+STEP3 = policy.STEP3_AMOUNTS
 _seq = itertools.count(1)
 
 
@@ -382,7 +382,7 @@ async def test_concurrent_messages_for_one_visit_settle_it_once(site: Site):
     mdtrt_id = await outpatient_visit(site, h)
     answers = await asyncio.gather(*(his.call("2207", settle_data(h, mdtrt_id)) for _ in range(4)))
     settled = [a for a in answers if a["infcode"] == 0]
-    assert len(settled) == 1, answers
+    assert len(settled) == 1, [a["err_msg"] for a in answers]
     for a in answers:
         if a["infcode"] != 0:
             assert a["err_msg"].split("]")[0] in (
@@ -495,7 +495,7 @@ async def test_inpatient_mid_stay_and_final_settlement(site: Site):
         return d
 
     await his.refused("2304", data("800.00", "0"), "VISIT_NOT_DISCHARGED")
-    await his.refused("2207", settle_data(h, mdtrt_id, Decimal("800.00")), "VISIT_MISMATCH")
+    await his.refused("2207", settle_data(h, mdtrt_id, Decimal("800.00")), "VISIT_KIND_MISMATCH")
     pre = await his.ok("2303", data("800.00", "1"))
     mid = await his.ok("2304", data("800.00", "1"))
     assert_same = {n: pre["setlinfo"][n] for n in STEP3}
@@ -525,7 +525,9 @@ async def test_inpatient_mid_stay_and_final_settlement(site: Site):
     )
     assert fen(undone["setlinfo"]["medfee_sumamt"]) == 5000
     # Cancelling an inpatient settlement with the outpatient transaction is refused.
-    await his.refused("2208", {"data": {"setl_id": mid["setlinfo"]["setl_id"]}}, "VISIT_MISMATCH")
+    await his.refused(
+        "2208", {"data": {"setl_id": mid["setlinfo"]["setl_id"]}}, "VISIT_KIND_MISMATCH"
+    )
 
 
 async def test_2601_undoes_a_settlement_whose_answer_was_lost(site: Site):

@@ -5,6 +5,7 @@ codes, and a message run twice (its answer lost) doing its work once."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
+from cardsvc.errors import CardsvcError
 from cardsvc.national import visits
 from cardsvc.terminal_sdk.client import TerminalClient
 from tests.support.api import (
@@ -593,6 +595,15 @@ async def test_bounds_of_the_input(world: World) -> None:
         },
     )
     assert twice.code == "INPUT_INVALID", twice.body
+    nul = fee(mdtrt_id, who, "1", "A-AMOX", 1, 1, 1, memo="a\x00b")
+    answer = await site.client.call("2204", {"feedetail": [nul]})
+    assert answer.code == "INPUT_INVALID", answer.body
+    nul_info = await register_input(site, who, his_note={"n": ["a\x00b"]})
+    answer = await site.client.call("2201", nul_info)
+    assert answer.code == "INPUT_INVALID", answer.body
+    not_a_day = fee(mdtrt_id, who, "1", "A-AMOX", 1, 1, 1, fee_ocur_time="2026-02-30 10:00:00")
+    answer = await site.client.call("2204", {"feedetail": [not_a_day]})
+    assert answer.code == "INPUT_INVALID", answer.body
     unknown = await site.client.call(
         "2204", {"feedetail": [fee(mdtrt_id, who, "1", "Z-NONE", 1, 1, 1)]}
     )
@@ -672,4 +683,81 @@ async def test_a_message_run_again_does_its_work_once(world: World, db: asyncpg.
     await _forget_answer(db, site, cancel["msgid"])
     second = await site.client.post(cancel)
     assert (first.body["infcode"], second.body["infcode"]) == (0, 0)
+    assert await unsettled(db, site, mdtrt_id) == []
+
+
+async def test_two_tries_of_one_message_at_once(world: World, db: asyncpg.Connection) -> None:
+    """A retry sent while the first try still runs: one visit, one set of lines, and both
+    tries answered alike (or the second told to retry, never a second visit)."""
+    site, who = world.hospital, await holder(world)
+    registration = site.client.envelope("2201", await register_input(site, who))
+    answers = await asyncio.gather(*(site.client.post(registration) for _ in range(3)))
+    ok = [a.body["output"] for a in answers if a.body["infcode"] == 0]
+    assert ok and all(out == ok[0] for out in ok), [a.body for a in answers]
+    count = "SELECT count(*) FROM gateway_visits WHERE psn_no = $1"
+    assert await db.fetchval(count, who.psn_no) == 1
+    mdtrt_id = ok[0]["data"]["mdtrt_id"]
+
+    lines = [fee(mdtrt_id, who, str(n), "A-AMOX", 12, 1, 12) for n in range(1, 21)]
+    upload = site.client.envelope("2204", {"feedetail": lines})
+    others = [
+        site.client.envelope("2204", {"feedetail": [fee(mdtrt_id, who, f"x{n}", "C-VIT", 1, 1, 1)]})
+        for n in range(3)
+    ]
+    answers = await asyncio.gather(
+        *(site.client.post(upload) for _ in range(3)), *(site.client.post(o) for o in others)
+    )
+    assert all(a.body["infcode"] == 0 for a in answers[3:]), [a.body for a in answers]
+    ok = [a.body["output"] for a in answers[:3] if a.body["infcode"] == 0]
+    assert ok and all(out == ok[0] for out in ok)
+    assert len(await unsettled(db, site, mdtrt_id)) == 23
+
+
+async def test_registration_by_identity_number(world: World, db: asyncpg.Connection) -> None:
+    site, who = world.hospital, await holder(world)
+    inputs = await register_input(site, who)
+    inputs["data"].update(mdtrt_cert_type="02", mdtrt_cert_no=who.person["certno_full"], card_sn="")
+    out = await site.client.ok("2201", inputs)
+    visit = await visits.load_visit(db, site.code, out["data"]["mdtrt_id"])
+    assert (visit.psn_no, visit.card_no) == (who.psn_no, None)
+    info = await db.fetchval(
+        "SELECT info::text FROM gateway_visits WHERE fixmedins_code = $1 AND mdtrt_id = $2",
+        site.code,
+        visit.mdtrt_id,
+    )
+    assert who.person["certno_full"] not in info  # the identity number is not kept
+
+
+async def test_undo_message_for_a_reversal_by_message(world: World, db: asyncpg.Connection) -> None:
+    """What 2601 uses: a fee upload's unsettled lines are cancelled, a registration's visit
+    is cancelled, a visit with a settlement is refused, a message that did nothing here
+    is reported so."""
+    site, who = world.hospital, await holder(world)
+    registration = site.client.envelope("2201", await register_input(site, who))
+    mdtrt_id = (await site.client.post(registration)).body["output"]["data"]["mdtrt_id"]
+    first = site.client.envelope(
+        "2204", {"feedetail": [fee(mdtrt_id, who, "1", "A-AMOX", 1, 1, 1)]}
+    )
+    second = site.client.envelope(
+        "2204", {"feedetail": [fee(mdtrt_id, who, "2", "A-AMOX", 2, 1, 2)]}
+    )
+    for message in (first, second):
+        assert (await site.client.post(message)).body["infcode"] == 0
+    now = dt.datetime.now(dt.UTC)
+    async with db.transaction():
+        assert await visits.undo_message(db, site.code, first["msgid"], "UNDO1", now)
+    assert await unsettled(db, site, mdtrt_id) == ["2"]
+    async with db.transaction():
+        assert not await visits.undo_message(db, site.code, unique_code("NEVER"), "UNDO2", now)
+    setl_id = unique_code("S")
+    assert await visits.mark_settled(db, site.code, mdtrt_id, ["2"], setl_id) == 1
+    with pytest.raises(CardsvcError) as refused:
+        async with db.transaction():
+            await visits.undo_message(db, site.code, registration["msgid"], "UNDO3", now)
+    assert refused.value.code == "VISIT_HAS_SETTLEMENT"
+    await visits.release(db, setl_id)
+    async with db.transaction():
+        assert await visits.undo_message(db, site.code, registration["msgid"], "UNDO4", now)
+    visit = await visits.load_visit(db, site.code, mdtrt_id)
+    assert (visit.status, visit.closed_msgid) == ("cancelled", "UNDO4")
     assert await unsettled(db, site, mdtrt_id) == []

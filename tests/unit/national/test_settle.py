@@ -48,15 +48,8 @@ def _visit(**changes: object) -> visits.Visit:
 
 
 def _line(sn: str, code: str, price_e4: int, count_e4: int, total: int) -> visits.VisitLine:
-    result = visits.LineResult(
-        total=total,
-        over=0,
-        fulamt_ownpay=0,
-        preselfpay=0,
-        inscp=total,
-        chrgitm_lv="A",
-        selfpay_prop=0,
-        max_price=None,
+    result = policy.LineSplit(
+        code=code, chrgitm_lv="A", total=total, over=0, fulamt_ownpay=0, preselfpay=0, inscp=total
     )
     return visits.VisitLine(
         feedetl_sn=sn,
@@ -117,13 +110,13 @@ def test_engine_request_refusals(order: Order, lines: list[visits.VisitLine], co
 @pytest.mark.parametrize(
     ("visit", "order", "code"),
     [
-        (_visit(psn_no="P2"), _order(), "VISIT_MISMATCH"),
+        (_visit(psn_no="P2"), _order(), "VISIT_PERSON_MISMATCH"),
         (_visit(), _order(psn_no="P2"), "CERT_PERSON_MISMATCH"),
         (_visit(insutype="390"), _order(), "VISIT_MISMATCH"),
         (_visit(med_type="41"), _order(), "VISIT_MISMATCH"),
-        (_visit(status="cancelled"), _order(), "VISIT_CANCELLED"),
-        (_visit(kind="inpatient", med_type="21"), _order(med_type="21"), "VISIT_MISMATCH"),
-        (_visit(), _order(inpatient=True, med_type=None), "VISIT_MISMATCH"),
+        (_visit(status="cancelled"), _order(), "VISIT_CLOSED"),
+        (_visit(kind="inpatient", med_type="21"), _order(med_type="21"), "VISIT_KIND_MISMATCH"),
+        (_visit(), _order(inpatient=True, med_type=None), "VISIT_KIND_MISMATCH"),
         (
             _visit(kind="inpatient", med_type="21"),
             _order(inpatient=True, med_type=None),
