@@ -22,8 +22,7 @@ import msgspec
 
 from cardsvc.errors import BusinessRuleViolation, Conflict, InvalidRequest, NotFound
 from cardsvc.national import units
-from cardsvc.national.visit_models import FeeDetail, FeeResult
-from cardsvc.national.visits import NewLine, VisitLine
+from cardsvc.national.visit_models import FeeDetail, FeeResult, NewLine, VisitLine
 from cardsvc.settlement import policy
 from cardsvc.settlement.params import PolicyParams
 

@@ -18,6 +18,7 @@ import msgspec
 
 from cardsvc.clock import BUSINESS_TZ
 from cardsvc.errors import InvalidRequest
+from cardsvc.settlement.policy import LineSplit
 from cardsvc.types import Insutype, PsnNo
 
 # Free text of the interface: no control characters, bounded.
@@ -307,3 +308,76 @@ class FeeResult(msgspec.Struct, kw_only=True):
     preselfpay_amt: Decimal
     inscp_scp_amt: Decimal
     chrgitm_lv: str
+
+
+# --- stored visits and lines (cardsvc.national.visits reads and writes them) ----------
+
+VisitKind = Literal["outpatient", "inpatient", "pharmacy"]
+VisitStatus = Literal["open", "cancelled", "discharged"]
+LineStatus = Literal["active", "cancelled", "refunded", "refund"]
+
+
+class Visit(msgspec.Struct, frozen=True, kw_only=True):
+    fixmedins_code: str
+    mdtrt_id: str
+    psn_no: str
+    insutype: str
+    med_type: str
+    kind: VisitKind
+    status: VisitStatus
+    card_no: str | None
+    ipt_otp_no: str
+    injury_case_id: str | None
+    delivery_type: Literal["normal", "cesarean"] | None
+    begntime: dt.datetime
+    endtime: dt.datetime | None
+    created_msgid: str
+    closed_msgid: str | None
+    settling_msgid: str | None
+    settling_since: dt.datetime | None
+
+
+class VisitLine(msgspec.Struct, frozen=True, kw_only=True):
+    feedetl_sn: str
+    chrg_bchno: str
+    code: str  # med_list_codg, the catalog code
+    price_e4: int  # 10^-4 fen
+    count_e4: int  # 10^-4 units; negative for a refund line
+    total: int  # fen; negative for a refund line
+    setl_id: str | None
+    status: LineStatus
+    init_feedetl_sn: str | None
+    created_msgid: str
+    result: LineSplit
+
+
+class NewLine(msgspec.Struct, frozen=True, kw_only=True):
+    """A line to store (its Step-1 result already computed)."""
+
+    feedetl_sn: str
+    chrg_bchno: str
+    code: str
+    price_e4: int
+    count_e4: int
+    total: int
+    init_feedetl_sn: str | None
+    result: LineSplit
+    details: dict[str, Any]
+
+    def same_content(self, line: VisitLine) -> bool:
+        """Whether ``line`` (stored) is this line: what a re-upload must not change."""
+        return (
+            self.chrg_bchno,
+            self.code,
+            self.price_e4,
+            self.count_e4,
+            self.total,
+            self.init_feedetl_sn,
+        ) == (
+            line.chrg_bchno,
+            line.code,
+            line.price_e4,
+            line.count_e4,
+            line.total,
+            line.init_feedetl_sn,
+        )

@@ -18,6 +18,9 @@ its lines waits until the claim ends or is older than ``SETTLING_CLAIM_TTL``.
 Every row records the message (``msgid``) that created it, so that a rerun of that message
 finds what it did, and 2601 undoes it (``undo_message``).
 
+The records (``Visit``, ``VisitLine``, ``NewLine``) are defined with the other visit
+structs in ``visit_models`` (so that pure code can use them) and exported from here.
+
 Amounts are exact integers: ``total`` in fen, ``price_e4`` in 10^-4 fen, ``count_e4`` in
 10^-4 units (``cardsvc.national.units`` converts from and to the interface's decimals).
 """
@@ -26,7 +29,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -34,83 +37,19 @@ import msgspec
 from cardsvc.clock import business_date
 from cardsvc.db import Connection
 from cardsvc.errors import Conflict, NotFound, ServiceUnavailable
+from cardsvc.national.visit_models import LineStatus as LineStatus
+from cardsvc.national.visit_models import NewLine as NewLine
+from cardsvc.national.visit_models import Visit as Visit
+from cardsvc.national.visit_models import VisitKind as VisitKind
+from cardsvc.national.visit_models import VisitLine as VisitLine
+from cardsvc.national.visit_models import VisitStatus as VisitStatus
 from cardsvc.settlement.policy import LineSplit
-
-VisitKind = Literal["outpatient", "inpatient", "pharmacy"]
-VisitStatus = Literal["open", "cancelled", "discharged"]
-LineStatus = Literal["active", "cancelled", "refunded", "refund"]
 
 # Every unsettled line of the visit, whatever its charge batch (2205 ``chrg_bchno``).
 ALL_BATCHES = "0000"
 # A settlement's claim on a visit older than this is abandoned (its settlement failed or
 # its worker died): well above the settlement's own time bound.
 SETTLING_CLAIM_TTL = dt.timedelta(seconds=120)
-
-
-class Visit(msgspec.Struct, frozen=True, kw_only=True):
-    fixmedins_code: str
-    mdtrt_id: str
-    psn_no: str
-    insutype: str
-    med_type: str
-    kind: VisitKind
-    status: VisitStatus
-    card_no: str | None
-    ipt_otp_no: str
-    injury_case_id: str | None
-    delivery_type: Literal["normal", "cesarean"] | None
-    begntime: dt.datetime
-    endtime: dt.datetime | None
-    created_msgid: str
-    closed_msgid: str | None
-    settling_msgid: str | None
-    settling_since: dt.datetime | None
-
-
-class VisitLine(msgspec.Struct, frozen=True, kw_only=True):
-    feedetl_sn: str
-    chrg_bchno: str
-    code: str  # med_list_codg, the catalog code
-    price_e4: int  # 10^-4 fen
-    count_e4: int  # 10^-4 units; negative for a refund line
-    total: int  # fen; negative for a refund line
-    setl_id: str | None
-    status: LineStatus
-    init_feedetl_sn: str | None
-    created_msgid: str
-    result: LineSplit
-
-
-class NewLine(msgspec.Struct, frozen=True, kw_only=True):
-    """A line to store (its Step-1 result already computed)."""
-
-    feedetl_sn: str
-    chrg_bchno: str
-    code: str
-    price_e4: int
-    count_e4: int
-    total: int
-    init_feedetl_sn: str | None
-    result: LineSplit
-    details: dict[str, Any]
-
-    def same_content(self, line: VisitLine) -> bool:
-        """Whether ``line`` (stored) is this line: what a re-upload must not change."""
-        return (
-            self.chrg_bchno,
-            self.code,
-            self.price_e4,
-            self.count_e4,
-            self.total,
-            self.init_feedetl_sn,
-        ) == (
-            line.chrg_bchno,
-            line.code,
-            line.price_e4,
-            line.count_e4,
-            line.total,
-            line.init_feedetl_sn,
-        )
 
 
 _result_decoder = msgspec.json.Decoder(LineSplit)
