@@ -718,6 +718,19 @@ async def test_inpatient_stay_with_a_refund_line_mid_stay_and_final_settlement(w
         ),
         "FEE_SUM_MISMATCH",
     )
+    await desk.his.refused(
+        "2304",
+        stay_input(holder, identify, mdtrt_id, "310", D("3000.00"), True),
+        "CARD_TOKEN_PURPOSE",
+    )
+    by_certno = stay_input(holder, identify, mdtrt_id, "310", D("3000.00"), True)
+    by_certno["data"].update(mdtrt_cert_type="02", mdtrt_cert_no=holder.person["certno_full"])
+    await desk.his.refused("2304", by_certno, "CERT_TYPE_NOT_ALLOWED")
+    unknown = Line("A-AMOX", D("1000.00"), D("-1"), init_feedetl_sn="F-NEVER-SENT")
+    answer = await desk.his.call(
+        "2301", {"feedetail": [unknown.node(mdtrt_id, holder.psn_no, "B1")]}
+    )
+    assert answer.infcode == -1, answer.describe()  # a refund of a line never uploaded
     txn = await busi_card_info(desk, holder, "transaction")
     mid = await desk.his.ok("2304", stay_input(holder, txn, mdtrt_id, "310", D("3000.00"), True))
     assert_same_figures(mid, native)
