@@ -403,6 +403,12 @@ async def test_sign_in_sign_out_and_the_sign_no_that_ended(world: World, service
     his = mine.his
     holder = await world.holder()
     await person_info(mine, holder)  # the fixture's 9001 sign_no opens transactions
+    # A second workstation signs in on its own; its sign-out leaves the first one's alone.
+    other = His(his.http, his.base_url, his.client, his.fixmedins_name)
+    assert await other.sign_in() != his.sign_no
+    await other.sign_out()
+    await other.refused("1101", {"data": {}}, "SIGN_NO_INVALID")
+    await person_info(mine, holder)
     out = await his.sign_out()
     assert TIME.fullmatch(out["signoutoutb"]["sign_time"]), out
     # After 9002 the sign_no no longer opens anything.
