@@ -1,7 +1,8 @@
 """``python -m cardsvc.terminal_sdk COMMAND``: a terminal on the command line (docs/readers.md).
 
     readers                       the PC/SC readers pcscd lists
-    read-card                     the card's basic info in the national reader format
+    read-card [--busi [--pin P]]  the card's basic info in the national reader format;
+                                  --busi also authenticates the card (a PIN: for a payment)
     issue --psn-no N [--pin P]    counter: issue, personalise a blank card, activate
     visit --item CODE:YUAN[xQTY]… POS: items checked, card, PIN, card-auth, preview, settle
     kiosk [--report-loss]         kiosk: card-auth (no PIN), balance and recent settlements
@@ -122,7 +123,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("readers", help="list PC/SC readers")
-    sub.add_parser("read-card", parents=[_common("pos")], help="national-format basic info")
+    read_card = sub.add_parser(
+        "read-card", parents=[_common("pos")], help="national-format basic info"
+    )
+    read_card.add_argument(
+        "--busi",
+        action="store_true",
+        help="authenticate the card and print card_no|busi_card_info as a second line",
+    )
+    read_card.add_argument(
+        "--pin",
+        type=parse_pin,
+        help="with --busi: the holder's PIN, for a card token that can pay (transaction)",
+    )
     issue = sub.add_parser("issue", parents=[_common("counter")], help="issue and personalise")
     issue.add_argument("--psn-no", required=True)
     issue.add_argument("--pin", type=parse_pin, help="the holder's first PIN (asked when omitted)")
@@ -201,12 +214,39 @@ class Session:
 # ---------------------------------------------------------------------- commands
 async def read_card(args: argparse.Namespace) -> None:
     """Needs no service: the terminal id is printed only when the terminal is configured."""
+    if args.pin is not None and not args.busi:
+        raise UsageError("--pin is for --busi: add --busi to authenticate the card")
+    if args.busi:
+        await read_card_busi(args)
+        return
     terminal_no = ""
     if args.terminals.exists():
         terminal_no = load_terminal(args.terminals, args.terminal).terminal_id
     with CardReader(args.reader) as reader:
         info = await flows.present_card(reader, progress, args.wait)
         print(national_line(info, terminal_no, reader.name or ""))
+
+
+async def read_card_busi(args: argparse.Namespace) -> None:
+    """What a national reader component returns: the basic-info line, then
+    ``card_no|busi_card_info`` (the card token of card authentication by this terminal)."""
+    terminal = load_terminal(args.terminals, args.terminal)
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(timeout=timeout) as http:
+        session = Session(args, http, terminal)
+        try:
+            card = await flows.busi_card(
+                session.client,
+                session.reader,
+                args.pin,
+                progress=progress,
+                wait=args.wait,
+            )
+            reader_name = session.reader.name or ""
+        finally:
+            session.close()
+    print(national_line(card.info, terminal.terminal_id, reader_name))
+    print(card.busi_card_info_line())
 
 
 async def cmd_issue(s: Session) -> None:

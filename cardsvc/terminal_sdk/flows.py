@@ -13,6 +13,9 @@ reported to ``progress`` so a command line or UI can show it (and a test can act
   same card still in the reader → settle through the outbox.
 - ``kiosk``: read the card → card-auth ``identify`` (K_auth, no PIN) → summary (and
   optionally report it lost).
+- ``busi_card``: what a national reader component gives an HIS: read the card → (PIN on
+  the card →) card-auth ``identify`` without a PIN, ``transaction`` with one → the card
+  token as ``busi_card_info``.
 """
 
 from __future__ import annotations
@@ -111,6 +114,19 @@ class VisitResult(msgspec.Struct, frozen=True, kw_only=True):
     card: CardInfo
     preview: dict[str, Any]
     settlement: dict[str, Any]
+
+
+class BusiCard(msgspec.Struct, frozen=True, kw_only=True):
+    """A card authenticated for an HIS: ``busi_card_info`` is the card token (a bearer
+    secret for a few minutes: hand it to the HIS, never log it)."""
+
+    info: CardInfo
+    purpose: str
+    busi_card_info: str
+
+    def busi_card_info_line(self) -> str:
+        """``card_no|busi_card_info``: the national interface's ``mdtrt_cert_no`` for ``03``."""
+        return f"{self.info.card_no}|{self.busi_card_info}"
 
 
 class KioskResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -318,3 +334,25 @@ async def kiosk(
         reported = await client.call("POST", "/v1/kiosk/report-loss", token)
         progress(Step.LOSS_REPORTED, f"card {reported['card_no']} is {reported['card_status']}")
     return KioskResult(card=info, summary=summary, reported=reported)
+
+
+# ---------------------------------------------------------------------- HIS card component
+async def busi_card(
+    client: TerminalClient,
+    reader: CardReader,
+    pin: str | None,
+    *,
+    progress: Progress = quiet,
+    wait: float = 30.0,
+) -> BusiCard:
+    """Card authentication for an HIS: ``identify`` without a PIN, ``transaction`` (K_txn,
+    after VERIFY) with one, so the token can pay for one settlement (2207/2304)."""
+    info = await present_card(reader, progress, wait)
+    purpose = "identify"
+    if pin is not None:
+        await asyncio.to_thread(reader.verify_pin, pin)
+        progress(Step.PIN_VERIFIED, "the holder's PIN was accepted by the card")
+        purpose = "transaction"
+    auth = await authenticate_card(client, reader, info, purpose)
+    progress(Step.CARD_AUTHENTICATED, f"card {auth['card_no']} ({purpose})")
+    return BusiCard(info=info, purpose=purpose, busi_card_info=auth["card_token"])
