@@ -1196,11 +1196,6 @@ async def test_a_disabled_gateway_client_is_refused(world: World, service: Servi
     await person_info(Desk(service, desk.fixmedins_code, his, desk.pos, second), holder)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway deviation: an authentication failure answers inf_refmsgid '' where the"
-    " contract's envelope has cardsvc's 30-character message id",
-)
 async def test_authentication_failures_answer_the_whole_envelope(world: World):
     his = world.level2.his
     answer = await his.post(his.envelope("1101", {"data": {}}), his.headers(nonce="short"))
@@ -1436,10 +1431,6 @@ async def test_expired_sign_no_and_a_missing_insured_region(world: World, servic
     await person_info(mine, holder)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway deviation: insuplc_admdvs is not required when the input names a psn_no",
-)
 async def test_a_missing_insured_region_is_refused(world: World):
     desk = world.level2
     holder = await world.holder()
