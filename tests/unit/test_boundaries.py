@@ -11,7 +11,10 @@ functions included, relative imports resolved), so a newcomer can trust the layo
   the log format), and those import nothing else of the service, nor aiohttp or asyncpg;
   nothing of the HSM;
 - the independent interop terminal (``tests/interop``) imports nothing of this repository's
-  code at all: it is written from the protocol description.
+  code at all: it is written from the protocol description;
+- the HIS client (``tests/his/client.py``) likewise, from the national gateway's contract;
+  its tests set up persons, cards and terminals with the service's tools, never through
+  the gateway's own code.
 """
 
 from __future__ import annotations
@@ -82,7 +85,17 @@ RULES = (
     Rule(
         "the interop terminal is independent of this repository's code",
         ("tests.interop",),
-        (*OUR_CODE, "tests.support"),
+        (*OUR_CODE, "tests.support", "tests.his"),
+    ),
+    Rule(
+        "the HIS client is written from the national gateway's contract alone",
+        ("tests.his.client",),
+        (*OUR_CODE, "tests.support", "tests.interop"),
+    ),
+    Rule(
+        "the HIS tests set up the city with the service's own tools, never the gateway's code",
+        ("tests.his",),
+        ("cardsvc.national", "tests.support.gateway"),
     ),
 )
 

@@ -1,5 +1,5 @@
 """An HIS settles with cardsvc through the national gateway, end to end: the client
-(``tests/interop/his.py``) is written from the gateway's contract alone; the stack is the
+(``tests/his/client.py``) is written from the gateway's contract alone; the stack is the
 session's real service, PostgreSQL and hsm_stub. Administrative setup (facilities, persons,
 cards, gateway clients) goes through the native admin API; the card component is a POS
 terminal of the facility authenticating a card, as ``read-card --busi`` does.
@@ -24,7 +24,7 @@ import pytest
 import pytest_asyncio
 
 from cardsvc.terminal_sdk.client import TerminalClient
-from tests.interop.his import (
+from tests.his.client import (
     SETL_FEN_FIELDS,
     GatewayClient,
     His,
