@@ -13,7 +13,7 @@ import pytest
 
 from cardsvc.cardauth.tokens import CardTokenClaims
 from cardsvc.terminal_sdk.failures import Exit
-from tests.interop.his import GatewayClient, His, Line, local_time
+from tests.his.client import GatewayClient, His, Line, local_time
 from tests.reader.conftest import PIN, Desk, Slot
 from tests.reader.test_commands import terminal_cli
 
