@@ -18,8 +18,10 @@ import msgspec
 import pytest
 import pytest_asyncio
 
+from cardsvc.audit.services import new_entry
 from cardsvc.settlement import snapshot
 from cardsvc.settlement.snapshot import YEAR_COLUMNS
+from cardsvc.settlement.store import SettlementWrite, settlement_statement
 from cardsvc.terminal_sdk.client import TerminalClient
 from cardsvc.web.caller import Admission
 from tests.support.api import POLICY_CATALOG, Patient, Service, lines, patient, unique_code
@@ -360,3 +362,39 @@ async def test_the_batch_read_never_scans_the_nonces_whatever_its_cached_plan_sa
     finally:
         await txn.rollback()
     assert "Seq Scan on request_nonces" not in plan, plan
+
+
+async def test_the_batch_write_probes_the_accounts_it_pays_even_in_a_small_city(
+    conn: asyncpg.Connection,
+) -> None:
+    """The planner guesses a batch's JSON input at 100 rows; against a few thousand accounts
+    it would rather scan psn_accounts and hash-join (twice per batch: the lock and the
+    debit) than probe the key for each. The batch's persons, passed as an array too, make
+    both a probe of the primary key whatever the city's size."""
+    write = SettlementWrite(
+        row={"setl_id": "S-plan", "psn_no": "P-plan-1"},
+        postings=[],
+        acct_pay=0,
+        account_version=1,
+        year=2026,
+        year_delta=[0] * len(YEAR_COLUMNS),
+        flags=[],
+    )
+    sql, args = settlement_statement(
+        [write], new_entry("test", "plan", "settlement_batch", "S-plan", {})
+    )
+    txn = conn.transaction()  # rolled back: nothing of this stays
+    await txn.start()
+    try:
+        await conn.execute("SET LOCAL session_replication_role = replica")  # no person rows
+        await conn.execute(
+            "INSERT INTO psn_accounts (psn_no, balance)"
+            " SELECT 'P-plan-' || i, 0 FROM generate_series(1, 10000) i"
+        )
+        await conn.execute("ANALYZE psn_accounts")
+        await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        explain = await conn.prepare("EXPLAIN (COSTS off) " + sql)
+        plan = "\n".join(r[0] for r in await explain.fetch(*args))
+    finally:
+        await txn.rollback()
+    assert "Seq Scan on psn_accounts" not in plan, plan
