@@ -29,9 +29,9 @@ import asyncio
 import datetime as dt
 import secrets
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import msgspec
 import structlog
@@ -331,7 +331,7 @@ class Gateway:
         return await self._bounded(call, handler(call, inputs))
 
     async def _bounded(
-        self, call: Call, work: Coroutine[Any, Any, T]
+        self, call: Call, work: Awaitable[T]
     ) -> tuple[T | None, CardsvcError | None]:
         """``work``'s result or refusal, within the message's bound; a failure of a
         dependency, a timeout or a fault of cardsvc's own as a retryable refusal."""

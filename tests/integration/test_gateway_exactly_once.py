@@ -37,7 +37,7 @@ def slow_transaction() -> Iterator[tuple[asyncio.Event, list[Any]]]:
     runs: list[Any] = []
 
     @transaction(SLOW)
-    async def slow(call, inputs):  # type: ignore[no-untyped-def]
+    async def slow(call, inputs):
         runs.append(msgspec.json.decode(inputs["data"]))
         if len(runs) == 1:
             await gate.wait()
@@ -154,7 +154,7 @@ def flaky_after_failure() -> Iterator[list[str]]:
     runs: list[str] = []
 
     @transaction(FLAKY)
-    async def flaky(call, inputs):  # type: ignore[no-untyped-def]
+    async def flaky(call, inputs):
         runs.append(call.msgid)
         if len(runs) == 1:
             raise DatabaseUnavailable("down")
