@@ -32,6 +32,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 
@@ -312,7 +313,7 @@ async def admit_batch(
     """The admissions (and reservations) of many messages in one round trip and one
     commit, in order; ``lease``: seconds a reservation holds its msgid."""
     suspended = sorted(load_params(CURRENT_POLICY_VERSION).facility_ratings.suspended)
-    columns = [
+    columns: list[list[Any]] = [
         [j.paasid for j in jobs],
         [j.nonce for j in jobs],
         [j.sign_no for j in jobs],
@@ -341,7 +342,7 @@ async def admit_batch(
 async def store_batch(pool: Pool, jobs: Sequence[NewAnswer]) -> list[Outcome[Stored | None]]:
     """Stores the answers of many messages in one round trip and one commit: for each, in
     order, None (stored) or the answer a concurrent twin stored first."""
-    columns = [
+    columns: list[list[Any]] = [
         [j.fixmedins_code for j in jobs],
         [j.msgid for j in jobs],
         [j.infno for j in jobs],
