@@ -332,3 +332,47 @@ async def test_the_retention_is_a_setting_of_at_least_a_day() -> None:
     assert load_settings(days).gateway_message_retention_days == 90
     with pytest.raises(ConfigError, match="CARDSVC_GATEWAY_MESSAGE_RETENTION_DAYS"):
         load_settings({**env, "CARDSVC_GATEWAY_MESSAGE_RETENTION_DAYS": "0"})
+
+
+async def test_a_reservation_that_waited_for_another_workers_sees_it(
+    service: Service, db: asyncpg.Connection
+) -> None:
+    """Another worker's admission of the msgid, not yet committed when this one's statement
+    began: this one waits for it, then reads what it became (here: an answer)."""
+    client = await gateway_client(service)
+    inputs = {"data": {"visit": "A"}}
+    msgid = client.envelope(SLOW, inputs)["msgid"]
+    body_hash = _hash(SLOW, inputs)
+    pool = await asyncpg.create_pool(service.database_url, min_size=1, max_size=2)
+    other = await asyncpg.connect(service.database_url)
+    try:
+        tx = other.transaction()
+        await tx.start()
+        await other.execute(
+            "INSERT INTO gateway_messages (fixmedins_code, msgid, infno, body_hash, paasid,"
+            " inf_refmsgid, infcode, content_type, answer)"
+            " VALUES ($1, $2, $3, $4, $5, 'r', 0, 'application/json', 'other worker')",
+            client.fixmedins_code,
+            msgid,
+            SLOW,
+            body_hash,
+            client.paasid,
+        )
+        admission = messages.Admission(
+            client.paasid,
+            "waiting-admission-0001",
+            client.sign_no,
+            msgid,
+            client.fixmedins_code,
+            messages.Reservation(SLOW, body_hash, needs_sign_no=True),
+        )
+        waiting = asyncio.create_task(messages.admit_batch(pool, [admission]))
+        await asyncio.sleep(0.3)
+        assert not waiting.done()  # held by the other worker's row
+        await tx.commit()
+        [admitted] = await waiting
+    finally:
+        await other.close()
+        await pool.close()
+    assert isinstance(admitted, messages.Admitted) and not admitted.reserved
+    assert admitted.stored is not None and admitted.stored.answer == b"other worker"
