@@ -76,6 +76,8 @@ async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
                 await app[SERVICES].terminal_auth.purge_expired()
                 window = dt.timedelta(seconds=2 * app[SETTINGS].signature_window)
                 await app[SERVICES].gateway_clients.purge_expired(window)
+                retention = dt.timedelta(days=app[SETTINGS].gateway_message_retention_days)
+                await app[SERVICES].gateway.messages.purge(retention)
             except Exception:
                 log.exception("housekeeping_failed")
 

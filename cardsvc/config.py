@@ -68,6 +68,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     gateway_max_body_bytes: int = 8 * 1024 * 1024
     gateway_rate: float = 200.0
     gateway_burst: float = 400.0
+    # Days a gateway message's stored answer is kept (then purged): a retry or a late copy
+    # of the message within them gets its answer again, and another body MSGID_REUSED.
+    gateway_message_retention_days: int = 30
     # Sign-in, per worker process. Challenges per client address (the socket's peer, never
     # a forwarded header); naming a terminal id costs that terminal nothing. Failed
     # completions (a wrong cryptogram) per terminal id and per client address.
@@ -167,6 +170,8 @@ def _checked(settings: Settings) -> Settings:
         raise ConfigError("CARDSVC_DB_CONNECT_TIMEOUT must not be negative")
     if not 1 <= settings.settle_batch_max <= 1000:
         raise ConfigError("CARDSVC_SETTLE_BATCH_MAX must be between 1 and 1000")
+    if not 1 <= settings.gateway_message_retention_days <= 3660:
+        raise ConfigError("CARDSVC_GATEWAY_MESSAGE_RETENTION_DAYS must be between 1 and 3660")
     return settings
 
 
@@ -217,6 +222,11 @@ def _load(env: Mapping[str, str]) -> Settings:
         ),
         gateway_rate=_float(env, "CARDSVC_GATEWAY_RATE", defaults.gateway_rate),
         gateway_burst=_float(env, "CARDSVC_GATEWAY_BURST", defaults.gateway_burst),
+        gateway_message_retention_days=_int(
+            env,
+            "CARDSVC_GATEWAY_MESSAGE_RETENTION_DAYS",
+            defaults.gateway_message_retention_days,
+        ),
         sign_in_address_rate=_float(
             env, "CARDSVC_SIGN_IN_ADDRESS_RATE", defaults.sign_in_address_rate
         ),

@@ -6,14 +6,18 @@ The order is that of what each step costs and of what it may answer:
    one read) and the signature: an unauthenticated request is refused with HTTP 401 before
    anything is recorded; then the client's rate (429);
 2. the envelope: a body that is not JSON or has no ``infno`` is refused with HTTP 400;
-3. the admission (``messages.admit``, one statement): the nonce recorded (a replay 401), the
-   client's and the facility's standing (403);
+3. the envelope's fields checked and its input hashed (no IO), then the admission
+   (``messages.admit``, one statement): the nonce recorded (a replay 401), the client's
+   and the facility's standing (403), and — for a message whose transaction will run —
+   its msgid reserved with its body hash before anything runs;
 4. from here every answer is an envelope with HTTP 200: the envelope's fields, the answer
-   stored for the msgid (sent again unchanged, or MSGID_REUSED for another body), the
+   stored for the msgid (sent again unchanged, or MSGID_REUSED for another body), another
+   try's reservation (MSGID_REUSED for another body, MSGID_IN_PROGRESS for the same), the
    infno (UNSUPPORTED_INFNO), sign_no (SIGN_NO_INVALID), then the transaction's handler;
 5. the handler's answer, success or business refusal, is stored before it is sent; a
    failure of a dependency or an unexpected error is answered (infcode -1) but not stored,
-   so the HIS may send the message again under the same msgid.
+   and the reservation released, so the HIS may send the message again under the same
+   msgid.
 
 The log line of each message names its infno, msgid, infcode and error code, never a
 secret, token or identity number.
@@ -25,9 +29,9 @@ import asyncio
 import datetime as dt
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import msgspec
 import structlog
@@ -47,7 +51,7 @@ from cardsvc.errors import (
 from cardsvc.national import envelope, messages, tif
 from cardsvc.national import transactions as _transactions  # noqa: F401 - registers them
 from cardsvc.national.clients import ClientKey, GatewayClients
-from cardsvc.national.registry import TRANSACTIONS, Call, Output
+from cardsvc.national.registry import TRANSACTIONS, Call, FileAnswer, Output
 from cardsvc.ops import metrics
 from cardsvc.web.caller import Caller
 from cardsvc.web.ratelimit import TokenBuckets
@@ -56,6 +60,8 @@ if TYPE_CHECKING:
     from cardsvc.services import Services
 
 log = structlog.get_logger("cardsvc.national")
+
+T = TypeVar("T")
 
 JSON = "application/json"
 FILE = "application/zip"
@@ -106,6 +112,50 @@ def observe(infno: str, msgid: str, outcome: str, code: str) -> None:
 
 
 @dataclass(frozen=True, slots=True)
+class _Checked:
+    """An envelope's checks, before its admission: its body hash, or its refusal."""
+
+    body_hash: bytes = b""
+    refused: CardsvcError | None = None
+
+
+def _check(env: envelope.Envelope, key: ClientKey) -> _Checked:
+    try:
+        envelope.check(env, key.fixmedins_code)
+        inputs = envelope.normalise(env.input)
+        envelope.check_insured_region(env, inputs)
+        return _Checked(body_hash=envelope.hash_of(env.infno, inputs))
+    except CardsvcError as exc:
+        return _Checked(refused=exc)
+
+
+def _reservation(env: envelope.Envelope | None, checked: _Checked) -> messages.Reservation | None:
+    """What a message whose transaction may run reserves its msgid with (nothing for one
+    refused before: it changes nothing, and the HIS sends it again)."""
+    if env is None or checked.refused is not None:
+        return None
+    tx = TRANSACTIONS.get(env.infno)
+    if tx is None:
+        return None
+    return messages.Reservation(env.infno, checked.body_hash, tx.needs_sign_no)
+
+
+def _in_progress() -> ServiceUnavailable:
+    return ServiceUnavailable(
+        "this message (its msgid) is being processed by an earlier try: send it again in a"
+        " moment with the same msgid",
+        code="MSGID_IN_PROGRESS",
+    )
+
+
+def _reused() -> Conflict:
+    return Conflict(
+        "msgid was used before for another message: every message needs its own msgid",
+        code="MSGID_REUSED",
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class _Message:
     """An admitted message: everything its answer needs."""
 
@@ -114,6 +164,7 @@ class _Message:
     admitted: messages.Admitted
     inf_refmsgid: str
     received: dt.datetime
+    checked: _Checked
 
     def answer(self, output: dict[str, object] | None, error: CardsvcError | None) -> bytes:
         return envelope.encode_answer(
@@ -129,7 +180,8 @@ class Gateway:
     def __init__(self, pool: Pool, clients: GatewayClients, settings: Settings) -> None:
         self._pool, self._clients, self._settings = pool, clients, settings
         # The admissions and stored answers, group-committed (closed at shutdown).
-        self.messages = messages.Messages(pool)
+        # A reservation's lease: past the longest a try runs (its handler's bound).
+        self.messages = messages.Messages(pool, lease=2 * settings.request_timeout)
         self._buckets = TokenBuckets(settings.gateway_rate, settings.gateway_burst)
 
     async def handle(self, services: Services, headers: Mapping[str, str], body: bytes) -> Reply:
@@ -162,12 +214,15 @@ class Gateway:
             infno = decoded.infno or (decoded.envelope.infno if decoded.envelope else "")
             env = decoded.envelope
             msgid = (env.msgid or "") if env is not None else ""
+            checked = _check(env, key) if env is not None else _Checked()
             admitted = await self.messages.admit(
                 messages.Admission(
                     paasid=key.paasid,
                     nonce=nonce,
                     sign_no=(env.sign_no or "") if env is not None else "",
                     msgid=msgid,
+                    fixmedins_code=key.fixmedins_code,
+                    reservation=_reservation(env, checked),
                 )
             )
         except CardsvcError as exc:
@@ -192,7 +247,7 @@ class Gateway:
                 answered=clock.now(),
             )
             return Reply(200, bare)
-        message = _Message(key, env, admitted, inf_refmsgid, received)
+        message = _Message(key, env, admitted, inf_refmsgid, received, checked)
         return await self._message(services, message)
 
     async def _authenticate(self, headers: Mapping[str, str]) -> tuple[ClientKey, str]:
@@ -209,30 +264,11 @@ class Gateway:
         return key, parsed.nonce
 
     async def _message(self, services: Services, m: _Message) -> Reply:
-        env = m.env
-        try:
-            envelope.check(env, m.key.fixmedins_code)
-            inputs = envelope.normalise(env.input)
-            envelope.check_insured_region(env, inputs)
-            body_hash = envelope.hash_of(env.infno, inputs)
-        except CardsvcError as exc:
-            observe(env.infno, env.msgid or "", "refused", exc.code)
-            return Reply(200, m.answer(None, exc))
+        env, admitted = m.env, m.admitted
         msgid = env.msgid or ""
-        if m.admitted.stored is not None:
-            return self._again(m, body_hash, m.admitted.stored)
-        tx = TRANSACTIONS.get(env.infno)
-        refused: CardsvcError | None = None
-        if tx is None:
-            refused = NotFound(f"infno {env.infno} is not supported", code="UNSUPPORTED_INFNO")
-        elif tx.needs_sign_no and not m.admitted.signed_in:
-            refused = Unauthenticated(
-                "sign_no is missing, unknown, signed out or expired: sign in with 9001",
-                code="SIGN_NO_INVALID",
-            )
-        if refused is not None:
-            observe(env.infno, msgid, "refused", refused.code)
-            return Reply(200, m.answer(None, refused))
+        if m.checked.refused is not None:
+            observe(env.infno, msgid, "refused", m.checked.refused.code)
+            return Reply(200, m.answer(None, m.checked.refused))
         call = Call(
             services=services,
             pool=self._pool,
@@ -251,24 +287,58 @@ class Gateway:
             sign_no=env.sign_no or None,
             now=m.received,
         )
+        if admitted.stored is not None:
+            return await self._again(m, call, admitted.stored)
+        tx = TRANSACTIONS.get(env.infno)
+        refused: CardsvcError | None = None
+        if admitted.pending is not None:  # another try holds the msgid
+            refused = _reused() if admitted.pending != m.checked.body_hash else _in_progress()
+        elif tx is None:
+            refused = NotFound(f"infno {env.infno} is not supported", code="UNSUPPORTED_INFNO")
+        elif tx.needs_sign_no and not admitted.signed_in:
+            refused = Unauthenticated(
+                "sign_no is missing, unknown, signed out or expired: sign in with 9001",
+                code="SIGN_NO_INVALID",
+            )
+        elif not admitted.reserved:  # not expected: the admission reserves what runs
+            refused = _in_progress()
+        if refused is not None:
+            observe(env.infno, msgid, "refused", refused.code)
+            return Reply(200, m.answer(None, refused))
         output, error = await self._run(call, env.input or {})
         if error is not None and not _stored_refusal(error):
+            await self._release(call, admitted.sequence)
             observe(env.infno, msgid, "unavailable", error.code)
             return Reply(200, m.answer(None, error))
-        if isinstance(output, bytes):
-            answer, content_type = output, FILE
-        else:
-            answer, content_type = m.answer(output, error), JSON
-        return await self._store(m, call, body_hash, error, answer, content_type)
+        if isinstance(output, FileAnswer):
+            return await self._store(m, call, error, output.content, FILE, output.file_qury_no)
+        return await self._store(m, call, error, m.answer(output, error), JSON)
+
+    async def _release(self, call: Call, owner: int) -> None:
+        """The reservation ended without an answer: the next try runs at once. If even
+        this fails, the reservation's lease ends it."""
+        try:
+            await self.messages.release(call.fixmedins_code, call.msgid, owner)
+        except Exception as exc:
+            if db.as_service_error(exc) is None:
+                raise
+            log.warning("gateway_release_failed", infno=call.infno, msgid=call.msgid)
 
     async def _run(
         self, call: Call, inputs: dict[str, msgspec.Raw]
     ) -> tuple[Output | None, CardsvcError | None]:
         handler = TRANSACTIONS[call.infno].handler
+        return await self._bounded(call, handler(call, inputs))
+
+    async def _bounded(
+        self, call: Call, work: Awaitable[T]
+    ) -> tuple[T | None, CardsvcError | None]:
+        """``work``'s result or refusal, within the message's bound; a failure of a
+        dependency, a timeout or a fault of cardsvc's own as a retryable refusal."""
         bound = max(0.1, self._settings.request_timeout - _HANDLER_MARGIN)
         try:
             async with asyncio.timeout(bound):
-                return await handler(call, inputs), None
+                return await work, None
         except CardsvcError as exc:
             return None, exc
         except TimeoutError:
@@ -292,21 +362,23 @@ class Gateway:
         self,
         m: _Message,
         call: Call,
-        body_hash: bytes,
         error: CardsvcError | None,
         answer: bytes,
         content_type: str,
+        file_qury_no: str | None = None,
     ) -> Reply:
+        """Stores the answer (a file's number instead of its bytes) and sends it."""
         new = messages.NewAnswer(
             fixmedins_code=call.fixmedins_code,
             msgid=call.msgid,
             infno=call.infno,
-            body_hash=body_hash,
+            body_hash=m.checked.body_hash,
             paasid=call.paasid,
             inf_refmsgid=m.inf_refmsgid,
             infcode=-1 if error is not None else 0,
             content_type=content_type,
-            answer=answer,
+            answer=None if file_qury_no is not None else answer,
+            file_qury_no=file_qury_no,
         )
         try:
             ours, stored = await self.messages.store(new)
@@ -315,25 +387,39 @@ class Gateway:
             if mapped is None:
                 raise
             # Done but not stored: a retry runs the (idempotent) handler again.
+            await self._release(call, m.admitted.sequence)
             observe(call.infno, call.msgid, "unavailable", mapped.code)
             return Reply(200, m.answer(None, mapped))
         if not ours:
-            return self._again(m, body_hash, stored)
+            return await self._again(m, call, stored)
         observe(call.infno, call.msgid, "refused" if error else "ok", error.code if error else "")
-        return Reply(200, stored.answer, stored.content_type)
+        return Reply(200, answer, content_type)
 
-    def _again(self, m: _Message, body_hash: bytes, stored: messages.Stored) -> Reply:
-        """The msgid was answered before: that answer, unchanged, for the same body."""
+    async def _again(self, m: _Message, call: Call, stored: messages.Stored) -> Reply:
+        """The msgid was answered before: that answer, unchanged, for the same body (a file
+        read again, while it is kept)."""
         msgid = m.env.msgid or ""
-        if stored.body_hash != body_hash:
-            exc = Conflict(
-                "msgid was used before for another message: every message needs its own msgid",
-                code="MSGID_REUSED",
-            )
+        if stored.body_hash != m.checked.body_hash:
+            exc = _reused()
             observe(m.env.infno, msgid, "refused", exc.code)
             return Reply(200, m.answer(None, exc))
+        if stored.answer is None:
+            return await self._file_again(m, call, stored)
         observe(m.env.infno, msgid, "replayed", "")
         return Reply(200, stored.answer, stored.content_type)
+
+    async def _file_again(self, m: _Message, call: Call, stored: messages.Stored) -> Reply:
+        tx = TRANSACTIONS.get(call.infno)
+        if tx is None or tx.replay_file is None or stored.file_qury_no is None:
+            raise RuntimeError(f"infno {call.infno} stored a file answer it cannot read again")
+        content, error = await self._bounded(call, tx.replay_file(call, stored.file_qury_no))
+        if error is not None or content is None:
+            refused = error or _in_progress()
+            outcome = "refused" if _stored_refusal(refused) else "unavailable"
+            observe(call.infno, call.msgid, outcome, refused.code)
+            return Reply(200, m.answer(None, refused))
+        observe(call.infno, call.msgid, "replayed", "")
+        return Reply(200, content, stored.content_type)
 
 
 def _stored_refusal(error: CardsvcError) -> bool:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Annotated, Any
 
@@ -88,7 +88,8 @@ class DownloadIn(msgspec.Struct, kw_only=True):
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    """Who sends which message: what a file and an audit entry record."""
+    """Who sends which message: what a file and an audit entry record (``operator``: the
+    HIS operator and the message, ``cardsvc.national.operator``)."""
 
     fixmedins_code: str
     msgid: str
@@ -96,6 +97,7 @@ class Message:
     opter: str
     opter_name: str
     now: dt.datetime
+    operator: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,7 +319,28 @@ class NationalReconciliation:
                 "filename is not the name of that file (as 9101 or 3202 answered it)",
                 code="FILE_NOT_FOUND",
             )
+        await self._downloaded(msg, inp.file_qury_no, filename, content, again=False)
         return content
+
+    async def download_again(self, msg: Message, file_qury_no: str) -> bytes:
+        """The file a download message answered with, for the same message sent again:
+        refused as a new download would be once the file has expired or is gone."""
+        _, filename, content = await self._load(msg.fixmedins_code, file_qury_no, msg.now)
+        await self._downloaded(msg, file_qury_no, filename, content, again=True)
+        return content
+
+    async def _downloaded(
+        self, msg: Message, file_qury_no: str, filename: str, content: bytes, *, again: bool
+    ) -> None:
+        """Every time a file leaves cardsvc, an audit entry says who took it."""
+        async with transaction(self._pool) as conn:
+            await self._record(
+                conn,
+                msg,
+                "national.file_downloaded",
+                ("national_file", file_qury_no),
+                {"filename": filename, "size": len(content), "again": again},
+            )
 
     # -- storage ---------------------------------------------------------------------------
 
@@ -422,5 +445,11 @@ class NationalReconciliation:
             action=action,
             object_type=what[0],
             object_id=what[1],
-            data={**data, "msgid": msg.msgid, "opter": msg.opter, "opter_name": msg.opter_name},
+            data={
+                **data,
+                "msgid": msg.msgid,
+                "opter": msg.opter,
+                "opter_name": msg.opter_name,
+                **msg.operator,
+            },
         )

@@ -3,9 +3,11 @@
 A handler gets the call (who, for which facility, under which message) and its ``input``
 nodes still as raw JSON, so that each decodes its own nodes into typed structs
 (``cardsvc.national.units`` holds the exact decimal types): a JSON number is never read as
-a binary float. It returns the ``output`` object, or bytes for a transaction whose answer is a
-file (9102). A refusal is a ``CardsvcError`` like everywhere in cardsvc: the envelope answers
-``infcode -1`` with ``[CODE] message``.
+a binary float. It returns the ``output`` object, or a ``FileAnswer`` for a transaction
+whose answer is a stored file (9102): its stored answer is the file's number, and sending
+the message again reads the file again (``replay_file``) while it is kept. A refusal is a
+``CardsvcError`` like everywhere in cardsvc: the envelope answers ``infcode -1`` with
+``[CODE] message``.
 """
 
 from __future__ import annotations
@@ -47,8 +49,21 @@ class Call:
 
 T = TypeVar("T")
 
-Output = dict[str, Any] | bytes
+
+@dataclass(frozen=True, slots=True)
+class FileAnswer:
+    """A file as the answer (sent as the HTTP body): its bytes, and its number, which is
+    all the stored answer keeps."""
+
+    file_qury_no: str
+    content: bytes
+
+
+Output = dict[str, Any] | FileAnswer
 Handler = Callable[[Call, dict[str, msgspec.Raw]], Awaitable[Output]]
+# The bytes of the file ``file_qury_no`` an earlier try of the message answered with, read
+# again (refused once the file has expired or is gone).
+FileReplay = Callable[[Call, str], Awaitable[bytes]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,18 +71,21 @@ class Transaction:
     infno: str
     handler: Handler
     needs_sign_no: bool  # every transaction but 9001
+    replay_file: FileReplay | None = None  # a transaction answering with a FileAnswer
 
 
 TRANSACTIONS: dict[str, Transaction] = {}
 
 
-def transaction(infno: str, *, needs_sign_no: bool = True) -> Callable[[Handler], Handler]:
+def transaction(
+    infno: str, *, needs_sign_no: bool = True, replay_file: FileReplay | None = None
+) -> Callable[[Handler], Handler]:
     """Registers ``handler`` for ``infno`` (one handler per infno)."""
 
     def register(handler: Handler) -> Handler:
         if infno in TRANSACTIONS:
             raise RuntimeError(f"infno {infno} registered twice")
-        TRANSACTIONS[infno] = Transaction(infno, handler, needs_sign_no)
+        TRANSACTIONS[infno] = Transaction(infno, handler, needs_sign_no, replay_file)
         return handler
 
     return register

@@ -5,10 +5,11 @@ totals, the ledger, a pending review withdrawn), which also releases the settlem
 visit lines; the visit's row is taken first, as every writer of a visit takes it.
 
 **2601 for a message that has not arrived** is recorded (``gateway_undone_messages``): a
-settlement message arriving later with that msgid is refused (``MSGID_UNDONE``), so an HIS
-that gave up on a settlement and undid it is never charged by its late copy. The record and
-the settlement's claim step take the same per-message advisory lock, so one of them sees
-the other.
+message of a kind 2601 undoes (2201, 2204, 2207, 2301, 2304, 2401) arriving later with that
+msgid is refused (``MSGID_UNDONE``) and does nothing, so an HIS that gave up on a message
+and undid it is never charged, registered or billed by its late copy. The record and the
+late message's check (the settlement's claim step, ``refuse_undone`` for the others) take
+the same per-message advisory lock, so one of them sees the other.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from cardsvc.national.settle import (
     SETTLING_INFNOS,
     lock_message,
     mismatch,
+    msgid_undone,
     psn_type_of,
     settlement_of,
     visit_settling,
@@ -169,3 +171,14 @@ async def undone_by(conn: Connection, fixmedins_code: str, msgid: str) -> str | 
         msgid,
     )
     return by
+
+
+async def refuse_undone(conn: Connection, fixmedins_code: str, msgid: str) -> None:
+    """For a registration or fee-line message (2201, 2401, 2204, 2301), first thing in its
+    transaction: refused (``MSGID_UNDONE``) if a 2601 named it before it arrived. Holds the
+    message's lock until the transaction ends, so a 2601 of it either sees what it did or
+    is seen here."""
+    await lock_message(conn, fixmedins_code, msgid)
+    by = await undone_by(conn, fixmedins_code, msgid)
+    if by is not None:
+        raise msgid_undone(msgid, by)

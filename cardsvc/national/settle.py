@@ -55,6 +55,7 @@ from cardsvc.db import Connection, transaction
 from cardsvc.errors import CardsvcError, Conflict, InvalidRequest, ServiceUnavailable
 from cardsvc.national import visits
 from cardsvc.national.certs import Certified
+from cardsvc.national.operator import operator
 from cardsvc.national.registry import Call
 from cardsvc.national.units import yuan
 from cardsvc.settlement import policy
@@ -108,6 +109,15 @@ def mismatch(message: str, code: str = "VISIT_MISMATCH") -> Conflict:
     VISIT_KIND_MISMATCH); VISIT_MISMATCH for a scheme, visit type or settlement that is not
     the visit's."""
     return Conflict(message, code=code)
+
+
+def msgid_undone(msgid: str, undone_by: str) -> Conflict:
+    """A message that arrives after a 2601 named it: it does nothing."""
+    return Conflict(
+        f"message {msgid} was undone by 2601 (msgid {undone_by}) before it arrived: send it"
+        " again as a new message, under a new msgid",
+        code="MSGID_UNDONE",
+    )
 
 
 def visit_settling(mdtrt_id: str) -> ServiceUnavailable:
@@ -210,6 +220,21 @@ async def preview(call: Call, order: Order, cert: Certified) -> Settled:
     info = await call.services.settlements.preview_request(
         fac, cert.psn_no, card_no, request, order.mdtrt_id
     )
+    async with transaction(call.pool) as conn:  # it reveals the person's figures: audited
+        await call.services.audit.append(
+            conn,
+            actor=call.caller.actor,
+            action="settlement.previewed",
+            object_type="visit",
+            object_id=f"{fac}/{order.mdtrt_id}",
+            data={
+                "psn_no": cert.psn_no,
+                "mdtrt_cert_type": "03" if cert.claims is not None else "02",
+                "medfee_sumamt": order.medfee_sumamt,
+                "lines": len(lines),
+                **operator(call),
+            },
+        )
     return Settled(info, psn_type, call.msgid)
 
 
@@ -320,11 +345,7 @@ async def _claim(
     # undid this message, the person's type, and this message's settlement, in one read.
     read = await conn.fetchrow(_CLAIM_READ, fac, msgid, key, cert.psn_no)
     if read["undone_by"] is not None:
-        raise Conflict(
-            f"message {msgid} was undone by 2601 (msgid {read['undone_by']}) before it"
-            " arrived: send the settlement again as a new message",
-            code="MSGID_UNDONE",
-        )
+        raise msgid_undone(msgid, read["undone_by"])
     psn_type = read["psn_type"] or ""
     visit = await visits.load_visit(conn, fac, order.mdtrt_id, lock=True)
     if read["setl_id"] is not None:  # this message settled before (its answer was lost)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import msgspec
 
+from cardsvc.national.operator import operator
 from cardsvc.national.recon import (
     DetailIn,
     DownloadIn,
@@ -13,7 +14,7 @@ from cardsvc.national.recon import (
     StatementIn,
     UploadIn,
 )
-from cardsvc.national.registry import Call, Output, node, transaction
+from cardsvc.national.registry import Call, FileAnswer, Output, node, transaction
 
 
 def _service(call: Call) -> NationalReconciliation:
@@ -29,6 +30,7 @@ def _message(call: Call) -> Message:
         opter=call.opter,
         opter_name=call.opter_name,
         now=call.now,
+        operator=operator(call),
     )
 
 
@@ -50,6 +52,14 @@ async def detail(call: Call, inputs: dict[str, msgspec.Raw]) -> Output:
     return {"fileinfo": (await _service(call).detail(_message(call), data)).fileinfo()}
 
 
-@transaction("9102")
+async def download_again(call: Call, file_qury_no: str) -> bytes:
+    """9102 sent again: the file it answered with, read again while it is kept (the stored
+    answer is the file's number, never its bytes)."""
+    return await _service(call).download_again(_message(call), file_qury_no)
+
+
+@transaction("9102", replay_file=download_again)
 async def download(call: Call, inputs: dict[str, msgspec.Raw]) -> Output:
-    return await _service(call).download(_message(call), node(inputs, "fsDownloadIn", DownloadIn))
+    wanted = node(inputs, "fsDownloadIn", DownloadIn)
+    content = await _service(call).download(_message(call), wanted)
+    return FileAnswer(wanted.file_qury_no, content)

@@ -25,7 +25,8 @@ import msgspec
 from cardsvc import clock
 from cardsvc.db import Connection, transaction
 from cardsvc.errors import Conflict, Forbidden, InvalidRequest, ServiceUnavailable
-from cardsvc.national import certs, fees, visits
+from cardsvc.national import certs, fees, reversals, visits
+from cardsvc.national.operator import operator
 from cardsvc.national.registry import Call
 from cardsvc.national.visit_models import (
     ExpContent,
@@ -194,13 +195,7 @@ async def _audit(conn: Connection, call: Call, action: str, visit: Visit, **data
         action=action,
         object_type="visit",
         object_id=f"{visit.fixmedins_code}/{visit.mdtrt_id}",
-        data={
-            "msgid": call.msgid,
-            "infno": call.infno,
-            "opter": call.opter,
-            "opter_name": call.opter_name,
-            **data,
-        },
+        data={**operator(call), **data},
     )
 
 
@@ -215,6 +210,7 @@ async def register(
     certified = await certs.resolve(call, cert_type, cert_no, card_sn, settling=False)
     certified.require_person(reg.psn_no)
     async with transaction(call.pool) as conn:
+        await reversals.refuse_undone(conn, call.fixmedins_code, call.msgid)
         visit = await _checked_visit(conn, call, reg, card_no=certified.card_no, mdtrt_id=None)
         stored = await visits.open_visit(conn, visit, reg.info)
         if stored.created_msgid != call.msgid:  # the minted mdtrt_id was a pharmacy's own
@@ -282,6 +278,16 @@ async def record_info(
             )
             await _checked_visit(conn, call, reg, card_no=None, mdtrt_id=mdtrt_id)
         await visits.update_visit(conn, visit, info=info, med_type=med_type, delivery_type=delivery)
+        changed = {
+            name: {"from": before, "to": after}
+            for name, before, after in (
+                ("med_type", visit.med_type, med_type),
+                ("delivery_type", visit.delivery_type, delivery),
+            )
+            if before != after
+        }
+        if changed:  # what the settlement will apply: who changed it, and from what
+            await _audit(conn, call, "visit.updated", visit, **changed)
 
 
 async def _catalog(conn: Connection, codes: Sequence[str]) -> dict[str, policy.CatalogItem]:
@@ -333,6 +339,7 @@ async def upload_fees(
         for detail, raw in zip(details, sent, strict=True)
     ]
     async with transaction(call.pool) as conn:
+        await reversals.refuse_undone(conn, call.fixmedins_code, call.msgid)
         visit = await visits.find_visit(conn, call.fixmedins_code, mdtrt_id)
         if visit is None and not inpatient:
             exp = exp_content(details[0].exp_content, "feedetail")
@@ -347,7 +354,17 @@ async def upload_fees(
         if plan.refunded:
             visits.check_not_settling(visit, call.now)
             await visits.mark_refunded(conn, visit, plan.refunded, call.msgid)
+            await _audit(conn, call, "visit.fees_refunded", visit, feedetl_sns=plan.refunded)
         await visits.store_lines(conn, visit, plan.store, call.msgid)
+        if plan.store:  # new lines (a rerun stores none: audited once)
+            await _audit(
+                conn,
+                call,
+                "visit.fees_uploaded",
+                visit,
+                lines=len(plan.store),
+                total=sum(line.total for line in plan.store),
+            )
     return [fees.fee_result(mdtrt_id, line, split) for line, split in plan.results]
 
 
