@@ -59,8 +59,9 @@ from cardsvc.national.operator import operator
 from cardsvc.national.registry import Call
 from cardsvc.national.units import yuan
 from cardsvc.settlement import policy
-from cardsvc.settlement.models import SetlInfo
+from cardsvc.settlement.models import MAX_SETTLEMENT_LINES, SetlInfo
 from cardsvc.settlement.plan import Opter, SettleJob, stored_setl_info
+from cardsvc.settlement.snapshot import StayKey
 
 log = structlog.get_logger(__name__)
 
@@ -172,6 +173,16 @@ def engine_request(
             + ("" if order.chrg_bchno in (None, visits.ALL_BATCHES) else " in this chrg_bchno"),
             code="NO_UNSETTLED_LINES",
         )
+    if len(lines) > MAX_SETTLEMENT_LINES:
+        raise Conflict(
+            f"visit {visit.mdtrt_id} has {len(lines)} unsettled fee lines"
+            + ("" if order.chrg_bchno in (None, visits.ALL_BATCHES) else " in this chrg_bchno")
+            + f"; a settlement takes at most {MAX_SETTLEMENT_LINES}: settle the visit by"
+            " charge batch (chrg_bchno), one settlement per batch of at most"
+            f" {MAX_SETTLEMENT_LINES} lines",
+            code="TOO_MANY_LINES",
+            details={"lines": len(lines), "max_lines": MAX_SETTLEMENT_LINES},
+        )
     total = sum(line.total for line in lines)
     if total != order.medfee_sumamt:
         raise InvalidRequest(
@@ -193,6 +204,13 @@ def engine_request(
             for line in lines
         ),
     )
+
+
+def stay_key(order: Order) -> StayKey | None:
+    """A stay's settlements (2303/2304) are the parts of one admission: each is settled
+    knowing what the stay's earlier gateway settlements took (its deductible is taken
+    once, the policy's reading 18). An outpatient visit's settlements are each their own."""
+    return StayKey(order.mdtrt_id, KEY_PREFIX) if order.inpatient else None
 
 
 def request_digest(
@@ -218,7 +236,7 @@ async def preview(call: Call, order: Order, cert: Certified) -> Settled:
         card_no = cert.card_no or await _active_card(conn, cert.psn_no)
         psn_type = await psn_type_of(conn, cert.psn_no)
     info = await call.services.settlements.preview_request(
-        fac, cert.psn_no, card_no, request, order.mdtrt_id
+        fac, cert.psn_no, card_no, request, order.mdtrt_id, stay_key(order)
     )
     async with transaction(call.pool) as conn:  # it reveals the person's figures: audited
         await call.services.audit.append(
@@ -370,6 +388,7 @@ async def _claim(
         admission=None,  # the gateway admitted the message (its TIF nonce) itself
         line_refs=refs,
         opter=Opter(call.opter, call.opter_name),
+        stay=stay_key(order),
     )
     return _Claimed(job, psn_type)
 

@@ -28,7 +28,9 @@ Flag = Literal["0", "1"]
 
 
 class SettleData(msgspec.Struct, kw_only=True):
-    """2206/2207 and 2303/2304 ``data`` (2303/2304 name no med_type and no chrg_bchno)."""
+    """2206/2207 and 2303/2304 ``data`` (2303/2304 name no med_type; their ``chrg_bchno``,
+    not in the interface, is cardsvc's: a stay of more lines than one settlement takes is
+    settled by charge batch)."""
 
     psn_no: Id30
     mdtrt_cert_type: Annotated[str, msgspec.Meta(max_length=3)]
@@ -71,7 +73,7 @@ def _order(data: SettleData, *, inpatient: bool) -> settling.Order:
         insutype=data.insutype,
         med_type=None if inpatient else data.med_type,  # absent: the visit's
         medfee_sumamt=medfee_sumamt,
-        chrg_bchno=None if inpatient else data.chrg_bchno or None,  # "" as absent
+        chrg_bchno=data.chrg_bchno or None,  # "" as absent
         acct_used_flag=data.acct_used_flag == "1",
         inpatient=inpatient,
         mid_setl_flag=data.mid_setl_flag == "1",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 import msgspec
 
@@ -16,6 +16,9 @@ CardToken = Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
 # Bounded so that 500 lines at the largest price and quantity stay far inside bigint.
 UnitPrice = Annotated[int, msgspec.Meta(ge=0, le=10_000_000_000)]
 CaseId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9]{1,32}$")]
+# Fee lines one settlement takes, whoever asks (the native request's ``feedetail``, the lines
+# a gateway settlement takes from its visit).
+MAX_SETTLEMENT_LINES: Final = 500
 
 
 class FeeDetail(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -29,7 +32,9 @@ class SettleRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     insutype: Insutype
     med_type: MedType
     mdtrt_id: MdtrtId
-    feedetail: Annotated[list[FeeDetail], msgspec.Meta(min_length=1, max_length=500)]
+    feedetail: Annotated[
+        list[FeeDetail], msgspec.Meta(min_length=1, max_length=MAX_SETTLEMENT_LINES)
+    ]
     acct_used_flag: bool = True
     injury_case_id: CaseId | None = None
     delivery_type: Literal["normal", "cesarean"] | None = None

@@ -90,6 +90,7 @@ def job_input(job: SettleJob) -> SettleInput:
         idempotency_key=job.key,
         card_auth_id=job.spends,
         standing_of=job.admission,
+        stay=job.stay,
     )
 
 

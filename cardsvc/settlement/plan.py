@@ -26,7 +26,7 @@ from cardsvc.settlement.flags import Flag, SupervisionRules, flags_for
 from cardsvc.settlement.models import FundPayment, SetlInfo, SettleRequest
 from cardsvc.settlement.params import PolicyParams
 from cardsvc.settlement.postings import settlement_postings
-from cardsvc.settlement.snapshot import YEAR_COLUMNS, SettleRead
+from cardsvc.settlement.snapshot import YEAR_COLUMNS, SettleRead, StayKey
 from cardsvc.settlement.store import SettlementWrite, bytea, lines_column
 from cardsvc.web.caller import Admission, Caller
 
@@ -60,6 +60,7 @@ class SettleJob:
     admission: Admission | None  # the request's nonce, recorded with the write
     line_refs: tuple[str, ...] = ()  # the gateway's feedetl_sn of each line, in order
     opter: Opter | None = None
+    stay: StayKey | None = None  # a part of an inpatient stay settled in parts
 
     @property
     def fixmedins_code(self) -> str:

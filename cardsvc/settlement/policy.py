@@ -52,8 +52,10 @@ with them); each keeps every Step 3 identity
    of ``S`` the maternity fund leaves (above the quota or the prenatal limit) is therefore
    only in ``psn_part_amt`` / ``psn_cash_pay``.
 6. "Already has a non-reversed 310 inpatient settlement this year" is
-   ``year.inpatient_310 > 0``; every 310 ``21`` settlement counts one admission, whatever
-   its amount.
+   ``year.inpatient_310 > stay.settled_this_year``: a 310 ``21`` settlement of another
+   stay, whatever its amount (every 310 ``21`` settlement adds one to ``inpatient_310``; a
+   settlement that is a stay of its own has an empty ``stay``, so there it is
+   ``inpatient_310 > 0``).
 7. The inpatient ratio cap ("max 95") bounds ratio + bonus for every psn_type. The 310
    outpatient ratio + bonus has no cap in the policy; the parameter file is refused if it
    could exceed 100.
@@ -97,6 +99,18 @@ with them); each keeps every Step 3 identity
     :func:`decompose_line`; a settlement of those lines later gives the same split per line.
     ``LineSplit.selfpay_prop`` is the percent of the base the person pays before any fund
     (0 in scope, the item's proportion for pre-self-pay, 100 for full own-pay).
+18. The deductible is "per admission": a stay settled in parts (the national interface's
+    mid-stay settlements, then the final ones) takes it once. ``Snapshot.stay`` holds what
+    the stay's earlier non-reversed settlements took (the caller reads it with the
+    snapshot; it is empty for the native API, whose every settlement is a stay of its own,
+    so those results are unchanged). A part pays ``min(S, max(0, D - stay.act_pay_dedc))``
+    of the deductible; the pooled fund pays ``min(R, max(0, pct(stay R, ratio) -
+    stay.fund_pay_sumamt), cap_left)``, ``stay R`` being ``stay.inscp_scp_amt -
+    stay.act_pay_dedc + R``: the percentage is rounded once over the stay, so the parts
+    together give the person and the fund exactly what one settlement of the same lines
+    would (the account's draws add up the same way). A 52 delivery stay likewise has one
+    quota and counts as one delivery: ``MATERNITY_LIMIT`` counts the deliveries of other
+    stays (``deliveries_510 - stay.settled_this_year``).
 """
 
 from __future__ import annotations
@@ -215,6 +229,17 @@ class YearState(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     deliveries_510: int = 0
 
 
+class Stay(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What the earlier settlements of the same stay took, over non-reversed ones only (a
+    stay settled in parts: mid-stay settlements, then the final ones; reading 18). Empty for
+    a settlement that is a stay of its own (the native API's) or the first of its stay."""
+
+    settled_this_year: int = 0  # how many of them fall in this settlement's year
+    inscp_scp_amt: int = 0
+    act_pay_dedc: int = 0
+    fund_pay_sumamt: int = 0
+
+
 class SettlementRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     insutype: str
     med_type: str
@@ -236,6 +261,7 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     catalog: Mapping[str, CatalogItem]  # only the items the request names; missing = unknown
     injury_case: InjuryCase | None = None
     card_expiry: dt.date | None = None  # the card's expiry date (EF05 record 06)
+    stay: Stay = msgspec.field(default_factory=Stay)  # the stay's earlier parts (reading 18)
 
 
 # --- output ----------------------------------------------------------------------------
@@ -451,7 +477,7 @@ def check_eligibility(params: PolicyParams, snapshot: Snapshot, request: Settlem
     _check_delivery_type(request)
     _check_injury_case(params, snapshot, request)
     _check_items(snapshot.catalog, request.lines)
-    _check_maternity_limit(params, snapshot.year, request)
+    _check_maternity_limit(params, snapshot.year, snapshot.stay, request)
 
 
 def _check_card(snapshot: Snapshot) -> None:
@@ -558,11 +584,12 @@ def _check_items(catalog: Mapping[str, CatalogItem], lines: tuple[Line, ...]) ->
 
 
 def _check_maternity_limit(
-    params: PolicyParams, year: YearState, request: SettlementRequest
+    params: PolicyParams, year: YearState, stay: Stay, request: SettlementRequest
 ) -> None:
     if request.med_type != DELIVERY:
         return
-    if year.deliveries_510 >= params.maternity.deliveries_per_year:
+    # A part of a stay is not a further delivery: the stay's own parts are not counted.
+    if year.deliveries_510 - stay.settled_this_year >= params.maternity.deliveries_per_year:
         raise PolicyRefusal(
             "MATERNITY_LIMIT",
             "a delivery has already been settled this year",
@@ -650,6 +677,7 @@ class _Claim(msgspec.Struct, frozen=True, kw_only=True):
     level: str | None
     year: YearState
     delivery_type: DeliveryType | None
+    stay: Stay
 
 
 class _Funds(msgspec.Struct, frozen=True, kw_only=True):
@@ -671,16 +699,31 @@ def _cap_left(annual_cap: int, paid_this_year: int) -> int:
     return max(0, annual_cap - paid_this_year)
 
 
+def _stay_part(claim: _Claim, deductible: int, ratio: int, cap_left: int) -> tuple[int, int]:
+    """``(act_pay_dedc, hifp_pay)`` of an inpatient settlement that is a part of its stay
+    (reading 18): the deductible is the stay's, taken once (this part pays what the earlier
+    parts left of ``deductible``), and over the stay the fund pays ``ratio`` % of the stay's
+    ``R``, rounded once (this part: that less what the earlier parts' fund paid). For a stay
+    settled at once (no earlier part) it is exactly ``min(S, D)`` and
+    ``min(pct(R, ratio), cap_left)``."""
+    stay = claim.stay
+    dedc = min(claim.in_scope, max(0, deductible - stay.act_pay_dedc))
+    rest = claim.in_scope - dedc
+    stay_rest = stay.inscp_scp_amt - stay.act_pay_dedc + rest
+    owed = max(0, pct(stay_rest, ratio) - stay.fund_pay_sumamt)
+    return dedc, min(rest, owed, cap_left)  # rest: pct(rest, ratio) <= rest for one part
+
+
 def _employee_inpatient(params: PolicyParams, claim: _Claim) -> _Funds:
     rules, level = params.employee.inpatient, _level(claim)
     deductible = rules.deductible[level]
-    if claim.year.inpatient_310 > 0:  # a further admission this year
+    # A further admission this year: a 310 inpatient settlement this year of another stay.
+    if claim.year.inpatient_310 > claim.stay.settled_this_year:
         deductible //= rules.repeat_admission_divisor
-    dedc = min(claim.in_scope, deductible)
-    rest = claim.in_scope - dedc
     ratio = min(rules.ratio[level] + rules.ratio_bonus.get(claim.psn_type, 0), rules.ratio_max)
-    hifp = min(pct(rest, ratio), _cap_left(params.employee.annual_cap, claim.year.hifp_310))
-    pool = rest - hifp
+    cap_left = _cap_left(params.employee.annual_cap, claim.year.hifp_310)
+    dedc, hifp = _stay_part(claim, deductible, ratio, cap_left)
+    pool = claim.in_scope - dedc - hifp
     acct = min(claim.balance, dedc + pool + claim.pre) if claim.account_usable else 0
     return _Funds(
         act_pay_dedc=dedc,
@@ -722,16 +765,16 @@ def _employee_pharmacy(params: PolicyParams, claim: _Claim) -> _Funds:
 
 def _resident_inpatient(params: PolicyParams, claim: _Claim) -> _Funds:
     rules, level = params.resident.inpatient, _level(claim)
-    dedc = min(claim.in_scope, rules.deductible[level])  # never halved for residents
-    rest = claim.in_scope - dedc
-    hifp = min(
-        pct(rest, rules.ratio[level]),
+    dedc, hifp = _stay_part(  # the deductible never halved for residents
+        claim,
+        rules.deductible[level],
+        rules.ratio[level],
         _cap_left(params.resident.annual_cap, claim.year.hifp_390),
     )
     return _Funds(
         act_pay_dedc=dedc,
         hifp_pay=hifp,
-        pool_prop_selfpay=rest - hifp,
+        pool_prop_selfpay=claim.in_scope - dedc - hifp,
         fund_payamt=hifp,
         year_delta=YearState(hifp_390=hifp),
     )
@@ -767,7 +810,9 @@ def _maternity_prenatal(params: PolicyParams, claim: _Claim) -> _Funds:
 def _maternity_delivery(params: PolicyParams, claim: _Claim) -> _Funds:
     if claim.delivery_type is None:  # refused by eligibility; kept for the type checker
         raise ValueError("a delivery settlement needs delivery_type")
-    fund = min(claim.in_scope, params.maternity.delivery_quota[claim.delivery_type])
+    # The quota is the delivery's: a part of a stay gets what its earlier parts left of it.
+    quota = params.maternity.delivery_quota[claim.delivery_type]
+    fund = min(claim.in_scope, max(0, quota - claim.stay.fund_pay_sumamt))
     return _Funds(fund_payamt=fund, year_delta=YearState(deliveries_510=1))
 
 
@@ -815,6 +860,7 @@ def settle(params: PolicyParams, snapshot: Snapshot, request: SettlementRequest)
         level=snapshot.facility.level,
         year=snapshot.year,
         delivery_type=request.delivery_type,
+        stay=snapshot.stay,
     )
     funds = _fund_rule(params, request.insutype, request.med_type)(params, claim)
     return _totals(params, snapshot, request, lines, funds)

@@ -40,7 +40,7 @@ from cardsvc.settlement.plan import (
     stored_setl_info,
     year_args,
 )
-from cardsvc.settlement.snapshot import YEAR_COLUMNS, load_snapshot
+from cardsvc.settlement.snapshot import YEAR_COLUMNS, StayKey, load_snapshot
 from cardsvc.terminals.admission import admit
 from cardsvc.web.caller import Caller
 
@@ -90,8 +90,10 @@ class SettlementService:
         card_no: str,
         request: policy.SettlementRequest,
         mdtrt_id: str,
+        stay: StayKey | None = None,
     ) -> SetlInfo:
-        """The settlement of ``request`` as it would be now (also the gateway's 2206/2303)."""
+        """The settlement of ``request`` as it would be now (also the gateway's 2206/2303;
+        ``stay``: a part of that stay, see ``SettleJob.stay``)."""
         now = clock.now()
         async with self._pool.acquire() as conn:
             snapshot = await load_snapshot(
@@ -102,6 +104,7 @@ class SettlementService:
                 item_codes=item_codes(request),
                 injury_case_id=request.injury_case_id,
                 settle_date=clock.business_date(now),
+                stay=stay,
             )
         split = policy.settle(self._params, snapshot, request)
         return setl_info(

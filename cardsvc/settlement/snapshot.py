@@ -29,6 +29,7 @@ from cardsvc.settlement.policy import (
     FacilityInfo,
     InjuryCase,
     Snapshot,
+    Stay,
     YearState,
 )
 from cardsvc.terminals.admission import check_admission, standing_select
@@ -45,9 +46,11 @@ YEAR_COLUMNS = (
 )
 
 
-def _columns(psn: str, fac: str, codes: str, case: str, year: str) -> str:
+def _columns(psn: str, fac: str, codes: str, case: str, year: str, stay: str, prefix: str) -> str:
     """What the policy needs, for the person in ``p`` (and ``a``, ``c``); the arguments are
-    placeholders, or the columns of a batch's input row."""
+    placeholders, or the columns of a batch's input row. ``stay`` (NULL: none, and nothing
+    is read) is the ``mdtrt_id`` of the stay whose earlier settlements count, those whose
+    Idempotency-Key starts with ``prefix`` (see :class:`StayKey`)."""
     return f"""
 SELECT p.psn_type, a.balance, a.xmin AS account_version,
   c.status AS card_status, c.expiry_date AS card_expiry,
@@ -68,7 +71,17 @@ SELECT p.psn_type, a.balance, a.xmin AS account_version,
       FROM injury_cases WHERE case_id = {case}) j) AS injury_case,
   (SELECT row_to_json(y) FROM (
       SELECT {", ".join(YEAR_COLUMNS)}
-      FROM year_states WHERE psn_no = p.psn_no AND year = {year}) y) AS year"""
+      FROM year_states WHERE psn_no = p.psn_no AND year = {year}) y) AS year,
+  CASE WHEN {stay} IS NOT NULL THEN (SELECT json_build_object(
+      'settled_this_year', count(*) FILTER (
+          WHERE x.setl_date >= make_date({year}, 1, 1)
+            AND x.setl_date < make_date({year} + 1, 1, 1)),
+      'inscp_scp_amt', coalesce(sum(x.inscp_scp_amt), 0),
+      'act_pay_dedc', coalesce(sum(x.act_pay_dedc), 0),
+      'fund_pay_sumamt', coalesce(sum(x.fund_pay_sumamt), 0))
+   FROM settlements x
+   WHERE x.psn_no = p.psn_no AND x.fixmedins_code = {fac} AND x.mdtrt_id = {stay}
+     AND x.status = 'settled' AND starts_with(x.idempotency_key, {prefix})) END AS stay"""
 
 
 def _from(psn: str, card: str) -> str:
@@ -80,7 +93,13 @@ LEFT JOIN cards c ON c.card_no = {card} AND c.psn_no = p.psn_no
 WHERE p.psn_no = {psn}"""
 
 
-_PREVIEW = _columns("$1", "$3", "$4::text[]", "$5", "$6") + _from("$1", "$2")
+_PREVIEW = _columns("$1", "$3", "$4::text[]", "$5", "$6", "$7::text", "$8::text") + _from(
+    "$1", "$2"
+)
+
+_BATCH_COLUMNS = _columns(
+    "r.psn_no", "r.fixmedins_code", "r.codes", "r.injury_case_id", "$2", "r.stay", "r.stay_prefix"
+)
 
 # A batch of settlements read in one statement: each input row (``r``) gets its terminal's,
 # session's and facility's standing (``adm``, NULL for a job without an admission or an
@@ -94,9 +113,9 @@ SELECT r.n, adm.fenced IS NOT NULL AS has_standing, adm.*, s.*,
 FROM json_to_recordset($1::json) AS r(
     n int, psn_no text, card_no char(9), fixmedins_code text, codes text[],
     injury_case_id text, idempotency_key text, card_auth_id text,
-    terminal_id text, session_id text, nonce text)
+    terminal_id text, session_id text, nonce text, stay text, stay_prefix text)
 LEFT JOIN LATERAL ({standing_select("r.terminal_id", "r.session_id")}) adm ON true
-LEFT JOIN LATERAL ({_columns("r.psn_no", "r.fixmedins_code", "r.codes", "r.injury_case_id", "$2")},
+LEFT JOIN LATERAL ({_BATCH_COLUMNS},
   (SELECT setl_id FROM settlements
    WHERE fixmedins_code = r.fixmedins_code AND idempotency_key = r.idempotency_key) AS earlier,
   EXISTS (SELECT 1 FROM settlements WHERE card_auth_id = decode(r.card_auth_id, 'hex'))
@@ -116,7 +135,21 @@ _facility = msgspec.json.Decoder(FacilityInfo)
 _catalog = msgspec.json.Decoder(list[CatalogItem])
 _injury_case = msgspec.json.Decoder(InjuryCase)
 _year = msgspec.json.Decoder(YearState)
+_stay = msgspec.json.Decoder(Stay)
 _batch_json = msgspec.json.Encoder()
+
+
+@dataclass(frozen=True, slots=True)
+class StayKey:
+    """A settlement that is a part of an inpatient stay settled in parts (the national
+    gateway's mid-stay and final settlements): the stay is ``mdtrt_id`` at the settlement's
+    facility, of its person, and its earlier parts are the non-reversed settlements under
+    it whose Idempotency-Key starts with ``key_prefix`` (the gateway's: a native
+    settlement naming the same ``mdtrt_id`` is a stay of its own). The snapshot's
+    ``stay`` sums what they took (``policy.Stay``)."""
+
+    mdtrt_id: str
+    key_prefix: str
 
 
 class SettleRead(msgspec.Struct, frozen=True):
@@ -136,10 +169,19 @@ async def load_snapshot(
     item_codes: list[str],
     injury_case_id: str | None,
     settle_date: dt.date,
+    stay: StayKey | None = None,
 ) -> Snapshot:
     """The snapshot as it stands, without locking (a preview)."""
     row = await conn.fetchrow(
-        _PREVIEW, psn_no, card_no, fixmedins_code, item_codes, injury_case_id, settle_date.year
+        _PREVIEW,
+        psn_no,
+        card_no,
+        fixmedins_code,
+        item_codes,
+        injury_case_id,
+        settle_date.year,
+        None if stay is None else stay.mdtrt_id,
+        None if stay is None else stay.key_prefix,
     )
     return _snapshot(row, psn_no, settle_date)
 
@@ -156,6 +198,7 @@ class SettleInput:
     idempotency_key: str
     card_auth_id: bytes
     standing_of: Admission | None = None  # a request to admit: its standing is checked
+    stay: StayKey | None = None  # a part of a stay: its earlier parts are read
 
 
 async def read_for_settle(
@@ -194,6 +237,8 @@ def _input_row(n: int, i: SettleInput) -> dict[str, object]:
         "terminal_id": None if admission is None else admission.terminal_id,
         "session_id": None if admission is None else admission.session_id,
         "nonce": None if admission is None else admission.nonce,
+        "stay": None if i.stay is None else i.stay.mdtrt_id,
+        "stay_prefix": None if i.stay is None else i.stay.key_prefix,
     }
 
 
@@ -240,4 +285,5 @@ def _snapshot(row: asyncpg.Record | None, psn_no: str, settle_date: dt.date) -> 
         catalog={item.code: item for item in _catalog.decode(row["catalog"])},
         injury_case=_injury_case.decode(row["injury_case"]) if row["injury_case"] else None,
         card_expiry=row["card_expiry"],
+        stay=_stay.decode(row["stay"]) if row["stay"] else Stay(),
     )

@@ -13,11 +13,19 @@ import pytest
 from cardsvc.errors import CardsvcError
 from cardsvc.national import visits
 from cardsvc.national.certs import Certified
-from cardsvc.national.settle import Order, check_visit, engine_request, request_digest
+from cardsvc.national.settle import (
+    KEY_PREFIX,
+    Order,
+    check_visit,
+    engine_request,
+    request_digest,
+    stay_key,
+)
 from cardsvc.national.settle_output import NO_SCHEME, setldetail, setlinfo
 from cardsvc.settlement import policy
-from cardsvc.settlement.models import FundPayment, SetlInfo, SettleRequest
+from cardsvc.settlement.models import MAX_SETTLEMENT_LINES, FundPayment, SetlInfo, SettleRequest
 from cardsvc.settlement.plan import policy_request, request_hash
+from cardsvc.settlement.snapshot import StayKey
 from cardsvc.settlement.store import lines_column
 
 NOW = dt.datetime(2026, 6, 1, 2, 30, tzinfo=dt.UTC)
@@ -105,6 +113,39 @@ def test_engine_request_refusals(order: Order, lines: list[visits.VisitLine], co
     with pytest.raises(CardsvcError) as caught:
         engine_request(_visit(), order, lines)
     assert caught.value.code == code
+
+
+def test_a_settlement_takes_at_most_as_many_lines_as_the_native_api() -> None:
+    """Like ``SettleRequest.feedetail``: 500 lines settle, 501 are TOO_MANY_LINES (before
+    their sum is even looked at), saying to settle by charge batch."""
+    line = _line("1", "C-VIT", 10_000, 10_000, 1)
+    most = [msgspec.structs.replace(line, feedetl_sn=str(n)) for n in range(MAX_SETTLEMENT_LINES)]
+    request = engine_request(_visit(), _order(medfee_sumamt=len(most)), most)
+    assert len(request.lines) == MAX_SETTLEMENT_LINES
+    with pytest.raises(CardsvcError) as caught:
+        engine_request(_visit(), _order(medfee_sumamt=0), [*most, line])
+    assert caught.value.code == "TOO_MANY_LINES"
+    assert "chrg_bchno" in caught.value.message
+    # The native request's bound is the same constant.
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.convert(
+            {
+                "card_token": "t",
+                "insutype": "310",
+                "med_type": "11",
+                "mdtrt_id": "M1",
+                "feedetail": [{"code": "C-VIT", "unit_price": 1, "quantity": 1}]
+                * (MAX_SETTLEMENT_LINES + 1),
+            },
+            SettleRequest,
+        )
+
+
+def test_a_stays_settlements_name_their_stay() -> None:
+    """2303/2304 settle a part of the stay (its earlier gateway settlements count); an
+    outpatient visit's settlements are each a settlement of their own."""
+    assert stay_key(_order(inpatient=True, med_type=None)) == StayKey("M1", KEY_PREFIX)
+    assert stay_key(_order()) is None
 
 
 @pytest.mark.parametrize(

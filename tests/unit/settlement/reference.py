@@ -19,9 +19,17 @@ Inputs (all plain dicts):
               (up to 6 decimals), count (up to 4) and yuan (up to 2), computed exactly here
               with ``fractions.Fraction``, never a float.
 
+``stay``      the earlier, non-reversed settlements of the same inpatient stay (a stay settled
+              in parts: each a ``reference_settle`` result with the ``date`` it was settled
+              on added); empty for a stay settled at once, and for everything else.
+
 ``reference_settle`` returns every Step 3 field, plus ``review_required``, ``year_change``
 (what the settlement adds to the year totals) and ``state_after``; or raises ``RefError``.
 ``reference_reverse`` gives back exactly what a settlement took.
+
+A stay settled in parts (docs/policy.md, "A stay settled in parts"): the deductible is per
+admission, so the stay is settled as if at once, so far, and this part is what that adds to
+what the earlier parts took.
 """
 
 from __future__ import annotations
@@ -316,19 +324,44 @@ STEP3_FIELDS = (
 )
 
 
+def _stay_so_far(
+    S: int, D: int, ratio: int, cap_left: int, stay: tuple[int, int, int]
+) -> tuple[int, int]:
+    """(act_pay_dedc, hifp_pay) of an inpatient settlement: the stay so far (its earlier
+    parts and this one) settled as one, ``min(S, D)`` and ``pct(R, ratio)``, less what the
+    earlier parts took; the fund never above this part's R nor the year's cap left. With no
+    earlier part it is the policy's ``min(S, D)`` and ``min(pct(R, ratio), cap_left)``."""
+    stay_S, stay_dedc, stay_fund = stay  # what the earlier parts had and took
+    whole_dedc = min(stay_S + S, D)  # the stay's deductible so far
+    dedc = min(S, max(0, whole_dedc - stay_dedc))  # (D may have grown since: never above S)
+    R = S - dedc
+    whole_R = (stay_S - stay_dedc) + R  # what the stay so far has beyond its deductible
+    hifp = max(0, min(pct(whole_R, ratio) - stay_fund, R, cap_left))
+    return dedc, hifp
+
+
 def reference_settle(
     state: dict[str, int],
     person: dict[str, Any],
     facility: dict[str, Any],
     request: dict[str, Any],
+    stay: tuple[dict[str, Any], ...] | list[dict[str, Any]] = (),
 ) -> dict[str, Any]:
     check_eligibility(person, facility, request)
     insutype = request["insutype"]
     med_type = request["med_type"]
     catalog = request.get("catalog", CATALOG)
 
-    # MATERNITY_LIMIT (Step 2, 510 delivery): after every eligibility check.
-    if insutype == MATERNITY and med_type == DELIVERY and state["deliveries"] >= 1:
+    # The stay's earlier parts: what they took, and how many of them count in this year.
+    stay_S = sum(part["inscp_scp_amt"] for part in stay)
+    stay_dedc = sum(part["act_pay_dedc"] for part in stay)
+    stay_fund = sum(part["fund_pay_sumamt"] for part in stay)
+    stay_this_year = sum(1 for part in stay if part["date"].year == request["date"].year)
+    earlier = (stay_S, stay_dedc, stay_fund)
+
+    # MATERNITY_LIMIT (Step 2, 510 delivery): after every eligibility check. A part of the
+    # same delivery's stay is not another delivery.
+    if insutype == MATERNITY and med_type == DELIVERY and state["deliveries"] - stay_this_year >= 1:
         raise RefError("MATERNITY_LIMIT")
 
     # Step 1
@@ -363,14 +396,14 @@ def reference_settle(
         cap_left = max(0, EMP_ANNUAL_CAP - state["employee_pooled_paid"])
         if med_type == INPATIENT:
             D = EMP_INPATIENT_DEDUCTIBLE[level]
-            if state["employee_inpatient_count"] > 0:
+            # A further admission: an inpatient settlement this year of another stay.
+            if state["employee_inpatient_count"] - stay_this_year > 0:
                 D = D // 2
             ratio = EMP_INPATIENT_RATIO[level]
             if psn_type == "retired":
                 ratio = min(ratio + EMP_INPATIENT_RETIRED_BONUS, EMP_INPATIENT_RATIO_MAX)
-            act_pay_dedc = min(S, D)
+            act_pay_dedc, hifp_pay = _stay_so_far(S, D, ratio, cap_left, earlier)
             R = S - act_pay_dedc
-            hifp_pay = min(pct(R, ratio), cap_left)
             pool_prop_selfpay = R - hifp_pay
             acct_pay = min(bal, act_pay_dedc + pool_prop_selfpay + pre) if acct else 0
             change["employee_inpatient_count"] = 1
@@ -397,9 +430,8 @@ def reference_settle(
         if med_type == INPATIENT:
             D = RES_INPATIENT_DEDUCTIBLE[level]
             ratio = RES_INPATIENT_RATIO[level]
-            act_pay_dedc = min(S, D)
+            act_pay_dedc, hifp_pay = _stay_so_far(S, D, ratio, cap_left, earlier)
             R = S - act_pay_dedc
-            hifp_pay = min(pct(R, ratio), cap_left)
             pool_prop_selfpay = R - hifp_pay
         elif med_type == OUTPATIENT:
             if level in RES_OUTPATIENT_LEVELS:
@@ -421,7 +453,8 @@ def reference_settle(
             change["prenatal_fund_paid"] = other_fund
         else:
             quota = DELIVERY_QUOTA[request["delivery_type"]]
-            other_fund = min(S, quota)
+            # One quota for the delivery: the stay so far, less what its earlier parts got.
+            other_fund = min(S, max(0, min(stay_S + S, quota) - stay_fund))
             change["deliveries"] = 1
 
     # Step 3
