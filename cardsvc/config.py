@@ -68,6 +68,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     gateway_max_body_bytes: int = 8 * 1024 * 1024
     gateway_rate: float = 200.0
     gateway_burst: float = 400.0
+    # Lookups by identity number (02) that find nobody, per gateway client and business
+    # day; past it the client's lookups by identity number are refused until the next day.
+    gateway_certno_misses_per_day: int = 50
     # Sign-in, per worker process. Challenges per client address (the socket's peer, never
     # a forwarded header); naming a terminal id costs that terminal nothing. Failed
     # completions (a wrong cryptogram) per terminal id and per client address.
@@ -167,6 +170,8 @@ def _checked(settings: Settings) -> Settings:
         raise ConfigError("CARDSVC_DB_CONNECT_TIMEOUT must not be negative")
     if not 1 <= settings.settle_batch_max <= 1000:
         raise ConfigError("CARDSVC_SETTLE_BATCH_MAX must be between 1 and 1000")
+    if settings.gateway_certno_misses_per_day < 0:
+        raise ConfigError("CARDSVC_GATEWAY_CERTNO_MISSES_PER_DAY must not be negative")
     return settings
 
 
@@ -217,6 +222,9 @@ def _load(env: Mapping[str, str]) -> Settings:
         ),
         gateway_rate=_float(env, "CARDSVC_GATEWAY_RATE", defaults.gateway_rate),
         gateway_burst=_float(env, "CARDSVC_GATEWAY_BURST", defaults.gateway_burst),
+        gateway_certno_misses_per_day=_int(
+            env, "CARDSVC_GATEWAY_CERTNO_MISSES_PER_DAY", defaults.gateway_certno_misses_per_day
+        ),
         sign_in_address_rate=_float(
             env, "CARDSVC_SIGN_IN_ADDRESS_RATE", defaults.sign_in_address_rate
         ),
