@@ -59,11 +59,11 @@ from cardsvc.national.registry import Call
 from cardsvc.national.units import yuan
 from cardsvc.settlement import policy
 from cardsvc.settlement.models import SetlInfo
-from cardsvc.settlement.plan import Opter, SettleJob, stored_setl_info
+from cardsvc.settlement.plan import GATEWAY_KEY_PREFIX, Opter, SettleJob, stored_setl_info
 
 log = structlog.get_logger(__name__)
 
-KEY_PREFIX: Final = "gw:"  # a gateway settlement's Idempotency-Key: "gw:" + its msgid
+KEY_PREFIX: Final = GATEWAY_KEY_PREFIX  # a gateway settlement's Idempotency-Key: + its msgid
 SETTLING_INFNOS: Final = frozenset({"2207", "2304"})
 
 _digest_encoder = msgspec.json.Encoder()
