@@ -88,6 +88,8 @@ class CertnoLookups:
             self._limit,
             self._protector.lookup_hash(valid),
         )
+        if row is None:  # the statement answers one row, always
+            raise RuntimeError("the identity number lookup answered no row")
         if row["prior"] >= self._limit or (row["psn_no"] is None and row["counted"] is None):
             GATEWAY_CERTNO_LOOKUPS.labels("refused").inc()
             log.warning("gateway_certno_lookup_limit", paasid=paasid, limit=self._limit)
