@@ -71,6 +71,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Days a gateway message's stored answer is kept (then purged): a retry or a late copy
     # of the message within them gets its answer again, and another body MSGID_REUSED.
     gateway_message_retention_days: int = 30
+    # Lookups by identity number (02) that find nobody, per gateway client and business
+    # day; past it the client's lookups by identity number are refused until the next day.
+    gateway_certno_misses_per_day: int = 50
     # Sign-in, per worker process. Challenges per client address (the socket's peer, never
     # a forwarded header); naming a terminal id costs that terminal nothing. Failed
     # completions (a wrong cryptogram) per terminal id and per client address.
@@ -172,6 +175,8 @@ def _checked(settings: Settings) -> Settings:
         raise ConfigError("CARDSVC_SETTLE_BATCH_MAX must be between 1 and 1000")
     if not 1 <= settings.gateway_message_retention_days <= 3660:
         raise ConfigError("CARDSVC_GATEWAY_MESSAGE_RETENTION_DAYS must be between 1 and 3660")
+    if settings.gateway_certno_misses_per_day < 0:
+        raise ConfigError("CARDSVC_GATEWAY_CERTNO_MISSES_PER_DAY must not be negative")
     return settings
 
 
@@ -226,6 +231,9 @@ def _load(env: Mapping[str, str]) -> Settings:
             env,
             "CARDSVC_GATEWAY_MESSAGE_RETENTION_DAYS",
             defaults.gateway_message_retention_days,
+        ),
+        gateway_certno_misses_per_day=_int(
+            env, "CARDSVC_GATEWAY_CERTNO_MISSES_PER_DAY", defaults.gateway_certno_misses_per_day
         ),
         sign_in_address_rate=_float(
             env, "CARDSVC_SIGN_IN_ADDRESS_RATE", defaults.sign_in_address_rate

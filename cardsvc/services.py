@@ -22,6 +22,7 @@ from cardsvc.kiosk.services import Kiosk
 from cardsvc.ledger.services import Ledger
 from cardsvc.national.clients import GatewayClients
 from cardsvc.national.dispatch import Gateway
+from cardsvc.national.lookups import CertnoLookups
 from cardsvc.persons.services import PersonRegistry
 from cardsvc.privacy import DataProtector
 from cardsvc.reconciliation.services import Reconciliation
@@ -53,6 +54,7 @@ class Services:
     audit_anchors: AuditAnchors
     gateway_clients: GatewayClients
     gateway: Gateway
+    certno_lookups: CertnoLookups
     # The group-commit batchers of the services above (each needs the pool): closed at
     # shutdown, once no request can submit more and before the pool closes.
     batchers: tuple[Batcher[Any, Any], ...] = ()
@@ -93,6 +95,7 @@ def build_services(settings: Settings, pool: Pool, hsm: HsmClient) -> Services:
         audit_anchors=audit_anchors(settings, pool, hsm, audit),
         gateway_clients=gateway_clients,
         gateway=gateway,
+        certno_lookups=CertnoLookups(pool, protector, settings.gateway_certno_misses_per_day),
         batchers=(
             terminal_auth.admissions,
             card_auth.challenges,

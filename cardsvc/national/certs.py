@@ -2,7 +2,9 @@
 
 - ``01`` electronic voucher: not supported (CERT_TYPE_NOT_ALLOWED).
 - ``02`` identity number: the person found through the keyed lookup hash (the number itself
-  is stored only encrypted). Not for a settlement (CERT_TYPE_NOT_ALLOWED).
+  is stored only encrypted), within the client's daily limit of lookups that find nobody
+  (``cardsvc.national.lookups``: CERTNO_LOOKUP_LIMIT). Not for a settlement
+  (CERT_TYPE_NOT_ALLOWED).
 - ``03`` social security card: ``mdtrt_cert_no`` is ``card_no|busi_card_info``, the second
   part the card token of a card authentication by a terminal of the caller's facility
   (``CardTokens.check``): any purpose, or for a settlement a ``transaction`` token (the PIN
@@ -69,7 +71,7 @@ async def resolve(
             raise _not_allowed(
                 "a settlement needs the card (mdtrt_cert_type 03) with the PIN entered on it"
             )
-        psn_no = await call.services.persons.psn_no_for_certno(mdtrt_cert_no)
+        psn_no = await call.services.certno_lookups.psn_no(call.paasid, mdtrt_cert_no, call.now)
         return Certified(psn_no=psn_no, card_no=None, claims=None, card_token=None)
     if mdtrt_cert_type == CARD:
         return await _card(call, mdtrt_cert_no, card_sn, settling=settling)

@@ -58,14 +58,15 @@ from cardsvc.national.certs import Certified
 from cardsvc.national.operator import operator
 from cardsvc.national.registry import Call
 from cardsvc.national.units import yuan
+from cardsvc.national.visit_services import with_injury_case
 from cardsvc.settlement import policy
 from cardsvc.settlement.models import MAX_SETTLEMENT_LINES, SetlInfo
-from cardsvc.settlement.plan import Opter, SettleJob, stored_setl_info
+from cardsvc.settlement.plan import GATEWAY_KEY_PREFIX, Opter, SettleJob, stored_setl_info
 from cardsvc.settlement.snapshot import StayKey
 
 log = structlog.get_logger(__name__)
 
-KEY_PREFIX: Final = "gw:"  # a gateway settlement's Idempotency-Key: "gw:" + its msgid
+KEY_PREFIX: Final = GATEWAY_KEY_PREFIX  # a gateway settlement's Idempotency-Key: + its msgid
 SETTLING_INFNOS: Final = frozenset({"2207", "2304"})
 
 _digest_encoder = msgspec.json.Encoder()
@@ -231,6 +232,7 @@ async def preview(call: Call, order: Order, cert: Certified) -> Settled:
     async with call.pool.acquire() as conn:
         visit = await visits.load_visit(conn, fac, order.mdtrt_id)
         check_visit(visit, order, cert)
+        visit = await with_injury_case(conn, visit, clock.business_date(call.now))
         lines = await visits.unsettled_lines(conn, fac, order.mdtrt_id, order.chrg_bchno)
         request = engine_request(visit, order, lines)
         card_no = cert.card_no or await _active_card(conn, cert.psn_no)
@@ -371,6 +373,7 @@ async def _claim(
     if await complete_claim(conn, visit, msgid):
         return _COMPLETED  # committed whatever this message's fate
     check_visit(visit, order, cert)
+    visit = await with_injury_case(conn, visit, clock.business_date(call.now))
     lines = await visits.unsettled_lines(conn, fac, order.mdtrt_id, order.chrg_bchno)
     request = engine_request(visit, order, lines)
     if not await visits.claim(conn, fac, order.mdtrt_id, msgid, now):

@@ -12,6 +12,14 @@ facility and the visit type): ``CARD_NOT_ACTIVE``, ``INSURANCE_NOT_ACTIVE``,
 ``FACILITY_SUSPENDED``, ``NO_AGREEMENT``, ``MED_TYPE_NOT_ALLOWED``, ``INJURY_CASE_INVALID``.
 It does not check year-to-date limits (``MATERNITY_LIMIT``) or the delivery type: those
 belong to the settlement, which checks everything again.
+
+A pharmacy's first 2204 carries no certificate: the visit it opens is the pharmacy's
+basket under the ``psn_no`` it names, checked for the facility and the visit type only
+(``FACILITY_SUSPENDED``, ``NO_AGREEMENT``, ``MED_TYPE_NOT_ALLOWED``: the same answer
+whoever the ``psn_no`` names, or if it names nobody). The person is never looked up there:
+whether they exist, are insured in the scheme or have a work-injury case is checked by the
+pre-settlement and the settlement, which need the certificate of that person. 2203 changing
+the visit type likewise checks the facility and the type only.
 """
 
 from __future__ import annotations
@@ -47,6 +55,11 @@ _CATALOG = (
     "SELECT code, chrgitm_lv, selfpay_prop, max_price, work_injury FROM catalog_items"
     " WHERE code = ANY($1::text[])"
 )
+_FACILITY = (
+    "SELECT row_to_json(f) FROM (SELECT fixmedins_code, type, level, credit_rating, status,"
+    " agreements FROM facilities WHERE fixmedins_code = $1) f"
+)
+_facility_decoder = msgspec.json.Decoder(policy.FacilityInfo)
 _VALID_CASES = (
     "SELECT case_id FROM injury_cases WHERE psn_no = $1 AND status = 'approved'"
     " AND valid_from <= $2 AND valid_to >= $2 ORDER BY case_id LIMIT 2"
@@ -113,7 +126,13 @@ async def _injury_case(conn: Connection, reg: Registration, on: dt.date) -> str 
         return None
     if reg.exp.injury_case_id is not None:
         return reg.exp.injury_case_id
-    cases = await conn.fetch(_VALID_CASES, reg.psn_no, on)
+    return await _only_case(conn, reg.psn_no, on)
+
+
+async def _only_case(conn: Connection, psn_no: str, on: dt.date) -> str:
+    """The person's only approved work-injury case valid on ``on`` (none or several:
+    ``INJURY_CASE_INVALID``)."""
+    cases = await conn.fetch(_VALID_CASES, psn_no, on)
     if len(cases) != 1:
         raise policy.PolicyRefusal(
             "INJURY_CASE_INVALID",
@@ -122,6 +141,24 @@ async def _injury_case(conn: Connection, reg: Registration, on: dt.date) -> str 
             {"cases": len(cases)},
         )
     return str(cases[0]["case_id"])
+
+
+async def with_injury_case(conn: Connection, visit: Visit, on: dt.date) -> Visit:
+    """``visit`` with its work-injury case: a pharmacy's visit opened by 2204 without one
+    named takes the person's only valid approved case once the person is certified (its
+    pre-settlement or settlement). None or several: left without, for the settlement's
+    own checks to refuse in their order (``INSURANCE_NOT_ACTIVE`` before
+    ``INJURY_CASE_INVALID``)."""
+    if visit.injury_case_id is not None or visit.insutype not in _params().work_injury_insutypes:
+        return visit
+    cases = await conn.fetch(_VALID_CASES, visit.psn_no, on)
+    if len(cases) != 1:
+        return visit
+    return msgspec.structs.replace(visit, injury_case_id=str(cases[0]["case_id"]))
+
+
+async def _facility(conn: Connection, call: Call) -> policy.FacilityInfo:
+    return _facility_decoder.decode(await conn.fetchval(_FACILITY, call.fixmedins_code))
 
 
 async def _checked_visit(
@@ -269,14 +306,10 @@ async def record_info(
         if med_type != visit.med_type:
             if await visits.has_settled_lines(conn, call.fixmedins_code, mdtrt_id):
                 raise visits.visit_has_settlement(mdtrt_id)
-            reg = Registration(
-                psn_no=visit.psn_no,
-                insutype=visit.insutype,
-                med_type=med_type,
-                begntime=visit.begntime,
-                exp=ExpContent(injury_case_id=visit.injury_case_id, delivery_type=delivery),
-            )
-            await _checked_visit(conn, call, reg, card_no=None, mdtrt_id=mdtrt_id)
+            # The person was checked when a certificate showed them (registration), or
+            # will be (a pharmacy's visit, at its settlement): only the type is new here.
+            facility = await _facility(conn, call)
+            policy.check_visit_type(_params(), facility, visit.insutype, med_type)
         await visits.update_visit(conn, visit, info=info, med_type=med_type, delivery_type=delivery)
         changed = {
             name: {"from": before, "to": after}
@@ -297,24 +330,45 @@ async def _catalog(conn: Connection, codes: Sequence[str]) -> dict[str, policy.C
 
 async def _pharmacy_visit(conn: Connection, call: Call, first: FeeDetail, exp: ExpContent) -> Visit:
     """A pharmacy's 2204 naming a new mdtrt_id opens its visit (``VISIT_NOT_FOUND`` at a
-    hospital): the scheme ``insutype`` of the line, else 310; no certificate (the card is
-    presented at settlement)."""
-    facility_type = await conn.fetchval(
-        "SELECT type FROM facilities WHERE fixmedins_code = $1", call.fixmedins_code
-    )
-    if facility_type != "pharmacy":
+    hospital): the scheme ``insutype`` of the line, else the policy's pharmacy scheme. No
+    certificate and no look-up of the person (see the module's docstring): the card is
+    presented at pre-settlement and settlement, which check the person."""
+    facility = await _facility(conn, call)
+    if facility.type != "pharmacy":
         raise visits.visit_not_found(first.mdtrt_id)
-    reg = Registration(
+    insutype = first.insutype or pharmacy_scheme(_params())
+    med_type = first.med_type or default_med_type(_params(), insutype, facility.type)
+    policy.check_visit_type(_params(), facility, insutype, med_type)
+    visit = Visit(
+        fixmedins_code=call.fixmedins_code,
+        mdtrt_id=first.mdtrt_id,
         psn_no=first.psn_no,
-        insutype=first.insutype or pharmacy_scheme(_params()),
-        med_type=first.med_type,
+        insutype=insutype,
+        med_type=med_type,
+        kind="pharmacy",
+        status="open",
+        card_no=None,
+        ipt_otp_no="",
+        injury_case_id=exp.injury_case_id,  # checked against the person at settlement
+        delivery_type=exp.delivery_type,
         begntime=call.now,
-        exp=exp,
+        endtime=None,
+        created_msgid=call.msgid,
+        closed_msgid=None,
+        settling_msgid=None,
+        settling_since=None,
     )
-    visit = await _checked_visit(conn, call, reg, card_no=None, mdtrt_id=first.mdtrt_id)
     stored = await visits.open_visit(conn, visit, {"opened_by": "2204"})
     if stored.created_msgid == call.msgid:
-        await _audit(conn, call, "visit.registered", stored, psn_no=stored.psn_no, kind="pharmacy")
+        await _audit(
+            conn,
+            call,
+            "visit.registered",
+            stored,
+            psn_no=stored.psn_no,
+            kind="pharmacy",
+            certified=False,  # the pharmacy's word: its settlement certifies the person
+        )
     if stored.psn_no != first.psn_no:
         raise _person_mismatch()
     return stored

@@ -62,6 +62,14 @@ GATEWAY_MESSAGES = Counter(
     ["infno", "outcome", "code"],
     registry=REGISTRY,
 )
+GATEWAY_CERTNO_LOOKUPS = Counter(
+    "cardsvc_gateway_certno_lookups",
+    "National gateway lookups of a person by identity number (mdtrt_cert_type 02), by"
+    " outcome: 'found', 'not_found' (counted against the client's daily limit) or 'refused'"
+    " (CERTNO_LOOKUP_LIMIT: the client's misses today reached the limit)",
+    ["outcome"],
+    registry=REGISTRY,
+)
 SETTLEMENT_RACES_LOST = Counter(
     "cardsvc_settlement_races_lost",
     "Settlement writes that found the person's account changed since their read (retried)",

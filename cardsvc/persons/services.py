@@ -102,20 +102,6 @@ class PersonRegistry:
         async with self._pool.acquire() as conn:
             return await self._load(conn, psn_no)
 
-    async def psn_no_for_certno(self, value: str) -> str:
-        """The person with this identity number, found through its keyed lookup hash (the
-        number itself is stored only encrypted); INVALID_CERTNO or PERSON_NOT_FOUND."""
-        try:
-            valid = certno.validate(value)
-        except certno.InvalidCertno as exc:
-            raise InvalidRequest(str(exc), code="INVALID_CERTNO") from None
-        psn_no: str | None = await self._pool.fetchval(
-            "SELECT psn_no FROM persons WHERE certno_hash = $1", self._protector.lookup_hash(valid)
-        )
-        if psn_no is None:
-            raise NotFound("no person has this identity number", code="PERSON_NOT_FOUND")
-        return psn_no
-
     async def enrol(self, psn_no: str, req: EnrolInsurance) -> Person:
         if req.enddate is not None and req.enddate < req.begndate:
             raise InvalidRequest("enddate is before begndate", code="INVALID_DATES")

@@ -15,7 +15,7 @@ import datetime as dt
 import hashlib
 import secrets
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import asyncpg
 import msgspec
@@ -42,6 +42,12 @@ class Opter:
 
     opter: str
     opter_name: str
+
+
+# The national gateway's Idempotency-Keys: "gw:" + the message's msgid. Its own key space:
+# a key of POST /v1/settlements never starts with it (IDEMPOTENCY_KEY_RESERVED), so no
+# terminal takes over, or reads back, a gateway message's settlement.
+GATEWAY_KEY_PREFIX: Final = "gw:"
 
 
 @dataclass

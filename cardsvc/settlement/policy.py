@@ -480,6 +480,18 @@ def check_eligibility(params: PolicyParams, snapshot: Snapshot, request: Settlem
     _check_maternity_limit(params, snapshot.year, snapshot.stay, request)
 
 
+def check_visit_type(
+    params: PolicyParams, facility: FacilityInfo, insutype: str, med_type: str
+) -> None:
+    """The checks of ``check_eligibility`` that concern the facility and the visit type
+    alone (FACILITY_SUSPENDED, NO_AGREEMENT, MED_TYPE_NOT_ALLOWED), in its order: what can
+    be said of a visit before anyone has shown who the person is."""
+    _check_facility(params, facility, insutype)
+    _check_med_type(
+        params, facility, SettlementRequest(insutype=insutype, med_type=med_type, lines=())
+    )
+
+
 def _check_card(snapshot: Snapshot) -> None:
     if snapshot.card_status != ACTIVE:
         raise PolicyRefusal(

@@ -20,7 +20,14 @@ from cardsvc.audit.services import AuditLog
 from cardsvc.batching import BatcherFull
 from cardsvc.cardauth.services import TOKEN_USE_INDEX, CardTokens, card_token_used, token_use_id
 from cardsvc.db import Connection, Pool, transaction
-from cardsvc.errors import CardsvcError, Conflict, Forbidden, NotFound, ServiceUnavailable
+from cardsvc.errors import (
+    CardsvcError,
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    ServiceUnavailable,
+)
 from cardsvc.ledger import services as ledger
 from cardsvc.ledger.postings import reversed_postings
 from cardsvc.national import visits
@@ -31,6 +38,7 @@ from cardsvc.settlement.models import Reversal, SetlInfo, SettleRequest
 from cardsvc.settlement.params import CURRENT_POLICY_VERSION, load_params
 from cardsvc.settlement.pipeline import SettlementPipeline, read_jobs, write_planned
 from cardsvc.settlement.plan import (
+    GATEWAY_KEY_PREFIX,
     SettleJob,
     item_codes,
     plan,
@@ -120,6 +128,12 @@ class SettlementService:
         )
 
     async def settle(self, caller: Caller, idempotency_key: str, req: SettleRequest) -> SetlInfo:
+        if idempotency_key.startswith(GATEWAY_KEY_PREFIX):
+            raise InvalidRequest(
+                f"an Idempotency-Key starting with {GATEWAY_KEY_PREFIX!r} is reserved for the"
+                " national gateway's settlements: choose another key",
+                code="IDEMPOTENCY_KEY_RESERVED",
+            )
         try:
             claims = self._tokens.check(caller, req.card_token)
         except CardsvcError:

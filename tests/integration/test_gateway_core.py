@@ -395,9 +395,10 @@ async def test_1101_balance_is_in_yuan(service: Service):
     from tests.support.api import credit
 
     client = await gateway_client(service)
-    person = await service.person(insutypes=("310",))
+    person, card, his = await _card_and_his(service, client.fixmedins_code)
     await credit(service, person["psn_no"], 12345)
-    answer = await client.call("1101", _query(person["certno_full"]))
+    token = (await authenticate_card(his, card, "identify"))["card_token"]
+    answer = await client.call("1101", _query(card_cert(card.card_no, token), "03"))
     assert answer.body["output"]["insuinfo"][0]["balc"] == Decimal("123.45")
     assert b'"balc":123.45,' in answer.raw  # a JSON number
 
@@ -422,6 +423,101 @@ async def test_1101_of_an_unknown_identity_number(service: Service):
     client = await gateway_client(service)
     answer = await client.call("1101", _query(make_certno()))
     assert answer.code == "PERSON_NOT_FOUND"
+
+
+async def test_1101_by_identity_number_masks_the_name_and_shows_no_balance(service: Service):
+    """An identity number proves knowing it, not the person's presence: its 1101 answers
+    what registering needs (psn_no, schemes, region), the name masked, no balance. The card
+    gets the whole answer."""
+    from tests.support.api import credit
+
+    client = await gateway_client(service)
+    person, card, his = await _card_and_his(service, client.fixmedins_code)
+    await credit(service, person["psn_no"], 12345)
+    by_number = await client.ok("1101", _query(person["certno_full"]))
+    name = by_number["baseinfo"]["psn_name"]
+    assert name != person["psn_name"] and name == person["psn_name"][0] + "*" * (
+        len(person["psn_name"]) - 1
+    )
+    assert by_number["baseinfo"]["psn_no"] == person["psn_no"]
+    assert [i["insutype"] for i in by_number["insuinfo"]] == ["310"]
+    assert all("balc" not in i for i in by_number["insuinfo"])
+    token = (await authenticate_card(his, card, "identify"))["card_token"]
+    by_card = await client.ok("1101", _query(card_cert(card.card_no, token), "03"))
+    assert by_card["baseinfo"]["psn_name"] == person["psn_name"]
+    assert by_card["insuinfo"][0]["balc"] == Decimal("123.45")
+
+
+async def test_1101_misses_by_identity_number_are_limited_per_client_and_day(service: Service):
+    """Trying candidate identity numbers one after the other: the lookups that find nobody
+    are counted per client and business day, exactly (concurrent ones too); past the limit
+    every lookup by identity number of that client is refused, found or not, until the next
+    day. The card, and other clients, are not affected."""
+    from tests.support.api import make_certno
+
+    client = await gateway_client(service)
+    person, card, his = await _card_and_his(service, client.fixmedins_code)
+    limit = 50  # CARDSVC_GATEWAY_CERTNO_MISSES_PER_DAY's default
+    answers = await asyncio.gather(
+        *(client.call("1101", _query(make_certno())) for _ in range(limit + 10))
+    )
+    codes = [a.code for a in answers]
+    assert codes.count("PERSON_NOT_FOUND") == limit, codes
+    assert codes.count("CERTNO_LOOKUP_LIMIT") == 10, codes
+    refused = await client.call("1101", _query(person["certno_full"]))
+    assert (refused.infcode, refused.code) == (-1, "CERTNO_LOOKUP_LIMIT"), refused.body
+    assert "tomorrow" in refused.body["err_msg"]
+    # The same message again tomorrow is not answered from a stored refusal.
+    assert refused.status == 200
+    # Neither the card nor another client shares the limit.
+    token = (await authenticate_card(his, card, "identify"))["card_token"]
+    assert (await client.call("1101", _query(card_cert(card.card_no, token), "03"))).infcode == 0
+    other = await gateway_client(service, client.fixmedins_code)
+    assert (await other.ok("1101", _query(person["certno_full"])))["baseinfo"]["psn_no"] == (
+        person["psn_no"]
+    )
+    resp = await service.http.get(service.base_url + "/metrics")
+    text = await resp.text()
+    assert re.search(r'cardsvc_gateway_certno_lookups_total\{outcome="refused"\} [1-9]', text)
+    # The next business day starts from zero.
+    await _sql(
+        service,
+        "UPDATE gateway_certno_misses SET business_date = business_date - 1 WHERE paasid = $1",
+        client.paasid,
+    )
+    again = await client.ok("1101", _query(person["certno_full"]))
+    assert again["baseinfo"]["psn_no"] == person["psn_no"]
+
+
+async def test_every_1101_is_audited_with_its_operator(service: Service):
+    from tests.support.api import make_certno
+
+    client = await gateway_client(service)
+    person, card, his = await _card_and_his(service, client.fixmedins_code)
+    await client.ok("1101", _query(person["certno_full"]))
+    unknown = make_certno()
+    assert (await client.call("1101", _query(unknown))).code == "PERSON_NOT_FOUND"
+    token = (await authenticate_card(his, card, "identify"))["card_token"]
+    await client.ok("1101", _query(card_cert(card.card_no, token), "03"))
+    conn = await asyncpg.connect(service.database_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT object_type, object_id, data FROM audit_log"
+            " WHERE actor = $1 AND action = 'gateway.person_queried' ORDER BY at",
+            f"gateway:{client.paasid}",
+        )
+    finally:
+        await conn.close()
+    entries = [(r["object_type"], r["object_id"], msgspec.json.decode(r["data"])) for r in rows]
+    assert [(t, o, d["mdtrt_cert_type"], d["outcome"]) for t, o, d in entries] == [
+        ("person", person["psn_no"], "02", "ok"),
+        ("gateway_client", client.paasid, "02", "PERSON_NOT_FOUND"),
+        ("person", person["psn_no"], "03", "ok"),
+    ]
+    assert all(d["opter"] == "OP001" and d["opter_name"] and d["msgid"] for _, _, d in entries)
+    assert entries[2][2]["card_no"] == card.card_no
+    text = " ".join(r["data"] for r in rows)
+    assert person["certno_full"] not in text and unknown not in text and token not in text
 
 
 async def _card_and_his(service: Service, facility: str):

@@ -410,6 +410,30 @@ async def test_rerun_after_a_lost_answer_settles_once(site: Site):
     assert await his.ok("2207", settle_data(h, mdtrt_id), msgid=msgid) == first
 
 
+async def test_a_terminal_cannot_take_the_key_of_a_gateway_message(site: Site):
+    """A gateway settlement's Idempotency-Key is "gw:" + its msgid: a POS terminal of the
+    same facility settling under "gw:<msgid>" first would have had a later 2207 of that msgid
+    answer the terminal's settlement as its own. The native API refuses the gateway's keys."""
+    his = site.his
+    h = await holder(site, balance=5000)
+    mdtrt_id = await outpatient_visit(site, h)
+    msgid = his.new_msgid()
+    native = await patient(site.service, site.pos, site.counter, balance=5000)
+    taken = await native.request(
+        "/v1/settlements", "310", "11", lines(("A-AMOX", 100, 1)), key="gw:" + msgid
+    )
+    assert taken.status == 400, taken.body
+    assert taken.body["error"]["code"] == "IDEMPOTENCY_KEY_RESERVED", taken.body
+    out = await his.ok("2207", settle_data(h, mdtrt_id), msgid=msgid)
+    assert out["setlinfo"]["psn_no"] == h.psn_no
+    assert out["setlinfo"]["medfee_sumamt"] == SUM
+    # Nor can a terminal read the gateway's settlement back under its key.
+    again = await native.request(
+        "/v1/settlements", "310", "11", lines(("A-AMOX", 100, 1)), key="gw:" + msgid
+    )
+    assert again.body["error"]["code"] == "IDEMPOTENCY_KEY_RESERVED", again.body
+
+
 async def test_concurrent_messages_for_one_visit_settle_it_once(site: Site):
     his = site.his
     h = await holder(site, balance=5000)

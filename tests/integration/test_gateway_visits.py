@@ -787,3 +787,98 @@ async def test_lines_of_a_visit_being_settled_are_not_cancelled(
     assert await visits.claim(db, site.code, mdtrt_id, "SETTLE3", stale)
     assert await visits.claim(db, site.code, mdtrt_id, "SETTLE4", now)
     await visits.end_claim(db, site.code, mdtrt_id, "SETTLE4")
+
+
+def presettle(who: Holder, mdtrt_id: str, insutype: str, amount: str, certificate: Any) -> Any:
+    return {
+        "data": {
+            "psn_no": who.psn_no,
+            "mdtrt_id": mdtrt_id,
+            "insutype": insutype,
+            "med_type": "41",
+            "medfee_sumamt": amount,
+            "chrg_bchno": "0000",
+            "acct_used_flag": "0",
+            "psn_setlway": "01",
+            **certificate,
+        }
+    }
+
+
+async def test_a_pharmacys_2204_says_nothing_about_the_person(
+    world: World, db: asyncpg.Connection
+) -> None:
+    """No certificate travels with 2204: a pharmacy opening a visit with it learns nothing
+    of the psn_no it names (nobody, not insured in the scheme, no injury case, insured),
+    and the person is checked when their card is presented, at pre-settlement."""
+    site = world.pharmacy
+    insured = await holder(world)  # 310 only
+    worker = await holder(world, insutypes=("410",))  # no injury case
+    nobody = Holder({**insured.person, "psn_no": insured.psn_no[:6] + "9999999999"}, insured.card)
+    opened: dict[tuple[str, str], str] = {}
+    answers: dict[str, list[Any]] = {"310": [], "410": []}
+    for who, insutype in [
+        (nobody, "310"),
+        (insured, "310"),
+        (nobody, "410"),
+        (insured, "410"),
+        (worker, "410"),
+    ]:
+        mdtrt_id = unique_code("PH-")
+        line = fee(mdtrt_id, who, "1", "C-VIT", "20", 1, "20", med_type="41", insutype=insutype)
+        answer = await site.client.call("2204", {"feedetail": [line]})
+        assert answer.infcode == 0, answer.body
+        rows = answer.body["output"]["result"]
+        answers[insutype].append([{k: v for k, v in r.items() if k != "mdtrt_id"} for r in rows])
+        opened[(who.psn_no, insutype)] = mdtrt_id
+    for insutype, same in answers.items():
+        assert all(a == same[0] for a in same), (insutype, same)
+    entry = await db.fetchval(
+        "SELECT data FROM audit_log WHERE action = 'visit.registered' AND object_id = $1",
+        f"{site.code}/{opened[(nobody.psn_no, '310')]}",
+    )
+    assert '"certified":false' in entry.replace(" ", "")
+    # The card at pre-settlement: the person's eligibility, with the codes of a registration.
+    for who, insutype, code in [
+        (insured, "410", "INSURANCE_NOT_ACTIVE"),
+        (worker, "410", "INJURY_CASE_INVALID"),
+    ]:
+        mdtrt_id = opened[(who.psn_no, insutype)]
+        refused = await site.client.call(
+            "2206", presettle(who, mdtrt_id, insutype, "20", await cert(site, who))
+        )
+        assert refused.code == code, refused.body
+    identify = await cert(site, insured)
+    ok = await site.client.ok(
+        "2206", presettle(insured, opened[(insured.psn_no, "310")], "310", "20", identify)
+    )
+    assert ok["setlinfo"]["medfee_sumamt"] == Decimal("20")
+    # Nobody's visit is not settled with somebody's card: the card names another person.
+    stranger = await site.client.call(
+        "2206", presettle(nobody, opened[(nobody.psn_no, "310")], "310", "20", identify)
+    )
+    assert stranger.code == "CERT_PERSON_MISMATCH", stranger.body
+
+
+async def test_a_pharmacy_work_injury_visit_takes_the_case_at_settlement(world: World) -> None:
+    """Opened by 2204 without naming the case, a 410 purchase settles under the person's
+    only valid approved case, found once the card shows the person."""
+    site = world.pharmacy
+    worker = await holder(world, insutypes=("410",))
+    await world.service.admin_ok(
+        "POST",
+        "/v1/injury-cases",
+        {
+            "psn_no": worker.psn_no,
+            "employer": "无锡机械厂",
+            "injury_date": "2026-01-05",
+            "valid_from": "2026-01-05",
+            "valid_to": "2099-12-31",
+        },
+    )
+    mdtrt_id = unique_code("PH-")
+    line = fee(mdtrt_id, worker, "1", "W-SUT", "30", 1, "30", med_type="41", insutype="410")
+    await site.client.ok("2204", {"feedetail": [line]})
+    identify = await cert(site, worker)
+    out = await site.client.ok("2206", presettle(worker, mdtrt_id, "410", "30", identify))
+    assert out["setlinfo"]["medfee_sumamt"] == Decimal("30")
