@@ -27,7 +27,7 @@ from cardsvc.clock import BUSINESS_TZ
 from cardsvc.db import Connection, Pool, transaction
 from cardsvc.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from cardsvc.national import stmtfiles
-from cardsvc.national.units import fen, yuan
+from cardsvc.national.units import fen, whole, yuan
 from cardsvc.reconciliation.models import StatementRequest, StatementResult, Totals
 from cardsvc.reconciliation.services import Reconciliation
 from cardsvc.types import Insutype
@@ -127,12 +127,6 @@ class StoredFile:
         return info
 
 
-def _count(value: Decimal, field: str) -> int:
-    if not value.is_finite() or value != value.to_integral_value() or value < 0:
-        raise InvalidRequest(f"{field} must be a whole number, 0 or more", code="INPUT_INVALID")
-    return int(value)
-
-
 def _period(begin: dt.date, end: dt.date, max_days: int) -> None:
     if not 0 <= (end - begin).days < max_days:
         raise InvalidRequest(
@@ -223,7 +217,7 @@ class NationalReconciliation:
                 insutype=inp.insutype,
                 stmt_begndate=inp.stmt_begndate,
                 stmt_enddate=inp.stmt_enddate,
-                fixmedins_setl_cnt=_count(inp.fixmedins_setl_cnt, "fixmedins_setl_cnt"),
+                fixmedins_setl_cnt=whole(inp.fixmedins_setl_cnt, "fixmedins_setl_cnt"),
                 medfee_sumamt=fen(inp.medfee_sumamt, "medfee_sumamt"),
                 fund_pay_sumamt=fen(inp.fund_pay_sumamt, "fund_pay_sumamt"),
                 acct_pay=fen(inp.acct_pay, "acct_pay"),
@@ -273,7 +267,7 @@ class NationalReconciliation:
             medfee_sumamt=fen(inp.medfee_sumamt, "medfee_sumamt"),
             fund_pay_sumamt=fen(inp.fund_pay_sumamt, "fund_pay_sumamt"),
             cash_payamt=fen(inp.cash_payamt, "cash_payamt"),
-            fixmedins_setl_cnt=_count(inp.fixmedins_setl_cnt, "fixmedins_setl_cnt"),
+            fixmedins_setl_cnt=whole(inp.fixmedins_setl_cnt, "fixmedins_setl_cnt"),
         )
         kind, _, content = await self._load(msg.fixmedins_code, inp.file_qury_no, msg.now)
         if kind != "upload":
