@@ -3,9 +3,11 @@
 The order is that of what each step costs and of what it may answer:
 
 1. the TIF headers and the timestamp (no IO), the client's secret (a per-worker cache, else
-   one read) and the signature: an unauthenticated request is refused with HTTP 401 before
-   anything is recorded; then the client's rate (429);
-2. the envelope: a body that is not JSON or has no ``infno`` is refused with HTTP 400;
+   one read; an unknown paasid is remembered too) and the signature: an unauthenticated
+   request is refused with HTTP 401 before anything is recorded; then the client's rate
+   (429). All of this before the body is read: a stranger's body is never taken in;
+2. the body, up to its bound (413); the envelope: a body that is not JSON or has no
+   ``infno`` is refused with HTTP 400;
 3. the admission (``messages.admit``, one statement): the nonce recorded (a replay 401), the
    client's and the facility's standing (403);
 4. from here every answer is an envelope with HTTP 200: the envelope's fields, the answer
@@ -25,7 +27,7 @@ import asyncio
 import datetime as dt
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -132,12 +134,19 @@ class Gateway:
         self.messages = messages.Messages(pool)
         self._buckets = TokenBuckets(settings.gateway_rate, settings.gateway_burst)
 
-    async def handle(self, services: Services, headers: Mapping[str, str], body: bytes) -> Reply:
+    async def handle(
+        self,
+        services: Services,
+        headers: Mapping[str, str],
+        read_body: Callable[[], Awaitable[bytes]],
+    ) -> Reply:
         """The reply to one request; never raises (a fault of cardsvc's own is a logged
-        503 with the envelope error body, nothing stored: the HIS sends it again)."""
+        503 with the envelope error body, nothing stored: the HIS sends it again).
+        ``read_body`` takes the body in, within its bound (``PayloadTooLarge``); it is
+        called only once the request is authenticated."""
         received = clock.now()
         try:
-            return await self._handle(services, headers, body, received)
+            return await self._handle(services, headers, read_body, received)
         except Exception as exc:
             log.error("gateway_failed", exc_info=exc)
             observe("", "", "unavailable", "INTERNAL")
@@ -152,13 +161,13 @@ class Gateway:
         self,
         services: Services,
         headers: Mapping[str, str],
-        body: bytes,
+        read_body: Callable[[], Awaitable[bytes]],
         received: dt.datetime,
     ) -> Reply:
         infno = msgid = ""
         try:
             key, nonce = await self._authenticate(headers)
-            decoded = envelope.decode(body)
+            decoded = envelope.decode(await read_body())
             infno = decoded.infno or (decoded.envelope.infno if decoded.envelope else "")
             env = decoded.envelope
             msgid = (env.msgid or "") if env is not None else ""
