@@ -49,6 +49,7 @@ from cardsvc.errors import (
 from cardsvc.national import envelope, messages, tif
 from cardsvc.national import transactions as _transactions  # noqa: F401 - registers them
 from cardsvc.national.clients import ClientKey, GatewayClients
+from cardsvc.national.filejobs import FileJobs
 from cardsvc.national.registry import TRANSACTIONS, Call, Output
 from cardsvc.ops import metrics
 from cardsvc.web.caller import Caller
@@ -133,6 +134,8 @@ class Gateway:
         # The admissions and stored answers, group-committed (closed at shutdown).
         self.messages = messages.Messages(pool)
         self._buckets = TokenBuckets(settings.gateway_rate, settings.gateway_burst)
+        # The reconciliation files' thread and jobs (9101, 3202), one per facility.
+        self.file_jobs = FileJobs()
 
     async def handle(
         self,
