@@ -298,7 +298,7 @@ async def test_one_file_message_of_a_facility_at_a_time(service: Service):
     other = await gateway_client(service)
     data = stmtfiles.upload_zip(_many_rows(stmtfiles.MAX_ROWS, "B"))
     big = asyncio.ensure_future(_ok_large(gw, gw.envelope("9101", _upload_in(gw, data))))
-    await asyncio.sleep(0.5)  # the big file is being read (seconds of work)
+    await asyncio.sleep(1.0)  # the big file is being read (seconds of work)
     assert not big.done()
     small = gw.envelope("9101", _upload_in(gw, stmtfiles.upload_zip(_many_rows(1, "S"))))
     busy = await gw.post(small)
