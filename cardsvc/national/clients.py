@@ -2,16 +2,19 @@
 shown once and stored only encrypted under the data key (AAD: the paasid).
 
 The TIF signature needs the secret in clear, so each worker keeps the secrets it has
-decrypted in a bounded cache (``secret``): a secret never changes, and a client's standing
+decrypted in a bounded cache (``key``): a secret never changes, and a client's standing
 (disabled, its facility suspended) is read with every message's admission
 (``cardsvc.national.messages``), never cached, so disabling takes effect on the next
-message.
+message. A paasid the database does not know is remembered as unknown for a while too
+(bounded), so a stranger repeating one costs no database read: paasids are minted at
+random here and shown only once registered, so none is looked for before it exists.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import secrets
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -32,6 +35,10 @@ from cardsvc.web.caller import ADMIN
 
 PAASID_PREFIX = "gw"
 _CACHE_MAX = 10_000
+# Unknown paasids remembered per worker (least recently seen forgotten first), and for how
+# long (seconds).
+_UNKNOWN_MAX = 10_000
+_UNKNOWN_TTL = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +58,7 @@ class GatewayClients:
     def __init__(self, pool: Pool, protector: DataProtector, audit: AuditLog) -> None:
         self._pool, self._protector, self._audit = pool, protector, audit
         self._keys: OrderedDict[str, ClientKey] = OrderedDict()
+        self._unknown: OrderedDict[str, float] = OrderedDict()  # paasid → forgotten at
 
     async def create(self, req: CreateGatewayClient) -> GatewayClientCreated:
         paasid = f"{PAASID_PREFIX}{secrets.token_hex(8)}"
@@ -74,6 +82,7 @@ class GatewayClients:
                 object_id=paasid,
                 data={"fixmedins_code": req.fixmedins_code},
             )
+        self._unknown.pop(paasid, None)
         return GatewayClientCreated(
             paasid=paasid,
             secret=secret,
@@ -113,17 +122,21 @@ class GatewayClients:
 
     async def key(self, paasid: str) -> ClientKey | None:
         """The client's secret and facility (cached per worker); None if there is no such
-        client. Its standing is not looked at here."""
+        client (remembered a while: asked again, no read). Its standing is not looked at
+        here."""
         cached = self._keys.get(paasid)
         if cached is not None:
             self._keys.move_to_end(paasid)
             return cached
-        if not 1 <= len(paasid) <= 64:
+        if not 1 <= len(paasid) <= 64 or self._known_unknown(paasid, time.monotonic()):
             return None
         row = await self._pool.fetchrow(
             "SELECT fixmedins_code, secret_enc FROM gateway_clients WHERE paasid = $1", paasid
         )
         if row is None:
+            self._unknown[paasid] = time.monotonic() + _UNKNOWN_TTL
+            if len(self._unknown) > _UNKNOWN_MAX:
+                self._unknown.popitem(last=False)
             return None
         secret = self._protector.decrypt(row["secret_enc"], paasid.encode()).decode()
         key = ClientKey(paasid=paasid, secret=secret, fixmedins_code=row["fixmedins_code"])
@@ -131,6 +144,16 @@ class GatewayClients:
         if len(self._keys) > _CACHE_MAX:
             self._keys.popitem(last=False)
         return key
+
+    def _known_unknown(self, paasid: str, now: float) -> bool:
+        forgotten_at = self._unknown.get(paasid)
+        if forgotten_at is None:
+            return False
+        if forgotten_at <= now:
+            del self._unknown[paasid]
+            return False
+        self._unknown.move_to_end(paasid)
+        return True
 
     async def purge_expired(self, window: dt.timedelta) -> int:
         """Drop the nonces older than ``window`` (twice the timestamp window: a request

@@ -3,9 +3,11 @@
 The order is that of what each step costs and of what it may answer:
 
 1. the TIF headers and the timestamp (no IO), the client's secret (a per-worker cache, else
-   one read) and the signature: an unauthenticated request is refused with HTTP 401 before
-   anything is recorded; then the client's rate (429);
-2. the envelope: a body that is not JSON or has no ``infno`` is refused with HTTP 400;
+   one read; an unknown paasid is remembered too) and the signature: an unauthenticated
+   request is refused with HTTP 401 before anything is recorded; then the client's rate
+   (429). All of this before the body is read: a stranger's body is never taken in;
+2. the body, up to its bound (413); the envelope: a body that is not JSON or has no
+   ``infno`` is refused with HTTP 400;
 3. the envelope's fields checked and its input hashed (no IO), then the admission
    (``messages.admit``, one statement): the nonce recorded (a replay 401), the client's
    and the facility's standing (403), and — for a message whose transaction will run —
@@ -29,7 +31,7 @@ import asyncio
 import datetime as dt
 import secrets
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
@@ -51,6 +53,7 @@ from cardsvc.errors import (
 from cardsvc.national import envelope, messages, tif
 from cardsvc.national import transactions as _transactions  # noqa: F401 - registers them
 from cardsvc.national.clients import ClientKey, GatewayClients
+from cardsvc.national.filejobs import FileJobs
 from cardsvc.national.registry import TRANSACTIONS, Call, FileAnswer, Output
 from cardsvc.ops import metrics
 from cardsvc.web.caller import Caller
@@ -183,13 +186,22 @@ class Gateway:
         # A reservation's lease: past the longest a try runs (its handler's bound).
         self.messages = messages.Messages(pool, lease=2 * settings.request_timeout)
         self._buckets = TokenBuckets(settings.gateway_rate, settings.gateway_burst)
+        # The reconciliation files' thread and jobs (9101, 3202), one per facility.
+        self.file_jobs = FileJobs()
 
-    async def handle(self, services: Services, headers: Mapping[str, str], body: bytes) -> Reply:
+    async def handle(
+        self,
+        services: Services,
+        headers: Mapping[str, str],
+        read_body: Callable[[], Awaitable[bytes]],
+    ) -> Reply:
         """The reply to one request; never raises (a fault of cardsvc's own is a logged
-        503 with the envelope error body, nothing stored: the HIS sends it again)."""
+        503 with the envelope error body, nothing stored: the HIS sends it again).
+        ``read_body`` takes the body in, within its bound (``PayloadTooLarge``); it is
+        called only once the request is authenticated."""
         received = clock.now()
         try:
-            return await self._handle(services, headers, body, received)
+            return await self._handle(services, headers, read_body, received)
         except Exception as exc:
             log.error("gateway_failed", exc_info=exc)
             observe("", "", "unavailable", "INTERNAL")
@@ -204,13 +216,13 @@ class Gateway:
         self,
         services: Services,
         headers: Mapping[str, str],
-        body: bytes,
+        read_body: Callable[[], Awaitable[bytes]],
         received: dt.datetime,
     ) -> Reply:
         infno = msgid = ""
         try:
             key, nonce = await self._authenticate(headers)
-            decoded = envelope.decode(body)
+            decoded = envelope.decode(await read_body())
             infno = decoded.infno or (decoded.envelope.infno if decoded.envelope else "")
             env = decoded.envelope
             msgid = (env.msgid or "") if env is not None else ""

@@ -132,8 +132,18 @@ def check(env: Envelope, client_facility: str) -> None:
 
 
 def normalise(inputs: dict[str, msgspec.Raw] | None) -> dict[str, Any]:
-    """The input nodes as plain values (numbers with a fraction as ``Decimal``)."""
-    return {name: _any.decode(raw) for name, raw in (inputs or {}).items()}
+    """The input nodes as plain values (numbers with a fraction as ``Decimal``). A number
+    no value can hold (an integer of thousands of digits, an exponent beyond 10^18) is
+    refused as INPUT_INVALID."""
+    normalised: dict[str, Any] = {}
+    for name, raw in (inputs or {}).items():
+        try:
+            normalised[name] = _any.decode(raw)
+        except (msgspec.ValidationError, ArithmeticError):
+            raise InvalidRequest(
+                f"input.{name} holds a number too large to be a figure", code="INPUT_INVALID"
+            ) from None
+    return normalised
 
 
 def body_hash(infno: str, inputs: dict[str, msgspec.Raw] | None) -> bytes:

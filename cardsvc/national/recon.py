@@ -5,11 +5,14 @@
 settlement of the facility and insutype whose business date is in the period), over a
 longer period. Files belong to one facility, are made by one message each (a message run
 twice finds the file it made) and are kept until their ``dld_endtime``; the file formats
-and the comparison are ``cardsvc.national.stmtfiles``.
+and the comparison are ``cardsvc.national.stmtfiles``. Reading a file and building a result
+run on the worker's files thread, one 9101/3202 of a facility at a time
+(``cardsvc.national.filejobs``).
 
 Refusals: ``INVALID_DATES`` (a period backwards or too long), ``FILE_NOT_FOUND`` (no such
 file of this facility), ``FILE_EXPIRED``, ``FILE_QUOTA_EXCEEDED``, ``NOT_OWN_FACILITY``
-(an input naming another facility), and ``stmtfiles``' file refusals.
+(an input naming another facility), ``FILE_JOB_BUSY`` (retryable: another file message of
+the facility is being worked on), and ``stmtfiles``' file refusals.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from cardsvc.clock import BUSINESS_TZ
 from cardsvc.db import Connection, Pool, transaction
 from cardsvc.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from cardsvc.national import stmtfiles
-from cardsvc.national.units import fen, yuan
+from cardsvc.national.filejobs import FileJobs
+from cardsvc.national.units import fen, whole, yuan
 from cardsvc.reconciliation.models import StatementRequest, StatementResult, Totals
 from cardsvc.reconciliation.services import Reconciliation
 from cardsvc.types import Insutype
@@ -129,12 +133,6 @@ class StoredFile:
         return info
 
 
-def _count(value: Decimal, field: str) -> int:
-    if not value.is_finite() or value != value.to_integral_value() or value < 0:
-        raise InvalidRequest(f"{field} must be a whole number, 0 or more", code="INPUT_INVALID")
-    return int(value)
-
-
 def _period(begin: dt.date, end: dt.date, max_days: int) -> None:
     if not 0 <= (end - begin).days < max_days:
         raise InvalidRequest(
@@ -201,6 +199,48 @@ def _settled(row: Any) -> stmtfiles.Settled:
     )
 
 
+def _read_upload(sent: bytes | list[int]) -> tuple[bytes, int]:
+    """(files thread) The uploaded zip and the number of settlements it lists, checked."""
+    content = sent if isinstance(sent, bytes) else bytes(sent)
+    return content, len(stmtfiles.read_upload(content))
+
+
+def _ours_and_others(
+    found: list[Any], rows: list[stmtfiles.FileRow]
+) -> tuple[list[stmtfiles.Settled], list[str]]:
+    """(files thread) cardsvc's settlements of the period, and the setl_ids the file lists
+    that are not among them."""
+    in_period = [_settled(r) for r in found]
+    known = {s.setl_id for s in in_period}
+    return in_period, [r.setl_id for r in rows if r.setl_id not in known]
+
+
+@dataclass(frozen=True, slots=True)
+class _Result:
+    content: bytes  # the result zip
+    outcome: Outcome
+    lines: int
+    disagreeing: int
+
+
+def _result(
+    rows: list[stmtfiles.FileRow],
+    in_period: list[stmtfiles.Settled],
+    found_elsewhere: list[Any],
+    declared: stmtfiles.HeaderTotals,
+) -> _Result:
+    """(files thread) The comparison, the header's totals checked, the result zip."""
+    elsewhere = {s.setl_id: s for s in map(_settled, found_elsewhere)}
+    lines = stmtfiles.compare(rows, in_period, elsewhere)
+    differences = stmtfiles.header_differences(declared, stmtfiles.service_totals(in_period))
+    disagreeing = sum(line.stmt_rslt != "0" for line in lines)
+    dscr = f"{len(lines)} settlements compared, {disagreeing} disagree"
+    if differences:
+        dscr += "; header totals differ: " + "; ".join(differences)
+    outcome = Outcome("1" if differences or disagreeing else "0", dscr)
+    return _Result(stmtfiles.result_zip(lines), outcome, len(lines), disagreeing)
+
+
 def _new_file_qury_no() -> str:
     return "F" + secrets.token_hex(15)
 
@@ -213,8 +253,11 @@ def _stored(row: Any) -> StoredFile:
 
 
 class NationalReconciliation:
-    def __init__(self, pool: Pool, audit: AuditLog, reconciliation: Reconciliation) -> None:
+    def __init__(
+        self, pool: Pool, audit: AuditLog, reconciliation: Reconciliation, jobs: FileJobs
+    ) -> None:
         self._pool, self._audit, self._reconciliation = pool, audit, reconciliation
+        self._jobs = jobs
 
     # -- 3201 ------------------------------------------------------------------------------
 
@@ -225,7 +268,7 @@ class NationalReconciliation:
                 insutype=inp.insutype,
                 stmt_begndate=inp.stmt_begndate,
                 stmt_enddate=inp.stmt_enddate,
-                fixmedins_setl_cnt=_count(inp.fixmedins_setl_cnt, "fixmedins_setl_cnt"),
+                fixmedins_setl_cnt=whole(inp.fixmedins_setl_cnt, "fixmedins_setl_cnt"),
                 medfee_sumamt=fen(inp.medfee_sumamt, "medfee_sumamt"),
                 fund_pay_sumamt=fen(inp.fund_pay_sumamt, "fund_pay_sumamt"),
                 acct_pay=fen(inp.acct_pay, "acct_pay"),
@@ -258,11 +301,11 @@ class NationalReconciliation:
     async def upload(self, msg: Message, inp: UploadIn) -> StoredFile:
         _own(msg.fixmedins_code, inp.fixmedins_code)
         filename = stmtfiles.check_filename(inp.filename)
-        content = inp.in_ if isinstance(inp.in_, bytes) else bytes(inp.in_)
-        rows = stmtfiles.read_upload(content)
-        return await self._store(
-            msg, _new_file_qury_no(), "upload", filename, content, {"rows": len(rows)}
-        )
+        async with self._jobs.job(msg.fixmedins_code) as job:
+            content, rows = await job.run(_read_upload, inp.in_)
+            return await self._store(
+                msg, _new_file_qury_no(), "upload", filename, content, {"rows": rows}
+            )
 
     # -- 3202 ------------------------------------------------------------------------------
 
@@ -275,39 +318,36 @@ class NationalReconciliation:
             medfee_sumamt=fen(inp.medfee_sumamt, "medfee_sumamt"),
             fund_pay_sumamt=fen(inp.fund_pay_sumamt, "fund_pay_sumamt"),
             cash_payamt=fen(inp.cash_payamt, "cash_payamt"),
-            fixmedins_setl_cnt=_count(inp.fixmedins_setl_cnt, "fixmedins_setl_cnt"),
+            fixmedins_setl_cnt=whole(inp.fixmedins_setl_cnt, "fixmedins_setl_cnt"),
         )
-        kind, _, content = await self._load(msg.fixmedins_code, inp.file_qury_no, msg.now)
-        if kind != "upload":
-            raise InvalidRequest(
-                "file_qury_no names a result file, not an uploaded one", code="FILE_INVALID"
+        async with self._jobs.job(msg.fixmedins_code) as job:
+            kind, _, content = await self._load(msg.fixmedins_code, inp.file_qury_no, msg.now)
+            if kind != "upload":
+                raise InvalidRequest(
+                    "file_qury_no names a result file, not an uploaded one", code="FILE_INVALID"
+                )
+            rows = await job.run(stmtfiles.read_upload, content)
+            period = (inp.stmt_begndate, inp.stmt_enddate)
+            found = await self._pool.fetch(_IN_PERIOD, msg.fixmedins_code, *period)
+            in_period, others = await job.run(_ours_and_others, found, rows)
+            elsewhere = await self._pool.fetch(
+                _LISTED_ELSEWHERE, msg.fixmedins_code, others, *period
             )
-        rows = stmtfiles.read_upload(content)
-        period = (inp.stmt_begndate, inp.stmt_enddate)
-        async with self._pool.acquire() as conn:
-            found = await conn.fetch(_IN_PERIOD, msg.fixmedins_code, *period)
-            in_period = [_settled(r) for r in found]
-            known = {s.setl_id for s in in_period}
-            others = [r.setl_id for r in rows if r.setl_id not in known]
-            found = await conn.fetch(_LISTED_ELSEWHERE, msg.fixmedins_code, others, *period)
-            elsewhere = {s.setl_id: s for s in map(_settled, found)}
-        lines = stmtfiles.compare(rows, in_period, elsewhere)
-        differences = stmtfiles.header_differences(declared, stmtfiles.service_totals(in_period))
-        disagreeing = sum(line.stmt_rslt != "0" for line in lines)
-        dscr = f"{len(lines)} settlements compared, {disagreeing} disagree"
-        if differences:
-            dscr += "; header totals differ: " + "; ".join(differences)
-        outcome = Outcome("1" if differences or disagreeing else "0", dscr)
-        file_qury_no = _new_file_qury_no()
-        return await self._store(
-            msg,
-            file_qury_no,
-            "result",
-            f"result_{inp.stmt_begndate:%Y%m%d}_{inp.stmt_enddate:%Y%m%d}_{file_qury_no}.zip",
-            stmtfiles.result_zip(lines),
-            {"upload": inp.file_qury_no, "lines": len(lines), "disagreeing": disagreeing},
-            outcome,
-        )
+            result = await job.run(_result, rows, in_period, elsewhere, declared)
+            file_qury_no = _new_file_qury_no()
+            return await self._store(
+                msg,
+                file_qury_no,
+                "result",
+                f"result_{inp.stmt_begndate:%Y%m%d}_{inp.stmt_enddate:%Y%m%d}_{file_qury_no}.zip",
+                result.content,
+                {
+                    "upload": inp.file_qury_no,
+                    "lines": result.lines,
+                    "disagreeing": result.disagreeing,
+                },
+                result.outcome,
+            )
 
     # -- 9102 ------------------------------------------------------------------------------
 

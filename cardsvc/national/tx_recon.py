@@ -19,7 +19,9 @@ from cardsvc.national.registry import Call, FileAnswer, Output, node, transactio
 
 def _service(call: Call) -> NationalReconciliation:
     services = call.services
-    return NationalReconciliation(call.pool, services.audit, services.reconciliation)
+    return NationalReconciliation(
+        call.pool, services.audit, services.reconciliation, services.gateway.file_jobs
+    )
 
 
 def _message(call: Call) -> Message:

@@ -6,9 +6,8 @@ import re
 
 from aiohttp import web
 
-from cardsvc import clock
 from cardsvc.errors import InvalidRequest
-from cardsvc.national.dispatch import FILE, PayloadTooLarge, Reply, refusal
+from cardsvc.national.dispatch import FILE, PayloadTooLarge, Reply
 from cardsvc.national.models import CreateGatewayClient, UpdateGatewayClient
 from cardsvc.types import FACILITY_CODE_PATTERN
 from cardsvc.web.appkeys import SERVICES, SETTINGS
@@ -43,12 +42,13 @@ def _response(reply: Reply) -> web.Response:
 
 @gateway
 async def call_service(request: web.Request) -> web.Response:
-    try:
-        body = await _read_bounded(request, request.app[SETTINGS].gateway_max_body_bytes)
-    except PayloadTooLarge as exc:
-        return _response(refusal(exc, clock.now()))
+    # The gateway reads the body only once the headers authenticate the request.
+    limit = request.app[SETTINGS].gateway_max_body_bytes
     services = request.app[SERVICES]
-    return _response(await services.gateway.handle(services, request.headers, body))
+    reply = await services.gateway.handle(
+        services, request.headers, lambda: _read_bounded(request, limit)
+    )
+    return _response(reply)
 
 
 @admin_only

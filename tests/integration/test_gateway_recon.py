@@ -23,6 +23,7 @@ from cardsvc.audit.services import AuditLog
 from cardsvc.clock import business_date
 from cardsvc.config import Settings
 from cardsvc.national import stmtfiles
+from cardsvc.national.filejobs import FileJobs
 from cardsvc.national.recon import DetailIn, Message, NationalReconciliation, UploadIn
 from cardsvc.reconciliation.services import Reconciliation
 from tests.support.api import (
@@ -403,7 +404,7 @@ async def test_a_message_run_twice_makes_one_file(world: World, settings: Settin
     handler again under the same msgid: it finds the file it made, answers the same."""
     pool = await db.create_pool(settings)
     try:
-        recon = NationalReconciliation(pool, AuditLog(pool), Reconciliation(pool))
+        recon = NationalReconciliation(pool, AuditLog(pool), Reconciliation(pool), FileJobs())
         msg = Message(
             fixmedins_code=world.gw.fixmedins_code,
             msgid=new_msgid(world.gw.fixmedins_code),
