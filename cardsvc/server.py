@@ -20,6 +20,7 @@ line before it exits non-zero.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import shutil
@@ -45,6 +46,8 @@ from cardsvc.ops.metrics import MULTIPROC_ENV
 log = structlog.get_logger(__name__)
 
 SHUTDOWN_TIMEOUT = 10.0  # seconds a worker waits for in-flight requests when told to stop
+# Beyond the drain time, how long the supervisor waits for a worker before killing it.
+STOP_MARGIN = 5
 RESPAWN_PAUSE = 0.5  # between restarts of a crashing worker, so a crash loop does not spin
 # A worker that dies this soon after it was started failed to start; this many such deaths in
 # a row and the supervisor stops instead of restarting workers forever.
@@ -203,8 +206,21 @@ def _supervise(settings: Settings) -> int:
             except ProcessLookupError:
                 pass
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    def stop_and_bound(signum: int, frame: FrameType | None) -> None:
+        stop(signum, frame)
+        signal.alarm(int(SHUTDOWN_TIMEOUT) + STOP_MARGIN)
+
+    def kill_the_rest(signum: int, frame: FrameType | None) -> None:
+        """A worker that has not ended after its drain time never will (it is stuck):
+        SIGKILL, so the service stops and no worker outlives it."""
+        for pid in workers:
+            log.error("worker_killed_at_stop", pid=pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    signal.signal(signal.SIGTERM, stop_and_bound)
+    signal.signal(signal.SIGINT, stop_and_bound)
+    signal.signal(signal.SIGALRM, kill_the_rest)
     print(
         f"cardsvc listening on http://{settings.host}:{settings.port}"
         f" ({settings.workers} workers, supervisor pid {os.getpid()})",

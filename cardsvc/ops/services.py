@@ -20,7 +20,7 @@ import structlog
 from cardsvc import db
 from cardsvc.errors import ServiceUnavailable
 from cardsvc.hsm.client import HsmClient
-from cardsvc.ops import metrics
+from cardsvc.ops import gcpause, metrics
 from cardsvc.ops.models import Readiness
 
 log = structlog.get_logger(__name__)
@@ -87,3 +87,4 @@ class Health:
             await asyncio.sleep(interval)
             metrics.EVENT_LOOP_LAG.set(max(0.0, loop.time() - started - interval))
             self.sample_pool()
+            gcpause.flush()

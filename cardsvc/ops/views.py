@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from cardsvc.ops import apidocs, metrics
+from cardsvc.ops import apidocs, gcpause, metrics
 from cardsvc.ops.services import Health
 from cardsvc.web.appkeys import HSM, POOL
 from cardsvc.web.auth import public
@@ -25,6 +25,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 @public
 async def prometheus(request: web.Request) -> web.Response:
+    gcpause.flush()  # this worker's latest pauses (the others flush every monitor turn)
     return web.Response(body=metrics.exposition(), content_type="text/plain", charset="utf-8")
 
 

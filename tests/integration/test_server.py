@@ -40,9 +40,8 @@ async def _ready(http: aiohttp.ClientSession, url: str, within: float = 20.0) ->
     raise AssertionError("service did not become ready")
 
 
-async def test_workers_share_the_port_and_are_replaced(settings: Settings):
-    port = free_port()
-    env = {
+def _env(settings: Settings, port: int) -> dict[str, str]:
+    return {
         **os.environ,
         "DATABASE_URL": settings.database_url,
         "CARDSVC_ADMIN_TOKEN": settings.admin_token,
@@ -56,6 +55,11 @@ async def test_workers_share_the_port_and_are_replaced(settings: Settings):
         "CARDSVC_WORKERS": "2",
         "CARDSVC_LOG_LEVEL": "warning",
     }
+
+
+async def test_workers_share_the_port_and_are_replaced(settings: Settings):
+    port = free_port()
+    env = _env(settings, port)
     proc = subprocess.Popen(
         [sys.executable, "-m", "cardsvc", "serve"],
         env=env,
@@ -89,3 +93,34 @@ async def test_workers_share_the_port_and_are_replaced(settings: Settings):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+async def test_a_worker_that_never_ends_is_killed_when_the_service_stops(settings: Settings):
+    """A stuck worker (here stopped outright) does not keep the service, or itself, alive
+    after SIGTERM: once the drain time and a margin are over, the supervisor kills it."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cardsvc", "serve"],
+        env=_env(settings, port),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        async with aiohttp.ClientSession() as http:
+            await _ready(http, f"http://127.0.0.1:{port}")
+        deadline = time.monotonic() + 10
+        while len(_children(proc.pid)) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        stuck = min(_children(proc.pid))
+        os.kill(stuck, signal.SIGSTOP)  # it will never handle SIGTERM
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        with pytest.raises(ProcessLookupError):
+            os.kill(stuck, 0)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in _children(proc.pid):
+            os.kill(pid, signal.SIGKILL)
