@@ -17,6 +17,7 @@ from typing import Any, Final
 
 from cardsvc import clock
 from cardsvc.national.units import yuan
+from cardsvc.settlement import policy
 from cardsvc.settlement.models import FundPayment, SetlInfo
 
 # The national names of the fund_pay_types the policy file pays from (``fund_pay_types``).
@@ -39,22 +40,6 @@ NO_SCHEME: Final = (
     "acct_mulaid_pay",
 )
 
-# The settlement's own figures, each as cardsvc computes it (docs/policy.md, Step 3).
-FIGURES: Final = (
-    "medfee_sumamt",
-    "fulamt_ownpay_amt",
-    "overlmt_selfpay",
-    "preselfpay_amt",
-    "inscp_scp_amt",
-    "act_pay_dedc",
-    "hifp_pay",
-    "pool_prop_selfpay",
-    "fund_pay_sumamt",
-    "psn_part_amt",
-    "acct_pay",
-    "psn_cash_pay",
-    "balc",
-)
 
 REVIEW_PENDING: Final = "held for review by the fund's auditors (the payment stands)"
 
@@ -88,7 +73,7 @@ def setlinfo(
         "mdtrt_cert_type": mdtrt_cert_type,
         "med_type": info.med_type,
     }
-    figures = {name: getattr(info, name) for name in FIGURES}
+    figures = {name: getattr(info, name) for name in policy.STEP3_AMOUNTS}
     if balc is not None:
         figures["balc"] = balc
     out.update({name: yuan(amount) for name, amount in figures.items()})
