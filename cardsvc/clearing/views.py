@@ -4,6 +4,8 @@ import datetime as dt
 
 from aiohttp import web
 
+from cardsvc import paging
+from cardsvc.clearing.listing import RUN_SORTS
 from cardsvc.clearing.models import ClearingRun, ClearingRunning, RunClearing
 from cardsvc.web.appkeys import SERVICES
 from cardsvc.web.auth import admin_only
@@ -23,19 +25,33 @@ def _answer(found: ClearingRun | ClearingRunning) -> web.Response:
     return json_response(found)
 
 
-@admin_only
+@admin_only  # roles: administrator, auditor
+async def runs(request: web.Request) -> web.Response:
+    start, end = paging.date_range(request.query)
+    page = paging.parse_page(request.query, RUN_SORTS)
+    return json_response(await request.app[SERVICES].clearing_runs.search(start, end, page))
+
+
+@admin_only  # roles: administrator
 async def run(request: web.Request) -> web.Response:
     req = await read_json(request, RunClearing)
     return _answer(await request.app[SERVICES].clearing.start(req.clearing_date))
 
 
-@admin_only
+@admin_only  # roles: administrator, auditor
 async def get(request: web.Request) -> web.Response:
     return _answer(await request.app[SERVICES].clearing.status(_date(request)))
 
 
-@admin_only
+@admin_only  # roles: administrator, auditor
 async def file(request: web.Request) -> web.Response:
-    code = path_param(request, "fixmedins_code")
-    content = await request.app[SERVICES].clearing.file(_date(request), code)
-    return web.Response(text=content, content_type="text/csv", charset="utf-8")
+    code, day = path_param(request, "fixmedins_code"), _date(request)
+    content = await request.app[SERVICES].clearing.file(day, code)
+    # The code is [A-Za-z0-9] only (path_param): safe inside the quoted file name.
+    name = f"clearing-{day.isoformat()}-{code}.csv"
+    return web.Response(
+        text=content,
+        content_type="text/csv",
+        charset="utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )

@@ -47,6 +47,7 @@ SAMPLES = {
     "clearing_date": "2000-01-01",
     "asset": "swagger-ui.css",
     "paasid": "gw0000000000000000",
+    "report_id": "R0000000000",
 }
 DEFAULT_SAMPLE = "x1"
 _GROUP = re.compile(r"\(\?P<(?P<name>\w+)>(?P<pattern>[^()]*)\)")

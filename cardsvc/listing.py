@@ -1,0 +1,26 @@
+"""Running one page of a list (``cardsvc.paging``) against PostgreSQL: the page's rows and
+the total, read in one snapshot so that they agree."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from cardsvc.db import Pool
+from cardsvc.paging import PageQuery, Where
+
+
+async def fetch_page(
+    pool: Pool, *, columns: str, source: str, where: Where, page: PageQuery
+) -> tuple[list[asyncpg.Record], int]:
+    """``columns`` and ``source`` are the caller's SQL constants; every value of the
+    query is a bind parameter of ``where``; ORDER BY comes from the endpoint's allow-list."""
+    limit, offset = where.next, where.next + 1
+    rows_sql = (
+        f"SELECT {columns} FROM {source} WHERE {where.sql}"  # noqa: S608 - constants only
+        f" ORDER BY {page.order_by()} LIMIT ${limit} OFFSET ${offset}"
+    )
+    count_sql = f"SELECT count(*) FROM {source} WHERE {where.sql}"  # noqa: S608
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        rows = await conn.fetch(rows_sql, *where.args, page.page_size, page.offset)
+        total = await conn.fetchval(count_sql, *where.args)
+    return list(rows), int(total)
