@@ -17,6 +17,7 @@ from typing import Any, Generic, TypeVar
 
 import msgspec
 
+from cardsvc.clock import BUSINESS_TZ
 from cardsvc.errors import BusinessRuleViolation
 
 T = TypeVar("T")
@@ -169,10 +170,23 @@ def recent_range(
     """``from`` and ``to`` that are never open: ``to`` defaults to ``today``, ``from`` to
     ``default_days`` before ``to``; bounded as ``date_range``."""
     end = date(query, "to") or today
-    start, end_ = date_range(query, end - dt.timedelta(days=default_days), end)
+    earliest = dt.date.fromordinal(max(1, end.toordinal() - default_days))
+    start, end_ = date_range(query, earliest, end)
     if start is None or end_ is None:  # both have defaults
         raise AssertionError("unreachable")
     return start, end_
+
+
+# Instants outside these bounds cannot be sent to the database (a date of year 1 in
+# Asia/Shanghai is year 0 in UTC); no row is outside them, so a bound is clamped to them.
+_EARLIEST, _LATEST = dt.date(1900, 1, 1), dt.date(9000, 1, 1)
+
+
+def day_start(day: dt.date, *, after: bool = False) -> dt.datetime:
+    """The first instant of a business date (of the next one, ``after``): a date range over
+    an indexed timestamp column."""
+    day = min(max(day, _EARLIEST), _LATEST)
+    return dt.datetime.combine(day + dt.timedelta(days=int(after)), dt.time(), BUSINESS_TZ)
 
 
 class Where:

@@ -12,10 +12,9 @@ from typing import Any
 
 import msgspec
 
-from cardsvc.clock import BUSINESS_TZ
 from cardsvc.db import Pool
 from cardsvc.listing import fetch_page
-from cardsvc.paging import Page, PageQuery, Sorts, Where
+from cardsvc.paging import Page, PageQuery, Sorts, Where, day_start
 
 AUDIT_SORTS = Sorts(fields={"at": "at"}, default="-at", tiebreak="(chain, seq)")
 DEFAULT_DAYS = 30
@@ -42,10 +41,6 @@ class AuditFilter(msgspec.Struct, frozen=True, kw_only=True):
     object_id: str | None = None
 
 
-def _instant(day: dt.date) -> dt.datetime:
-    return dt.datetime.combine(day, dt.time(), BUSINESS_TZ)
-
-
 class AuditEntries:
     def __init__(self, pool: Pool) -> None:
         self._pool = pool
@@ -53,8 +48,8 @@ class AuditEntries:
     async def search(self, filters: AuditFilter, page: PageQuery) -> Page[AuditEntry]:
         where = (
             Where()
-            .add("at >= {}", _instant(filters.start))
-            .add("at < {}", _instant(filters.end + dt.timedelta(days=1)))
+            .add("at >= {}", day_start(filters.start))
+            .add("at < {}", day_start(filters.end, after=True))
             .when(filters.actor, "actor = {}")
             .when(filters.action, "action = {}")
             .when(filters.object_type, "object_type = {}")

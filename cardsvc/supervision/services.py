@@ -13,11 +13,10 @@ import msgspec
 
 from cardsvc.actors import operator_of
 from cardsvc.audit.services import AuditLog
-from cardsvc.clock import BUSINESS_TZ
 from cardsvc.db import Connection, Pool, transaction
 from cardsvc.errors import Conflict, InvalidRequest, NotFound
 from cardsvc.listing import fetch_page
-from cardsvc.paging import Page, PageQuery, Sorts, Where
+from cardsvc.paging import Page, PageQuery, Sorts, Where, day_start
 from cardsvc.settlement.fundparts import (
     first_setl_ids,
     fund_parts,
@@ -105,11 +104,7 @@ class FlagFilter(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def _day_start(day: dt.date | None, *, after: bool = False) -> dt.datetime | None:
-    """The first instant of a business date (of the next one, ``after``), for a range
-    over an indexed timestamp."""
-    if day is None:
-        return None
-    return dt.datetime.combine(day + dt.timedelta(days=int(after)), dt.time(), BUSINESS_TZ)
+    return None if day is None else day_start(day, after=after)
 
 
 def _flag(row: asyncpg.Record) -> FlagInfo:

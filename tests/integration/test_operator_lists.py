@@ -97,6 +97,20 @@ async def test_a_bad_list_query_is_422_naming_the_parameter(
     assert body["error"]["details"] == {"parameter": parameter}
 
 
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/audit/entries?from=0001-01-01&to=0001-01-01",
+        "/v1/audit/entries?to=0001-01-05",
+        "/v1/settlements?from=0001-01-01&to=0001-12-31",
+        "/v1/supervision/flags?from=9999-12-31&handled=false",
+    ],
+)
+async def test_dates_at_the_ends_of_the_calendar_are_empty_not_errors(service: Service, path: str):
+    status, _, raw = await _raw(service, path)
+    assert status == 200, raw
+
+
 async def test_persons_are_found_by_number_name_prefix_and_psn_no_masked(service: Service):
     name = "欧阳" + unique_code("")[:4]  # a unique name: 欧阳 and four characters
     people = [await service.person(psn_name=name + suffix) for suffix in ("甲", "乙", "丙")]

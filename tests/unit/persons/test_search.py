@@ -32,5 +32,7 @@ def test_psn_no_name_and_bad_numbers() -> None:
     assert person_filter("3202000000000001", PROTECTOR).sql == "psn_no = $1"
     assert person_filter("张", PROTECTOR).sql == "psn_name ~>=~ $1 AND psn_name ~<~ $2"
     assert person_filter(None, PROTECTOR).sql == "TRUE"
+    number = make_certno()
+    wrong_check = number[:17] + ("1" if number[17] == "0" else "0")
     with pytest.raises(QueryInvalid):
-        person_filter("11010519491231002Y"[:17] + "0", PROTECTOR)
+        person_filter(wrong_check, PROTECTOR)

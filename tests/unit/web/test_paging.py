@@ -71,6 +71,14 @@ def test_date_ranges_run_forwards_over_at_most_366_days() -> None:
         with pytest.raises(QueryInvalid):
             paging.date_range(query)
     assert paging.recent_range({}, day, 30) == (day - dt.timedelta(days=30), day)
+    assert paging.recent_range({"to": "0001-01-02"}, day, 30)[0] == dt.date.min
+
+
+def test_day_bounds_never_overflow() -> None:
+    assert paging.day_start(dt.date.max, after=True).year == 9000
+    assert paging.day_start(dt.date.min).year == 1900
+    start = paging.day_start(dt.date(2026, 3, 2))
+    assert start.astimezone(dt.UTC) == dt.datetime(2026, 3, 1, 16, tzinfo=dt.UTC)
 
 
 def test_where_binds_values_and_never_interpolates_them() -> None:
