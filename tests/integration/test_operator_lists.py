@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import json
 from typing import Any
 
 import asyncpg
@@ -16,11 +17,13 @@ import pytest
 import pytest_asyncio
 
 from cardsvc import clock
+from tests.integration.test_identity_privacy import _visible, assert_not_rebuildable
 from tests.support.api import (
     POLICY_CATALOG,
     Patient,
     Service,
     credit,
+    issue_card,
     lines,
     patient,
     unique_code,
@@ -381,3 +384,24 @@ async def test_the_public_report_is_a_frozen_snapshot_of_aggregates_only(service
         {"period_from": day, "period_to": "2099-01-01", "title": "x"},
     )
     assert status == 422 and body["error"]["code"] == "PERIOD_NOT_OVER"
+
+
+async def test_search_and_overview_do_not_rebuild_the_identity_number(service: Service):
+    """The person search (by number, by psn_no) and the overview show what the person
+    routes show, no more: the number stays one of thousands."""
+    person = await service.person()
+    certno, psn_no = person["certno_full"], person["psn_no"]
+    counter = await service.terminal("counter")
+    await issue_card(counter, psn_no)
+    by_number = await _get(service, f"/v1/persons?q={certno}")
+    by_psn_no = await _get(service, f"/v1/persons?q={psn_no}")
+    overview = await _get(service, f"/v1/persons/{psn_no}/overview")
+    answers = {
+        "GET /v1/persons?q=<certno>": [by_number],
+        "GET /v1/persons?q=<psn_no>": [by_psn_no],
+        "GET /v1/persons/{psn_no}/overview": [overview],
+    }
+    answers["all of these together"] = [a for group in answers.values() for a in group]
+    for where, group in answers.items():
+        text = json.dumps(group, ensure_ascii=False)
+        assert_not_rebuildable(certno, text, _visible(*group), where)
