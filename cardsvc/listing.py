@@ -6,20 +6,24 @@ from __future__ import annotations
 import asyncpg
 
 from cardsvc.db import Pool
-from cardsvc.paging import PageQuery, Where
+from cardsvc.paging import MAX_TOTAL, PageQuery, Where
 
 
 async def fetch_page(
     pool: Pool, *, columns: str, source: str, where: Where, page: PageQuery
 ) -> tuple[list[asyncpg.Record], int]:
     """``columns`` and ``source`` are the caller's SQL constants; every value of the
-    query is a bind parameter of ``where``; ORDER BY comes from the endpoint's allow-list."""
+    query is a bind parameter of ``where``; ORDER BY comes from the endpoint's allow-list.
+    The total stops at ``MAX_TOTAL``: counting stays bounded whatever the table's size."""
     limit, offset = where.next, where.next + 1
     rows_sql = (
         f"SELECT {columns} FROM {source} WHERE {where.sql}"  # noqa: S608 - constants only
         f" ORDER BY {page.order_by()} LIMIT ${limit} OFFSET ${offset}"
     )
-    count_sql = f"SELECT count(*) FROM {source} WHERE {where.sql}"  # noqa: S608
+    count_sql = (
+        f"SELECT count(*) FROM (SELECT 1 FROM {source} WHERE {where.sql}"  # noqa: S608
+        f" LIMIT {MAX_TOTAL}) AS matching"
+    )
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
         rows = await conn.fetch(rows_sql, *where.args, page.page_size, page.offset)
         total = await conn.fetchval(count_sql, *where.args)

@@ -2,7 +2,8 @@
 (and the usual filters) read from a query into validated values, every bad value a
 ``422 QUERY_INVALID`` naming its parameter.
 
-A list answers ``{"items", "page", "page_size", "total"}`` (``Page``). Sorting is by one
+A list answers ``{"items", "page", "page_size", "total"}`` (``Page``); ``total`` counts at
+most ``MAX_TOTAL`` matches, and no page starts beyond them. Sorting is by one
 field of the endpoint's allow-list (``Sorts``): the SQL written into ORDER BY comes from
 that list, never from the query. Filters go into SQL only as bind parameters (``Where``).
 """
@@ -24,7 +25,9 @@ T = TypeVar("T")
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
-MAX_PAGE = 100_000  # an OFFSET beyond this is a scan nobody needs; narrow the filters
+# A list counts at most this many matches (``total``) and pages no further: a count or an
+# OFFSET over millions of rows is a scan nobody needs; the filters narrow it instead.
+MAX_TOTAL = 10_000
 MAX_Q = 64
 MAX_RANGE_DAYS = 366
 
@@ -93,8 +96,10 @@ def _number(query: Mapping[str, str], name: str, default: int, most: int) -> int
 def parse_page(query: Mapping[str, str], sorts: Sorts) -> PageQuery:
     """``page`` (≥1, default 1), ``page_size`` (1-200, default 50), ``sort`` (a field of
     ``sorts``, ``-field`` for descending; default ``sorts.default``)."""
-    page = _number(query, "page", 1, MAX_PAGE)
+    page = _number(query, "page", 1, MAX_TOTAL)
     page_size = _number(query, "page_size", DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+    if (page - 1) * page_size >= MAX_TOTAL:
+        raise QueryInvalid("page", f"pages reach {MAX_TOTAL} items at most: narrow the filters")
     raw = query.get("sort", sorts.default)
     name = raw.removeprefix("-")
     if name not in sorts.fields:

@@ -20,6 +20,7 @@ def test_defaults_and_order_by_come_from_the_allow_list() -> None:
     assert page.order_by() == "p.created_at DESC, p.psn_no DESC"
     page = paging.parse_page({"page": "3", "page_size": "200", "sort": "name"}, SORTS)
     assert (page.offset, page.order_by()) == (400, "p.psn_name, p.psn_no")
+    assert paging.parse_page({"page": "50", "page_size": "200"}, SORTS).offset == 9800
 
 
 @pytest.mark.parametrize(
@@ -35,6 +36,8 @@ def test_defaults_and_order_by_come_from_the_allow_list() -> None:
         ({"sort": "psn_name"}, "sort"),  # a column, but not an allowed sort field
         ({"sort": "name; DROP TABLE persons"}, "sort"),
         ({"sort": "--name"}, "sort"),
+        ({"page": "51", "page_size": "200"}, "page"),  # past the 10,000 items a list reaches
+        ({"page": "10001"}, "page"),
     ],
 )
 def test_bad_values_are_422_naming_the_parameter(query: dict[str, str], parameter: str) -> None:
