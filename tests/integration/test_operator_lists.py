@@ -17,6 +17,8 @@ import pytest
 import pytest_asyncio
 
 from cardsvc import clock
+from cardsvc.persons.search import person_filter
+from cardsvc.privacy import DataProtector
 from tests.integration.test_identity_privacy import _visible, assert_not_rebuildable
 from tests.support.api import (
     POLICY_CATALOG,
@@ -405,3 +407,20 @@ async def test_search_and_overview_do_not_rebuild_the_identity_number(service: S
     for where, group in answers.items():
         text = json.dumps(group, ensure_ascii=False)
         assert_not_rebuildable(certno, text, _visible(*group), where)
+
+
+async def test_a_name_prefix_search_is_an_index_range(service: Service):
+    """The search's own condition (``person_filter``) is answered by persons_name_prefix:
+    with sequential scans priced out, the plan is that index's range."""
+    where = person_filter("欧阳", DataProtector(b"\0" * 32))
+    conn = await asyncpg.connect(service.database_url)
+    try:
+        async with conn.transaction():
+            await conn.execute("SET LOCAL enable_seqscan = off")
+            plan = await conn.fetch(
+                f"EXPLAIN SELECT psn_no FROM persons WHERE {where.sql}", *where.args
+            )
+    finally:
+        await conn.close()
+    text = "\n".join(r[0] for r in plan)
+    assert "persons_name_prefix" in text, text
