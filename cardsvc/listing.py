@@ -9,12 +9,11 @@ from cardsvc.db import Pool
 from cardsvc.paging import MAX_TOTAL, PageQuery, Where
 
 
-async def fetch_page(
-    pool: Pool, *, columns: str, source: str, where: Where, page: PageQuery
-) -> tuple[list[asyncpg.Record], int]:
-    """``columns`` and ``source`` are the caller's SQL constants; every value of the
-    query is a bind parameter of ``where``; ORDER BY comes from the endpoint's allow-list.
-    The total stops at ``MAX_TOTAL``: counting stays bounded whatever the table's size."""
+def page_sql(*, columns: str, source: str, where: Where, page: PageQuery) -> tuple[str, str]:
+    """The page's statement (``where``'s parameters, then LIMIT and OFFSET) and the count's
+    (``where``'s parameters). ``columns`` and ``source`` are the caller's SQL constants;
+    ORDER BY comes from the endpoint's allow-list. The count stops at ``MAX_TOTAL``, so it
+    stays bounded whatever the table's size."""
     limit, offset = where.next, where.next + 1
     rows_sql = (
         f"SELECT {columns} FROM {source} WHERE {where.sql}"  # noqa: S608 - constants only
@@ -24,6 +23,13 @@ async def fetch_page(
         f"SELECT count(*) FROM (SELECT 1 FROM {source} WHERE {where.sql}"  # noqa: S608
         f" LIMIT {MAX_TOTAL}) AS matching"
     )
+    return rows_sql, count_sql
+
+
+async def fetch_page(
+    pool: Pool, *, columns: str, source: str, where: Where, page: PageQuery
+) -> tuple[list[asyncpg.Record], int]:
+    rows_sql, count_sql = page_sql(columns=columns, source=source, where=where, page=page)
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
         rows = await conn.fetch(rows_sql, *where.args, page.page_size, page.offset)
         total = await conn.fetchval(count_sql, *where.args)

@@ -51,9 +51,10 @@ class Page(msgspec.Struct, Generic[T], kw_only=True):
 
 @dataclass(frozen=True)
 class Sorts:
-    """An endpoint's sort fields: public name → SQL expression (constants of the code),
-    the default (``-name`` for descending), and a unique key that makes the order total
-    (so that pages neither repeat nor skip rows)."""
+    """An endpoint's sort fields: public name → SQL expressions (constants of the code,
+    comma-separated when an index orders by several columns), the default (``-name`` for
+    descending), and a unique key that makes the order total (so that pages neither repeat
+    nor skip rows)."""
 
     fields: Mapping[str, str]
     default: str
@@ -78,7 +79,8 @@ class PageQuery:
     def order_by(self) -> str:
         """ORDER BY's text, built from the allow-list only."""
         direction = " DESC" if self.descending else ""
-        return f"{self.sorts.fields[self.sort]}{direction}, {self.sorts.tiebreak}{direction}"
+        keys = [*self.sorts.fields[self.sort].split(", "), self.sorts.tiebreak]
+        return ", ".join(f"{key}{direction}" for key in keys)
 
     def answer(self, items: list[T], total: int) -> Page[T]:
         return Page(items=items, page=self.page, page_size=self.page_size, total=total)

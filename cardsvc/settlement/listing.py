@@ -14,7 +14,8 @@ from cardsvc.settlement.models import SettlementListItem
 
 SETTLEMENT_SORTS = Sorts(
     fields={
-        "setl_time": "setl_time",
+        # As settlements_time orders them: the newest page is that index's end.
+        "setl_time": "setl_date, setl_time",
         "medfee_sumamt": "medfee_sumamt",
         "fund_pay_sumamt": "fund_pay_sumamt",
     },
@@ -38,22 +39,27 @@ class SettlementFilter(msgspec.Struct, frozen=True, kw_only=True):
     status: str | None = None
 
 
+def settlement_filter(filters: SettlementFilter) -> Where:
+    where = (
+        Where()
+        .when(filters.psn_no, "psn_no = {}")
+        .when(filters.fixmedins_code, "fixmedins_code = {}")
+        .when(filters.start, "setl_date >= {}")
+        .when(filters.end, "setl_date <= {}")
+    )
+    if filters.status == "pending_review":
+        where.add("review_status = 'pending' AND status = 'settled'")
+    elif filters.status is not None:
+        where.add("status = {}", filters.status)
+    return where
+
+
 class SettlementList:
     def __init__(self, pool: Pool) -> None:
         self._pool = pool
 
     async def search(self, filters: SettlementFilter, page: PageQuery) -> Page[SettlementListItem]:
-        where = (
-            Where()
-            .when(filters.psn_no, "psn_no = {}")
-            .when(filters.fixmedins_code, "fixmedins_code = {}")
-            .when(filters.start, "setl_date >= {}")
-            .when(filters.end, "setl_date <= {}")
-        )
-        if filters.status == "pending_review":
-            where.add("review_status = 'pending' AND status = 'settled'")
-        elif filters.status is not None:
-            where.add("status = {}", filters.status)
+        where = settlement_filter(filters)
         rows, total = await fetch_page(
             self._pool, columns=SETTLEMENT_COLUMNS, source="settlements", where=where, page=page
         )

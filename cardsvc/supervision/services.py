@@ -177,7 +177,8 @@ class Supervision:
         return _flag(row)
 
     async def reviews(self, status: str, page: PageQuery) -> Page[Review]:
-        where = Where().add("review_status = {}", status)
+        # The constant condition lets a generic plan use settlements_reviewed.
+        where = Where().add("review_status <> 'none'").add("review_status = {}", status)
         if status == "pending":
             where.add("status = 'settled'")
         rows, total = await fetch_page(

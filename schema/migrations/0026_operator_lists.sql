@@ -8,8 +8,14 @@ CREATE INDEX persons_name_prefix ON persons (psn_name text_pattern_ops);
 -- The audit list filters by time (and by actor or action within it).
 CREATE INDEX audit_log_at ON audit_log (at);
 
--- Settlement lists by date across facilities (the facility and person lists have theirs).
-CREATE INDEX settlements_date ON settlements (setl_date);
+-- Settlement lists across facilities, newest first, and by date range (the facility and
+-- person lists have their own indexes). Business date and time only grow, so each
+-- settlement adds its entry at the index's right edge: no random page per insert.
+CREATE INDEX settlements_time ON settlements (setl_date, setl_time);
+
+-- Reviews decided or withdrawn (the pending ones have settlements_review): only settlements
+-- of C-rated facilities are in it.
+CREATE INDEX settlements_reviewed ON settlements (setl_time) WHERE review_status <> 'none';
 
 -- Every change of a facility's credit rating, with its reason and who made it. operator_id
 -- and operator_name are NULL for a change made with the administrator token.

@@ -17,8 +17,16 @@ import pytest
 import pytest_asyncio
 
 from cardsvc import clock
+from cardsvc.listing import page_sql
+from cardsvc.paging import parse_page
 from cardsvc.persons.search import person_filter
 from cardsvc.privacy import DataProtector
+from cardsvc.settlement.listing import (
+    SETTLEMENT_COLUMNS,
+    SETTLEMENT_SORTS,
+    SettlementFilter,
+    settlement_filter,
+)
 from tests.integration.test_identity_privacy import _visible, assert_not_rebuildable
 from tests.support.api import (
     POLICY_CATALOG,
@@ -424,3 +432,21 @@ async def test_a_name_prefix_search_is_an_index_range(service: Service):
         await conn.close()
     text = "\n".join(r[0] for r in plan)
     assert "persons_name_prefix" in text, text
+
+
+async def test_the_newest_settlements_page_is_read_off_an_index(service: Service):
+    """The console's first view (every settlement, newest first) reads the end of
+    settlements_time, not a sort of the whole table."""
+    page = parse_page({}, SETTLEMENT_SORTS)
+    where = settlement_filter(SettlementFilter())
+    rows_sql, _ = page_sql(columns=SETTLEMENT_COLUMNS, source="settlements", where=where, page=page)
+    conn = await asyncpg.connect(service.database_url)
+    try:
+        async with conn.transaction():
+            await conn.execute("SET LOCAL enable_seqscan = off")
+            await conn.execute("SET LOCAL enable_sort = off")
+            plan = await conn.fetch(f"EXPLAIN {rows_sql}", *where.args, 50, 0)
+    finally:
+        await conn.close()
+    text = "\n".join(r[0] for r in plan)
+    assert "settlements_time" in text and "Seq Scan" not in text, text

@@ -21,6 +21,8 @@ def test_defaults_and_order_by_come_from_the_allow_list() -> None:
     page = paging.parse_page({"page": "3", "page_size": "200", "sort": "name"}, SORTS)
     assert (page.offset, page.order_by()) == (400, "p.psn_name, p.psn_no")
     assert paging.parse_page({"page": "50", "page_size": "200"}, SORTS).offset == 9800
+    by_day = Sorts(fields={"time": "day, time"}, default="-time", tiebreak="id")
+    assert paging.parse_page({}, by_day).order_by() == "day DESC, time DESC, id DESC"
 
 
 @pytest.mark.parametrize(
