@@ -88,6 +88,8 @@ class VirtualCard:
             (cp.CLA_ISO, cp.INS_GET_CHALLENGE): self._get_challenge,
             (cp.CLA_ISO, cp.INS_INTERNAL_AUTHENTICATE): self._internal_authenticate,
             (cp.CLA_ISO, cp.INS_VERIFY): self._verify,
+            (cp.CLA_SECURE_MESSAGING, cp.INS_RESET_RETRY_COUNTER): self._reset_retry_counter,
+            (cp.CLA_ISO, cp.INS_CHANGE_REFERENCE_DATA): self._change_reference_data,
             (cp.CLA_PROPRIETARY, cp.INS_WRITE_RECORD): self._write_record,
             (cp.CLA_PROPRIETARY, cp.INS_PUT_KEY): self._put_key,
             (cp.CLA_PROPRIETARY, cp.INS_SET_PIN): self._set_pin,
@@ -125,7 +127,12 @@ class VirtualCard:
             command = parse(raw)
         except MalformedApdu:
             return _sw(cp.SW_WRONG_LENGTH)
-        if command.cla not in (cp.CLA_ISO, cp.CLA_PROPRIETARY):
+        if self._security is not None and (command.cla, command.ins) != (
+            cp.CLA_ISO,
+            cp.INS_CHANGE_REFERENCE_DATA,
+        ):
+            self._security.other_command()  # a new PIN only right after the reset
+        if command.cla not in (cp.CLA_ISO, cp.CLA_PROPRIETARY, cp.CLA_SECURE_MESSAGING):
             return _sw(cp.SW_CLA_NOT_SUPPORTED)
         handler = self._handlers.get((command.cla, command.ins))
         if handler is None:
@@ -178,7 +185,10 @@ class VirtualCard:
         _require(cmd.p1 == 0 and cmd.p2 == 0, cp.SW_WRONG_P1P2)
         _require(not cmd.data and cmd.le in (4, 8, 16), cp.SW_WRONG_LENGTH)
         assert cmd.le is not None
-        return _ok(self._random(cmd.le))
+        if self._security is None:
+            return _ok(self._random(cmd.le))
+        # An issued card remembers its challenge for RESET RETRY COUNTER's MAC.
+        return _ok(self._security.get_challenge(cmd.le, self._random))
 
     def _internal_authenticate(self, cmd: Command) -> bytes:
         _require(cmd.p1 == 0, cp.SW_WRONG_P1P2)
@@ -206,6 +216,35 @@ class VirtualCard:
             self._save_tries(security)
             raise _Refusal(refused.sw) from None
         self._save_tries(security)
+        return _ok()
+
+    def _reset_retry_counter(self, cmd: Command) -> bytes:
+        # Secure messaging: CLA 0C, P1 03 (the MAC is the authorisation, no data besides).
+        _require(cmd.p1 == 0x03, cp.SW_WRONG_P1P2)
+        _require(cmd.p2 == 0x00, cp.SW_REFERENCE_NOT_FOUND)
+        security = self._in_use()
+        try:
+            security.reset_retry_counter(bytes([cmd.cla, cmd.ins, cmd.p1, cmd.p2]), cmd.data)
+        except CardRefused as refused:
+            raise _Refusal(refused.sw) from None
+        self._save_tries(security)
+        return _ok()
+
+    def _change_reference_data(self, cmd: Command) -> bytes:
+        # P1 01: the new PIN alone, which the card takes only right after a valid reset
+        # (P1 00, old PIN and new, is not part of this profile).
+        _require(cmd.p1 == 0x01, cp.SW_WRONG_P1P2)
+        _require(cmd.p2 == 0x00, cp.SW_REFERENCE_NOT_FOUND)
+        security = self._in_use()
+        _require(len(cmd.data) == 3, cp.SW_WRONG_LENGTH)
+        pin = cp.bcd_to_pin(cmd.data)
+        _require(pin is not None, cp.SW_WRONG_DATA)
+        assert pin is not None
+        try:
+            security.change_pin(pin)
+        except CardRefused as refused:
+            raise _Refusal(refused.sw) from None
+        self._update(pin=security.pin, pin_tries_left=security.tries_left)
         return _ok()
 
     def _save_tries(self, security: SoftCard) -> None:
@@ -285,6 +324,7 @@ class VirtualCard:
             bytes.fromhex(state.k_txn),
             state.pin,
             tries_left=state.pin_tries_left,
+            card_sn=bytes.fromhex(state.ef05["01"]).hex(),
         )
 
 
