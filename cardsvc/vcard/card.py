@@ -1,7 +1,8 @@
 """The virtual social security card's SSSE application: APDU in, response APDU out, pure.
 
 ``VirtualCard.process`` answers any bytes with response data and a status word and never
-raises (docs/readers.md lists every status word). PIN checking and INTERNAL AUTHENTICATE are
+raises (docs/readers.md lists every status word). PIN checking, INTERNAL AUTHENTICATE and the
+issuer-authorised PIN unblock (RESET RETRY COUNTER, then CHANGE REFERENCE DATA) are
 ``SoftCard``'s; this module adds the file system, the personalisation commands (class 80,
 open card only) and persistence: every change of state is handed to ``persist`` *before* the
 answer is returned, so a try counter the terminal has seen decrease is already on disk.
