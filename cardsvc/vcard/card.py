@@ -39,6 +39,7 @@ def _with_tck(atr: bytes) -> bytes:
 ATR = _with_tck(bytes.fromhex("3B8801") + b"SSSE3.00")
 
 Persist = Callable[[CardState], None]
+_CHANGE_REFERENCE_DATA = bytes([cp.CLA_ISO, cp.INS_CHANGE_REFERENCE_DATA])
 
 
 class _Refusal(Exception):
@@ -124,15 +125,12 @@ class VirtualCard:
 
     # ------------------------------------------------------------------ dispatch
     def process(self, raw: bytes) -> bytes:
+        if self._security is not None and raw[:2] != _CHANGE_REFERENCE_DATA:
+            self._security.other_command()  # a new PIN only right after the reset
         try:
             command = parse(raw)
         except MalformedApdu:
             return _sw(cp.SW_WRONG_LENGTH)
-        if self._security is not None and (command.cla, command.ins) != (
-            cp.CLA_ISO,
-            cp.INS_CHANGE_REFERENCE_DATA,
-        ):
-            self._security.other_command()  # a new PIN only right after the reset
         if command.cla not in (cp.CLA_ISO, cp.CLA_PROPRIETARY, cp.CLA_SECURE_MESSAGING):
             return _sw(cp.SW_CLA_NOT_SUPPORTED)
         handler = self._handlers.get((command.cla, command.ins))
@@ -228,7 +226,7 @@ class VirtualCard:
             security.reset_retry_counter(bytes([cmd.cla, cmd.ins, cmd.p1, cmd.p2]), cmd.data)
         except CardRefused as refused:
             raise _Refusal(refused.sw) from None
-        self._save_tries(security)
+        self._save_unblock(pin_tries_left=security.tries_left)
         return _ok()
 
     def _change_reference_data(self, cmd: Command) -> bytes:
@@ -245,8 +243,18 @@ class VirtualCard:
             security.change_pin(pin)
         except CardRefused as refused:
             raise _Refusal(refused.sw) from None
-        self._update(pin=security.pin, pin_tries_left=security.tries_left)
+        self._save_unblock(pin=security.pin, pin_tries_left=security.tries_left)
         return _ok()
+
+    def _save_unblock(self, **changes: Any) -> None:
+        """Save what an unblock changed; if it cannot be saved, the card forgets it too (a
+        reset the chip did not keep must not let the old PIN in for 3 more tries)."""
+        before = self._state
+        try:
+            self._update(**changes)
+        except OSError:
+            self._state, self._security = before, self._make_security(before)
+            raise
 
     def _save_tries(self, security: SoftCard) -> None:
         if security.tries_left != self._state.pin_tries_left:

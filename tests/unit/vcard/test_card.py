@@ -254,6 +254,27 @@ def test_a_blocked_pin_is_unblocked_and_the_new_pin_saved_before_the_answer():
     assert VirtualCard(card.state).state.pin == "654321"
 
 
+def test_an_unblock_that_cannot_be_saved_is_refused_and_forgotten():
+    card = issued_card()
+    for command in (SELECT, WRONG_PIN, WRONG_PIN, WRONG_PIN):
+        answer(card, command=command)
+
+    def disk_full(state: CardState) -> None:
+        raise OSError("no space left on device")
+
+    card._persist = disk_full  # type: ignore[method-assign]
+    assert answer(card, SELECT, CHALLENGE, command=UNBLOCK)[0] == "6581"
+    assert card.state.pin_tries_left == 0
+    assert answer(card, SELECT, command=RIGHT_PIN)[0] == "6983"  # still blocked
+
+
+def test_a_malformed_command_also_closes_the_new_pin_window():
+    card = issued_card()
+    answer(card, SELECT, CHALLENGE, command=UNBLOCK)
+    assert answer(card, command="00B2")[0] == "6700"
+    assert answer(card, command=NEW_PIN)[0] == "6982"
+
+
 def test_the_card_challenge_is_used_up_by_any_unblock_attempt():
     card = issued_card()
     assert answer(card, SELECT, CHALLENGE, command=UNBLOCK)[0] == "9000"
