@@ -16,8 +16,6 @@ that is the holder who forgot the PIN, authenticated the same way.
 
 from __future__ import annotations
 
-import datetime as dt
-
 import asyncpg
 import structlog
 
@@ -25,10 +23,10 @@ from cardcrypto import profile
 from cardsvc import clock
 from cardsvc.audit.services import AuditLog
 from cardsvc.cardauth.services import CardTokens
-from cardsvc.cards.lifecycle import CardStatus, check_not_expired
+from cardsvc.cards.lifecycle import check_pin_unblockable
 from cardsvc.cards.models import PinUnblockCommand, PinUnblockRequest
 from cardsvc.db import Connection, Pool, transaction
-from cardsvc.errors import BusinessRuleViolation, Conflict, NotFound, Unauthenticated
+from cardsvc.errors import Conflict, NotFound, Unauthenticated
 from cardsvc.hsm.client import HsmClient
 from cardsvc.web.caller import Caller
 
@@ -41,16 +39,6 @@ _CARD = """
 SELECT c.card_sn, c.admdvs, c.status, c.expiry_date, t.key_under_lmk
 FROM cards c, terminals t WHERE c.card_no = $1 AND t.terminal_id = $2
 """
-
-
-def _check_card(status: str, expiry_date: dt.date) -> None:
-    if status != CardStatus.ACTIVE:
-        raise BusinessRuleViolation(
-            f"card is {status}: only an active card's PIN can be unblocked",
-            code="CARD_NOT_ACTIVE",
-            details={"status": status},
-        )
-    check_not_expired(expiry_date, clock.business_date())
 
 
 class PinUnblocker:
@@ -68,7 +56,7 @@ class PinUnblocker:
         row = await self._pool.fetchrow(_CARD, card_no, caller.terminal_id)
         if row is None:
             raise NotFound("no such card", code="CARD_NOT_FOUND")
-        _check_card(row["status"], row["expiry_date"])
+        check_pin_unblockable(row["status"], row["expiry_date"], clock.business_date())
         # HSM work before the transaction: no lock is held across HSM IO.
         mac = await self._hsm.pin_unblock_mac(
             row["admdvs"],
@@ -87,7 +75,7 @@ class PinUnblocker:
         card = await conn.fetchrow(
             "SELECT status, expiry_date FROM cards WHERE card_no = $1 FOR UPDATE", card_no
         )
-        _check_card(card["status"], card["expiry_date"])
+        check_pin_unblockable(card["status"], card["expiry_date"], clock.business_date())
         try:
             await conn.execute(
                 "INSERT INTO card_pin_unblocks (auth_id, card_no, terminal_id) VALUES ($1, $2, $3)",
