@@ -190,8 +190,12 @@ def _refused(exc: TerminalError, ctx: Context) -> Failure:
 def _advice(exc: TerminalError, ctx: Context) -> str:
     details: dict[str, Any] = exc.details
     if ctx.command == "unblock-pin" and exc.code in ("CARD_NOT_ACTIVE", "CARD_EXPIRED"):
-        status = str(details.get("status", "expired")).replace("_", " ")
-        return f"this card is {status}: its PIN cannot be unblocked; replace the card instead"
+        status = str(details.get("status", "expired"))
+        found = " (if the holder found it, cancel the loss report first)"
+        return (
+            f"this card is {status.replace('_', ' ')}: its PIN cannot be unblocked; replace the"
+            f" card instead{found if status == 'loss_reported' else ''}"
+        )
     if exc.code == "CARD_NOT_ACTIVE":
         status = str(details.get("status", "not active")).replace("_", " ")
         return f"this card is {status} and cannot pay; send the holder to a card service counter"

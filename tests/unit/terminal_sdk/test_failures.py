@@ -149,7 +149,7 @@ UNBLOCK_CASES = [
     (
         TerminalError(422, "CARD_NOT_ACTIVE", "card is loss_reported", {"status": "loss_reported"}),
         Exit.REFUSED,
-        ["loss reported", "cannot be unblocked", "replace the card"],
+        ["loss reported", "cannot be unblocked", "replace the card", "cancel the loss report"],
     ),
     (
         TerminalError(422, "CARD_EXPIRED", "card expired", {"expiry_date": "2026-01-01"}),
