@@ -230,6 +230,13 @@ class VirtualCard:
         return _ok()
 
     def _change_reference_data(self, cmd: Command) -> bytes:
+        try:
+            return self._new_pin(cmd)
+        finally:  # one chance: a refused new PIN closes the window too
+            if self._security is not None:
+                self._security.other_command()
+
+    def _new_pin(self, cmd: Command) -> bytes:
         # P1 01: the new PIN alone, which the card takes only right after a valid reset
         # (P1 00, old PIN and new, is not part of this profile).
         _require(cmd.p1 == 0x01, cp.SW_WRONG_P1P2)

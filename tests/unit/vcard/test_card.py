@@ -268,6 +268,13 @@ def test_an_unblock_that_cannot_be_saved_is_refused_and_forgotten():
     assert answer(card, SELECT, command=RIGHT_PIN)[0] == "6983"  # still blocked
 
 
+def test_a_refused_new_pin_closes_the_window():
+    card = issued_card()
+    answer(card, SELECT, CHALLENGE, command=UNBLOCK)
+    assert answer(card, command="002401000312345A")[0] == "6A80"
+    assert answer(card, command=NEW_PIN)[0] == "6982"
+
+
 def test_a_malformed_command_also_closes_the_new_pin_window():
     card = issued_card()
     answer(card, SELECT, CHALLENGE, command=UNBLOCK)
