@@ -23,6 +23,7 @@ from cardsvc.ledger.services import Ledger, LedgerProof
 from cardsvc.logging import configure_logging
 from cardsvc.server import StartupError
 from cardsvc.services import audit_anchors
+from cardsvc.web.caller import COMMAND_LINE
 
 
 async def _check(settings: Settings, what: str, anchors: Path | None = None) -> bool:
@@ -71,7 +72,7 @@ async def _clearing(settings: Settings, day: dt.date, out: Path) -> int:
     pool = await db.create_pool(settings)
     try:
         clearing = Clearing(pool, AuditLog(pool), timeout=settings.clearing_timeout)
-        run = await clearing.run(day)
+        run = await clearing.run(COMMAND_LINE, day)
         folder = out / day.isoformat()
         folder.mkdir(parents=True, exist_ok=True)
         for facility in run.facilities:

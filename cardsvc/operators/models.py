@@ -10,7 +10,7 @@ import msgspec
 Role = Literal["administrator", "clerk", "reviewer", "auditor"]
 ROLES: tuple[Role, ...] = ("administrator", "clerk", "reviewer", "auditor")
 OPERATOR_ID_PATTERN = r"^OP[0-9A-F]{10}$"
-TOKEN_ID_PATTERN = r"^OT[0-9A-F]{10}$"
+TOKEN_ID_PATTERN = r"^OT[0-9A-F]{10}$"  # noqa: S105 - an id pattern
 LOGIN_PATTERN = r"^[a-z0-9._-]{3,32}$"
 
 Login = Annotated[str, msgspec.Meta(pattern=LOGIN_PATTERN)]

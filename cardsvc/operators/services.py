@@ -159,8 +159,10 @@ class Operators:
             page_size,
             (page - 1) * page_size,
         )
-        total = rows[0]["total"] if rows else await self._pool.fetchval(
-            "SELECT count(*) FROM operators"
+        total = (
+            rows[0]["total"]
+            if rows
+            else await self._pool.fetchval("SELECT count(*) FROM operators")
         )
         return OperatorPage(
             items=[_operator(r) for r in rows], page=page, page_size=page_size, total=total
@@ -445,7 +447,9 @@ class Operators:
 
     async def _count_failure(self, keys: tuple[str, str]) -> None:
         async with transaction(self._pool) as conn:
-            for key, free in zip(keys, (throttle.FREE_PER_LOGIN, throttle.FREE_PER_ADDRESS)):
+            for key, free in zip(
+                keys, (throttle.FREE_PER_LOGIN, throttle.FREE_PER_ADDRESS), strict=True
+            ):
                 failures = await conn.fetchval(
                     "INSERT INTO operator_login_failures AS f (key, failures, last_failure)"
                     " VALUES ($1, 1, now()) ON CONFLICT (key) DO UPDATE SET"

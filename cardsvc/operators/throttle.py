@@ -21,7 +21,8 @@ def lock_after(failures: int, free: int) -> dt.timedelta | None:
     over = failures - free
     if over <= 0:
         return None
-    return min(MAX_LOCK, FIRST_LOCK * (2 ** min(over - 1, 20)))
+    lock: dt.timedelta = FIRST_LOCK * (2 ** min(over - 1, 20))
+    return min(MAX_LOCK, lock)
 
 
 def login_key(login: str) -> str:

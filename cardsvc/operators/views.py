@@ -138,9 +138,7 @@ async def update(request: web.Request) -> web.Response:
 async def reset_password(request: web.Request) -> web.Response:
     operator_id = _id(request, "operator_id", _OPERATOR_ID)
     req = await read_json(request, ResetPassword)
-    await request.app[SERVICES].operators.reset_password(
-        request[CALLER], operator_id, req.password
-    )
+    await request.app[SERVICES].operators.reset_password(request[CALLER], operator_id, req.password)
     return web.Response(status=204)
 
 

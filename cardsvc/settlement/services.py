@@ -323,7 +323,7 @@ async def reverse_locked(
 def _check_own(caller: Caller, fixmedins_code: str) -> None:
     """A facility's terminals (and gateway clients) see and reverse only their own
     facility's settlements."""
-    if caller.kind != "admin" and fixmedins_code != caller.fixmedins_code:
+    if caller.kind != "operator" and fixmedins_code != caller.fixmedins_code:
         raise Forbidden("this settlement belongs to another facility", code="NOT_OWN_FACILITY")
 
 

@@ -10,7 +10,9 @@ import msgspec
 
 from cardsvc.errors import Forbidden
 
-CallerKind = Literal["operator", "bootstrap", "counter", "pos", "his", "kiosk", "gateway"]
+CallerKind = Literal[
+    "operator", "bootstrap", "command_line", "counter", "pos", "his", "kiosk", "gateway"
+]
 TerminalKind = Literal["counter", "pos", "his", "kiosk"]
 ANY_TERMINAL: tuple[TerminalKind, ...] = ("counter", "pos", "his", "kiosk")
 SETTLING_TERMINALS: tuple[TerminalKind, ...] = ("pos", "his")
@@ -58,8 +60,8 @@ class Caller(msgspec.Struct, frozen=True, kw_only=True):
             return f"gateway:{self.gateway_client}"
         if self.kind == "operator":
             return f"operator:{self.operator_id}"
-        if self.kind == "bootstrap":
-            return "bootstrap"
+        if self.kind in ("bootstrap", "command_line"):
+            return self.kind.replace("_", "-")
         return f"terminal:{self.terminal_id}"
 
     def audited(self, data: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -67,8 +69,14 @@ class Caller(msgspec.Struct, frozen=True, kw_only=True):
         inside the chained entry; other callers are named by ``actor`` alone."""
         if self.kind != "operator":
             return dict(data or {})
-        return {**(data or {}), "operator_id": self.operator_id, "operator_name": self.operator_name}
+        return {
+            **(data or {}),
+            "operator_id": self.operator_id,
+            "operator_name": self.operator_name,
+        }
 
 
 # The bootstrap token creating the first administrator, or `python -m cardsvc create-operator`.
 BOOTSTRAP = Caller(kind="bootstrap")
+# Someone at the host with the service's settings (python -m cardsvc clearing, ...).
+COMMAND_LINE = Caller(kind="command_line")
