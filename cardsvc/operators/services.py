@@ -108,11 +108,7 @@ class Operators:
         async with transaction(self._pool) as conn:
             if caller.kind == "bootstrap":
                 await conn.execute("SELECT pg_advisory_xact_lock(hashtext('cardsvc.bootstrap'))")
-                if await self.administrator_exists(conn):
-                    raise Unauthenticated(
-                        "the bootstrap token is refused once an administrator exists",
-                        code="BOOTSTRAP_CLOSED",
-                    )
+                await self.refuse_closed_bootstrap(conn)
                 if "administrator" not in roles:
                     raise BusinessRuleViolation(
                         "the bootstrap token creates an administrator",
@@ -141,13 +137,17 @@ class Operators:
         return operator
 
     @staticmethod
-    async def administrator_exists(conn: Connection | Pool) -> bool:
-        return bool(
-            await conn.fetchval(
-                "SELECT EXISTS (SELECT 1 FROM operators"
-                " WHERE status = 'active' AND 'administrator' = ANY (roles))"
-            )
+    async def refuse_closed_bootstrap(conn: Connection | Pool) -> None:
+        """The bootstrap token is taken only while no active administrator exists."""
+        exists = await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM operators"
+            " WHERE status = 'active' AND 'administrator' = ANY (roles))"
         )
+        if exists:
+            raise Unauthenticated(
+                "the bootstrap token is refused once an administrator exists",
+                code="BOOTSTRAP_CLOSED",
+            )
 
     async def page(self, page: int, page_size: int, sort: str) -> OperatorPage:
         field = sort.removeprefix("-")
@@ -269,7 +269,7 @@ class Operators:
                 raise Conflict("a disabled operator gets no token", code="OPERATOR_DISABLED")
             row = await conn.fetchrow(
                 "INSERT INTO operator_tokens (token_id, operator_id, name, token_hash, expires_at)"
-                " VALUES ($1, $2, $3, $4, now() + make_interval(days => $5))"
+                " VALUES ($1, $2, $3, $4, now() + make_interval(days => $5::int))"
                 " RETURNING expires_at",
                 token_id,
                 operator_id,
@@ -359,8 +359,8 @@ class Operators:
             times = await conn.fetchrow(
                 "INSERT INTO operator_sessions"
                 " (session_hash, operator_id, idle_expires_at, expires_at)"
-                " VALUES ($1, $2, now() + make_interval(secs => least($3, $4)),"
-                "  now() + make_interval(secs => $4))"
+                " VALUES ($1, $2, now() + make_interval(secs => least($3::int, $4::int)),"
+                "  now() + make_interval(secs => $4::int))"
                 " RETURNING idle_expires_at, expires_at",
                 credentials.digest(secret),
                 row["operator_id"],
@@ -385,7 +385,7 @@ class Operators:
         row = await self._pool.fetchrow(
             "WITH s AS ("
             "  UPDATE operator_sessions"
-            "  SET idle_expires_at = least(now() + make_interval(secs => $2), expires_at)"
+            "  SET idle_expires_at = least(now() + make_interval(secs => $2::int), expires_at)"
             "  WHERE session_hash = $1 AND idle_expires_at > now() AND expires_at > now()"
             "  RETURNING operator_id, idle_expires_at, expires_at)"
             " SELECT o.operator_id, o.login, o.display_name, o.roles, s.idle_expires_at,"

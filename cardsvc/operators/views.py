@@ -18,7 +18,7 @@ from cardsvc.operators.models import (
     UpdateOperator,
 )
 from cardsvc.operators.services import SORTS
-from cardsvc.web.appkeys import CALLER, OPERATOR_SESSION, SERVICES, SETTINGS
+from cardsvc.web.appkeys import CALLER, OPERATOR_SESSION, POOL, SERVICES, SETTINGS
 from cardsvc.web.auth import SESSION_COOKIE, operator, operator_session, public
 from cardsvc.web.codec import json_response, read_json
 
@@ -100,8 +100,11 @@ async def change_password(request: web.Request) -> web.Response:
 
 @operator("administrator", bootstrap=True)
 async def create(request: web.Request) -> web.Response:
+    operators = request.app[SERVICES].operators
+    if request[CALLER].kind == "bootstrap":
+        await operators.refuse_closed_bootstrap(request.app[POOL])  # before the body is read
     req = await read_json(request, CreateOperator)
-    created = await request.app[SERVICES].operators.create(request[CALLER], req)
+    created = await operators.create(request[CALLER], req)
     return json_response(created, status=201)
 
 
