@@ -311,11 +311,13 @@ async def reverse_locked(
         action="settlement.reversed",
         object_type="settlement",
         object_id=setl_id,
-        data={
-            "reason": reason,
-            "acct_refund": row["acct_pay"],
-            "fund_refund": row["fund_pay_sumamt"],
-        },
+        data=caller.audited(
+            {
+                "reason": reason,
+                "acct_refund": row["acct_pay"],
+                "fund_refund": row["fund_pay_sumamt"],
+            }
+        ),
     )
     return _reversal(reversal)
 

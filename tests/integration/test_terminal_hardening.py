@@ -84,7 +84,7 @@ async def test_admin_header_not_utf8_is_401(service: Service):
         head = b"GET /v1/audit/verify HTTP/1.1\r\nHost: cardsvc\r\nAuthorization: " + token
         status, _, body = await _raw(service.base_url, head)
         assert status == 401, body
-        assert body["error"]["code"] == "ADMIN_HEADER_INVALID"
+        assert body["error"]["code"] == "AUTHORIZATION_HEADER_INVALID"
 
 
 @pytest.mark.parametrize("header", ["X_Terminal_Id", "X_Session_Id", "X_Timestamp", "X_Signature"])
