@@ -37,7 +37,7 @@ _COMMON_PASSWORDS = frozenset(
     aaaaaaaaaaaa qazwsxedcrfv 147258369147 987654321098 5201314520131 woaini1314520
     """.split()
 )
-_DIGITS_AND_SYMBOLS = re.compile(r"[^a-z]+")
+_DIGITS_AND_SYMBOLS = re.compile(r"[\W\d_]+")  # keeps letters of any script
 
 
 def weakness(password: str, login: str) -> str | None:
