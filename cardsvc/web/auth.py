@@ -126,6 +126,8 @@ async def _session(request: web.Request) -> Caller:
             "operator credentials are required (a bearer token or the console session)",
             code="OPERATOR_CREDENTIALS_MISSING",
         )
+    if not secret.isascii() or not secret.isprintable():  # undecodable bytes: never ours
+        raise Unauthenticated("the session is not valid", code="SESSION_INVALID")
     _check_csrf(request, secret)
     caller, info = await request.app[SERVICES].operators.by_session(secret)
     request[OPERATOR_SESSION] = OperatorSession(secret=secret, info=info)

@@ -603,3 +603,16 @@ async def test_create_operator_on_the_command_line(service: Service, settings: S
     assert code == 1 and "PASSWORD_TOO_WEAK" in err and STRONG not in err
     code, _, err = await _cli(settings, *args, "--role", "clerk", "--password-file", str(secret))
     assert code == 1 and "OPERATOR_EXISTS" in err
+
+
+async def test_a_cookie_that_is_not_ascii_is_refused_not_a_fault(service: Service):
+    reader, writer = await asyncio.open_connection(*service.base_url[7:].split(":"))
+    writer.write(
+        b"DELETE /v1/operator-sessions/current HTTP/1.1\r\nHost: x\r\nX-CSRF-Token: x\r\n"
+        b"Cookie: cardsvc_session=\xff\xfe-not-utf-8\r\nConnection: close\r\n\r\n"
+    )
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+    assert b"SESSION_INVALID" in answer
