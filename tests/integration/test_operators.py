@@ -115,7 +115,7 @@ async def test_sign_in_gives_a_strict_http_only_cookie_and_a_csrf_token(
     assert status == 200 and current["operator"] == body["operator"]
     assert current["csrf_token"] == body["csrf_token"]
     # The cookie works on the clerk's routes, and only those.
-    status, _, _ = await _request(service, "GET", "/v1/persons/3202000000000001", cookie=cookie)
+    status, _, _ = await _request(service, "GET", "/v1/persons/1100009999999999", cookie=cookie)
     assert status == 404
     status, refused, _ = await _request(
         service, "POST", "/v1/facilities", json={}, cookie=cookie, csrf=body["csrf_token"]
@@ -317,7 +317,7 @@ async def test_tokens_are_shown_once_and_revocation_takes_effect_at_once(
         token=service.admin_token,
     )
     assert status == 201 and made["token"].startswith("cso_") and made["name"] == "counter pc"
-    probe = "/v1/persons/3202000000000001"
+    probe = "/v1/persons/1100009999999999"
     assert (await _request(service, "GET", probe, token=made["token"]))[0] == 404
     status, listed, _ = await _request(service, "GET", path, token=clerk.token)
     assert status == 200
@@ -345,7 +345,7 @@ async def test_tokens_are_shown_once_and_revocation_takes_effect_at_once(
 
 async def test_disabling_ends_sessions_and_revokes_tokens(service: Service, clerk: TestOperator):
     _, _, cookie = await _sign_in(service, clerk.login, PASSWORD)
-    probe = "/v1/persons/3202000000000001"
+    probe = "/v1/persons/1100009999999999"
     assert (await _request(service, "GET", probe, cookie=cookie))[0] == 404
     status, _, _ = await _request(
         service,
