@@ -12,6 +12,7 @@ from cardsvc.audit.services import AuditAnchors, AuditLog
 from cardsvc.batching import Batcher
 from cardsvc.cardauth.services import CardAuthenticator, CardTokens
 from cardsvc.cards.services import CardIssuer
+from cardsvc.cards.unblock import PinUnblocker
 from cardsvc.catalog.services import Catalog
 from cardsvc.clearing.listing import ClearingRuns
 from cardsvc.clearing.services import Clearing
@@ -25,6 +26,7 @@ from cardsvc.ledger.services import Ledger
 from cardsvc.national.clients import GatewayClients
 from cardsvc.national.dispatch import Gateway
 from cardsvc.national.lookups import CertnoLookups
+from cardsvc.operators.services import Operators
 from cardsvc.persons.search import PersonSearch
 from cardsvc.persons.services import PersonRegistry
 from cardsvc.privacy import DataProtector
@@ -50,6 +52,7 @@ class Services:
     sign_in: SignIn
     terminal_auth: TerminalAuthenticator
     cards: CardIssuer
+    pin_unblocks: PinUnblocker
     card_auth: CardAuthenticator
     card_tokens: CardTokens
     settlements: SettlementService
@@ -69,6 +72,7 @@ class Services:
     clearing_runs: ClearingRuns
     audit_entries: AuditEntries
     public_reports: PublicReports
+    operators: Operators
     # The group-commit batchers of the services above (each needs the pool): closed at
     # shutdown, once no request can submit more and before the pool closes.
     batchers: tuple[Batcher[Any, Any], ...] = ()
@@ -97,6 +101,7 @@ def build_services(settings: Settings, pool: Pool, hsm: HsmClient) -> Services:
         sign_in=SignIn(pool, hsm, protector, audit, settings),
         terminal_auth=terminal_auth,
         cards=cards,
+        pin_unblocks=PinUnblocker(pool, hsm, card_tokens, audit),
         card_auth=card_auth,
         card_tokens=card_tokens,
         settlements=SettlementService(
@@ -119,6 +124,7 @@ def build_services(settings: Settings, pool: Pool, hsm: HsmClient) -> Services:
         clearing_runs=ClearingRuns(pool),
         audit_entries=AuditEntries(pool),
         public_reports=PublicReports(pool, audit, supervision),
+        operators=Operators(pool, audit, settings),
         batchers=(
             terminal_auth.admissions,
             card_auth.challenges,

@@ -5,23 +5,23 @@ from aiohttp import web
 from cardsvc import clock, paging
 from cardsvc.audit.entries import AUDIT_SORTS, DEFAULT_DAYS, AuditFilter
 from cardsvc.web.appkeys import SERVICES
-from cardsvc.web.auth import admin_only
+from cardsvc.web.auth import operator
 from cardsvc.web.codec import json_response
 from cardsvc.web.middleware import long_running
 
 
 @long_running
-@admin_only
+@operator("auditor")
 async def verify(request: web.Request) -> web.Response:
     return json_response(await request.app[SERVICES].audit_anchors.verify())
 
 
-@admin_only
+@operator("administrator", "auditor")
 async def anchor(request: web.Request) -> web.Response:
     return json_response(await request.app[SERVICES].audit_anchors.anchor(), status=201)
 
 
-@admin_only  # roles: auditor
+@operator("auditor")
 async def entries(request: web.Request) -> web.Response:
     query = request.query
     start, end = paging.recent_range(query, clock.business_date(), DEFAULT_DAYS)

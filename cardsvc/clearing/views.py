@@ -7,8 +7,8 @@ from aiohttp import web
 from cardsvc import paging
 from cardsvc.clearing.listing import RUN_SORTS
 from cardsvc.clearing.models import ClearingRun, ClearingRunning, RunClearing
-from cardsvc.web.appkeys import SERVICES
-from cardsvc.web.auth import admin_only
+from cardsvc.web.appkeys import CALLER, SERVICES
+from cardsvc.web.auth import operator
 from cardsvc.web.codec import json_response, path_date, path_param, read_json
 
 
@@ -25,25 +25,25 @@ def _answer(found: ClearingRun | ClearingRunning) -> web.Response:
     return json_response(found)
 
 
-@admin_only  # roles: administrator, auditor
+@operator("administrator", "auditor")
 async def runs(request: web.Request) -> web.Response:
     start, end = paging.date_range(request.query)
     page = paging.parse_page(request.query, RUN_SORTS)
     return json_response(await request.app[SERVICES].clearing_runs.search(start, end, page))
 
 
-@admin_only  # roles: administrator
+@operator("administrator")
 async def run(request: web.Request) -> web.Response:
     req = await read_json(request, RunClearing)
-    return _answer(await request.app[SERVICES].clearing.start(req.clearing_date))
+    return _answer(await request.app[SERVICES].clearing.start(request[CALLER], req.clearing_date))
 
 
-@admin_only  # roles: administrator, auditor
+@operator("administrator", "auditor")
 async def get(request: web.Request) -> web.Response:
     return _answer(await request.app[SERVICES].clearing.status(_date(request)))
 
 
-@admin_only  # roles: administrator, auditor
+@operator("administrator", "auditor")
 async def file(request: web.Request) -> web.Response:
     code, day = path_param(request, "fixmedins_code"), _date(request)
     content = await request.app[SERVICES].clearing.file(day, code)

@@ -51,7 +51,7 @@ class CreditRatingChange(msgspec.Struct, kw_only=True):
     from_rating: str = msgspec.field(name="from")
     to_rating: str = msgspec.field(name="to")
     reason: str
-    operator_id: str | None  # None: changed with the administrator token
+    operator_id: str | None  # None: a change no operator made
     operator_name: str | None
     actor: str
     at: dt.datetime

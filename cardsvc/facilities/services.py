@@ -7,7 +7,6 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from cardsvc.actors import operator_of
 from cardsvc.audit.services import AuditLog
 from cardsvc.db import Pool, transaction
 from cardsvc.errors import Conflict, InvalidRequest, NotFound
@@ -21,7 +20,7 @@ from cardsvc.facilities.models import (
 )
 from cardsvc.listing import fetch_page
 from cardsvc.paging import MAX_PAGE_SIZE, Page, PageQuery, Sorts, Where
-from cardsvc.web.caller import ADMIN, Caller
+from cardsvc.web.caller import Caller
 
 _COLUMNS = "fixmedins_code, fixmedins_name, type, level, agreements, credit_rating, status"
 
@@ -42,7 +41,7 @@ class FacilityRegistry:
     def __init__(self, pool: Pool, audit: AuditLog) -> None:
         self._pool, self._audit = pool, audit
 
-    async def create(self, req: CreateFacility) -> Facility:
+    async def create(self, caller: Caller, req: CreateFacility) -> Facility:
         _check_level(req.type, req.level)
         async with transaction(self._pool) as conn:
             try:
@@ -62,15 +61,15 @@ class FacilityRegistry:
             facility = _facility(row)
             await self._audit.append(
                 conn,
-                actor=ADMIN.actor,
+                actor=caller.actor,
                 action="facility.created",
                 object_type="facility",
                 object_id=req.fixmedins_code,
-                data=msgspec.structs.asdict(facility),
+                data=caller.audited(msgspec.structs.asdict(facility)),
             )
         return facility
 
-    async def update(self, code: str, req: UpdateFacility) -> Facility:
+    async def update(self, caller: Caller, code: str, req: UpdateFacility) -> Facility:
         changes: dict[str, Any] = {
             k: v for k, v in msgspec.structs.asdict(req).items() if v is not msgspec.UNSET
         }
@@ -95,11 +94,11 @@ class FacilityRegistry:
                 )
                 await self._audit.append(
                     conn,
-                    actor=ADMIN.actor,
+                    actor=caller.actor,
                     action="facility.updated",
                     object_type="facility",
                     object_id=code,
-                    data=changes,
+                    data=caller.audited(changes),
                 )
         return _facility(row)
 
@@ -162,7 +161,6 @@ class FacilityRatings:
         return page.answer([_facility(r) for r in rows], total)
 
     async def change_rating(self, caller: Caller, code: str, req: ChangeCreditRating) -> Facility:
-        operator_id, operator_name = operator_of(caller)
         async with transaction(self._pool) as conn:
             before = await conn.fetchval(
                 "SELECT credit_rating FROM facilities WHERE fixmedins_code = $1 FOR NO KEY UPDATE",
@@ -185,8 +183,8 @@ class FacilityRatings:
                 req.credit_rating,
                 req.reason,
                 caller.actor,
-                operator_id,
-                operator_name,
+                caller.operator_id,
+                caller.operator_name,
             )
             await self._audit.append(
                 conn,
@@ -194,13 +192,9 @@ class FacilityRatings:
                 action="facility.credit_rating_changed",
                 object_type="facility",
                 object_id=code,
-                data={
-                    "from": before,
-                    "to": req.credit_rating,
-                    "reason": req.reason,
-                    "operator_id": operator_id,
-                    "operator_name": operator_name,
-                },
+                data=caller.audited(
+                    {"from": before, "to": req.credit_rating, "reason": req.reason}
+                ),
             )
         return _facility(row)
 

@@ -6,30 +6,32 @@ from cardsvc import paging
 from cardsvc.facilities.models import ChangeCreditRating, CreateFacility, UpdateFacility
 from cardsvc.facilities.services import FACILITY_SORTS, FacilityFilter
 from cardsvc.web.appkeys import CALLER, SERVICES
-from cardsvc.web.auth import admin_only
+from cardsvc.web.auth import operator
 from cardsvc.web.codec import json_response, path_param, read_json
 
 
-@admin_only
+@operator("administrator")
 async def create(request: web.Request) -> web.Response:
     req = await read_json(request, CreateFacility)
-    return json_response(await request.app[SERVICES].facilities.create(req), status=201)
+    return json_response(
+        await request.app[SERVICES].facilities.create(request[CALLER], req), status=201
+    )
 
 
-@admin_only
+@operator("administrator")
 async def update(request: web.Request) -> web.Response:
     req = await read_json(request, UpdateFacility)
     code = path_param(request, "fixmedins_code")
-    return json_response(await request.app[SERVICES].facilities.update(code, req))
+    return json_response(await request.app[SERVICES].facilities.update(request[CALLER], code, req))
 
 
-@admin_only
+@operator("administrator", "clerk", "reviewer", "auditor")
 async def get(request: web.Request) -> web.Response:
     code = path_param(request, "fixmedins_code")
     return json_response(await request.app[SERVICES].facilities.get(code))
 
 
-@admin_only  # roles: administrator, clerk, reviewer, auditor
+@operator("administrator", "clerk", "reviewer", "auditor")
 async def search(request: web.Request) -> web.Response:
     query = request.query
     filters = FacilityFilter(
@@ -42,7 +44,7 @@ async def search(request: web.Request) -> web.Response:
     return json_response(await request.app[SERVICES].facility_ratings.search(filters, page))
 
 
-@admin_only  # roles: reviewer
+@operator("reviewer")
 async def change_rating(request: web.Request) -> web.Response:
     req = await read_json(request, ChangeCreditRating)
     code = path_param(request, "fixmedins_code")
@@ -50,7 +52,7 @@ async def change_rating(request: web.Request) -> web.Response:
     return json_response(await ratings.change_rating(request[CALLER], code, req))
 
 
-@admin_only  # roles: administrator, clerk, reviewer, auditor
+@operator("administrator", "clerk", "reviewer", "auditor")
 async def rating_history(request: web.Request) -> web.Response:
     code = path_param(request, "fixmedins_code")
     return json_response(await request.app[SERVICES].facility_ratings.rating_history(code))

@@ -10,7 +10,7 @@ from cardsvc.reports.models import REPORT_ID_PATTERN, PublishReport
 from cardsvc.reports.services import REPORT_SORTS
 from cardsvc.reports.snapshot import report_csv
 from cardsvc.web.appkeys import CALLER, SERVICES
-from cardsvc.web.auth import admin_only, public
+from cardsvc.web.auth import operator, public
 from cardsvc.web.codec import json_response, read_json
 
 _REPORT_ID = re.compile(REPORT_ID_PATTERN)
@@ -27,14 +27,14 @@ def _report_id(request: web.Request) -> str:
     return value
 
 
-@admin_only  # roles: administrator
+@operator("administrator")
 async def publish(request: web.Request) -> web.Response:
     req = await read_json(request, PublishReport)
     report = await request.app[SERVICES].public_reports.publish(request[CALLER], req)
     return json_response(report, status=201)
 
 
-@admin_only  # roles: administrator
+@operator("administrator")
 async def published(request: web.Request) -> web.Response:
     page = paging.parse_page(request.query, REPORT_SORTS)
     return json_response(await request.app[SERVICES].public_reports.search(page))

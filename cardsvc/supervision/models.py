@@ -22,7 +22,7 @@ class FlagInfo(msgspec.Struct, kw_only=True):
     created_at: dt.datetime
     handled: bool
     handled_note: str | None
-    handled_by: str | None  # the operator's id (the audit actor for the admin token)
+    handled_by: str | None  # the operator's id
     handled_by_name: str | None
     handled_at: dt.datetime | None
 

@@ -11,7 +11,6 @@ from typing import Literal
 import asyncpg
 import msgspec
 
-from cardsvc.actors import operator_of
 from cardsvc.audit.services import AuditLog
 from cardsvc.db import Connection, Pool, transaction
 from cardsvc.errors import Conflict, InvalidRequest, NotFound
@@ -38,7 +37,7 @@ from cardsvc.supervision.models import (
     ReviewLine,
     RuleCount,
 )
-from cardsvc.web.caller import ADMIN, Caller
+from cardsvc.web.caller import Caller
 
 MAX_REPORT_DAYS = 366
 
@@ -111,13 +110,6 @@ def _flag(row: asyncpg.Record) -> FlagInfo:
     return FlagInfo(**{**dict(row), "details": _details.decode(row["details"])})
 
 
-def _operator_data(caller: Caller) -> dict[str, str]:
-    operator_id, operator_name = operator_of(caller)
-    if operator_id is None:
-        return {}
-    return {"operator_id": operator_id, "operator_name": operator_name or ""}
-
-
 def mask_name(name: str) -> str:
     """``张*``, ``欧**``: the first character only."""
     return name[:1] + "*" * (len(name) - 1)
@@ -144,14 +136,13 @@ class Supervision:
     async def handle_flag(self, caller: Caller, flag_id: int, note: str) -> FlagInfo:
         """Mark a flag handled, with the reviewer's note; handling it again is a conflict
         (the first note stays what was decided)."""
-        operator_id, operator_name = operator_of(caller)
         async with transaction(self._pool) as conn:
             row = await conn.fetchrow(
                 _HANDLE,
                 flag_id,
                 note,
-                operator_id or caller.actor,
-                operator_name,
+                caller.operator_id or caller.actor,
+                caller.operator_name,
             )
             if row is None:
                 handled = await conn.fetchval(
@@ -166,13 +157,7 @@ class Supervision:
                 action="flag.handled",
                 object_type="settlement",
                 object_id=row["setl_id"],
-                data={
-                    "flag_id": flag_id,
-                    "rule": row["rule"],
-                    "note": note,
-                    "operator_id": operator_id,
-                    "operator_name": operator_name,
-                },
+                data=caller.audited({"flag_id": flag_id, "rule": row["rule"], "note": note}),
             )
         return _flag(row)
 
@@ -244,11 +229,7 @@ class Supervision:
         )
 
     async def decide(
-        self,
-        setl_id: str,
-        decision: Literal["approved", "rejected"],
-        note: str,
-        caller: Caller = ADMIN,
+        self, caller: Caller, setl_id: str, decision: Literal["approved", "rejected"], note: str
     ) -> Review:
         """Approve (the settlement joins the next clearing) or reject (it is reversed).
         Deciding the same way again returns the decision; the other way is a conflict."""
@@ -273,7 +254,7 @@ class Supervision:
                         details={"review_status": current},
                     )
             else:
-                await self._record(conn, caller, setl_id, decision, note)
+                await self._record(caller, conn, setl_id, decision, note)
                 if decision == "rejected":
                     await reverse_locked(
                         conn, self._audit, caller, setl_id, psn_no, f"review rejected: {note}"
@@ -290,7 +271,7 @@ class Supervision:
         )
 
     async def _record(
-        self, conn: Connection, caller: Caller, setl_id: str, decision: str, note: str
+        self, caller: Caller, conn: Connection, setl_id: str, decision: str, note: str
     ) -> None:
         await conn.execute(
             "UPDATE settlements SET review_status = $2 WHERE setl_id = $1", setl_id, decision
@@ -307,7 +288,7 @@ class Supervision:
             action=f"review.{decision}",
             object_type="settlement",
             object_id=setl_id,
-            data={"note": note, **_operator_data(caller)},
+            data=caller.audited({"note": note}),
         )
 
     async def fund_report(self, start: dt.date, end: dt.date) -> FundReport:

@@ -18,13 +18,13 @@ from cardsvc.supervision.services import (
 )
 from cardsvc.types import FACILITY_CODE_PATTERN
 from cardsvc.web.appkeys import CALLER, SERVICES
-from cardsvc.web.auth import admin_only
+from cardsvc.web.auth import operator
 from cardsvc.web.codec import json_response, path_param, query_choice, query_date, read_json
 
 _FLAG_ID = re.compile(r"^[1-9][0-9]{0,17}$")
 
 
-@admin_only  # roles: reviewer, auditor
+@operator("reviewer", "auditor")
 async def flags(request: web.Request) -> web.Response:
     query = request.query
     start, end = paging.date_range(query)
@@ -39,7 +39,7 @@ async def flags(request: web.Request) -> web.Response:
     return json_response(await request.app[SERVICES].supervision.flags(filters, page))
 
 
-@admin_only  # roles: reviewer
+@operator("reviewer")
 async def handle_flag(request: web.Request) -> web.Response:
     raw = request.match_info["flag_id"]
     if not _FLAG_ID.fullmatch(raw):
@@ -51,20 +51,20 @@ async def handle_flag(request: web.Request) -> web.Response:
     return json_response(flag)
 
 
-@admin_only  # roles: reviewer
+@operator("reviewer")
 async def reviews(request: web.Request) -> web.Response:
     status = paging.choice(request.query, "status", REVIEW_STATUSES) or "pending"
     page = paging.parse_page(request.query, REVIEW_SORTS)
     return json_response(await request.app[SERVICES].supervision.reviews(status, page))
 
 
-@admin_only  # roles: reviewer
+@operator("reviewer")
 async def review(request: web.Request) -> web.Response:
     setl_id = path_param(request, "setl_id")
     return json_response(await request.app[SERVICES].supervision.review(setl_id))
 
 
-@admin_only  # roles: reviewer
+@operator("reviewer")
 async def decide(request: web.Request) -> web.Response:
     setl_id = path_param(request, "setl_id")
     decision: Literal["approved", "rejected"] = (
@@ -72,11 +72,11 @@ async def decide(request: web.Request) -> web.Response:
     )
     req = await read_json(request, Decision, default=Decision())
     return json_response(
-        await request.app[SERVICES].supervision.decide(setl_id, decision, req.text, request[CALLER])
+        await request.app[SERVICES].supervision.decide(request[CALLER], setl_id, decision, req.text)
     )
 
 
-@admin_only  # roles: administrator, reviewer, auditor
+@operator("administrator", "reviewer", "auditor")
 async def fund_report(request: web.Request) -> web.Response:
     today = clock.business_date()
     start = query_date(request, "from", today.replace(day=1))

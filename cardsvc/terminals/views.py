@@ -11,23 +11,27 @@ from cardsvc.terminals.models import (
     UpdateTerminal,
 )
 from cardsvc.types import FACILITY_CODE_PATTERN
-from cardsvc.web.appkeys import SERVICES
-from cardsvc.web.auth import admin_only, public
+from cardsvc.web.appkeys import CALLER, SERVICES
+from cardsvc.web.auth import operator, public
 from cardsvc.web.caller import ANY_TERMINAL
 from cardsvc.web.codec import json_response, path_param, read_json
 
 
-@admin_only
+@operator("administrator")
 async def register(request: web.Request) -> web.Response:
     req = await read_json(request, RegisterTerminal)
-    return json_response(await request.app[SERVICES].terminals.register(req), status=201)
+    return json_response(
+        await request.app[SERVICES].terminals.register(request[CALLER], req), status=201
+    )
 
 
-@admin_only
+@operator("administrator")
 async def update(request: web.Request) -> web.Response:
     req = await read_json(request, UpdateTerminal)
     terminal_id = path_param(request, "terminal_id")
-    return json_response(await request.app[SERVICES].terminals.set_status(terminal_id, req))
+    return json_response(
+        await request.app[SERVICES].terminals.set_status(request[CALLER], terminal_id, req)
+    )
 
 
 @public
@@ -44,7 +48,7 @@ async def sign_in_complete(request: web.Request) -> web.Response:
     return json_response(await request.app[SERVICES].sign_in.complete(req, client))
 
 
-@admin_only  # roles: administrator
+@operator("administrator")
 async def search(request: web.Request) -> web.Response:
     query = request.query
     filters = TerminalFilter(

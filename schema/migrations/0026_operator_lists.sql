@@ -17,8 +17,8 @@ CREATE INDEX settlements_time ON settlements (setl_date, setl_time);
 -- of C-rated facilities are in it.
 CREATE INDEX settlements_reviewed ON settlements (setl_time) WHERE review_status <> 'none';
 
--- Every change of a facility's credit rating, with its reason and who made it. operator_id
--- and operator_name are NULL for a change made with the administrator token.
+-- Every change of a facility's credit rating, with its reason and the operator who made it
+-- (id and display name as they were then; the audit actor beside them).
 CREATE TABLE facility_credit_ratings (
     change_id      bigserial PRIMARY KEY,
     fixmedins_code text NOT NULL REFERENCES facilities,

@@ -38,6 +38,7 @@ from tests.support.api import (
     patient,
     unique_code,
 )
+from tests.support.operators import TestOperator, create_operator
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -55,6 +56,14 @@ async def catalog(service: Service) -> None:
 
 async def _get(service: Service, path: str) -> Any:
     return await service.admin_ok("GET", path)
+
+
+async def _as(service: Service, who: TestOperator, method: str, path: str, body: Any) -> Any:
+    headers = {"Authorization": f"Bearer {who.token}"}
+    async with service.http.request(
+        method, service.base_url + path, json=body, headers=headers
+    ) as resp:
+        return resp.status, msgspec.json.decode(await resp.read())
 
 
 async def _raw(service: Service, path: str, *, admin: bool = True) -> tuple[int, Any, bytes]:
@@ -182,19 +191,26 @@ async def test_facilities_credit_rating_changes_with_a_reason_and_a_history(serv
     assert only["total"] == 1 and only["items"][0]["type"] == "pharmacy"
 
     code = hospital["fixmedins_code"]
-    changed = await service.admin_ok(
-        "POST", f"/v1/facilities/{code}/credit-rating", {"credit_rating": "C", "reason": "抽查"}
+    reviewer = await create_operator(service.database_url, ("reviewer",), name="审核员甲")
+    path = f"/v1/facilities/{code}/credit-rating"
+    status, changed = await _as(
+        service, reviewer, "POST", path, {"credit_rating": "C", "reason": "抽查"}
     )
-    assert changed["credit_rating"] == "C"
-    await service.admin_ok(
-        "POST", f"/v1/facilities/{code}/credit-rating", {"credit_rating": "B", "reason": "整改"}
-    )
+    assert status == 200 and changed["credit_rating"] == "C"
+    await _as(service, reviewer, "POST", path, {"credit_rating": "B", "reason": "整改"})
+    clerk = await create_operator(service.database_url, ("clerk",))
+    status, body = await _as(service, clerk, "POST", path, {"credit_rating": "A", "reason": "x"})
+    assert status == 403 and body["error"]["code"] == "ROLE_NOT_ALLOWED"
     history = await _get(service, f"/v1/facilities/{code}/credit-ratings")
     assert [(h["from"], h["to"], h["reason"]) for h in history["items"]] == [
         ("C", "B", "整改"),
         ("A", "C", "抽查"),
     ]
-    assert all(h["actor"] == "admin" and h["operator_id"] is None for h in history["items"])
+    assert all(
+        (h["actor"], h["operator_id"], h["operator_name"])
+        == (f"operator:{reviewer.operator_id}", reviewer.operator_id, "审核员甲")
+        for h in history["items"]
+    )
     rated = await _get(service, f"/v1/facilities?q={tag}&credit_rating=B")
     assert [f["fixmedins_code"] for f in rated["items"]] == [code]
     status, body = await service.admin(
@@ -211,7 +227,13 @@ async def test_facilities_credit_rating_changes_with_a_reason_and_a_history(serv
         "facility.credit_rating_changed",
         "facility.credit_rating_changed",
     ]
-    assert entries["items"][1]["data"]["reason"] == "抽查"
+    assert entries["items"][1]["data"] == {
+        "from": "A",
+        "to": "C",
+        "reason": "抽查",
+        "operator_id": reviewer.operator_id,
+        "operator_name": "审核员甲",
+    }
 
 
 async def test_terminals_and_settlements_are_listed_by_facility(service: Service, catalog):
@@ -272,11 +294,17 @@ async def test_a_flag_is_handled_once_with_a_note_and_audited(service: Service, 
     )
     (flag,) = flags["items"]
     assert flag["setl_id"] == big["setl_id"] and flag["handled"] is False
-    handled = await service.admin_ok(
-        "POST", f"/v1/supervision/flags/{flag['flag_id']}/handle", {"note": "已核实"}
+    reviewer = await create_operator(service.database_url, ("reviewer",), name="审核员乙")
+    status, handled = await _as(
+        service,
+        reviewer,
+        "POST",
+        f"/v1/supervision/flags/{flag['flag_id']}/handle",
+        {"note": "已核实"},
     )
-    assert handled["handled"] is True and handled["handled_note"] == "已核实"
-    assert handled["handled_by"] == "admin" and handled["handled_at"] is not None
+    assert status == 200 and handled["handled"] is True and handled["handled_note"] == "已核实"
+    assert (handled["handled_by"], handled["handled_by_name"]) == (reviewer.operator_id, "审核员乙")
+    assert handled["handled_at"] is not None
     status, body = await service.admin(
         "POST", f"/v1/supervision/flags/{flag['flag_id']}/handle", {"note": "again"}
     )
@@ -290,7 +318,9 @@ async def test_a_flag_is_handled_once_with_a_note_and_audited(service: Service, 
     entries = await _get(
         service, f"/v1/audit/entries?action=flag.handled&object_id={big['setl_id']}"
     )
-    assert [e["data"]["note"] for e in entries["items"]] == ["已核实"]
+    assert [
+        (e["actor"], e["data"]["note"], e["data"]["operator_name"]) for e in entries["items"]
+    ] == [(f"operator:{reviewer.operator_id}", "已核实", "审核员乙")]
 
 
 async def test_clearing_runs_are_listed_and_a_file_downloads_by_name(service: Service, catalog):
