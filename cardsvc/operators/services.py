@@ -137,6 +137,23 @@ class Operators:
         return operator
 
     @staticmethod
+    async def _refuse_last_administrator(conn: Connection, operator_id: str) -> None:
+        """Disabling or demoting the last active administrator would leave nobody to manage
+        operators, and would open the bootstrap token again for whoever holds it. Under the
+        bootstrap's lock: two administrators demoting each other at once cannot both pass."""
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('cardsvc.bootstrap'))")
+        others = await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM operators WHERE operator_id <> $1"
+            " AND status = 'active' AND 'administrator' = ANY (roles))",
+            operator_id,
+        )
+        if not others:
+            raise Conflict(
+                "this is the last active administrator: make another one first",
+                code="LAST_ADMINISTRATOR",
+            )
+
+    @staticmethod
     async def refuse_closed_bootstrap(conn: Connection | Pool) -> None:
         """The bootstrap token is taken only while no active administrator exists."""
         exists = await conn.fetchval(
@@ -189,6 +206,8 @@ class Operators:
             )
             if row is None:
                 raise NotFound("no such operator", code="OPERATOR_NOT_FOUND")
+            if _ends_administration(row, changes):
+                await self._refuse_last_administrator(conn, operator_id)
             if changes:
                 sets = ", ".join(f"{k} = ${i}" for i, k in enumerate(changes, start=2))
                 row = await conn.fetchrow(
@@ -504,6 +523,15 @@ class Operators:
             object_id=operator_id,
             data=caller.audited(data),
         )
+
+
+def _ends_administration(row: asyncpg.Record, changes: dict[str, Any]) -> bool:
+    """Whether ``changes`` take an active administrator out of administration."""
+    if row["status"] != "active" or "administrator" not in row["roles"]:
+        return False
+    return changes.get("status") == "disabled" or (
+        "roles" in changes and "administrator" not in changes["roles"]
+    )
 
 
 def _check_self_or_administrator(caller: Caller, operator_id: str) -> None:

@@ -47,3 +47,96 @@ async def test_a_burst_of_guesses_sent_at_once_is_throttled_like_a_sequence(serv
             assert (await _sign_in(service, operator.login, PASSWORD))[0] == 201
     finally:
         await _forget_failures(service)
+
+
+# -- a database of its own, where the administrators are known -----------------------------
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def own(pg_cluster: LocalCluster, settings: Settings) -> AsyncIterator[Service]:
+    name = "cardsvc_attacks_" + secrets.token_hex(4)
+    await asyncio.to_thread(pg_cluster.create_database, name)
+    url = pg_cluster.url(name)
+    await db.migrate_url(url)
+    mine = msgspec.structs.replace(settings, database_url=url, port=free_port())
+    runner = web.AppRunner(create_app(mine))
+    await runner.setup()
+    await web.TCPSite(runner, mine.host, mine.port).start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            yield Service(f"http://{mine.host}:{mine.port}", "", http, url, mine.admin_token)
+    finally:
+        await runner.cleanup()
+
+
+async def _disable_every_administrator(url: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(
+            "UPDATE operators SET status = 'disabled' WHERE 'administrator' = ANY (roles)"
+        )
+    finally:
+        await conn.close()
+
+
+async def test_the_last_administrator_cannot_be_disabled_or_demoted(own: Service):
+    await _disable_every_administrator(own.database_url)
+    admin = await create_operator(own.database_url, ("administrator", "clerk"))
+    path = f"/v1/operators/{admin.operator_id}"
+    for change in ({"roles": ["clerk"]}, {"status": "disabled"}):
+        status, body, _ = await _request(own, "PATCH", path, json=change, token=admin.token)
+        assert status == 409 and _code(body) == "LAST_ADMINISTRATOR", body
+    # So the bootstrap token stays closed.
+    status, body, _ = await _request(
+        own,
+        "POST",
+        "/v1/operators",
+        json={
+            "login": "boot-again",
+            "display_name": "x",
+            "roles": ["administrator"],
+            "password": "a long and unusual passphrase 7",
+        },
+        token=own.bootstrap_token,
+    )
+    assert status == 401 and _code(body) == "BOOTSTRAP_CLOSED", body
+    # With another administrator, either may step down.
+    other = await create_operator(own.database_url, ("administrator",))
+    status, body, _ = await _request(
+        own, "PATCH", path, json={"roles": ["clerk"]}, token=other.token
+    )
+    assert status == 200 and body["roles"] == ["clerk"], body
+
+
+async def test_two_administrators_disabling_each_other_at_once_leave_one(own: Service):
+    await _disable_every_administrator(own.database_url)
+    first = await create_operator(own.database_url, ("administrator",))
+    second = await create_operator(own.database_url, ("administrator",))
+    answers = await asyncio.gather(
+        _request(
+            own,
+            "PATCH",
+            f"/v1/operators/{second.operator_id}",
+            json={"status": "disabled"},
+            token=first.token,
+        ),
+        _request(
+            own,
+            "PATCH",
+            f"/v1/operators/{first.operator_id}",
+            json={"status": "disabled"},
+            token=second.token,
+        ),
+    )
+    statuses = sorted(status for status, _, _ in answers)
+    # The one that lost is refused: by LAST_ADMINISTRATOR, or by its own token's revocation.
+    assert statuses[0] == 200 and statuses[1] in (401, 409), statuses
+    conn = await asyncpg.connect(own.database_url)
+    try:
+        active = await conn.fetchval(
+            "SELECT count(*) FROM operators WHERE status = 'active'"
+            " AND 'administrator' = ANY (roles)"
+        )
+    finally:
+        await conn.close()
+    assert active == 1
