@@ -68,3 +68,15 @@ def test_credentials_shapes_and_digests():
     assert credentials.csrf_token(secret) != secret
     assert credentials.csrf_token(secret) == credentials.csrf_token(secret)
     assert credentials.new_operator_id().startswith("OP")
+
+
+def test_an_ipv6_client_is_throttled_by_its_slash_64():
+    # Every address of one /64 is one guesser: it chooses its interface identifier freely.
+    assert throttle.address_key("2001:db8:1:2::1") == throttle.address_key("2001:db8:1:2:ffff::9")
+    assert throttle.address_key("2001:db8:1:2::1") == "addr:2001:db8:1:2::/64"
+    assert throttle.address_key("2001:db8:1:3::1") != throttle.address_key("2001:db8:1:2::1")
+    # IPv4, also when mapped into IPv6, keeps its whole address.
+    assert throttle.address_key("192.0.2.7") == "addr:192.0.2.7"
+    assert throttle.address_key("::ffff:192.0.2.7") == "addr:192.0.2.7"
+    assert throttle.address_key("192.0.2.7") != throttle.address_key("192.0.2.8")
+    assert throttle.address_key("unknown") == "addr:unknown"
