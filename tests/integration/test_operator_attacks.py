@@ -20,6 +20,7 @@ from cardsvc import db
 from cardsvc.app import create_app
 from cardsvc.config import Settings
 from cardsvc.devenv.pgcluster import LocalCluster
+from cardsvc.operators import passwords
 from tests.conftest import free_port
 from tests.integration.test_operators import _code, _forget_failures, _request, _sign_in
 from tests.support.api import Service
@@ -140,3 +141,46 @@ async def test_two_administrators_disabling_each_other_at_once_leave_one(own: Se
     finally:
         await conn.close()
     assert active == 1
+
+
+async def test_another_sites_form_cannot_sign_the_browser_in(service: Service):
+    """Login CSRF: a page elsewhere posts the attacker's own credentials, as a form can
+    (``text/plain`` whose one field name carries the JSON), so the victim's browser would
+    work in the attacker's account."""
+    attacker = await create_operator(service.database_url, ("clerk",))
+    # <form enctype="text/plain"> with name='{"login":"…","password":"correct horse battery'
+    # and value=' staple"}' sends exactly this body (the "=" falls inside the password).
+    head, tail = PASSWORD.split(" ", 1)
+    body = f'{{"login":"{attacker.login}","password":"{head}={tail}"}}'
+    conn = await asyncpg.connect(service.database_url)
+    try:
+        await conn.execute(
+            "UPDATE operators SET password_hash = $2 WHERE operator_id = $1",
+            attacker.operator_id,
+            passwords.hash_password(f"{head}={tail}"),
+        )
+    finally:
+        await conn.close()
+    try:
+        for headers in (
+            {"Content-Type": "text/plain", "Origin": "https://evil.example"},
+            {"Content-Type": "text/plain"},  # a browser that sent no Origin
+            {"Content-Type": "application/json", "Origin": "https://evil.example"},
+        ):
+            async with service.http.post(
+                service.base_url + "/v1/operator-sessions", data=body, headers=headers
+            ) as resp:
+                answer = msgspec.json.decode(await resp.read())
+                assert resp.status == 403 and _code(answer) == "CSRF_FAILED", (headers, answer)
+                assert "cardsvc_session" not in resp.cookies
+        # The console's own script (same origin, JSON) signs in.
+        status, _, _ = await _request(
+            service,
+            "POST",
+            "/v1/operator-sessions",
+            json={"login": attacker.login, "password": f"{head}={tail}"},
+            headers={"Origin": service.base_url},
+        )
+        assert status == 201
+    finally:
+        await _forget_failures(service)
