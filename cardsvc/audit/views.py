@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from cardsvc.web.appkeys import SERVICES
+from cardsvc.web.appkeys import CALLER, SERVICES
 from cardsvc.web.auth import operator
 from cardsvc.web.codec import json_response
 from cardsvc.web.middleware import long_running
@@ -16,4 +16,5 @@ async def verify(request: web.Request) -> web.Response:
 
 @operator("administrator", "auditor")
 async def anchor(request: web.Request) -> web.Response:
-    return json_response(await request.app[SERVICES].audit_anchors.anchor(), status=201)
+    written = await request.app[SERVICES].audit_anchors.anchor(request[CALLER])
+    return json_response(written, status=201)

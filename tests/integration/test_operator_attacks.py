@@ -184,3 +184,23 @@ async def test_another_sites_form_cannot_sign_the_browser_in(service: Service):
         assert status == 201
     finally:
         await _forget_failures(service)
+
+
+async def test_anchoring_on_request_is_audited_naming_the_operator(service: Service):
+    auditor = await create_operator(service.database_url, ("auditor",), name="审计员丁")
+    status, written, _ = await _request(service, "POST", "/v1/audit/anchors", token=auditor.token)
+    assert status == 201, written
+    conn = await asyncpg.connect(service.database_url)
+    try:
+        row = await conn.fetchrow(
+            "SELECT actor, data FROM audit_log WHERE action = 'audit.anchored' AND actor = $1",
+            f"operator:{auditor.operator_id}",
+        )
+    finally:
+        await conn.close()
+    assert row is not None
+    data = msgspec.json.decode(row["data"])
+    assert (data["operator_id"], data["operator_name"]) == (auditor.operator_id, "审计员丁")
+    assert data["entries"] == written["entries"]
+    status, verdict, _ = await _request(service, "GET", "/v1/audit/verify", token=auditor.token)
+    assert status == 200 and verdict["ok"], verdict
