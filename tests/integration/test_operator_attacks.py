@@ -204,3 +204,47 @@ async def test_anchoring_on_request_is_audited_naming_the_operator(service: Serv
     assert data["entries"] == written["entries"]
     status, verdict, _ = await _request(service, "GET", "/v1/audit/verify", token=auditor.token)
     assert status == 200 and verdict["ok"], verdict
+
+
+async def test_an_action_taken_with_a_token_names_the_token_and_so_who_made_it(
+    service: Service,
+):
+    """An administrator may make a token for another operator, and a stolen token may make
+    more: the audit log must tell those actions from the operator's own."""
+    admin = await create_operator(service.database_url, ("administrator",))
+    clerk = await create_operator(service.database_url, ("clerk",), name="柜员戊")
+    status, made, _ = await _request(
+        service,
+        "POST",
+        f"/v1/operators/{clerk.operator_id}/tokens",
+        json={"name": "made by the administrator"},
+        token=admin.token,
+    )
+    assert status == 201, made
+    status, again, _ = await _request(
+        service,
+        "POST",
+        f"/v1/operators/{clerk.operator_id}/tokens",
+        json={"name": "made with that token"},
+        token=made["token"],
+    )
+    assert status == 201, again
+    conn = await asyncpg.connect(service.database_url)
+    try:
+        rows = {
+            msgspec.json.decode(r["data"])["name"]: (r["actor"], msgspec.json.decode(r["data"]))
+            for r in await conn.fetch(
+                "SELECT actor, data FROM audit_log WHERE action = 'operator.token_created'"
+                " AND object_id = $1",
+                clerk.operator_id,
+            )
+        }
+    finally:
+        await conn.close()
+    actor, data = rows["made with that token"]
+    assert actor == f"operator:{clerk.operator_id}" and data["token_id"] == again["token_id"]
+    # Made by the clerk's id, but with the token the administrator made: traceable.
+    assert data.get("via_token_id") == made["token_id"]
+    actor, data = rows["made by the administrator"]
+    assert actor == f"operator:{admin.operator_id}" and data["token_id"] == made["token_id"]
+    assert data.get("via_token_id", "").startswith("OT")
