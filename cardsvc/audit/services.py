@@ -47,6 +47,7 @@ from cardsvc.db import Connection, Pool, as_service_error, extend_bounds
 from cardsvc.errors import CardsvcError, Conflict, ServiceUnavailable
 from cardsvc.hsm.client import HsmClient
 from cardsvc.ops.metrics import AUDIT_ANCHORS, AUDIT_LAST_ANCHOR_AGE
+from cardsvc.web.caller import Caller
 
 log = structlog.get_logger(__name__)
 
@@ -323,11 +324,24 @@ class AuditAnchors:
         self._started = clock.now()
         self._last_genuine: dt.datetime | None = None  # newest anchor known to be genuine
 
-    async def anchor(self) -> AnchorWritten:
+    async def anchor(self, caller: Caller | None = None) -> AnchorWritten:
         """Anchor now, after any anchoring in progress elsewhere; ``AnchorBusy`` (409) if
-        the lock is still held after ``_ANCHOR_LOCK_WAIT_MS``."""
+        the lock is still held after ``_ANCHOR_LOCK_WAIT_MS``. Anchoring asked for by
+        ``caller`` is audited naming it, in an entry of its own after the anchor (inside
+        the anchor's transaction it would hold a chain's lock across the HSM call and the
+        fsync); the next anchor covers that entry."""
         written = await self._write(only_if_due=False)
         assert isinstance(written, AnchorWritten)
+        if caller is not None:
+            async with self._pool.acquire() as conn, conn.transaction():
+                await self._audit.append(
+                    conn,
+                    actor=caller.actor,
+                    action="audit.anchored",
+                    object_type="audit_anchor",
+                    object_id=written.at.isoformat(),
+                    data=caller.audited({"entries": written.entries, "file": written.file}),
+                )
         return written
 
     async def _write(self, *, only_if_due: bool) -> AnchorWritten | Literal["busy", "fresh"]:

@@ -4,7 +4,7 @@ from aiohttp import web
 
 from cardsvc import clock, paging
 from cardsvc.audit.entries import AUDIT_SORTS, DEFAULT_DAYS, AuditFilter
-from cardsvc.web.appkeys import SERVICES
+from cardsvc.web.appkeys import CALLER, SERVICES
 from cardsvc.web.auth import operator
 from cardsvc.web.codec import json_response
 from cardsvc.web.middleware import long_running
@@ -18,7 +18,8 @@ async def verify(request: web.Request) -> web.Response:
 
 @operator("administrator", "auditor")
 async def anchor(request: web.Request) -> web.Response:
-    return json_response(await request.app[SERVICES].audit_anchors.anchor(), status=201)
+    written = await request.app[SERVICES].audit_anchors.anchor(request[CALLER])
+    return json_response(written, status=201)
 
 
 @operator("auditor")

@@ -10,6 +10,7 @@ runs it in a worker thread (``cardsvc.operators.services``), never on the event 
 from __future__ import annotations
 
 import re
+import unicodedata
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -40,8 +41,16 @@ _COMMON_PASSWORDS = frozenset(
 _DIGITS_AND_SYMBOLS = re.compile(r"[\W\d_]+")  # keeps letters of any script
 
 
+def normalised(password: str) -> str:
+    """The password as hashed and checked: NFKC (SP 800-63B 5.1.1.2), so that the same
+    characters typed on another keyboard, system or input method (é as one code point or
+    as e and a combining accent, full-width ２ or 2) are the same password."""
+    return unicodedata.normalize("NFKC", password)
+
+
 def weakness(password: str, login: str) -> str | None:
     """Why ``password`` may not be used by ``login``, or ``None`` when it may."""
+    password = normalised(password)
     if len(password) < MIN_LENGTH:
         return f"the password must be at least {MIN_LENGTH} characters long"
     if len(password) > MAX_LENGTH:
@@ -65,13 +74,13 @@ _hasher = PasswordHasher()  # argon2id, RFC 9106 low-memory profile
 
 
 def hash_password(password: str) -> str:
-    return _hasher.hash(password)
+    return _hasher.hash(normalised(password))
 
 
 def verify_password(stored_hash: str, password: str) -> bool:
     """Whether ``password`` matches; a malformed stored hash never matches."""
     try:
-        return _hasher.verify(stored_hash, password)
+        return _hasher.verify(stored_hash, normalised(password))
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False
 

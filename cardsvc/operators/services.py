@@ -137,6 +137,23 @@ class Operators:
         return operator
 
     @staticmethod
+    async def _refuse_last_administrator(conn: Connection, operator_id: str) -> None:
+        """Disabling or demoting the last active administrator would leave nobody to manage
+        operators, and would open the bootstrap token again for whoever holds it. Under the
+        bootstrap's lock: two administrators demoting each other at once cannot both pass."""
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('cardsvc.bootstrap'))")
+        others = await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM operators WHERE operator_id <> $1"
+            " AND status = 'active' AND 'administrator' = ANY (roles))",
+            operator_id,
+        )
+        if not others:
+            raise Conflict(
+                "this is the last active administrator: make another one first",
+                code="LAST_ADMINISTRATOR",
+            )
+
+    @staticmethod
     async def refuse_closed_bootstrap(conn: Connection | Pool) -> None:
         """The bootstrap token is taken only while no active administrator exists."""
         exists = await conn.fetchval(
@@ -189,6 +206,8 @@ class Operators:
             )
             if row is None:
                 raise NotFound("no such operator", code="OPERATOR_NOT_FOUND")
+            if _ends_administration(row, changes):
+                await self._refuse_last_administrator(conn, operator_id)
             if changes:
                 sets = ", ".join(f"{k} = ${i}" for i, k in enumerate(changes, start=2))
                 row = await conn.fetchrow(
@@ -233,10 +252,11 @@ class Operators:
         if row is None:
             raise Unauthenticated("the session is not valid", code="SESSION_INVALID")
         keys = (throttle.login_key(row["login"]), throttle.address_key(address))
-        await self._refuse_if_locked(keys)
+        await self._count_attempt(keys)
         if not await verify_password(row["password_hash"], req.current_password):
-            await self._count_failure(keys)
             raise Forbidden("the current password is not right", code="PASSWORD_WRONG")
+        async with transaction(self._pool) as conn:
+            await self._count_success(conn, keys)
         check_password(req.new_password, row["login"])
         password_hash = await hash_password(req.new_password)
         async with transaction(self._pool) as conn:
@@ -340,7 +360,7 @@ class Operators:
         """A new console session and its secret (for the cookie). Every failure is the same
         LOGIN_FAILED, and costs as long: an unknown login is verified against a dummy hash."""
         keys = (throttle.login_key(login), throttle.address_key(address))
-        await self._refuse_if_locked(keys)
+        await self._count_attempt(keys)
         row = None
         if _LOGIN.fullmatch(login):
             row = await self._pool.fetchrow(
@@ -351,11 +371,10 @@ class Operators:
         stored = row["password_hash"] if row is not None else passwords.DUMMY_HASH
         matches = await verify_password(stored, password)
         if row is None or not matches or row["status"] != "active":
-            await self._count_failure(keys)
             raise Unauthenticated("the login or the password is not right", code="LOGIN_FAILED")
         secret = credentials.new_secret()
         async with transaction(self._pool) as conn:
-            await conn.execute("DELETE FROM operator_login_failures WHERE key = $1", keys[0])
+            await self._count_success(conn, keys)
             times = await conn.fetchrow(
                 "INSERT INTO operator_sessions"
                 " (session_hash, operator_id, idle_expires_at, expires_at)"
@@ -432,34 +451,38 @@ class Operators:
 
     # -- helpers --------------------------------------------------------------------------
 
-    async def _refuse_if_locked(self, keys: tuple[str, str]) -> None:
-        wait = await self._pool.fetchval(
-            "SELECT extract(epoch FROM max(locked_until) - now()) FROM operator_login_failures"
-            " WHERE key = ANY($1) AND locked_until > now()",
-            list(keys),
-        )
-        if wait is not None:
-            raise RateLimited(
-                "too many failed sign-ins: try again later",
-                retry_after=float(wait),
-                code="LOGIN_THROTTLED",
-            )
-
-    async def _count_failure(self, keys: tuple[str, str]) -> None:
+    async def _count_attempt(self, keys: tuple[str, str]) -> None:
+        """Count this attempt as a failure BEFORE the password is tried, or refuse it while
+        a key is locked. Counting first, under the keys' row locks, is what holds against a
+        burst: attempts sent at once are counted one after the other, so the one past the
+        free count locks the key for all that follow, however many are still queued for
+        hashing. A success gives its attempt back (``_count_success``)."""
         async with transaction(self._pool) as conn:
             for key, free in zip(
                 keys, (throttle.FREE_PER_LOGIN, throttle.FREE_PER_ADDRESS), strict=True
             ):
-                failures = await conn.fetchval(
+                counted = await conn.fetchrow(
                     "INSERT INTO operator_login_failures AS f (key, failures, last_failure)"
                     " VALUES ($1, 1, now()) ON CONFLICT (key) DO UPDATE SET"
                     "  failures = CASE WHEN f.last_failure < now() - $2::interval THEN 1"
                     "   ELSE f.failures + 1 END, last_failure = now()"
+                    "  WHERE f.locked_until IS NULL OR f.locked_until <= now()"
                     " RETURNING failures",
                     key,
                     throttle.FORGET_AFTER,
                 )
-                lock = throttle.lock_after(failures, free)
+                if counted is None:  # locked: the transaction (the other key's count) rolls back
+                    wait = await conn.fetchval(
+                        "SELECT extract(epoch FROM locked_until - now())"
+                        " FROM operator_login_failures WHERE key = $1",
+                        key,
+                    )
+                    raise RateLimited(
+                        "too many failed sign-ins: try again later",
+                        retry_after=max(float(wait), 1.0),
+                        code="LOGIN_THROTTLED",
+                    )
+                lock = throttle.lock_after(counted["failures"], free)
                 if lock is not None:
                     await conn.execute(
                         "UPDATE operator_login_failures SET locked_until = now() + $2::interval"
@@ -467,6 +490,19 @@ class Operators:
                         key,
                         lock,
                     )
+
+    @staticmethod
+    async def _count_success(conn: Connection, keys: tuple[str, str]) -> None:
+        """A right password: its login starts again from zero, and the address gets back the
+        attempt counted for it (and is unlocked if that brings it back under its free count)."""
+        await conn.execute("DELETE FROM operator_login_failures WHERE key = $1", keys[0])
+        await conn.execute(
+            "UPDATE operator_login_failures SET failures = greatest(failures - 1, 0),"
+            "  locked_until = CASE WHEN failures - 1 <= $2 THEN NULL ELSE locked_until END"
+            " WHERE key = $1",
+            keys[1],
+            throttle.FREE_PER_ADDRESS,
+        )
 
     async def _end_everything(self, conn: Connection, operator_id: str) -> None:
         await conn.execute("DELETE FROM operator_sessions WHERE operator_id = $1", operator_id)
@@ -487,6 +523,15 @@ class Operators:
             object_id=operator_id,
             data=caller.audited(data),
         )
+
+
+def _ends_administration(row: asyncpg.Record, changes: dict[str, Any]) -> bool:
+    """Whether ``changes`` take an active administrator out of administration."""
+    if row["status"] != "active" or "administrator" not in row["roles"]:
+        return False
+    return changes.get("status") == "disabled" or (
+        "roles" in changes and "administrator" not in changes["roles"]
+    )
 
 
 def _check_self_or_administrator(caller: Caller, operator_id: str) -> None:

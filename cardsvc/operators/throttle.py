@@ -8,6 +8,7 @@ and per address; an operator who mistypes twice loses nothing."""
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 
 FREE_PER_LOGIN = 5
 FREE_PER_ADDRESS = 20  # a whole office may share one address
@@ -29,5 +30,20 @@ def login_key(login: str) -> str:
     return "login:" + login.lower()[:64]
 
 
+# One IPv6 host is given a whole /64 (its interface identifier is its own to choose): an
+# address key finer than that would give a single guesser 2^64 fresh addresses.
+IPV6_PREFIX = 64
+
+
 def address_key(address: str) -> str:
-    return "addr:" + address[:64]
+    """The throttling key of a client address: an IPv4 address as it is (an IPv4-mapped
+    IPv6 one too), an IPv6 address by its /64 network."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])  # no zone id (fe80::1%eth0)
+    except ValueError:
+        return "addr:" + address[:64]  # not an IP address (a Unix socket's peer)
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return f"addr:{ip.ipv4_mapped}"
+        return f"addr:{ipaddress.IPv6Network((ip, IPV6_PREFIX), strict=False)}"
+    return f"addr:{ip}"

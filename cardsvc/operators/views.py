@@ -19,7 +19,13 @@ from cardsvc.operators.models import (
 )
 from cardsvc.operators.services import SORTS
 from cardsvc.web.appkeys import CALLER, OPERATOR_SESSION, POOL, SERVICES, SETTINGS
-from cardsvc.web.auth import SESSION_COOKIE, operator, operator_session, public
+from cardsvc.web.auth import (
+    SESSION_COOKIE,
+    check_sign_in_request,
+    operator,
+    operator_session,
+    public,
+)
 from cardsvc.web.codec import json_response, read_json
 
 _OPERATOR_ID = re.compile(OPERATOR_ID_PATTERN)
@@ -65,6 +71,7 @@ def _set_cookie(request: web.Request, response: web.StreamResponse, secret: str)
 
 @public
 async def sign_in(request: web.Request) -> web.Response:
+    check_sign_in_request(request)
     req = await read_json(request, LoginRequest)
     info, secret = await request.app[SERVICES].operators.sign_in(
         req.login, req.password, _client_address(request)

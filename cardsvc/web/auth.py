@@ -102,14 +102,33 @@ def _is_bootstrap(request: web.Request, token: str) -> bool:
     return bool(expected) and hmac.compare_digest(token.encode(), expected.encode())
 
 
+def _refuse_other_origin(request: web.Request) -> None:
+    origin = request.headers.get("Origin")
+    if origin is not None and urlsplit(origin).netloc != request.host:
+        raise Forbidden("a request from another origin", code="CSRF_FAILED")
+
+
+def check_sign_in_request(request: web.Request) -> None:
+    """Sign-in takes no credential, so no CSRF token either; yet another site's page could
+    sign the browser in to an account of the attacker's choosing (login CSRF: the victim
+    then works, and types, in that account). A form can post JSON as ``text/plain`` but
+    can never send ``Content-Type: application/json``, which a script of another origin
+    may send only after a CORS preflight this service never grants; an ``Origin`` naming
+    another origin is refused outright."""
+    _refuse_other_origin(request)
+    if request.content_type != "application/json":
+        raise Forbidden(
+            "a sign-in must be sent as application/json (by the console's script)",
+            code="CSRF_FAILED",
+        )
+
+
 def _check_csrf(request: web.Request, secret: str) -> None:
     """A cookie arrives with every request the browser makes to this service, whoever
     caused it: a request that changes something must also prove it was made by the
     console's own script (the CSRF token, which no other site can read), and no request
     may come from a page of another origin."""
-    origin = request.headers.get("Origin")
-    if origin is not None and urlsplit(origin).netloc != request.host:
-        raise Forbidden("a request from another origin", code="CSRF_FAILED")
+    _refuse_other_origin(request)
     if request.method in _SAFE_METHODS:
         return
     sent = request.headers.get(CSRF_HEADER, "")

@@ -66,14 +66,20 @@ class Caller(msgspec.Struct, frozen=True, kw_only=True):
 
     def audited(self, data: dict[str, Any] | None = None) -> dict[str, Any]:
         """An audit entry's data naming the operator (id and display name as it was then)
-        inside the chained entry; other callers are named by ``actor`` alone."""
+        inside the chained entry; other callers are named by ``actor`` alone. An action
+        taken with an API token names the token too (``via_token_id``): a token may have
+        been made by an administrator for this operator, or with a stolen token, and its
+        ``operator.token_created`` entry says who made it."""
         if self.kind != "operator":
             return dict(data or {})
-        return {
+        named = {
             **(data or {}),
             "operator_id": self.operator_id,
             "operator_name": self.operator_name,
         }
+        if self.credential == "token" and self.token_id is not None:
+            named["via_token_id"] = self.token_id
+        return named
 
 
 # The bootstrap token creating the first administrator, or `python -m cardsvc create-operator`.

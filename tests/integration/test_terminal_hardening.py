@@ -155,6 +155,7 @@ async def test_disabling_is_in_the_audit_log_with_the_sessions_it_ended(
     # Who disabled it: the operator, by id and name, in the chained entry.
     audited = msgspec.json.decode(data)
     assert audited.pop("operator_id").startswith("OP") and audited.pop("operator_name")
+    assert audited.pop("via_token_id").startswith("OT")  # the operator's API token
     assert audited == {"sessions_ended": 1} and ended == 1
 
 

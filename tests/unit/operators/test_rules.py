@@ -68,3 +68,29 @@ def test_credentials_shapes_and_digests():
     assert credentials.csrf_token(secret) != secret
     assert credentials.csrf_token(secret) == credentials.csrf_token(secret)
     assert credentials.new_operator_id().startswith("OP")
+
+
+def test_an_ipv6_client_is_throttled_by_its_slash_64():
+    # Every address of one /64 is one guesser: it chooses its interface identifier freely.
+    assert throttle.address_key("2001:db8:1:2::1") == throttle.address_key("2001:db8:1:2:ffff::9")
+    assert throttle.address_key("2001:db8:1:2::1") == "addr:2001:db8:1:2::/64"
+    assert throttle.address_key("2001:db8:1:3::1") != throttle.address_key("2001:db8:1:2::1")
+    # IPv4, also when mapped into IPv6, keeps its whole address.
+    assert throttle.address_key("192.0.2.7") == "addr:192.0.2.7"
+    assert throttle.address_key("::ffff:192.0.2.7") == "addr:192.0.2.7"
+    assert throttle.address_key("192.0.2.7") != throttle.address_key("192.0.2.8")
+    assert throttle.address_key("unknown") == "addr:unknown"
+
+
+def test_a_password_is_the_same_in_every_unicode_form():
+    # Typed on one system as one code point, on another as e + a combining accent.
+    composed, decomposed = "caf\u00e9 au lait tous les matins", "cafe\u0301 au lait tous les matins"
+    assert passwords.verify_password(passwords.hash_password(composed), decomposed)
+    assert passwords.verify_password(passwords.hash_password(decomposed), composed)
+    # Full-width digits and letters (a Chinese input method) are the ASCII ones.
+    assert passwords.verify_password(
+        passwords.hash_password("ｍｙ　ｐａｓｓｐｈｒａｓｅ　２０２６"), "my passphrase 2026"
+    )
+    # The rules judge the normalised password: full-width "password" is still the word.
+    assert passwords.weakness("ｐａｓｓｗｏｒｄ２０２４！", "someone") is not None
+    assert "common word" in (passwords.weakness("ｐａｓｓｗｏｒｄ２０２４！！", "someone") or "")
