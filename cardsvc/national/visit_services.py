@@ -220,8 +220,6 @@ async def _checked_visit(
         endtime=None,
         created_msgid=call.msgid,
         closed_msgid=None,
-        settling_msgid=None,
-        settling_since=None,
     )
 
 
@@ -288,9 +286,9 @@ async def cancel_registration(call: Call, mdtrt_id: str, psn_no: str) -> None:
             raise _person_mismatch()
         if visit.status == "cancelled":
             return
+        await visits.lock_lines(conn, visit)
         if await visits.has_settled_lines(conn, call.fixmedins_code, mdtrt_id):
             raise visits.visit_has_settlement(mdtrt_id)
-        visits.check_not_settling(visit, call.now)
         await visits.cancel_lines(conn, visit, call.msgid)
         await visits.close_visit(conn, visit, "cancelled", call.msgid)
         await _audit(conn, call, "visit.cancelled", visit)
@@ -355,8 +353,6 @@ async def _pharmacy_visit(conn: Connection, call: Call, first: FeeDetail, exp: E
         endtime=None,
         created_msgid=call.msgid,
         closed_msgid=None,
-        settling_msgid=None,
-        settling_since=None,
     )
     stored = await visits.open_visit(conn, visit, {"opened_by": "2204"})
     if stored.created_msgid == call.msgid:
@@ -399,6 +395,8 @@ async def upload_fees(
             exp = exp_content(details[0].exp_content, "feedetail")
             await _pharmacy_visit(conn, call, details[0], exp)
         visit = await _open_visit(conn, call, mdtrt_id, psn_no=psn_no, inpatient=inpatient)
+        if any(line.init_feedetl_sn is not None for line in lines):  # refunds: held first
+            await visits.lock_lines(conn, visit)
         named = [line.feedetl_sn for line in lines] + [
             line.init_feedetl_sn for line in lines if line.init_feedetl_sn is not None
         ]
@@ -406,7 +404,6 @@ async def upload_fees(
         catalog = await _catalog(conn, [line.code for line in lines])
         plan = fees.plan_upload(_params(), visit.insutype, visit.med_type, lines, stored, catalog)
         if plan.refunded:
-            visits.check_not_settling(visit, call.now)
             await visits.mark_refunded(conn, visit, plan.refunded, call.msgid)
             await _audit(conn, call, "visit.fees_refunded", visit, feedetl_sns=plan.refunded)
         await visits.store_lines(conn, visit, plan.store, call.msgid)
@@ -435,7 +432,7 @@ async def cancel_fees(
     lines cancelled; a named line that is settled is refused. Returns how many."""
     async with transaction(call.pool) as conn:
         visit = await _open_visit(conn, call, mdtrt_id, psn_no=psn_no, inpatient=inpatient)
-        visits.check_not_settling(visit, call.now)
+        await visits.lock_lines(conn, visit)
         if feedetl_sn is not None and feedetl_sn != visits.ALL_BATCHES:
             found = await visits.lines_by_sn(conn, call.fixmedins_code, mdtrt_id, [feedetl_sn])
             line = found.get(feedetl_sn)

@@ -10,10 +10,12 @@ A visit belongs to one facility, one person, one insutype and med_type; it is ke
     refunded   cancelled by a refund line (2301, negative ``cnt``, ``init_feedetl_sn``)
     refund     the refund line itself (never settled)
 
-A settlement takes the unsettled lines (``unsettled_lines``), marks them (``mark_settled``)
-in its own transaction, and a reversal unmarks them (``release``). While a settlement of a
-visit is in flight it may claim the visit (``claim``/``end_claim``): cancelling or refunding
-its lines waits until the claim ends or is older than ``SETTLING_CLAIM_TTL``.
+A settlement takes the unsettled lines as read with their versions
+(``unsettled_lines_versioned``); the settlement pipeline's batch write marks them with its
+``setl_id`` in the settlement's own statement, only if none changed since (and none is held
+by another transaction), and a reversal unmarks them (``release``). A transaction that
+cancels or refunds lines holds them first (``lock_lines``), so that it and a settlement
+never both take a line.
 
 Every row records the message (``msgid``) that created it, so that a rerun of that message
 finds what it did, and 2601 undoes it (``undo_message``).
@@ -36,7 +38,7 @@ import msgspec
 
 from cardsvc.clock import business_date
 from cardsvc.db import Connection
-from cardsvc.errors import Conflict, NotFound, ServiceUnavailable
+from cardsvc.errors import Conflict, NotFound
 from cardsvc.national.visit_models import LineStatus as LineStatus
 from cardsvc.national.visit_models import NewLine as NewLine
 from cardsvc.national.visit_models import Visit as Visit
@@ -44,12 +46,10 @@ from cardsvc.national.visit_models import VisitKind as VisitKind
 from cardsvc.national.visit_models import VisitLine as VisitLine
 from cardsvc.national.visit_models import VisitStatus as VisitStatus
 from cardsvc.settlement.policy import LineSplit
+from cardsvc.settlement.store import LineVersion
 
 # Every unsettled line of the visit, whatever its charge batch (2205 ``chrg_bchno``).
 ALL_BATCHES = "0000"
-# A settlement's claim on a visit older than this is abandoned (its settlement failed or
-# its worker died): well above the settlement's own time bound.
-SETTLING_CLAIM_TTL = dt.timedelta(seconds=120)
 
 
 _result_decoder = msgspec.json.Decoder(LineSplit)
@@ -131,6 +131,27 @@ async def unsettled_lines(
     return [_line(row) for row in rows]
 
 
+async def unsettled_lines_versioned(
+    conn: Connection, fixmedins_code: str, mdtrt_id: str, chrg_bchno: str | None
+) -> tuple[list[VisitLine], tuple[LineVersion, ...]]:
+    """``unsettled_lines`` with each line's version, for the settlement that takes them
+    (its batch write marks them only if none changed since: ``store.settlement_statement``)."""
+    batch = None if chrg_bchno in (None, ALL_BATCHES) else chrg_bchno
+    rows = await conn.fetch(
+        f"SELECT {_LINE_COLUMNS}, ctid::text AS tid, xmin::text AS version"  # noqa: S608
+        " FROM gateway_visit_lines"
+        " WHERE fixmedins_code = $1 AND mdtrt_id = $2 AND status = 'active'"
+        " AND setl_id IS NULL AND ($3::text IS NULL OR chrg_bchno = $3)"
+        " ORDER BY created_at, feedetl_sn",
+        fixmedins_code,
+        mdtrt_id,
+        batch,
+    )
+    return [_line(row) for row in rows], tuple(
+        LineVersion(row["tid"], row["version"]) for row in rows
+    )
+
+
 async def lines_by_sn(
     conn: Connection, fixmedins_code: str, mdtrt_id: str, feedetl_sns: Sequence[str]
 ) -> dict[str, VisitLine]:
@@ -158,28 +179,6 @@ async def has_settled_lines(conn: Connection, fixmedins_code: str, mdtrt_id: str
 # --- settlement (settle's interface) ---------------------------------------------------
 
 
-async def mark_settled(
-    conn: Connection,
-    fixmedins_code: str,
-    mdtrt_id: str,
-    feedetl_sns: Sequence[str],
-    setl_id: str,
-) -> int:
-    """Marks the named lines settled by ``setl_id``, only those still active and
-    unsettled; returns how many (fewer than named: some were cancelled or settled
-    meanwhile, and the caller's settlement must not stand)."""
-    result = await conn.execute(
-        "UPDATE gateway_visit_lines SET setl_id = $4 WHERE fixmedins_code = $1"
-        " AND mdtrt_id = $2 AND feedetl_sn = ANY($3::text[]) AND status = 'active'"
-        " AND setl_id IS NULL",
-        fixmedins_code,
-        mdtrt_id,
-        list(feedetl_sns),
-        setl_id,
-    )
-    return int(result.split()[-1])
-
-
 async def release(conn: Connection, setl_id: str) -> int:
     """A reversed settlement's lines are unsettled again; returns how many."""
     result = await conn.execute(
@@ -188,43 +187,18 @@ async def release(conn: Connection, setl_id: str) -> int:
     return int(result.split()[-1])
 
 
-async def claim(
-    conn: Connection, fixmedins_code: str, mdtrt_id: str, msgid: str, now: dt.datetime
-) -> bool:
-    """Claims the visit for the settlement of message ``msgid``: False if another
-    message's settlement holds a claim younger than ``SETTLING_CLAIM_TTL``."""
-    row = await conn.fetchval(
-        "UPDATE gateway_visits SET settling_msgid = $3, settling_since = $4"
-        " WHERE fixmedins_code = $1 AND mdtrt_id = $2 AND (settling_msgid IS NULL"
-        " OR settling_msgid = $3 OR settling_since < $5) RETURNING 1",
-        fixmedins_code,
-        mdtrt_id,
-        msgid,
-        now,
-        now - SETTLING_CLAIM_TTL,
-    )
-    return row is not None
-
-
-async def end_claim(conn: Connection, fixmedins_code: str, mdtrt_id: str, msgid: str) -> None:
-    """Ends the claim of message ``msgid`` (no-op if it holds none)."""
+async def lock_lines(conn: Connection, visit: Visit) -> None:
+    """Holds the visit's unsettled lines ``FOR UPDATE`` until the caller's transaction ends:
+    first thing in a transaction that changes them (2202, 2205/2302, a 2301 refund, 2601).
+    A settlement being written waits to commit before this returns (so what is read after
+    sees its lines settled), and one written meanwhile finds them held and is refused, to
+    be sent again (its batch write takes lines ``SKIP LOCKED``)."""
     await conn.execute(
-        "UPDATE gateway_visits SET settling_msgid = NULL, settling_since = NULL"
-        " WHERE fixmedins_code = $1 AND mdtrt_id = $2 AND settling_msgid = $3",
-        fixmedins_code,
-        mdtrt_id,
-        msgid,
+        "SELECT 1 FROM gateway_visit_lines WHERE fixmedins_code = $1 AND mdtrt_id = $2"
+        " AND setl_id IS NULL FOR UPDATE",
+        visit.fixmedins_code,
+        visit.mdtrt_id,
     )
-
-
-def check_not_settling(visit: Visit, now: dt.datetime) -> None:
-    """Refuses (retryably) to change a visit's lines while a settlement of it is in flight."""
-    since = visit.settling_since
-    if since is not None and now - since < SETTLING_CLAIM_TTL:
-        raise ServiceUnavailable(
-            f"visit {visit.mdtrt_id} is being settled: retry in a moment",
-            code="VISIT_SETTLING",
-        )
 
 
 # --- writing (the visit transactions) --------------------------------------------------
@@ -400,9 +374,7 @@ def visit_has_settlement(mdtrt_id: str) -> Conflict:
     )
 
 
-async def undo_message(
-    conn: Connection, fixmedins_code: str, omsgid: str, msgid: str, now: dt.datetime
-) -> bool:
+async def undo_message(conn: Connection, fixmedins_code: str, omsgid: str, msgid: str) -> bool:
     """2601 for a registration or fee-line message ``omsgid``: its unsettled lines are
     cancelled, and the visit it opened is cancelled with its other unsettled lines. A
     registration (2201/2401) whose visit has a settlement is refused
@@ -417,17 +389,17 @@ async def undo_message(
     )
     for row in line_visits:
         visit = await load_visit(conn, fixmedins_code, row["mdtrt_id"], lock=True)
-        check_not_settling(visit, now)
+        await lock_lines(conn, visit)
         await cancel_lines(conn, visit, msgid, created_msgid=omsgid)
     if opened is not None:
         visit = await load_visit(conn, fixmedins_code, opened.mdtrt_id, lock=True)
         by_lines = any(row["mdtrt_id"] == visit.mdtrt_id for row in line_visits)
         if visit.status != "cancelled":
+            await lock_lines(conn, visit)
             if await has_settled_lines(conn, fixmedins_code, visit.mdtrt_id):
                 if by_lines:
                     return True
                 raise visit_has_settlement(visit.mdtrt_id)
-            check_not_settling(visit, now)
             await cancel_lines(conn, visit, msgid)
             await close_visit(conn, visit, "cancelled", msgid)
     return opened is not None or bool(line_visits)

@@ -470,31 +470,23 @@ async def test_concurrent_messages_for_one_visit_settle_it_once(site: Site):
         await conn.close()
 
 
-async def test_a_claim_left_by_a_dead_process_is_completed_not_settled_again(site: Site):
-    """The settlement committed, the process died before marking its lines: the next
-    message for the visit finds the claim's settlement and marks its lines."""
+async def test_a_settlement_of_lines_held_by_another_transaction_is_refused(site: Site):
+    """A 2205/2302/2601 changing the visit's lines (or another settlement of the visit being
+    written) holds them: a 2207 meanwhile is refused, retryably and not stored, and the
+    same message sent again once they are free settles them."""
     his = site.his
     h = await holder(site, balance=5000)
     mdtrt_id = await outpatient_visit(site, h)
     msgid = his.new_msgid()
-    out = await his.ok("2207", settle_data(h, mdtrt_id), msgid=msgid)
     conn = await db(site)
     try:
-        await conn.execute(
-            "UPDATE gateway_visit_lines SET setl_id = NULL WHERE mdtrt_id = $1", mdtrt_id
-        )
-        await conn.execute(
-            "UPDATE gateway_visits SET settling_msgid = $2, settling_since = now()"
-            " WHERE mdtrt_id = $1",
-            mdtrt_id,
-            msgid,
-        )
-        h.cert_no = await new_token(site, h)
-        await his.refused("2207", settle_data(h, mdtrt_id), "NO_UNSETTLED_LINES")
-        assert (
-            await conn.fetchval("SELECT count(*) FROM settlements WHERE mdtrt_id = $1", mdtrt_id)
-            == 1
-        )
+        async with conn.transaction():
+            await conn.execute(
+                "SELECT 1 FROM gateway_visit_lines WHERE mdtrt_id = $1 FOR UPDATE", mdtrt_id
+            )
+            busy = await his.call("2207", settle_data(h, mdtrt_id), msgid=msgid)
+            assert busy["err_msg"].startswith("[VISIT_SETTLING]"), busy
+        out = await his.ok("2207", settle_data(h, mdtrt_id), msgid=msgid)
         assert (
             await conn.fetchval(
                 "SELECT count(*) FROM gateway_visit_lines WHERE mdtrt_id = $1 AND setl_id = $2",
@@ -503,30 +495,6 @@ async def test_a_claim_left_by_a_dead_process_is_completed_not_settled_again(sit
             )
             == 2
         )
-        assert (
-            await conn.fetchval(
-                "SELECT settling_msgid FROM gateway_visits WHERE mdtrt_id = $1", mdtrt_id
-            )
-            is None
-        )
-    finally:
-        await conn.close()
-
-
-async def test_a_live_claim_refuses_and_a_stale_one_is_released(site: Site):
-    his = site.his
-    h = await holder(site, balance=5000)
-    mdtrt_id = await outpatient_visit(site, h)
-    conn = await db(site)
-    try:
-        claim = (
-            "UPDATE gateway_visits SET settling_msgid = 'gone', settling_since = $2"
-            " WHERE mdtrt_id = $1"
-        )
-        await conn.execute(claim, mdtrt_id, dt.datetime.now(dt.UTC))
-        await his.refused("2207", settle_data(h, mdtrt_id), "VISIT_SETTLING")
-        await conn.execute(claim, mdtrt_id, dt.datetime.now(dt.UTC) - dt.timedelta(minutes=10))
-        await his.ok("2207", settle_data(h, mdtrt_id))
     finally:
         await conn.close()
 
