@@ -180,8 +180,9 @@ async def refuse_undone(conn: Connection, fixmedins_code: str, msgid: str) -> No
     """For a registration or fee-line message (2201, 2401, 2204, 2301), first thing in its
     transaction: refused (``MSGID_UNDONE``) if a 2601 named it before it arrived. Holds the
     message's lock until the transaction ends, so a 2601 of it either sees what it did or
-    is seen here."""
-    await lock_message(conn, fixmedins_code, msgid)
-    by = await undone_by(conn, fixmedins_code, msgid)
+    is seen here (``gateway_message_undone``: the lock, then the read, one round trip)."""
+    by: str | None = await conn.fetchval(
+        "SELECT gateway_message_undone($1, $2)", fixmedins_code, msgid
+    )
     if by is not None:
         raise msgid_undone(msgid, by)

@@ -263,13 +263,18 @@ async def _open_visit(
     visit = await visits.find_visit(conn, call.fixmedins_code, mdtrt_id)
     if visit is None:
         raise visits.visit_not_found(mdtrt_id)
+    return _check_open(visit, psn_no=psn_no, inpatient=inpatient)
+
+
+def _check_open(visit: Visit, *, psn_no: str, inpatient: bool) -> Visit:
+    """The visit (held ``FOR UPDATE``) may take this person's lines of this kind."""
     if visit.psn_no != psn_no:
         raise _person_mismatch()
     if visit.status == "cancelled":
         raise _closed(visit)
     if inpatient != (visit.kind == "inpatient"):
         raise InvalidRequest(
-            f"visit {mdtrt_id} is "
+            f"visit {visit.mdtrt_id} is "
             + ("an inpatient stay: use 2301/2302" if not inpatient else "not an inpatient stay"),
             code="VISIT_KIND_MISMATCH",
         )
@@ -326,11 +331,14 @@ async def _catalog(conn: Connection, codes: Sequence[str]) -> dict[str, policy.C
     return {row["code"]: policy.CatalogItem(**dict(row)) for row in rows}
 
 
-async def _pharmacy_visit(conn: Connection, call: Call, first: FeeDetail, exp: ExpContent) -> Visit:
+async def _pharmacy_visit(
+    conn: Connection, call: Call, first: FeeDetail, exp: ExpContent
+) -> tuple[Visit, bool]:
     """A pharmacy's 2204 naming a new mdtrt_id opens its visit (``VISIT_NOT_FOUND`` at a
     hospital): the scheme ``insutype`` of the line, else the policy's pharmacy scheme. No
     certificate and no look-up of the person (see the module's docstring): the card is
-    presented at pre-settlement and settlement, which check the person."""
+    presented at pre-settlement and settlement, which check the person. The visit, held
+    ``FOR UPDATE``, and whether this call opened it."""
     facility = await _facility(conn, call)
     if facility.type != "pharmacy":
         raise visits.visit_not_found(first.mdtrt_id)
@@ -354,8 +362,8 @@ async def _pharmacy_visit(conn: Connection, call: Call, first: FeeDetail, exp: E
         created_msgid=call.msgid,
         closed_msgid=None,
     )
-    stored = await visits.open_visit(conn, visit, {"opened_by": "2204"})
-    if stored.created_msgid == call.msgid:
+    stored, opened = await visits.open_new_visit(conn, visit, {"opened_by": "2204"})
+    if opened:
         await _audit(
             conn,
             call,
@@ -367,7 +375,7 @@ async def _pharmacy_visit(conn: Connection, call: Call, first: FeeDetail, exp: E
         )
     if stored.psn_no != first.psn_no:
         raise _person_mismatch()
-    return stored
+    return stored, opened
 
 
 async def upload_fees(
@@ -390,17 +398,25 @@ async def upload_fees(
     ]
     async with transaction(call.pool) as conn:
         await reversals.refuse_undone(conn, call.fixmedins_code, call.msgid)
-        visit = await visits.find_visit(conn, call.fixmedins_code, mdtrt_id)
-        if visit is None and not inpatient:
+        found = await visits.find_visit(conn, call.fixmedins_code, mdtrt_id)
+        new_visit = False
+        if found is None and not inpatient:
             exp = exp_content(details[0].exp_content, "feedetail")
-            await _pharmacy_visit(conn, call, details[0], exp)
-        visit = await _open_visit(conn, call, mdtrt_id, psn_no=psn_no, inpatient=inpatient)
+            found, new_visit = await _pharmacy_visit(conn, call, details[0], exp)
+        if found is None or found.mdtrt_id != mdtrt_id:
+            raise visits.visit_not_found(mdtrt_id)
+        visit = _check_open(found, psn_no=psn_no, inpatient=inpatient)
         if any(line.init_feedetl_sn is not None for line in lines):  # refunds: held first
             await visits.lock_lines(conn, visit)
         named = [line.feedetl_sn for line in lines] + [
             line.init_feedetl_sn for line in lines if line.init_feedetl_sn is not None
         ]
-        stored = await visits.lines_by_sn(conn, call.fixmedins_code, mdtrt_id, named)
+        # A visit this message has just opened has no lines yet.
+        stored = (
+            {}
+            if new_visit
+            else await visits.lines_by_sn(conn, call.fixmedins_code, mdtrt_id, named)
+        )
         catalog = await _catalog(conn, [line.code for line in lines])
         plan = fees.plan_upload(_params(), visit.insutype, visit.med_type, lines, stored, catalog)
         if plan.refunded:

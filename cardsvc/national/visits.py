@@ -214,6 +214,15 @@ async def open_visit(conn: Connection, visit: Visit, info: dict[str, Any]) -> Vi
     """Stores ``visit``; if its message already created one (a rerun), or the facility
     already has its ``mdtrt_id``, that visit is returned instead (compare its
     ``created_msgid``)."""
+    stored, _ = await open_new_visit(conn, visit, info)
+    return stored
+
+
+async def open_new_visit(
+    conn: Connection, visit: Visit, info: dict[str, Any]
+) -> tuple[Visit, bool]:
+    """``open_visit``, and whether ``visit`` was stored now (False: another was found).
+    Either way the visit returned is held ``FOR UPDATE``."""
     row = await conn.fetchrow(
         f"INSERT INTO gateway_visits ({_VISIT_COLUMNS}, info)"  # noqa: S608 - constant columns
         f" VALUES ({', '.join(f'${i}' for i in range(1, len(Visit.__struct_fields__) + 2))})"
@@ -221,16 +230,17 @@ async def open_visit(conn: Connection, visit: Visit, info: dict[str, Any]) -> Vi
         *(getattr(visit, name) for name in Visit.__struct_fields__),
         _encoder.encode(info).decode(),
     )
-    if row is None:
-        row = await conn.fetchrow(
-            f"SELECT {_VISIT_COLUMNS} FROM gateway_visits"  # noqa: S608 - constant columns
-            " WHERE fixmedins_code = $1 AND (created_msgid = $2 OR mdtrt_id = $3)"
-            " ORDER BY created_msgid = $2 DESC LIMIT 1 FOR UPDATE",
-            visit.fixmedins_code,
-            visit.created_msgid,
-            visit.mdtrt_id,
-        )
-    return _visit(row)
+    if row is not None:
+        return _visit(row), True
+    row = await conn.fetchrow(
+        f"SELECT {_VISIT_COLUMNS} FROM gateway_visits"  # noqa: S608 - constant columns
+        " WHERE fixmedins_code = $1 AND (created_msgid = $2 OR mdtrt_id = $3)"
+        " ORDER BY created_msgid = $2 DESC LIMIT 1 FOR UPDATE",
+        visit.fixmedins_code,
+        visit.created_msgid,
+        visit.mdtrt_id,
+    )
+    return _visit(row), False
 
 
 async def update_visit(
