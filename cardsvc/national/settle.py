@@ -9,7 +9,7 @@ retries at once) settles once and answers the same.
 
 **Never a line settled twice.** The handler reads the visit's unsettled lines with their
 versions (no lock, no transaction of its own: ``open_message`` is one round trip, the visit
-and its lines two reads) and submits the job; the pipeline's batch write marks those lines
+with its lines another) and submits the job; the pipeline's batch write marks those lines
 with the settlement's ``setl_id`` in the settlement's own statement, only if each is still
 the version read, active and unsettled, and held by no other transaction
 (``store.settlement_statement``). Otherwise nothing of that settlement is written and the
@@ -281,12 +281,11 @@ async def settle(call: Call, order: Order, cert: Certified) -> Settled:
             stored = await settlement_of(conn, fac, key)
             if stored is not None:
                 return Settled(stored_setl_info(stored), psn_type, msgid)
-        visit = await visits.load_visit(conn, fac, order.mdtrt_id)
-        check_visit(visit, order, cert)
-        visit = await with_injury_case(conn, visit, clock.business_date(call.now))
-        lines, versions = await visits.unsettled_lines_versioned(
+        visit, lines, versions = await visits.visit_with_unsettled_lines(
             conn, fac, order.mdtrt_id, order.chrg_bchno
         )
+        check_visit(visit, order, cert)
+        visit = await with_injury_case(conn, visit, clock.business_date(call.now))
     request = engine_request(visit, order, lines)
     refs = tuple(line.feedetl_sn for line in lines)
     job = SettleJob(

@@ -60,6 +60,14 @@ _FACILITY = (
     " agreements FROM facilities WHERE fixmedins_code = $1) f"
 )
 _facility_decoder = msgspec.json.Decoder(policy.FacilityInfo)
+# A pharmacy's first 2204: its facility and the lines' catalog items in one read.
+_FACILITY_AND_CATALOG = (
+    "SELECT (SELECT row_to_json(f) FROM (SELECT fixmedins_code, type, level, credit_rating,"
+    " status, agreements FROM facilities WHERE fixmedins_code = $1) f) AS facility,"
+    " (SELECT coalesce(json_agg(c), '[]') FROM (SELECT code, chrgitm_lv, selfpay_prop,"
+    " max_price, work_injury FROM catalog_items WHERE code = ANY($2::text[])) c) AS catalog"
+)
+_catalog_decoder = msgspec.json.Decoder(list[policy.CatalogItem])
 _VALID_CASES = (
     "SELECT case_id FROM injury_cases WHERE psn_no = $1 AND status = 'approved'"
     " AND valid_from <= $2 AND valid_to >= $2 ORDER BY case_id LIMIT 2"
@@ -331,15 +339,26 @@ async def _catalog(conn: Connection, codes: Sequence[str]) -> dict[str, policy.C
     return {row["code"]: policy.CatalogItem(**dict(row)) for row in rows}
 
 
+async def _facility_and_catalog(
+    conn: Connection, call: Call, codes: Sequence[str]
+) -> tuple[policy.FacilityInfo, dict[str, policy.CatalogItem]]:
+    row = await conn.fetchrow(_FACILITY_AND_CATALOG, call.fixmedins_code, sorted(set(codes)))
+    items = _catalog_decoder.decode(row["catalog"])
+    return _facility_decoder.decode(row["facility"]), {item.code: item for item in items}
+
+
 async def _pharmacy_visit(
-    conn: Connection, call: Call, first: FeeDetail, exp: ExpContent
+    conn: Connection,
+    call: Call,
+    facility: policy.FacilityInfo,
+    first: FeeDetail,
+    exp: ExpContent,
 ) -> tuple[Visit, bool]:
     """A pharmacy's 2204 naming a new mdtrt_id opens its visit (``VISIT_NOT_FOUND`` at a
     hospital): the scheme ``insutype`` of the line, else the policy's pharmacy scheme. No
     certificate and no look-up of the person (see the module's docstring): the card is
     presented at pre-settlement and settlement, which check the person. The visit, held
     ``FOR UPDATE``, and whether this call opened it."""
-    facility = await _facility(conn, call)
     if facility.type != "pharmacy":
         raise visits.visit_not_found(first.mdtrt_id)
     insutype = first.insutype or pharmacy_scheme(_params())
@@ -399,10 +418,13 @@ async def upload_fees(
     async with transaction(call.pool) as conn:
         await reversals.refuse_undone(conn, call.fixmedins_code, call.msgid)
         found = await visits.find_visit(conn, call.fixmedins_code, mdtrt_id)
-        new_visit = False
+        new_visit, catalog = False, None
         if found is None and not inpatient:
             exp = exp_content(details[0].exp_content, "feedetail")
-            found, new_visit = await _pharmacy_visit(conn, call, details[0], exp)
+            facility, catalog = await _facility_and_catalog(
+                conn, call, [line.code for line in lines]
+            )
+            found, new_visit = await _pharmacy_visit(conn, call, facility, details[0], exp)
         if found is None or found.mdtrt_id != mdtrt_id:
             raise visits.visit_not_found(mdtrt_id)
         visit = _check_open(found, psn_no=psn_no, inpatient=inpatient)
@@ -417,7 +439,8 @@ async def upload_fees(
             if new_visit
             else await visits.lines_by_sn(conn, call.fixmedins_code, mdtrt_id, named)
         )
-        catalog = await _catalog(conn, [line.code for line in lines])
+        if catalog is None:
+            catalog = await _catalog(conn, [line.code for line in lines])
         plan = fees.plan_upload(_params(), visit.insutype, visit.med_type, lines, stored, catalog)
         if plan.refunded:
             await visits.mark_refunded(conn, visit, plan.refunded, call.msgid)

@@ -131,24 +131,43 @@ async def unsettled_lines(
     return [_line(row) for row in rows]
 
 
-async def unsettled_lines_versioned(
+_LINE_FIELDS = [name for name in VisitLine.__struct_fields__ if name != "result"]
+_VISIT_AND_LINES = (
+    "SELECT "  # noqa: S608 - constant columns
+    + ", ".join(f"v.{name}" for name in Visit.__struct_fields__)
+    + ", "
+    + ", ".join(f"l.{name} AS l_{name}" for name in [*_LINE_FIELDS, "result"])
+    + ", l.ctid::text AS l_tid, l.xmin::text AS l_version"
+    " FROM gateway_visits v LEFT JOIN gateway_visit_lines l"
+    " ON l.fixmedins_code = v.fixmedins_code AND l.mdtrt_id = v.mdtrt_id"
+    " AND l.status = 'active' AND l.setl_id IS NULL AND ($3::text IS NULL OR l.chrg_bchno = $3)"
+    " WHERE v.fixmedins_code = $1 AND v.mdtrt_id = $2"
+    " ORDER BY l.created_at, l.feedetl_sn"
+)
+
+
+async def visit_with_unsettled_lines(
     conn: Connection, fixmedins_code: str, mdtrt_id: str, chrg_bchno: str | None
-) -> tuple[list[VisitLine], tuple[LineVersion, ...]]:
-    """``unsettled_lines`` with each line's version, for the settlement that takes them
-    (its batch write marks them only if none changed since: ``store.settlement_statement``)."""
+) -> tuple[Visit, list[VisitLine], tuple[LineVersion, ...]]:
+    """``load_visit`` (not locked) and ``unsettled_lines`` in one read, with each line's
+    version, for the settlement that takes them (its batch write marks them only if none
+    changed since: ``store.settlement_statement``)."""
     batch = None if chrg_bchno in (None, ALL_BATCHES) else chrg_bchno
-    rows = await conn.fetch(
-        f"SELECT {_LINE_COLUMNS}, ctid::text AS tid, xmin::text AS version"  # noqa: S608
-        " FROM gateway_visit_lines"
-        " WHERE fixmedins_code = $1 AND mdtrt_id = $2 AND status = 'active'"
-        " AND setl_id IS NULL AND ($3::text IS NULL OR chrg_bchno = $3)"
-        " ORDER BY created_at, feedetl_sn",
-        fixmedins_code,
-        mdtrt_id,
-        batch,
-    )
-    return [_line(row) for row in rows], tuple(
-        LineVersion(row["tid"], row["version"]) for row in rows
+    rows = await conn.fetch(_VISIT_AND_LINES, fixmedins_code, mdtrt_id, batch)
+    if not rows:
+        raise visit_not_found(mdtrt_id)
+    taken = [row for row in rows if row["l_feedetl_sn"] is not None]
+    lines = [
+        VisitLine(
+            **{name: row[f"l_{name}"] for name in _LINE_FIELDS},
+            result=_result_decoder.decode(row["l_result"]),
+        )
+        for row in taken
+    ]
+    return (
+        _visit(rows[0]),
+        lines,
+        tuple(LineVersion(row["l_tid"], row["l_version"]) for row in taken),
     )
 
 

@@ -271,8 +271,11 @@ async def test_settlement_marks_and_releases_lines(world: World, db: asyncpg.Con
     )
     batch = await visits.unsettled_lines(db, site.code, mdtrt_id, "B2")
     assert [line.feedetl_sn for line in batch] == ["2"]
-    lines, versions = await visits.unsettled_lines_versioned(db, site.code, mdtrt_id, None)
+    visit, lines, versions = await visits.visit_with_unsettled_lines(db, site.code, mdtrt_id, None)
+    assert visit.mdtrt_id == mdtrt_id
     assert [line.feedetl_sn for line in lines] == ["1", "2"] and len(versions) == 2
+    _, only_b2, _ = await visits.visit_with_unsettled_lines(db, site.code, mdtrt_id, "B2")
+    assert [line.feedetl_sn for line in only_b2] == ["2"]
     setl_id = unique_code("S")
     await db.execute(  # as the settlement's batch write marks them
         "UPDATE gateway_visit_lines SET setl_id = $3 WHERE fixmedins_code = $1 AND mdtrt_id = $2",
