@@ -31,6 +31,7 @@ from typing import Any
 import msgspec
 
 from cardsvc import clock
+from cardsvc.audit.services import NewEntry, new_entry
 from cardsvc.db import Connection, transaction
 from cardsvc.errors import Conflict, Forbidden, InvalidRequest, ServiceUnavailable
 from cardsvc.national import certs, fees, reversals, visits
@@ -231,6 +232,17 @@ async def _checked_visit(
     )
 
 
+def _entry(call: Call, action: str, visit: Visit, **data: Any) -> NewEntry:
+    """The audit entry ``_audit`` appends, for a statement that appends it with its change."""
+    return new_entry(
+        call.caller.actor,
+        action,
+        "visit",
+        f"{visit.fixmedins_code}/{visit.mdtrt_id}",
+        {**operator(call), **data},
+    )
+
+
 async def _audit(conn: Connection, call: Call, action: str, visit: Visit, **data: Any) -> None:
     await call.services.audit.append(
         conn,
@@ -381,17 +393,15 @@ async def _pharmacy_visit(
         created_msgid=call.msgid,
         closed_msgid=None,
     )
-    stored, opened = await visits.open_new_visit(conn, visit, {"opened_by": "2204"})
-    if opened:
-        await _audit(
-            conn,
-            call,
-            "visit.registered",
-            stored,
-            psn_no=stored.psn_no,
-            kind="pharmacy",
-            certified=False,  # the pharmacy's word: its settlement certifies the person
-        )
+    registered = _entry(
+        call,
+        "visit.registered",
+        visit,
+        psn_no=visit.psn_no,
+        kind="pharmacy",
+        certified=False,  # the pharmacy's word: its settlement certifies the person
+    )
+    stored, opened = await visits.open_new_visit(conn, visit, {"opened_by": "2204"}, registered)
     if stored.psn_no != first.psn_no:
         raise _person_mismatch()
     return stored, opened
@@ -445,16 +455,15 @@ async def upload_fees(
         if plan.refunded:
             await visits.mark_refunded(conn, visit, plan.refunded, call.msgid)
             await _audit(conn, call, "visit.fees_refunded", visit, feedetl_sns=plan.refunded)
-        await visits.store_lines(conn, visit, plan.store, call.msgid)
         if plan.store:  # new lines (a rerun stores none: audited once)
-            await _audit(
-                conn,
+            uploaded = _entry(
                 call,
                 "visit.fees_uploaded",
                 visit,
                 lines=len(plan.store),
                 total=sum(line.total for line in plan.store),
             )
+            await visits.store_lines(conn, visit, plan.store, call.msgid, uploaded)
     return [fees.fee_result(mdtrt_id, line, split) for line, split in plan.results]
 
 

@@ -36,6 +36,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from cardsvc.audit.services import NewEntry, append_cte
 from cardsvc.clock import business_date
 from cardsvc.db import Connection
 from cardsvc.errors import Conflict, NotFound
@@ -237,17 +238,30 @@ async def open_visit(conn: Connection, visit: Visit, info: dict[str, Any]) -> Vi
     return stored
 
 
+_N_INSERT = len(Visit.__struct_fields__) + 1
+_INSERT_VISIT = (
+    f"INSERT INTO gateway_visits ({_VISIT_COLUMNS}, info)"  # noqa: S608 - constant columns
+    f" VALUES ({', '.join(f'${i}' for i in range(1, _N_INSERT + 1))})"
+    f" ON CONFLICT DO NOTHING RETURNING {_VISIT_COLUMNS}"
+)
+# The same, with the audit entry of the opening, written only if the visit was stored.
+_INSERT_VISIT_AUDITED = (
+    f"WITH opened AS ({_INSERT_VISIT}), {append_cte(_N_INSERT + 1, after='opened')}"  # noqa: S608
+    " SELECT * FROM opened"
+)
+
+
 async def open_new_visit(
-    conn: Connection, visit: Visit, info: dict[str, Any]
+    conn: Connection, visit: Visit, info: dict[str, Any], audit: NewEntry | None = None
 ) -> tuple[Visit, bool]:
     """``open_visit``, and whether ``visit`` was stored now (False: another was found).
-    Either way the visit returned is held ``FOR UPDATE``."""
+    Either way the visit returned is held ``FOR UPDATE``. ``audit``: the entry that records
+    the opening, appended in the same statement (only if the visit was stored now)."""
     row = await conn.fetchrow(
-        f"INSERT INTO gateway_visits ({_VISIT_COLUMNS}, info)"  # noqa: S608 - constant columns
-        f" VALUES ({', '.join(f'${i}' for i in range(1, len(Visit.__struct_fields__) + 2))})"
-        f" ON CONFLICT DO NOTHING RETURNING {_VISIT_COLUMNS}",
+        _INSERT_VISIT_AUDITED if audit else _INSERT_VISIT,
         *(getattr(visit, name) for name in Visit.__struct_fields__),
         _encoder.encode(info).decode(),
+        *(audit.params() if audit else ()),
     )
     if row is not None:
         return _visit(row), True
@@ -286,14 +300,23 @@ async def update_visit(
     return _visit(row)
 
 
-async def store_lines(conn: Connection, visit: Visit, lines: Sequence[NewLine], msgid: str) -> None:
+async def store_lines(
+    conn: Connection,
+    visit: Visit,
+    lines: Sequence[NewLine],
+    msgid: str,
+    audit: NewEntry | None = None,
+) -> None:
     """Inserts ``lines`` (created by ``msgid``); a line of the same ``feedetl_sn`` that was
     cancelled is replaced, any other is left as it is (the caller decided beforehand,
-    under the visit's lock, that none of these conflicts)."""
+    under the visit's lock, that none of these conflicts). ``audit``: the entry that
+    records it, appended in the same statement."""
     if not lines:
         return
+    audited = f"{append_cte(13)}, " if audit else ""
     await conn.execute(
-        """
+        f"""
+        WITH {audited}stored AS (
         INSERT INTO gateway_visit_lines AS l
             (fixmedins_code, mdtrt_id, feedetl_sn, chrg_bchno, code, price_e4, count_e4,
              total, init_feedetl_sn, status, result, details, created_msgid)
@@ -311,7 +334,9 @@ async def store_lines(conn: Connection, visit: Visit, lines: Sequence[NewLine], 
             created_msgid = EXCLUDED.created_msgid, cancelled_msgid = NULL,
             created_at = now()
         WHERE l.status = 'cancelled'
-        """,
+        RETURNING 1)
+        SELECT 1
+        """,  # noqa: S608 - constant text only
         visit.fixmedins_code,
         visit.mdtrt_id,
         msgid,
@@ -324,6 +349,7 @@ async def store_lines(conn: Connection, visit: Visit, lines: Sequence[NewLine], 
         [line.init_feedetl_sn for line in lines],
         [_encoder.encode(line.result).decode() for line in lines],
         [_encoder.encode(line.details).decode() for line in lines],
+        *(audit.params() if audit else ()),
     )
 
 
