@@ -181,16 +181,11 @@ def settlement_statement(writes: list[SettlementWrite], audit: NewEntry) -> tupl
     # all for a batch of native settlements).
     tids = f"${10 + len(audit_params)}::text[]::tid[]"
     lines_doc = f"${11 + len(audit_params)}::json"
-    sql = f"""
-WITH accounts AS (
-    SELECT * FROM json_to_recordset($1::json) AS i(psn_no text, pay bigint, version text)
-),
-locked AS (
-    SELECT a.psn_no FROM psn_accounts a JOIN accounts i USING (psn_no)
-    WHERE a.psn_no = ANY({persons}) AND a.xmin = i.version::xid
-    ORDER BY a.psn_no FOR UPDATE OF a SKIP LOCKED
-),
-visit_lines AS (
+    # Only a batch with gateway settlements has the lines' part: a batch of native ones runs
+    # the statement without it (measured: the longer statement, whose lines part does
+    # nothing for them, cost 0.5-1 ms more of PostgreSQL's CPU per native settlement).
+    lines_ctes = (
+        f"""visit_lines AS (
     SELECT * FROM json_to_recordset({lines_doc}) AS v(setl_id text, tid text, xmin text)
 ),
 lines_locked AS (
@@ -211,7 +206,22 @@ upd_lines AS (
     UPDATE gateway_visit_lines l SET setl_id = k.setl_id FROM lines_locked k
     WHERE l.ctid = ANY({tids}) AND l.ctid = k.tid AND (SELECT ok FROM guard)
     RETURNING 1
+),"""
+        if visit_lines
+        else "guard AS (SELECT count(*) = $2 AS ok FROM locked),"
+    )
+    lines_done = " AND (SELECT count(*) FROM upd_lines) >= 0" if visit_lines else ""
+    lines_lost = "ARRAY(SELECT setl_id FROM lines_lost)" if visit_lines else "'{}'::text[]"
+    sql = f"""
+WITH accounts AS (
+    SELECT * FROM json_to_recordset($1::json) AS i(psn_no text, pay bigint, version text)
 ),
+locked AS (
+    SELECT a.psn_no FROM psn_accounts a JOIN accounts i USING (psn_no)
+    WHERE a.psn_no = ANY({persons}) AND a.xmin = i.version::xid
+    ORDER BY a.psn_no FOR UPDATE OF a SKIP LOCKED
+),
+{lines_ctes}
 ins_nonces AS (
     INSERT INTO request_nonces (terminal_id, nonce)
     SELECT terminal_id, nonce FROM json_to_recordset($3::json) AS x(terminal_id text, nonce text)
@@ -259,12 +269,12 @@ done AS (
     SELECT 1 FROM upd_account
     WHERE (SELECT count(*) FROM ins_nonces) >= 0 AND (SELECT count(*) FROM ins_settlements) >= 0
       AND (SELECT count(*) FROM ins_entries) >= 0 AND (SELECT count(*) FROM upsert_years) >= 0
-      AND (SELECT count(*) FROM ins_flags) >= 0 AND (SELECT count(*) FROM upd_lines) >= 0
+      AND (SELECT count(*) FROM ins_flags) >= 0{lines_done}
     LIMIT 1
 ),
 {append_cte(9, after="done").strip()}
 SELECT (SELECT ok FROM guard) AS ok, ARRAY(SELECT psn_no FROM locked) AS locked,
-       ARRAY(SELECT setl_id FROM lines_lost) AS lines_lost"""
+       {lines_lost} AS lines_lost"""
     return sql, [
         _doc(accounts),
         len(writes),
@@ -276,6 +286,5 @@ SELECT (SELECT ok FROM guard) AS ok, ARRAY(SELECT psn_no FROM locked) AS locked,
         _doc(flags),
         *audit_params,
         [w.psn_no for w in writes],
-        [line["tid"] for line in visit_lines],
-        _doc(visit_lines),
+        *([[line["tid"] for line in visit_lines], _doc(visit_lines)] if visit_lines else []),
     ]
