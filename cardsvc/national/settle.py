@@ -8,8 +8,8 @@ unique per facility, so a message run twice (a crash before its answer was store
 retries at once) settles once and answers the same.
 
 **Never a line settled twice.** The handler reads the visit's unsettled lines with their
-versions (no lock, no transaction of its own: ``open_message`` is one round trip, the visit
-with its lines another) and submits the job; the pipeline's batch write marks those lines
+versions (no lock, no transaction of its own: one round trip with the opening read,
+``visits.open_settlement``) and submits the job; the pipeline's batch write marks those lines
 with the settlement's ``setl_id`` in the settlement's own statement, only if each is still
 the version read, active and unsettled, and held by no other transaction
 (``store.settlement_statement``). Otherwise nothing of that settlement is written and the
@@ -20,7 +20,7 @@ holds them first (``visits.lock_lines``): it waits for a settlement being writte
 written meanwhile is refused. Any reversal of a settlement releases its lines
 (``reverse_locked`` calls ``visits.release``).
 
-**A 2601 and its message.** The message's opening read (``open_message``, the SQL function
+**A 2601 and its message.** The message's opening read (the SQL function
 ``gateway_message_open``) takes the message's advisory lock, then reads whether a 2601
 undid it; a 2601 holds that lock while it looks for the message's settlement and records
 the undoing, and refuses (``VISIT_SETTLING``) while the message is in progress (its msgid
@@ -273,19 +273,21 @@ async def settle(call: Call, order: Order, cert: Certified) -> Settled:
     fac, msgid = call.fixmedins_code, call.msgid
     key = KEY_PREFIX + msgid
     async with call.pool.acquire() as conn:
-        opened = await open_message(conn, fac, msgid, key, cert.psn_no)
-        if opened["undone_by"] is not None:
-            raise msgid_undone(msgid, opened["undone_by"])
-        psn_type = opened["psn_type"] or ""
-        if opened["setl_id"] is not None:  # this message settled before (its answer was lost)
+        opened = await visits.open_settlement(
+            conn, fac, order.mdtrt_id, order.chrg_bchno, msgid=msgid, key=key, psn_no=cert.psn_no
+        )
+        if opened.undone_by is not None:
+            raise msgid_undone(msgid, opened.undone_by)
+        psn_type = opened.psn_type or ""
+        if opened.setl_id is not None:  # this message settled before (its answer was lost)
             stored = await settlement_of(conn, fac, key)
             if stored is not None:
                 return Settled(stored_setl_info(stored), psn_type, msgid)
-        visit, lines, versions = await visits.visit_with_unsettled_lines(
-            conn, fac, order.mdtrt_id, order.chrg_bchno
-        )
-        check_visit(visit, order, cert)
-        visit = await with_injury_case(conn, visit, clock.business_date(call.now))
+        if opened.visit is None:
+            raise visits.visit_not_found(order.mdtrt_id)
+        check_visit(opened.visit, order, cert)
+        visit = await with_injury_case(conn, opened.visit, clock.business_date(call.now))
+        lines, versions = opened.lines, opened.versions
     request = engine_request(visit, order, lines)
     refs = tuple(line.feedetl_sn for line in lines)
     job = SettleJob(
@@ -305,18 +307,6 @@ async def settle(call: Call, order: Order, cert: Certified) -> Settled:
     )
     info = await call.services.settlements.submit(job)
     return Settled(info, psn_type, msgid)
-
-
-async def open_message(
-    conn: Connection, fac: str, msgid: str, key: str, psn_no: str
-) -> asyncpg.Record:
-    """A settlement message's opening read, serialised with a 2601 naming it: ``undone_by``
-    (the 2601 that undid it, if one did), ``psn_type``, ``setl_id`` (its settlement, if it
-    made one)."""
-    row: asyncpg.Record = await conn.fetchrow(
-        "SELECT * FROM gateway_message_open($1, $2, $3, $4)", fac, msgid, key, psn_no
-    )
-    return row
 
 
 async def settlement_of(conn: Connection, fac: str, key: str) -> asyncpg.Record | None:

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 import msgspec
@@ -133,18 +133,60 @@ async def unsettled_lines(
 
 
 _LINE_FIELDS = [name for name in VisitLine.__struct_fields__ if name != "result"]
-_VISIT_AND_LINES = (
-    "SELECT "  # noqa: S608 - constant columns
-    + ", ".join(f"v.{name}" for name in Visit.__struct_fields__)
+_VISIT_AND_LINES_COLUMNS = (
+    ", ".join(f"v.{name}" for name in Visit.__struct_fields__)
     + ", "
     + ", ".join(f"l.{name} AS l_{name}" for name in [*_LINE_FIELDS, "result"])
     + ", l.ctid::text AS l_tid, l.xmin::text AS l_version"
-    " FROM gateway_visits v LEFT JOIN gateway_visit_lines l"
+)
+_UNSETTLED_JOIN = (
+    " LEFT JOIN gateway_visit_lines l"
     " ON l.fixmedins_code = v.fixmedins_code AND l.mdtrt_id = v.mdtrt_id"
     " AND l.status = 'active' AND l.setl_id IS NULL AND ($3::text IS NULL OR l.chrg_bchno = $3)"
+)
+_VISIT_AND_LINES = (
+    f"SELECT {_VISIT_AND_LINES_COLUMNS} FROM gateway_visits v{_UNSETTLED_JOIN}"  # noqa: S608
     " WHERE v.fixmedins_code = $1 AND v.mdtrt_id = $2"
     " ORDER BY l.created_at, l.feedetl_sn"
 )
+# A settlement message's opening read (``gateway_message_open``: the 2601 check under the
+# message's lock, the person's type, the message's own settlement) with the visit and its
+# unsettled lines, in one round trip. The visit and lines are read with the statement's
+# snapshot, from before the lock: what settles them is the batch write's guard, not this.
+_OPENING_AND_LINES = (
+    f"SELECT o.undone_by, o.psn_type, o.setl_id, {_VISIT_AND_LINES_COLUMNS}"  # noqa: S608
+    " FROM gateway_message_open($1, $4, $5, $6) o LEFT JOIN gateway_visits v"
+    f" ON v.fixmedins_code = $1 AND v.mdtrt_id = $2{_UNSETTLED_JOIN}"
+    " ORDER BY l.created_at, l.feedetl_sn"
+)
+
+
+class Opening(NamedTuple):
+    """A settlement message's opening read (``open_settlement``)."""
+
+    undone_by: str | None  # the 2601 that undid the message, if one did
+    psn_type: str | None
+    setl_id: str | None  # the message's own settlement, if it made one
+    visit: Visit | None
+    lines: list[VisitLine]
+    versions: tuple[LineVersion, ...]
+
+
+def _visit_and_lines(
+    rows: Sequence[asyncpg.Record],
+) -> tuple[Visit | None, list[VisitLine], tuple[LineVersion, ...]]:
+    if not rows or rows[0]["fixmedins_code"] is None:
+        return None, [], ()
+    taken = [row for row in rows if row["l_feedetl_sn"] is not None]
+    lines = [
+        VisitLine(
+            **{name: row[f"l_{name}"] for name in _LINE_FIELDS},
+            result=_result_decoder.decode(row["l_result"]),
+        )
+        for row in taken
+    ]
+    versions = tuple(LineVersion(row["l_tid"], row["l_version"]) for row in taken)
+    return _visit(rows[0]), lines, versions
 
 
 async def visit_with_unsettled_lines(
@@ -154,22 +196,30 @@ async def visit_with_unsettled_lines(
     version, for the settlement that takes them (its batch write marks them only if none
     changed since: ``store.settlement_statement``)."""
     batch = None if chrg_bchno in (None, ALL_BATCHES) else chrg_bchno
-    rows = await conn.fetch(_VISIT_AND_LINES, fixmedins_code, mdtrt_id, batch)
-    if not rows:
-        raise visit_not_found(mdtrt_id)
-    taken = [row for row in rows if row["l_feedetl_sn"] is not None]
-    lines = [
-        VisitLine(
-            **{name: row[f"l_{name}"] for name in _LINE_FIELDS},
-            result=_result_decoder.decode(row["l_result"]),
-        )
-        for row in taken
-    ]
-    return (
-        _visit(rows[0]),
-        lines,
-        tuple(LineVersion(row["l_tid"], row["l_version"]) for row in taken),
+    visit, lines, versions = _visit_and_lines(
+        await conn.fetch(_VISIT_AND_LINES, fixmedins_code, mdtrt_id, batch)
     )
+    if visit is None:
+        raise visit_not_found(mdtrt_id)
+    return visit, lines, versions
+
+
+async def open_settlement(
+    conn: Connection,
+    fixmedins_code: str,
+    mdtrt_id: str,
+    chrg_bchno: str | None,
+    *,
+    msgid: str,
+    key: str,
+    psn_no: str,
+) -> Opening:
+    """A settlement message's opening read and ``visit_with_unsettled_lines``, one round
+    trip (the visit None: no such visit at this facility)."""
+    batch = None if chrg_bchno in (None, ALL_BATCHES) else chrg_bchno
+    rows = await conn.fetch(_OPENING_AND_LINES, fixmedins_code, mdtrt_id, batch, msgid, key, psn_no)
+    first = rows[0]
+    return Opening(first["undone_by"], first["psn_type"], first["setl_id"], *_visit_and_lines(rows))
 
 
 async def lines_by_sn(
