@@ -186,3 +186,10 @@ async def refuse_undone(conn: Connection, fixmedins_code: str, msgid: str) -> No
     )
     if by is not None:
         raise msgid_undone(msgid, by)
+
+
+def check_not_undone(msgid: str, undone_by: str | None) -> None:
+    """``refuse_undone``'s answer, for a caller that read ``gateway_message_undone`` in a
+    statement of its own (the first of its transaction)."""
+    if undone_by is not None:
+        raise msgid_undone(msgid, undone_by)

@@ -52,18 +52,17 @@ from cardsvc.settlement.snapshot import load_snapshot
 # The visit type a registration gets when it names none (2201 has no med_type; 2203 may
 # change it): the first of these the policy allows for the scheme at the facility.
 _GENERAL_VISITS = (policy.OUTPATIENT, policy.PRENATAL, policy.PHARMACY_PURCHASE)
-_CATALOG = (
-    "SELECT code, chrgitm_lv, selfpay_prop, max_price, work_injury FROM catalog_items"
-    " WHERE code = ANY($1::text[])"
-)
 _FACILITY = (
     "SELECT row_to_json(f) FROM (SELECT fixmedins_code, type, level, credit_rating, status,"
     " agreements FROM facilities WHERE fixmedins_code = $1) f"
 )
 _facility_decoder = msgspec.json.Decoder(policy.FacilityInfo)
-# A pharmacy's first 2204: its facility and the lines' catalog items in one read.
-_FACILITY_AND_CATALOG = (
-    "SELECT (SELECT row_to_json(f) FROM (SELECT fixmedins_code, type, level, credit_rating,"
+# 2204/2301's first read, one round trip: the 2601 check (``refuse_undone``: the message's
+# lock, held to the end of the transaction, then the read), the facility (a pharmacy's
+# first 2204 opens its visit) and the lines' catalog items.
+_UPLOAD_OPENING = (
+    "SELECT gateway_message_undone($1, $3) AS undone_by,"
+    " (SELECT row_to_json(f) FROM (SELECT fixmedins_code, type, level, credit_rating,"
     " status, agreements FROM facilities WHERE fixmedins_code = $1) f) AS facility,"
     " (SELECT coalesce(json_agg(c), '[]') FROM (SELECT code, chrgitm_lv, selfpay_prop,"
     " max_price, work_injury FROM catalog_items WHERE code = ANY($2::text[])) c) AS catalog"
@@ -346,15 +345,12 @@ async def record_info(
             await _audit(conn, call, "visit.updated", visit, **changed)
 
 
-async def _catalog(conn: Connection, codes: Sequence[str]) -> dict[str, policy.CatalogItem]:
-    rows = await conn.fetch(_CATALOG, sorted(set(codes)))
-    return {row["code"]: policy.CatalogItem(**dict(row)) for row in rows}
-
-
-async def _facility_and_catalog(
+async def _upload_opening(
     conn: Connection, call: Call, codes: Sequence[str]
 ) -> tuple[policy.FacilityInfo, dict[str, policy.CatalogItem]]:
-    row = await conn.fetchrow(_FACILITY_AND_CATALOG, call.fixmedins_code, sorted(set(codes)))
+    """``refuse_undone``, then the facility and the catalog items of ``codes``."""
+    row = await conn.fetchrow(_UPLOAD_OPENING, call.fixmedins_code, sorted(set(codes)), call.msgid)
+    reversals.check_not_undone(call.msgid, row["undone_by"])
     items = _catalog_decoder.decode(row["catalog"])
     return _facility_decoder.decode(row["facility"]), {item.code: item for item in items}
 
@@ -426,14 +422,11 @@ async def upload_fees(
         for detail, raw in zip(details, sent, strict=True)
     ]
     async with transaction(call.pool) as conn:
-        await reversals.refuse_undone(conn, call.fixmedins_code, call.msgid)
+        facility, catalog = await _upload_opening(conn, call, [line.code for line in lines])
         found = await visits.find_visit(conn, call.fixmedins_code, mdtrt_id)
-        new_visit, catalog = False, None
+        new_visit = False
         if found is None and not inpatient:
             exp = exp_content(details[0].exp_content, "feedetail")
-            facility, catalog = await _facility_and_catalog(
-                conn, call, [line.code for line in lines]
-            )
             found, new_visit = await _pharmacy_visit(conn, call, facility, details[0], exp)
         if found is None or found.mdtrt_id != mdtrt_id:
             raise visits.visit_not_found(mdtrt_id)
@@ -449,8 +442,6 @@ async def upload_fees(
             if new_visit
             else await visits.lines_by_sn(conn, call.fixmedins_code, mdtrt_id, named)
         )
-        if catalog is None:
-            catalog = await _catalog(conn, [line.code for line in lines])
         plan = fees.plan_upload(_params(), visit.insutype, visit.med_type, lines, stored, catalog)
         if plan.refunded:
             await visits.mark_refunded(conn, visit, plan.refunded, call.msgid)
