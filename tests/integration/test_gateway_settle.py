@@ -441,19 +441,26 @@ async def test_concurrent_messages_for_one_visit_settle_it_once(site: Site):
     # Each with a card token of its own (two workstations, say): only the visit's claim
     # stands between them and a second settlement of the same lines.
     certs = [await new_token(site, h) for _ in range(4)]
+    msgids = [his.new_msgid() for _ in certs]
     async with own_session(his) as his:
         answers = await asyncio.gather(
-            *(his.call("2207", settle_data(h, mdtrt_id, mdtrt_cert_no=c)) for c in certs)
+            *(
+                his.call("2207", settle_data(h, mdtrt_id, mdtrt_cert_no=c), msgid=m)
+                for c, m in zip(certs, msgids, strict=True)
+            )
         )
-    settled = [a for a in answers if a["infcode"] == 0]
-    assert len(settled) == 1, [a["err_msg"] for a in answers]
-    for a in answers:
-        if a["infcode"] != 0:
-            assert a["err_msg"].split("]")[0] in (
-                "[VISIT_SETTLING",
-                "[NO_UNSETTLED_LINES",
-                "[CARD_TOKEN_USED",
-            ), a
+        settled = [a for a in answers if a["infcode"] == 0]
+        assert len(settled) == 1, [a["err_msg"] for a in answers]
+        for a, c, m in zip(answers, certs, msgids, strict=True):
+            if a["infcode"] != 0:
+                assert a["err_msg"].split("]")[0] in (
+                    "[VISIT_SETTLING",
+                    "[NO_UNSETTLED_LINES",
+                    "[CARD_TOKEN_USED",
+                ), a
+            if a["err_msg"].startswith("[VISIT_SETTLING]"):  # retryable: sent again, it sees them settled
+                again = await his.call("2207", settle_data(h, mdtrt_id, mdtrt_cert_no=c), msgid=m)
+                assert again["err_msg"].startswith("[NO_UNSETTLED_LINES]"), again
     conn = await db(site)
     try:
         rows = await conn.fetch("SELECT setl_id FROM settlements WHERE mdtrt_id = $1", mdtrt_id)
@@ -636,6 +643,40 @@ async def test_2601_of_a_message_that_never_arrived(site: Site):
         {"data": {"psn_no": h.psn_no, "omsgid": late, "oinfno": "2203"}},
         "UNSUPPORTED_INFNO",
     )
+
+
+async def test_2601_of_a_settlement_message_in_flight_waits_for_it(site: Site):
+    """A settlement message is in flight from its admission (its msgid reserved, no answer
+    yet) until its answer: its settlement may be committing, so a 2601 of it is refused,
+    retryably, and records nothing. Once the reservation has lapsed (well past a try's
+    bound) without a settlement, the message counts as never arrived."""
+    his = site.his
+    h = await holder(site, balance=5000)
+    await outpatient_visit(site, h)
+    flying = his.new_msgid()
+    undo = {"data": {"psn_no": h.psn_no, "omsgid": flying, "oinfno": "2207"}}
+    conn = await db(site)
+    try:
+        await conn.execute(  # as the admission reserves a message's msgid
+            "INSERT INTO gateway_messages (fixmedins_code, msgid, infno, body_hash, paasid,"
+            " pending_until, owner) VALUES ($1, $2, '2207', '\\x00', 'p', now() + interval"
+            " '20 seconds', 1)",
+            his.fixmedins_code,
+            flying,
+        )
+        busy = await his.call("2601", undo)
+        assert busy["err_msg"].startswith("[VISIT_SETTLING]"), busy
+        assert await reversals.undone_by(conn, his.fixmedins_code, flying) is None
+        await conn.execute(
+            "UPDATE gateway_messages SET pending_until = now() - interval '10 minutes'"
+            " WHERE fixmedins_code = $1 AND msgid = $2",
+            his.fixmedins_code,
+            flying,
+        )
+        out = await his.ok("2601", undo)
+        assert out["result"]["outcome"] == "none"
+    finally:
+        await conn.close()
 
 
 async def test_any_reversal_frees_the_lines(site: Site):
