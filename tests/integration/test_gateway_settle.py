@@ -458,7 +458,8 @@ async def test_concurrent_messages_for_one_visit_settle_it_once(site: Site):
                     "[NO_UNSETTLED_LINES",
                     "[CARD_TOKEN_USED",
                 ), a
-            if a["err_msg"].startswith("[VISIT_SETTLING]"):  # retryable: sent again, it sees them settled
+            if a["err_msg"].startswith("[VISIT_SETTLING]"):
+                # Retryable: the same message sent again sees the lines settled.
                 again = await his.call("2207", settle_data(h, mdtrt_id, mdtrt_cert_no=c), msgid=m)
                 assert again["err_msg"].startswith("[NO_UNSETTLED_LINES]"), again
     conn = await db(site)
