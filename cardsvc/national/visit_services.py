@@ -325,6 +325,10 @@ async def record_info(
     async with transaction(call.pool) as conn:
         visit = await _open_visit(conn, call, mdtrt_id, psn_no=psn_no, inpatient=False)
         delivery = exp.delivery_type or visit.delivery_type
+        if (med_type, delivery) != (visit.med_type, visit.delivery_type):
+            # What a settlement applies changes: one that read the visit before is refused
+            # (its lines are no longer the versions it read), one being written is waited for.
+            await visits.lock_lines(conn, visit, renew=True)
         if med_type != visit.med_type:
             if await visits.has_settled_lines(conn, call.fixmedins_code, mdtrt_id):
                 raise visits.visit_has_settlement(mdtrt_id)

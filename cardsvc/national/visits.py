@@ -257,18 +257,25 @@ async def release(conn: Connection, setl_id: str) -> int:
     return int(result.split()[-1])
 
 
-async def lock_lines(conn: Connection, visit: Visit) -> None:
+_LOCK_LINES = (
+    "SELECT 1 FROM gateway_visit_lines WHERE fixmedins_code = $1 AND mdtrt_id = $2"
+    " AND setl_id IS NULL FOR UPDATE"
+)
+_RENEW_LINES = (
+    "UPDATE gateway_visit_lines SET status = status WHERE fixmedins_code = $1"
+    " AND mdtrt_id = $2 AND setl_id IS NULL"
+)
+
+
+async def lock_lines(conn: Connection, visit: Visit, *, renew: bool = False) -> None:
     """Holds the visit's unsettled lines ``FOR UPDATE`` until the caller's transaction ends:
     first thing in a transaction that changes them (2202, 2205/2302, a 2301 refund, 2601).
     A settlement being written waits to commit before this returns (so what is read after
     sees its lines settled), and one written meanwhile finds them held and is refused, to
-    be sent again (its batch write takes lines ``SKIP LOCKED``)."""
-    await conn.execute(
-        "SELECT 1 FROM gateway_visit_lines WHERE fixmedins_code = $1 AND mdtrt_id = $2"
-        " AND setl_id IS NULL FOR UPDATE",
-        visit.fixmedins_code,
-        visit.mdtrt_id,
-    )
+    be sent again (its batch write takes lines ``SKIP LOCKED``). ``renew``: each line gets
+    a new row version too (2203 changing what a settlement of them applies), so that a
+    settlement that read them before is refused at its write."""
+    await conn.execute(_RENEW_LINES if renew else _LOCK_LINES, visit.fixmedins_code, visit.mdtrt_id)
 
 
 # --- writing (the visit transactions) --------------------------------------------------

@@ -792,6 +792,35 @@ async def _settling(db: asyncpg.Connection, site: Any, mdtrt_id: str, sn: str) -
     return setl_id
 
 
+async def test_2203_changing_what_a_settlement_applies_renews_the_lines_versions(
+    world: World, db: asyncpg.Connection
+) -> None:
+    """A settlement marks the lines it read only if each is still that version: a 2203
+    changing the visit type (or the delivery type) between a settlement's read and its
+    write gives every unsettled line a new version, so that settlement is refused and its
+    retry applies the new type. The same 2203 sent again changes nothing."""
+    site, who = world.hospital, await holder(world, insutypes=("510",), gend="2")
+    mdtrt_id = await register(site, who, "510")
+    await site.client.ok("2204", {"feedetail": [fee(mdtrt_id, who, "1", "A-AMOX", 1, 1, 1)]})
+    _, _, before = await visits.visit_with_unsettled_lines(db, site.code, mdtrt_id, None)
+    info = {
+        "mdtrtinfo": {
+            "mdtrt_id": mdtrt_id,
+            "psn_no": who.psn_no,
+            "med_type": "52",
+            "matn_type": "1",
+            "exp_content": '{"delivery_type": "normal"}',
+        }
+    }
+    await site.client.ok("2203", info)
+    _, _, after = await visits.visit_with_unsettled_lines(db, site.code, mdtrt_id, None)
+    assert [v.tid for v in after] != [v.tid for v in before]
+    assert all(a.xmin != b.xmin for a, b in zip(after, before, strict=True))
+    await site.client.ok("2203", info)
+    _, _, again = await visits.visit_with_unsettled_lines(db, site.code, mdtrt_id, None)
+    assert again == after
+
+
 async def test_a_registration_is_not_cancelled_under_a_settlement_being_written(
     world: World, db: asyncpg.Connection
 ) -> None:
