@@ -8,17 +8,15 @@ visit lines; the visit's row is taken first, as every writer of a visit takes it
 message of a kind 2601 undoes (2201, 2204, 2207, 2301, 2304, 2401) arriving later with that
 msgid is refused (``MSGID_UNDONE``) and does nothing, so an HIS that gave up on a message
 and undid it is never charged, registered or billed by its late copy. The record and the
-late message's check (the settlement's claim step, ``refuse_undone`` for the others) take
+late message's check (the settlement's opening read, ``refuse_undone`` for the others) take
 the same per-message advisory lock, so one of them sees the other.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from cardsvc import clock
 from cardsvc.db import Connection, transaction
 from cardsvc.errors import InvalidRequest, NotFound
 from cardsvc.national import visits
@@ -27,11 +25,11 @@ from cardsvc.national.settle import (
     KEY_PREFIX,
     SETTLING_INFNOS,
     lock_message,
+    message_in_progress,
     mismatch,
     msgid_undone,
     psn_type_of,
     settlement_of,
-    visit_settling,
 )
 from cardsvc.settlement.models import Reversal, SetlInfo
 from cardsvc.settlement.plan import stored_setl_info
@@ -39,6 +37,10 @@ from cardsvc.settlement.services import reverse_locked
 
 REGISTERING_INFNOS: Final = frozenset({"2201", "2401"})
 UPLOADING_INFNOS: Final = frozenset({"2204", "2301"})
+# A settlement message's reservation released or lapsed less than this ago (seconds) still
+# holds off a 2601 of it: a try that timed out may have left its settlement in a batch in
+# flight, well within this.
+IN_PROGRESS_GRACE_S: Final = 120.0
 
 
 # --- cancelling a settlement -----------------------------------------------------------
@@ -115,14 +117,14 @@ async def undo(call: Call, omsgid: str, oinfno: str, psn_no: str | None) -> Undo
             " and 2401 can",
             code="UNSUPPORTED_INFNO",
         )
-    fac, now = call.fixmedins_code, clock.now()
+    fac = call.fixmedins_code
     async with transaction(call.pool) as conn:
         await lock_message(conn, fac, omsgid)
         undone: Undone
         if oinfno in SETTLING_INFNOS:
-            undone = await _undosettlement_of(conn, call, omsgid, psn_no, now)
+            undone = await _undosettlement_of(conn, call, omsgid, psn_no)
         else:
-            did = await visits.undo_message(conn, fac, omsgid, call.msgid, now)
+            did = await visits.undo_message(conn, fac, omsgid, call.msgid)
             undone = Undone("cancelled" if did else "none")
         await conn.execute(
             "INSERT INTO gateway_undone_messages (fixmedins_code, msgid, oinfno, undone_by,"
@@ -137,27 +139,28 @@ async def undo(call: Call, omsgid: str, oinfno: str, psn_no: str | None) -> Undo
 
 
 async def _undosettlement_of(
-    conn: Connection, call: Call, omsgid: str, psn_no: str | None, now: dt.datetime
+    conn: Connection, call: Call, omsgid: str, psn_no: str | None
 ) -> Undone:
     fac = call.fixmedins_code
     stored = await settlement_of(conn, fac, KEY_PREFIX + omsgid)
     if stored is None:
-        # Not settled (yet): refused while the message holds a live claim on a visit (its
-        # settlement may be committing), else recorded as never arrived.
+        # Not settled (yet): refused while the message is in progress (its msgid reserved
+        # without an answer, or was a moment ago: a try that timed out may have left its
+        # settlement in flight), else recorded as never arrived.
         busy = await conn.fetchval(
-            "SELECT mdtrt_id FROM gateway_visits WHERE fixmedins_code = $1"
-            " AND settling_msgid = $2 AND settling_since > $3",
+            "SELECT EXISTS (SELECT 1 FROM gateway_messages WHERE fixmedins_code = $1"
+            " AND msgid = $2 AND infcode IS NULL"
+            " AND pending_until > now() - make_interval(secs => $3::float8))",
             fac,
             omsgid,
-            now - visits.SETTLING_CLAIM_TTL,
+            IN_PROGRESS_GRACE_S,
         )
-        if busy is not None:
-            raise visit_settling(busy)
+        if busy:
+            raise message_in_progress(omsgid)
         return Undone("none")
     if psn_no is not None and stored["psn_no"] != psn_no:
         raise mismatch(f"message {omsgid} settled for another person")
     cancelled = await _reverse(conn, call, stored["setl_id"], stored["psn_no"], stored["mdtrt_id"])
-    await visits.end_claim(conn, fac, stored["mdtrt_id"], omsgid)
     return Undone("reversed", cancelled)
 
 
@@ -177,8 +180,16 @@ async def refuse_undone(conn: Connection, fixmedins_code: str, msgid: str) -> No
     """For a registration or fee-line message (2201, 2401, 2204, 2301), first thing in its
     transaction: refused (``MSGID_UNDONE``) if a 2601 named it before it arrived. Holds the
     message's lock until the transaction ends, so a 2601 of it either sees what it did or
-    is seen here."""
-    await lock_message(conn, fixmedins_code, msgid)
-    by = await undone_by(conn, fixmedins_code, msgid)
+    is seen here (``gateway_message_undone``: the lock, then the read, one round trip)."""
+    by: str | None = await conn.fetchval(
+        "SELECT gateway_message_undone($1, $2)", fixmedins_code, msgid
+    )
     if by is not None:
         raise msgid_undone(msgid, by)
+
+
+def check_not_undone(msgid: str, undone_by: str | None) -> None:
+    """``refuse_undone``'s answer, for a caller that read ``gateway_message_undone`` in a
+    statement of its own (the first of its transaction)."""
+    if undone_by is not None:
+        raise msgid_undone(msgid, undone_by)

@@ -7,32 +7,26 @@ actor and the message's ``opter``/``opter_name``), token spending (one settlemen
 unique per facility, so a message run twice (a crash before its answer was stored, two
 retries at once) settles once and answers the same.
 
-**Never a line settled twice.** The lines a settlement takes are the visit's unsettled
-lines; they are marked with its ``setl_id`` only after its commit (the pipeline writes the
-settlement, not the visit). Between the two the visit is *claimed* by the message
-(``visits.claim``: ``settling_msgid``, ``settling_since``), committed before the job is
-submitted:
+**Never a line settled twice.** The handler reads the visit's unsettled lines with their
+versions (no lock, no transaction of its own: one round trip with the opening read,
+``visits.open_settlement``) and submits the job; the pipeline's batch write marks those lines
+with the settlement's ``setl_id`` in the settlement's own statement, only if each is still
+the version read, active and unsettled, and held by no other transaction
+(``store.settlement_statement``). Otherwise nothing of that settlement is written and the
+message is refused with ``VISIT_SETTLING`` (retryable, not stored): two messages for one
+visit at once settle it once, and the other's retry sees the lines settled
+(``NO_UNSETTLED_LINES``). Changing a visit's lines (2202, 2205/2302, a 2301 refund, 2601)
+holds them first (``visits.lock_lines``): it waits for a settlement being written, and one
+written meanwhile is refused. Any reversal of a settlement releases its lines
+(``reverse_locked`` calls ``visits.release``).
 
-1. Under a per-message advisory lock and the visit's row lock, the claim step refuses a
-   message a 2601 undid, and looks for the settlement of this message
-   (a rerun: its lines are marked and its answer returned) and for another message's claim.
-   A claim whose settlement exists is completed (its lines marked, the claim ended) — the
-   settlement's own ``lines`` column names each line's ``feedetl_sn``, so the link between
-   a settlement and its lines survives a process dying between commit and marking. A claim
-   older than ``visits.SETTLING_CLAIM_TTL`` without a settlement is abandoned. A live claim
-   refuses the message with ``VISIT_SETTLING`` (retryable: not stored as its answer).
-2. The unsettled lines are read, checked (``medfee_sumamt`` their sum), and claimed.
-3. The job goes through the pipeline; a refusal ends the claim.
-4. The lines are marked and the claim ended, in one transaction.
-
-The claim and the marking commit without waiting for their WAL flush (``_no_flush_wait``
-says why that is safe); the settlement's own commit is the pipeline's, as ever. Every
-writer of a visit takes the visit's row before its lines (deadlock-free), and any reversal
-of a settlement releases its lines (``reverse_locked`` calls ``visits.release``).
-
-Two messages for one visit therefore serialise on the claim: exactly one settles, the other
-is told to retry, and its retry sees the lines already settled. Changing the lines of a
-claimed visit (2205/2302/2601) waits for the claim too (``visits.check_not_settling``).
+**A 2601 and its message.** The message's opening read (the SQL function
+``gateway_message_open``) takes the message's advisory lock, then reads whether a 2601
+undid it; a 2601 holds that lock while it looks for the message's settlement and records
+the undoing, and refuses (``VISIT_SETTLING``) while the message is in progress (its msgid
+reserved without an answer, ``reversals``). So either the 2601 came first and the message
+does nothing (``MSGID_UNDONE``), or the message came first and the 2601 waits for its
+answer, then reverses its settlement.
 
 Cancelling a settlement and undoing a message (2601, which a late settlement message of
 the msgid it names meets as ``MSGID_UNDONE``): ``cardsvc.national.reversals``.
@@ -50,9 +44,8 @@ import structlog
 
 from cardsvc import clock
 from cardsvc.cardauth.services import token_use_id
-from cardsvc.cardauth.tokens import CardTokenClaims
 from cardsvc.db import Connection, transaction
-from cardsvc.errors import CardsvcError, Conflict, InvalidRequest, ServiceUnavailable
+from cardsvc.errors import Conflict, InvalidRequest, ServiceUnavailable
 from cardsvc.national import visits
 from cardsvc.national.certs import Certified
 from cardsvc.national.operator import operator
@@ -70,13 +63,6 @@ KEY_PREFIX: Final = GATEWAY_KEY_PREFIX  # a gateway settlement's Idempotency-Key
 SETTLING_INFNOS: Final = frozenset({"2207", "2304"})
 
 _digest_encoder = msgspec.json.Encoder()
-
-
-class _StoredLine(msgspec.Struct):
-    feedetl_sn: str | None = None
-
-
-_stored_lines = msgspec.json.Decoder(list[_StoredLine])
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,9 +108,11 @@ def msgid_undone(msgid: str, undone_by: str) -> Conflict:
     )
 
 
-def visit_settling(mdtrt_id: str) -> ServiceUnavailable:
+def message_in_progress(msgid: str) -> ServiceUnavailable:
+    """A 2601 of a settlement message that is being processed (or was, a moment ago,
+    without an answer): its settlement may be committing."""
     return ServiceUnavailable(
-        f"visit {mdtrt_id} is being settled by another message: retry in a moment",
+        f"message {msgid} is being settled: send the 2601 again in a moment",
         code="VISIT_SETTLING",
     )
 
@@ -278,106 +266,29 @@ async def psn_type_of(conn: Connection, psn_no: str) -> str:
 # --- settlement ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Claimed:
-    job: SettleJob
-    psn_type: str
-
-
 async def settle(call: Call, order: Order, cert: Certified) -> Settled:
-    """Settles the visit's unsettled lines (see the module's docstring for the claim)."""
+    """Settles the visit's unsettled lines (see the module's docstring)."""
     if cert.claims is None or cert.card_no is None:  # certs.resolve(settling=True) saw to it
         raise RuntimeError("a settlement needs a card token")
     fac, msgid = call.fixmedins_code, call.msgid
-    card = _Card(cert.card_no, cert.claims)
-    async with transaction(call.pool) as conn:
-        await _no_flush_wait(conn)
-        claimed = await _claim(conn, call, order, cert, card)
-    if claimed is _COMPLETED:  # committed another message's marking: now this one's turn
-        async with transaction(call.pool) as conn:
-            await _no_flush_wait(conn)
-            claimed = await _claim(conn, call, order, cert, card)
-    if isinstance(claimed, Settled):
-        return claimed
-    if isinstance(claimed, _Completed):  # yet another message settled it meanwhile
-        raise visit_settling(order.mdtrt_id)
-    job = claimed.job
-    try:
-        info = await call.services.settlements.submit(job)
-    except ServiceUnavailable as exc:
-        if exc.code == "SETTLEMENT_QUEUE_FULL":  # refused before it was queued: not written
-            async with transaction(call.pool) as conn:
-                await visits.end_claim(conn, fac, order.mdtrt_id, msgid)
-        raise  # else maybe written, maybe not: the claim stays for the retry (or expires)
-    except CardsvcError:
-        async with transaction(call.pool) as conn:
-            stored = await settlement_of(conn, fac, job.key)
-            if stored is not None:  # settled meanwhile under this message (a concurrent rerun)
-                return await _finish(conn, stored, msgid, claimed.psn_type)
-            await visits.end_claim(conn, fac, order.mdtrt_id, msgid)
-        raise
-    async with transaction(call.pool) as conn:
-        await _no_flush_wait(conn)
-        await _mark(conn, fac, order.mdtrt_id, job.line_refs, info.setl_id or "", msgid)
-    return Settled(info, claimed.psn_type, msgid)
-
-
-async def _no_flush_wait(conn: Connection) -> None:
-    """The claim and the marking commit without waiting for their WAL to reach the disk:
-    what depends on them is safe either way. The WAL is written in order, so once the
-    settlement's own (synchronous) commit is durable the claim before it is too; a claim
-    lost in a crash had no settlement (nothing to protect), and a marking lost in a crash
-    is completed from its settlement by the next message for the visit, as if the process
-    had died before it."""
-    await conn.execute("SET LOCAL synchronous_commit = off")
-
-
-_CLAIM_READ = """
-SELECT (SELECT undone_by FROM gateway_undone_messages
-        WHERE fixmedins_code = $1 AND msgid = $2) AS undone_by,
-       (SELECT psn_type FROM persons WHERE psn_no = $4) AS psn_type,
-       s.*
-FROM (SELECT 1) AS one
-LEFT JOIN settlements s ON s.fixmedins_code = $1 AND s.idempotency_key = $3
-"""
-
-
-class _Completed:
-    """The claim step completed another message's claim: run it again (see ``settle``)."""
-
-
-_COMPLETED: Final = _Completed()
-
-
-@dataclass(frozen=True, slots=True)
-class _Card:
-    card_no: str
-    claims: CardTokenClaims
-
-
-async def _claim(
-    conn: Connection, call: Call, order: Order, cert: Certified, card: _Card
-) -> _Claimed | Settled | _Completed:
-    fac, msgid, now = call.fixmedins_code, call.msgid, clock.now()
     key = KEY_PREFIX + msgid
-    await lock_message(conn, fac, msgid)
-    # After the lock (a statement reads what was committed when it began): whether a 2601
-    # undid this message, the person's type, and this message's settlement, in one read.
-    read = await conn.fetchrow(_CLAIM_READ, fac, msgid, key, cert.psn_no)
-    if read["undone_by"] is not None:
-        raise msgid_undone(msgid, read["undone_by"])
-    psn_type = read["psn_type"] or ""
-    visit = await visits.load_visit(conn, fac, order.mdtrt_id, lock=True)
-    if read["setl_id"] is not None:  # this message settled before (its answer was lost)
-        return await _finish(conn, read, msgid, psn_type)
-    if await complete_claim(conn, visit, msgid):
-        return _COMPLETED  # committed whatever this message's fate
-    check_visit(visit, order, cert)
-    visit = await with_injury_case(conn, visit, clock.business_date(call.now))
-    lines = await visits.unsettled_lines(conn, fac, order.mdtrt_id, order.chrg_bchno)
+    async with call.pool.acquire() as conn:
+        opened = await visits.open_settlement(
+            conn, fac, order.mdtrt_id, order.chrg_bchno, msgid=msgid, key=key, psn_no=cert.psn_no
+        )
+        if opened.undone_by is not None:
+            raise msgid_undone(msgid, opened.undone_by)
+        psn_type = opened.psn_type or ""
+        if opened.setl_id is not None:  # this message settled before (its answer was lost)
+            stored = await settlement_of(conn, fac, key)
+            if stored is not None:
+                return Settled(stored_setl_info(stored), psn_type, msgid)
+        if opened.visit is None:
+            raise visits.visit_not_found(order.mdtrt_id)
+        check_visit(opened.visit, order, cert)
+        visit = await with_injury_case(conn, opened.visit, clock.business_date(call.now))
+        lines, versions = opened.lines, opened.versions
     request = engine_request(visit, order, lines)
-    if not await visits.claim(conn, fac, order.mdtrt_id, msgid, now):
-        raise visit_settling(order.mdtrt_id)
     refs = tuple(line.feedetl_sn for line in lines)
     job = SettleJob(
         caller=call.caller,
@@ -386,79 +297,16 @@ async def _claim(
         request=request,
         mdtrt_id=order.mdtrt_id,
         psn_no=cert.psn_no,
-        card_no=card.card_no,
-        spends=token_use_id(card.claims),
+        card_no=cert.card_no,
+        spends=token_use_id(cert.claims),
         admission=None,  # the gateway admitted the message (its TIF nonce) itself
         line_refs=refs,
+        line_versions=versions,
         opter=Opter(call.opter, call.opter_name),
         stay=stay_key(order),
     )
-    return _Claimed(job, psn_type)
-
-
-async def complete_claim(conn: Connection, visit: visits.Visit, msgid: str = "") -> bool:
-    """A claim on ``visit`` (held ``FOR UPDATE`` by the caller) by another message than
-    ``msgid`` whose settlement exists — its process stopped between the settlement's commit
-    and the marking: its lines are marked and the claim ended (True). Anything that would
-    change the visit's lines after finding a claim past its TTL calls this first, so that it
-    never treats a settled line as unsettled. A claim without a settlement is left to
-    ``visits.claim``, which takes over one past its TTL and refuses a live one."""
-    other = visit.settling_msgid
-    if other is None or other == msgid:
-        return False
-    stored = await settlement_of(conn, visit.fixmedins_code, KEY_PREFIX + other)
-    if stored is None:
-        return False
-    await _finish(conn, stored, other, "")
-    log.info("gateway_claim_completed", mdtrt_id=visit.mdtrt_id, setl_id=stored["setl_id"])
-    return True
-
-
-async def _finish(conn: Connection, stored: asyncpg.Record, msgid: str, psn_type: str) -> Settled:
-    """The settlement stored under message ``msgid``: its lines marked (unless it was
-    reversed since: its lines are free again), the message's claim ended, its answer."""
-    fac, mdtrt_id = stored["fixmedins_code"], stored["mdtrt_id"]
-    refs = tuple(
-        line.feedetl_sn for line in _stored_lines.decode(stored["lines"]) if line.feedetl_sn
-    )
-    await _mark(conn, fac, mdtrt_id, refs, stored["setl_id"], msgid)
-    return Settled(stored_setl_info(stored), psn_type, msgid)
-
-
-async def _mark(
-    conn: Connection, fac: str, mdtrt_id: str, refs: tuple[str, ...], setl_id: str, msgid: str
-) -> None:
-    # The visit's row first, then its lines: the order every writer of a visit takes (a
-    # claim step holds the visit's row while it may complete another's marking).
-    await visits.load_visit(conn, fac, mdtrt_id, lock=True)
-    await visits.end_claim(conn, fac, mdtrt_id, msgid)
-    # Reversed meanwhile (by the administrator, a rejected review)? Its lines are free: a
-    # reversal holds the settlement's row while it releases them, so this waits for it.
-    status = await conn.fetchval(
-        "SELECT status FROM settlements WHERE setl_id = $1 FOR SHARE", setl_id
-    )
-    if status != "settled":
-        return
-    marked = await visits.mark_settled(conn, fac, mdtrt_id, refs, setl_id)
-    if marked != len(refs):
-        # Only lines already marked by this very settlement (a completion run twice) are
-        # expected here; anything else would mean the claim was broken.
-        already = await conn.fetchval(
-            "SELECT count(*) FROM gateway_visit_lines WHERE fixmedins_code = $1"
-            " AND mdtrt_id = $2 AND feedetl_sn = ANY($3::text[]) AND setl_id = $4",
-            fac,
-            mdtrt_id,
-            list(refs),
-            setl_id,
-        )
-        if already != len(refs):
-            log.error(
-                "gateway_lines_not_marked",
-                setl_id=setl_id,
-                mdtrt_id=mdtrt_id,
-                lines=len(refs),
-                marked=already,
-            )
+    info = await call.services.settlements.submit(job)
+    return Settled(info, psn_type, msgid)
 
 
 async def settlement_of(conn: Connection, fac: str, key: str) -> asyncpg.Record | None:
@@ -469,7 +317,8 @@ async def settlement_of(conn: Connection, fac: str, key: str) -> asyncpg.Record 
 
 
 async def lock_message(conn: Connection, fac: str, msgid: str) -> None:
-    """Serialises a settlement message's claim step with a 2601 naming it."""
+    """Serialises a 2601 (held until its transaction ends) with the message it names
+    (``gateway_message_open`` takes the same lock)."""
     await conn.execute(
         "SELECT pg_advisory_xact_lock(hashtextextended('gateway-msg|' || $1 || '|' || $2, 0))",
         fac,

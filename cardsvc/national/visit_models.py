@@ -333,8 +333,6 @@ class Visit(msgspec.Struct, frozen=True, kw_only=True):
     endtime: dt.datetime | None
     created_msgid: str
     closed_msgid: str | None
-    settling_msgid: str | None
-    settling_since: dt.datetime | None
 
 
 class VisitLine(msgspec.Struct, frozen=True, kw_only=True):

@@ -31,6 +31,7 @@ from typing import Any
 import msgspec
 
 from cardsvc import clock
+from cardsvc.audit.services import NewEntry, new_entry
 from cardsvc.db import Connection, transaction
 from cardsvc.errors import Conflict, Forbidden, InvalidRequest, ServiceUnavailable
 from cardsvc.national import certs, fees, reversals, visits
@@ -51,15 +52,22 @@ from cardsvc.settlement.snapshot import load_snapshot
 # The visit type a registration gets when it names none (2201 has no med_type; 2203 may
 # change it): the first of these the policy allows for the scheme at the facility.
 _GENERAL_VISITS = (policy.OUTPATIENT, policy.PRENATAL, policy.PHARMACY_PURCHASE)
-_CATALOG = (
-    "SELECT code, chrgitm_lv, selfpay_prop, max_price, work_injury FROM catalog_items"
-    " WHERE code = ANY($1::text[])"
-)
 _FACILITY = (
     "SELECT row_to_json(f) FROM (SELECT fixmedins_code, type, level, credit_rating, status,"
     " agreements FROM facilities WHERE fixmedins_code = $1) f"
 )
 _facility_decoder = msgspec.json.Decoder(policy.FacilityInfo)
+# 2204/2301's first read, one round trip: the 2601 check (``refuse_undone``: the message's
+# lock, held to the end of the transaction, then the read), the facility (a pharmacy's
+# first 2204 opens its visit) and the lines' catalog items.
+_UPLOAD_OPENING = (
+    "SELECT gateway_message_undone($1, $3) AS undone_by,"
+    " (SELECT row_to_json(f) FROM (SELECT fixmedins_code, type, level, credit_rating,"
+    " status, agreements FROM facilities WHERE fixmedins_code = $1) f) AS facility,"
+    " (SELECT coalesce(json_agg(c), '[]') FROM (SELECT code, chrgitm_lv, selfpay_prop,"
+    " max_price, work_injury FROM catalog_items WHERE code = ANY($2::text[])) c) AS catalog"
+)
+_catalog_decoder = msgspec.json.Decoder(list[policy.CatalogItem])
 _VALID_CASES = (
     "SELECT case_id FROM injury_cases WHERE psn_no = $1 AND status = 'approved'"
     " AND valid_from <= $2 AND valid_to >= $2 ORDER BY case_id LIMIT 2"
@@ -220,8 +228,17 @@ async def _checked_visit(
         endtime=None,
         created_msgid=call.msgid,
         closed_msgid=None,
-        settling_msgid=None,
-        settling_since=None,
+    )
+
+
+def _entry(call: Call, action: str, visit: Visit, **data: Any) -> NewEntry:
+    """The audit entry ``_audit`` appends, for a statement that appends it with its change."""
+    return new_entry(
+        call.caller.actor,
+        action,
+        "visit",
+        f"{visit.fixmedins_code}/{visit.mdtrt_id}",
+        {**operator(call), **data},
     )
 
 
@@ -265,13 +282,18 @@ async def _open_visit(
     visit = await visits.find_visit(conn, call.fixmedins_code, mdtrt_id)
     if visit is None:
         raise visits.visit_not_found(mdtrt_id)
+    return _check_open(visit, psn_no=psn_no, inpatient=inpatient)
+
+
+def _check_open(visit: Visit, *, psn_no: str, inpatient: bool) -> Visit:
+    """The visit (held ``FOR UPDATE``) may take this person's lines of this kind."""
     if visit.psn_no != psn_no:
         raise _person_mismatch()
     if visit.status == "cancelled":
         raise _closed(visit)
     if inpatient != (visit.kind == "inpatient"):
         raise InvalidRequest(
-            f"visit {mdtrt_id} is "
+            f"visit {visit.mdtrt_id} is "
             + ("an inpatient stay: use 2301/2302" if not inpatient else "not an inpatient stay"),
             code="VISIT_KIND_MISMATCH",
         )
@@ -288,9 +310,9 @@ async def cancel_registration(call: Call, mdtrt_id: str, psn_no: str) -> None:
             raise _person_mismatch()
         if visit.status == "cancelled":
             return
+        await visits.lock_lines(conn, visit)
         if await visits.has_settled_lines(conn, call.fixmedins_code, mdtrt_id):
             raise visits.visit_has_settlement(mdtrt_id)
-        visits.check_not_settling(visit, call.now)
         await visits.cancel_lines(conn, visit, call.msgid)
         await visits.close_visit(conn, visit, "cancelled", call.msgid)
         await _audit(conn, call, "visit.cancelled", visit)
@@ -303,6 +325,10 @@ async def record_info(
     async with transaction(call.pool) as conn:
         visit = await _open_visit(conn, call, mdtrt_id, psn_no=psn_no, inpatient=False)
         delivery = exp.delivery_type or visit.delivery_type
+        if (med_type, delivery) != (visit.med_type, visit.delivery_type):
+            # What a settlement applies changes: one that read the visit before is refused
+            # (its lines are no longer the versions it read), one being written is waited for.
+            await visits.lock_lines(conn, visit, renew=True)
         if med_type != visit.med_type:
             if await visits.has_settled_lines(conn, call.fixmedins_code, mdtrt_id):
                 raise visits.visit_has_settlement(mdtrt_id)
@@ -323,17 +349,28 @@ async def record_info(
             await _audit(conn, call, "visit.updated", visit, **changed)
 
 
-async def _catalog(conn: Connection, codes: Sequence[str]) -> dict[str, policy.CatalogItem]:
-    rows = await conn.fetch(_CATALOG, sorted(set(codes)))
-    return {row["code"]: policy.CatalogItem(**dict(row)) for row in rows}
+async def _upload_opening(
+    conn: Connection, call: Call, codes: Sequence[str]
+) -> tuple[policy.FacilityInfo, dict[str, policy.CatalogItem]]:
+    """``refuse_undone``, then the facility and the catalog items of ``codes``."""
+    row = await conn.fetchrow(_UPLOAD_OPENING, call.fixmedins_code, sorted(set(codes)), call.msgid)
+    reversals.check_not_undone(call.msgid, row["undone_by"])
+    items = _catalog_decoder.decode(row["catalog"])
+    return _facility_decoder.decode(row["facility"]), {item.code: item for item in items}
 
 
-async def _pharmacy_visit(conn: Connection, call: Call, first: FeeDetail, exp: ExpContent) -> Visit:
+async def _pharmacy_visit(
+    conn: Connection,
+    call: Call,
+    facility: policy.FacilityInfo,
+    first: FeeDetail,
+    exp: ExpContent,
+) -> tuple[Visit, bool]:
     """A pharmacy's 2204 naming a new mdtrt_id opens its visit (``VISIT_NOT_FOUND`` at a
     hospital): the scheme ``insutype`` of the line, else the policy's pharmacy scheme. No
     certificate and no look-up of the person (see the module's docstring): the card is
-    presented at pre-settlement and settlement, which check the person."""
-    facility = await _facility(conn, call)
+    presented at pre-settlement and settlement, which check the person. The visit, held
+    ``FOR UPDATE``, and whether this call opened it."""
     if facility.type != "pharmacy":
         raise visits.visit_not_found(first.mdtrt_id)
     insutype = first.insutype or pharmacy_scheme(_params())
@@ -355,23 +392,19 @@ async def _pharmacy_visit(conn: Connection, call: Call, first: FeeDetail, exp: E
         endtime=None,
         created_msgid=call.msgid,
         closed_msgid=None,
-        settling_msgid=None,
-        settling_since=None,
     )
-    stored = await visits.open_visit(conn, visit, {"opened_by": "2204"})
-    if stored.created_msgid == call.msgid:
-        await _audit(
-            conn,
-            call,
-            "visit.registered",
-            stored,
-            psn_no=stored.psn_no,
-            kind="pharmacy",
-            certified=False,  # the pharmacy's word: its settlement certifies the person
-        )
+    registered = _entry(
+        call,
+        "visit.registered",
+        visit,
+        psn_no=visit.psn_no,
+        kind="pharmacy",
+        certified=False,  # the pharmacy's word: its settlement certifies the person
+    )
+    stored, opened = await visits.open_new_visit(conn, visit, {"opened_by": "2204"}, registered)
     if stored.psn_no != first.psn_no:
         raise _person_mismatch()
-    return stored
+    return stored, opened
 
 
 async def upload_fees(
@@ -393,32 +426,39 @@ async def upload_fees(
         for detail, raw in zip(details, sent, strict=True)
     ]
     async with transaction(call.pool) as conn:
-        await reversals.refuse_undone(conn, call.fixmedins_code, call.msgid)
-        visit = await visits.find_visit(conn, call.fixmedins_code, mdtrt_id)
-        if visit is None and not inpatient:
+        facility, catalog = await _upload_opening(conn, call, [line.code for line in lines])
+        found = await visits.find_visit(conn, call.fixmedins_code, mdtrt_id)
+        new_visit = False
+        if found is None and not inpatient:
             exp = exp_content(details[0].exp_content, "feedetail")
-            await _pharmacy_visit(conn, call, details[0], exp)
-        visit = await _open_visit(conn, call, mdtrt_id, psn_no=psn_no, inpatient=inpatient)
+            found, new_visit = await _pharmacy_visit(conn, call, facility, details[0], exp)
+        if found is None or found.mdtrt_id != mdtrt_id:
+            raise visits.visit_not_found(mdtrt_id)
+        visit = _check_open(found, psn_no=psn_no, inpatient=inpatient)
+        if any(line.init_feedetl_sn is not None for line in lines):  # refunds: held first
+            await visits.lock_lines(conn, visit)
         named = [line.feedetl_sn for line in lines] + [
             line.init_feedetl_sn for line in lines if line.init_feedetl_sn is not None
         ]
-        stored = await visits.lines_by_sn(conn, call.fixmedins_code, mdtrt_id, named)
-        catalog = await _catalog(conn, [line.code for line in lines])
+        # A visit this message has just opened has no lines yet.
+        stored = (
+            {}
+            if new_visit
+            else await visits.lines_by_sn(conn, call.fixmedins_code, mdtrt_id, named)
+        )
         plan = fees.plan_upload(_params(), visit.insutype, visit.med_type, lines, stored, catalog)
         if plan.refunded:
-            visits.check_not_settling(visit, call.now)
             await visits.mark_refunded(conn, visit, plan.refunded, call.msgid)
             await _audit(conn, call, "visit.fees_refunded", visit, feedetl_sns=plan.refunded)
-        await visits.store_lines(conn, visit, plan.store, call.msgid)
         if plan.store:  # new lines (a rerun stores none: audited once)
-            await _audit(
-                conn,
+            uploaded = _entry(
                 call,
                 "visit.fees_uploaded",
                 visit,
                 lines=len(plan.store),
                 total=sum(line.total for line in plan.store),
             )
+            await visits.store_lines(conn, visit, plan.store, call.msgid, uploaded)
     return [fees.fee_result(mdtrt_id, line, split) for line, split in plan.results]
 
 
@@ -435,7 +475,7 @@ async def cancel_fees(
     lines cancelled; a named line that is settled is refused. Returns how many."""
     async with transaction(call.pool) as conn:
         visit = await _open_visit(conn, call, mdtrt_id, psn_no=psn_no, inpatient=inpatient)
-        visits.check_not_settling(visit, call.now)
+        await visits.lock_lines(conn, visit)
         if feedetl_sn is not None and feedetl_sn != visits.ALL_BATCHES:
             found = await visits.lines_by_sn(conn, call.fixmedins_code, mdtrt_id, [feedetl_sn])
             line = found.get(feedetl_sn)

@@ -10,10 +10,12 @@ A visit belongs to one facility, one person, one insutype and med_type; it is ke
     refunded   cancelled by a refund line (2301, negative ``cnt``, ``init_feedetl_sn``)
     refund     the refund line itself (never settled)
 
-A settlement takes the unsettled lines (``unsettled_lines``), marks them (``mark_settled``)
-in its own transaction, and a reversal unmarks them (``release``). While a settlement of a
-visit is in flight it may claim the visit (``claim``/``end_claim``): cancelling or refunding
-its lines waits until the claim ends or is older than ``SETTLING_CLAIM_TTL``.
+A settlement takes the unsettled lines as read with their versions
+(``unsettled_lines_versioned``); the settlement pipeline's batch write marks them with its
+``setl_id`` in the settlement's own statement, only if none changed since (and none is held
+by another transaction), and a reversal unmarks them (``release``). A transaction that
+cancels or refunds lines holds them first (``lock_lines``), so that it and a settlement
+never both take a line.
 
 Every row records the message (``msgid``) that created it, so that a rerun of that message
 finds what it did, and 2601 undoes it (``undo_message``).
@@ -29,14 +31,15 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 import msgspec
 
+from cardsvc.audit.services import NewEntry, append_cte
 from cardsvc.clock import business_date
 from cardsvc.db import Connection
-from cardsvc.errors import Conflict, NotFound, ServiceUnavailable
+from cardsvc.errors import Conflict, NotFound
 from cardsvc.national.visit_models import LineStatus as LineStatus
 from cardsvc.national.visit_models import NewLine as NewLine
 from cardsvc.national.visit_models import Visit as Visit
@@ -44,12 +47,10 @@ from cardsvc.national.visit_models import VisitKind as VisitKind
 from cardsvc.national.visit_models import VisitLine as VisitLine
 from cardsvc.national.visit_models import VisitStatus as VisitStatus
 from cardsvc.settlement.policy import LineSplit
+from cardsvc.settlement.store import LineVersion
 
 # Every unsettled line of the visit, whatever its charge batch (2205 ``chrg_bchno``).
 ALL_BATCHES = "0000"
-# A settlement's claim on a visit older than this is abandoned (its settlement failed or
-# its worker died): well above the settlement's own time bound.
-SETTLING_CLAIM_TTL = dt.timedelta(seconds=120)
 
 
 _result_decoder = msgspec.json.Decoder(LineSplit)
@@ -131,6 +132,96 @@ async def unsettled_lines(
     return [_line(row) for row in rows]
 
 
+_LINE_FIELDS = [name for name in VisitLine.__struct_fields__ if name != "result"]
+_VISIT_AND_LINES_COLUMNS = (
+    ", ".join(f"v.{name}" for name in Visit.__struct_fields__)
+    + ", "
+    + ", ".join(f"l.{name} AS l_{name}" for name in [*_LINE_FIELDS, "result"])
+    + ", l.ctid::text AS l_tid, l.xmin::text AS l_version"
+)
+_UNSETTLED_JOIN = (
+    " LEFT JOIN gateway_visit_lines l"
+    " ON l.fixmedins_code = v.fixmedins_code AND l.mdtrt_id = v.mdtrt_id"
+    " AND l.status = 'active' AND l.setl_id IS NULL AND ($3::text IS NULL OR l.chrg_bchno = $3)"
+)
+_VISIT_AND_LINES = (
+    f"SELECT {_VISIT_AND_LINES_COLUMNS} FROM gateway_visits v{_UNSETTLED_JOIN}"  # noqa: S608
+    " WHERE v.fixmedins_code = $1 AND v.mdtrt_id = $2"
+    " ORDER BY l.created_at, l.feedetl_sn"
+)
+# A settlement message's opening read (``gateway_message_open``: the 2601 check under the
+# message's lock, the person's type, the message's own settlement) with the visit and its
+# unsettled lines, in one round trip. The visit and lines are read with the statement's
+# snapshot, from before the lock: what settles them is the batch write's guard, not this.
+_OPENING_AND_LINES = (
+    f"SELECT o.undone_by, o.psn_type, o.setl_id, {_VISIT_AND_LINES_COLUMNS}"  # noqa: S608
+    " FROM gateway_message_open($1, $4, $5, $6) o LEFT JOIN gateway_visits v"
+    f" ON v.fixmedins_code = $1 AND v.mdtrt_id = $2{_UNSETTLED_JOIN}"
+    " ORDER BY l.created_at, l.feedetl_sn"
+)
+
+
+class Opening(NamedTuple):
+    """A settlement message's opening read (``open_settlement``)."""
+
+    undone_by: str | None  # the 2601 that undid the message, if one did
+    psn_type: str | None
+    setl_id: str | None  # the message's own settlement, if it made one
+    visit: Visit | None
+    lines: list[VisitLine]
+    versions: tuple[LineVersion, ...]
+
+
+def _visit_and_lines(
+    rows: Sequence[asyncpg.Record],
+) -> tuple[Visit | None, list[VisitLine], tuple[LineVersion, ...]]:
+    if not rows or rows[0]["fixmedins_code"] is None:
+        return None, [], ()
+    taken = [row for row in rows if row["l_feedetl_sn"] is not None]
+    lines = [
+        VisitLine(
+            **{name: row[f"l_{name}"] for name in _LINE_FIELDS},
+            result=_result_decoder.decode(row["l_result"]),
+        )
+        for row in taken
+    ]
+    versions = tuple(LineVersion(row["l_tid"], row["l_version"]) for row in taken)
+    return _visit(rows[0]), lines, versions
+
+
+async def visit_with_unsettled_lines(
+    conn: Connection, fixmedins_code: str, mdtrt_id: str, chrg_bchno: str | None
+) -> tuple[Visit, list[VisitLine], tuple[LineVersion, ...]]:
+    """``load_visit`` (not locked) and ``unsettled_lines`` in one read, with each line's
+    version, for the settlement that takes them (its batch write marks them only if none
+    changed since: ``store.settlement_statement``)."""
+    batch = None if chrg_bchno in (None, ALL_BATCHES) else chrg_bchno
+    visit, lines, versions = _visit_and_lines(
+        await conn.fetch(_VISIT_AND_LINES, fixmedins_code, mdtrt_id, batch)
+    )
+    if visit is None:
+        raise visit_not_found(mdtrt_id)
+    return visit, lines, versions
+
+
+async def open_settlement(
+    conn: Connection,
+    fixmedins_code: str,
+    mdtrt_id: str,
+    chrg_bchno: str | None,
+    *,
+    msgid: str,
+    key: str,
+    psn_no: str,
+) -> Opening:
+    """A settlement message's opening read and ``visit_with_unsettled_lines``, one round
+    trip (the visit None: no such visit at this facility)."""
+    batch = None if chrg_bchno in (None, ALL_BATCHES) else chrg_bchno
+    rows = await conn.fetch(_OPENING_AND_LINES, fixmedins_code, mdtrt_id, batch, msgid, key, psn_no)
+    first = rows[0]
+    return Opening(first["undone_by"], first["psn_type"], first["setl_id"], *_visit_and_lines(rows))
+
+
 async def lines_by_sn(
     conn: Connection, fixmedins_code: str, mdtrt_id: str, feedetl_sns: Sequence[str]
 ) -> dict[str, VisitLine]:
@@ -158,28 +249,6 @@ async def has_settled_lines(conn: Connection, fixmedins_code: str, mdtrt_id: str
 # --- settlement (settle's interface) ---------------------------------------------------
 
 
-async def mark_settled(
-    conn: Connection,
-    fixmedins_code: str,
-    mdtrt_id: str,
-    feedetl_sns: Sequence[str],
-    setl_id: str,
-) -> int:
-    """Marks the named lines settled by ``setl_id``, only those still active and
-    unsettled; returns how many (fewer than named: some were cancelled or settled
-    meanwhile, and the caller's settlement must not stand)."""
-    result = await conn.execute(
-        "UPDATE gateway_visit_lines SET setl_id = $4 WHERE fixmedins_code = $1"
-        " AND mdtrt_id = $2 AND feedetl_sn = ANY($3::text[]) AND status = 'active'"
-        " AND setl_id IS NULL",
-        fixmedins_code,
-        mdtrt_id,
-        list(feedetl_sns),
-        setl_id,
-    )
-    return int(result.split()[-1])
-
-
 async def release(conn: Connection, setl_id: str) -> int:
     """A reversed settlement's lines are unsettled again; returns how many."""
     result = await conn.execute(
@@ -188,43 +257,25 @@ async def release(conn: Connection, setl_id: str) -> int:
     return int(result.split()[-1])
 
 
-async def claim(
-    conn: Connection, fixmedins_code: str, mdtrt_id: str, msgid: str, now: dt.datetime
-) -> bool:
-    """Claims the visit for the settlement of message ``msgid``: False if another
-    message's settlement holds a claim younger than ``SETTLING_CLAIM_TTL``."""
-    row = await conn.fetchval(
-        "UPDATE gateway_visits SET settling_msgid = $3, settling_since = $4"
-        " WHERE fixmedins_code = $1 AND mdtrt_id = $2 AND (settling_msgid IS NULL"
-        " OR settling_msgid = $3 OR settling_since < $5) RETURNING 1",
-        fixmedins_code,
-        mdtrt_id,
-        msgid,
-        now,
-        now - SETTLING_CLAIM_TTL,
-    )
-    return row is not None
+_LOCK_LINES = (
+    "SELECT 1 FROM gateway_visit_lines WHERE fixmedins_code = $1 AND mdtrt_id = $2"
+    " AND setl_id IS NULL FOR UPDATE"
+)
+_RENEW_LINES = (
+    "UPDATE gateway_visit_lines SET status = status WHERE fixmedins_code = $1"
+    " AND mdtrt_id = $2 AND setl_id IS NULL"
+)
 
 
-async def end_claim(conn: Connection, fixmedins_code: str, mdtrt_id: str, msgid: str) -> None:
-    """Ends the claim of message ``msgid`` (no-op if it holds none)."""
-    await conn.execute(
-        "UPDATE gateway_visits SET settling_msgid = NULL, settling_since = NULL"
-        " WHERE fixmedins_code = $1 AND mdtrt_id = $2 AND settling_msgid = $3",
-        fixmedins_code,
-        mdtrt_id,
-        msgid,
-    )
-
-
-def check_not_settling(visit: Visit, now: dt.datetime) -> None:
-    """Refuses (retryably) to change a visit's lines while a settlement of it is in flight."""
-    since = visit.settling_since
-    if since is not None and now - since < SETTLING_CLAIM_TTL:
-        raise ServiceUnavailable(
-            f"visit {visit.mdtrt_id} is being settled: retry in a moment",
-            code="VISIT_SETTLING",
-        )
+async def lock_lines(conn: Connection, visit: Visit, *, renew: bool = False) -> None:
+    """Holds the visit's unsettled lines ``FOR UPDATE`` until the caller's transaction ends:
+    first thing in a transaction that changes them (2202, 2205/2302, a 2301 refund, 2601).
+    A settlement being written waits to commit before this returns (so what is read after
+    sees its lines settled), and one written meanwhile finds them held and is refused, to
+    be sent again (its batch write takes lines ``SKIP LOCKED``). ``renew``: each line gets
+    a new row version too (2203 changing what a settlement of them applies), so that a
+    settlement that read them before is refused at its write."""
+    await conn.execute(_RENEW_LINES if renew else _LOCK_LINES, visit.fixmedins_code, visit.mdtrt_id)
 
 
 # --- writing (the visit transactions) --------------------------------------------------
@@ -240,23 +291,46 @@ async def open_visit(conn: Connection, visit: Visit, info: dict[str, Any]) -> Vi
     """Stores ``visit``; if its message already created one (a rerun), or the facility
     already has its ``mdtrt_id``, that visit is returned instead (compare its
     ``created_msgid``)."""
+    stored, _ = await open_new_visit(conn, visit, info)
+    return stored
+
+
+_N_INSERT = len(Visit.__struct_fields__) + 1
+_INSERT_VISIT = (
+    f"INSERT INTO gateway_visits ({_VISIT_COLUMNS}, info)"  # noqa: S608 - constant columns
+    f" VALUES ({', '.join(f'${i}' for i in range(1, _N_INSERT + 1))})"
+    f" ON CONFLICT DO NOTHING RETURNING {_VISIT_COLUMNS}"
+)
+# The same, with the audit entry of the opening, written only if the visit was stored.
+_INSERT_VISIT_AUDITED = (
+    f"WITH opened AS ({_INSERT_VISIT}), {append_cte(_N_INSERT + 1, after='opened')}"  # noqa: S608
+    " SELECT * FROM opened"
+)
+
+
+async def open_new_visit(
+    conn: Connection, visit: Visit, info: dict[str, Any], audit: NewEntry | None = None
+) -> tuple[Visit, bool]:
+    """``open_visit``, and whether ``visit`` was stored now (False: another was found).
+    Either way the visit returned is held ``FOR UPDATE``. ``audit``: the entry that records
+    the opening, appended in the same statement (only if the visit was stored now)."""
     row = await conn.fetchrow(
-        f"INSERT INTO gateway_visits ({_VISIT_COLUMNS}, info)"  # noqa: S608 - constant columns
-        f" VALUES ({', '.join(f'${i}' for i in range(1, len(Visit.__struct_fields__) + 2))})"
-        f" ON CONFLICT DO NOTHING RETURNING {_VISIT_COLUMNS}",
+        _INSERT_VISIT_AUDITED if audit else _INSERT_VISIT,
         *(getattr(visit, name) for name in Visit.__struct_fields__),
         _encoder.encode(info).decode(),
+        *(audit.params() if audit else ()),
     )
-    if row is None:
-        row = await conn.fetchrow(
-            f"SELECT {_VISIT_COLUMNS} FROM gateway_visits"  # noqa: S608 - constant columns
-            " WHERE fixmedins_code = $1 AND (created_msgid = $2 OR mdtrt_id = $3)"
-            " ORDER BY created_msgid = $2 DESC LIMIT 1 FOR UPDATE",
-            visit.fixmedins_code,
-            visit.created_msgid,
-            visit.mdtrt_id,
-        )
-    return _visit(row)
+    if row is not None:
+        return _visit(row), True
+    row = await conn.fetchrow(
+        f"SELECT {_VISIT_COLUMNS} FROM gateway_visits"  # noqa: S608 - constant columns
+        " WHERE fixmedins_code = $1 AND (created_msgid = $2 OR mdtrt_id = $3)"
+        " ORDER BY created_msgid = $2 DESC LIMIT 1 FOR UPDATE",
+        visit.fixmedins_code,
+        visit.created_msgid,
+        visit.mdtrt_id,
+    )
+    return _visit(row), False
 
 
 async def update_visit(
@@ -283,14 +357,23 @@ async def update_visit(
     return _visit(row)
 
 
-async def store_lines(conn: Connection, visit: Visit, lines: Sequence[NewLine], msgid: str) -> None:
+async def store_lines(
+    conn: Connection,
+    visit: Visit,
+    lines: Sequence[NewLine],
+    msgid: str,
+    audit: NewEntry | None = None,
+) -> None:
     """Inserts ``lines`` (created by ``msgid``); a line of the same ``feedetl_sn`` that was
     cancelled is replaced, any other is left as it is (the caller decided beforehand,
-    under the visit's lock, that none of these conflicts)."""
+    under the visit's lock, that none of these conflicts). ``audit``: the entry that
+    records it, appended in the same statement."""
     if not lines:
         return
+    audited = f"{append_cte(13)}, " if audit else ""
     await conn.execute(
-        """
+        f"""
+        WITH {audited}stored AS (
         INSERT INTO gateway_visit_lines AS l
             (fixmedins_code, mdtrt_id, feedetl_sn, chrg_bchno, code, price_e4, count_e4,
              total, init_feedetl_sn, status, result, details, created_msgid)
@@ -308,7 +391,9 @@ async def store_lines(conn: Connection, visit: Visit, lines: Sequence[NewLine], 
             created_msgid = EXCLUDED.created_msgid, cancelled_msgid = NULL,
             created_at = now()
         WHERE l.status = 'cancelled'
-        """,
+        RETURNING 1)
+        SELECT 1
+        """,  # noqa: S608 - constant text only
         visit.fixmedins_code,
         visit.mdtrt_id,
         msgid,
@@ -321,6 +406,7 @@ async def store_lines(conn: Connection, visit: Visit, lines: Sequence[NewLine], 
         [line.init_feedetl_sn for line in lines],
         [_encoder.encode(line.result).decode() for line in lines],
         [_encoder.encode(line.details).decode() for line in lines],
+        *(audit.params() if audit else ()),
     )
 
 
@@ -400,9 +486,7 @@ def visit_has_settlement(mdtrt_id: str) -> Conflict:
     )
 
 
-async def undo_message(
-    conn: Connection, fixmedins_code: str, omsgid: str, msgid: str, now: dt.datetime
-) -> bool:
+async def undo_message(conn: Connection, fixmedins_code: str, omsgid: str, msgid: str) -> bool:
     """2601 for a registration or fee-line message ``omsgid``: its unsettled lines are
     cancelled, and the visit it opened is cancelled with its other unsettled lines. A
     registration (2201/2401) whose visit has a settlement is refused
@@ -417,17 +501,17 @@ async def undo_message(
     )
     for row in line_visits:
         visit = await load_visit(conn, fixmedins_code, row["mdtrt_id"], lock=True)
-        check_not_settling(visit, now)
+        await lock_lines(conn, visit)
         await cancel_lines(conn, visit, msgid, created_msgid=omsgid)
     if opened is not None:
         visit = await load_visit(conn, fixmedins_code, opened.mdtrt_id, lock=True)
         by_lines = any(row["mdtrt_id"] == visit.mdtrt_id for row in line_visits)
         if visit.status != "cancelled":
+            await lock_lines(conn, visit)
             if await has_settled_lines(conn, fixmedins_code, visit.mdtrt_id):
                 if by_lines:
                     return True
                 raise visit_has_settlement(visit.mdtrt_id)
-            check_not_settling(visit, now)
             await cancel_lines(conn, visit, msgid)
             await close_visit(conn, visit, "cancelled", msgid)
     return opened is not None or bool(line_visits)

@@ -9,8 +9,9 @@ A request's path (see docs/architecture.md, "The settlement pipeline"):
    Idempotency-Key, card token and nonce (the others wait for the next batch).
 3. One statement reads every job's snapshot and standing (``snapshot.read_for_settle``).
 4. The pure policy plans each settlement (``plan``); a refused one gets its own error.
-5. One statement writes every planned settlement with its nonce, and one audit entry for
-   the batch (``store.settlement_statement``), all or nothing: its commit is the batch's.
+5. One statement writes every planned settlement with its nonce (and, for a gateway
+   settlement, marks the visit lines it settles), and one audit entry for the batch
+   (``store.settlement_statement``), all or nothing: its commit is the batch's.
 6. Each job gets its answer: its settlement, its refusal, or ``ALONE``.
 
 ``ALONE`` sends a job back to its handler to be settled by itself under its person's lock
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
 from typing import Final
 
 import asyncpg
@@ -35,7 +37,7 @@ from cardsvc import clock
 from cardsvc.audit.services import new_entry
 from cardsvc.batching import Batcher, Outcome
 from cardsvc.db import Connection, Pool
-from cardsvc.errors import CardsvcError
+from cardsvc.errors import CardsvcError, ServiceUnavailable
 from cardsvc.ops import metrics
 from cardsvc.settlement.flags import SupervisionRules
 from cardsvc.settlement.models import SetlInfo
@@ -106,9 +108,29 @@ async def read_jobs(
     )
 
 
-async def write_planned(conn: Connection, planned: Sequence[Planned]) -> tuple[bool, set[str]]:
-    """Write the planned settlements in one statement, all or nothing: whether it was
-    written, and the persons whose accounts still had their snapshot's version."""
+@dataclass(frozen=True, slots=True)
+class Written:
+    """A batch write's outcome: whether it was written (all or nothing), the persons whose
+    accounts still had their snapshot's version, and the settlements (setl_id) whose visit
+    lines changed or were held by another transaction."""
+
+    ok: bool
+    locked: set[str]
+    lines_lost: set[str]
+
+
+def lines_changed(mdtrt_id: str) -> ServiceUnavailable:
+    """A gateway settlement whose visit lines changed since they were read, or were held by
+    another message settling or changing them: nothing was written; a retry reads them
+    again (and finds them settled, if another message settled them)."""
+    return ServiceUnavailable(
+        f"visit {mdtrt_id} is being settled or changed by another message: retry in a moment",
+        code="VISIT_SETTLING",
+    )
+
+
+async def write_planned(conn: Connection, planned: Sequence[Planned]) -> Written:
+    """Write the planned settlements in one statement, all or nothing."""
     audit = new_entry(
         PIPELINE_ACTOR,
         "settlement.settled",
@@ -118,9 +140,9 @@ async def write_planned(conn: Connection, planned: Sequence[Planned]) -> tuple[b
     )
     sql, args = settlement_statement([p.write for p in planned], audit)
     row = await conn.fetchrow(sql, *args)
-    locked = set(row["locked"])
-    if not row["ok"]:
-        return False, locked
+    written = Written(row["ok"], set(row["locked"]), set(row["lines_lost"]))
+    if not written.ok:
+        return written
     for p in planned:
         if p.job.admission is not None:
             p.job.admission.done = True
@@ -128,7 +150,7 @@ async def write_planned(conn: Connection, planned: Sequence[Planned]) -> tuple[b
             log.info(
                 "supervision_flags", setl_id=p.write.setl_id, rules=[f.rule for f in p.write.flags]
             )
-    return True, locked
+    return written
 
 
 class SettlementPipeline:
@@ -162,18 +184,27 @@ class SettlementPipeline:
                         outcomes[i] = exc
             while planned:
                 try:
-                    ok, locked = await write_planned(conn, [p for _, p in planned])
+                    written = await write_planned(conn, [p for _, p in planned])
                 except _SETTLE_ALONE_ON:
                     # Another worker's request won an index at this instant, or the batch
                     # met another transaction's locks: nothing was written, each settles
                     # alone (the refused one gets its own answer there).
                     break
-                if ok:
+                if written.ok:
                     for i, p in planned:
                         outcomes[i] = p.info
                     break
-                # Some accounts changed since their read: nothing was written. Those that
-                # did not are written again at once; the others settle alone.
-                metrics.SETTLEMENT_RACES_LOST.inc(len(planned) - len(locked))
-                planned = [(i, p) for i, p in planned if p.job.psn_no in locked]
+                # Some accounts or visit lines changed since their read: nothing was
+                # written. A settlement whose lines changed is refused (retryable); of the
+                # others, those whose accounts did not change are written again at once,
+                # the rest settle alone.
+                metrics.SETTLEMENT_RACES_LOST.inc(len(planned) - len(written.locked))
+                for i, p in planned:
+                    if p.write.setl_id in written.lines_lost:
+                        outcomes[i] = lines_changed(p.job.mdtrt_id)
+                planned = [
+                    (i, p)
+                    for i, p in planned
+                    if p.job.psn_no in written.locked and p.write.setl_id not in written.lines_lost
+                ]
         return outcomes

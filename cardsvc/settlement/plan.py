@@ -27,7 +27,7 @@ from cardsvc.settlement.models import FundPayment, SetlInfo, SettleRequest
 from cardsvc.settlement.params import PolicyParams
 from cardsvc.settlement.postings import settlement_postings
 from cardsvc.settlement.snapshot import YEAR_COLUMNS, SettleRead, StayKey
-from cardsvc.settlement.store import SettlementWrite, bytea, lines_column
+from cardsvc.settlement.store import LineVersion, SettlementWrite, bytea, lines_column
 from cardsvc.web.caller import Admission, Caller
 
 _request_encoder = msgspec.json.Encoder()
@@ -65,6 +65,10 @@ class SettleJob:
     spends: bytes  # the card token's use id (settlements.card_auth_id)
     admission: Admission | None  # the request's nonce, recorded with the write
     line_refs: tuple[str, ...] = ()  # the gateway's feedetl_sn of each line, in order
+    # The gateway's visit lines as the handler read them (``store.LineVersion``, in the
+    # order of ``line_refs``): the batch write marks them settled in the settlement's own
+    # statement, only if none changed since.
+    line_versions: tuple[LineVersion, ...] = ()
     opter: Opter | None = None
     stay: StayKey | None = None  # a part of an inpatient stay settled in parts
 
@@ -233,6 +237,7 @@ def plan(
         year_delta=year_args(split.year_delta),
         flags=flags,
         nonce=None if admission is None else (admission.terminal_id, admission.nonce),
+        visit_lines=job.line_versions,
     )
     info = setl_info(
         setl_id=setl_id,

@@ -36,7 +36,12 @@ from cardsvc.settlement import policy
 from cardsvc.settlement.flags import SupervisionRules
 from cardsvc.settlement.models import Reversal, SetlInfo, SettleRequest
 from cardsvc.settlement.params import CURRENT_POLICY_VERSION, load_params
-from cardsvc.settlement.pipeline import SettlementPipeline, read_jobs, write_planned
+from cardsvc.settlement.pipeline import (
+    SettlementPipeline,
+    lines_changed,
+    read_jobs,
+    write_planned,
+)
 from cardsvc.settlement.plan import (
     GATEWAY_KEY_PREFIX,
     SettleJob,
@@ -193,8 +198,10 @@ class SettlementService:
                     raise card_token_used()  # (admitted by the route)
                 if read.earlier is None:
                     planned = plan(self._params, self._rules, job, read, now)
-                    ok, _ = await write_planned(conn, [planned])
-                    if not ok:
+                    written = await write_planned(conn, [planned])
+                    if written.lines_lost:
+                        raise lines_changed(job.mdtrt_id)
+                    if not written.ok:
                         raise RuntimeError("a locked account changed under its lock")
                     return planned.info
             # Settled before (by a retry's first attempt): admitted on its own, outside the

@@ -441,19 +441,27 @@ async def test_concurrent_messages_for_one_visit_settle_it_once(site: Site):
     # Each with a card token of its own (two workstations, say): only the visit's claim
     # stands between them and a second settlement of the same lines.
     certs = [await new_token(site, h) for _ in range(4)]
+    msgids = [his.new_msgid() for _ in certs]
     async with own_session(his) as his:
         answers = await asyncio.gather(
-            *(his.call("2207", settle_data(h, mdtrt_id, mdtrt_cert_no=c)) for c in certs)
+            *(
+                his.call("2207", settle_data(h, mdtrt_id, mdtrt_cert_no=c), msgid=m)
+                for c, m in zip(certs, msgids, strict=True)
+            )
         )
-    settled = [a for a in answers if a["infcode"] == 0]
-    assert len(settled) == 1, [a["err_msg"] for a in answers]
-    for a in answers:
-        if a["infcode"] != 0:
-            assert a["err_msg"].split("]")[0] in (
-                "[VISIT_SETTLING",
-                "[NO_UNSETTLED_LINES",
-                "[CARD_TOKEN_USED",
-            ), a
+        settled = [a for a in answers if a["infcode"] == 0]
+        assert len(settled) == 1, [a["err_msg"] for a in answers]
+        for a, c, m in zip(answers, certs, msgids, strict=True):
+            if a["infcode"] != 0:
+                assert a["err_msg"].split("]")[0] in (
+                    "[VISIT_SETTLING",
+                    "[NO_UNSETTLED_LINES",
+                    "[CARD_TOKEN_USED",
+                ), a
+            if a["err_msg"].startswith("[VISIT_SETTLING]"):
+                # Retryable: the same message sent again sees the lines settled.
+                again = await his.call("2207", settle_data(h, mdtrt_id, mdtrt_cert_no=c), msgid=m)
+                assert again["err_msg"].startswith("[NO_UNSETTLED_LINES]"), again
     conn = await db(site)
     try:
         rows = await conn.fetch("SELECT setl_id FROM settlements WHERE mdtrt_id = $1", mdtrt_id)
@@ -470,31 +478,23 @@ async def test_concurrent_messages_for_one_visit_settle_it_once(site: Site):
         await conn.close()
 
 
-async def test_a_claim_left_by_a_dead_process_is_completed_not_settled_again(site: Site):
-    """The settlement committed, the process died before marking its lines: the next
-    message for the visit finds the claim's settlement and marks its lines."""
+async def test_a_settlement_of_lines_held_by_another_transaction_is_refused(site: Site):
+    """A 2205/2302/2601 changing the visit's lines (or another settlement of the visit being
+    written) holds them: a 2207 meanwhile is refused, retryably and not stored, and the
+    same message sent again once they are free settles them."""
     his = site.his
     h = await holder(site, balance=5000)
     mdtrt_id = await outpatient_visit(site, h)
     msgid = his.new_msgid()
-    out = await his.ok("2207", settle_data(h, mdtrt_id), msgid=msgid)
     conn = await db(site)
     try:
-        await conn.execute(
-            "UPDATE gateway_visit_lines SET setl_id = NULL WHERE mdtrt_id = $1", mdtrt_id
-        )
-        await conn.execute(
-            "UPDATE gateway_visits SET settling_msgid = $2, settling_since = now()"
-            " WHERE mdtrt_id = $1",
-            mdtrt_id,
-            msgid,
-        )
-        h.cert_no = await new_token(site, h)
-        await his.refused("2207", settle_data(h, mdtrt_id), "NO_UNSETTLED_LINES")
-        assert (
-            await conn.fetchval("SELECT count(*) FROM settlements WHERE mdtrt_id = $1", mdtrt_id)
-            == 1
-        )
+        async with conn.transaction():
+            await conn.execute(
+                "SELECT 1 FROM gateway_visit_lines WHERE mdtrt_id = $1 FOR UPDATE", mdtrt_id
+            )
+            busy = await his.call("2207", settle_data(h, mdtrt_id), msgid=msgid)
+            assert busy["err_msg"].startswith("[VISIT_SETTLING]"), busy
+        out = await his.ok("2207", settle_data(h, mdtrt_id), msgid=msgid)
         assert (
             await conn.fetchval(
                 "SELECT count(*) FROM gateway_visit_lines WHERE mdtrt_id = $1 AND setl_id = $2",
@@ -503,30 +503,6 @@ async def test_a_claim_left_by_a_dead_process_is_completed_not_settled_again(sit
             )
             == 2
         )
-        assert (
-            await conn.fetchval(
-                "SELECT settling_msgid FROM gateway_visits WHERE mdtrt_id = $1", mdtrt_id
-            )
-            is None
-        )
-    finally:
-        await conn.close()
-
-
-async def test_a_live_claim_refuses_and_a_stale_one_is_released(site: Site):
-    his = site.his
-    h = await holder(site, balance=5000)
-    mdtrt_id = await outpatient_visit(site, h)
-    conn = await db(site)
-    try:
-        claim = (
-            "UPDATE gateway_visits SET settling_msgid = 'gone', settling_since = $2"
-            " WHERE mdtrt_id = $1"
-        )
-        await conn.execute(claim, mdtrt_id, dt.datetime.now(dt.UTC))
-        await his.refused("2207", settle_data(h, mdtrt_id), "VISIT_SETTLING")
-        await conn.execute(claim, mdtrt_id, dt.datetime.now(dt.UTC) - dt.timedelta(minutes=10))
-        await his.ok("2207", settle_data(h, mdtrt_id))
     finally:
         await conn.close()
 
@@ -668,6 +644,40 @@ async def test_2601_of_a_message_that_never_arrived(site: Site):
         {"data": {"psn_no": h.psn_no, "omsgid": late, "oinfno": "2203"}},
         "UNSUPPORTED_INFNO",
     )
+
+
+async def test_2601_of_a_settlement_message_in_flight_waits_for_it(site: Site):
+    """A settlement message is in flight from its admission (its msgid reserved, no answer
+    yet) until its answer: its settlement may be committing, so a 2601 of it is refused,
+    retryably, and records nothing. Once the reservation has lapsed (well past a try's
+    bound) without a settlement, the message counts as never arrived."""
+    his = site.his
+    h = await holder(site, balance=5000)
+    await outpatient_visit(site, h)
+    flying = his.new_msgid()
+    undo = {"data": {"psn_no": h.psn_no, "omsgid": flying, "oinfno": "2207"}}
+    conn = await db(site)
+    try:
+        await conn.execute(  # as the admission reserves a message's msgid
+            "INSERT INTO gateway_messages (fixmedins_code, msgid, infno, body_hash, paasid,"
+            " pending_until, owner) VALUES ($1, $2, '2207', '\\x00', 'p', now() + interval"
+            " '20 seconds', 1)",
+            his.fixmedins_code,
+            flying,
+        )
+        busy = await his.call("2601", undo)
+        assert busy["err_msg"].startswith("[VISIT_SETTLING]"), busy
+        assert await reversals.undone_by(conn, his.fixmedins_code, flying) is None
+        await conn.execute(
+            "UPDATE gateway_messages SET pending_until = now() - interval '10 minutes'"
+            " WHERE fixmedins_code = $1 AND msgid = $2",
+            his.fixmedins_code,
+            flying,
+        )
+        out = await his.ok("2601", undo)
+        assert out["result"]["outcome"] == "none"
+    finally:
+        await conn.close()
 
 
 async def test_any_reversal_frees_the_lines(site: Site):

@@ -256,8 +256,8 @@ async def test_register_info_details_and_cancel(world: World, db: asyncpg.Connec
 
 
 async def test_settlement_marks_and_releases_lines(world: World, db: asyncpg.Connection) -> None:
-    """The interface the settlement transactions use: unsettled lines by charge batch,
-    marked by a settlement (only those still unsettled), released by its reversal."""
+    """The interface the settlement transactions use: unsettled lines by charge batch (with
+    their versions, for the batch write's guard), released by a reversal."""
     site, who = world.hospital, await holder(world)
     mdtrt_id = await register(site, who)
     await site.client.ok(
@@ -271,9 +271,18 @@ async def test_settlement_marks_and_releases_lines(world: World, db: asyncpg.Con
     )
     batch = await visits.unsettled_lines(db, site.code, mdtrt_id, "B2")
     assert [line.feedetl_sn for line in batch] == ["2"]
+    visit, lines, versions = await visits.visit_with_unsettled_lines(db, site.code, mdtrt_id, None)
+    assert visit.mdtrt_id == mdtrt_id
+    assert [line.feedetl_sn for line in lines] == ["1", "2"] and len(versions) == 2
+    _, only_b2, _ = await visits.visit_with_unsettled_lines(db, site.code, mdtrt_id, "B2")
+    assert [line.feedetl_sn for line in only_b2] == ["2"]
     setl_id = unique_code("S")
-    assert await visits.mark_settled(db, site.code, mdtrt_id, ["1", "2"], setl_id) == 2
-    assert await visits.mark_settled(db, site.code, mdtrt_id, ["1"], unique_code("S")) == 0
+    await db.execute(  # as the settlement's batch write marks them
+        "UPDATE gateway_visit_lines SET setl_id = $3 WHERE fixmedins_code = $1 AND mdtrt_id = $2",
+        site.code,
+        mdtrt_id,
+        setl_id,
+    )
     assert await unsettled(db, site, mdtrt_id) == []
     nothing = await site.client.call(
         "2205", {"data": {"mdtrt_id": mdtrt_id, "chrg_bchno": "0000", "psn_no": who.psn_no}}
@@ -743,50 +752,95 @@ async def test_undo_message_for_a_reversal_by_message(world: World, db: asyncpg.
     )
     for message in (first, second):
         assert (await site.client.post(message)).body["infcode"] == 0
-    now = dt.datetime.now(dt.UTC)
     async with db.transaction():
-        assert await visits.undo_message(db, site.code, first["msgid"], "UNDO1", now)
+        assert await visits.undo_message(db, site.code, first["msgid"], "UNDO1")
     assert await unsettled(db, site, mdtrt_id) == ["2"]
     async with db.transaction():
-        assert not await visits.undo_message(db, site.code, unique_code("NEVER"), "UNDO2", now)
+        assert not await visits.undo_message(db, site.code, unique_code("NEVER"), "UNDO2")
     setl_id = unique_code("S")
-    assert await visits.mark_settled(db, site.code, mdtrt_id, ["2"], setl_id) == 1
+    await db.execute(
+        "UPDATE gateway_visit_lines SET setl_id = $3 WHERE fixmedins_code = $1"
+        " AND mdtrt_id = $2 AND feedetl_sn = '2'",
+        site.code,
+        mdtrt_id,
+        setl_id,
+    )
     with pytest.raises(CardsvcError) as refused:
         async with db.transaction():
-            await visits.undo_message(db, site.code, registration["msgid"], "UNDO3", now)
+            await visits.undo_message(db, site.code, registration["msgid"], "UNDO3")
     assert refused.value.code == "VISIT_HAS_SETTLEMENT"
     await visits.release(db, setl_id)
     async with db.transaction():
-        assert await visits.undo_message(db, site.code, registration["msgid"], "UNDO4", now)
+        assert await visits.undo_message(db, site.code, registration["msgid"], "UNDO4")
     visit = await visits.load_visit(db, site.code, mdtrt_id)
     assert (visit.status, visit.closed_msgid) == ("cancelled", "UNDO4")
     assert await unsettled(db, site, mdtrt_id) == []
 
 
-async def test_lines_of_a_visit_being_settled_are_not_cancelled(
+async def _settling(db: asyncpg.Connection, site: Any, mdtrt_id: str, sn: str) -> str:
+    """What a settlement's batch write does to a line, left uncommitted in ``db``'s open
+    transaction: the settlement is being written."""
+    setl_id = unique_code("S")
+    await db.execute(
+        "UPDATE gateway_visit_lines SET setl_id = $3 WHERE fixmedins_code = $1"
+        " AND mdtrt_id = $2 AND feedetl_sn = $4",
+        site.code,
+        mdtrt_id,
+        setl_id,
+        sn,
+    )
+    return setl_id
+
+
+async def test_2203_changing_what_a_settlement_applies_renews_the_lines_versions(
     world: World, db: asyncpg.Connection
 ) -> None:
+    """A settlement marks the lines it read only if each is still that version: a 2203
+    changing the visit type (or the delivery type) between a settlement's read and its
+    write gives every unsettled line a new version, so that settlement is refused and its
+    retry applies the new type. The same 2203 sent again changes nothing."""
+    site, who = world.hospital, await holder(world, insutypes=("510",), gend="2")
+    mdtrt_id = await register(site, who, "510")
+    await site.client.ok("2204", {"feedetail": [fee(mdtrt_id, who, "1", "A-AMOX", 1, 1, 1)]})
+    _, _, before = await visits.visit_with_unsettled_lines(db, site.code, mdtrt_id, None)
+    info = {
+        "mdtrtinfo": {
+            "mdtrt_id": mdtrt_id,
+            "psn_no": who.psn_no,
+            "med_type": "52",
+            "matn_type": "1",
+            "exp_content": '{"delivery_type": "normal"}',
+        }
+    }
+    await site.client.ok("2203", info)
+    _, _, after = await visits.visit_with_unsettled_lines(db, site.code, mdtrt_id, None)
+    assert [v.tid for v in after] != [v.tid for v in before]
+    assert all(a.xmin != b.xmin for a, b in zip(after, before, strict=True))
+    await site.client.ok("2203", info)
+    _, _, again = await visits.visit_with_unsettled_lines(db, site.code, mdtrt_id, None)
+    assert again == after
+
+
+async def test_a_registration_is_not_cancelled_under_a_settlement_being_written(
+    world: World, db: asyncpg.Connection
+) -> None:
+    """2202 checks for settled lines after holding them: a settlement committing meanwhile
+    is seen, and the visit is not cancelled with a settled line in it."""
     site, who = world.hospital, await holder(world)
     mdtrt_id = await register(site, who)
     await site.client.ok("2204", {"feedetail": [fee(mdtrt_id, who, "1", "A-AMOX", 1, 1, 1)]})
-    now = dt.datetime.now(dt.UTC)
-    assert await visits.claim(db, site.code, mdtrt_id, "SETTLE1", now)
-    assert not await visits.claim(db, site.code, mdtrt_id, "SETTLE2", now)
-    cancel = {"data": {"mdtrt_id": mdtrt_id, "chrg_bchno": "0000", "psn_no": who.psn_no}}
-    busy = await site.client.call("2205", cancel)
-    assert busy.code == "VISIT_SETTLING", busy.body
-    more = await site.client.ok(
-        "2204", {"feedetail": [fee(mdtrt_id, who, "2", "A-AMOX", 1, 1, 1)]}
-    )  # new lines may still come: the settlement takes only the lines it read
-    assert len(more["result"]) == 1
-    await visits.end_claim(db, site.code, mdtrt_id, "SETTLE1")
-    await site.client.ok("2205", cancel)
-    assert await unsettled(db, site, mdtrt_id) == []
-    # A claim left behind by a settlement that never finished expires.
-    stale = now - visits.SETTLING_CLAIM_TTL - dt.timedelta(seconds=1)
-    assert await visits.claim(db, site.code, mdtrt_id, "SETTLE3", stale)
-    assert await visits.claim(db, site.code, mdtrt_id, "SETTLE4", now)
-    await visits.end_claim(db, site.code, mdtrt_id, "SETTLE4")
+    tx = db.transaction()
+    await tx.start()
+    await _settling(db, site, mdtrt_id, "1")
+    cancelling = asyncio.create_task(
+        site.client.call("2202", {"data": {"mdtrt_id": mdtrt_id, "psn_no": who.psn_no}})
+    )
+    await asyncio.sleep(0.5)
+    await tx.commit()
+    refused = await cancelling
+    assert refused.code == "VISIT_HAS_SETTLEMENT", refused.body
+    visit = await visits.load_visit(db, site.code, mdtrt_id)
+    assert visit.status == "open"
 
 
 def presettle(who: Holder, mdtrt_id: str, insutype: str, amount: str, certificate: Any) -> Any:

@@ -21,7 +21,7 @@ import pytest_asyncio
 from cardsvc.audit.services import new_entry
 from cardsvc.settlement import snapshot
 from cardsvc.settlement.snapshot import YEAR_COLUMNS
-from cardsvc.settlement.store import SettlementWrite, settlement_statement
+from cardsvc.settlement.store import LineVersion, SettlementWrite, settlement_statement
 from cardsvc.terminal_sdk.client import TerminalClient
 from cardsvc.web.caller import Admission
 from tests.support.api import POLICY_CATALOG, Patient, Service, lines, patient, unique_code
@@ -398,3 +398,57 @@ async def test_the_batch_write_probes_the_accounts_it_pays_even_in_a_small_city(
     finally:
         await txn.rollback()
     assert "Seq Scan on psn_accounts" not in plan, plan
+
+
+async def test_a_gateway_line_changed_since_its_read_refuses_its_settlement_and_writes_nothing(
+    conn: asyncpg.Connection,
+) -> None:
+    """A gateway settlement marks its visit's lines in the batch write only if each is still
+    the version its handler read: a line rewritten in between (cancelled and uploaded again
+    under the same feedetl_sn, say) names the settlement in ``lines_lost`` and nothing of
+    the batch is written, though its account was free. The lines are found by TID: never
+    a scan of the table."""
+    txn = conn.transaction()  # rolled back: nothing of this stays
+    await txn.start()
+    try:
+        await conn.execute("SET LOCAL session_replication_role = replica")  # no visit, person
+        await conn.execute("INSERT INTO psn_accounts (psn_no, balance) VALUES ('P-lines', 0)")
+        account_version = int(
+            await conn.fetchval("SELECT xmin::text FROM psn_accounts WHERE psn_no = 'P-lines'")
+        )
+        read = await conn.fetchrow(
+            "INSERT INTO gateway_visit_lines (fixmedins_code, mdtrt_id, feedetl_sn, code,"
+            " price_e4, count_e4, total, result, created_msgid)"
+            " VALUES ('F-lines', 'M-lines', '1', 'A-AMOX', 10000, 10000, 100, '{}', 'MSG')"
+            " RETURNING ctid::text AS tid, xmin::text AS version"
+        )
+        # Rewritten in another transaction's stead (a new version: another xmin).
+        await conn.execute("SAVEPOINT rewrite")
+        await conn.execute("UPDATE gateway_visit_lines SET total = 200 WHERE mdtrt_id = 'M-lines'")
+        await conn.execute("RELEASE SAVEPOINT rewrite")
+        write = SettlementWrite(
+            row={"setl_id": "S-lines", "psn_no": "P-lines"},
+            postings=[],
+            acct_pay=0,
+            account_version=account_version,
+            year=2026,
+            year_delta=[0] * len(YEAR_COLUMNS),
+            flags=[],
+            visit_lines=(LineVersion(read["tid"], read["version"]),),
+        )
+        sql, args = settlement_statement(
+            [write], new_entry("test", "lines", "settlement_batch", "S-lines", {})
+        )
+        row = await conn.fetchrow(sql, *args)
+        assert (row["ok"], row["locked"], row["lines_lost"]) == (False, ["P-lines"], ["S-lines"])
+        assert (
+            await conn.fetchval(
+                "SELECT setl_id FROM gateway_visit_lines WHERE mdtrt_id = 'M-lines'"
+            )
+            is None
+        )
+        explain = await conn.prepare("EXPLAIN (COSTS off) " + sql)
+        plan = "\n".join(r[0] for r in await explain.fetch(*args))
+    finally:
+        await txn.rollback()
+    assert "Seq Scan on gateway_visit_lines" not in plan, plan

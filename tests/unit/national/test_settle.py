@@ -48,8 +48,6 @@ def _visit(**changes: object) -> visits.Visit:
         "endtime": None,
         "created_msgid": "m0",
         "closed_msgid": None,
-        "settling_msgid": None,
-        "settling_since": None,
     }
     fields.update(changes)
     return visits.Visit(**fields)  # type: ignore[arg-type]
