@@ -10,6 +10,7 @@ from cardsvc.cardauth import views as cardauth
 from cardsvc.cards import views as cards
 from cardsvc.catalog import views as catalog
 from cardsvc.clearing import views as clearing
+from cardsvc.console import views as console
 from cardsvc.facilities import views as facilities
 from cardsvc.injuries import views as injuries
 from cardsvc.kiosk import views as kiosk
@@ -33,6 +34,10 @@ def setup_routes(app: web.Application) -> None:
             web.get("/openapi.yaml", ops.openapi),
             web.get("/docs", ops.docs),
             web.get("/docs/{asset}", ops.docs_asset),
+            # the operators' console and the public fund-report page (static files)
+            web.get("/console/", console.console),
+            web.get("/console/static/{asset}", console.static),
+            web.get("/public/", console.public_page),
             # administration
             web.post("/v1/persons", persons.create),
             web.get("/v1/persons/{psn_no}", persons.get),
