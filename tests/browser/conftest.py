@@ -2,27 +2,22 @@
 service (tests/conftest.py). Playwright's own browser builds are never used (nor
 downloaded): a machine without /usr/bin/chromium fails these tests, it does not skip them.
 
-Operators are made as a deployment makes them: the first administrator with
-``python -m cardsvc create-operator``, the others by that administrator through the API."""
+Operators are written into the database as ``python -m cardsvc create-operator`` writes
+them (tests/support/operators.py); each signs in through the login page."""
 
 from __future__ import annotations
 
-import asyncio
-import secrets
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 
-from cardsvc.config import Settings
 from tests.support.api import Service
+from tests.support.operators import create_operator
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -47,35 +42,6 @@ class Operator:
     login: str
     password: str
     roles: tuple[str, ...]
-
-
-def strong_password() -> str:
-    return f"Cs-{secrets.token_urlsafe(15)}-9a"
-
-
-def create_operator_cli(
-    settings: Settings, tmp: Path, login: str, roles: tuple[str, ...]
-) -> Operator:
-    """`python -m cardsvc create-operator`, as an installation makes its first administrator."""
-    password = strong_password()
-    secret = tmp / f"{login}.password"
-    secret.write_text(password + "\n")
-    secret.chmod(0o600)
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "DATABASE_URL": settings.database_url,
-        "CARDSVC_ADMIN_TOKEN": settings.admin_token,
-        "CARDSVC_DATA_KEY": settings.data_key.hex(),
-        "PYTHONPATH": str(ROOT),
-    }
-    args = [sys.executable, "-m", "cardsvc", "create-operator", "--login", login]
-    args += ["--name", f"测试{login}", "--password-file", str(secret)]
-    for role in roles:
-        args += ["--role", role]
-    done = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    operator_id = next(w for w in done.stdout.split() if w.startswith("OP"))
-    return Operator(operator_id.strip(".,:"), login, password, roles)
 
 
 class OperatorApi:
@@ -112,28 +78,15 @@ class OperatorApi:
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def operators(
-    service: Service, settings: Settings, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[dict[str, Operator]]:
-    """One operator per role (logins unique to this run), made by a fresh administrator."""
-    tmp = tmp_path_factory.mktemp("operators")
-    suffix = secrets.token_hex(3)
-    admin = await asyncio.to_thread(
-        create_operator_cli, settings, tmp, f"admin.{suffix}", ("administrator",)
-    )
-    api = OperatorApi(service.base_url)
-    await api.login(admin.login, admin.password)
-    made = {"administrator": admin}
-    for role in ROLES[1:]:
-        login, password = f"{role}.{suffix}", strong_password()
-        body = await api.ok(
-            "POST",
-            "/v1/operators",
-            {"login": login, "display_name": f"测试{role}", "roles": [role], "password": password},
-        )
-        made[role] = Operator(body["operator_id"], login, password, (role,))
-    await api.close()
-    yield made
+async def operators(service: Service) -> dict[str, Operator]:
+    """One operator per role, and one holding all four ("all")."""
+    made = {}
+    for role in ROLES:
+        op = await create_operator(service.database_url, (role,), name=f"测试{role}")
+        made[role] = Operator(op.operator_id, op.login, op.password, op.roles)
+    op = await create_operator(service.database_url, ROLES, name="测试全部")
+    made["all"] = Operator(op.operator_id, op.login, op.password, op.roles)
+    return made
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

@@ -107,7 +107,7 @@ export async function clearingRunPage(el, date) {
 // The fund report's three charts; the data may come from the operators' report
 // (by_fund_and_facility_type) or an older one (expenditure).
 export function fundCharts(report) {
-  const lines = report.by_fund_and_facility_type || (report.expenditure || []).map((e) => ({ fund: e.fund, facility_type: e.fixmedins_type, amount: e.amount, count: e.settlements }));
+  const lines = report.by_fund_and_facility_type || report.per_fund_and_facility_type || (report.expenditure || []).map((e) => ({ fund: e.fund, facility_type: e.fixmedins_type, amount: e.amount, count: e.settlements }));
   const funds = [...new Set(lines.map((l) => l.fund))].sort();
   const types = [...new Set(lines.map((l) => l.facility_type))].sort();
   const perDay = report.per_day || [];

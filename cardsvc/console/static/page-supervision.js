@@ -116,7 +116,7 @@ export async function flagsPage(el) {
             label: "field.handled",
             value: (f) =>
               f.handled
-                ? h("span", {}, badge(t("flags.handled"), "ok"), " ", f.handled_note || "", f.handled_by ? ` — ${f.handled_by}` : "")
+                ? h("span", {}, badge(t("flags.handled"), "ok"), " ", f.handled_note || "", f.handled_by ? ` — ${f.handled_by_name || f.handled_by}` : "")
                 : hasRole("reviewer")
                   ? h("button", { type: "button", "data-testid": "handle", onclick: () => handle(f) }, t("flags.mark_handled"))
                   : t("common.no"),

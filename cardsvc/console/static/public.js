@@ -12,7 +12,10 @@ async function getJson(path) {
   return resp.json();
 }
 
-function snapshot(report) {
+function snapshot(figures) {
+  // Income is one object of its own: its figures sit beside the others.
+  const { income, ...rest } = figures;
+  const report = { ...(income ? { account_credits: income.account_credits, account_credit_amount: income.amount } : {}), ...rest };
   const scalars = Object.entries(report).filter(([, v]) => v === null || typeof v !== "object");
   const lists = Object.entries(report).filter(([, v]) => Array.isArray(v) && v.length && typeof v[0] === "object");
   return [
@@ -50,7 +53,7 @@ async function render() {
   const report = await getJson(`/public/reports/${encodeURIComponent(chosen.report_id)}`);
   el.append(
     h("section", { class: "card", "data-testid": "public-report", "data-report": chosen.report_id }, h("h2", {}, chosen.title), h("p", {}, `${t("public.published_at")}: ${cell("published_at", chosen.published_at)}`)),
-    ...snapshot(report.snapshot || report),
+    ...snapshot(report.figures || report),
   );
 }
 

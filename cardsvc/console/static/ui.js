@@ -11,7 +11,7 @@ export function h(tag, attrs = {}, ...children) {
     else if (value === true) el.setAttribute(key, "");
     else el.setAttribute(key, String(value));
   }
-  for (const child of children.flat()) {
+  for (const child of children.flat(Infinity)) {
     if (child === undefined || child === null || child === false) continue;
     el.append(child instanceof Node ? child : document.createTextNode(String(child)));
   }
@@ -187,15 +187,19 @@ export function query(params) {
 }
 
 // Money fields (integer fen) by name, shown as yuan.
-const MONEY = /(^|_)(amt|amount|balc|balance|total|pay|acct_pay|net_amt|sumamt|payamt|refund)$|_amt$|^balc$/;
-const TIME = /(_at|_time)$/;
+const MONEY = /(^|_)(amt|amount|balc|balance|total|pay|price|sumamt|payamt|refund)$/;
+const TIME = /(^|_)(at|time)$/;
 
 export function fieldLabel(key) {
   return t(`field.${key}`, {}, key);
 }
 
+// Coded values shown by their names (the code stays when no name is known).
+const CODED = { fund: "fund", facility_type: "facility_type", fixmedins_type: "facility_type", insutype: "insutype", gend: "gend", psn_type: "psn_type", rule: "rule", kind: "kind" };
+
 export function cell(key, value) {
   if (value === null || value === undefined) return "";
+  if (CODED[key] && typeof value !== "object") return t(`${CODED[key]}.${value}`, {}, String(value));
   if (typeof value === "number" && MONEY.test(key)) return yuan(value);
   if (typeof value === "string" && TIME.test(key)) return when(value);
   if (Array.isArray(value)) return value.map((v) => (typeof v === "object" ? JSON.stringify(v) : String(v))).join(", ");
@@ -207,7 +211,8 @@ export function cell(key, value) {
 // A table of API objects whose fields are not all known ahead: `keys` first, then the rest
 // (minus `skip`), labelled through i18n `field.<name>`.
 export function autoTable(rows, { keys = [], skip = [], extra = [], rowAttrs } = {}) {
-  const seen = [...keys];
+  const present = new Set((rows || []).flatMap((row) => Object.keys(row)));
+  const seen = keys.filter((k) => present.has(k));
   for (const row of rows || []) for (const k of Object.keys(row)) if (!seen.includes(k) && !skip.includes(k)) seen.push(k);
   const columns = seen
     .filter((k) => !skip.includes(k))
