@@ -34,10 +34,6 @@ def setup_routes(app: web.Application) -> None:
             web.get("/openapi.yaml", ops.openapi),
             web.get("/docs", ops.docs),
             web.get("/docs/{asset}", ops.docs_asset),
-            # the operators' console and the public fund-report page (static files)
-            web.get("/console/", console.console),
-            web.get("/console/static/{asset}", console.static),
-            web.get("/public/", console.public_page),
             # administration
             web.post("/v1/persons", persons.create),
             web.get("/v1/persons/{psn_no}", persons.get),
@@ -93,6 +89,10 @@ def setup_routes(app: web.Application) -> None:
             # kiosk
             web.post("/v1/kiosk/summary", kiosk.summary),
             web.post("/v1/kiosk/report-loss", kiosk.report_loss),
+            # the operators' console and the public fund-report page (static files)
+            web.get("/console/", console.console),
+            web.get("/console/static/{asset}", console.static),
+            web.get("/public/", console.public_page),
         ]
     )
     require_declared_access(app)
