@@ -291,7 +291,7 @@ async def test_a_form_post_without_the_csrf_token_is_refused(
     card = await issue_card(counter, person["psn_no"])
     await console.login(operators["clerk"])
     page = console.page
-    async with page.expect_response(lambda r: "/report-loss" in r.url) as info:
+    async with page.expect_response(lambda r: r.url.endswith("/report-loss")) as info:
         await page.evaluate(
             """action => {
                 const form = document.createElement("form");
@@ -300,7 +300,7 @@ async def test_a_form_post_without_the_csrf_token_is_refused(
                 document.body.append(form);
                 form.submit();
             }""",
-            f"/v1/cards/{card.card_no}/report-loss",
+            f"/v1/persons/{person['psn_no']}/cards/{card.card_no}/report-loss",
         )
     answer = await info.value
     assert answer.status == 403
@@ -330,7 +330,7 @@ async def test_an_idle_session_expires_and_the_console_asks_to_log_in_again(
         console = Console(context, await context.new_page(), short_sessions)
         await console.login(operators["auditor"])
         await console.page.wait_for_timeout(3500)
-        await console.go("#/facilities")
+        await console.go("#/reports")
         expired = console.page.locator("[data-testid=session-expired]")
         await expired.wait_for()
         assert "会话已过期" in await expired.inner_text()

@@ -50,7 +50,7 @@ const CARD_ACTIONS = {
   cancelled: [],
 };
 
-function cardBlock(card, reload) {
+function cardBlock(psnNo, card, reload) {
   const status = h("div", { class: "form-status" });
   const actions = (CARD_ACTIONS[card.status] || []).map((action) =>
     h(
@@ -63,7 +63,7 @@ function cardBlock(card, reload) {
           clear(status);
           if (action === "cancel" && (await askReason("cards.confirm_cancel", { required: false })) === null) return;
           try {
-            await api("POST", `/v1/cards/${encodeURIComponent(card.card_no)}/${action}`);
+            await api("POST", `/v1/persons/${encodeURIComponent(psnNo)}/cards/${encodeURIComponent(card.card_no)}/${action}`);
             await reload();
           } catch (err) {
             status.append(notice("error", `${t(`error.${err.code}`, {}, err.message)} (${err.code})`, "card-error"));
@@ -102,7 +102,7 @@ export async function personPage(el, psnNo) {
     section(
       "persons.cards",
       h("p", { class: "help", "data-testid": "counter-help" }, t("cards.counter_only")),
-      (overview.cards || []).length ? (overview.cards || []).map((c) => cardBlock(c, reload)) : h("p", { class: "empty" }, t("cards.none")),
+      (overview.cards || []).length ? (overview.cards || []).map((c) => cardBlock(person.psn_no || psnNo, c, reload)) : h("p", { class: "empty" }, t("cards.none")),
     ),
     section("persons.settlements", autoTable(overview.settlements || [], { keys: ["setl_id", "setl_time", "fixmedins_code", "insutype", "medfee_sumamt", "fund_pay_sumamt", "acct_pay", "psn_cash_pay", "status"], skip: ["setldetail", "psn_no", "card_no"] })),
   );
