@@ -16,8 +16,9 @@ command -v "$PYTHON" >/dev/null \
   || { echo "Python 3.11 or newer is required (set PYTHON=...)" >&2; exit 1; }
 
 # chromium: the browser tests render the web pages (API browser, console) in a real headless
-# browser.
-SYSTEM_PACKAGES=(postgresql postgresql-contrib pcscd vsmartcard-vpcd swig libpcsclite-dev chromium)
+# browser; fonts-wqy-zenhei gives its screenshots Chinese glyphs.
+SYSTEM_PACKAGES=(postgresql postgresql-contrib pcscd vsmartcard-vpcd swig libpcsclite-dev chromium
+  fonts-wqy-zenhei)
 
 missing=()
 for pkg in "${SYSTEM_PACKAGES[@]}"; do
