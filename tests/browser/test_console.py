@@ -3,6 +3,7 @@ service: what each role does through the pages, checked afterwards through the A
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import random
 import secrets
@@ -42,7 +43,7 @@ async def _dialog(console: Console, text: str) -> None:
 
 @session_loop
 async def test_login_refuses_a_wrong_password_then_shows_the_clerks_menu(
-    console: Console, operators: dict[str, Operator]
+    console: Console, operators: dict[str, Operator], no_address_lock
 ):
     clerk = operators["clerk"]
     await console.open()
@@ -59,6 +60,49 @@ async def test_login_refuses_a_wrong_password_then_shows_the_clerks_menu(
     menu = await page.locator("#menu a").evaluate_all("links => links.map(a => a.dataset.menu)")
     assert menu == ["persons", "facilities"]
     assert await page.locator("[data-testid=operator-name]").inner_text() == "测试clerk"
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def no_address_lock(service: Service):
+    """Every test signs in from 127.0.0.1: leave no sign-in failures behind for the others."""
+    yield
+    conn = await asyncpg.connect(service.database_url)
+    try:
+        await conn.execute("DELETE FROM operator_login_failures")
+    finally:
+        await conn.close()
+
+
+@session_loop
+async def test_too_many_failures_show_when_to_try_again(
+    console: Console, service: Service, operators: dict[str, Operator], no_address_lock
+):
+    """Past the free failures each one locks the login for twice as long: once the lock is
+    a few seconds long, the login page says how many to wait."""
+    auditor = operators["auditor"]
+    api = OperatorApi(service.base_url)
+    try:
+        for _ in range(30):
+            status, _body, headers = await api.call(
+                "POST", "/v1/operator-sessions", {"login": auditor.login, "password": "wrong"}
+            )
+            if status == 429:
+                wait = int(headers["Retry-After"])
+                if wait >= 4:
+                    break
+                await asyncio.sleep(wait)
+        assert status == 429
+    finally:
+        await api.close()
+    await console.open()
+    page = console.page
+    await page.fill("[data-testid=login]", auditor.login)
+    await page.fill("[data-testid=password]", auditor.password)
+    await page.click("[data-testid=login-submit]")
+    error = page.locator("[data-testid=login-error]")
+    await error.wait_for()
+    assert "尝试次数过多" in await error.inner_text() and "秒后再试" in await error.inner_text()
+    await console.shot("login-throttled")
 
 
 @session_loop

@@ -187,7 +187,7 @@ export function query(params) {
 }
 
 // Money fields (integer fen) by name, shown as yuan.
-const MONEY = /(^|_)(amt|amount|balc|balance|total|pay|price|sumamt|payamt|refund)$/;
+const MONEY = /(^|_)(amt|amount|balc|balance|total|pay|price|sumamt|payamt|refund|fen)$/;
 const TIME = /(^|_)(at|time)$/;
 
 export function fieldLabel(key) {
@@ -203,7 +203,11 @@ export function cell(key, value) {
   if (typeof value === "number" && MONEY.test(key)) return yuan(value);
   if (typeof value === "string" && TIME.test(key)) return when(value);
   if (Array.isArray(value)) return value.map((v) => (typeof v === "object" ? JSON.stringify(v) : String(v))).join(", ");
-  if (typeof value === "object") return JSON.stringify(value);
+  if (typeof value === "object") {
+    return Object.entries(value)
+      .map(([k, v]) => `${fieldLabel(k)}: ${v !== null && typeof v === "object" ? JSON.stringify(v) : cell(k, v)}`)
+      .join("; ");
+  }
   if (typeof value === "boolean") return t(value ? "common.yes" : "common.no");
   return String(value);
 }
