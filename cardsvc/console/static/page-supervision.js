@@ -73,7 +73,7 @@ export async function reviewPage(el, setlId) {
       clear(el);
       await reviewPage(el, setlId);
       el.querySelector("[data-testid=review-status]").append(
-        notice("ok", t(`reviews.${decision}d`, { status: t(`review_status.${result.review_status}`, {}, result.review_status) }), "review-done"),
+        notice("ok", t(decision === "approve" ? "reviews.approved" : "reviews.rejected", { status: t(`review_status.${result.review_status}`, {}, result.review_status) }), "review-done"),
       );
     } catch (err) {
       status.append(notice("error", `${t(`error.${err.code}`, {}, err.message)} (${err.code})`, "review-error"));
