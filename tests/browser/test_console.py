@@ -209,6 +209,15 @@ async def test_a_reviewer_marks_a_flag_handled_with_a_note(
     assert mine[0]["handled_by"] == operators["reviewer"].operator_id
 
 
+async def _move_settlement(service: Service, setl_id: str, day: dt.date) -> None:
+    """Date a settlement on another business day (as if it had been made then)."""
+    conn = await asyncpg.connect(service.database_url)
+    try:
+        await conn.execute("UPDATE settlements SET setl_date = $2 WHERE setl_id = $1", setl_id, day)
+    finally:
+        await conn.close()
+
+
 @session_loop
 async def test_an_administrator_runs_a_clearing_and_downloads_the_file(
     console: Console, service: Service, operators: dict[str, Operator], catalog
@@ -219,13 +228,7 @@ async def test_an_administrator_runs_a_clearing_and_downloads_the_file(
     paid = await p.settle("310", "11", lines(("A-AMOX", 1000, 1)))
     # A day of its own, long past, that no other test clears.
     day = dt.date(2001, 1, 1) + dt.timedelta(days=random.randrange(0, 7000))
-    conn = await asyncpg.connect(service.database_url)
-    try:
-        await conn.execute(
-            "UPDATE settlements SET setl_date = $2 WHERE setl_id = $1", paid["setl_id"], day
-        )
-    finally:
-        await conn.close()
+    await _move_settlement(service, paid["setl_id"], day)
     await console.login(operators["administrator"])
     page = console.page
     await console.go("#/clearing")
@@ -287,8 +290,13 @@ async def test_without_the_chart_library_the_report_says_so(
 async def test_the_public_page_shows_a_published_report_without_login(
     console: Console, as_admin: OperatorApi, service: Service, catalog
 ):
-    # Only a period that is over is published (its figures are frozen).
+    # Only a period that is over is published (its figures are frozen): yesterday, with a
+    # settlement moved there.
     yesterday = (clock.business_date() - dt.timedelta(days=1)).isoformat()
+    _code, pos = await _hospital(service)
+    p = await patient(service, pos, await service.terminal("counter"), balance=5000)
+    paid = await p.settle("310", "11", lines(("A-AMOX", 1000, 1)))
+    await _move_settlement(service, paid["setl_id"], dt.date.fromisoformat(yesterday))
     title = f"公开报表 {secrets.token_hex(3)}"
     period = {"period_from": yesterday, "period_to": yesterday, "title": title}
     published = await as_admin.ok("POST", "/v1/public-reports", period)
@@ -297,7 +305,8 @@ async def test_the_public_page_shows_a_published_report_without_login(
     await page.locator(
         f"[data-testid=public-report][data-report='{published['report_id']}']"
     ).wait_for()
-    assert title in await page.locator("#view").inner_text()
+    text = await page.locator("#view").inner_text()
+    assert title in text and "¥10.00" in text  # the moved settlement's fee, in the figures
     await _charts_drawn(console, ("chart-expenditure", "chart-per-day"))
     link = page.locator("[data-testid=public-csv]").first
     href = await link.get_attribute("href")

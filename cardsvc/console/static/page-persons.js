@@ -2,7 +2,7 @@
 // its keyed hash: only the mask ever comes back), and a person's page with their cards.
 import { api } from "./api.js";
 import { t } from "./i18n.js";
-import { askReason, autoTable, badge, clear, facts, field, form, h, notice, pager, query, section, table } from "./ui.js";
+import { askReason, autoTable, badge, cell, clear, facts, field, form, h, notice, pager, query, section, table } from "./ui.js";
 
 export async function personsPage(el) {
   const params = new URLSearchParams(location.hash.split("?")[1] || "");
@@ -77,11 +77,20 @@ function cardBlock(psnNo, card, reload) {
     "article",
     { class: "card sub", "data-card": card.card_no, "data-status": card.status },
     h("h3", {}, `${t("field.card_no")} ${card.card_no} `, badge(t(`card_status.${card.status}`, {}, card.status), card.status)),
-    facts(card, { skip: ["history", "card_sn"] }),
+    facts({ ...card, status: t(`card_status.${card.status}`, {}, card.status) }, { skip: ["history", "card_sn", "psn_no", "admdvs"] }),
     h("div", { class: "actions" }, actions),
     status,
     h("h4", {}, t("cards.history")),
-    autoTable(card.history || [], { keys: ["at", "from", "to", "from_status", "to_status", "status"] }),
+    table(
+      [
+        { label: "field.at", value: (c) => cell("at", c.at) },
+        { label: "field.from", value: (c) => (c.from ? t(`card_status.${c.from}`, {}, c.from) : "—") },
+        { label: "field.to", value: (c) => t(`card_status.${c.to}`, {}, c.to || "") },
+        { label: "field.action", value: (c) => t(`card_action.${c.action}`, {}, c.action || "") },
+        { label: "field.actor", value: (c) => c.actor || "" },
+      ],
+      card.history || [],
+    ),
   );
 }
 

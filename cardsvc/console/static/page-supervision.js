@@ -93,7 +93,8 @@ export async function reviewPage(el, setlId) {
         )
       : "",
     status,
-    ...parts(review, []),
+    // The settlement as the reviewer sees it: the person only masked (the person part).
+    ...parts({ ...review, settlement: review.settlement && { ...review.settlement, psn_no: undefined, card_no: undefined } }, []),
   );
 }
 

@@ -21,7 +21,7 @@ function snapshot(figures) {
   return [
     section("public.figures", h("dl", { class: "facts" }, scalars.map(([k, v]) => [h("dt", {}, fieldLabel(k)), h("dd", {}, cell(k, v))]))),
     fundCharts(report),
-    section("public.tables", ...lists.map(([k, v]) => h("div", {}, h("h3", {}, fieldLabel(k)), autoTable(v)))),
+    lists.length ? section("public.tables", ...lists.map(([k, v]) => h("div", {}, h("h3", {}, fieldLabel(k)), autoTable(v)))) : "",
   ];
 }
 

@@ -187,7 +187,7 @@ export function query(params) {
 }
 
 // Money fields (integer fen) by name, shown as yuan.
-const MONEY = /(^|_)(amt|amount|balc|balance|total|pay|price|sumamt|payamt|refund|fen)$/;
+const MONEY = /(^|_)(amt|amount|balc|balance|total|pay|price|sumamt|payamt|refund|fen|selfpay|dedc)$/;
 const TIME = /(^|_)(at|time)$/;
 
 export function fieldLabel(key) {
@@ -195,7 +195,7 @@ export function fieldLabel(key) {
 }
 
 // Coded values shown by their names (the code stays when no name is known).
-const CODED = { fund: "fund", facility_type: "facility_type", fixmedins_type: "facility_type", insutype: "insutype", gend: "gend", psn_type: "psn_type", rule: "rule", kind: "kind" };
+const CODED = { fund: "fund", facility_type: "facility_type", fixmedins_type: "facility_type", insutype: "insutype", gend: "gend", psn_type: "psn_type", rule: "rule", kind: "kind", review_status: "review_status", type: "facility_type" };
 
 export function cell(key, value) {
   if (value === null || value === undefined) return "";
@@ -230,7 +230,7 @@ export function facts(obj, { skip = [] } = {}) {
     "dl",
     { class: "facts" },
     Object.entries(obj || {})
-      .filter(([k, v]) => !skip.includes(k) && (typeof v !== "object" || v === null))
+      .filter(([k, v]) => !skip.includes(k) && v !== undefined && (typeof v !== "object" || v === null))
       .map(([k, v]) => [h("dt", {}, fieldLabel(k)), h("dd", { "data-field": k }, cell(k, v))]),
   );
 }
