@@ -112,7 +112,9 @@ class Console:
     def __init__(self, context: BrowserContext, page: Page, base_url: str) -> None:
         self.context, self.page, self.base_url = context, page, base_url
         self.csp_violations: list[str] = []
+        self.script_errors: list[str] = []
         page.on("console", self._console)
+        page.on("pageerror", lambda error: self.script_errors.append(str(error)))
 
     def _console(self, message: Any) -> None:
         if "Content Security Policy" in message.text:
@@ -149,3 +151,4 @@ async def console(browser: Browser, service: Service) -> AsyncIterator[Console]:
     yield tab
     await context.close()
     assert not tab.csp_violations, tab.csp_violations
+    assert not tab.script_errors, tab.script_errors

@@ -219,6 +219,50 @@ async def _move_settlement(service: Service, setl_id: str, day: dt.date) -> None
 
 
 @session_loop
+async def test_a_reviewer_changes_a_facility_rating_with_a_reason(
+    console: Console, service: Service, operators: dict[str, Operator]
+):
+    facility = await service.facility(credit_rating="B")
+    code = facility["fixmedins_code"]
+    await console.login(operators["reviewer"])
+    page = console.page
+    await console.go(f"#/facilities/{code}")
+    rating = page.locator("[data-testid=rating-form]")
+    await rating.locator("select[name=credit_rating]").select_option("C")
+    await rating.locator("input[name=reason]").fill("年度考核不合格")
+    await rating.locator("button[type=submit]").click()
+    history = page.locator("[data-testid=rating-history] tbody tr", has_text="年度考核不合格")
+    await history.wait_for()
+    assert "测试reviewer" in await history.inner_text()
+    await console.shot("facility")
+    assert (await service.admin_ok("GET", f"/v1/facilities/{code}"))["credit_rating"] == "C"
+
+
+@session_loop
+async def test_an_administrator_creates_an_operator_who_can_then_log_in(
+    console: Console, operators: dict[str, Operator]
+):
+    login = f"clerk.{secrets.token_hex(4)}"
+    password = f"Ui-{secrets.token_urlsafe(12)}-7q"
+    await console.login(operators["administrator"])
+    page = console.page
+    await console.go("#/operators")
+    create = page.locator("[data-testid=operator-create]")
+    await create.locator("input[name=login]").fill(login)
+    await create.locator("input[name=display_name]").fill("新柜员")
+    await create.locator("input[name=role_clerk]").check()
+    await create.locator("input[name=password]").fill(password)
+    await create.locator("button[type=submit]").click()
+    await page.locator("[data-testid=operator-results] tr", has_text=login).wait_for()
+    await console.shot("operators")
+    await page.click("#logout")
+    await page.locator("[data-testid=login]").wait_for()
+    made = Operator("", login, password, ("clerk",))
+    await console.login(made)
+    assert await page.locator("[data-testid=operator-name]").inner_text() == "新柜员"
+
+
+@session_loop
 async def test_an_administrator_runs_a_clearing_and_downloads_the_file(
     console: Console, service: Service, operators: dict[str, Operator], catalog
 ):

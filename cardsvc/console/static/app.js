@@ -1,5 +1,5 @@
 // The console's shell: who is logged in, the menu their roles allow, and a hash router.
-import { api, hasRole, loadSession, logout, session } from "./api.js";
+import { hasRole, loadSession, logout, session } from "./api.js";
 import { currentLang, loadLang, setLang, t } from "./i18n.js";
 import { clear, h, notice } from "./ui.js";
 import { loginPage } from "./page-login.js";
@@ -136,4 +136,3 @@ start().catch((err) => {
   clear(view()).append(notice("error", t("app.load_failed", { code: err.code || "", message: err.message || String(err) })));
 });
 
-export { api };

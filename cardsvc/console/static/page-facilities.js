@@ -110,6 +110,8 @@ export async function facilityPage(el, code) {
       ),
     );
   }
-  parts.push(section("facilities.rating_history", autoTable(history.items || [], { keys: ["at", "from", "to", "reason", "operator_name", "operator_id"] })));
+  parts.push(
+    h("section", { class: "card", "data-testid": "rating-history" }, h("h2", {}, t("facilities.rating_history")), autoTable(history.items || [], { keys: ["at", "from", "to", "reason", "operator_name", "operator_id"] })),
+  );
   el.append(...parts);
 }
