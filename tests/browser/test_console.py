@@ -22,6 +22,7 @@ from cardsvc.config import Settings
 from cardsvc.console import assets
 from tests.browser.conftest import DESKTOP, TABLET, Console, Operator, OperatorApi
 from tests.support.api import POLICY_CATALOG, Service, issue_card, lines, patient
+from tests.support.operators import create_operator
 
 session_loop = pytest.mark.asyncio(loop_scope="session")
 
@@ -59,7 +60,7 @@ async def test_login_refuses_a_wrong_password_then_shows_the_clerks_menu(
     await console.shot("login-failed")
     await console.login(clerk)
     menu = await page.locator("#menu a").evaluate_all("links => links.map(a => a.dataset.menu)")
-    assert menu == ["persons", "facilities"]
+    assert menu == ["persons", "facilities", "account"]
     assert await page.locator("[data-testid=operator-name]").inner_text() == "测试clerk"
 
 
@@ -236,6 +237,25 @@ async def test_a_reviewer_changes_a_facility_rating_with_a_reason(
     assert "测试reviewer" in await history.inner_text()
     await console.shot("facility")
     assert (await service.admin_ok("GET", f"/v1/facilities/{code}"))["credit_rating"] == "C"
+
+
+@session_loop
+async def test_an_operator_changes_their_own_password(
+    console: Console, service: Service, operators: dict[str, Operator]
+):
+    mine = await create_operator(service.database_url, ("auditor",), name="改密码的人")
+    me = Operator(mine.operator_id, mine.login, mine.password, mine.roles)
+    await console.login(me)
+    page = console.page
+    await console.go("#/account")
+    change = page.locator("[data-testid=password-change]")
+    new_password = f"Pw-{secrets.token_urlsafe(12)}-3x"
+    await change.locator("input[name=current_password]").fill(me.password)
+    await change.locator("input[name=new_password]").fill(new_password)
+    await change.locator("button[type=submit]").click()
+    await page.locator("[data-testid=password-changed]").wait_for()
+    await page.click("#logout")
+    await console.login(Operator(me.operator_id, me.login, new_password, me.roles))
 
 
 @session_loop
@@ -449,6 +469,7 @@ MAIN_PAGES = (
     "gateway-clients",
     "audit",
     "operators",
+    "account",
 )
 
 

@@ -8,6 +8,7 @@ import { facilitiesPage, facilityPage } from "./page-facilities.js";
 import { flagsPage, reviewPage, reviewsPage } from "./page-supervision.js";
 import { clearingPage, clearingRunPage, reportsPage } from "./page-reports.js";
 import { auditPage, gatewayClientsPage, operatorsPage, terminalsPage } from "./page-admin.js";
+import { accountPage } from "./page-account.js";
 
 // Each page: the roles that may open it (the API refuses the others anyway).
 const ALL = ["administrator", "clerk", "reviewer", "auditor"];
@@ -22,6 +23,7 @@ const PAGES = [
   { path: "gateway-clients", key: "menu.gateway_clients", roles: ["administrator"], list: gatewayClientsPage },
   { path: "audit", key: "menu.audit", roles: ["auditor"], list: auditPage },
   { path: "operators", key: "menu.operators", roles: ["administrator"], list: operatorsPage },
+  { path: "account", key: "menu.account", roles: ALL, list: accountPage },
 ];
 
 const view = () => document.getElementById("view");
