@@ -11,6 +11,9 @@ direct transcription of docs/protocol.md; the unit tests pin each one with fixed
 - Personalisation blob: ``hex(nonce ‖ ct ‖ tag)`` of ``K_auth ‖ K_txn`` under SM4-GCM, AAD the
   ASCII ``card_sn``.
 - Request signature: hex HMAC-SHA256 over the canonical request.
+- PIN unblock: a per-card key ``K_unblock`` derived from ``K_txn`` with SP 800-108 and
+  HMAC-SHA256 (never with SM4, which the card answers for anyone with INTERNAL AUTHENTICATE),
+  and the issuer's MAC over RESET RETRY COUNTER and the card's own challenge.
 
 Malformed inputs raise ``ValueError``; a blob that fails to open raises ``SealedBlobError``
 (a ``ValueError`` too).
@@ -24,9 +27,14 @@ import os
 import re
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import cmac
+from cryptography.hazmat.primitives import cmac, hashes
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from cryptography.hazmat.primitives.kdf.kbkdf import KBKDFCMAC, CounterLocation, Mode
+from cryptography.hazmat.primitives.kdf.kbkdf import (
+    KBKDFCMAC,
+    KBKDFHMAC,
+    CounterLocation,
+    Mode,
+)
 
 KEY_LEN = 16
 CHALLENGE_LEN = 16
@@ -37,6 +45,14 @@ GCM_TAG_LEN = 16
 KEY_REF_AUTH = 1
 KEY_REF_TXN = 2
 SESSION_KDF_LABEL = b"cardsvc session"
+# PIN unblock (RESET RETRY COUNTER under secure messaging): the command header with CLA 0C
+# (ISO 7816-4 secure messaging, header authenticated), P1 03 (no resetting code, no new
+# PIN in the command: the MAC is the authorisation), P2 00 (the one PIN).
+UNBLOCK_KDF_LABEL = b"cardsvc pin unblock"
+PIN_UNBLOCK_HEADER = bytes.fromhex("0c2c0300")
+CARD_CHALLENGE_LEN = 8  # GET CHALLENGE with Le 08
+UNBLOCK_MAC_LEN = 8
+SM_TAG_MAC = 0x8E  # ISO 7816-4 secure messaging: cryptographic checksum
 
 _CARD_SN = re.compile(r"[0-9a-f]{32}")
 _SEALED_CARD_KEYS_LEN = GCM_NONCE_LEN + 2 * KEY_LEN + GCM_TAG_LEN
@@ -168,6 +184,43 @@ def unseal_card_keys(k_term: bytes, card_sn: str, blob_hex: str) -> tuple[bytes,
         raise SealedBlobError(f"personalisation blob must be {_SEALED_CARD_KEYS_LEN} bytes")
     keys = sm4_gcm_open(k_term, sealed, card_sn.encode("ascii"))
     return keys[:KEY_LEN], keys[KEY_LEN:]
+
+
+def pin_unblock_key(k_txn: bytes, card_sn: str) -> bytes:
+    """``K_unblock``: SP 800-108 counter-mode KDF with HMAC-SHA256 keyed by ``K_txn``, label
+    ``cardsvc pin unblock``, context the 16 bytes of ``card_sn``; 16 bytes.
+
+    Not an SM4 function of a card key on purpose: the card encrypts any 16 bytes under
+    ``K_auth`` for anyone holding it (INTERNAL AUTHENTICATE 01), and under ``K_txn`` after
+    VERIFY, so anything built from SM4 under those keys could be computed with the card alone.
+    """
+    _require_len("k_txn", k_txn, KEY_LEN)
+    kdf = KBKDFHMAC(
+        algorithm=hashes.SHA256(),
+        mode=Mode.CounterMode,
+        length=KEY_LEN,
+        rlen=4,
+        llen=4,
+        location=CounterLocation.BeforeFixed,
+        label=UNBLOCK_KDF_LABEL,
+        context=_card_sn_bytes(card_sn),
+        fixed=None,
+    )
+    return kdf.derive(k_txn)
+
+
+def pin_unblock_mac(k_unblock: bytes, card_challenge: bytes) -> bytes:
+    """The issuer's MAC: first 8 bytes of ``SM4-CMAC(K_unblock, 0C 2C 03 00 ‖ Rc)``, with
+    ``Rc`` the 8 bytes the card answered to GET CHALLENGE (single use on the card)."""
+    _require_len("card_challenge", card_challenge, CARD_CHALLENGE_LEN)
+    return sm4_cmac(k_unblock, PIN_UNBLOCK_HEADER + card_challenge)[:UNBLOCK_MAC_LEN]
+
+
+def pin_unblock_command(mac: bytes) -> bytes:
+    """RESET RETRY COUNTER under secure messaging: ``0C 2C 03 00 0A 8E 08 <MAC>``."""
+    _require_len("mac", mac, UNBLOCK_MAC_LEN)
+    data = bytes([SM_TAG_MAC, UNBLOCK_MAC_LEN]) + mac
+    return PIN_UNBLOCK_HEADER + bytes([len(data)]) + data
 
 
 def path_with_query(path: str, query_string: str) -> str:

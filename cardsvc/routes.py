@@ -70,6 +70,7 @@ def setup_routes(app: web.Application) -> None:
             web.post("/v1/cards", cards.issue),
             web.get("/v1/cards/{card_no}", cards.get),
             web.post("/v1/cards/{card_no}/replace", cards.replace),
+            web.post("/v1/cards/{card_no}/pin-unblock", cards.pin_unblock),
             web.post(
                 "/v1/cards/{card_no}/{action:activate|report-loss|cancel-loss|cancel}",
                 cards.transition,

@@ -11,6 +11,7 @@ from cardsvc.audit.services import AuditAnchors, AuditLog
 from cardsvc.batching import Batcher
 from cardsvc.cardauth.services import CardAuthenticator, CardTokens
 from cardsvc.cards.services import CardIssuer
+from cardsvc.cards.unblock import PinUnblocker
 from cardsvc.catalog.services import Catalog
 from cardsvc.clearing.services import Clearing
 from cardsvc.config import Settings
@@ -44,6 +45,7 @@ class Services:
     sign_in: SignIn
     terminal_auth: TerminalAuthenticator
     cards: CardIssuer
+    pin_unblocks: PinUnblocker
     card_auth: CardAuthenticator
     card_tokens: CardTokens
     settlements: SettlementService
@@ -81,6 +83,7 @@ def build_services(settings: Settings, pool: Pool, hsm: HsmClient) -> Services:
         sign_in=SignIn(pool, hsm, protector, audit, settings),
         terminal_auth=terminal_auth,
         cards=cards,
+        pin_unblocks=PinUnblocker(pool, hsm, card_tokens, audit),
         card_auth=card_auth,
         card_tokens=card_tokens,
         settlements=SettlementService(

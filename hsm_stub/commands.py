@@ -3,12 +3,12 @@
 ``execute`` is the server's single entry point. It decodes the payload, runs the handler and
 maps failures to statuses: unknown command ``10``, undecodable payload ``15``, a key blob that
 is not under the LMK (or a region without keys) ``20``, a cryptogram that does not verify
-``01``, PB for a region never provisioned ``21``, PB under a key that is not a counter's
-``22``. Anything else is a bug and propagates; the server answers ``68``.
+``01``, PB for a region never provisioned ``21``, PB or PU under a key that is not a
+counter's ``22``. Anything else is a bug and propagates; the server answers ``68``.
 
 Key usage is enforced here, from the kind bound into each terminal key's blob
 (``keystore.terminal_label``), never from what the host says: TV and KC take a terminal key
-of any kind (legacy kind-less blobs included), PB only a counter's. No command creates issuer
+of any kind (legacy kind-less blobs included), PB and PU only a counter's. No command creates issuer
 keys; a region gets them only by provisioning (``python -m hsm_stub provision-region``).
 
 All cryptography is ``cardcrypto.profile``; cryptograms are compared in constant time.
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cardcrypto import profile
-from hsm_stub.keystore import KeyBlobError, Keystore, KeystoreError, UnknownRegion
+from hsm_stub.keystore import IssuerKeys, KeyBlobError, Keystore, KeystoreError, UnknownRegion
 from hsmlink.protocol import (
     REQUEST_TYPES,
     AuditAnchorMacRequest,
@@ -40,6 +40,8 @@ from hsmlink.protocol import (
     KeyCheckValueResponse,
     MalformedPayload,
     Payload,
+    PinUnblockRequest,
+    PinUnblockResponse,
     Status,
     TerminalKind,
     VerifyAuditAnchorRequest,
@@ -98,18 +100,26 @@ def verify_terminal(keystore: Keystore, request: VerifyTerminalRequest) -> Verif
     )
 
 
-def build_personalization(
-    keystore: Keystore, request: BuildPersonalizationRequest
-) -> BuildPersonalizationResponse:
-    terminal_key = keystore.unwrap_terminal(request.counter_key_under_lmk)
+def _counter_key(keystore: Keystore, key_under_lmk: bytes) -> bytes:
+    terminal_key = keystore.unwrap_terminal(key_under_lmk)
     if terminal_key.kind is not TerminalKind.COUNTER:
         # A legacy kind-less blob too: the HSM cannot tell it is a counter's (re-key it).
         raise CommandFailed(Status.KEY_USAGE, "not a counter terminal key")
+    return terminal_key.key
+
+
+def _issuer_keys(keystore: Keystore, admdvs: str) -> IssuerKeys:
     try:
-        issuer_keys = keystore.issuer_keys(request.admdvs)
+        return keystore.issuer_keys(admdvs)
     except UnknownRegion:
         raise CommandFailed(Status.UNKNOWN_REGION, "region not provisioned") from None
-    k_term = terminal_key.key
+
+
+def build_personalization(
+    keystore: Keystore, request: BuildPersonalizationRequest
+) -> BuildPersonalizationResponse:
+    k_term = _counter_key(keystore, request.counter_key_under_lmk)
+    issuer_keys = _issuer_keys(keystore, request.admdvs)
     k_auth = profile.diversify(issuer_keys.auth, request.card_sn)
     k_txn = profile.diversify(issuer_keys.txn, request.card_sn)
     return BuildPersonalizationResponse(
@@ -128,6 +138,15 @@ def verify_card(keystore: Keystore, request: VerifyCardRequest) -> VerifyCardRes
     if not hmac.compare_digest(expected, request.cryptogram):
         raise CommandFailed(Status.VERIFICATION_FAILED, "card cryptogram mismatch")
     return VerifyCardResponse()
+
+
+def pin_unblock(keystore: Keystore, request: PinUnblockRequest) -> PinUnblockResponse:
+    """RESET RETRY COUNTER's MAC for a card present at a counter: the counter's key is only
+    checked for its kind (the card's own keys authorise the command, not the terminal's)."""
+    _counter_key(keystore, request.counter_key_under_lmk)
+    k_txn = profile.diversify(_issuer_keys(keystore, request.admdvs).txn, request.card_sn)
+    k_unblock = profile.pin_unblock_key(k_txn, request.card_sn)
+    return PinUnblockResponse(mac=profile.pin_unblock_mac(k_unblock, request.card_challenge))
 
 
 def key_check_value(keystore: Keystore, request: KeyCheckValueRequest) -> KeyCheckValueResponse:
@@ -158,6 +177,7 @@ HANDLERS: dict[Command, Callable[[Keystore, Any], Payload]] = {
     Command.VERIFY_TERMINAL: verify_terminal,
     Command.BUILD_PERSONALIZATION: build_personalization,
     Command.VERIFY_CARD: verify_card,
+    Command.PIN_UNBLOCK: pin_unblock,
     Command.KEY_CHECK_VALUE: key_check_value,
     Command.AUDIT_ANCHOR_MAC: audit_anchor_mac,
     Command.VERIFY_AUDIT_ANCHOR: verify_audit_anchor,

@@ -21,6 +21,9 @@ Commands (request → response fields; bytes are msgpack bin, a "blob" is a key 
     PB  personalisation blob    admdvs, card_sn, counter_key_under_lmk → blob, kcv_auth, kcv_txn
                                 (only a counter's key, only a provisioned region)
     CV  verify card cryptogram  admdvs, card_sn, key_ref, challenge, cryptogram → ()
+    PU  PIN unblock MAC         admdvs, card_sn, counter_key_under_lmk, card_challenge → mac
+                                (RESET RETRY COUNTER's MAC under the card's K_unblock, over
+                                the card's 8-byte challenge; only a counter's key, status 22)
     KC  key check value         key_under_lmk (a terminal key) → kcv
     AM  audit anchor MAC        message → mac (SM4-CMAC under the audit anchor key)
     AV  verify audit anchor     message, mac → () (status 01 if the MAC does not verify)
@@ -62,6 +65,7 @@ class Command(enum.StrEnum):
     VERIFY_TERMINAL = "TV"
     BUILD_PERSONALIZATION = "PB"
     VERIFY_CARD = "CV"
+    PIN_UNBLOCK = "PU"
     KEY_CHECK_VALUE = "KC"
     AUDIT_ANCHOR_MAC = "AM"
     VERIFY_AUDIT_ANCHOR = "AV"
@@ -75,7 +79,7 @@ class Status(enum.StrEnum):
     KEY_ERROR = "20"  # not a key of the right type under the LMK, or a region without keys
     INTERNAL = "68"  # a bug in hsm_stub; logged there
     UNKNOWN_REGION = "21"  # PB: no issuer keys for this region (provisioned offline only)
-    KEY_USAGE = "22"  # a key of a kind this command refuses (PB takes only a counter's key)
+    KEY_USAGE = "22"  # a key of a kind this command refuses (PB, PU take only a counter's)
 
 
 class TerminalKind(enum.StrEnum):
@@ -177,6 +181,17 @@ class VerifyCardResponse(Payload):
     pass
 
 
+class PinUnblockRequest(Payload):
+    admdvs: Admdvs
+    card_sn: CardSn
+    counter_key_under_lmk: KeyBlob  # the asking counter's: the HSM checks it is a counter's
+    card_challenge: Annotated[bytes, msgspec.Meta(min_length=8, max_length=8)]
+
+
+class PinUnblockResponse(Payload):
+    mac: Annotated[bytes, msgspec.Meta(min_length=8, max_length=8)]
+
+
 class KeyCheckValueRequest(Payload):
     key_under_lmk: KeyBlob
 
@@ -214,6 +229,7 @@ REQUEST_TYPES: dict[Command, type[Payload]] = {
     Command.VERIFY_TERMINAL: VerifyTerminalRequest,
     Command.BUILD_PERSONALIZATION: BuildPersonalizationRequest,
     Command.VERIFY_CARD: VerifyCardRequest,
+    Command.PIN_UNBLOCK: PinUnblockRequest,
     Command.KEY_CHECK_VALUE: KeyCheckValueRequest,
     Command.AUDIT_ANCHOR_MAC: AuditAnchorMacRequest,
     Command.VERIFY_AUDIT_ANCHOR: VerifyAuditAnchorRequest,
@@ -225,6 +241,7 @@ RESPONSE_TYPES: dict[Command, type[Payload]] = {
     Command.VERIFY_TERMINAL: VerifyTerminalResponse,
     Command.BUILD_PERSONALIZATION: BuildPersonalizationResponse,
     Command.VERIFY_CARD: VerifyCardResponse,
+    Command.PIN_UNBLOCK: PinUnblockResponse,
     Command.KEY_CHECK_VALUE: KeyCheckValueResponse,
     Command.AUDIT_ANCHOR_MAC: AuditAnchorMacResponse,
     Command.VERIFY_AUDIT_ANCHOR: VerifyAuditAnchorResponse,

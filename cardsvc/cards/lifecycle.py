@@ -75,3 +75,15 @@ def check_not_expired(expiry_date: dt.date, on: dt.date) -> None:
             code="CARD_EXPIRED",
             details={"expiry_date": expiry_date.isoformat()},
         )
+
+
+def check_pin_unblockable(status: str, expiry_date: dt.date, on: dt.date) -> None:
+    """Only an active card that has not expired gets a new PIN: a card reported lost may be
+    in a finder's hands, and a replaced, cancelled or expired one should be replaced."""
+    if status != CardStatus.ACTIVE:
+        raise BusinessRuleViolation(
+            f"card is {status}: only an active card's PIN can be unblocked",
+            code="CARD_NOT_ACTIVE",
+            details={"status": status},
+        )
+    check_not_expired(expiry_date, on)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Annotated
 
 import msgspec
 
 from cardsvc.cards.records import CardRecords
+from cardsvc.settlement.models import CardToken
 from cardsvc.types import PsnNo
 
 
@@ -36,3 +38,23 @@ class IssuedCard(Card, kw_only=True):
 class CardReplaced(msgspec.Struct, kw_only=True):
     replaced: Card
     card: IssuedCard
+
+
+# The card's answer to GET CHALLENGE with Le 08: 16 hex digits.
+CardChallenge = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-fA-F]{16}$")]
+
+
+class PinUnblockRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """``card_token``: this terminal session's card authentication of this card, just done;
+    ``card_challenge``: the card's own fresh challenge, which the command's MAC covers."""
+
+    card_token: CardToken
+    card_challenge: CardChallenge
+
+
+class PinUnblockCommand(msgspec.Struct, kw_only=True):
+    """RESET RETRY COUNTER under secure messaging, for the terminal to send to the card
+    (then CHANGE REFERENCE DATA with the new PIN the holder enters at the reader)."""
+
+    card_no: str
+    command: str  # the APDU, lowercase hex

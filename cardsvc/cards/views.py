@@ -3,7 +3,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from cardsvc.cards.lifecycle import CardAction
-from cardsvc.cards.models import IssueCard
+from cardsvc.cards.models import IssueCard, PinUnblockRequest
 from cardsvc.web.appkeys import CALLER, SERVICES
 from cardsvc.web.auth import terminal
 from cardsvc.web.codec import json_response, path_param, read_json
@@ -39,3 +39,12 @@ async def replace(request: web.Request) -> web.Response:
         request[CALLER], path_param(request, "card_no")
     )
     return json_response(result, status=201)
+
+
+@terminal("counter")
+async def pin_unblock(request: web.Request) -> web.Response:
+    req = await read_json(request, PinUnblockRequest)
+    command = await request.app[SERVICES].pin_unblocks.unblock(
+        request[CALLER], path_param(request, "card_no"), req
+    )
+    return json_response(command)

@@ -63,6 +63,8 @@ from hsmlink.protocol import (
     MalformedFrame,
     MalformedPayload,
     Payload,
+    PinUnblockRequest,
+    PinUnblockResponse,
     ProtocolError,
     ResponseFrame,
     Status,
@@ -392,6 +394,21 @@ class HsmClient:
             return False
         return True
 
+    async def pin_unblock_mac(
+        self, admdvs: str, card_sn: str, counter_key_under_lmk: bytes, card_challenge: bytes
+    ) -> bytes:
+        """RESET RETRY COUNTER's MAC for this card and its 8-byte challenge, computed under
+        the card's K_unblock inside the HSM. ``HsmKeyUsageRefused`` if the key is not a
+        counter's; ``HsmRegionNotProvisioned`` for a region without issuer keys."""
+        request = PinUnblockRequest(
+            admdvs=admdvs,
+            card_sn=card_sn,
+            counter_key_under_lmk=counter_key_under_lmk,
+            card_challenge=card_challenge,
+        )
+        response = await self._call(Command.PIN_UNBLOCK, request, PinUnblockResponse)
+        return response.mac
+
     async def key_check_value(self, key_under_lmk: bytes) -> str:
         request = KeyCheckValueRequest(key_under_lmk=key_under_lmk)
         response = await self._call(Command.KEY_CHECK_VALUE, request, KeyCheckValueResponse)
@@ -437,8 +454,9 @@ class HsmClient:
             )
         if frame.status is Status.KEY_USAGE:
             raise HsmKeyUsageRefused(
-                "the HSM refused this terminal's key for issuing cards: it is not bound to a"
-                " counter terminal; register a new counter terminal (re-key) and use that",
+                "the HSM refused this terminal's key for card keys or a PIN unblock: it is not"
+                " bound to a counter terminal; register a new counter terminal (re-key) and"
+                " use that",
                 details={"hsm_status": frame.status.value},
             )
         raise HsmError(

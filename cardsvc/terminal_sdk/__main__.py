@@ -4,6 +4,7 @@
     read-card [--busi [--pin P]]  the card's basic info in the national reader format;
                                   --busi also authenticates the card (a PIN: for a payment)
     issue --psn-no N [--pin P]    counter: issue, personalise a blank card, activate
+    unblock-pin [--new-pin P]     counter: unblock (or reset a forgotten) PIN, card present
     visit --item CODE:YUAN[xQTY]… POS: items checked, card, PIN, card-auth, preview, settle
     kiosk [--report-loss]         kiosk: card-auth (no PIN), balance and recent settlements
     reverse --setl-id S           POS: reverse a settlement (via the outbox)
@@ -139,6 +140,12 @@ def _parser() -> argparse.ArgumentParser:
     issue = sub.add_parser("issue", parents=[_common("counter")], help="issue and personalise")
     issue.add_argument("--psn-no", required=True)
     issue.add_argument("--pin", type=parse_pin, help="the holder's first PIN (asked when omitted)")
+    unblock = sub.add_parser(
+        "unblock-pin", parents=[_common("counter")], help="unblock a PIN, card present"
+    )
+    unblock.add_argument(
+        "--new-pin", type=parse_pin, help="the holder's new PIN (asked twice when omitted)"
+    )
     visit = sub.add_parser("visit", parents=[_common("pos")], help="a card-present visit")
     visit.add_argument(
         "--item",
@@ -257,6 +264,29 @@ async def cmd_issue(s: Session) -> None:
     print(f"card {result.card_no} ({result.card_sn}) for {result.psn_no}: {result.status}")
 
 
+def _new_pin_entry(given: str | None) -> Callable[[], str]:
+    """The new PIN: as given, or typed twice by the holder at the terminal."""
+    first, again = _pin_entry(None, "new PIN (6 digits): "), _pin_entry(None, "new PIN again: ")
+
+    def ask() -> str:
+        if given is not None:
+            return given
+        pin = first()
+        if again() != pin:
+            raise UsageError("the two new PINs differ: nothing was changed; run the command again")
+        return pin
+
+    return ask
+
+
+async def cmd_unblock_pin(s: Session) -> None:
+    result = await flows.unblock_pin(
+        s.client, s.reader, _new_pin_entry(s.args.new_pin), progress=progress, wait=s.args.wait
+    )
+    was = "was blocked" if result.tries_before == 0 else "was not blocked: reset"
+    print(f"card {result.card.card_no}: PIN {was}; the new PIN is set (3 tries)")
+
+
 async def cmd_visit(s: Session) -> None:
     forwarder = s.forwarder()
     _print_drained(await forwarder.drain())
@@ -373,6 +403,7 @@ def _entry_line(entry: Entry) -> str:
 
 COMMANDS: dict[str, Callable[[Session], Awaitable[None]]] = {
     "issue": cmd_issue,
+    "unblock-pin": cmd_unblock_pin,
     "visit": cmd_visit,
     "kiosk": cmd_kiosk,
     "reverse": cmd_reverse,

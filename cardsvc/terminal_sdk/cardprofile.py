@@ -24,12 +24,15 @@ FILE_TAGS: Final[dict[int, dict[int, int | None]]] = {
 MAX_VARIABLE_RECORD = 32
 
 CLA_ISO: Final = 0x00
+CLA_SECURE_MESSAGING: Final = 0x0C  # ISO, secure messaging with the header authenticated
 CLA_PROPRIETARY: Final = 0x80
 INS_SELECT: Final = 0xA4
 INS_READ_RECORD: Final = 0xB2
 INS_GET_CHALLENGE: Final = 0x84
 INS_INTERNAL_AUTHENTICATE: Final = 0x88
 INS_VERIFY: Final = 0x20
+INS_CHANGE_REFERENCE_DATA: Final = 0x24
+INS_RESET_RETRY_COUNTER: Final = 0x2C
 # Class 80: personalisation (open card only) and the life-cycle query.
 INS_WRITE_RECORD: Final = 0xDC
 INS_PUT_KEY: Final = 0xD8
@@ -48,6 +51,7 @@ SW_SECURITY_NOT_SATISFIED: Final = 0x6982
 SW_PIN_BLOCKED: Final = 0x6983
 SW_CONDITIONS_NOT_SATISFIED: Final = 0x6985
 SW_NO_CURRENT_EF: Final = 0x6986
+SW_SM_DATA_INCORRECT: Final = 0x6988
 SW_WRONG_DATA: Final = 0x6A80
 SW_FILE_NOT_FOUND: Final = 0x6A82
 SW_RECORD_NOT_FOUND: Final = 0x6A83
@@ -64,6 +68,7 @@ _MEANINGS: Final = {
     SW_PIN_BLOCKED: "PIN blocked",
     SW_CONDITIONS_NOT_SATISFIED: "conditions of use not satisfied",
     SW_NO_CURRENT_EF: "command not allowed: no file selected",
+    SW_SM_DATA_INCORRECT: "secure messaging data objects incorrect",
     SW_WRONG_DATA: "incorrect data",
     SW_FILE_NOT_FOUND: "file or application not found",
     SW_RECORD_NOT_FOUND: "record not found",
@@ -132,6 +137,11 @@ def verify(pin: str) -> bytes:
 def verify_status() -> bytes:
     """VERIFY without data: asks for the try counter (``63Cx``), or ``9000`` if verified."""
     return apdu(CLA_ISO, INS_VERIFY, 0x00, 0x00)
+
+
+def change_pin_after_unblock(pin: str) -> bytes:
+    """CHANGE REFERENCE DATA, P1 01 (the new PIN only): accepted right after an unblock."""
+    return apdu(CLA_ISO, INS_CHANGE_REFERENCE_DATA, 0x01, 0x00, pin_to_bcd(pin))
 
 
 def write_record(short_id: int, tag: int, value: bytes) -> bytes:

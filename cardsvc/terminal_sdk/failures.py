@@ -25,6 +25,7 @@ from cardsvc.terminal_sdk.reader import (
     CardMismatch,
     CardNotPersonalised,
     CardRemoved,
+    CardStatusError,
     NoCard,
     PinBlocked,
     ReaderBusy,
@@ -181,11 +182,20 @@ def _refused(exc: TerminalError, ctx: Context) -> Failure:
             f"the card service is busy or unavailable {said}: {charged}wait a minute and"
             " run the command again",
         )
-    return Failure(Exit.REFUSED, f"refused by the card service {said}: {charged}{_advice(exc)}")
+    return Failure(
+        Exit.REFUSED, f"refused by the card service {said}: {charged}{_advice(exc, ctx)}"
+    )
 
 
-def _advice(exc: TerminalError) -> str:
+def _advice(exc: TerminalError, ctx: Context) -> str:
     details: dict[str, Any] = exc.details
+    if ctx.command == "unblock-pin" and exc.code in ("CARD_NOT_ACTIVE", "CARD_EXPIRED"):
+        status = str(details.get("status", "expired"))
+        found = " (if the holder found it, cancel the loss report first)"
+        return (
+            f"this card is {status.replace('_', ' ')}: its PIN cannot be unblocked; replace the"
+            f" card instead{found if status == 'loss_reported' else ''}"
+        )
     if exc.code == "CARD_NOT_ACTIVE":
         status = str(details.get("status", "not active")).replace("_", " ")
         return f"this card is {status} and cannot pay; send the holder to a card service counter"
@@ -214,7 +224,7 @@ def _pin_blocked(exc: CardError, ctx: Context) -> Failure:
     return Failure(
         Exit.PIN_BLOCKED,
         "the card's PIN is blocked after too many wrong PINs: the card cannot pay; the holder"
-        " must have the PIN reset at a card service counter",
+        " must have the PIN unblocked at a card service counter, with the card (unblock-pin)",
     )
 
 
@@ -234,6 +244,8 @@ _REMOVED = {
     " put the card back and run the visit again",
     "issue": "the card was taken out while it was being written: its card number was"
     " cancelled; put a new blank card in the writer and issue again",
+    "unblock-pin": "the card was taken out before its new PIN was set: put it back and run"
+    " the command again (if the unblock reached the card, its old PIN has 3 tries again)",
 }
 
 
@@ -257,6 +269,16 @@ def _card(exc: CardError, ctx: Context) -> Failure:
         text = "this card is blank (never issued): it cannot be used; use the holder's own card"
     elif isinstance(exc, CardAlreadyPersonalised):
         text = "this card is already issued: put a blank card in the writer"
+    elif isinstance(exc, CardStatusError) and exc.command == "RESET RETRY COUNTER":
+        text = (
+            f"the card refused the PIN unblock ({exc}): nothing was changed; leave the card in"
+            " the reader and run the command again; if it happens again, replace the card"
+        )
+    elif isinstance(exc, CardStatusError) and exc.command == "CHANGE REFERENCE DATA":
+        text = (
+            f"the card took the unblock but not the new PIN ({exc}): its old PIN has 3 tries"
+            " again; run the command again to set a new one"
+        )
     elif isinstance(exc, CardDataError):
         text = (
             f"the card could not be read correctly ({exc}): {charged}take it out, put it back"

@@ -16,6 +16,10 @@ reported to ``progress`` so a command line or UI can show it (and a test can act
 - ``busi_card``: what a national reader component gives an HIS: read the card → (PIN on
   the card →) card-auth ``identify`` without a PIN, ``transaction`` with one → the card
   token as ``busi_card_info``.
+- ``unblock_pin``: counter: read the card → the holder's new PIN → card-auth ``identify``
+  (works with a blocked PIN) → the card's GET CHALLENGE → ``POST .../pin-unblock`` → the
+  issuer-MACed RESET RETRY COUNTER and at once CHANGE REFERENCE DATA with the new PIN (which
+  never leaves the terminal) → VERIFY with it.
 """
 
 from __future__ import annotations
@@ -65,6 +69,8 @@ class Step(enum.StrEnum):
     SETTLED = "settled"
     SUMMARY = "summary"
     LOSS_REPORTED = "loss reported"
+    UNBLOCK_AUTHORISED = "unblock authorised"
+    PIN_UNBLOCKED = "PIN unblocked and changed on the card"
 
 
 Progress = Callable[[Step, str], None]
@@ -127,6 +133,11 @@ class BusiCard(msgspec.Struct, frozen=True, kw_only=True):
     def busi_card_info_line(self) -> str:
         """``card_no|busi_card_info``: the national interface's ``mdtrt_cert_no`` for ``03``."""
         return f"{self.info.card_no}|{self.busi_card_info}"
+
+
+class UnblockResult(msgspec.Struct, frozen=True, kw_only=True):
+    card: CardInfo
+    tries_before: int  # 0: the PIN was blocked; more: a forgotten PIN reset
 
 
 class KioskResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -261,6 +272,41 @@ async def _cancel_issued(client: TerminalClient, card_no: str) -> None:
         log.warning("could not cancel an unfinished card", card_no=card_no, error=str(exc))
     else:
         log.info("unfinished card cancelled", card_no=card_no)
+
+
+async def unblock_pin(
+    client: TerminalClient,
+    reader: CardReader,
+    new_pin: PinEntry,
+    *,
+    progress: Progress = quiet,
+    wait: float = 30.0,
+) -> UnblockResult:
+    """Unblock (or reset a forgotten) PIN with the card in this counter's reader."""
+    info = await present_card(reader, progress, wait)
+    tries_before = await asyncio.to_thread(reader.pin_tries_left)
+    pin = new_pin()  # before anything is spent: a mistyped PIN costs no authorisation
+    cardprofile.pin_to_bcd(pin)
+    auth = await authenticate_card(client, reader, info, "identify")
+    progress(Step.CARD_AUTHENTICATED, f"card {auth['card_no']} is {auth['card_status']}")
+    card_challenge = await asyncio.to_thread(reader.get_challenge, profile.CARD_CHALLENGE_LEN)
+    unblock: dict[str, Any] = await client.call(
+        "POST",
+        f"/v1/cards/{info.card_no}/pin-unblock",
+        {"card_token": auth["card_token"], "card_challenge": card_challenge.hex()},
+    )
+    progress(Step.UNBLOCK_AUTHORISED, "the issuer's RESET RETRY COUNTER for this card")
+    await asyncio.to_thread(_reset_and_set, reader, bytes.fromhex(unblock["command"]), pin)
+    progress(Step.PIN_UNBLOCKED, "the new PIN is verified on the card")
+    log.info("pin unblocked", card_no=info.card_no)
+    return UnblockResult(card=info, tries_before=tries_before)
+
+
+def _reset_and_set(reader: CardReader, command: bytes, pin: str) -> None:
+    # Back to back: the card takes the new PIN only as the command right after the reset.
+    reader.reset_retry_counter(command)
+    reader.change_pin_after_unblock(pin)
+    reader.verify_pin(pin)
 
 
 # ---------------------------------------------------------------------- POS

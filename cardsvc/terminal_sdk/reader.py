@@ -4,6 +4,8 @@
     reader.wait_for_card(timeout=30)      # connects exclusively: no other app interleaves
     info = reader.read_card()             # SELECT SSSE, EF05 and EF06 records → CardInfo
     reader.verify_pin("123456")
+    reader.reset_retry_counter(command)   # a PIN unblock the service prepared, then at once
+    reader.change_pin_after_unblock("654321")
     cryptogram = reader.internal_authenticate(2, challenge)
     reader.close()                        # unpowers the card: a verified PIN does not outlive us
 
@@ -425,6 +427,18 @@ class CardReader:
 
     def get_challenge(self, length: int = 8) -> bytes:
         return self.command(cp.get_challenge(length), "GET CHALLENGE")
+
+    def reset_retry_counter(self, command: bytes) -> None:
+        """The issuer-MACed RESET RETRY COUNTER the service prepared, sent as it came."""
+        self.command(command, "RESET RETRY COUNTER")
+
+    def change_pin_after_unblock(self, pin: str) -> None:
+        """The new PIN: the card takes it only as the command right after the reset."""
+        try:
+            apdu = cp.change_pin_after_unblock(pin)
+        except ValueError:
+            raise CardDataError("a PIN is 6 digits") from None
+        self.command(apdu, "CHANGE REFERENCE DATA")
 
     def internal_authenticate(self, key_ref: int, challenge: bytes) -> bytes:
         cryptogram = self.command(

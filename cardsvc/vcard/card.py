@@ -1,7 +1,8 @@
 """The virtual social security card's SSSE application: APDU in, response APDU out, pure.
 
 ``VirtualCard.process`` answers any bytes with response data and a status word and never
-raises (docs/readers.md lists every status word). PIN checking and INTERNAL AUTHENTICATE are
+raises (docs/readers.md lists every status word). PIN checking, INTERNAL AUTHENTICATE and the
+issuer-authorised PIN unblock (RESET RETRY COUNTER, then CHANGE REFERENCE DATA) are
 ``SoftCard``'s; this module adds the file system, the personalisation commands (class 80,
 open card only) and persistence: every change of state is handed to ``persist`` *before* the
 answer is returned, so a try counter the terminal has seen decrease is already on disk.
@@ -38,6 +39,7 @@ def _with_tck(atr: bytes) -> bytes:
 ATR = _with_tck(bytes.fromhex("3B8801") + b"SSSE3.00")
 
 Persist = Callable[[CardState], None]
+_CHANGE_REFERENCE_DATA = bytes([cp.CLA_ISO, cp.INS_CHANGE_REFERENCE_DATA])
 
 
 class _Refusal(Exception):
@@ -88,6 +90,8 @@ class VirtualCard:
             (cp.CLA_ISO, cp.INS_GET_CHALLENGE): self._get_challenge,
             (cp.CLA_ISO, cp.INS_INTERNAL_AUTHENTICATE): self._internal_authenticate,
             (cp.CLA_ISO, cp.INS_VERIFY): self._verify,
+            (cp.CLA_SECURE_MESSAGING, cp.INS_RESET_RETRY_COUNTER): self._reset_retry_counter,
+            (cp.CLA_ISO, cp.INS_CHANGE_REFERENCE_DATA): self._change_reference_data,
             (cp.CLA_PROPRIETARY, cp.INS_WRITE_RECORD): self._write_record,
             (cp.CLA_PROPRIETARY, cp.INS_PUT_KEY): self._put_key,
             (cp.CLA_PROPRIETARY, cp.INS_SET_PIN): self._set_pin,
@@ -121,11 +125,13 @@ class VirtualCard:
 
     # ------------------------------------------------------------------ dispatch
     def process(self, raw: bytes) -> bytes:
+        if self._security is not None and raw[:2] != _CHANGE_REFERENCE_DATA:
+            self._security.other_command()  # a new PIN only right after the reset
         try:
             command = parse(raw)
         except MalformedApdu:
             return _sw(cp.SW_WRONG_LENGTH)
-        if command.cla not in (cp.CLA_ISO, cp.CLA_PROPRIETARY):
+        if command.cla not in (cp.CLA_ISO, cp.CLA_PROPRIETARY, cp.CLA_SECURE_MESSAGING):
             return _sw(cp.SW_CLA_NOT_SUPPORTED)
         handler = self._handlers.get((command.cla, command.ins))
         if handler is None:
@@ -178,7 +184,10 @@ class VirtualCard:
         _require(cmd.p1 == 0 and cmd.p2 == 0, cp.SW_WRONG_P1P2)
         _require(not cmd.data and cmd.le in (4, 8, 16), cp.SW_WRONG_LENGTH)
         assert cmd.le is not None
-        return _ok(self._random(cmd.le))
+        if self._security is None:
+            return _ok(self._random(cmd.le))
+        # An issued card remembers its challenge for RESET RETRY COUNTER's MAC.
+        return _ok(self._security.get_challenge(cmd.le, self._random))
 
     def _internal_authenticate(self, cmd: Command) -> bytes:
         _require(cmd.p1 == 0, cp.SW_WRONG_P1P2)
@@ -207,6 +216,52 @@ class VirtualCard:
             raise _Refusal(refused.sw) from None
         self._save_tries(security)
         return _ok()
+
+    def _reset_retry_counter(self, cmd: Command) -> bytes:
+        # Secure messaging: CLA 0C, P1 03 (the MAC is the authorisation, no data besides).
+        _require(cmd.p1 == 0x03, cp.SW_WRONG_P1P2)
+        _require(cmd.p2 == 0x00, cp.SW_REFERENCE_NOT_FOUND)
+        security = self._in_use()
+        try:
+            security.reset_retry_counter(bytes([cmd.cla, cmd.ins, cmd.p1, cmd.p2]), cmd.data)
+        except CardRefused as refused:
+            raise _Refusal(refused.sw) from None
+        self._save_unblock(pin_tries_left=security.tries_left)
+        return _ok()
+
+    def _change_reference_data(self, cmd: Command) -> bytes:
+        try:
+            return self._new_pin(cmd)
+        finally:  # one chance: a refused new PIN closes the window too
+            if self._security is not None:
+                self._security.other_command()
+
+    def _new_pin(self, cmd: Command) -> bytes:
+        # P1 01: the new PIN alone, which the card takes only right after a valid reset
+        # (P1 00, old PIN and new, is not part of this profile).
+        _require(cmd.p1 == 0x01, cp.SW_WRONG_P1P2)
+        _require(cmd.p2 == 0x00, cp.SW_REFERENCE_NOT_FOUND)
+        security = self._in_use()
+        _require(len(cmd.data) == 3, cp.SW_WRONG_LENGTH)
+        pin = cp.bcd_to_pin(cmd.data)
+        _require(pin is not None, cp.SW_WRONG_DATA)
+        assert pin is not None
+        try:
+            security.change_pin(pin)
+        except CardRefused as refused:
+            raise _Refusal(refused.sw) from None
+        self._save_unblock(pin=security.pin, pin_tries_left=security.tries_left)
+        return _ok()
+
+    def _save_unblock(self, **changes: Any) -> None:
+        """Save what an unblock changed; if it cannot be saved, the card forgets it too (a
+        reset the chip did not keep must not let the old PIN in for 3 more tries)."""
+        before = self._state
+        try:
+            self._update(**changes)
+        except OSError:
+            self._state, self._security = before, self._make_security(before)
+            raise
 
     def _save_tries(self, security: SoftCard) -> None:
         if security.tries_left != self._state.pin_tries_left:
@@ -285,6 +340,7 @@ class VirtualCard:
             bytes.fromhex(state.k_txn),
             state.pin,
             tries_left=state.pin_tries_left,
+            card_sn=bytes.fromhex(state.ef05["01"]).hex(),
         )
 
 

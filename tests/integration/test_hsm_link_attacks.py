@@ -202,6 +202,8 @@ async def test_only_a_counter_key_can_receive_card_keys(
     with pytest.raises(HsmKeyUsageRefused) as refused:
         await client.build_personalization_blob(REGION, CARD_SN, terminal.key_under_lmk)
     assert refused.value.details == {"hsm_status": protocol.Status.KEY_USAGE.value}
+    with pytest.raises(HsmKeyUsageRefused):  # nor unblock a card's PIN
+        await client.pin_unblock_mac(REGION, CARD_SN, terminal.key_under_lmk, bytes(8))
     # Sign-in and KCV still take a key of any kind.
     rs, rt = os.urandom(16), os.urandom(16)
     cryptogram = profile.terminal_cryptogram(terminal.clear_key, rs, rt)
@@ -219,6 +221,8 @@ async def test_legacy_kindless_key_signs_in_but_cannot_receive_card_keys(
     await client.verify_terminal_cryptogram(legacy, rs, rt, cryptogram)
     with pytest.raises(HsmKeyUsageRefused):
         await client.build_personalization_blob(REGION, CARD_SN, legacy)
+    with pytest.raises(HsmKeyUsageRefused):
+        await client.pin_unblock_mac(REGION, CARD_SN, legacy, bytes(8))
 
 
 async def test_unprovisioned_region_is_refused_and_gets_no_keys(

@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 
 from cardcrypto import profile
-from cardsvc.hsm import HsmClient, HsmError, HsmRejected, HsmUnavailable
+from cardsvc.hsm import (
+    HsmClient,
+    HsmError,
+    HsmKeyUsageRefused,
+    HsmRegionNotProvisioned,
+    HsmRejected,
+    HsmUnavailable,
+)
 from hsm_stub.keystore import KeyType, unwrap_key
 from hsmlink import protocol
 from hsmlink.credentials import server_context
@@ -107,6 +114,27 @@ async def test_personalised_card_keys_verify_card_cryptograms(client: HsmClient)
     assert await verify(profile.KEY_REF_TXN, k_txn)
     assert not await verify(profile.KEY_REF_TXN, k_auth)
     assert not await verify(profile.KEY_REF_AUTH, random16())
+
+
+async def test_pin_unblock_mac_is_the_cards_own_and_only_for_a_counter(client: HsmClient) -> None:
+    counter = await client.generate_terminal_key(COUNTER)
+    blob = await client.build_personalization_blob(ADMDVS, CARD_SN, counter.key_under_lmk)
+    _, k_txn = profile.unseal_card_keys(counter.clear_key, CARD_SN, blob)
+    challenge = os.urandom(profile.CARD_CHALLENGE_LEN)
+    mac = await client.pin_unblock_mac(ADMDVS, CARD_SN, counter.key_under_lmk, challenge)
+    # What the card computes with the keys it was personalised with.
+    k_unblock = profile.pin_unblock_key(k_txn, CARD_SN)
+    assert mac == profile.pin_unblock_mac(k_unblock, challenge)
+    other_card = await client.pin_unblock_mac(ADMDVS, "ff" * 16, counter.key_under_lmk, challenge)
+    assert other_card != mac
+    fresh = os.urandom(profile.CARD_CHALLENGE_LEN)
+    assert await client.pin_unblock_mac(ADMDVS, CARD_SN, counter.key_under_lmk, fresh) != mac
+    # A POS's key never gets an unblock; nor does a region the HSM has no keys for.
+    pos = await client.generate_terminal_key(TerminalKind.POS)
+    with pytest.raises(HsmKeyUsageRefused):
+        await client.pin_unblock_mac(ADMDVS, CARD_SN, pos.key_under_lmk, challenge)
+    with pytest.raises(HsmRegionNotProvisioned):
+        await client.pin_unblock_mac("999999", CARD_SN, counter.key_under_lmk, challenge)
 
 
 async def test_card_keys_depend_on_card_and_region_only(client: HsmClient) -> None:

@@ -72,6 +72,17 @@ def session_key(k_term: bytes, rs: bytes, rt: bytes) -> bytes:
     return kdf.derive(k_term)
 
 
+def pin_unblock_command(k_txn: bytes, card_sn: str, card_challenge: bytes) -> bytes:
+    """RESET RETRY COUNTER as the issuer signs it, written out from the PIN unblock text:
+    K_unblock = HMAC-SHA256(K_txn, [1]4 || label || 00 || card_sn || [128]4)[:16],
+    MAC = CMAC(K_unblock, 0C 2C 03 00 || Rc)[:8], command = 0C 2C 03 00 0A 8E 08 || MAC."""
+    fixed = b"cardsvc pin unblock\x00" + bytes.fromhex(card_sn) + (128).to_bytes(4, "big")
+    k_unblock = hmac.new(k_txn, (1).to_bytes(4, "big") + fixed, hashlib.sha256).digest()[:16]
+    header = bytes.fromhex("0c2c0300")
+    mac = sm4_cmac(k_unblock, header + card_challenge)[:8]
+    return header + bytes.fromhex("0a8e08") + mac
+
+
 def string_to_sign(method: str, target: str, timestamp: str, nonce: str, body: bytes) -> bytes:
     """METHOD\\nPATH?QUERY\\nTIMESTAMP\\nNONCE\\nhex(SHA-256(body)).
 

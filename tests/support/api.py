@@ -131,7 +131,11 @@ async def personalise(
     if activate:
         await counter.call("POST", f"/v1/cards/{issued['card_no']}/activate")
     return IssuedCard(
-        issued["card_no"], issued["card_sn"], issued["psn_no"], SoftCard(k_auth, k_txn, pin), issued
+        issued["card_no"],
+        issued["card_sn"],
+        issued["psn_no"],
+        SoftCard(k_auth, k_txn, pin, card_sn=issued["card_sn"]),
+        issued,
     )
 
 

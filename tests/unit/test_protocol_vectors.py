@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import hmac
 import json
 import re
 from collections.abc import Callable, Iterator
@@ -197,6 +198,19 @@ def check_kcv(v: Vector) -> None:
     assert b(v, "kcv").hex() == profile.key_check_value(b(v, "key"))
 
 
+def check_pin_unblock(v: Vector) -> None:
+    k_txn, card_sn, rc = b(v, "k_txn"), s(v, "card_sn"), b(v, "card_challenge")
+    # The fixed data as the document lays it out, and K_unblock rebuilt from it with one HMAC.
+    fixed = profile.UNBLOCK_KDF_LABEL + b"\x00" + bytes.fromhex(card_sn) + (128).to_bytes(4)
+    assert b(v, "kdf_fixed_data") == fixed
+    rebuilt = hmac.new(k_txn, (1).to_bytes(4) + fixed, hashlib.sha256).digest()[:16]
+    assert b(v, "k_unblock") == rebuilt == profile.pin_unblock_key(k_txn, card_sn)
+    assert b(v, "mac_input") == profile.PIN_UNBLOCK_HEADER + rc
+    assert b(v, "mac") == profile.sm4_cmac(rebuilt, b(v, "mac_input"))[:8]
+    assert b(v, "mac") == profile.pin_unblock_mac(rebuilt, rc)
+    assert b(v, "command") == profile.pin_unblock_command(b(v, "mac"))
+
+
 def card_records(card: Vector) -> CardRecords:
     return build_records(
         card_sn=s(card, "card_sn"),
@@ -251,6 +265,11 @@ KINDS: dict[str, Kind] = {
         "k_term card_sn k_auth k_txn nonce", "aad ciphertext tag blob", check_personalisation_blob
     ),
     "kcv": kind("key", "kcv", check_kcv),
+    "pin-unblock": kind(
+        "k_txn card_sn card_challenge",
+        "kdf_fixed_data k_unblock mac_input mac command",
+        check_pin_unblock,
+    ),
     "card": kind(
         "card_no card_sn admdvs issue_date expiry_date certno psn_name gend brdy k_auth k_txn pin",
         "",
@@ -301,6 +320,9 @@ def test_the_vectors_chain() -> None:
     card = the_vector("card")
     for name in ("k_auth", "k_txn", "card_sn"):
         assert card[name] == cryptogram[name] == blob[name]
+    unblock = the_vector("pin-unblock")
+    assert (unblock["k_txn"], unblock["card_sn"]) == (card["k_txn"], card["card_sn"])
+    assert unblock["card_challenge"] == card_random(profile.CARD_CHALLENGE_LEN)
     assert blob["k_term"] == sign_in["k_term"]
     for signed in (v for k, v, _ in VECTORS if k == "request-signature"):
         assert signed["session_key"] == sign_in["session_key"]
@@ -333,6 +355,10 @@ def test_the_independent_client_reproduces_the_vectors() -> None:
     )
     for v in (v for k, v, _ in VECTORS if k == "kcv"):
         assert interop.kcv(b(v, "key")) == b(v, "kcv").hex()
+    unblock = the_vector("pin-unblock")
+    assert interop.pin_unblock_command(
+        b(unblock, "k_txn"), s(unblock, "card_sn"), b(unblock, "card_challenge")
+    ) == b(unblock, "command")
 
 
 # --- the APDU examples ---------------------------------------------------------------------
@@ -351,9 +377,14 @@ def personalisation() -> list[Exchange]:
     return found
 
 
+def card_random(n: int) -> bytes:
+    """The example card's "random": A1 A2 …, so that a PIN unblock's MAC can be written down."""
+    return bytes(range(0xA1, 0xA1 + n))
+
+
 def issued_card() -> VirtualCard:
     """A blank card personalised by the document's own personalisation example."""
-    card = VirtualCard(blank())
+    card = VirtualCard(blank(), random=card_random)
     for exchange in personalisation():
         card.process(exchange.command)
     card.reset()

@@ -197,6 +197,31 @@ def test_session_key_is_sp800_108_counter_mode_written_out() -> None:
     assert profile.derive_session_key(K_TERM, RS, RT) == expected
 
 
+def test_unblock_key_is_sp800_108_with_hmac_sha256_written_out() -> None:
+    # K_unblock = HMAC-SHA256(K_txn, [1]_4 ‖ "cardsvc pin unblock" ‖ 0x00 ‖ card_sn ‖ [128]_4)[:16]
+    fixed = b"cardsvc pin unblock" + b"\x00" + bytes.fromhex(CARD_SN) + (128).to_bytes(4, "big")
+    expected = hmac.new(K_TXN, (1).to_bytes(4, "big") + fixed, hashlib.sha256).digest()[:16]
+    assert profile.pin_unblock_key(K_TXN, CARD_SN) == expected
+
+
+def test_unblock_key_is_no_sm4_function_the_card_answers() -> None:
+    """The card encrypts any block under K_auth (and K_txn after VERIFY) for its holder:
+    K_unblock must not be one of those encryptions."""
+    k_unblock = profile.pin_unblock_key(K_TXN, CARD_SN)
+    label_block = (b"cardsvc pin unblock" + bytes(16))[:16]
+    for key in (K_AUTH, K_TXN):
+        for block in (bytes(16), bytes.fromhex(CARD_SN), label_block):
+            assert sm4_block(key, block) != k_unblock
+
+
+def test_unblock_mac_is_truncated_cmac_of_header_and_card_challenge() -> None:
+    k_unblock = profile.pin_unblock_key(K_TXN, CARD_SN)
+    rc = bytes(range(0xA1, 0xA9))
+    mac = profile.pin_unblock_mac(k_unblock, rc)
+    assert mac == textbook_cmac(k_unblock, bytes.fromhex("0c2c0300") + rc)[:8]
+    assert profile.pin_unblock_command(mac) == bytes.fromhex("0c2c03000a8e08") + mac
+
+
 def test_card_cryptogram_is_ecb_of_the_challenge() -> None:
     assert profile.card_cryptogram(K_AUTH, CHALLENGE) == sm4_block(K_AUTH, CHALLENGE)
 
@@ -280,6 +305,10 @@ INVALID_CALLS: list[tuple[str, Callable[[], object]]] = [
     ("bad card_sn to unseal", lambda: profile.unseal_card_keys(K_TERM, "x" * 32, SEALED)),
     ("short session key", lambda: profile.request_signature(bytes(16), "GET", "/", "1", "n", b"")),
     ("short kcv key", lambda: profile.key_check_value(bytes(4))),
+    ("short k_txn for unblock", lambda: profile.pin_unblock_key(K_TXN[:8], CARD_SN)),
+    ("bad card_sn for unblock", lambda: profile.pin_unblock_key(K_TXN, "AB" + CARD_SN[2:])),
+    ("16-byte card challenge", lambda: profile.pin_unblock_mac(K_TXN, CHALLENGE)),
+    ("short unblock MAC", lambda: profile.pin_unblock_command(bytes(4))),
 ]
 
 

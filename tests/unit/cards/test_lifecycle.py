@@ -7,7 +7,13 @@ import pytest
 
 from cardsvc.cards.lifecycle import CardAction as A
 from cardsvc.cards.lifecycle import CardStatus as S
-from cardsvc.cards.lifecycle import IllegalCardTransition, check_not_expired, expired, next_status
+from cardsvc.cards.lifecycle import (
+    IllegalCardTransition,
+    check_not_expired,
+    check_pin_unblockable,
+    expired,
+    next_status,
+)
 from cardsvc.errors import BusinessRuleViolation
 
 LEGAL = {
@@ -56,3 +62,23 @@ def test_a_card_is_valid_through_its_expiry_date(on: dt.date, is_expired: bool):
         assert caught.value.details == {"expiry_date": "2030-06-30"}
     else:
         check_not_expired(EXPIRY, on)
+
+
+@pytest.mark.parametrize(
+    ("status", "on", "code"),
+    [
+        (S.ACTIVE, EXPIRY, None),
+        (S.ACTIVE, dt.date(2030, 7, 1), "CARD_EXPIRED"),
+        (S.LOSS_REPORTED, EXPIRY, "CARD_NOT_ACTIVE"),  # may be in a finder's hands
+        (S.ISSUED, EXPIRY, "CARD_NOT_ACTIVE"),
+        (S.REPLACED, EXPIRY, "CARD_NOT_ACTIVE"),
+        (S.CANCELLED, EXPIRY, "CARD_NOT_ACTIVE"),
+    ],
+)
+def test_only_an_active_unexpired_card_gets_a_new_pin(status: S, on: dt.date, code: str | None):
+    if code is None:
+        check_pin_unblockable(status, EXPIRY, on)
+        return
+    with pytest.raises(BusinessRuleViolation) as caught:
+        check_pin_unblockable(status, EXPIRY, on)
+    assert caught.value.code == code

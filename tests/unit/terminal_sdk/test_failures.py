@@ -131,3 +131,51 @@ def test_a_card_taken_out_while_issuing_says_the_number_was_cancelled():
 
 def test_exit_statuses_are_distinct():
     assert len({int(e) for e in Exit}) == len(Exit)
+
+
+UNBLOCK = Context(command="unblock-pin")
+UNBLOCK_CASES = [
+    (
+        CardStatusError(0x6982, "RESET RETRY COUNTER"),
+        Exit.CARD_PROBLEM,
+        ["refused the PIN unblock", "nothing was changed", "run the command again"],
+    ),
+    (
+        CardStatusError(0x6A80, "CHANGE REFERENCE DATA"),
+        Exit.CARD_PROBLEM,
+        ["not the new PIN", "old PIN has 3 tries again"],
+    ),
+    (CardRemoved("x"), Exit.CARD_PROBLEM, ["before its new PIN was set", "put it back"]),
+    (
+        TerminalError(422, "CARD_NOT_ACTIVE", "card is loss_reported", {"status": "loss_reported"}),
+        Exit.REFUSED,
+        ["loss reported", "cannot be unblocked", "replace the card", "cancel the loss report"],
+    ),
+    (
+        TerminalError(422, "CARD_EXPIRED", "card expired", {"expiry_date": "2026-01-01"}),
+        Exit.REFUSED,
+        ["cannot be unblocked", "replace the card"],
+    ),
+    (
+        TerminalError(409, "CARD_TOKEN_USED", "already gave a PIN unblock", {}),
+        Exit.CARD_AUTH_EXPIRED,
+        ["leave the card in the reader and run the command again"],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("exc", "exit", "says"), UNBLOCK_CASES, ids=[str(c[0])[:40] for c in UNBLOCK_CASES]
+)
+def test_each_unblock_failure_says_what_happened_to_the_pin(
+    exc: BaseException, exit: Exit, says: list[str]
+):
+    failure = explain(exc, UNBLOCK)
+    assert failure.exit == exit
+    assert "\n" not in failure.message
+    for words in says:
+        assert words in failure.message, failure.message
+
+
+def test_a_blocked_pin_points_to_the_counters_unblock():
+    assert "unblock-pin" in explain(PinBlocked(0x6983, "VERIFY"), VISIT).message

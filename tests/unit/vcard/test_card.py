@@ -39,6 +39,17 @@ EF05 = cp.select_file(cp.EF05).hex()
 RIGHT_PIN = cp.verify(PIN).hex()
 WRONG_PIN = cp.verify("000000").hex()
 
+# PIN unblock: the test cards' GET CHALLENGE answers zeros, so the issuer's MAC is fixed.
+CHALLENGE = cp.get_challenge(8).hex()
+K_UNBLOCK = profile.pin_unblock_key(K_TXN, CARD_SN)
+MAC = profile.pin_unblock_mac(K_UNBLOCK, bytes(8))
+UNBLOCK = profile.pin_unblock_command(MAC).hex()
+OTHER_CARDS_UNBLOCK = profile.pin_unblock_command(
+    profile.pin_unblock_mac(profile.pin_unblock_key(K_TXN, "320200" + "5b" * 13), bytes(8))
+).hex()
+BAD_MAC = profile.pin_unblock_command(MAC[:-1] + bytes([MAC[-1] ^ 1])).hex()
+NEW_PIN = cp.change_pin_after_unblock("654321").hex()
+
 
 def issued_card() -> VirtualCard:
     card = VirtualCard(blank(), random=lambda n: bytes(n))
@@ -125,6 +136,31 @@ ISSUED_CASES = [
     ("set PIN on a locked card", [SELECT], cp.set_pin("654321").hex(), "6985", b""),
     ("lock again", [SELECT], cp.lock().hex(), "6985", b""),
     ("life cycle", [SELECT], cp.get_lifecycle().hex(), "9000", b"\x0f"),
+    ("unblock", [SELECT, CHALLENGE], UNBLOCK, "9000", b""),
+    ("unblock without a challenge", [SELECT], UNBLOCK, "6982", b""),
+    ("unblock after a 16-byte challenge", [SELECT, "0084000010"], UNBLOCK, "6982", b""),
+    ("unblock with a wrong MAC", [SELECT, CHALLENGE], BAD_MAC, "6982", b""),
+    ("unblock with another card's MAC", [SELECT, CHALLENGE], OTHER_CARDS_UNBLOCK, "6982", b""),
+    ("unblock without the MAC object", [SELECT, CHALLENGE], "0C2C030008" + MAC.hex(), "6988", b""),
+    (
+        "unblock with a short MAC",
+        [SELECT, CHALLENGE],
+        "0C2C0300068E04" + MAC[:4].hex(),
+        "6988",
+        b"",
+    ),
+    ("unblock P1 01", [SELECT, CHALLENGE], "0C2C0100" + UNBLOCK[8:], "6A86", b""),
+    ("unblock P2 01", [SELECT, CHALLENGE], "0C2C0301" + UNBLOCK[8:], "6A88", b""),
+    ("unblock without secure messaging", [SELECT, CHALLENGE], "002C" + UNBLOCK[4:], "6D00", b""),
+    ("unblock before SELECT", [CHALLENGE], UNBLOCK, "6985", b""),
+    ("new PIN after unblock", [SELECT, CHALLENGE, UNBLOCK], NEW_PIN, "9000", b""),
+    ("new PIN without unblock", [SELECT], NEW_PIN, "6982", b""),
+    ("new PIN not right after unblock", [SELECT, CHALLENGE, UNBLOCK, EF05], NEW_PIN, "6982", b""),
+    ("new PIN, old and new (P1 00)", [SELECT, CHALLENGE, UNBLOCK], "0024000003654321", "6A86", b""),
+    ("new PIN reference 01", [SELECT, CHALLENGE, UNBLOCK], "0024010103654321", "6A88", b""),
+    ("new PIN not BCD", [SELECT, CHALLENGE, UNBLOCK], "002401000365432A", "6A80", b""),
+    ("new PIN of 2 bytes", [SELECT, CHALLENGE, UNBLOCK], "00240100026543", "6700", b""),
+    ("new PIN before SELECT", [], NEW_PIN, "6985", b""),
 ]
 
 
@@ -169,6 +205,8 @@ BLANK_CASES = [
     ("set a PIN of 4 bytes", [SELECT], "802400000412345678", "6700", b""),
     ("lock an incomplete card", [SELECT], cp.lock().hex(), "6985", b""),
     ("lock with data", [SELECT], "80F000000100", "6700", b""),
+    ("unblock an open card", [SELECT, CHALLENGE], UNBLOCK, "6985", b""),
+    ("new PIN on an open card", [SELECT], NEW_PIN, "6985", b""),
 ]
 
 
@@ -199,6 +237,69 @@ def test_three_wrong_pins_block_and_the_right_one_no_longer_helps():
     assert answer(card, command="00200000")[0] == "6983"
     assert answer(card, command=cp.internal_authenticate(2, R).hex())[0] == "6983"
     assert answer(card, command=cp.internal_authenticate(1, R).hex())[0] == "9000"
+
+
+def test_a_blocked_pin_is_unblocked_and_the_new_pin_saved_before_the_answer():
+    card = issued_card()
+    saved: list[tuple[str | None, int]] = []
+    card._persist = lambda state: saved.append((state.pin, state.pin_tries_left))  # type: ignore[method-assign]
+    sws = [answer(card, command=c)[0] for c in [SELECT, WRONG_PIN, WRONG_PIN, WRONG_PIN]]
+    assert sws == ["9000", "63C2", "63C1", "6983"]
+    assert answer(card, CHALLENGE, command=UNBLOCK)[0] == "9000"
+    assert saved[-1] == (PIN, 3)  # the counter is reset; the PIN is still the old one
+    assert answer(card, command=NEW_PIN)[0] == "9000"
+    assert saved[-1] == ("654321", 3)
+    assert answer(card, command=cp.verify("654321").hex())[0] == "9000"
+    assert answer(card, command=RIGHT_PIN)[0] == "63C2"
+    assert VirtualCard(card.state).state.pin == "654321"
+
+
+def test_an_unblock_that_cannot_be_saved_is_refused_and_forgotten():
+    card = issued_card()
+    for command in (SELECT, WRONG_PIN, WRONG_PIN, WRONG_PIN):
+        answer(card, command=command)
+
+    def disk_full(state: CardState) -> None:
+        raise OSError("no space left on device")
+
+    card._persist = disk_full  # type: ignore[method-assign]
+    assert answer(card, SELECT, CHALLENGE, command=UNBLOCK)[0] == "6581"
+    assert card.state.pin_tries_left == 0
+    assert answer(card, SELECT, command=RIGHT_PIN)[0] == "6983"  # still blocked
+
+
+def test_a_refused_new_pin_closes_the_window():
+    card = issued_card()
+    answer(card, SELECT, CHALLENGE, command=UNBLOCK)
+    assert answer(card, command="002401000312345A")[0] == "6A80"
+    assert answer(card, command=NEW_PIN)[0] == "6982"
+
+
+def test_a_malformed_command_also_closes_the_new_pin_window():
+    card = issued_card()
+    answer(card, SELECT, CHALLENGE, command=UNBLOCK)
+    assert answer(card, command="00B2")[0] == "6700"
+    assert answer(card, command=NEW_PIN)[0] == "6982"
+
+
+def test_the_card_challenge_is_used_up_by_any_unblock_attempt():
+    card = issued_card()
+    assert answer(card, SELECT, CHALLENGE, command=UNBLOCK)[0] == "9000"
+    assert answer(card, command=UNBLOCK)[0] == "6982"  # replayed
+    assert answer(card, CHALLENGE, command=BAD_MAC)[0] == "6982"
+    assert answer(card, command=UNBLOCK)[0] == "6982"  # a wrong MAC spent the challenge too
+    assert answer(card, command=NEW_PIN)[0] == "6982"
+
+
+@pytest.mark.parametrize("power_event", ["power_off", "power_on", "reset"])
+def test_a_power_event_forgets_the_challenge_and_closes_the_window(power_event: str):
+    card = issued_card()
+    answer(card, SELECT, CHALLENGE, command=UNBLOCK)
+    getattr(card, power_event)()
+    assert answer(card, SELECT, command=NEW_PIN)[0] == "6982"
+    answer(card, CHALLENGE, command=SELECT)
+    getattr(card, power_event)()
+    assert answer(card, SELECT, command=UNBLOCK)[0] == "6982"
 
 
 def test_the_try_counter_is_saved_before_the_answer():
