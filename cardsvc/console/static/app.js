@@ -70,8 +70,12 @@ async function route() {
     renderChrome();
     loginPage(el, loginMessage, async () => {
       loginMessage = null;
-      location.hash = firstPage();
-      await route();
+      // Back to the page asked for before the login (a bookmark, an expired session), else
+      // the first page the roles open; a change of hash renders it by itself.
+      const asked = PAGES.some((p) => p.path === location.hash.split("/")[1]);
+      const target = asked ? location.hash : firstPage();
+      if (target !== location.hash) location.hash = target;
+      else await route();
     });
     return;
   }
@@ -118,8 +122,8 @@ async function start() {
       /* the session is gone either way */
     }
     loginMessage = { kind: "info", text: t("login.logged_out") };
-    location.hash = "#/login";
-    await route();
+    if (location.hash !== "#/login") location.hash = "#/login";
+    else await route();
   });
   window.addEventListener("session-lost", async (ev) => {
     session.operator = null;
