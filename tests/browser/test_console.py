@@ -240,6 +240,21 @@ async def test_a_reviewer_changes_a_facility_rating_with_a_reason(
 
 
 @session_loop
+async def test_an_administrator_suspends_and_reinstates_a_facility(
+    console: Console, service: Service, operators: dict[str, Operator]
+):
+    code = (await service.facility())["fixmedins_code"]
+    await console.login(operators["administrator"])
+    page = console.page
+    await console.go(f"#/facilities/{code}")
+    for expected in ("suspended", "active"):
+        await page.click("[data-testid=toggle-suspension]")
+        await page.click("dialog [data-testid=confirm]")
+        await page.locator(f"[data-field=status]:text('{expected}')").wait_for()
+        assert (await service.admin_ok("GET", f"/v1/facilities/{code}"))["status"] == expected
+
+
+@session_loop
 async def test_an_operator_changes_their_own_password(
     console: Console, service: Service, operators: dict[str, Operator]
 ):

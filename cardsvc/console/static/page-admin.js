@@ -25,7 +25,7 @@ export async function terminalsPage(el) {
             label: "common.actions",
             value: (x) =>
               toggle(t(x.status === "active" ? "common.disable" : "common.enable"), async () => {
-                if (x.status === "active" && (await askReason("terminals.disable_title", { required: false })) === null) return;
+                if (x.status === "active" && (await askReason("terminals.disable_title", { input: false })) === null) return;
                 await api("PATCH", `/v1/terminals/${x.terminal_id}`, { status: x.status === "active" ? "disabled" : "active" });
                 await load(page);
               }),

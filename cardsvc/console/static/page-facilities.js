@@ -95,7 +95,7 @@ export async function facilityPage(el, code) {
             class: next === "suspended" ? "danger" : "",
             "data-testid": "toggle-suspension",
             onclick: async () => {
-              if ((await askReason(next === "suspended" ? "facilities.suspend" : "facilities.reinstate", { required: false })) === null) return;
+              if ((await askReason(next === "suspended" ? "facilities.suspend" : "facilities.reinstate", { input: false })) === null) return;
               try {
                 await api("PATCH", path, { status: next });
                 await reload();

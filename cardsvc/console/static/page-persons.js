@@ -61,7 +61,7 @@ function cardBlock(psnNo, card, reload) {
         "data-action": action,
         onclick: async () => {
           clear(status);
-          if (action === "cancel" && (await askReason("cards.confirm_cancel", { required: false })) === null) return;
+          if (action === "cancel" && (await askReason("cards.confirm_cancel", { input: false })) === null) return;
           try {
             await api("POST", `/v1/persons/${encodeURIComponent(psnNo)}/cards/${encodeURIComponent(card.card_no)}/${action}`);
             await reload();

@@ -121,8 +121,9 @@ export function form(attrs, children, action) {
   return el;
 }
 
-// Asks for a reason before a consequential action; resolves to the text or null.
-export function askReason(titleKey, { required = true } = {}) {
+// Asks for a reason before a consequential action; resolves to the text or null. With
+// `input: false` it only asks to confirm (for actions whose API records no reason).
+export function askReason(titleKey, { required = true, input: withInput = true } = {}) {
   return new Promise((resolve) => {
     const input = h("textarea", { name: "reason", rows: 3, maxlength: 500, "data-testid": "reason" });
     const dialog = h("dialog", { class: "dialog" });
@@ -134,7 +135,7 @@ export function askReason(titleKey, { required = true } = {}) {
     const message = h("div", { class: "form-status" });
     dialog.append(
       h("h3", {}, t(titleKey)),
-      field("common.reason", input),
+      withInput ? field("common.reason", input) : "",
       message,
       h(
         "div",
@@ -147,7 +148,7 @@ export function askReason(titleKey, { required = true } = {}) {
             "data-testid": "confirm",
             onclick: () => {
               const value = input.value.trim();
-              if (required && !value) {
+              if (withInput && required && !value) {
                 clear(message).append(notice("error", t("common.reason_required")));
                 return;
               }
