@@ -1,11 +1,12 @@
-"""``python -m cardsvc``: serve, migrate, anchor and verify the audit chain, prove the ledger,
-rotate the data key."""
+"""``python -m cardsvc``: serve, migrate, create an operator, anchor and verify the audit
+chain, prove the ledger, rotate the data key."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import datetime as dt
+import getpass
 import sys
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from cardsvc.ledger.services import Ledger, LedgerProof
 from cardsvc.logging import configure_logging
 from cardsvc.server import StartupError
 from cardsvc.services import audit_anchors
+from cardsvc.web.caller import COMMAND_LINE
 
 
 async def _check(settings: Settings, what: str, anchors: Path | None = None) -> bool:
@@ -71,7 +73,7 @@ async def _clearing(settings: Settings, day: dt.date, out: Path) -> int:
     pool = await db.create_pool(settings)
     try:
         clearing = Clearing(pool, AuditLog(pool), timeout=settings.clearing_timeout)
-        run = await clearing.run(day)
+        run = await clearing.run(COMMAND_LINE, day)
         folder = out / day.isoformat()
         folder.mkdir(parents=True, exist_ok=True)
         for facility in run.facilities:
@@ -84,6 +86,48 @@ async def _clearing(settings: Settings, day: dt.date, out: Path) -> int:
         f"clearing {day}: {run.settlements_cleared} settlements, {run.reversals_netted} reversals,"
         f" {len(run.facilities)} facilities, net {run.net_total} fen -> {folder}"
     )
+    return 0
+
+
+def _read_password(path: Path | None) -> str:
+    """From the file (its first line), else asked twice at the terminal, never echoed."""
+    if path is not None:
+        try:
+            lines = path.read_text().splitlines()
+        except OSError as exc:
+            raise ConfigError(f"--password-file: cannot read {path}: {exc.strerror}") from None
+        return lines[0] if lines else ""
+    first = getpass.getpass("Password: ")
+    if getpass.getpass("Password again: ") != first:
+        raise ConfigError("the two passwords differ")
+    return first
+
+
+async def _create_operator(settings: Settings, args: argparse.Namespace, password: str) -> int:
+    """Create an operator directly in the database (the first administrator, or one more):
+    whoever runs this holds the service's settings, so no token is needed."""
+    from cardsvc.operators.models import CreateOperator
+    from cardsvc.operators.services import Operators
+
+    try:
+        req = msgspec.convert(
+            {
+                "login": args.login,
+                "display_name": args.name,
+                "roles": args.role,
+                "password": password,
+            },
+            CreateOperator,
+        )
+    except msgspec.ValidationError as exc:
+        sys.stderr.write(f"create-operator: {exc}\n")
+        return 2
+    pool = await db.create_pool(settings)
+    try:
+        operator = await Operators(pool, AuditLog(pool), settings).create(COMMAND_LINE, req)
+    finally:
+        await pool.close()
+    print(operator.operator_id)
     return 0
 
 
@@ -123,6 +167,22 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the HTTP service (applies migrations first)")
     sub.add_parser("migrate", help="apply pending database migrations")
+    create = sub.add_parser(
+        "create-operator",
+        help="create an operator (the first administrator, say); prints its id",
+    )
+    create.add_argument("--login", required=True, help="3-32 of a-z 0-9 . _ -")
+    create.add_argument("--name", required=True, help="display name")
+    create.add_argument(
+        "--role",
+        action="append",
+        required=True,
+        choices=("administrator", "clerk", "reviewer", "auditor"),
+        help="a role (repeat for several)",
+    )
+    create.add_argument(
+        "--password-file", type=Path, help="file whose first line is the password (else asked)"
+    )
     verify_audit = sub.add_parser(
         "verify-audit",
         help="verify the audit hash chains against the anchors; exit 1 if broken, 2 if the"
@@ -192,6 +252,16 @@ def _run(args: argparse.Namespace, settings: Settings, new_key: bytes | None) ->
         for version in asyncio.run(prepare(settings)):
             print(f"applied {version}")
         return 0
+    if args.command == "create-operator":
+        try:
+            password = _read_password(args.password_file)
+            return asyncio.run(_create_operator(settings, args, password))
+        except ConfigError as exc:
+            sys.stderr.write(f"create-operator: {exc}\n")
+            return 2
+        except CardsvcError as exc:  # refused (a weak password, a login taken) or db down
+            sys.stderr.write(f"create-operator: {exc.code}: {exc.message}\n")
+            return 1
     if args.command == "rotate-data-key":
         assert new_key is not None
         return asyncio.run(_rotate_data_key(settings, new_key, args.batch_size))

@@ -74,6 +74,7 @@ async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
             await asyncio.sleep(HOUSEKEEPING_SECONDS)
             try:
                 await app[SERVICES].terminal_auth.purge_expired()
+                await app[SERVICES].operators.purge_expired()
                 window = dt.timedelta(seconds=2 * app[SETTINGS].signature_window)
                 await app[SERVICES].gateway_clients.purge_expired(window)
                 retention = dt.timedelta(days=app[SETTINGS].gateway_message_retention_days)

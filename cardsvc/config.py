@@ -90,6 +90,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # in the background; `python -m cardsvc anchor-audit` still does).
     audit_anchor_dir: str = "var/audit-anchors"
     audit_anchor_interval: float = 60.0
+    # Operators' console sessions: ended after this long without a request, and this long
+    # after sign-in whatever happens. The cookie is marked Secure when served over HTTPS
+    # (behind a TLS-terminating proxy): set CARDSVC_COOKIE_SECURE=true there.
+    operator_session_idle_seconds: int = 900
+    operator_session_max_seconds: int = 28800
+    cookie_secure: bool = False
 
 
 def _secret(env: Mapping[str, str], name: str) -> str | None:
@@ -124,6 +130,17 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         return float(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None:
+        return default
+    if raw.lower() in ("true", "1", "yes"):
+        return True
+    if raw.lower() in ("false", "0", "no"):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
 
 
 def _data_key(raw: str | None, name: str = "CARDSVC_DATA_KEY") -> bytes:
@@ -175,6 +192,13 @@ def _checked(settings: Settings) -> Settings:
         raise ConfigError("CARDSVC_SETTLE_BATCH_MAX must be between 1 and 1000")
     if not 1 <= settings.gateway_message_retention_days <= 3660:
         raise ConfigError("CARDSVC_GATEWAY_MESSAGE_RETENTION_DAYS must be between 1 and 3660")
+    if not 1 <= settings.operator_session_idle_seconds <= settings.operator_session_max_seconds:
+        raise ConfigError(
+            "CARDSVC_OPERATOR_SESSION_IDLE_SECONDS must be at least 1 and at most"
+            " CARDSVC_OPERATOR_SESSION_MAX_SECONDS"
+        )
+    if settings.operator_session_max_seconds > 7 * 86400:
+        raise ConfigError("CARDSVC_OPERATOR_SESSION_MAX_SECONDS must be at most a week")
     if settings.gateway_certno_misses_per_day < 0:
         raise ConfigError("CARDSVC_GATEWAY_CERTNO_MISSES_PER_DAY must not be negative")
     return settings
@@ -259,4 +283,11 @@ def _load(env: Mapping[str, str]) -> Settings:
         audit_anchor_interval=_float(
             env, "CARDSVC_AUDIT_ANCHOR_INTERVAL", defaults.audit_anchor_interval
         ),
+        operator_session_idle_seconds=_int(
+            env, "CARDSVC_OPERATOR_SESSION_IDLE_SECONDS", defaults.operator_session_idle_seconds
+        ),
+        operator_session_max_seconds=_int(
+            env, "CARDSVC_OPERATOR_SESSION_MAX_SECONDS", defaults.operator_session_max_seconds
+        ),
+        cookie_secure=_bool(env, "CARDSVC_COOKIE_SECURE", defaults.cookie_secure),
     )

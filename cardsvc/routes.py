@@ -16,6 +16,7 @@ from cardsvc.injuries import views as injuries
 from cardsvc.kiosk import views as kiosk
 from cardsvc.ledger import views as ledger
 from cardsvc.national import views as national
+from cardsvc.operators import views as operators
 from cardsvc.ops import views as ops
 from cardsvc.persons import views as persons
 from cardsvc.reconciliation import views as reconciliation
@@ -34,6 +35,19 @@ def setup_routes(app: web.Application) -> None:
             web.get("/openapi.yaml", ops.openapi),
             web.get("/docs", ops.docs),
             web.get("/docs/{asset}", ops.docs_asset),
+            # operators: the console session, operators and their API tokens
+            web.post("/v1/operator-sessions", operators.sign_in),
+            web.get("/v1/operator-sessions/current", operators.current),
+            web.delete("/v1/operator-sessions/current", operators.sign_out),
+            web.put("/v1/operator-sessions/current/password", operators.change_password),
+            web.post("/v1/operators", operators.create),
+            web.get("/v1/operators", operators.list_operators),
+            web.get("/v1/operators/{operator_id}", operators.get),
+            web.patch("/v1/operators/{operator_id}", operators.update),
+            web.post("/v1/operators/{operator_id}/password", operators.reset_password),
+            web.post("/v1/operators/{operator_id}/tokens", operators.create_token),
+            web.get("/v1/operators/{operator_id}/tokens", operators.list_tokens),
+            web.delete("/v1/operators/{operator_id}/tokens/{token_id}", operators.revoke_token),
             # administration
             web.post("/v1/persons", persons.create),
             web.get("/v1/persons/{psn_no}", persons.get),

@@ -24,6 +24,7 @@ from cardsvc.ledger.services import Ledger
 from cardsvc.national.clients import GatewayClients
 from cardsvc.national.dispatch import Gateway
 from cardsvc.national.lookups import CertnoLookups
+from cardsvc.operators.services import Operators
 from cardsvc.persons.services import PersonRegistry
 from cardsvc.privacy import DataProtector
 from cardsvc.reconciliation.services import Reconciliation
@@ -57,6 +58,7 @@ class Services:
     gateway_clients: GatewayClients
     gateway: Gateway
     certno_lookups: CertnoLookups
+    operators: Operators
     # The group-commit batchers of the services above (each needs the pool): closed at
     # shutdown, once no request can submit more and before the pool closes.
     batchers: tuple[Batcher[Any, Any], ...] = ()
@@ -99,6 +101,7 @@ def build_services(settings: Settings, pool: Pool, hsm: HsmClient) -> Services:
         gateway_clients=gateway_clients,
         gateway=gateway,
         certno_lookups=CertnoLookups(pool, protector, settings.gateway_certno_misses_per_day),
+        operators=Operators(pool, audit, settings),
         batchers=(
             terminal_auth.admissions,
             card_auth.challenges,

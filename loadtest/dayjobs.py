@@ -141,7 +141,7 @@ async def _clearing(
         )
     finally:
         await conn.close()
-    admin = Admin(http, env.base_url, env.admin_token)
+    admin = Admin(http, env.base_url, env.operator_token)
     started = time.perf_counter()
     status, body = await admin.request(
         "POST", "/v1/clearing/runs", {"clearing_date": day.isoformat()}

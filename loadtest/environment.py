@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 from cardsvc import db
 from cardsvc.devenv.pgcluster import LocalCluster
 from hsmlink.credentials import CredentialPaths, client_context, make_credentials
+from loadtest.admin import operator_token as harness_operator_token
 from loadtest.state import ROOT, StateDir
 
 ADMDVS = "320200"  # the city's insurance region (Wuxi); issuer keys are per region
@@ -86,7 +87,7 @@ class Environment:
         self.hsm_host, self.hsm_port = "127.0.0.1", 0
         self.hsm_credentials = CredentialPaths(state.hsm_credentials)
         self.base_url = ""
-        self.admin_token = ""
+        self.operator_token = ""
         self.data_key = b""
         self.service_env: dict[str, str] = {}
         self._children: list[tuple[str, subprocess.Popen[bytes]]] = []
@@ -113,7 +114,6 @@ class Environment:
     def start(self) -> None:
         self.state.prepare()
         self.state.lock()
-        self.admin_token = self.state.secret("admin_token", 24)
         self.data_key = bytes.fromhex(self.state.secret("data_key", 32))
         self._database()
         self._hsm()
@@ -236,6 +236,22 @@ class Environment:
         self._children.append(("cardsvc", proc))
         self.base_url = f"http://127.0.0.1:{port}"
         self._wait_ready(proc, log.name)
+        # The bootstrap token only creates the first administrator: the harness works with
+        # an operator token of its own (loadtest/admin.py).
+        token_file = self.state.path / "secrets" / "operator_token"
+        saved = token_file.read_text().strip() if token_file.exists() else None
+        self.operator_token = asyncio.run(
+            harness_operator_token(
+                self.base_url,
+                self.state.secret("admin_token", 24),
+                self.state.secret("operator_password", 24),
+                saved,
+            )
+        )
+        if self.operator_token != saved:
+            fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(self.operator_token)
 
     def _wait_ready(self, proc: subprocess.Popen[bytes], log_name: str) -> None:
         deadline = time.monotonic() + 60

@@ -105,7 +105,7 @@ async def _reversals(conn: asyncpg.Connection, acknowledged: list[str]) -> dict[
 async def _proof(env: Environment) -> dict[str, Any]:
     started = time.perf_counter()
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as http:
-        status, body = await Admin(http, env.base_url, env.admin_token).request(
+        status, body = await Admin(http, env.base_url, env.operator_token).request(
             "GET", "/v1/ledger/proof"
         )
     took = time.perf_counter() - started

@@ -312,7 +312,7 @@ async def gateway_clients(env: Environment, c: City) -> list[gateway.GatewayCred
     ]
     creds = []
     async with aiohttp.ClientSession() as http:
-        admin = Admin(http, env.base_url, env.admin_token)
+        admin = Admin(http, env.base_url, env.operator_token)
         for code in pharmacies:
             made = await admin.call("POST", "/v1/gateway-clients", {"fixmedins_code": code})
             creds.append(

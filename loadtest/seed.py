@@ -75,7 +75,7 @@ async def seed(
     if c is None:
         started = time.perf_counter()
         async with aiohttp.ClientSession() as http:
-            admin = Admin(http, env.base_url, env.admin_token)
+            admin = Admin(http, env.base_url, env.operator_token)
             c = await register(admin, city.LAYOUTS[layout], catalog_extra)
         conn = await asyncpg.connect(env.database_url)
         try:

@@ -3,7 +3,8 @@
 Layout::
 
     var/loadtest/
-      secrets/        admin_token, data_key, hsm_lmk (mode 0600, made on first use)
+      secrets/        admin_token (bootstrap), operator_token and operator_password (the
+                      harness's operator), data_key, hsm_lmk (mode 0600, made on first use)
       pgdata/         the private PostgreSQL cluster (unless DATABASE_URL is given)
       hsm/            hsm_stub's keystore (issuer keys under the LMK)
       secrets/hsm-tls/ the HSM link's CA and certificates (mutual TLS)

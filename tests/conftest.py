@@ -25,6 +25,7 @@ from cardsvc.devenv.pgcluster import LocalCluster
 from cardsvc.logging import configure_logging
 from tests.support.api import REGION, Service
 from tests.support.hsm import HsmProcess
+from tests.support.operators import create_operator
 
 
 def free_port() -> int:
@@ -96,12 +97,15 @@ async def service(settings: Settings) -> AsyncIterator[Service]:
     runner = web.AppRunner(create_app(settings))
     await runner.setup()
     await web.TCPSite(runner, settings.host, settings.port).start()
+    # The operator every test acts as where it once used the administrator token.
+    everyone = await create_operator(settings.database_url)
     async with aiohttp.ClientSession() as http:
         yield Service(
             base_url=f"http://{settings.host}:{settings.port}",
-            admin_token=settings.admin_token,
+            admin_token=everyone.token,
             http=http,
             database_url=settings.database_url,
+            bootstrap_token=settings.admin_token,
         )
     await runner.cleanup()
 

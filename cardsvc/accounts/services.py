@@ -14,14 +14,14 @@ from cardsvc.db import Connection, Pool, transaction
 from cardsvc.errors import Conflict, InvalidRequest, NotFound
 from cardsvc.ledger import services as ledger
 from cardsvc.ledger.postings import CONTRIB_PERSONAL_ACCOUNT, Posting, person_account
-from cardsvc.web.caller import ADMIN
+from cardsvc.web.caller import Caller
 
 
 class AccountCredits:
     def __init__(self, pool: Pool, audit: AuditLog) -> None:
         self._pool, self._audit = pool, audit
 
-    async def credit(self, batch: CreditBatch) -> CreditBatchResult:
+    async def credit(self, caller: Caller, batch: CreditBatch) -> CreditBatchResult:
         refs = [e.ref for e in batch.entries]
         if len(set(refs)) != len(refs):
             raise InvalidRequest("a ref appears twice in the batch", code="DUPLICATE_REF")
@@ -31,7 +31,7 @@ class AccountCredits:
             await self._check_replays(conn, [e for e in batch.entries if e.ref not in fresh])
             new = [e for e in batch.entries if e.ref in fresh]
             if new:
-                await self._apply(conn, new, fresh)
+                await self._apply(caller, conn, new, fresh)
             else:
                 await conn.execute("DELETE FROM ledger_txns WHERE txn_id = $1", fresh.txn_id)
         return CreditBatchResult(
@@ -98,7 +98,9 @@ class AccountCredits:
                 details={"refs": differing},
             )
 
-    async def _apply(self, conn: Connection, new: list[CreditEntry], fresh: _Fresh) -> None:
+    async def _apply(
+        self, caller: Caller, conn: Connection, new: list[CreditEntry], fresh: _Fresh
+    ) -> None:
         per_person: dict[str, int] = defaultdict(int)
         for e in new:
             per_person[e.psn_no] += e.amount
@@ -116,11 +118,11 @@ class AccountCredits:
         await ledger.write_entries(conn, fresh.txn_id, postings)
         await self._audit.append(
             conn,
-            actor=ADMIN.actor,
+            actor=caller.actor,
             action="account.credited",
             object_type="ledger_txn",
             object_id=str(fresh.txn_id),
-            data={"count": len(new), "total": postings[0].amount},
+            data=caller.audited({"count": len(new), "total": postings[0].amount}),
         )
 
 

@@ -3,17 +3,17 @@ from __future__ import annotations
 from aiohttp import web
 
 from cardsvc.web.appkeys import SERVICES
-from cardsvc.web.auth import admin_only
+from cardsvc.web.auth import operator
 from cardsvc.web.codec import json_response
 from cardsvc.web.middleware import long_running
 
 
 @long_running
-@admin_only
+@operator("auditor")
 async def verify(request: web.Request) -> web.Response:
     return json_response(await request.app[SERVICES].audit_anchors.verify())
 
 
-@admin_only
+@operator("administrator", "auditor")
 async def anchor(request: web.Request) -> web.Response:
     return json_response(await request.app[SERVICES].audit_anchors.anchor(), status=201)

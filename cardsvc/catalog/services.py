@@ -12,7 +12,7 @@ from cardsvc.catalog.models import (
 )
 from cardsvc.db import Pool, transaction
 from cardsvc.errors import InvalidRequest
-from cardsvc.web.caller import ADMIN
+from cardsvc.web.caller import Caller
 
 # Keyset paging in the order of the primary key, so a page reads the index, not the table.
 _PAGE = """
@@ -29,7 +29,7 @@ class Catalog:
     def __init__(self, pool: Pool, audit: AuditLog) -> None:
         self._pool, self._audit = pool, audit
 
-    async def upsert(self, req: PutItems) -> ItemsUpserted:
+    async def upsert(self, caller: Caller, req: PutItems) -> ItemsUpserted:
         codes = [item.code for item in req.items]
         if len(set(codes)) != len(codes):
             raise InvalidRequest("an item code appears twice", code="DUPLICATE_ITEM")
@@ -54,11 +54,11 @@ class Catalog:
             )
             await self._audit.append(
                 conn,
-                actor=ADMIN.actor,
+                actor=caller.actor,
                 action="catalog.upserted",
                 object_type="catalog",
                 object_id="items",
-                data={"count": len(codes), "codes": codes[:100]},
+                data=caller.audited({"count": len(codes), "codes": codes[:100]}),
             )
         return ItemsUpserted(upserted=len(codes))
 

@@ -6,8 +6,9 @@ from aiohttp import web
 
 from cardsvc.catalog.models import ITEM_CODE_PATTERN, CatalogQuery, PutItems
 from cardsvc.errors import InvalidRequest
-from cardsvc.web.appkeys import SERVICES
-from cardsvc.web.auth import admin_only, admin_or_terminal
+from cardsvc.operators.models import ROLES as ALL_ROLES
+from cardsvc.web.appkeys import CALLER, SERVICES
+from cardsvc.web.auth import operator, operator_or_terminal
 from cardsvc.web.caller import ANY_TERMINAL
 from cardsvc.web.codec import json_response, query_limit, read_json
 
@@ -18,13 +19,13 @@ MAX_CODES = 100
 _NAME = re.compile(r"^[^\x00-\x1f]{1,200}$")
 
 
-@admin_only
+@operator("administrator")
 async def put_items(request: web.Request) -> web.Response:
     req = await read_json(request, PutItems)
-    return json_response(await request.app[SERVICES].catalog.upsert(req))
+    return json_response(await request.app[SERVICES].catalog.upsert(request[CALLER], req))
 
 
-@admin_or_terminal(*ANY_TERMINAL)
+@operator_or_terminal(roles=ALL_ROLES, kinds=ANY_TERMINAL)
 async def list_items(request: web.Request) -> web.Response:
     query = CatalogQuery(
         limit=query_limit(request),

@@ -50,7 +50,7 @@ from cardsvc.settlement.fundparts import (
     settlement_limit,
     within_limits,
 )
-from cardsvc.web.caller import ADMIN
+from cardsvc.web.caller import Caller
 
 log = structlog.get_logger(__name__)
 
@@ -103,7 +103,7 @@ class Clearing:
         self._timeout, self._wait = timeout, wait
         self._tasks: dict[dt.date, asyncio.Task[ClearingRun]] = {}
 
-    async def start(self, day: dt.date) -> ClearingRun | ClearingRunning:
+    async def start(self, caller: Caller, day: dt.date) -> ClearingRun | ClearingRunning:
         """The day's run: the stored one, or a new one if it finishes within the wait;
         otherwise ``ClearingRunning`` and the run goes on in the background."""
         _check_day(day)
@@ -112,7 +112,7 @@ class Clearing:
             return stored
         task = self._tasks.get(day)
         if task is None:
-            task = asyncio.create_task(self.run(day), name=f"clearing {day}")
+            task = asyncio.create_task(self.run(caller, day), name=f"clearing {day}")
             self._tasks[day] = task
             task.add_done_callback(lambda t: self._finished(day, t))
         try:
@@ -131,7 +131,7 @@ class Clearing:
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
-    async def run(self, day: dt.date) -> ClearingRun:
+    async def run(self, caller: Caller, day: dt.date) -> ClearingRun:
         """Run the day to the end here (the CLI, and ``start``'s background task)."""
         _check_day(day)
         async with transaction(self._pool) as conn:
@@ -147,7 +147,7 @@ class Clearing:
             existing = await self._load(conn, day)
             if existing is not None:
                 return existing
-            return await self._clear(conn, day)
+            return await self._clear(caller, conn, day)
 
     async def status(self, day: dt.date) -> ClearingRun | ClearingRunning:
         found = await self._stored_or_running(day)
@@ -180,7 +180,7 @@ class Clearing:
             )
         return str(content)
 
-    async def _clear(self, conn: Connection, day: dt.date) -> ClearingRun:
+    async def _clear(self, caller: Caller, conn: Connection, day: dt.date) -> ClearingRun:
         # The big statements wait as long as the transaction's statement bound allows.
         limit = settlement_limit()
         settled = _figures(await conn.fetch(_CLEAR_SETTLEMENTS, day, limit, timeout=self._timeout))
@@ -240,17 +240,19 @@ class Clearing:
         )
         await self._audit.append(
             conn,
-            actor=ADMIN.actor,
+            actor=caller.actor,
             action="clearing.run",
             object_type="clearing",
             object_id=day.isoformat(),
-            data={
-                "facilities": len(facilities),
-                "net_total": run.net_total,
-                "settlements": run.settlements_cleared,
-                "reversals": run.reversals_netted,
-                "held": len(run.held),
-            },
+            data=caller.audited(
+                {
+                    "facilities": len(facilities),
+                    "net_total": run.net_total,
+                    "settlements": run.settlements_cleared,
+                    "reversals": run.reversals_netted,
+                    "held": len(run.held),
+                }
+            ),
         )
         return run
 

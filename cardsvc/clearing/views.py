@@ -5,8 +5,8 @@ import datetime as dt
 from aiohttp import web
 
 from cardsvc.clearing.models import ClearingRun, ClearingRunning, RunClearing
-from cardsvc.web.appkeys import SERVICES
-from cardsvc.web.auth import admin_only
+from cardsvc.web.appkeys import CALLER, SERVICES
+from cardsvc.web.auth import operator
 from cardsvc.web.codec import json_response, path_date, path_param, read_json
 
 
@@ -23,18 +23,18 @@ def _answer(found: ClearingRun | ClearingRunning) -> web.Response:
     return json_response(found)
 
 
-@admin_only
+@operator("administrator")
 async def run(request: web.Request) -> web.Response:
     req = await read_json(request, RunClearing)
-    return _answer(await request.app[SERVICES].clearing.start(req.clearing_date))
+    return _answer(await request.app[SERVICES].clearing.start(request[CALLER], req.clearing_date))
 
 
-@admin_only
+@operator("administrator", "auditor")
 async def get(request: web.Request) -> web.Response:
     return _answer(await request.app[SERVICES].clearing.status(_date(request)))
 
 
-@admin_only
+@operator("administrator", "auditor")
 async def file(request: web.Request) -> web.Response:
     code = path_param(request, "fixmedins_code")
     content = await request.app[SERVICES].clearing.file(_date(request), code)

@@ -36,7 +36,7 @@ import msgspec
 
 from cardsvc import db
 from cardsvc.cards.records import CardRecords
-from cardsvc.devenv import demodata
+from cardsvc.devenv import demodata, demoops
 from cardsvc.devenv.pcsc import PcscDaemon, PcscError
 from cardsvc.devenv.pgcluster import ClusterError, LocalCluster
 from cardsvc.vcard.card import personalised_state
@@ -240,7 +240,10 @@ def main(argv: list[str] | None = None) -> int:
         base_url = f"http://{host}:{port}"
         asyncio.run(_wait_healthy(base_url))
         try:
-            summary = asyncio.run(demodata.load(base_url, env["CARDSVC_ADMIN_TOKEN"], var / "demo"))
+            token, clerk_token = asyncio.run(
+                demoops.ensure(base_url, env["CARDSVC_ADMIN_TOKEN"], var / "secrets")
+            )
+            summary = asyncio.run(demodata.load(base_url, token, var / "demo", clerk_token))
         except (RuntimeError, aiohttp.ClientError, OSError) as exc:
             raise SystemExit(f"demo: loading the demo data failed: {exc}") from None
         reader.start(env)
@@ -304,13 +307,17 @@ def _print_banner(
                 f"  hsm_stub      {hsm_host}:{hsm_port}  (mutual TLS, credentials in"
                 f" {var / 'secrets' / 'hsm-tls'})",
                 f"  PostgreSQL    {database_url}",
-                f"  admin token   {env['CARDSVC_ADMIN_TOKEN']}",
+                f"  console       {base_url}/console/",
+                "  operators     "
+                + ", ".join(f"{login} ({role})" for login, _, role in demoops.OPERATORS),
+                f"  passwords     {var / 'secrets' / 'operators'}/<login>  (mode 0600)",
+                f"  API token     {var / 'secrets' / 'operator_token'}  (demo.admin's)",
                 f"  demo data     {json.dumps(shown, ensure_ascii=False)}",
                 f"  terminal keys {var / 'demo' / 'terminals.json'}",
                 f"  logs          {var / 'log'}",
                 *reader_lines,
                 "",
-                "try:  curl -H 'Authorization: Bearer <admin token>' "
+                f'try:  curl -H "Authorization: Bearer $(cat {var / "secrets" / "clerk_token"})" '
                 f"{base_url}/v1/persons/{summary.get('demo_psn_no', '<psn_no>')}",
                 "Ctrl-C stops everything.",
             ]

@@ -1,4 +1,5 @@
-"""Demo data, loaded once through the admin and counter APIs (as a real operator would).
+"""Demo data, loaded once through the operator and counter APIs (as a fund office would):
+facilities, terminals and the catalog by an administrator, persons and credits by a clerk.
 
 Facilities of every type and level, the catalog of docs/policy.md's worked examples, a few
 persons with enrolments and funded accounts, one terminal of each kind, and one issued,
@@ -104,7 +105,11 @@ def _write_private(path: Path, data: Any) -> None:
     path.chmod(0o600)
 
 
-async def load(base_url: str, admin_token: str, folder: Path) -> dict[str, Any]:
+async def load(
+    base_url: str, admin_token: str, folder: Path, clerk_token: str | None = None
+) -> dict[str, Any]:
+    """``admin_token``: an administrator's API token; ``clerk_token`` a clerk's (default: the
+    same token, for an operator holding both roles)."""
     marker = folder / "loaded.json"
     if marker.exists():
         loaded: dict[str, Any] = json.loads(marker.read_text())
@@ -116,10 +121,11 @@ async def load(base_url: str, admin_token: str, folder: Path) -> dict[str, Any]:
     folder.mkdir(parents=True, exist_ok=True)
     async with aiohttp.ClientSession() as http:
         admin = _Admin(http, base_url, admin_token)
+        clerk = _Admin(http, base_url, clerk_token or admin_token)
         for facility in FACILITIES:
             await admin.call("POST", "/v1/facilities", facility)
         await admin.call("PUT", "/v1/catalog/items", {"items": CATALOG})
-        psn_nos = await _persons(admin)
+        psn_nos = await _persons(clerk)
         terminals = await _terminals(admin)
         card = await _demo_card(http, base_url, terminals["counter"], psn_nos[0])
     _write_private(folder / "terminals.json", terminals)
@@ -163,10 +169,10 @@ async def rekey_counter(base_url: str, admin_token: str, folder: Path) -> str:
     return str(reg["terminal_id"])
 
 
-async def _persons(admin: _Admin) -> list[str]:
+async def _persons(clerk: _Admin) -> list[str]:
     psn_nos, credits = [], []
     for name, gend, brdy, psn_type, insutypes, balance in PERSONS:
-        person = await admin.call(
+        person = await clerk.call(
             "POST",
             "/v1/persons",
             {
@@ -179,7 +185,7 @@ async def _persons(admin: _Admin) -> list[str]:
             },
         )
         for insutype in insutypes:
-            await admin.call(
+            await clerk.call(
                 "POST",
                 f"/v1/persons/{person['psn_no']}/insurances",
                 {"insutype": insutype, "begndate": "2020-01-01"},
@@ -189,7 +195,7 @@ async def _persons(admin: _Admin) -> list[str]:
                 {"psn_no": person["psn_no"], "amount": balance, "ref": f"demo-{person['psn_no']}"}
             )
         psn_nos.append(person["psn_no"])
-    await admin.call("POST", "/v1/accounts/credits", {"entries": credits})
+    await clerk.call("POST", "/v1/accounts/credits", {"entries": credits})
     return psn_nos
 
 

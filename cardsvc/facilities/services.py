@@ -11,7 +11,7 @@ from cardsvc.audit.services import AuditLog
 from cardsvc.db import Pool, transaction
 from cardsvc.errors import Conflict, InvalidRequest, NotFound
 from cardsvc.facilities.models import CreateFacility, Facility, UpdateFacility
-from cardsvc.web.caller import ADMIN
+from cardsvc.web.caller import Caller
 
 _COLUMNS = "fixmedins_code, fixmedins_name, type, level, agreements, credit_rating, status"
 
@@ -32,7 +32,7 @@ class FacilityRegistry:
     def __init__(self, pool: Pool, audit: AuditLog) -> None:
         self._pool, self._audit = pool, audit
 
-    async def create(self, req: CreateFacility) -> Facility:
+    async def create(self, caller: Caller, req: CreateFacility) -> Facility:
         _check_level(req.type, req.level)
         async with transaction(self._pool) as conn:
             try:
@@ -52,15 +52,15 @@ class FacilityRegistry:
             facility = _facility(row)
             await self._audit.append(
                 conn,
-                actor=ADMIN.actor,
+                actor=caller.actor,
                 action="facility.created",
                 object_type="facility",
                 object_id=req.fixmedins_code,
-                data=msgspec.structs.asdict(facility),
+                data=caller.audited(msgspec.structs.asdict(facility)),
             )
         return facility
 
-    async def update(self, code: str, req: UpdateFacility) -> Facility:
+    async def update(self, caller: Caller, code: str, req: UpdateFacility) -> Facility:
         changes: dict[str, Any] = {
             k: v for k, v in msgspec.structs.asdict(req).items() if v is not msgspec.UNSET
         }
@@ -85,11 +85,11 @@ class FacilityRegistry:
                 )
                 await self._audit.append(
                     conn,
-                    actor=ADMIN.actor,
+                    actor=caller.actor,
                     action="facility.updated",
                     object_type="facility",
                     object_id=code,
-                    data=changes,
+                    data=caller.audited(changes),
                 )
         return _facility(row)
 

@@ -8,14 +8,14 @@ from cardsvc.audit.services import AuditLog
 from cardsvc.db import Pool, transaction
 from cardsvc.errors import InvalidRequest, NotFound
 from cardsvc.injuries.models import CreateInjuryCase, InjuryCase
-from cardsvc.web.caller import ADMIN
+from cardsvc.web.caller import Caller
 
 
 class InjuryCases:
     def __init__(self, pool: Pool, audit: AuditLog) -> None:
         self._pool, self._audit = pool, audit
 
-    async def create(self, req: CreateInjuryCase) -> InjuryCase:
+    async def create(self, caller: Caller, req: CreateInjuryCase) -> InjuryCase:
         if req.valid_to < req.valid_from or req.injury_date > req.valid_to:
             raise InvalidRequest(
                 "need valid_from <= valid_to and injury_date <= valid_to", code="INVALID_DATES"
@@ -42,14 +42,16 @@ class InjuryCases:
                 raise NotFound("no such person", code="PERSON_NOT_FOUND") from None
             await self._audit.append(
                 conn,
-                actor=ADMIN.actor,
+                actor=caller.actor,
                 action="injury_case.approved",
                 object_type="injury_case",
                 object_id=case_id,
-                data={
-                    "psn_no": req.psn_no,
-                    "valid_from": req.valid_from.isoformat(),
-                    "valid_to": req.valid_to.isoformat(),
-                },
+                data=caller.audited(
+                    {
+                        "psn_no": req.psn_no,
+                        "valid_from": req.valid_from.isoformat(),
+                        "valid_to": req.valid_to.isoformat(),
+                    }
+                ),
             )
         return InjuryCase(**dict(row))

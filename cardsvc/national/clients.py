@@ -31,7 +31,7 @@ from cardsvc.national.models import (
     UpdateGatewayClient,
 )
 from cardsvc.privacy import DataProtector
-from cardsvc.web.caller import ADMIN
+from cardsvc.web.caller import Caller
 
 PAASID_PREFIX = "gw"
 _CACHE_MAX = 10_000
@@ -60,7 +60,7 @@ class GatewayClients:
         self._keys: OrderedDict[str, ClientKey] = OrderedDict()
         self._unknown: OrderedDict[str, float] = OrderedDict()  # paasid → forgotten at
 
-    async def create(self, req: CreateGatewayClient) -> GatewayClientCreated:
+    async def create(self, caller: Caller, req: CreateGatewayClient) -> GatewayClientCreated:
         paasid = f"{PAASID_PREFIX}{secrets.token_hex(8)}"
         secret = secrets.token_urlsafe(32)
         async with transaction(self._pool) as conn:
@@ -76,11 +76,11 @@ class GatewayClients:
                 raise NotFound("no such facility", code="FACILITY_NOT_FOUND") from None
             await self._audit.append(
                 conn,
-                actor=ADMIN.actor,
+                actor=caller.actor,
                 action="gateway_client.created",
                 object_type="gateway_client",
                 object_id=paasid,
-                data={"fixmedins_code": req.fixmedins_code},
+                data=caller.audited({"fixmedins_code": req.fixmedins_code}),
             )
         self._unknown.pop(paasid, None)
         return GatewayClientCreated(
@@ -99,7 +99,7 @@ class GatewayClients:
         )
         return GatewayClientList(clients=[_client(r) for r in rows])
 
-    async def update(self, paasid: str, req: UpdateGatewayClient) -> GatewayClient:
+    async def update(self, caller: Caller, paasid: str, req: UpdateGatewayClient) -> GatewayClient:
         async with transaction(self._pool) as conn:
             row = await conn.fetchrow(
                 "UPDATE gateway_clients SET status = $2, updated_at = now()"
@@ -112,11 +112,11 @@ class GatewayClients:
                 raise NotFound("no such gateway client", code="GATEWAY_CLIENT_NOT_FOUND")
             await self._audit.append(
                 conn,
-                actor=ADMIN.actor,
+                actor=caller.actor,
                 action="gateway_client.updated",
                 object_type="gateway_client",
                 object_id=paasid,
-                data={"status": req.status},
+                data=caller.audited({"status": req.status}),
             )
         return _client(row)
 

@@ -10,8 +10,8 @@ from cardsvc.errors import InvalidRequest
 from cardsvc.national.dispatch import FILE, PayloadTooLarge, Reply
 from cardsvc.national.models import CreateGatewayClient, UpdateGatewayClient
 from cardsvc.types import FACILITY_CODE_PATTERN
-from cardsvc.web.appkeys import SERVICES, SETTINGS
-from cardsvc.web.auth import admin_only, gateway
+from cardsvc.web.appkeys import CALLER, SERVICES, SETTINGS
+from cardsvc.web.auth import gateway, operator
 from cardsvc.web.codec import json_response, read_json
 
 _CHUNK = 64 * 1024
@@ -51,13 +51,15 @@ async def call_service(request: web.Request) -> web.Response:
     return _response(reply)
 
 
-@admin_only
+@operator("administrator")
 async def create_client(request: web.Request) -> web.Response:
     req = await read_json(request, CreateGatewayClient)
-    return json_response(await request.app[SERVICES].gateway_clients.create(req), status=201)
+    return json_response(
+        await request.app[SERVICES].gateway_clients.create(request[CALLER], req), status=201
+    )
 
 
-@admin_only
+@operator("administrator")
 async def list_clients(request: web.Request) -> web.Response:
     code = request.query.get("fixmedins_code")
     if code is not None and not _FACILITY.fullmatch(code):
@@ -69,8 +71,10 @@ async def list_clients(request: web.Request) -> web.Response:
     return json_response(await request.app[SERVICES].gateway_clients.list(code))
 
 
-@admin_only
+@operator("administrator")
 async def update_client(request: web.Request) -> web.Response:
     req = await read_json(request, UpdateGatewayClient)
     paasid = request.match_info["paasid"]
-    return json_response(await request.app[SERVICES].gateway_clients.update(paasid, req))
+    return json_response(
+        await request.app[SERVICES].gateway_clients.update(request[CALLER], paasid, req)
+    )

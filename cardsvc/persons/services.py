@@ -28,7 +28,7 @@ from cardsvc.persons.models import (
 )
 from cardsvc.privacy import DataProtector
 from cardsvc.settlement.params import CURRENT_POLICY_VERSION, load_params
-from cardsvc.web.caller import ADMIN
+from cardsvc.web.caller import Caller
 
 NAME_BYTES = 30  # EF06 tag 09: GBK, 30 bytes
 
@@ -60,7 +60,7 @@ class PersonRegistry:
     def __init__(self, pool: Pool, protector: DataProtector, audit: AuditLog) -> None:
         self._pool, self._protector, self._audit = pool, protector, audit
 
-    async def create(self, req: CreatePerson) -> Person:
+    async def create(self, caller: Caller, req: CreatePerson) -> Person:
         value = _checked_certno(req)
         name = _checked_name(req.psn_name)
         async with transaction(self._pool) as conn:
@@ -90,11 +90,11 @@ class PersonRegistry:
             await conn.execute("INSERT INTO psn_accounts (psn_no) VALUES ($1)", psn_no)
             await self._audit.append(
                 conn,
-                actor=ADMIN.actor,
+                actor=caller.actor,
                 action="person.created",
                 object_type="person",
                 object_id=psn_no,
-                data={"certno": certno.mask(value), "psn_type": req.psn_type},
+                data=caller.audited({"certno": certno.mask(value), "psn_type": req.psn_type}),
             )
             return await self._load(conn, psn_no)
 
@@ -102,7 +102,7 @@ class PersonRegistry:
         async with self._pool.acquire() as conn:
             return await self._load(conn, psn_no)
 
-    async def enrol(self, psn_no: str, req: EnrolInsurance) -> Person:
+    async def enrol(self, caller: Caller, psn_no: str, req: EnrolInsurance) -> Person:
         if req.enddate is not None and req.enddate < req.begndate:
             raise InvalidRequest("enddate is before begndate", code="INVALID_DATES")
         async with transaction(self._pool) as conn:
@@ -130,15 +130,17 @@ class PersonRegistry:
             )
             await self._audit.append(
                 conn,
-                actor=ADMIN.actor,
+                actor=caller.actor,
                 action="insurance.enrolled",
                 object_type="person",
                 object_id=psn_no,
-                data={
-                    "insutype": req.insutype,
-                    "begndate": req.begndate.isoformat(),
-                    "enddate": req.enddate.isoformat() if req.enddate else None,
-                },
+                data=caller.audited(
+                    {
+                        "insutype": req.insutype,
+                        "begndate": req.begndate.isoformat(),
+                        "enddate": req.enddate.isoformat() if req.enddate else None,
+                    }
+                ),
             )
             return await self._load(conn, psn_no)
 

@@ -311,11 +311,13 @@ async def reverse_locked(
         action="settlement.reversed",
         object_type="settlement",
         object_id=setl_id,
-        data={
-            "reason": reason,
-            "acct_refund": row["acct_pay"],
-            "fund_refund": row["fund_pay_sumamt"],
-        },
+        data=caller.audited(
+            {
+                "reason": reason,
+                "acct_refund": row["acct_pay"],
+                "fund_refund": row["fund_pay_sumamt"],
+            }
+        ),
     )
     return _reversal(reversal)
 
@@ -323,7 +325,7 @@ async def reverse_locked(
 def _check_own(caller: Caller, fixmedins_code: str) -> None:
     """A facility's terminals (and gateway clients) see and reverse only their own
     facility's settlements."""
-    if caller.kind != "admin" and fixmedins_code != caller.fixmedins_code:
+    if caller.kind != "operator" and fixmedins_code != caller.fixmedins_code:
         raise Forbidden("this settlement belongs to another facility", code="NOT_OWN_FACILITY")
 
 

@@ -9,7 +9,7 @@ from cardsvc.errors import CardsvcError, InvalidRequest
 from cardsvc.ops import metrics
 from cardsvc.settlement.models import AdminReversalRequest, ReverseRequest, SettleRequest
 from cardsvc.web.appkeys import CALLER, SERVICES
-from cardsvc.web.auth import admin_only, admin_or_terminal, terminal
+from cardsvc.web.auth import operator, operator_or_terminal, terminal
 from cardsvc.web.caller import SETTLING_TERMINALS
 from cardsvc.web.codec import json_response, path_param, read_json
 
@@ -46,7 +46,7 @@ async def settle(request: web.Request) -> web.Response:
     return json_response(result)
 
 
-@admin_or_terminal(*SETTLING_TERMINALS)
+@operator_or_terminal(roles=("clerk", "reviewer", "auditor"), kinds=SETTLING_TERMINALS)
 async def get(request: web.Request) -> web.Response:
     setl_id = path_param(request, "setl_id")
     return json_response(await request.app[SERVICES].settlements.get(request[CALLER], setl_id))
@@ -61,7 +61,7 @@ async def reverse(request: web.Request) -> web.Response:
     return json_response(reversal)
 
 
-@admin_only
+@operator("administrator")
 async def admin_reverse(request: web.Request) -> web.Response:
     """The same full reversal as the facility's, by the administrator, with a reason."""
     setl_id = path_param(request, "setl_id")

@@ -22,7 +22,7 @@ from cardsvc.settlement.fundparts import (
 from cardsvc.settlement.plan import stored_setl_info
 from cardsvc.settlement.services import reverse_locked
 from cardsvc.supervision.models import FlagInfo, FundLine, FundReport, Review
-from cardsvc.web.caller import ADMIN
+from cardsvc.web.caller import Caller
 
 MAX_REPORT_DAYS = 366
 
@@ -84,7 +84,7 @@ class Supervision:
         ]
 
     async def decide(
-        self, setl_id: str, decision: Literal["approved", "rejected"], note: str
+        self, caller: Caller, setl_id: str, decision: Literal["approved", "rejected"], note: str
     ) -> Review:
         """Approve (the settlement joins the next clearing) or reject (it is reversed).
         Deciding the same way again returns the decision; the other way is a conflict."""
@@ -109,10 +109,10 @@ class Supervision:
                         details={"review_status": current},
                     )
             else:
-                await self._record(conn, setl_id, decision, note)
+                await self._record(caller, conn, setl_id, decision, note)
                 if decision == "rejected":
                     await reverse_locked(
-                        conn, self._audit, ADMIN, setl_id, psn_no, f"review rejected: {note}"
+                        conn, self._audit, caller, setl_id, psn_no, f"review rejected: {note}"
                     )
             stored = await conn.fetchrow("SELECT * FROM settlements WHERE setl_id = $1", setl_id)
             noted = await conn.fetchval(
@@ -125,7 +125,9 @@ class Supervision:
             settlement=stored_setl_info(stored),
         )
 
-    async def _record(self, conn: Connection, setl_id: str, decision: str, note: str) -> None:
+    async def _record(
+        self, caller: Caller, conn: Connection, setl_id: str, decision: str, note: str
+    ) -> None:
         await conn.execute(
             "UPDATE settlements SET review_status = $2 WHERE setl_id = $1", setl_id, decision
         )
@@ -137,11 +139,11 @@ class Supervision:
         )
         await self._audit.append(
             conn,
-            actor=ADMIN.actor,
+            actor=caller.actor,
             action=f"review.{decision}",
             object_type="settlement",
             object_id=setl_id,
-            data={"note": note},
+            data=caller.audited({"note": note}),
         )
 
     async def fund_report(self, start: dt.date, end: dt.date) -> FundReport:

@@ -10,8 +10,8 @@ from cardsvc.errors import InvalidRequest
 from cardsvc.settlement.flags import FLAG_RULES
 from cardsvc.supervision.models import Decision
 from cardsvc.supervision.services import report_csv
-from cardsvc.web.appkeys import SERVICES
-from cardsvc.web.auth import admin_only
+from cardsvc.web.appkeys import CALLER, SERVICES
+from cardsvc.web.auth import operator
 from cardsvc.web.codec import (
     json_response,
     path_param,
@@ -22,7 +22,7 @@ from cardsvc.web.codec import (
 )
 
 
-@admin_only
+@operator("reviewer", "auditor")
 async def flags(request: web.Request) -> web.Response:
     since = query_date(request, "since", clock.business_date())
     start = dt.datetime.combine(since, dt.time(), clock.BUSINESS_TZ)
@@ -37,14 +37,14 @@ async def flags(request: web.Request) -> web.Response:
     return json_response(result)
 
 
-@admin_only
+@operator("reviewer")
 async def reviews(request: web.Request) -> web.Response:
     return json_response(
         await request.app[SERVICES].supervision.pending_reviews(query_limit(request))
     )
 
 
-@admin_only
+@operator("reviewer")
 async def decide(request: web.Request) -> web.Response:
     setl_id = path_param(request, "setl_id")
     decision: Literal["approved", "rejected"] = (
@@ -52,11 +52,11 @@ async def decide(request: web.Request) -> web.Response:
     )
     req = await read_json(request, Decision, default=Decision())
     return json_response(
-        await request.app[SERVICES].supervision.decide(setl_id, decision, req.note)
+        await request.app[SERVICES].supervision.decide(request[CALLER], setl_id, decision, req.note)
     )
 
 
-@admin_only
+@operator("administrator", "reviewer", "auditor")
 async def fund_report(request: web.Request) -> web.Response:
     today = clock.business_date()
     start = query_date(request, "from", today.replace(day=1))

@@ -49,7 +49,7 @@ from cardsvc.terminals.models import (
     TerminalRegistered,
     UpdateTerminal,
 )
-from cardsvc.web.caller import ADMIN, Admission, Caller
+from cardsvc.web.caller import Admission, Caller
 from cardsvc.web.ratelimit import TokenBuckets
 from hsmlink.protocol import TerminalKind as HsmTerminalKind
 
@@ -85,7 +85,7 @@ class TerminalRegistry:
     def __init__(self, pool: Pool, hsm: HsmClient, audit: AuditLog) -> None:
         self._pool, self._hsm, self._audit = pool, hsm, audit
 
-    async def register(self, req: RegisterTerminal) -> TerminalRegistered:
+    async def register(self, caller: Caller, req: RegisterTerminal) -> TerminalRegistered:
         needs_facility = req.kind in ("pos", "his")
         if needs_facility != (req.fixmedins_code is not None):
             raise InvalidRequest(
@@ -112,11 +112,13 @@ class TerminalRegistry:
             )
             await self._audit.append(
                 conn,
-                actor=ADMIN.actor,
+                actor=caller.actor,
                 action="terminal.registered",
                 object_type="terminal",
                 object_id=terminal_id,
-                data={"kind": req.kind, "fixmedins_code": req.fixmedins_code, "kcv": key.kcv},
+                data=caller.audited(
+                    {"kind": req.kind, "fixmedins_code": req.fixmedins_code, "kcv": key.kcv}
+                ),
             )
         return TerminalRegistered(
             terminal_id=terminal_id,
@@ -126,7 +128,9 @@ class TerminalRegistry:
             kcv=key.kcv,
         )
 
-    async def set_status(self, terminal_id: str, req: UpdateTerminal) -> TerminalInfo:
+    async def set_status(
+        self, caller: Caller, terminal_id: str, req: UpdateTerminal
+    ) -> TerminalInfo:
         """Disabling also ends the terminal's open sessions, in the same transaction:
         re-enabling it does not revive them (it signs in again)."""
         async with transaction(self._pool) as conn:
@@ -151,11 +155,11 @@ class TerminalRegistry:
                 data = {"sessions_ended": int(ended.split()[-1])}
             await self._audit.append(
                 conn,
-                actor=ADMIN.actor,
+                actor=caller.actor,
                 action=f"terminal.{req.status}",
                 object_type="terminal",
                 object_id=terminal_id,
-                data=data,
+                data=caller.audited(data),
             )
         return TerminalInfo(**dict(row))
 

@@ -8,22 +8,26 @@ from cardsvc.terminals.models import (
     SignInStart,
     UpdateTerminal,
 )
-from cardsvc.web.appkeys import SERVICES
-from cardsvc.web.auth import admin_only, public
+from cardsvc.web.appkeys import CALLER, SERVICES
+from cardsvc.web.auth import operator, public
 from cardsvc.web.codec import json_response, path_param, read_json
 
 
-@admin_only
+@operator("administrator")
 async def register(request: web.Request) -> web.Response:
     req = await read_json(request, RegisterTerminal)
-    return json_response(await request.app[SERVICES].terminals.register(req), status=201)
+    return json_response(
+        await request.app[SERVICES].terminals.register(request[CALLER], req), status=201
+    )
 
 
-@admin_only
+@operator("administrator")
 async def update(request: web.Request) -> web.Response:
     req = await read_json(request, UpdateTerminal)
     terminal_id = path_param(request, "terminal_id")
-    return json_response(await request.app[SERVICES].terminals.set_status(terminal_id, req))
+    return json_response(
+        await request.app[SERVICES].terminals.set_status(request[CALLER], terminal_id, req)
+    )
 
 
 @public

@@ -1,15 +1,18 @@
-"""Who is calling: the administrator, an authenticated terminal session, or a national
-gateway client acting for its facility (``cardsvc.national``)."""
+"""Who is calling: an operator (API token or console session), an authenticated terminal
+session, a national gateway client acting for its facility (``cardsvc.national``), or the
+bootstrap token creating the first administrator."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
 from cardsvc.errors import Forbidden
 
-CallerKind = Literal["admin", "counter", "pos", "his", "kiosk", "gateway"]
+CallerKind = Literal[
+    "operator", "bootstrap", "command_line", "counter", "pos", "his", "kiosk", "gateway"
+]
 TerminalKind = Literal["counter", "pos", "his", "kiosk"]
 ANY_TERMINAL: tuple[TerminalKind, ...] = ("counter", "pos", "his", "kiosk")
 SETTLING_TERMINALS: tuple[TerminalKind, ...] = ("pos", "his")
@@ -35,10 +38,17 @@ class Caller(msgspec.Struct, frozen=True, kw_only=True):
     admission: Admission | None = None
     # The gateway client's paasid, for kind "gateway" only (which has no terminal session).
     gateway_client: str | None = None
+    # Kind "operator" only: who, with which roles, and by which credential ("token" with
+    # its token_id, or "session" whose id is the hex digest of its secret).
+    operator_id: str | None = None
+    operator_name: str | None = None
+    roles: tuple[str, ...] = ()
+    credential: Literal["token", "session"] | None = None
+    token_id: str | None = None
 
     def facility(self) -> str:
-        """The caller's facility; callers without one (admin, counter, kiosk) are refused.
-        A gateway client always has one: the facility it was registered for."""
+        """The caller's facility; callers without one (operators, counter, kiosk) are
+        refused. A gateway client always has one: the facility it was registered for."""
         if self.fixmedins_code is None:
             raise Forbidden("only a facility's terminals may do this", code="NOT_A_FACILITY")
         return self.fixmedins_code
@@ -48,7 +58,25 @@ class Caller(msgspec.Struct, frozen=True, kw_only=True):
         """How the audit log names this caller."""
         if self.kind == "gateway":
             return f"gateway:{self.gateway_client}"
-        return "admin" if self.terminal_id is None else f"terminal:{self.terminal_id}"
+        if self.kind == "operator":
+            return f"operator:{self.operator_id}"
+        if self.kind in ("bootstrap", "command_line"):
+            return self.kind.replace("_", "-")
+        return f"terminal:{self.terminal_id}"
+
+    def audited(self, data: dict[str, Any] | None = None) -> dict[str, Any]:
+        """An audit entry's data naming the operator (id and display name as it was then)
+        inside the chained entry; other callers are named by ``actor`` alone."""
+        if self.kind != "operator":
+            return dict(data or {})
+        return {
+            **(data or {}),
+            "operator_id": self.operator_id,
+            "operator_name": self.operator_name,
+        }
 
 
-ADMIN = Caller(kind="admin")
+# The bootstrap token creating the first administrator, or `python -m cardsvc create-operator`.
+BOOTSTRAP = Caller(kind="bootstrap")
+# Someone at the host with the service's settings (python -m cardsvc clearing, ...).
+COMMAND_LINE = Caller(kind="command_line")

@@ -9,6 +9,7 @@ import pytest
 import pytest_asyncio
 
 from tests.support.api import POLICY_CATALOG, Service
+from tests.support.operators import create_operator
 from tests.support.stack import Stack
 
 
@@ -34,6 +35,7 @@ def stack() -> Iterator[Stack]:
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def stack_service(stack: Stack) -> AsyncIterator[Service]:
     async with aiohttp.ClientSession() as http:
-        service = Service(stack.base_url, stack.admin_token, http, stack.database_url)
+        token = (await create_operator(stack.database_url)).token
+        service = Service(stack.base_url, token, http, stack.database_url, stack.admin_token)
         await service.admin_ok("PUT", "/v1/catalog/items", {"items": POLICY_CATALOG})
         yield service

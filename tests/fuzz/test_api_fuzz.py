@@ -7,6 +7,7 @@ code (the gateway's: its envelope with "[CODE] message")."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -25,6 +26,7 @@ from schemathesis.core.parameters import ParameterLocation
 from schemathesis.specs.openapi.checks import ignored_auth, positive_data_acceptance
 
 from cardcrypto import profile
+from tests.support.operators import create_operator
 from tests.support.stack import Stack
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -96,7 +98,8 @@ def fuzz_env() -> Iterator[FuzzEnv]:
         },
     ).start()
     http = requests.Session()
-    admin = {"Authorization": f"Bearer {stack.admin_token}"}
+    token = asyncio.run(create_operator(stack.database_url)).token
+    admin = {"Authorization": f"Bearer {token}"}
     try:
         facility = http.post(
             f"{stack.base_url}/v1/facilities",
@@ -118,7 +121,7 @@ def fuzz_env() -> Iterator[FuzzEnv]:
             terminals[kind] = _sign_in(
                 http, stack.base_url, reg["terminal_id"], bytes.fromhex(reg["terminal_key"])
             )
-        yield FuzzEnv(stack.base_url, stack.admin_token, terminals, http)
+        yield FuzzEnv(stack.base_url, token, terminals, http)
     finally:
         http.close()
         stack.close()

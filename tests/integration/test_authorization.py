@@ -1,5 +1,9 @@
 """Who may call what: every route of the app × every kind of caller, probed for real.
 
+The callers: anyone, the bootstrap token, an operator of each role by API token (and, on a
+sample of routes, by the console session cookie with and without its CSRF token), and each
+kind of terminal.
+
 Who may call a route is declared once, by the decorator on its handler (``cardsvc.web.auth``);
 this test enumerates the app's routes, reads each declaration back, and checks the running
 service does exactly that. A route without a declaration fails (the app refuses to build).
@@ -23,13 +27,19 @@ from aiohttp import web
 
 from cardsvc.app import create_app
 from cardsvc.config import Settings
+from cardsvc.operators.models import ROLES
 from cardsvc.terminal_sdk.client import TerminalClient
 from cardsvc.web.auth import declared_access, public, require_declared_access
 from tests.support.api import Service
+from tests.support.operators import TestOperator, create_operator
 
 session_loop = pytest.mark.asyncio(loop_scope="session")
 
-ADMIN, COUNTER, POS, HIS, KIOSK, PUBLIC = "admin", "counter", "pos", "his", "kiosk", "public"
+COUNTER, POS, HIS, KIOSK, PUBLIC = "counter", "pos", "his", "kiosk", "public"
+BOOTSTRAP = "bootstrap"  # CARDSVC_ADMIN_TOKEN: an audience of no route
+ADMINISTRATOR, CLERK, REVIEWER, AUDITOR = (f"op:{r}" for r in ROLES)
+OPERATORS = (ADMINISTRATOR, CLERK, REVIEWER, AUDITOR)
+SESSION = "op:session"  # the console session's own routes (cookie only)
 GATEWAY = (
     "gateway"  # a national gateway client: TIF headers (tests/integration/test_gateway_core.py)
 )
@@ -47,6 +57,8 @@ SAMPLES = {
     "clearing_date": "2000-01-01",
     "asset": "swagger-ui.css",
     "paasid": "gw0000000000000000",
+    "operator_id": "OP0000000000",
+    "token_id": "OT0000000000",
 }
 DEFAULT_SAMPLE = "x1"
 _GROUP = re.compile(r"\(\?P<(?P<name>\w+)>(?P<pattern>[^()]*)\)")
@@ -88,7 +100,14 @@ def _declared_routes() -> list[tuple[str, str, str, frozenset[str] | None]]:
 
 ROUTES = _declared_routes()
 ACCESS = {(method, path): access or frozenset() for method, _, path, access in ROUTES}
-REFUSALS = {"ADMIN_TOKEN_MISSING", "SIGNATURE_MISSING", "TERMINAL_KIND_NOT_ALLOWED"}
+REFUSALS = {
+    "OPERATOR_CREDENTIALS_MISSING",
+    "BOOTSTRAP_TOKEN_REFUSED",
+    "ROLE_NOT_ALLOWED",
+    "SESSION_REQUIRED",
+    "SIGNATURE_MISSING",
+    "TERMINAL_KIND_NOT_ALLOWED",
+}
 
 
 def test_an_undeclared_route_is_refused():
@@ -122,21 +141,38 @@ def test_every_route_is_declared_and_probed():
 def test_declarations_follow_the_design_rules():
     for (method, path), access in ACCESS.items():
         where = (method, path, sorted(access))
-        assert access and access <= {PUBLIC, ADMIN, GATEWAY, *TERMINALS}, where
+        assert access and access <= {PUBLIC, GATEWAY, SESSION, *OPERATORS, *TERMINALS}, where
         # The gateway stands alone, and is the national interface's one endpoint.
         assert GATEWAY not in access or access == {GATEWAY}, where
         assert (GATEWAY in access) == path.startswith("/fsi/"), where
         # Public stands alone: a route open to all is not also "for" someone.
         assert PUBLIC not in access or access == {PUBLIC}, where
-        # Anyone may only read, or begin a terminal's session (there is none yet to sign).
+        # Anyone may only read, or begin a terminal's or an operator's session (there is
+        # none yet to sign with or to send).
         if PUBLIC in access:
-            assert method == "GET" or path.startswith("/v1/terminals/sign-in"), where
-        # The administrator never acts as a terminal: a route for both is a read.
-        if ADMIN in access and access & set(TERMINALS):
+            assert method == "GET" or re.match(
+                r"/v1/(terminals/sign-in|operator-sessions$)", path
+            ), where
+        # An operator never acts as a terminal: a route for both is a read.
+        if access & set(OPERATORS) and access & set(TERMINALS):
             assert method == "GET", where
-        # Only the settling terminals settle, reverse or reconcile.
+        # Only the settling terminals settle, reverse or reconcile; the administrator reverses.
         if method == "POST" and re.match(r"/v1/(settlements|reconciliation)", path):
-            assert access <= {POS, HIS} or access == {ADMIN}, where
+            assert access <= {POS, HIS} or access == {ADMINISTRATOR}, where
+        # Operators, tokens and the session: the operator routes.
+        if SESSION in access:
+            assert access == {SESSION} and path.startswith("/v1/operator-sessions/current"), where
+        # The auditor only reads.
+        if AUDITOR in access and method != "GET":
+            assert path in ("/v1/audit/anchors",) or "/tokens" in path, where
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def operators(service: Service) -> dict[str, TestOperator]:
+    """An operator holding each one role, and one holding all four (for the cookie)."""
+    made = {f"op:{role}": await create_operator(service.database_url, (role,)) for role in ROLES}
+    made["all"] = await create_operator(service.database_url)
+    return made
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
@@ -150,10 +186,17 @@ async def callers(service: Service) -> dict[str, TerminalClient]:
     }
 
 
-async def _call(service: Service, callers, who: str, method: str, path: str):
+def _token(service: Service, operators, who: str) -> str | None:
+    if who == BOOTSTRAP:
+        return service.bootstrap_token
+    return operators[who].token if who in OPERATORS else None
+
+
+async def _call(service: Service, callers, operators, who: str, method: str, path: str):
     body = b"{}" if method in {"POST", "PUT", "PATCH"} else b""
-    if who in (ADMIN, PUBLIC):
-        headers = {"Authorization": f"Bearer {service.admin_token}"} if who == ADMIN else {}
+    if who in (PUBLIC, BOOTSTRAP, *OPERATORS):
+        token = _token(service, operators, who)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
         if body:
             headers["Content-Type"] = "application/json"
         async with service.http.request(
@@ -180,17 +223,71 @@ def _code(body: object) -> str | None:
 
 @session_loop
 @pytest.mark.parametrize(("method", "path"), sorted(ACCESS))
-async def test_who_may_call(service: Service, callers, method: str, path: str):
+async def test_who_may_call(service: Service, callers, operators, method: str, path: str):
     allowed = ACCESS[(method, path)]
-    for who in (ADMIN, PUBLIC, *TERMINALS):
-        status, raw = await _call(service, callers, who, method, path)
+    for who in (PUBLIC, BOOTSTRAP, *OPERATORS, *TERMINALS):
+        status, raw = await _call(service, callers, operators, who, method, path)
         body = msgspec.json.decode(raw) if raw and raw[:1] == b"{" else {}
         code = _code(body)
         passes = PUBLIC in allowed or who in allowed
         if passes:
             assert code not in REFUSALS and status not in (401,), (who, method, path, status, code)
+        elif who == BOOTSTRAP and (method, path) == ("POST", "/v1/operators"):
+            # Taken there only while no administrator exists; the test operators are.
+            assert (status, code) == (401, "BOOTSTRAP_CLOSED"), (method, path, status, code)
         else:
             assert status in (401, 403) and code in REFUSALS, (who, method, path, status, code)
+        if code == "ROLE_NOT_ALLOWED":
+            roles = {f"op:{r}" for r in body["error"]["details"]["allowed"]}
+            assert roles == allowed - set(TERMINALS), (who, method, path, roles)
+
+
+# The console session on a sample of routes: every read, and writes of each area (not the
+# session's own DELETE, which would end it).
+COOKIE_SAMPLE = sorted(
+    (m, p)
+    for (m, p), access in ACCESS.items()
+    if access & {*OPERATORS, SESSION}
+    and (m == "GET" or p in ("/v1/persons", "/v1/facilities", "/v1/operators", "/v1/clearing/runs"))
+)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def console(service: Service, operators) -> tuple[str, str]:
+    """A console session of the all-roles operator: (cookie value, CSRF token)."""
+    everyone = operators["all"]
+    async with service.http.post(
+        service.base_url + "/v1/operator-sessions",
+        json={"login": everyone.login, "password": everyone.password},
+    ) as resp:
+        assert resp.status == 201, await resp.text()
+        return resp.cookies["cardsvc_session"].value, (await resp.json())["csrf_token"]
+
+
+@session_loop
+@pytest.mark.parametrize(("method", "path"), COOKIE_SAMPLE)
+async def test_the_console_session_with_its_csrf_token(service: Service, console, method, path):
+    cookie, csrf = console
+    body = b"{}" if method != "GET" else b""
+    headers = {"Cookie": f"cardsvc_session={cookie}", "Content-Type": "application/json"}
+    url = service.base_url + path
+    async with service.http.request(
+        method, url, data=body, headers={**headers, "X-CSRF-Token": csrf}
+    ) as resp:
+        code = _code(await resp.json()) if resp.content_type == "application/json" else None
+        assert resp.status != 401 and code not in REFUSALS, (method, path, resp.status, code)
+    if method == "GET":
+        # Another site's page may not read with the cookie either.
+        evil = {**headers, "Origin": "https://elsewhere.example"}
+        async with service.http.get(url, headers=evil) as resp:
+            assert resp.status == 403 and _code(await resp.json()) == "CSRF_FAILED"
+        return
+    for refused in ({}, {"X-CSRF-Token": "x" * 43}, {"Origin": "https://elsewhere.example"}):
+        extra = refused if "Origin" not in refused else {**refused, "X-CSRF-Token": csrf}
+        async with service.http.request(
+            method, url, data=body, headers={**headers, **extra}
+        ) as resp:
+            assert resp.status == 403 and _code(await resp.json()) == "CSRF_FAILED", refused
 
 
 async def _expired_session(service: Service) -> TerminalClient:

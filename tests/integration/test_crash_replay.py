@@ -39,6 +39,7 @@ from tests.support.api import (
     patient,
     unique_code,
 )
+from tests.support.operators import create_operator
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -71,7 +72,8 @@ async def system(settings: Settings) -> AsyncIterator[System]:
         await web.TCPSite(runner, own.host, own.port).start()
         async with aiohttp.ClientSession() as http:
             base_url = f"http://{own.host}:{own.port}"
-            service = Service(base_url, own.admin_token, http, own.database_url)
+            token = (await create_operator(own.database_url)).token
+            service = Service(base_url, token, http, own.database_url, own.admin_token)
             await service.admin_ok("PUT", "/v1/catalog/items", {"items": POLICY_CATALOG})
             yield System(cluster, service)
     finally:

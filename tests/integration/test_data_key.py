@@ -29,10 +29,12 @@ from cardsvc.persons.models import CreatePerson
 from cardsvc.persons.services import PersonRegistry
 from cardsvc.privacy import DataProtector, DecryptionError, key_check_value
 from cardsvc.terminal_sdk.client import TerminalClient
+from cardsvc.web.caller import COMMAND_LINE
 from tests.conftest import free_port
 from tests.support.api import REGION, Service, issue_card, make_certno, random_birth_date
 from tests.support.gateway import gateway_client
 from tests.support.hsm import hsm_env
+from tests.support.operators import create_operator
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -118,7 +120,8 @@ async def _serving(settings: Settings, url: str, key: bytes) -> AsyncIterator[Se
                 except aiohttp.ClientError:
                     pass
                 await asyncio.sleep(0.1)
-            yield Service(base, settings.admin_token, http, url)
+            token = (await create_operator(url)).token
+            yield Service(base, token, http, url, settings.admin_token)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
     finally:
@@ -171,7 +174,7 @@ async def test_first_start_of_an_existing_database_records_only_the_key_of_its_d
         async with pool.acquire() as conn:
             await db.migrate(conn)
         registry = PersonRegistry(pool, DataProtector(key_a), AuditLog(pool))
-        await registry.create(_create_person())
+        await registry.create(COMMAND_LINE, _create_person())
         async with pool.acquire() as conn:
             assert await conn.fetchval("SELECT count(*) FROM data_key") == 0
             with pytest.raises(datakey.DataKeyMismatch, match="does not decrypt"):
@@ -275,7 +278,7 @@ async def test_an_interrupted_rotation_is_finished_by_running_it_again(
             await datakey.check(conn, key_a)
         registry = PersonRegistry(pool, DataProtector(key_a), AuditLog(pool))
         requests = [_create_person() for _ in range(7)]
-        certnos = {(await registry.create(r)).psn_no: r.certno for r in requests}
+        certnos = {(await registry.create(COMMAND_LINE, r)).psn_no: r.certno for r in requests}
     finally:
         await pool.close()
 

@@ -58,6 +58,7 @@ def demo(pg_cluster: LocalCluster) -> Iterator[tuple[Path, dict[str, str]]]:
         timeout=180,
     )
     assert run.returncode == 0, run.stdout + run.stderr
+    (base / "banner.txt").write_text(run.stdout)
     yield var, env
     subprocess.run(["rm", "-rf", str(base)], check=False)
 
@@ -81,6 +82,27 @@ def test_the_printed_settings_give_files_not_secrets(demo: tuple[Path, dict[str,
     data_key = (var / "secrets" / "data_key").read_text().strip()
     assert token not in out.stdout and data_key not in out.stdout
     assert f"export CARDSVC_ADMIN_TOKEN_FILE={var}/secrets/admin_token" in out.stdout
+
+
+def test_the_demo_has_one_operator_per_role(demo: tuple[Path, dict[str, str]]) -> None:
+    """Each role's login is printed with the console's address; each password is in a file
+    of mode 0600 and printed nowhere."""
+    var, _ = demo
+    banner = (var.parent / "banner.txt").read_text()
+    assert "/console/" in banner
+    for login, role in [
+        ("demo.admin", "administrator"),
+        ("demo.clerk", "clerk"),
+        ("demo.reviewer", "reviewer"),
+        ("demo.auditor", "auditor"),
+    ]:
+        assert f"{login} ({role})" in banner
+        password = var / "secrets" / "operators" / login
+        assert password.stat().st_mode & 0o777 == 0o600
+        assert password.read_text().strip() not in banner
+    for token in ("operator_token", "clerk_token"):
+        path = var / "secrets" / token
+        assert path.stat().st_mode & 0o777 == 0o600 and path.read_text().strip() not in banner
 
 
 def test_commands_by_hand_run_beside_the_demo(demo: tuple[Path, dict[str, str]]) -> None:

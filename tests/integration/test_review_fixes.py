@@ -22,6 +22,7 @@ from cardsvc.terminal_sdk.client import TerminalClient
 from cardsvc.web.appkeys import SERVICES
 from tests.conftest import free_port
 from tests.support.api import POLICY_CATALOG, Service, issue_card, lines, patient, unique_code
+from tests.support.operators import create_operator
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -148,7 +149,8 @@ async def pooled(settings: Settings, pg_cluster: LocalCluster) -> AsyncIterator[
     try:
         async with aiohttp.ClientSession() as http:
             base_url = f"http://{mine.host}:{mine.port}"
-            service = Service(base_url, mine.admin_token, http, mine.database_url)
+            token = (await create_operator(mine.database_url)).token
+            service = Service(base_url, token, http, mine.database_url, mine.admin_token)
             await service.admin_ok("PUT", "/v1/catalog/items", {"items": POLICY_CATALOG})
             yield service
     finally:

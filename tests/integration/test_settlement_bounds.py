@@ -288,7 +288,10 @@ async def test_the_administrator_reverses_in_full_once_with_a_reason(world: Worl
 
     # Not for terminals, not without a reason, not for an unknown settlement.
     by_terminal = await world.hospital.request("POST", path, {"reason": "mine"})
-    assert by_terminal.status == 401 and by_terminal.body["error"]["code"] == "ADMIN_TOKEN_MISSING"
+    assert (
+        by_terminal.status == 401
+        and by_terminal.body["error"]["code"] == "OPERATOR_CREDENTIALS_MISSING"
+    )
     for body in (None, {}, {"reason": ""}, {"reason": "x" * 201}, {"reason": "a\nb"}):
         status, error = await service.admin("POST", path, body)
         assert status == 400, (body, status, error)
@@ -317,8 +320,11 @@ async def test_the_administrator_reverses_in_full_once_with_a_reason(world: Worl
         )
     finally:
         await conn.close()
-    assert len(audited) == 1 and audited[0]["actor"] == "admin"
-    assert msgspec.json.decode(audited[0]["data"])["reason"] == reason
+    # The operator who reversed it, by id in the actor and by name in the chained data.
+    assert len(audited) == 1 and audited[0]["actor"].startswith("operator:OP")
+    data = msgspec.json.decode(audited[0]["data"])
+    assert data["reason"] == reason and data["operator_name"]
+    assert audited[0]["actor"] == f"operator:{data['operator_id']}"
     assert (await service.admin_ok("GET", "/v1/ledger/proof"))["ok"]
 
 

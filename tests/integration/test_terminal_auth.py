@@ -174,17 +174,17 @@ async def test_terminal_of_suspended_facility_is_refused(service: Service):
 async def test_admin_endpoints_need_the_token(service: Service):
     async with service.http.get(service.base_url + "/v1/audit/verify") as resp:
         assert resp.status == 401
-        assert (await resp.json())["error"]["code"] == "ADMIN_TOKEN_MISSING"
+        assert (await resp.json())["error"]["code"] == "OPERATOR_CREDENTIALS_MISSING"
     headers = {"Authorization": "Bearer not-the-token-at-all"}
     async with service.http.get(service.base_url + "/v1/audit/verify", headers=headers) as resp:
         assert resp.status == 401
-        assert (await resp.json())["error"]["code"] == "ADMIN_TOKEN_INVALID"
+        assert (await resp.json())["error"]["code"] == "OPERATOR_TOKEN_INVALID"
 
 
 async def test_terminals_cannot_call_admin_endpoints(service: Service):
     counter = await service.terminal("counter")
     resp = await counter.request("GET", "/v1/audit/verify")
-    assert resp.status == 401 and _code(resp) == "ADMIN_TOKEN_MISSING"
+    assert resp.status == 401 and _code(resp) == "OPERATOR_CREDENTIALS_MISSING"
 
 
 async def test_expired_session_is_refused_and_the_sdk_signs_in_again(

@@ -1,5 +1,8 @@
-"""Test-side helpers: the running service, admin calls, and factories for persons,
-facilities, terminals and issued cards (each with unique values)."""
+"""Test-side helpers: the running service, operator calls, and factories for persons,
+facilities, terminals and issued cards (each with unique values).
+
+``Service.admin_token`` is the API token of an operator holding all four roles (so a test
+written before roles existed runs unchanged); ``bootstrap_token`` is CARDSVC_ADMIN_TOKEN."""
 
 from __future__ import annotations
 
@@ -41,6 +44,7 @@ class Service:
     admin_token: str
     http: aiohttp.ClientSession
     database_url: str
+    bootstrap_token: str = ""
 
     async def admin(self, method: str, path: str, json: Any = None) -> tuple[int, Any]:
         headers = {"Authorization": f"Bearer {self.admin_token}"}

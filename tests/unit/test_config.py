@@ -27,6 +27,17 @@ def test_defaults_and_overrides():
         ({**BASE, "CARDSVC_LOG_FORMAT": "text"}, "CARDSVC_LOG_FORMAT"),
         ({**BASE, "CARDSVC_DB_POOL_MIN": "5", "CARDSVC_DB_POOL_MAX": "2"}, "CARDSVC_DB_POOL"),
         ({**BASE, "CARDSVC_DB_CONNECT_TIMEOUT": "-1"}, "CARDSVC_DB_CONNECT_TIMEOUT"),
+        ({**BASE, "CARDSVC_OPERATOR_SESSION_IDLE_SECONDS": "0"}, "IDLE_SECONDS"),
+        (
+            {
+                **BASE,
+                "CARDSVC_OPERATOR_SESSION_IDLE_SECONDS": "901",
+                "CARDSVC_OPERATOR_SESSION_MAX_SECONDS": "900",
+            },
+            "CARDSVC_OPERATOR_SESSION_IDLE_SECONDS",
+        ),
+        ({**BASE, "CARDSVC_OPERATOR_SESSION_MAX_SECONDS": "700000"}, "at most a week"),
+        ({**BASE, "CARDSVC_COOKIE_SECURE": "maybe"}, "CARDSVC_COOKIE_SECURE"),
         ({"CARDSVC_ADMIN_TOKEN_FILE": "/nonexistent/token"}, "CARDSVC_ADMIN_TOKEN_FILE"),
         ({**BASE, "CARDSVC_DATA_KEY": None, "CARDSVC_DATA_KEY_FILE": "/"}, "CARDSVC_DATA_KEY_FILE"),
     ],
@@ -34,6 +45,14 @@ def test_defaults_and_overrides():
 def test_bad_settings_name_the_variable(env: dict[str, str | None], message: str):
     with pytest.raises(ConfigError, match=message):
         load_settings({k: v for k, v in env.items() if v is not None})
+
+
+def test_operator_session_settings():
+    settings = load_settings(BASE)
+    assert settings.operator_session_idle_seconds == 900
+    assert settings.operator_session_max_seconds == 28800 and not settings.cookie_secure
+    settings = load_settings({**BASE, "CARDSVC_COOKIE_SECURE": "true"})
+    assert settings.cookie_secure
 
 
 def test_secret_from_file(tmp_path):

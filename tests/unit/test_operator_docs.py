@@ -90,8 +90,9 @@ def _exposed_names() -> set[str]:
     }
 
 
-# Names that look like metrics and are something else (the restore example's database).
-_NOT_METRICS = {"cardsvc_restored"}
+# Names that look like metrics and are something else (the restore example's database,
+# the operators' session cookie).
+_NOT_METRICS = {"cardsvc_restored", "cardsvc_session"}
 
 
 def _metrics_named(text: str) -> set[str]:
