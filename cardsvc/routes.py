@@ -52,6 +52,10 @@ def setup_routes(app: web.Application) -> None:
             web.post("/v1/persons", persons.create),
             web.get("/v1/persons/{psn_no}", persons.get),
             web.post("/v1/persons/{psn_no}/insurances", persons.enrol),
+            web.post(
+                "/v1/persons/{psn_no}/cards/{card_no}/{action:activate|report-loss|cancel-loss|cancel}",
+                cards.person_card_transition,
+            ),
             web.post("/v1/accounts/credits", accounts.credit),
             web.post("/v1/facilities", facilities.create),
             web.get("/v1/facilities/{fixmedins_code}", facilities.get),
