@@ -7,16 +7,18 @@ from pathlib import Path
 from typing import Any
 
 from cardsvc.accounts.services import AccountCredits
+from cardsvc.audit.entries import AuditEntries
 from cardsvc.audit.services import AuditAnchors, AuditLog
 from cardsvc.batching import Batcher
 from cardsvc.cardauth.services import CardAuthenticator, CardTokens
 from cardsvc.cards.services import CardIssuer
 from cardsvc.cards.unblock import PinUnblocker
 from cardsvc.catalog.services import Catalog
+from cardsvc.clearing.listing import ClearingRuns
 from cardsvc.clearing.services import Clearing
 from cardsvc.config import Settings
 from cardsvc.db import Pool
-from cardsvc.facilities.services import FacilityRegistry
+from cardsvc.facilities.services import FacilityRatings, FacilityRegistry
 from cardsvc.hsm.client import HsmClient
 from cardsvc.injuries.services import InjuryCases
 from cardsvc.kiosk.services import Kiosk
@@ -25,11 +27,15 @@ from cardsvc.national.clients import GatewayClients
 from cardsvc.national.dispatch import Gateway
 from cardsvc.national.lookups import CertnoLookups
 from cardsvc.operators.services import Operators
+from cardsvc.persons.search import PersonSearch
 from cardsvc.persons.services import PersonRegistry
 from cardsvc.privacy import DataProtector
 from cardsvc.reconciliation.services import Reconciliation
+from cardsvc.reports.services import PublicReports
+from cardsvc.settlement.listing import SettlementList
 from cardsvc.settlement.services import SettlementService
 from cardsvc.supervision.services import Supervision
+from cardsvc.terminals.listing import TerminalList
 from cardsvc.terminals.services import SignIn, TerminalAuthenticator, TerminalRegistry
 
 
@@ -58,6 +64,14 @@ class Services:
     gateway_clients: GatewayClients
     gateway: Gateway
     certno_lookups: CertnoLookups
+    # Operator lists and actions
+    person_search: PersonSearch
+    facility_ratings: FacilityRatings
+    terminal_list: TerminalList
+    settlement_list: SettlementList
+    clearing_runs: ClearingRuns
+    audit_entries: AuditEntries
+    public_reports: PublicReports
     operators: Operators
     # The group-commit batchers of the services above (each needs the pool): closed at
     # shutdown, once no request can submit more and before the pool closes.
@@ -73,10 +87,12 @@ def build_services(settings: Settings, pool: Pool, hsm: HsmClient) -> Services:
     card_auth = CardAuthenticator(pool, hsm, settings)
     gateway_clients = GatewayClients(pool, protector, audit)
     gateway = Gateway(pool, gateway_clients, settings)
+    persons = PersonRegistry(pool, protector, audit)
+    supervision = Supervision(pool, audit)
     return Services(
         audit=audit,
         ledger=Ledger(pool, timeout=settings.long_request_timeout),
-        persons=PersonRegistry(pool, protector, audit),
+        persons=persons,
         account_credits=AccountCredits(pool, audit),
         facilities=FacilityRegistry(pool, audit),
         catalog=Catalog(pool, audit),
@@ -95,12 +111,19 @@ def build_services(settings: Settings, pool: Pool, hsm: HsmClient) -> Services:
         clearing=Clearing(
             pool, audit, timeout=settings.clearing_timeout, wait=settings.clearing_wait
         ),
-        supervision=Supervision(pool, audit),
+        supervision=supervision,
         kiosk=Kiosk(pool, card_tokens, cards),
         audit_anchors=audit_anchors(settings, pool, hsm, audit),
         gateway_clients=gateway_clients,
         gateway=gateway,
         certno_lookups=CertnoLookups(pool, protector, settings.gateway_certno_misses_per_day),
+        person_search=PersonSearch(pool, protector, persons),
+        facility_ratings=FacilityRatings(pool, audit),
+        terminal_list=TerminalList(pool),
+        settlement_list=SettlementList(pool),
+        clearing_runs=ClearingRuns(pool),
+        audit_entries=AuditEntries(pool),
+        public_reports=PublicReports(pool, audit, supervision),
         operators=Operators(pool, audit, settings),
         batchers=(
             terminal_auth.admissions,

@@ -57,3 +57,15 @@ class ClearingRunning(msgspec.Struct, kw_only=True):
 
     clearing_date: dt.date
     status: str = "running"
+
+
+class ClearingRunSummary(msgspec.Struct, kw_only=True):
+    """A stored run in the list of runs (its figures per facility: the run itself)."""
+
+    clearing_date: dt.date
+    created_at: dt.datetime
+    settlements_cleared: int
+    reversals_netted: int
+    net_total: int
+    facilities: int  # how many facilities it pays or charges
+    held: int  # how many facilities it held something back for

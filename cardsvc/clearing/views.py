@@ -4,6 +4,8 @@ import datetime as dt
 
 from aiohttp import web
 
+from cardsvc import paging
+from cardsvc.clearing.listing import RUN_SORTS
 from cardsvc.clearing.models import ClearingRun, ClearingRunning, RunClearing
 from cardsvc.web.appkeys import CALLER, SERVICES
 from cardsvc.web.auth import operator
@@ -23,6 +25,13 @@ def _answer(found: ClearingRun | ClearingRunning) -> web.Response:
     return json_response(found)
 
 
+@operator("administrator", "auditor")
+async def runs(request: web.Request) -> web.Response:
+    start, end = paging.date_range(request.query)
+    page = paging.parse_page(request.query, RUN_SORTS)
+    return json_response(await request.app[SERVICES].clearing_runs.search(start, end, page))
+
+
 @operator("administrator")
 async def run(request: web.Request) -> web.Response:
     req = await read_json(request, RunClearing)
@@ -36,6 +45,13 @@ async def get(request: web.Request) -> web.Response:
 
 @operator("administrator", "auditor")
 async def file(request: web.Request) -> web.Response:
-    code = path_param(request, "fixmedins_code")
-    content = await request.app[SERVICES].clearing.file(_date(request), code)
-    return web.Response(text=content, content_type="text/csv", charset="utf-8")
+    code, day = path_param(request, "fixmedins_code"), _date(request)
+    content = await request.app[SERVICES].clearing.file(day, code)
+    # The code is [A-Za-z0-9] only (path_param): safe inside the quoted file name.
+    name = f"clearing-{day.isoformat()}-{code}.csv"
+    return web.Response(
+        text=content,
+        content_type="text/csv",
+        charset="utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )

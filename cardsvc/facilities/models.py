@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Literal
 
 import msgspec
@@ -27,7 +28,7 @@ class UpdateFacility(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     fixmedins_name: Text | msgspec.UnsetType = msgspec.UNSET
     level: Level | msgspec.UnsetType | None = msgspec.UNSET
     agreements: list[Insutype] | msgspec.UnsetType = msgspec.UNSET
-    credit_rating: CreditRating | msgspec.UnsetType = msgspec.UNSET
+    # The credit rating changes only through its own route, with a reason and a history.
     status: FacilityStatus | msgspec.UnsetType = msgspec.UNSET
 
 
@@ -39,3 +40,22 @@ class Facility(msgspec.Struct, kw_only=True):
     agreements: list[str]
     credit_rating: str
     status: str
+
+
+class ChangeCreditRating(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    credit_rating: CreditRating
+    reason: Text
+
+
+class CreditRatingChange(msgspec.Struct, kw_only=True):
+    from_rating: str = msgspec.field(name="from")
+    to_rating: str = msgspec.field(name="to")
+    reason: str
+    operator_id: str | None  # None: a change no operator made
+    operator_name: str | None
+    actor: str
+    at: dt.datetime
+
+
+class CreditRatingHistory(msgspec.Struct, kw_only=True):
+    items: list[CreditRatingChange]

@@ -10,7 +10,16 @@ import msgspec
 from cardsvc.audit.services import AuditLog
 from cardsvc.db import Pool, transaction
 from cardsvc.errors import Conflict, InvalidRequest, NotFound
-from cardsvc.facilities.models import CreateFacility, Facility, UpdateFacility
+from cardsvc.facilities.models import (
+    ChangeCreditRating,
+    CreateFacility,
+    CreditRatingChange,
+    CreditRatingHistory,
+    Facility,
+    UpdateFacility,
+)
+from cardsvc.listing import fetch_page
+from cardsvc.paging import MAX_PAGE_SIZE, Page, PageQuery, Sorts, Where
 from cardsvc.web.caller import Caller
 
 _COLUMNS = "fixmedins_code, fixmedins_name, type, level, agreements, credit_rating, status"
@@ -101,3 +110,105 @@ class FacilityRegistry:
         if row is None:
             raise NotFound("no such facility", code="FACILITY_NOT_FOUND")
         return _facility(row)
+
+
+FACILITY_SORTS = Sorts(
+    fields={
+        "fixmedins_code": "fixmedins_code",
+        "fixmedins_name": "fixmedins_name",
+        "credit_rating": "credit_rating",
+        "created_at": "created_at",
+    },
+    default="fixmedins_code",
+    tiebreak="fixmedins_code",
+)
+
+
+class FacilityFilter(msgspec.Struct, frozen=True, kw_only=True):
+    q: str | None = None  # a code prefix or a name fragment
+    type: str | None = None
+    status: str | None = None
+    credit_rating: str | None = None
+
+
+def _like(fragment: str) -> str:
+    return fragment.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+class FacilityRatings:
+    """Listing facilities, and the reviewer's credit ratings with their history."""
+
+    def __init__(self, pool: Pool, audit: AuditLog) -> None:
+        self._pool, self._audit = pool, audit
+
+    async def search(self, filters: FacilityFilter, page: PageQuery) -> Page[Facility]:
+        where = (
+            Where()
+            .when(filters.type, "type = {}")
+            .when(filters.status, "status = {}")
+            .when(filters.credit_rating, "credit_rating = {}")
+        )
+        if filters.q is not None:
+            fragment = _like(filters.q)
+            where.add(
+                "(fixmedins_code LIKE {} OR fixmedins_name LIKE {})",
+                fragment + "%",
+                "%" + fragment + "%",
+            )
+        rows, total = await fetch_page(
+            self._pool, columns=_COLUMNS, source="facilities", where=where, page=page
+        )
+        return page.answer([_facility(r) for r in rows], total)
+
+    async def change_rating(self, caller: Caller, code: str, req: ChangeCreditRating) -> Facility:
+        async with transaction(self._pool) as conn:
+            before = await conn.fetchval(
+                "SELECT credit_rating FROM facilities WHERE fixmedins_code = $1 FOR NO KEY UPDATE",
+                code,
+            )
+            if before is None:
+                raise NotFound("no such facility", code="FACILITY_NOT_FOUND")
+            row = await conn.fetchrow(
+                "UPDATE facilities SET credit_rating = $2, updated_at = now()"
+                f" WHERE fixmedins_code = $1 RETURNING {_COLUMNS}",
+                code,
+                req.credit_rating,
+            )
+            await conn.execute(
+                "INSERT INTO facility_credit_ratings (fixmedins_code, from_rating, to_rating,"
+                " reason, actor, operator_id, operator_name)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                code,
+                before,
+                req.credit_rating,
+                req.reason,
+                caller.actor,
+                caller.operator_id,
+                caller.operator_name,
+            )
+            await self._audit.append(
+                conn,
+                actor=caller.actor,
+                action="facility.credit_rating_changed",
+                object_type="facility",
+                object_id=code,
+                data=caller.audited(
+                    {"from": before, "to": req.credit_rating, "reason": req.reason}
+                ),
+            )
+        return _facility(row)
+
+    async def rating_history(self, code: str) -> CreditRatingHistory:
+        async with self._pool.acquire() as conn:
+            if not await conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM facilities WHERE fixmedins_code = $1)", code
+            ):
+                raise NotFound("no such facility", code="FACILITY_NOT_FOUND")
+            rows = await conn.fetch(
+                "SELECT from_rating, to_rating, reason, operator_id, operator_name, actor, at"
+                " FROM facility_credit_ratings WHERE fixmedins_code = $1"
+                " ORDER BY at DESC, change_id DESC LIMIT $2",
+                code,
+                MAX_PAGE_SIZE,
+            )
+        return CreditRatingHistory(items=[CreditRatingChange(**dict(r)) for r in rows])

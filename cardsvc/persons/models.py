@@ -7,6 +7,7 @@ from typing import Annotated
 
 import msgspec
 
+from cardsvc.settlement.models import SettlementListItem
 from cardsvc.types import Admdvs, Gender, Insutype, PsnType
 
 Certno = Annotated[str, msgspec.Meta(min_length=18, max_length=18)]
@@ -71,3 +72,49 @@ class InsuInfo(msgspec.Struct, kw_only=True):
 class PersonSummary(msgspec.Struct, kw_only=True):
     baseinfo: BaseInfo
     insuinfo: list[InsuInfo]
+
+
+class PersonListItem(msgspec.Struct, kw_only=True):
+    psn_no: str
+    certno: str  # masked: a search by number never shows it in clear
+    psn_name: str
+    gend: str
+    birth_year: int
+    admdvs: str
+    psn_type: str
+
+
+class AccountBalance(msgspec.Struct, kw_only=True):
+    balance: int
+
+
+class CreditLine(msgspec.Struct, kw_only=True):
+    ref: str
+    amount: int
+    created_at: dt.datetime
+
+
+class CardStatusChange(msgspec.Struct, kw_only=True):
+    action: str  # card.issued, card.activate, card.report-loss ...
+    from_status: str | None = msgspec.field(name="from")
+    to_status: str = msgspec.field(name="to")
+    actor: str
+    at: dt.datetime
+
+
+class CardWithHistory(msgspec.Struct, kw_only=True):
+    card_no: str
+    status: str
+    issue_date: dt.date
+    expiry_date: dt.date
+    replaces: str | None
+    history: list[CardStatusChange]
+
+
+class PersonOverview(msgspec.Struct, kw_only=True):
+    person: Person
+    insurances: list[Insurance]
+    accounts: AccountBalance
+    credits: list[CreditLine]
+    cards: list[CardWithHistory]
+    settlements: list[SettlementListItem]

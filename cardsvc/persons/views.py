@@ -2,7 +2,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from cardsvc import paging
 from cardsvc.persons.models import CreatePerson, EnrolInsurance
+from cardsvc.persons.search import PERSON_SORTS
 from cardsvc.web.appkeys import CALLER, SERVICES
 from cardsvc.web.auth import operator
 from cardsvc.web.codec import json_response, path_param, read_json
@@ -28,3 +30,16 @@ async def enrol(request: web.Request) -> web.Response:
         request[CALLER], path_param(request, "psn_no"), req
     )
     return json_response(person)
+
+
+@operator("clerk")
+async def search(request: web.Request) -> web.Response:
+    q = paging.text(request.query, "q")
+    page = paging.parse_page(request.query, PERSON_SORTS)
+    return json_response(await request.app[SERVICES].person_search.search(q, page))
+
+
+@operator("clerk")
+async def overview(request: web.Request) -> web.Response:
+    psn_no = path_param(request, "psn_no")
+    return json_response(await request.app[SERVICES].person_search.overview(psn_no))

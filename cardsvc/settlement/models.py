@@ -93,3 +93,23 @@ class Reversal(msgspec.Struct, kw_only=True):
     fund_refund: int
     balc: int
     reason: str
+
+
+class SettlementListItem(msgspec.Struct, kw_only=True):
+    """One settlement in a list: who, where, when, the totals and its state."""
+
+    setl_id: str
+    psn_no: str
+    card_no: str
+    fixmedins_code: str
+    insutype: str
+    med_type: str
+    setl_time: dt.datetime
+    setl_date: dt.date
+    medfee_sumamt: int
+    fund_pay_sumamt: int
+    acct_pay: int
+    psn_cash_pay: int
+    status: str
+    review_status: str
+    clearing_date: dt.date | None

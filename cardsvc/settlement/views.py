@@ -5,9 +5,12 @@ import re
 import structlog
 from aiohttp import web
 
+from cardsvc import paging
 from cardsvc.errors import CardsvcError, InvalidRequest
 from cardsvc.ops import metrics
+from cardsvc.settlement.listing import SETTLEMENT_SORTS, STATUSES, SettlementFilter
 from cardsvc.settlement.models import AdminReversalRequest, ReverseRequest, SettleRequest
+from cardsvc.types import FACILITY_CODE_PATTERN, PSN_NO_PATTERN
 from cardsvc.web.appkeys import CALLER, SERVICES
 from cardsvc.web.auth import operator, operator_or_terminal, terminal
 from cardsvc.web.caller import SETTLING_TERMINALS
@@ -69,3 +72,18 @@ async def admin_reverse(request: web.Request) -> web.Response:
     req = await read_json(request, AdminReversalRequest)
     reversal = await request.app[SERVICES].settlements.reverse(request[CALLER], setl_id, req.reason)
     return json_response(reversal)
+
+
+@operator("clerk", "reviewer", "auditor")
+async def search(request: web.Request) -> web.Response:
+    query = request.query
+    start, end = paging.date_range(query)
+    filters = SettlementFilter(
+        psn_no=paging.pattern(query, "psn_no", PSN_NO_PATTERN),
+        fixmedins_code=paging.pattern(query, "fixmedins_code", FACILITY_CODE_PATTERN),
+        start=start,
+        end=end,
+        status=paging.choice(query, "status", STATUSES),
+    )
+    page = paging.parse_page(query, SETTLEMENT_SORTS)
+    return json_response(await request.app[SERVICES].settlement_list.search(filters, page))

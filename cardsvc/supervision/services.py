@@ -8,11 +8,14 @@ import datetime as dt
 import io
 from typing import Literal
 
+import asyncpg
 import msgspec
 
 from cardsvc.audit.services import AuditLog
 from cardsvc.db import Connection, Pool, transaction
 from cardsvc.errors import Conflict, InvalidRequest, NotFound
+from cardsvc.listing import fetch_page
+from cardsvc.paging import Page, PageQuery, Sorts, Where, day_start
 from cardsvc.settlement.fundparts import (
     first_setl_ids,
     fund_parts,
@@ -21,7 +24,19 @@ from cardsvc.settlement.fundparts import (
 )
 from cardsvc.settlement.plan import stored_setl_info
 from cardsvc.settlement.services import reverse_locked
-from cardsvc.supervision.models import FlagInfo, FundLine, FundReport, Review
+from cardsvc.supervision.models import (
+    DayFigures,
+    FlagInfo,
+    FundFacilityType,
+    FundLine,
+    FundReport,
+    MaskedPerson,
+    Review,
+    ReviewDetail,
+    ReviewFacility,
+    ReviewLine,
+    RuleCount,
+)
 from cardsvc.web.caller import Caller
 
 MAX_REPORT_DAYS = 366
@@ -47,41 +62,171 @@ SELECT count(*) AS settlements, coalesce(sum(medfee_sumamt), 0) AS medfee,
     AS out_of_limits_setl_ids
 FROM {_REPORTED}
 """  # noqa: S608 - constant identifiers
+_PER_DAY = f"""
+WITH s AS (SELECT * FROM {_REPORTED}),
+parts AS ({fund_parts("s", "setl_date")})
+SELECT setl_date AS date, sum(amount) AS amount FROM parts GROUP BY setl_date
+"""  # noqa: S608 - constant identifiers
+_COUNT_PER_DAY = f"""
+SELECT setl_date AS date, count(*)::int AS count FROM {_REPORTED} GROUP BY setl_date
+"""  # noqa: S608 - constant identifiers
+_FLAG_COLUMNS = (
+    "flag_id, rule, setl_id, psn_no, fixmedins_code, details, created_at,"
+    " handled, handled_note, handled_by, handled_by_name, handled_at"
+)
+FLAG_SORTS = Sorts(
+    fields={"flag_id": "flag_id", "created_at": "created_at", "rule": "rule"},
+    default="-flag_id",
+    tiebreak="flag_id",
+)
+REVIEW_SORTS = Sorts(
+    fields={"setl_time": "s.setl_time", "medfee_sumamt": "s.medfee_sumamt"},
+    default="setl_time",
+    tiebreak="s.setl_id",
+)
+_HANDLE = f"""
+UPDATE supervision_flags
+SET handled = true, handled_note = $2, handled_by = $3, handled_by_name = $4, handled_at = now()
+WHERE flag_id = $1 AND NOT handled RETURNING {_FLAG_COLUMNS}
+"""  # noqa: S608 - constant identifiers
+REVIEW_STATUSES = ("pending", "approved", "rejected", "withdrawn")
 _details = msgspec.json.Decoder(dict)
+_lines = msgspec.json.Decoder(list[ReviewLine])
+
+
+class FlagFilter(msgspec.Struct, frozen=True, kw_only=True):
+    rule: str | None = None
+    fixmedins_code: str | None = None
+    handled: bool | None = None
+    start: dt.date | None = None
+    end: dt.date | None = None
+
+
+def _day_start(day: dt.date | None, *, after: bool = False) -> dt.datetime | None:
+    return None if day is None else day_start(day, after=after)
+
+
+def _flag(row: asyncpg.Record) -> FlagInfo:
+    return FlagInfo(**{**dict(row), "details": _details.decode(row["details"])})
+
+
+def mask_name(name: str) -> str:
+    """``张*``, ``欧**``: the first character only."""
+    return name[:1] + "*" * (len(name) - 1)
 
 
 class Supervision:
     def __init__(self, pool: Pool, audit: AuditLog) -> None:
         self._pool, self._audit = pool, audit
 
-    async def flags(self, since: dt.datetime, rule: str | None, limit: int) -> list[FlagInfo]:
-        rows = await self._pool.fetch(
-            """
-            SELECT flag_id, rule, setl_id, psn_no, fixmedins_code, details, created_at
-            FROM supervision_flags WHERE created_at >= $1 AND ($2::text IS NULL OR rule = $2)
-            ORDER BY flag_id LIMIT $3
-            """,
-            since,
-            rule,
-            limit,
+    async def flags(self, filters: FlagFilter, page: PageQuery) -> Page[FlagInfo]:
+        where = (
+            Where()
+            .when(filters.rule, "rule = {}")
+            .when(filters.fixmedins_code, "fixmedins_code = {}")
+            .when(filters.handled, "handled = {}")
+            .when(_day_start(filters.start), "created_at >= {}")
+            .when(_day_start(filters.end, after=True), "created_at < {}")
         )
-        return [FlagInfo(**{**dict(r), "details": _details.decode(r["details"])}) for r in rows]
+        rows, total = await fetch_page(
+            self._pool, columns=_FLAG_COLUMNS, source="supervision_flags", where=where, page=page
+        )
+        return page.answer([_flag(r) for r in rows], total)
 
-    async def pending_reviews(self, limit: int) -> list[Review]:
-        rows = await self._pool.fetch(
-            "SELECT * FROM settlements WHERE review_status = 'pending' AND status = 'settled'"
-            " ORDER BY setl_time LIMIT $1",
-            limit,
+    async def handle_flag(self, caller: Caller, flag_id: int, note: str) -> FlagInfo:
+        """Mark a flag handled, with the reviewer's note; handling it again is a conflict
+        (the first note stays what was decided)."""
+        async with transaction(self._pool) as conn:
+            row = await conn.fetchrow(
+                _HANDLE,
+                flag_id,
+                note,
+                caller.operator_id or caller.actor,
+                caller.operator_name,
+            )
+            if row is None:
+                handled = await conn.fetchval(
+                    "SELECT handled FROM supervision_flags WHERE flag_id = $1", flag_id
+                )
+                if handled is None:
+                    raise NotFound("no such flag", code="FLAG_NOT_FOUND")
+                raise Conflict("the flag is handled already", code="FLAG_HANDLED")
+            await self._audit.append(
+                conn,
+                actor=caller.actor,
+                action="flag.handled",
+                object_type="settlement",
+                object_id=row["setl_id"],
+                data=caller.audited({"flag_id": flag_id, "rule": row["rule"], "note": note}),
+            )
+        return _flag(row)
+
+    async def reviews(self, status: str, page: PageQuery) -> Page[Review]:
+        # The constant condition lets a generic plan use settlements_reviewed.
+        where = Where().add("review_status <> 'none'").add("review_status = {}", status)
+        if status == "pending":
+            where.add("status = 'settled'")
+        rows, total = await fetch_page(
+            self._pool,
+            columns="s.*, d.note",
+            source="settlements s LEFT JOIN review_decisions d USING (setl_id)",
+            where=where,
+            page=page,
         )
-        return [
+        items = [
             Review(
                 setl_id=r["setl_id"],
-                review_status="pending",
-                note=None,
+                review_status=r["review_status"],
+                note=r["note"],
                 settlement=stored_setl_info(r),
             )
             for r in rows
         ]
+        return page.answer(items, total)
+
+    async def review(self, setl_id: str) -> ReviewDetail:
+        """A held settlement as the reviewer decides on it: its lines, the person masked,
+        its facility and flags, the policy split."""
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow(
+                "SELECT s.*, d.note FROM settlements s LEFT JOIN review_decisions d"
+                " USING (setl_id) WHERE s.setl_id = $1 AND s.review_status <> 'none'",
+                setl_id,
+            )
+            if row is None:
+                raise NotFound("no such settlement under review", code="REVIEW_NOT_FOUND")
+            person = await conn.fetchrow(
+                "SELECT psn_name, certno_masked AS certno, gend, birth_year, psn_type"
+                " FROM persons WHERE psn_no = $1",
+                row["psn_no"],
+            )
+            facility = await conn.fetchrow(
+                "SELECT fixmedins_code, fixmedins_name, type, level, credit_rating, status"
+                " FROM facilities WHERE fixmedins_code = $1",
+                row["fixmedins_code"],
+            )
+            flags = await conn.fetch(
+                f"SELECT {_FLAG_COLUMNS} FROM supervision_flags"  # noqa: S608 - constants
+                " WHERE setl_id = $1 ORDER BY flag_id",
+                setl_id,
+            )
+            lines = _lines.decode(row["lines"])
+            names = dict(
+                await conn.fetch(
+                    "SELECT code, name FROM catalog_items WHERE code = ANY($1::text[])",
+                    sorted({line.code for line in lines}),
+                )
+            )
+        return ReviewDetail(
+            setl_id=setl_id,
+            review_status=row["review_status"],
+            note=row["note"],
+            settlement=stored_setl_info(row),
+            lines=[msgspec.structs.replace(line, name=names.get(line.code)) for line in lines],
+            person=MaskedPerson(**{**dict(person), "psn_name": mask_name(person["psn_name"])}),
+            facility=ReviewFacility(**dict(facility)),
+            flags=[_flag(f) for f in flags],
+        )
 
     async def decide(
         self, caller: Caller, setl_id: str, decision: Literal["approved", "rejected"], note: str
@@ -164,6 +309,19 @@ class Supervision:
             limit = settlement_limit()
             totals = await conn.fetchrow(_TOTALS, start, end, limit)
             lines = await conn.fetch(_EXPENDITURE, start, end, limit)
+            amounts = {
+                r["date"]: int(r["amount"]) for r in await conn.fetch(_PER_DAY, start, end, limit)
+            }
+            per_day = [
+                DayFigures(date=r["date"], count=r["count"], amount=amounts.get(r["date"], 0))
+                for r in await conn.fetch(_COUNT_PER_DAY, start, end, limit)
+            ]
+            rules = await conn.fetch(
+                "SELECT rule, count(*)::int AS count FROM supervision_flags"
+                " WHERE created_at >= $1 AND created_at < $2 GROUP BY rule ORDER BY rule",
+                _day_start(start),
+                _day_start(end, after=True),
+            )
         expenditure = [FundLine(**{**dict(r), "amount": int(r["amount"])}) for r in lines]
         return FundReport(
             period_from=start,
@@ -177,6 +335,17 @@ class Supervision:
             expenditure_total=sum(line.amount for line in expenditure),
             out_of_limits=totals["out_of_limits"],
             out_of_limits_setl_ids=totals["out_of_limits_setl_ids"] or [],
+            by_fund_and_facility_type=[
+                FundFacilityType(
+                    fund=line.fund,
+                    facility_type=line.fixmedins_type,
+                    amount=line.amount,
+                    count=line.settlements,
+                )
+                for line in expenditure
+            ],
+            per_day=sorted(per_day, key=lambda d: d.date),
+            flags_per_rule=[RuleCount(**dict(r)) for r in rules],
         )
 
 

@@ -1,47 +1,67 @@
 from __future__ import annotations
 
-import datetime as dt
+import re
 from typing import Literal
 
 from aiohttp import web
 
-from cardsvc import clock
+from cardsvc import clock, paging
 from cardsvc.errors import InvalidRequest
 from cardsvc.settlement.flags import FLAG_RULES
-from cardsvc.supervision.models import Decision
-from cardsvc.supervision.services import report_csv
+from cardsvc.supervision.models import Decision, HandleFlag
+from cardsvc.supervision.services import (
+    FLAG_SORTS,
+    REVIEW_SORTS,
+    REVIEW_STATUSES,
+    FlagFilter,
+    report_csv,
+)
+from cardsvc.types import FACILITY_CODE_PATTERN
 from cardsvc.web.appkeys import CALLER, SERVICES
 from cardsvc.web.auth import operator
-from cardsvc.web.codec import (
-    json_response,
-    path_param,
-    query_choice,
-    query_date,
-    query_limit,
-    read_json,
-)
+from cardsvc.web.codec import json_response, path_param, query_choice, query_date, read_json
+
+_FLAG_ID = re.compile(r"^[1-9][0-9]{0,17}$")
 
 
 @operator("reviewer", "auditor")
 async def flags(request: web.Request) -> web.Response:
-    since = query_date(request, "since", clock.business_date())
-    start = dt.datetime.combine(since, dt.time(), clock.BUSINESS_TZ)
-    rule = request.query.get("rule")
-    if rule is not None and rule not in FLAG_RULES:
+    query = request.query
+    start, end = paging.date_range(query)
+    filters = FlagFilter(
+        rule=paging.choice(query, "rule", tuple(FLAG_RULES)),
+        fixmedins_code=paging.pattern(query, "fixmedins_code", FACILITY_CODE_PATTERN),
+        handled=paging.flag(query, "handled"),
+        start=start,
+        end=end,
+    )
+    page = paging.parse_page(query, FLAG_SORTS)
+    return json_response(await request.app[SERVICES].supervision.flags(filters, page))
+
+
+@operator("reviewer")
+async def handle_flag(request: web.Request) -> web.Response:
+    raw = request.match_info["flag_id"]
+    if not _FLAG_ID.fullmatch(raw):
         raise InvalidRequest(
-            f"rule must be one of {', '.join(FLAG_RULES)}",
-            code="INVALID_QUERY",
-            details={"parameter": "rule"},
+            "flag_id is malformed", code="INVALID_PATH_PARAMETER", details={"parameter": "flag_id"}
         )
-    result = await request.app[SERVICES].supervision.flags(start, rule, query_limit(request))
-    return json_response(result)
+    req = await read_json(request, HandleFlag)
+    flag = await request.app[SERVICES].supervision.handle_flag(request[CALLER], int(raw), req.note)
+    return json_response(flag)
 
 
 @operator("reviewer")
 async def reviews(request: web.Request) -> web.Response:
-    return json_response(
-        await request.app[SERVICES].supervision.pending_reviews(query_limit(request))
-    )
+    status = paging.choice(request.query, "status", REVIEW_STATUSES) or "pending"
+    page = paging.parse_page(request.query, REVIEW_SORTS)
+    return json_response(await request.app[SERVICES].supervision.reviews(status, page))
+
+
+@operator("reviewer")
+async def review(request: web.Request) -> web.Response:
+    setl_id = path_param(request, "setl_id")
+    return json_response(await request.app[SERVICES].supervision.review(setl_id))
 
 
 @operator("reviewer")
@@ -52,7 +72,7 @@ async def decide(request: web.Request) -> web.Response:
     )
     req = await read_json(request, Decision, default=Decision())
     return json_response(
-        await request.app[SERVICES].supervision.decide(request[CALLER], setl_id, decision, req.note)
+        await request.app[SERVICES].supervision.decide(request[CALLER], setl_id, decision, req.text)
     )
 
 

@@ -1550,7 +1550,9 @@ async def test_a_c_rated_facility_settles_held_for_review_as_natively(
         assert to_fen(out["setlinfo"][name]) == native[name], name
     rated_d = await gateway_desk_fresh(service)
     await service.admin_ok(
-        "PATCH", f"/v1/facilities/{rated_d.fixmedins_code}", {"credit_rating": "D"}
+        "POST",
+        f"/v1/facilities/{rated_d.fixmedins_code}/credit-rating",
+        {"credit_rating": "D", "reason": "suspended for the test"},
     )
     answer = await rated_d.his.call("1101", {"data": {}})
     assert answer.infcode == -1 and answer.err_code == "FACILITY_SUSPENDED", answer.describe()

@@ -410,7 +410,9 @@ async def test_eligibility_codes(world: World, service: Service):
     assert resp.body["error"]["details"]["status"] == "loss_reported"
 
     await service.admin_ok(
-        "PATCH", f"/v1/facilities/{no_390['fixmedins_code']}", {"credit_rating": "D"}
+        "POST",
+        f"/v1/facilities/{no_390['fixmedins_code']}/credit-rating",
+        {"credit_rating": "D", "reason": "suspended for the test"},
     )
     resp = await r.request("/v1/settlements", "390", "11", fee)
     assert resp.status == 403 and resp.body["error"]["code"] == "FACILITY_SUSPENDED"

@@ -139,8 +139,11 @@ async def test_a_claim_above_the_policy_threshold_is_flagged(world: World):
     p = await world.patient()
     at = await p.settle("310", "21", lines(("A-AMOX", threshold, 1)))
     above = await p.settle("310", "21", lines(("A-AMOX", threshold + 1, 1)))
-    flags = await world.service.admin_ok("GET", "/v1/supervision/flags?rule=LARGE_CLAIM&limit=1000")
-    mine = {f["setl_id"]: f["details"] for f in flags if f["psn_no"] == p.psn_no}
+    flags = await world.service.admin_ok(
+        "GET",
+        f"/v1/supervision/flags?rule=LARGE_CLAIM&fixmedins_code={world.hospital_code}&page_size=200",
+    )
+    mine = {f["setl_id"]: f["details"] for f in flags["items"] if f["psn_no"] == p.psn_no}
     assert at["setl_id"] not in mine
     assert mine[above["setl_id"]] == {"medfee_sumamt": threshold + 1, "threshold_fen": threshold}
 
