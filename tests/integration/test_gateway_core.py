@@ -160,7 +160,8 @@ async def test_missing_headers_are_refused(service: Service):
     await _refused(client, headers, 401, "SIGNATURE_MISSING")
 
 
-@pytest.mark.parametrize("offset", [-301, 301])
+# Well past the 300 s window: a busy machine may take seconds before the request is read.
+@pytest.mark.parametrize("offset", [-330, 330])
 async def test_stale_timestamp_is_refused(service: Service, offset: int):
     client = await register_client(service, (await service.facility())["fixmedins_code"])
     headers = client.headers(timestamp=int(time.time()) + offset)
