@@ -170,7 +170,7 @@ export async function auditPage(el) {
     section(
       "audit.entries",
       form(
-        { class: "inline" },
+        { class: "inline", "data-testid": "audit-filter" },
         [
           field("common.from", h("input", { type: "date", name: "from", value: filters.from })),
           field("common.to", h("input", { type: "date", name: "to", value: filters.to })),
