@@ -1,5 +1,13 @@
 # The service image: cardsvc and hsm_stub, without the terminal SDK's card reader library
 # or the load harness (those are the [terminal] and [loadtest] extras).
+
+# The console's chart library, exactly as package-lock.json pins it; only its one file is
+# copied into the image (node_modules/echarts/dist/echarts.min.js, where the service looks).
+FROM node:20-bookworm-slim AS console-assets
+WORKDIR /build
+COPY package.json package-lock.json .npmrc ./
+RUN npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+
 FROM python:3.11-slim-bookworm
 # One user per service: cardsvc runs the HTTP service, hsm runs hsm_stub (its keystore and
 # its TLS key are readable by no one else).
@@ -16,6 +24,8 @@ COPY hsm_stub hsm_stub
 COPY hsmlink hsmlink
 COPY cardcrypto cardcrypto
 COPY schema schema
+COPY --from=console-assets /build/node_modules/echarts/dist/echarts.min.js \
+    node_modules/echarts/dist/echarts.min.js
 COPY scripts/docker-credentials.sh /usr/local/bin/cardsvc-docker-credentials
 RUN pip install --no-cache-dir -e .
 # Mount points, owned by the user that writes them, so the named volumes docker-compose.yml

@@ -10,6 +10,7 @@ from cardsvc.cardauth import views as cardauth
 from cardsvc.cards import views as cards
 from cardsvc.catalog import views as catalog
 from cardsvc.clearing import views as clearing
+from cardsvc.console import views as console
 from cardsvc.facilities import views as facilities
 from cardsvc.injuries import views as injuries
 from cardsvc.kiosk import views as kiosk
@@ -54,6 +55,10 @@ def setup_routes(app: web.Application) -> None:
             web.get("/v1/persons/{psn_no}", persons.get),
             web.get("/v1/persons/{psn_no}/overview", persons.overview),
             web.post("/v1/persons/{psn_no}/insurances", persons.enrol),
+            web.post(
+                "/v1/persons/{psn_no}/cards/{card_no}/{action:activate|report-loss|cancel-loss|cancel}",
+                cards.person_card_transition,
+            ),
             web.post("/v1/accounts/credits", accounts.credit),
             web.post("/v1/facilities", facilities.create),
             web.get("/v1/facilities", facilities.search),
@@ -121,6 +126,10 @@ def setup_routes(app: web.Application) -> None:
             # kiosk
             web.post("/v1/kiosk/summary", kiosk.summary),
             web.post("/v1/kiosk/report-loss", kiosk.report_loss),
+            # the operators' console and the public fund-report page (static files)
+            web.get("/console/", console.console),
+            web.get("/console/static/{asset}", console.static),
+            web.get("/public/", console.public_page),
         ]
     )
     require_declared_access(app)

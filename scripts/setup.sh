@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Installs what this machine lacks, and nothing else: the Debian packages the project runs
 # (PostgreSQL server, pcscd with the vpcd driver, pyscard's build needs, and Python's venv
-# module where Debian ships it apart) and the Python environment in .venv (re-installed only
-# when pyproject.toml changes) with the service, its tests, the terminal SDK's card reader and
-# the load harness (`.[test,terminal,loadtest]`).
+# module where Debian ships it apart, Node.js and npm for the console's chart library), the
+# Python environment in .venv (re-installed only when pyproject.toml changes) with the
+# service, its tests, the terminal SDK's card reader and the load harness
+# (`.[test,terminal,loadtest]`), and node_modules from package-lock.json (`npm ci`, again
+# only when the lockfile changes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,8 +15,10 @@ command -v "$PYTHON" >/dev/null \
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
   || { echo "Python 3.11 or newer is required (set PYTHON=...)" >&2; exit 1; }
 
-# chromium: the browser tests render the web pages (API browser) in a real headless browser.
-SYSTEM_PACKAGES=(postgresql postgresql-contrib pcscd vsmartcard-vpcd swig libpcsclite-dev chromium)
+# chromium: the browser tests render the web pages (API browser, console) in a real headless
+# browser; fonts-wqy-zenhei gives its screenshots Chinese glyphs.
+SYSTEM_PACKAGES=(postgresql postgresql-contrib pcscd vsmartcard-vpcd swig libpcsclite-dev chromium
+  fonts-wqy-zenhei)
 
 missing=()
 for pkg in "${SYSTEM_PACKAGES[@]}"; do
@@ -25,6 +29,11 @@ if [ ! -x .venv/bin/python ] && ! "$PYTHON" -c 'import ensurepip, venv' 2>/dev/n
   version="$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
   default="$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || true)"
   if [ "$version" = "$default" ]; then missing+=(python3-venv); else missing+=("python$version-venv"); fi
+fi
+# Node.js and npm install the console's chart library (ECharts) from package-lock.json.
+if [ -f package-lock.json ]; then
+  command -v node >/dev/null || missing+=(nodejs)
+  command -v npm >/dev/null || missing+=(npm)
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing system packages: ${missing[*]}"
@@ -49,4 +58,15 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q -e '.[test,terminal,loadtest]'
   rm -f .venv/.installed-*
   touch "$stamp"
+fi
+
+# The console's ECharts, exactly as package-lock.json pins it (the service serves it from its
+# own origin); the stamp names the lockfile it was installed from.
+if [ -f package-lock.json ]; then
+  npm_stamp="node_modules/.installed-$(sha256sum package-lock.json | cut -c1-16)"
+  if [ ! -f "$npm_stamp" ]; then
+    echo "installing the console's JavaScript dependencies into node_modules"
+    npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+    touch "$npm_stamp"
+  fi
 fi

@@ -57,9 +57,12 @@ class CardIssuer:
             raise NotFound("no such card", code="CARD_NOT_FOUND")
         return _card(row)
 
-    async def transition(self, caller: Caller, card_no: str, action: CardAction) -> Card:
+    async def transition(
+        self, caller: Caller, card_no: str, action: CardAction, *, psn_no: str | None = None
+    ) -> Card:
+        """``psn_no``: the card must be that person's (else ``CARD_NOT_FOUND``)."""
         async with transaction(self._pool) as conn:
-            return await self._move(conn, caller, card_no, action)
+            return await self._move(conn, caller, card_no, action, psn_no=psn_no)
 
     async def replace(self, caller: Caller, card_no: str) -> CardReplaced:
         old = await self.get(card_no)
@@ -164,13 +167,19 @@ class CardIssuer:
         )
 
     async def _move(
-        self, conn: Connection, caller: Caller, card_no: str, action: CardAction
+        self,
+        conn: Connection,
+        caller: Caller,
+        card_no: str,
+        action: CardAction,
+        *,
+        psn_no: str | None = None,
     ) -> Card:
         row = await conn.fetchrow(
             f"SELECT {_CARD_COLUMNS} FROM cards WHERE card_no = $1 FOR UPDATE",
             card_no,
         )
-        if row is None:
+        if row is None or (psn_no is not None and row["psn_no"] != psn_no):
             raise NotFound("no such card", code="CARD_NOT_FOUND")
         target = next_status(CardStatus(row["status"]), action)
         updated = await conn.fetchrow(
@@ -185,6 +194,6 @@ class CardIssuer:
             action=f"card.{action}",
             object_type="card",
             object_id=card_no,
-            data={"from": row["status"], "to": str(target)},
+            data=caller.audited({"from": row["status"], "to": str(target)}),
         )
         return _card(updated)

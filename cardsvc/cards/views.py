@@ -5,7 +5,7 @@ from aiohttp import web
 from cardsvc.cards.lifecycle import CardAction
 from cardsvc.cards.models import IssueCard, PinUnblockRequest
 from cardsvc.web.appkeys import CALLER, SERVICES
-from cardsvc.web.auth import terminal
+from cardsvc.web.auth import operator, terminal
 from cardsvc.web.codec import json_response, path_param, read_json
 
 # The transitions that are a plain status change; replace issues a new card as well.
@@ -29,6 +29,20 @@ async def transition(request: web.Request) -> web.Response:
     action = _SIMPLE[request.match_info["action"]]  # the route admits only these
     card = await request.app[SERVICES].cards.transition(
         request[CALLER], path_param(request, "card_no"), action
+    )
+    return json_response(card)
+
+
+@operator("clerk")
+async def person_card_transition(request: web.Request) -> web.Response:
+    """The same status changes for a clerk (the console), on a card of the named person.
+    A route of its own: an operator never acts through a terminal's route."""
+    action = _SIMPLE[request.match_info["action"]]  # the route admits only these
+    card = await request.app[SERVICES].cards.transition(
+        request[CALLER],
+        path_param(request, "card_no"),
+        action,
+        psn_no=path_param(request, "psn_no"),
     )
     return json_response(card)
 

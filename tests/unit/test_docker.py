@@ -250,3 +250,17 @@ def test_cardsvc_health_check_asks_healthz(compose: dict[str, Any]) -> None:
 def test_secrets_and_local_state_stay_out_of_the_build() -> None:
     ignored = (ROOT / ".dockerignore").read_text().splitlines()
     assert {".env", "var", ".venv", ".git"} <= set(ignored)
+
+
+def test_the_image_has_the_console_chart_library_where_the_service_looks() -> None:
+    """The Dockerfile installs ECharts from package-lock.json in a build stage and copies its
+    one file to the path cardsvc/console/assets.py serves it from (WORKDIR /app is the
+    checkout's root there)."""
+    from cardsvc.console import assets
+
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    assert re.search(r"COPY package\.json package-lock\.json \.npmrc", text)
+    assert "npm ci" in text
+    wanted = assets.ECHARTS_PATH.relative_to(ROOT).as_posix()
+    copies = re.findall(r"COPY --from=\S+ (\S+) +(\S+)", text)
+    assert any(target == wanted and source.endswith(wanted) for source, target in copies), copies

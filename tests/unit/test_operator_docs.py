@@ -1,7 +1,8 @@
-"""docs/architecture.md and docs/operations.md name real things: every source file, every
-``python -m cardsvc`` and ``python -m hsm_stub`` command, every ``CARDSVC_*`` setting and
-every ``cardsvc_*`` metric they mention exists in the code, so a rename that forgets the docs
-fails here; and the operations guide describes every metric the service registers."""
+"""docs/architecture.md, docs/operations.md and docs/console.md name real things: every
+source file, every ``python -m cardsvc`` and ``python -m hsm_stub`` command, every
+``CARDSVC_*`` setting and every ``cardsvc_*`` metric they mention exists in the code, so a
+rename that forgets the docs fails here; and the operations guide describes every metric the
+service registers."""
 
 from __future__ import annotations
 
@@ -11,7 +12,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-DOCS = [ROOT / "docs" / "architecture.md", ROOT / "docs" / "operations.md", ROOT / "README.md"]
+DOCS = [
+    ROOT / "docs" / "architecture.md",
+    ROOT / "docs" / "operations.md",
+    ROOT / "README.md",
+    ROOT / "docs" / "console.md",
+]
 _CODE_SPAN = re.compile(r"`([^`\n]+)`")
 _SOURCE_PATH = re.compile(
     r"^[A-Za-z0-9_./*<>-]+\.(?:py|sql|yaml|json|sh|md)$"

@@ -111,13 +111,16 @@ def test_clearing_help_explains_its_options() -> None:
 
 def test_a_built_wheel_finds_its_schema_and_ships_no_load_harness(tmp_path: Path) -> None:
     """A non-editable install, run outside the checkout, finds its migrations, policy files
-    and API description (package data), and the load harness is not in the wheel."""
+    and API description (package data), the console's files are in the wheel, and the load
+    harness is not."""
     source = tmp_path / "src"
     shutil.copytree(
         ROOT,
         source,
         symlinks=True,
-        ignore=shutil.ignore_patterns(".git", ".venv", "var", "build", "*.egg-info", "tests"),
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv", "var", "build", "*.egg-info", "tests", "node_modules", "artifacts"
+        ),
     )
     wheels = tmp_path / "wheels"
     subprocess.run(
@@ -144,6 +147,9 @@ def test_a_built_wheel_finds_its_schema_and_ships_no_load_harness(tmp_path: Path
     assert not [name for name in names if name.startswith("loadtest/")]
     assert "cardsvc/schema/openapi.yaml" in names
     assert "cardsvc/schema/policy/2026.1.json" in names
+    # The console's pages, scripts and translations (the chart library is not package data).
+    for name in ("index.html", "public.html", "app.js", "styles.css", "i18n-zh.json"):
+        assert f"cardsvc/console/static/{name}" in names
 
     target = tmp_path / "site"
     subprocess.run(
