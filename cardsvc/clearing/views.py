@@ -10,6 +10,7 @@ from cardsvc.clearing.models import ClearingRun, ClearingRunning, RunClearing
 from cardsvc.web.appkeys import CALLER, SERVICES
 from cardsvc.web.auth import operator
 from cardsvc.web.codec import json_response, path_date, path_param, read_json
+from cardsvc.web.middleware import long_running
 
 
 def _date(request: web.Request) -> dt.date:
@@ -43,6 +44,7 @@ async def get(request: web.Request) -> web.Response:
     return _answer(await request.app[SERVICES].clearing.status(_date(request)))
 
 
+@long_running  # a facility's day of 100,000 settlements, to a slow client
 @operator("administrator", "auditor")
 async def file(request: web.Request) -> web.StreamResponse:
     code, day = path_param(request, "fixmedins_code"), _date(request)
@@ -53,7 +55,14 @@ async def file(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Disposition": f'attachment; filename="{name}"'})
     response.content_type, response.charset = "text/csv", "utf-8"
     await response.prepare(request)
-    async for chunk in chunks:
-        await response.write(chunk)
+    try:
+        async for chunk in chunks:
+            await response.write(chunk)
+    except BaseException:
+        # The status is sent: no error answer can follow. Cut the connection, so the
+        # client sees an unfinished download (no totals), never a short file that looks whole.
+        if request.transport is not None:
+            request.transport.abort()
+        raise
     await response.write_eof()
     return response

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import aiohttp
 import asyncpg
 import msgspec
 import pytest
@@ -204,6 +205,49 @@ async def test_clearing_pays_nets_reversals_and_is_idempotent(service: Service, 
     status, body = await service.admin("POST", "/v1/clearing/runs", {"clearing_date": future})
     assert status == 422 and body["error"]["code"] == "CLEARING_DATE_NOT_CLOSED"
     assert (await service.admin_ok("GET", "/v1/ledger/proof"))["ok"]
+
+
+async def test_a_file_that_no_longer_adds_up_to_its_run_is_cut_off_before_its_totals(
+    service: Service, catalog
+):
+    """The file is read from the rows the run marked and checked against the run's stored
+    figures: a row marked by hand afterwards makes the download fail, never a file whose
+    totals disagree with what was paid. Runs that stored their file keep serving it."""
+    code, pos = await _hospital(service)
+    counter = await service.terminal("counter")
+    p = await patient(service, pos, counter, balance=50000)
+    cleared = await p.settle("310", "11", lines(("A-AMOX", 1000, 1)))
+    later = await p.settle("310", "11", lines(("A-AMOX", 2000, 1)))
+    day = dt.date(2021, 3, 9)
+    await _shift(service, "settlements", "setl_date", [cleared["setl_id"]], day)
+    await service.admin_ok("POST", "/v1/clearing/runs", {"clearing_date": day.isoformat()})
+    good = await _file(service, day, code)
+    assert cleared["setl_id"] in good and later["setl_id"] not in good
+
+    await _shift(service, "settlements", "clearing_date", [later["setl_id"]], day)
+    headers = {"Authorization": f"Bearer {service.admin_token}"}
+    url = f"{service.base_url}/v1/clearing/runs/{day.isoformat()}/files/{code}"
+    try:
+        with pytest.raises(aiohttp.ClientPayloadError):
+            async with service.http.get(url, headers=headers) as resp:
+                assert resp.status == 200
+                await resp.read()
+    finally:
+        conn = await asyncpg.connect(service.database_url)
+        try:
+            await conn.execute(
+                "UPDATE settlements SET clearing_date = NULL WHERE setl_id = $1", later["setl_id"]
+            )
+            await conn.execute(
+                "INSERT INTO clearing_files (clearing_date, fixmedins_code, content)"
+                " VALUES ($1, $2, $3)",
+                day,
+                code,
+                "stored by an earlier version\n",
+            )
+        finally:
+            await conn.close()
+    assert await _file(service, day, code) == "stored by an earlier version\n"
 
 
 async def _file(service: Service, day: dt.date, code: str) -> str:
