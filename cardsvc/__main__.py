@@ -77,8 +77,10 @@ async def _clearing(settings: Settings, day: dt.date, out: Path) -> int:
         folder = out / day.isoformat()
         folder.mkdir(parents=True, exist_ok=True)
         for facility in run.facilities:
-            content = await clearing.file(day, facility.fixmedins_code)
-            (folder / f"{facility.fixmedins_code}.csv").write_text(content)
+            chunks = await clearing.file(day, facility.fixmedins_code)
+            with (folder / f"{facility.fixmedins_code}.csv").open("wb") as written:
+                async for chunk in chunks:
+                    written.write(chunk)
     finally:
         await pool.close()
     (folder / "summary.json").write_bytes(msgspec.json.format(msgspec.json.encode(run)))

@@ -17,6 +17,14 @@ def yuan(fen: int) -> str:
     return f"{sign}¥{whole:,}.{part:02d}"
 
 
+def yuan_figure(fen: int) -> str:
+    """``123456`` → ``1234.56``, ``-1`` → ``-0.01``: a figure for a file (no sign of the
+    currency, no grouping comma, always 2 decimals), exact."""
+    sign = "-" if fen < 0 else ""
+    whole, part = divmod(abs(fen), FEN_PER_YUAN)
+    return f"{sign}{whole}.{part:02d}"
+
+
 def parse_yuan(text: str) -> int:
     """``12`` / ``12.5`` / ``12.05`` yuan → fen; at most 2 decimals.
     ``ValueError`` for anything else."""

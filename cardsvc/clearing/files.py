@@ -9,18 +9,24 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 
 from cardsvc.clearing.models import ClearingHold, ClearingItem, FacilityClearing
-from cardsvc.money import yuan
+from cardsvc.clock import BUSINESS_TZ
+from cardsvc.money import yuan, yuan_figure
 from cardsvc.settlement.fundparts import fits_bigint
 
+# The facility's file: one line per fund a cleared settlement drew on, one per fund of a
+# netted reversal (negative net), then a total line per fund and the facility's TOTAL.
 CSV_HEADER = (
+    "record",
     "clearing_date",
     "fixmedins_code",
+    "setl_id",
+    "time",
     "fund",
     "settlements",
-    "settled_amt",
     "reversals",
-    "reversed_amt",
-    "net_amt",
+    "settled_yuan",
+    "reversed_yuan",
+    "net_yuan",
 )
 
 
@@ -108,34 +114,103 @@ def out_of_range_hold(fixmedins_code: str) -> ClearingHold:
     )
 
 
-def facility_csv(day: dt.date, facility: FacilityClearing) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(CSV_HEADER)
-    for item in facility.items:
-        writer.writerow(
+class FileMismatch(Exception):
+    """The rows read for a file do not add up to the run's stored figures."""
+
+
+class FacilityFile:
+    """One facility's clearing file, built line by line (so a file of 100,000 settlements
+    is never held whole): ``header``, the detail lines in the order read, then ``totals``,
+    which are the exact sums of the detail lines and must equal the run's stored figures.
+    CSV per RFC 4180 (CRLF), ASCII only: every field is a date, code, id, time or figure."""
+
+    def __init__(self, day: dt.date, facility: FacilityClearing) -> None:
+        self._day, self._facility = day.isoformat(), facility
+        self._sums: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+        # Distinct counts: a settlement's fund lines are adjacent (read by time, then id).
+        self._last: dict[str, str | None] = {"settlement": None, "reversal": None}
+        self._distinct = {"settlement": 0, "reversal": 0}
+        self._out = io.StringIO()
+        self._csv = csv.writer(self._out, lineterminator="\r\n")
+
+    def header(self) -> str:
+        return self._line(CSV_HEADER)
+
+    def settlement(self, setl_id: str, at: dt.datetime, fund: str | None, fen: int) -> str:
+        """What a cleared settlement's ``fund`` pays; ``fund`` None: it was all cash (listed,
+        with no fund and nothing owed)."""
+        self._count("settlement", setl_id)
+        if fund is not None:
+            self._sums[fund][0] += 1
+            self._sums[fund][1] += fen
+        return self._detail("settlement", setl_id, at, fund, (1, 0, fen, 0))
+
+    def reversal(self, setl_id: str, at: dt.datetime, fund: str | None, fen: int) -> str:
+        """A reversal netted by the run: what it takes back of the settlement's ``fund``."""
+        self._count("reversal", setl_id)
+        if fund is not None:
+            self._sums[fund][2] += 1
+            self._sums[fund][3] += fen
+        return self._detail("reversal", setl_id, at, fund, (0, 1, 0, fen))
+
+    def totals(self) -> str:
+        """A ``total`` line per fund and the facility's ``TOTAL`` (distinct counts: a
+        settlement drawing on two funds counts once). ``FileMismatch`` unless they are the
+        run's figures to the fen."""
+        items = [
+            (i.fund, i.settlements, i.settled_amt, i.reversals, i.reversed_amt)
+            for i in self._facility.items
+        ]
+        read = [(fund, n_s, s, n_r, r) for fund, (n_s, s, n_r, r) in sorted(self._sums.items())]
+        counts = (self._distinct["settlement"], self._distinct["reversal"])
+        if read != items or counts != (self._facility.settlements, self._facility.reversals):
+            raise FileMismatch(f"{self._facility.fixmedins_code} {self._day}")
+        lines = [self._total(fund, n_s, n_r, s, r) for fund, n_s, s, n_r, r in read]
+        settled = sum(i.settled_amt for i in self._facility.items)
+        reversed_ = sum(i.reversed_amt for i in self._facility.items)
+        lines.append(self._total("TOTAL", *counts, settled, reversed_))
+        return "".join(lines)
+
+    def _count(self, kind: str, setl_id: str) -> None:
+        if self._last[kind] != setl_id:
+            self._last[kind] = setl_id
+            self._distinct[kind] += 1
+
+    def _detail(
+        self,
+        kind: str,
+        setl_id: str,
+        at: dt.datetime,
+        fund: str | None,
+        figures: tuple[int, int, int, int],
+    ) -> str:
+        when = at.astimezone(BUSINESS_TZ).isoformat(timespec="seconds")
+        return self._row(kind, setl_id, when, fund or "", *figures)
+
+    def _total(self, fund: str, n_s: int, n_r: int, settled: int, reversed_: int) -> str:
+        return self._row("total", "", "", fund, n_s, n_r, settled, reversed_)
+
+    def _row(self, kind: str, setl_id: str, when: str, fund: str, *figures: int) -> str:
+        n_s, n_r, settled, reversed_ = figures
+        return self._line(
             (
-                day.isoformat(),
-                item.fixmedins_code,
-                item.fund,
-                item.settlements,
-                item.settled_amt,
-                item.reversals,
-                item.reversed_amt,
-                item.net_amt,
+                kind,
+                self._day,
+                self._facility.fixmedins_code,
+                setl_id,
+                when,
+                fund,
+                n_s,
+                n_r,
+                yuan_figure(settled),
+                yuan_figure(reversed_),
+                yuan_figure(settled - reversed_),
             )
         )
-    total = facility.items
-    writer.writerow(
-        (
-            day.isoformat(),
-            facility.fixmedins_code,
-            "TOTAL",
-            facility.settlements,
-            sum(i.settled_amt for i in total),
-            facility.reversals,
-            sum(i.reversed_amt for i in total),
-            facility.net_amt,
-        )
-    )
-    return out.getvalue()
+
+    def _line(self, fields: Iterable[object]) -> str:
+        self._csv.writerow(fields)
+        line = self._out.getvalue()
+        self._out.seek(0)
+        self._out.truncate()
+        return line

@@ -3,7 +3,7 @@
 A run for day D pays every settlement of D or earlier that is not reversed, not held for
 review and not cleared yet, and takes back every reversal (of D or earlier) of a settlement
 that an earlier run had already paid. It marks what it cleared, posts the payout to the
-ledger, stores one CSV file per facility, and keeps its figures: running D again changes
+ledger, and keeps its figures: running D again changes
 nothing and returns the same run. Runs are serialised by an advisory lock, so two runs
 never clear the same settlement.
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from collections.abc import AsyncIterator
 
 import asyncpg
 import msgspec
@@ -33,8 +34,9 @@ import structlog
 from cardsvc import clock
 from cardsvc.audit.services import AuditLog
 from cardsvc.clearing.files import (
+    FacilityFile,
+    FileMismatch,
     combine,
-    facility_csv,
     out_of_range_hold,
     over_limits_hold,
     unfit_facilities,
@@ -93,6 +95,33 @@ WITH netted AS (
 SELECT fixmedins_code, fund, sum(amount) AS amount, count(*)::int AS n
 FROM parts GROUP BY fixmedins_code, fund
 """  # noqa: S608 - constant identifiers
+
+
+# A facility's file, read on download: what the run cleared for it, one row per fund a
+# settlement (or the settlement of a netted reversal) drew on, or one without a fund for an
+# all-cash one. Ordered by time, then id, then fund: a settlement's lines are adjacent.
+_FILE_ROWS = {
+    kind: f"""
+WITH x AS ({source}), parts AS ({fund_parts("x", "setl_id")})
+SELECT x.setl_id, x.at, p.fund, p.amount
+FROM x LEFT JOIN parts p USING (setl_id)
+ORDER BY x.at, x.setl_id, p.fund
+"""  # noqa: S608 - constant identifiers
+    for kind, source in (
+        (
+            "settlement",
+            "SELECT setl_id, setl_time AS at, setldetail, acct_pay FROM settlements"
+            " WHERE clearing_date = $1 AND fixmedins_code = $2",
+        ),
+        (
+            "reversal",
+            "SELECT r.setl_id, r.revs_time AS at, s.setldetail, s.acct_pay FROM reversals r"
+            " JOIN settlements s USING (setl_id)"
+            " WHERE r.clearing_date = $1 AND r.fixmedins_code = $2",
+        ),
+    )
+}
+_FILE_CHUNK = 2000  # rows fetched, and lines sent, at a time
 
 
 class Clearing:
@@ -168,17 +197,53 @@ class Clearing:
             )
         return ClearingRunning(clearing_date=day) if running else None
 
-    async def file(self, day: dt.date, fixmedins_code: str) -> str:
-        content = await self._pool.fetchval(
-            "SELECT content FROM clearing_files WHERE clearing_date = $1 AND fixmedins_code = $2",
-            day,
-            fixmedins_code,
+    async def file(self, day: dt.date, fixmedins_code: str) -> AsyncIterator[bytes]:
+        """The facility's file of the day's run, in chunks. Runs made before files were
+        rendered on download kept theirs as stored: served as they were."""
+        async with self._pool.acquire() as conn:
+            stored = await conn.fetchval(
+                "SELECT content FROM clearing_files"
+                " WHERE clearing_date = $1 AND fixmedins_code = $2",
+                day,
+                fixmedins_code,
+            )
+            run = None if stored is not None else await self._load(conn, day)
+        if stored is not None:
+            return _once(str(stored).encode())
+        facility = (
+            next((f for f in run.facilities if f.fixmedins_code == fixmedins_code), None)
+            if run is not None
+            else None
         )
-        if content is None:
+        if facility is None:
             raise NotFound(
                 "no clearing file for that date and facility", code="CLEARING_FILE_NOT_FOUND"
             )
-        return str(content)
+        return self._render(day, facility)
+
+    async def _render(self, day: dt.date, facility: FacilityClearing) -> AsyncIterator[bytes]:
+        """The file from the rows the run marked (they never change after it: a later
+        reversal is netted by a later run), read by cursor; the totals are checked against
+        the run's stored figures, and a file that does not add up is cut off before them."""
+        file = FacilityFile(day, facility)
+        yield file.header().encode()
+        async with self._pool.acquire() as conn, conn.transaction(readonly=True):
+            for kind in ("settlement", "reversal"):
+                line = file.settlement if kind == "settlement" else file.reversal
+                cursor = await conn.cursor(_FILE_ROWS[kind], day, facility.fixmedins_code)
+                while rows := await cursor.fetch(_FILE_CHUNK):
+                    yield "".join(
+                        line(r["setl_id"], r["at"], r["fund"], int(r["amount"] or 0)) for r in rows
+                    ).encode()
+        try:
+            yield file.totals().encode()
+        except FileMismatch:
+            log.error(
+                "clearing_file_mismatch",
+                clearing_date=str(day),
+                fixmedins_code=facility.fixmedins_code,
+            )
+            raise
 
     async def _clear(self, caller: Caller, conn: Connection, day: dt.date) -> ClearingRun:
         # The big statements wait as long as the transaction's statement bound allows.
@@ -232,11 +297,6 @@ class Clearing:
                 for f in facilities
                 for i in f.items
             ],
-        )
-        await conn.executemany(
-            "INSERT INTO clearing_files (clearing_date, fixmedins_code, content)"
-            " VALUES ($1, $2, $3)",
-            [(day, f.fixmedins_code, facility_csv(day, f)) for f in facilities],
         )
         await self._audit.append(
             conn,
@@ -305,6 +365,10 @@ class Clearing:
     async def _load(self, conn: Connection, day: dt.date) -> ClearingRun | None:
         row = await conn.fetchrow("SELECT summary FROM clearing_runs WHERE clearing_date = $1", day)
         return None if row is None else msgspec.json.decode(row["summary"], type=ClearingRun)
+
+
+async def _once(content: bytes) -> AsyncIterator[bytes]:
+    yield content
 
 
 def _figures(rows: list[asyncpg.Record]) -> list[tuple[str, str, int, int]]:

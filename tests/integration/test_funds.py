@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import aiohttp
 import asyncpg
 import msgspec
 import pytest
@@ -19,6 +20,7 @@ import pytest_asyncio
 
 from cardsvc import clock
 from cardsvc.clearing.services import CLEARING_LOCK
+from cardsvc.money import parse_yuan
 from cardsvc.reconciliation.models import DETAIL_MAX_BODY, DETAIL_MAX_IDS
 from tests.support.api import (
     POLICY_CATALOG,
@@ -173,8 +175,12 @@ async def test_clearing_pays_nets_reversals_and_is_idempotent(service: Service, 
     again = await service.admin_ok("POST", "/v1/clearing/runs", {"clearing_date": d1.isoformat()})
     assert again == run
     file1 = await _file(service, d1, code)
-    rows = list(csv.DictReader(io.StringIO(file1)))
-    assert rows[-1]["fund"] == "TOTAL" and int(rows[-1]["net_amt"]) == mine["net_amt"]
+    rows = await _file_rows(service, d1, code)
+    listed = [r["setl_id"] for r in rows if r["record"] == "settlement"]
+    assert sorted(set(listed)) == sorted([e1["setl_id"], small["setl_id"]])
+    assert set(listed) == await _cleared_ids(service, "settlements", d1, code)
+    _assert_totals_are_the_run(rows, mine)
+    assert rows[-1]["fund"] == "TOTAL" and _fen(rows[-1]["net_yuan"]) == mine["net_amt"]
     assert int(rows[-1]["settlements"]) == mine["settlements"] == 2
 
     reversal = await pos.call("POST", f"/v1/settlements/{e1['setl_id']}/reverse")
@@ -183,6 +189,13 @@ async def test_clearing_pays_nets_reversals_and_is_idempotent(service: Service, 
     mine2 = next(f for f in run2["facilities"] if f["fixmedins_code"] == code)
     assert mine2["net_amt"] == -(reversal["fund_refund"] + reversal["acct_refund"])
     assert (await _file(service, d2, code)) == (await _file(service, d2, code))
+    rows2 = await _file_rows(service, d2, code)
+    taken_back = [r for r in rows2 if r["record"] == "reversal"]
+    assert {r["setl_id"] for r in taken_back} == {e1["setl_id"]}
+    assert {r["setl_id"] for r in taken_back} == await _cleared_ids(service, "reversals", d2, code)
+    assert sum(_fen(r["net_yuan"]) for r in taken_back) == mine2["net_amt"] < 0
+    _assert_totals_are_the_run(rows2, mine2)
+    assert (await _file(service, d1, code)) == file1  # a later run leaves the first file be
     assert (
         await service.admin_ok("POST", "/v1/clearing/runs", {"clearing_date": d2.isoformat()})
         == run2
@@ -194,12 +207,97 @@ async def test_clearing_pays_nets_reversals_and_is_idempotent(service: Service, 
     assert (await service.admin_ok("GET", "/v1/ledger/proof"))["ok"]
 
 
+async def test_a_file_that_no_longer_adds_up_to_its_run_is_cut_off_before_its_totals(
+    service: Service, catalog
+):
+    """The file is read from the rows the run marked and checked against the run's stored
+    figures: a row marked by hand afterwards makes the download fail, never a file whose
+    totals disagree with what was paid. Runs that stored their file keep serving it."""
+    code, pos = await _hospital(service)
+    counter = await service.terminal("counter")
+    p = await patient(service, pos, counter, balance=50000)
+    cleared = await p.settle("310", "11", lines(("A-AMOX", 1000, 1)))
+    later = await p.settle("310", "11", lines(("A-AMOX", 2000, 1)))
+    day = dt.date(2021, 3, 9)
+    await _shift(service, "settlements", "setl_date", [cleared["setl_id"]], day)
+    await service.admin_ok("POST", "/v1/clearing/runs", {"clearing_date": day.isoformat()})
+    good = await _file(service, day, code)
+    assert cleared["setl_id"] in good and later["setl_id"] not in good
+
+    await _shift(service, "settlements", "clearing_date", [later["setl_id"]], day)
+    headers = {"Authorization": f"Bearer {service.admin_token}"}
+    url = f"{service.base_url}/v1/clearing/runs/{day.isoformat()}/files/{code}"
+    try:
+        with pytest.raises(aiohttp.ClientPayloadError):
+            async with service.http.get(url, headers=headers) as resp:
+                assert resp.status == 200
+                await resp.read()
+    finally:
+        conn = await asyncpg.connect(service.database_url)
+        try:
+            await conn.execute(
+                "UPDATE settlements SET clearing_date = NULL WHERE setl_id = $1", later["setl_id"]
+            )
+            await conn.execute(
+                "INSERT INTO clearing_files (clearing_date, fixmedins_code, content)"
+                " VALUES ($1, $2, $3)",
+                day,
+                code,
+                "stored by an earlier version\n",
+            )
+        finally:
+            await conn.close()
+    assert await _file(service, day, code) == "stored by an earlier version\n"
+
+
 async def _file(service: Service, day: dt.date, code: str) -> str:
     headers = {"Authorization": f"Bearer {service.admin_token}"}
     url = f"{service.base_url}/v1/clearing/runs/{day.isoformat()}/files/{code}"
     async with service.http.get(url, headers=headers) as resp:
-        assert resp.status == 200 and resp.content_type == "text/csv"
-        return await resp.text()
+        assert resp.status == 200 and resp.content_type == "text/csv" and resp.charset == "utf-8"
+        assert resp.headers["Content-Disposition"] == (
+            f'attachment; filename="clearing-{day.isoformat()}-{code}.csv"'
+        )
+        return (await resp.read()).decode("ascii")  # no BOM, nothing beyond ASCII
+
+
+async def _file_rows(service: Service, day: dt.date, code: str) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(await _file(service, day, code), newline="")))
+
+
+def _fen(figure: str) -> int:
+    """A file's yuan figure back to fen, exactly."""
+    sign = -1 if figure.startswith("-") else 1
+    return sign * parse_yuan(figure.removeprefix("-"))
+
+
+async def _cleared_ids(service: Service, table: str, day: dt.date, code: str) -> set[str]:
+    conn = await asyncpg.connect(service.database_url)
+    try:
+        rows = await conn.fetch(
+            f"SELECT setl_id FROM {table} WHERE clearing_date = $1 AND fixmedins_code = $2",
+            day,
+            code,
+        )
+    finally:
+        await conn.close()
+    return {r["setl_id"] for r in rows}
+
+
+def _assert_totals_are_the_run(rows: list[dict[str, str]], facility: dict) -> None:
+    """Each fund's total line is the sum of its lines and the run's item, to the fen."""
+    totals = {r["fund"]: r for r in rows if r["record"] == "total"}
+    assert list(totals) == [i["fund"] for i in facility["items"]] + ["TOTAL"]
+    for item in facility["items"]:
+        mine = [r for r in rows if r["record"] != "total" and r["fund"] == item["fund"]]
+        for column, amount in (
+            ("settled_yuan", "settled_amt"),
+            ("reversed_yuan", "reversed_amt"),
+            ("net_yuan", "net_amt"),
+        ):
+            assert _fen(totals[item["fund"]][column]) == item[amount]
+            assert sum(_fen(r[column]) for r in mine) == item[amount]
+    assert _fen(totals["TOTAL"]["net_yuan"]) == facility["net_amt"]
 
 
 async def test_c_rated_settlements_are_held_for_review(service: Service, catalog):
@@ -314,7 +412,7 @@ async def test_clearing_command_writes_the_stored_files(service: Service, catalo
     folder = tmp_path / day.isoformat()
     summary = msgspec.json.decode((folder / "summary.json").read_bytes())
     for facility in summary["facilities"]:
-        written = (folder / f"{facility['fixmedins_code']}.csv").read_text()
+        written = (folder / f"{facility['fixmedins_code']}.csv").read_bytes().decode()
         assert written == await _file(service, day, facility["fixmedins_code"])
 
 

@@ -336,7 +336,10 @@ async def test_clearing_runs_are_listed_and_a_file_downloads_by_name(service: Se
     status, headers, raw = await _raw(service, f"/v1/clearing/runs/{day}/files/{code}")
     assert status == 200 and headers["Content-Type"].startswith("text/csv")
     assert headers["Content-Disposition"] == f'attachment; filename="clearing-{day}-{code}.csv"'
-    assert raw.decode().splitlines()[-1].split(",")[2] == "TOTAL"
+    assert raw.endswith(b"\r\n") and not raw.startswith(b"\xef\xbb\xbf")  # CRLF, no BOM
+    last = raw.decode().splitlines()[-1].split(",")
+    assert (last[0], last[5]) == ("total", "TOTAL")
+    assert paid["setl_id"] in raw.decode()
 
 
 async def test_the_fund_report_breaks_down_per_fund_and_type_day_and_rule(
