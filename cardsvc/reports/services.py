@@ -37,7 +37,11 @@ class PublicReports:
                 "only a period that is over can be published (its figures are frozen)",
                 code="PERIOD_NOT_OVER",
             )
-        figures = snapshot(await self._supervision.fund_report(req.period_from, req.period_to))
+        start, end = req.period_from, req.period_to
+        figures = snapshot(
+            await self._supervision.fund_report(start, end),
+            await self._supervision.facilities_per_type(start, end),
+        )
         report_id = "R" + secrets.token_hex(5).upper()
         async with transaction(self._pool) as conn:
             published_at = await conn.fetchval(

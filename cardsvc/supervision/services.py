@@ -348,6 +348,18 @@ class Supervision:
             flags_per_rule=[RuleCount(**dict(r)) for r in rules],
         )
 
+    async def facilities_per_type(self, start: dt.date, end: dt.date) -> dict[str, int]:
+        """How many facilities of each type have a settlement in the fund report's figures
+        of the period (the public report withholds a type with too few)."""
+        rows = await self._pool.fetch(
+            f"SELECT fixmedins_type, count(DISTINCT fixmedins_code)::int AS n"  # noqa: S608
+            f" FROM {_REPORTED} GROUP BY fixmedins_type",
+            start,
+            end,
+            settlement_limit(),
+        )
+        return {r["fixmedins_type"]: r["n"] for r in rows}
+
 
 def report_csv(report: FundReport) -> str:
     out = io.StringIO()

@@ -3,11 +3,8 @@ never kept by a browser or a proxy, and the public fund report singles out nobod
 
 from __future__ import annotations
 
-import csv
-import io
 from typing import Any
 
-import msgspec
 import pytest
 
 from tests.support.api import Service
