@@ -406,7 +406,7 @@ async def test_the_public_report_is_a_frozen_snapshot_of_aggregates_only(service
         settled["setl_id"],
         settled["card_no"],
         f'"amount":{settled["medfee_sumamt"]}',
-        f',{settled["medfee_sumamt"]}\n',
+        f",{settled['medfee_sumamt']}\n",
     ]
     for body in (published.decode(), csv_raw.decode()):
         for secret in secrets_:
