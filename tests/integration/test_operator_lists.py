@@ -233,6 +233,7 @@ async def test_facilities_credit_rating_changes_with_a_reason_and_a_history(serv
         "reason": "抽查",
         "operator_id": reviewer.operator_id,
         "operator_name": "审核员甲",
+        "via_token_id": entries["items"][1]["data"]["via_token_id"],  # through an API token
     }
 
 
