@@ -246,9 +246,12 @@ async def test_terminals_and_settlements_are_listed_by_facility(service: Service
     assert [(t["kind"], t["status"]) for t in terminals["items"]] == [("pos", "active")]
     assert "terminal_key" not in terminals["items"][0]
 
-    mine = await _get(service, f"/v1/settlements?fixmedins_code={code}&sort=medfee_sumamt")
-    assert [s["setl_id"] for s in mine["items"]] == [first["setl_id"], second["setl_id"]]
     today = clock.business_date().isoformat()
+    mine = await _get(
+        service,
+        f"/v1/settlements?fixmedins_code={code}&from={today}&to={today}&sort=medfee_sumamt",
+    )
+    assert [s["setl_id"] for s in mine["items"]] == [first["setl_id"], second["setl_id"]]
     settled = await _get(
         service, f"/v1/settlements?psn_no={p.psn_no}&status=settled&from={today}&to={today}"
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import pytest
 
 from tests.support.api import Service
@@ -27,3 +28,35 @@ async def test_v1_answers_with_personal_data_are_not_stored_by_caches(service: S
     ):
         _, headers, _ = await _raw(service, path)
         assert headers.get("Cache-Control") == "no-store", path
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/settlements?sort=-medfee_sumamt",
+        "/v1/settlements?sort=fund_pay_sumamt&status=settled",
+        "/v1/settlements?sort=-medfee_sumamt&from=2026-01-01&to=2026-12-31",
+        "/v1/persons?sort=psn_name",
+        "/v1/persons?sort=-created_at&page=2",
+    ],
+)
+async def test_a_sort_no_index_serves_needs_a_narrowing_filter(service: Service, path: str):
+    """Sorting the whole settlements (or persons) table by an unindexed column on every
+    request is a cheap way to load the database: such a sort needs a narrowing filter."""
+    status, _, raw = await _raw(service, path)
+    assert status == 422, raw
+    error = msgspec.json.decode(raw)["error"]
+    assert error["code"] == "QUERY_INVALID" and error["details"] == {"parameter": "sort"}
+
+
+async def test_an_unindexed_sort_of_narrowed_rows_is_answered(service: Service):
+    person = await service.person(psn_name="排序测试")
+    for path in (
+        f"/v1/settlements?sort=-medfee_sumamt&psn_no={person['psn_no']}",
+        "/v1/settlements?sort=-medfee_sumamt&from=2026-11-01&to=2026-12-01",
+        "/v1/persons?sort=psn_name&q=排序",
+        "/v1/settlements",  # the default sort reads an index: no filter needed
+        "/v1/persons",
+    ):
+        status, _, raw = await _raw(service, path)
+        assert status == 200, (path, raw)
