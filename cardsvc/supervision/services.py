@@ -78,7 +78,10 @@ FLAG_SORTS = Sorts(
     fields={"flag_id": "flag_id", "created_at": "created_at", "rule": "rule"},
     default="-flag_id",
     tiebreak="flag_id",
+    unindexed=frozenset({"rule"}),
 )
+FLAG_SORT_DAYS = 31
+FLAG_SORT_NEEDS = f"fixmedins_code, or from and to at most {FLAG_SORT_DAYS} days apart"
 REVIEW_SORTS = Sorts(
     fields={"setl_time": "s.setl_time", "medfee_sumamt": "s.medfee_sumamt"},
     default="setl_time",
@@ -100,6 +103,15 @@ class FlagFilter(msgspec.Struct, frozen=True, kw_only=True):
     handled: bool | None = None
     start: dt.date | None = None
     end: dt.date | None = None
+
+
+def flags_narrowed(filters: FlagFilter) -> bool:
+    """Whether the filters leave few enough flags to sort them all (``FLAG_SORT_NEEDS``)."""
+    if filters.fixmedins_code is not None:
+        return True
+    if filters.start is None or filters.end is None:
+        return False
+    return (filters.end - filters.start).days < FLAG_SORT_DAYS
 
 
 def _day_start(day: dt.date | None, *, after: bool = False) -> dt.datetime | None:

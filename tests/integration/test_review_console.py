@@ -38,6 +38,7 @@ async def test_v1_answers_with_personal_data_are_not_stored_by_caches(service: S
         "/v1/settlements?sort=-medfee_sumamt&from=2026-01-01&to=2026-12-31",
         "/v1/persons?sort=psn_name",
         "/v1/persons?sort=-created_at&page=2",
+        "/v1/supervision/flags?sort=rule&handled=false",
     ],
 )
 async def test_a_sort_no_index_serves_needs_a_narrowing_filter(service: Service, path: str):
@@ -55,6 +56,7 @@ async def test_an_unindexed_sort_of_narrowed_rows_is_answered(service: Service):
         f"/v1/settlements?sort=-medfee_sumamt&psn_no={person['psn_no']}",
         "/v1/settlements?sort=-medfee_sumamt&from=2026-11-01&to=2026-12-01",
         "/v1/persons?sort=psn_name&q=排序",
+        "/v1/supervision/flags?sort=rule&from=2026-11-01&to=2026-11-30",
         "/v1/settlements",  # the default sort reads an index: no filter needed
         "/v1/persons",
     ):
