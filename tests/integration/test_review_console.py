@@ -62,3 +62,27 @@ async def test_an_unindexed_sort_of_narrowed_rows_is_answered(service: Service):
     ):
         status, _, raw = await _raw(service, path)
         assert status == 200, (path, raw)
+
+
+async def test_a_period_overlapping_a_published_one_is_refused(service: Service):
+    """Two reports of overlapping periods differ by what only one of them counts: a
+    withheld figure would be their difference. Periods of published reports never overlap."""
+
+    async def publish(start: str, end: str) -> tuple[int, Any]:
+        period = {"period_from": start, "period_to": end, "title": f"{start}..{end}"}
+        return await service.admin("POST", "/v1/public-reports", period)
+
+    status, first = await publish("2019-02-01", "2019-02-28")
+    assert status == 201, first
+    for start, end in (
+        ("2019-02-01", "2019-03-01"),  # one day more: that day's figures by subtraction
+        ("2019-02-28", "2019-02-28"),
+        ("2019-01-15", "2019-02-01"),
+        ("2019-02-01", "2019-02-28"),  # the same again, after a reversal perhaps
+    ):
+        status, body = await publish(start, end)
+        assert status == 409, (start, end, body)
+        assert body["error"]["code"] == "PERIOD_OVERLAPS"
+        assert body["error"]["details"] == {"report_id": first["report_id"]}
+    status, body = await publish("2019-03-01", "2019-03-31")
+    assert status == 201, body
