@@ -40,7 +40,7 @@ class PublicReports:
         start, end = req.period_from, req.period_to
         figures = snapshot(
             await self._supervision.fund_report(start, end),
-            await self._supervision.facilities_per_type(start, end),
+            await self._supervision.per_type(start, end),
         )
         report_id = "R" + secrets.token_hex(5).upper()
         async with transaction(self._pool) as conn:

@@ -27,7 +27,7 @@ from cardsvc.reports.models import (
     Income,
     PublicReport,
 )
-from cardsvc.supervision.models import FundReport
+from cardsvc.supervision.models import FundReport, TypeCount
 
 MIN_COUNT: Final = 5
 MIN_FACILITIES: Final = 3
@@ -35,12 +35,13 @@ MIN_FACILITIES: Final = 3
 Cell = FundTotal | FacilityTypeTotal | FundAndType | DayTotal
 
 
-def snapshot(report: FundReport, facilities_per_type: Mapping[str, int]) -> Figures:
-    """``facilities_per_type``: how many facilities of each type settled in the period."""
-    return withhold(_figures(report), facilities_per_type)
+def snapshot(report: FundReport, per_type: Mapping[str, TypeCount]) -> Figures:
+    """``per_type``: each facility type's settlements and facilities in the period."""
+    facilities = {kind: count.facilities for kind, count in per_type.items()}
+    return withhold(_figures(report, per_type), facilities)
 
 
-def _figures(report: FundReport) -> Figures:
+def _figures(report: FundReport, per_type_counts: Mapping[str, TypeCount]) -> Figures:
     per_fund: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     per_type: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for line in report.expenditure:
@@ -54,8 +55,13 @@ def _figures(report: FundReport) -> Figures:
         medfee_sumamt=report.medfee_sumamt,
         expenditure_total=report.expenditure_total,
         per_fund=[FundTotal(fund=k, count=n, amount=a) for k, (n, a) in sorted(per_fund.items())],
+        # A settlement paid by two funds is in two fund lines: a type counts it once.
         per_facility_type=[
-            FacilityTypeTotal(facility_type=k, count=n, amount=a)
+            FacilityTypeTotal(
+                facility_type=k,
+                count=per_type_counts[k].settlements if k in per_type_counts else n,
+                amount=a,
+            )
             for k, (n, a) in sorted(per_type.items())
         ],
         per_fund_and_facility_type=[

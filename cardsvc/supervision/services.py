@@ -36,6 +36,7 @@ from cardsvc.supervision.models import (
     ReviewFacility,
     ReviewLine,
     RuleCount,
+    TypeCount,
 )
 from cardsvc.web.caller import Caller
 
@@ -360,17 +361,21 @@ class Supervision:
             flags_per_rule=[RuleCount(**dict(r)) for r in rules],
         )
 
-    async def facilities_per_type(self, start: dt.date, end: dt.date) -> dict[str, int]:
-        """How many facilities of each type have a settlement in the fund report's figures
-        of the period (the public report withholds a type with too few)."""
+    async def per_type(self, start: dt.date, end: dt.date) -> dict[str, TypeCount]:
+        """Per facility type, the settlements in the fund report's figures of the period and
+        the facilities they were at (the public report withholds a type with too few)."""
         rows = await self._pool.fetch(
-            f"SELECT fixmedins_type, count(DISTINCT fixmedins_code)::int AS n"  # noqa: S608
-            f" FROM {_REPORTED} GROUP BY fixmedins_type",
+            "SELECT fixmedins_type, count(*)::int AS settlements,"  # noqa: S608 - constants
+            f" count(DISTINCT fixmedins_code)::int AS facilities FROM {_REPORTED}"
+            " GROUP BY fixmedins_type",
             start,
             end,
             settlement_limit(),
         )
-        return {r["fixmedins_type"]: r["n"] for r in rows}
+        return {
+            r["fixmedins_type"]: TypeCount(settlements=r["settlements"], facilities=r["facilities"])
+            for r in rows
+        }
 
 
 def report_csv(report: FundReport) -> str:

@@ -9,10 +9,23 @@ import io
 
 from cardsvc.reports.models import PublicReport
 from cardsvc.reports.snapshot import MIN_COUNT, MIN_FACILITIES, report_csv, snapshot
-from cardsvc.supervision.models import DayFigures, FundLine, FundReport
+from cardsvc.supervision.models import DayFigures, FundLine, FundReport, TypeCount
 
 DAY = dt.date(2026, 11, 2)
 MANY = {"hospital": MIN_FACILITIES + 2, "pharmacy": MIN_FACILITIES + 2}
+
+
+def _types(lines: list[FundLine], facilities: dict[str, int]) -> dict[str, TypeCount]:
+    """Each type's facilities, and its settlements as its largest fund line (each
+    settlement pays from that fund, some from others too)."""
+    return {
+        kind: TypeCount(
+            settlements=max(x.settlements for x in lines if x.fixmedins_type == kind),
+            facilities=n,
+        )
+        for kind, n in facilities.items()
+        if any(x.fixmedins_type == kind for x in lines)
+    }
 
 
 def _report(lines: list[FundLine], per_day: list[DayFigures], credits: int = 40) -> FundReport:
@@ -41,7 +54,7 @@ def _days(*counts: int) -> list[DayFigures]:
 
 def test_a_day_with_one_settlement_does_not_show_that_bill():
     lines = [FundLine(fund="310100", fixmedins_type="hospital", settlements=41, amount=41000)]
-    figures = snapshot(_report(lines, _days(20, 1, 20)), MANY)
+    figures = snapshot(_report(lines, _days(20, 1, 20)), _types(lines, MANY))
     lonely = figures.per_day[1]
     assert lonely.count is None and lonely.amount is None
     # Nor as the total less the other days: a second day is withheld with it.
@@ -57,7 +70,7 @@ def test_a_facility_type_with_too_few_facilities_is_withheld_everywhere():
         FundLine(fund="acct", fixmedins_type="pharmacy", settlements=10, amount=7000),
     ]
     one_pharmacy = {"hospital": 10, "pharmacy": 1}
-    figures = snapshot(_report(lines, _days(30, 30)), one_pharmacy)
+    figures = snapshot(_report(lines, _days(30, 30)), _types(lines, one_pharmacy))
     types = {t.facility_type: t for t in figures.per_facility_type}
     assert types["pharmacy"].amount is None and types["pharmacy"].count is None
     # ...and hospital too: else the total less hospitals is the one pharmacy's takings.
@@ -73,7 +86,7 @@ def test_a_small_cell_of_the_fund_by_type_table_is_not_a_difference_of_others():
         FundLine(fund="acct", fixmedins_type="hospital", settlements=20, amount=50000),
         FundLine(fund="acct", fixmedins_type="pharmacy", settlements=10, amount=7000),
     ]
-    figures = snapshot(_report(lines, _days(31, 31)), MANY)
+    figures = snapshot(_report(lines, _days(31, 31)), _types(lines, MANY))
     shown = {
         (r.fund, r.facility_type): r.amount
         for r in figures.per_fund_and_facility_type
@@ -90,7 +103,7 @@ def test_a_small_cell_of_the_fund_by_type_table_is_not_a_difference_of_others():
 
 def test_a_period_with_few_settlements_or_credits_publishes_no_amount_of_them():
     lines = [FundLine(fund="310100", fixmedins_type="hospital", settlements=1, amount=12345)]
-    figures = snapshot(_report(lines, _days(1), credits=2), MANY)
+    figures = snapshot(_report(lines, _days(1), credits=2), _types(lines, MANY))
     assert figures.settlements is None and figures.expenditure_total is None
     assert figures.medfee_sumamt is None
     assert figures.income.account_credits is None and figures.income.amount is None
@@ -113,7 +126,20 @@ def test_large_cells_are_all_published():
         FundLine(fund="310100", fixmedins_type="hospital", settlements=MIN_COUNT, amount=5000),
         FundLine(fund="310100", fixmedins_type="pharmacy", settlements=MIN_COUNT, amount=700),
     ]
-    figures = snapshot(_report(lines, _days(MIN_COUNT, MIN_COUNT)), MANY)
+    figures = snapshot(_report(lines, _days(MIN_COUNT, MIN_COUNT)), _types(lines, MANY))
     assert all(r.amount is not None for r in figures.per_fund_and_facility_type)
     assert all(d.amount is not None for d in figures.per_day)
     assert figures.expenditure_total == 5700
+
+
+def test_a_type_counts_each_settlement_once_not_once_per_fund():
+    # Three pharmacy settlements, each paid by the fund and the account: six fund lines,
+    # still three settlements, too few to publish.
+    lines = [
+        FundLine(fund="310100", fixmedins_type="hospital", settlements=40, amount=400000),
+        FundLine(fund="310100", fixmedins_type="pharmacy", settlements=3, amount=3000),
+        FundLine(fund="acct", fixmedins_type="pharmacy", settlements=3, amount=600),
+    ]
+    figures = snapshot(_report(lines, _days(43)), _types(lines, MANY))
+    pharmacy = next(t for t in figures.per_facility_type if t.facility_type == "pharmacy")
+    assert pharmacy.count is None and pharmacy.amount is None
