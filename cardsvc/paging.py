@@ -59,9 +59,18 @@ class Sorts:
     fields: Mapping[str, str]
     default: str
     tiebreak: str
+    # Fields no index orders the whole table by: sorting by one sorts every matching row,
+    # so the endpoint allows it only once its filters have narrowed the rows (``narrowing``).
+    unindexed: frozenset[str] = frozenset()
 
     def names(self) -> list[str]:
         return sorted(self.fields)
+
+    def check_cost(self, page: PageQuery, narrowed: bool, needs: str) -> None:
+        """``422 QUERY_INVALID`` (sort) for an unindexed sort of rows no filter narrowed:
+        a sort of the whole table on every request. ``needs`` says which filter would do."""
+        if page.sort in self.unindexed and not narrowed:
+            raise QueryInvalid("sort", f"sorting by {page.sort} needs {needs}")
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,8 @@ PERSON_SORTS = Sorts(
     fields={"psn_no": "psn_no", "psn_name": "psn_name", "created_at": "created_at"},
     default="psn_no",
     tiebreak="psn_no",
+    # Only psn_no (the primary key) orders the whole table; the others sort a search's rows.
+    unindexed=frozenset({"psn_name", "created_at"}),
 )
 _PERSON_COLUMNS = "psn_no, certno_masked AS certno, psn_name, gend, birth_year, admdvs, psn_type"
 OVERVIEW_LATEST = 20

@@ -36,6 +36,7 @@ async def enrol(request: web.Request) -> web.Response:
 async def search(request: web.Request) -> web.Response:
     q = paging.text(request.query, "q")
     page = paging.parse_page(request.query, PERSON_SORTS)
+    PERSON_SORTS.check_cost(page, q is not None, "q")
     return json_response(await request.app[SERVICES].person_search.search(q, page))
 
 

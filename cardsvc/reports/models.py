@@ -2,7 +2,8 @@
 
 Nothing here names a person or a facility: figures are per fund, per facility TYPE and
 per business day. ``snapshot`` (cardsvc/reports/snapshot.py) is the one place that turns
-the internal fund report into these."""
+the internal fund report into these. A figure too small to publish (it would single out a
+person or a facility) is ``None``: withheld, in JSON ``null``, in the CSV an empty cell."""
 
 from __future__ import annotations
 
@@ -22,41 +23,41 @@ class PublishReport(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class Income(msgspec.Struct, kw_only=True):
-    account_credits: int
-    amount: int
+    account_credits: int | None
+    amount: int | None
 
 
 class FundTotal(msgspec.Struct, kw_only=True):
     fund: str
-    count: int
-    amount: int
+    count: int | None
+    amount: int | None
 
 
 class FacilityTypeTotal(msgspec.Struct, kw_only=True):
     facility_type: str
-    count: int
-    amount: int
+    count: int | None
+    amount: int | None
 
 
 class FundAndType(msgspec.Struct, kw_only=True):
     fund: str
     facility_type: str
-    count: int
-    amount: int
+    count: int | None
+    amount: int | None
 
 
 class DayTotal(msgspec.Struct, kw_only=True):
     date: dt.date
-    count: int
-    amount: int
+    count: int | None
+    amount: int | None
 
 
 class Figures(msgspec.Struct, kw_only=True):
     income: Income
-    settlements: int
+    settlements: int | None
     reversals: int
-    medfee_sumamt: int
-    expenditure_total: int
+    medfee_sumamt: int | None
+    expenditure_total: int | None
     per_fund: list[FundTotal]
     per_facility_type: list[FacilityTypeTotal]
     per_fund_and_facility_type: list[FundAndType]

@@ -10,7 +10,7 @@ import msgspec
 from cardsvc import clock
 from cardsvc.audit.services import AuditLog
 from cardsvc.db import Pool, transaction
-from cardsvc.errors import BusinessRuleViolation, NotFound
+from cardsvc.errors import BusinessRuleViolation, Conflict, NotFound
 from cardsvc.listing import fetch_page
 from cardsvc.paging import Page, PageQuery, Sorts, Where
 from cardsvc.reports.models import Figures, PublicReport, PublishedReport, PublishReport
@@ -37,9 +37,29 @@ class PublicReports:
                 "only a period that is over can be published (its figures are frozen)",
                 code="PERIOD_NOT_OVER",
             )
-        figures = snapshot(await self._supervision.fund_report(req.period_from, req.period_to))
+        start, end = req.period_from, req.period_to
+        figures = snapshot(
+            await self._supervision.fund_report(start, end),
+            await self._supervision.per_type(start, end),
+        )
         report_id = "R" + secrets.token_hex(5).upper()
         async with transaction(self._pool) as conn:
+            # Two reports whose periods overlap differ by the figures of the days only one
+            # has (or by a settlement reversed between them): a withheld figure would be a
+            # subtraction away. Publications wait for each other here, so none slips by.
+            await conn.execute("LOCK TABLE public_reports IN SHARE ROW EXCLUSIVE MODE")
+            overlapping = await conn.fetchval(
+                "SELECT report_id FROM public_reports WHERE period_from <= $2"
+                " AND period_to >= $1 ORDER BY period_from LIMIT 1",
+                req.period_from,
+                req.period_to,
+            )
+            if overlapping is not None:
+                raise Conflict(
+                    "the period overlaps a published report's: publish periods that do not",
+                    code="PERIOD_OVERLAPS",
+                    details={"report_id": overlapping},
+                )
             published_at = await conn.fetchval(
                 "INSERT INTO public_reports (report_id, title, period_from, period_to,"
                 " snapshot, published_by) VALUES ($1, $2, $3, $4, $5, $6)"

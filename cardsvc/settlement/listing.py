@@ -21,7 +21,11 @@ SETTLEMENT_SORTS = Sorts(
     },
     default="-setl_time",
     tiebreak="setl_id",
+    unindexed=frozenset({"medfee_sumamt", "fund_pay_sumamt"}),
 )
+# An amount sort reads every matching row: one person's, or at most a month's.
+AMOUNT_SORT_DAYS = 31
+AMOUNT_SORT_NEEDS = f"psn_no, or from and to at most {AMOUNT_SORT_DAYS} days apart"
 SETTLEMENT_COLUMNS = (
     "setl_id, psn_no, card_no, fixmedins_code, insutype, med_type, setl_time, setl_date,"
     " medfee_sumamt, fund_pay_sumamt, acct_pay, psn_cash_pay, status, review_status,"
@@ -37,6 +41,15 @@ class SettlementFilter(msgspec.Struct, frozen=True, kw_only=True):
     start: dt.date | None = None
     end: dt.date | None = None
     status: str | None = None
+
+
+def narrowed(filters: SettlementFilter) -> bool:
+    """Whether the filters leave few enough rows to sort them all (``AMOUNT_SORT_NEEDS``)."""
+    if filters.psn_no is not None:
+        return True
+    if filters.start is None or filters.end is None:
+        return False
+    return (filters.end - filters.start).days < AMOUNT_SORT_DAYS
 
 
 def settlement_filter(filters: SettlementFilter) -> Where:

@@ -8,7 +8,13 @@ from aiohttp import web
 from cardsvc import paging
 from cardsvc.errors import CardsvcError, InvalidRequest
 from cardsvc.ops import metrics
-from cardsvc.settlement.listing import SETTLEMENT_SORTS, STATUSES, SettlementFilter
+from cardsvc.settlement.listing import (
+    AMOUNT_SORT_NEEDS,
+    SETTLEMENT_SORTS,
+    STATUSES,
+    SettlementFilter,
+    narrowed,
+)
 from cardsvc.settlement.models import AdminReversalRequest, ReverseRequest, SettleRequest
 from cardsvc.types import FACILITY_CODE_PATTERN, PSN_NO_PATTERN
 from cardsvc.web.appkeys import CALLER, SERVICES
@@ -86,4 +92,5 @@ async def search(request: web.Request) -> web.Response:
         status=paging.choice(query, "status", STATUSES),
     )
     page = paging.parse_page(query, SETTLEMENT_SORTS)
+    SETTLEMENT_SORTS.check_cost(page, narrowed(filters), AMOUNT_SORT_NEEDS)
     return json_response(await request.app[SERVICES].settlement_list.search(filters, page))

@@ -128,6 +128,14 @@ class FundFacilityType(msgspec.Struct, kw_only=True):
     count: int
 
 
+class TypeCount(msgspec.Struct, frozen=True, kw_only=True):
+    """A facility type's settlements in a period (each once, whatever its funds) and how
+    many facilities of that type they were at."""
+
+    settlements: int
+    facilities: int
+
+
 class DayFigures(msgspec.Struct, kw_only=True):
     date: dt.date
     count: int

@@ -36,6 +36,7 @@ from cardsvc.supervision.models import (
     ReviewFacility,
     ReviewLine,
     RuleCount,
+    TypeCount,
 )
 from cardsvc.web.caller import Caller
 
@@ -78,7 +79,10 @@ FLAG_SORTS = Sorts(
     fields={"flag_id": "flag_id", "created_at": "created_at", "rule": "rule"},
     default="-flag_id",
     tiebreak="flag_id",
+    unindexed=frozenset({"rule"}),
 )
+FLAG_SORT_DAYS = 31
+FLAG_SORT_NEEDS = f"fixmedins_code, or from and to at most {FLAG_SORT_DAYS} days apart"
 REVIEW_SORTS = Sorts(
     fields={"setl_time": "s.setl_time", "medfee_sumamt": "s.medfee_sumamt"},
     default="setl_time",
@@ -100,6 +104,15 @@ class FlagFilter(msgspec.Struct, frozen=True, kw_only=True):
     handled: bool | None = None
     start: dt.date | None = None
     end: dt.date | None = None
+
+
+def flags_narrowed(filters: FlagFilter) -> bool:
+    """Whether the filters leave few enough flags to sort them all (``FLAG_SORT_NEEDS``)."""
+    if filters.fixmedins_code is not None:
+        return True
+    if filters.start is None or filters.end is None:
+        return False
+    return (filters.end - filters.start).days < FLAG_SORT_DAYS
 
 
 def _day_start(day: dt.date | None, *, after: bool = False) -> dt.datetime | None:
@@ -347,6 +360,22 @@ class Supervision:
             per_day=sorted(per_day, key=lambda d: d.date),
             flags_per_rule=[RuleCount(**dict(r)) for r in rules],
         )
+
+    async def per_type(self, start: dt.date, end: dt.date) -> dict[str, TypeCount]:
+        """Per facility type, the settlements in the fund report's figures of the period and
+        the facilities they were at (the public report withholds a type with too few)."""
+        rows = await self._pool.fetch(
+            "SELECT fixmedins_type, count(*)::int AS settlements,"  # noqa: S608 - constants
+            f" count(DISTINCT fixmedins_code)::int AS facilities FROM {_REPORTED}"
+            " GROUP BY fixmedins_type",
+            start,
+            end,
+            settlement_limit(),
+        )
+        return {
+            r["fixmedins_type"]: TypeCount(settlements=r["settlements"], facilities=r["facilities"])
+            for r in rows
+        }
 
 
 def report_csv(report: FundReport) -> str:

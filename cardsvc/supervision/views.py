@@ -10,10 +10,12 @@ from cardsvc.errors import InvalidRequest
 from cardsvc.settlement.flags import FLAG_RULES
 from cardsvc.supervision.models import Decision, HandleFlag
 from cardsvc.supervision.services import (
+    FLAG_SORT_NEEDS,
     FLAG_SORTS,
     REVIEW_SORTS,
     REVIEW_STATUSES,
     FlagFilter,
+    flags_narrowed,
     report_csv,
 )
 from cardsvc.types import FACILITY_CODE_PATTERN
@@ -36,6 +38,7 @@ async def flags(request: web.Request) -> web.Response:
         end=end,
     )
     page = paging.parse_page(query, FLAG_SORTS)
+    FLAG_SORTS.check_cost(page, flags_narrowed(filters), FLAG_SORT_NEEDS)
     return json_response(await request.app[SERVICES].supervision.flags(filters, page))
 
 

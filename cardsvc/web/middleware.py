@@ -58,6 +58,10 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     response = await handler(request)
     elapsed = time.perf_counter() - started
     response.headers["X-Request-Id"] = request_id
+    if request.path.startswith("/v1/"):
+        # Answers of the API name persons, cards and operators: no browser or proxy keeps
+        # them (a shared counter PC, the back button after logging out).
+        response.headers.setdefault("Cache-Control", "no-store")
     route = _route_name(request)
     metrics.observe_request(request.method, route, response.status, elapsed)
     log.info(
