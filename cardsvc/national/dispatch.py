@@ -16,10 +16,11 @@ The order is that of what each step costs and of what it may answer:
    stored for the msgid (sent again unchanged, or MSGID_REUSED for another body), another
    try's reservation (MSGID_REUSED for another body, MSGID_IN_PROGRESS for the same), the
    infno (UNSUPPORTED_INFNO), sign_no (SIGN_NO_INVALID), then the transaction's handler;
-5. the handler's answer, success or business refusal, is stored before it is sent; a
-   failure of a dependency or an unexpected error is answered (infcode -1) but not stored,
-   and the reservation released, so the HIS may send the message again under the same
-   msgid.
+5. the handler's answer, success or business refusal, is stored before it is sent — a
+   success by the handler's own transaction when its work is one (``Call.answered``: the
+   work and its answer commit together), else after it returns; a failure of a
+   dependency or an unexpected error is answered (infcode -1) but not stored, and the
+   reservation released, so the HIS may send the message again under the same msgid.
 
 The log line of each message names its infno, msgid, infcode and error code, never a
 secret, token or identity number.
@@ -54,7 +55,7 @@ from cardsvc.national import envelope, messages, tif
 from cardsvc.national import transactions as _transactions  # noqa: F401 - registers them
 from cardsvc.national.clients import ClientKey, GatewayClients
 from cardsvc.national.filejobs import FileJobs
-from cardsvc.national.registry import TRANSACTIONS, Call, FileAnswer, Output
+from cardsvc.national.registry import TRANSACTIONS, AnswerHook, Call, FileAnswer, Output
 from cardsvc.ops import metrics
 from cardsvc.web.caller import Caller
 from cardsvc.web.ratelimit import TokenBuckets
@@ -156,6 +157,22 @@ def _reused() -> Conflict:
         "msgid was used before for another message: every message needs its own msgid",
         code="MSGID_REUSED",
     )
+
+
+class _TwinAnswered(ServiceUnavailable):
+    """Raised in the handler's transaction (rolling its work back): a concurrent try of the
+    same body (one that took the reservation over after its lease) stored its answer
+    first; that one is answered."""
+
+    default_code = "MSGID_IN_PROGRESS"
+
+
+@dataclass(slots=True)
+class _InTransaction:
+    """The answer the handler's transaction stored: trusted only once the handler has
+    returned (its commit done)."""
+
+    answer: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,6 +315,7 @@ class Gateway:
             insuplc_admdvs=env.insuplc_admdvs or "",
             sign_no=env.sign_no or None,
             now=m.received,
+            store_answer=self._answer_in(m, in_transaction := _InTransaction()),
         )
         if admitted.stored is not None:
             return await self._again(m, call, admitted.stored)
@@ -318,6 +336,13 @@ class Gateway:
             observe(env.infno, msgid, "refused", refused.code)
             return Reply(200, m.answer(None, refused))
         output, error = await self._run(call, env.input or {})
+        if isinstance(error, _TwinAnswered):
+            twin = await self._stored(call)
+            if twin is not None:
+                return await self._again(m, call, twin)
+        if error is None and in_transaction.answer is not None:
+            observe(call.infno, call.msgid, "ok", "")
+            return Reply(200, in_transaction.answer)
         if error is not None and not _stored_refusal(error):
             await self._release(call, admitted.sequence)
             observe(env.infno, msgid, "unavailable", error.code)
@@ -325,6 +350,27 @@ class Gateway:
         if isinstance(output, FileAnswer):
             return await self._store(m, call, error, output.content, FILE, output.file_qury_no)
         return await self._store(m, call, error, m.answer(output, error), JSON)
+
+    def _answer_in(self, m: _Message, stored: _InTransaction) -> AnswerHook:
+        """The hook storing a success answer in the handler's transaction."""
+
+        async def store(conn: db.Connection, output: Output) -> None:
+            if isinstance(output, FileAnswer):
+                raise RuntimeError("a file answer is stored after its handler returns")
+            answer = m.answer(output, None)
+            if not await messages.store_in(conn, _new_answer(m, None, answer, JSON)):
+                raise _TwinAnswered("the message was answered by another try")
+            stored.answer = answer
+
+        return store
+
+    async def _stored(self, call: Call) -> messages.Stored | None:
+        try:
+            return await messages.stored(self._pool, call.fixmedins_code, call.msgid)
+        except Exception as exc:
+            if db.as_service_error(exc) is None:
+                raise
+            return None
 
     async def _release(self, call: Call, owner: int) -> None:
         """The reservation ended without an answer: the next try runs at once. If even
@@ -380,18 +426,7 @@ class Gateway:
         file_qury_no: str | None = None,
     ) -> Reply:
         """Stores the answer (a file's number instead of its bytes) and sends it."""
-        new = messages.NewAnswer(
-            fixmedins_code=call.fixmedins_code,
-            msgid=call.msgid,
-            infno=call.infno,
-            body_hash=m.checked.body_hash,
-            paasid=call.paasid,
-            inf_refmsgid=m.inf_refmsgid,
-            infcode=-1 if error is not None else 0,
-            content_type=content_type,
-            answer=None if file_qury_no is not None else answer,
-            file_qury_no=file_qury_no,
-        )
+        new = _new_answer(m, error, answer, content_type, file_qury_no)
         try:
             ours, stored = await self.messages.store(new)
         except Exception as exc:
@@ -432,6 +467,27 @@ class Gateway:
             return Reply(200, m.answer(None, refused))
         observe(call.infno, call.msgid, "replayed", "")
         return Reply(200, content, stored.content_type)
+
+
+def _new_answer(
+    m: _Message,
+    error: CardsvcError | None,
+    answer: bytes,
+    content_type: str,
+    file_qury_no: str | None = None,
+) -> messages.NewAnswer:
+    return messages.NewAnswer(
+        fixmedins_code=m.key.fixmedins_code,
+        msgid=m.env.msgid or "",
+        infno=m.env.infno,
+        body_hash=m.checked.body_hash,
+        paasid=m.key.paasid,
+        inf_refmsgid=m.inf_refmsgid,
+        infcode=-1 if error is not None else 0,
+        content_type=content_type,
+        answer=None if file_qury_no is not None else answer,
+        file_qury_no=file_qury_no,
+    )
 
 
 def _stored_refusal(error: CardsvcError) -> bool:

@@ -17,7 +17,9 @@ until ``pending_until``. So before any transaction runs, the admission knows, fo
 Another body under a msgid never runs. A try that ends without a stored answer (a failure
 of a dependency, a timeout) releases its reservation (``release``) for the retry; the body
 stays recorded. The store turns the reservation into the answer; when a concurrent try
-stored one first, that one is answered instead, so both get the same bytes. A file answer
+stored one first, that one is answered instead, so both get the same bytes. A handler whose
+work is one transaction stores its success answer in it (``store_in``): no commit of its
+own. A file answer
 (9102) is stored as its ``file_qury_no``, never as its bytes.
 
 Admissions and stores are group-committed per worker (``cardsvc.batching``), as terminal
@@ -37,7 +39,7 @@ from typing import Any
 import asyncpg
 
 from cardsvc.batching import Batcher, BatcherFull, Outcome
-from cardsvc.db import Pool
+from cardsvc.db import Connection, Pool
 from cardsvc.errors import CardsvcError, Forbidden, ServiceUnavailable, Unauthenticated
 from cardsvc.settlement.params import CURRENT_POLICY_VERSION, load_params
 
@@ -375,6 +377,32 @@ async def store_batch(pool: Pool, jobs: Sequence[NewAnswer]) -> list[Outcome[Sto
             else stored
         )
     return outcomes
+
+
+async def store_in(conn: Connection, new: NewAnswer) -> bool:
+    """Stores a success answer in the caller's transaction (the handler's, so the work and
+    its answer commit together): False if a concurrent twin stored one first (the caller
+    rolls its work back and answers that one: ``stored``)."""
+    row = await conn.fetchval(
+        _STORE,
+        new.fixmedins_code,
+        new.msgid,
+        new.infno,
+        new.body_hash,
+        new.paasid,
+        new.inf_refmsgid,
+        new.infcode,
+        new.content_type,
+        new.answer,
+        new.file_qury_no,
+    )
+    return bool(row)
+
+
+async def stored(pool: Pool, fixmedins_code: str, msgid: str) -> Stored | None:
+    """The msgid's stored answer (None: none, or only a reservation)."""
+    row = await pool.fetchrow(_STORED, fixmedins_code, msgid)
+    return None if row is None else _stored(row)
 
 
 async def release(pool: Pool, fixmedins_code: str, msgid: str, owner: int) -> None:

@@ -23,7 +23,7 @@ from cardsvc.errors import InvalidRequest
 from cardsvc.web.caller import Caller
 
 if TYPE_CHECKING:
-    from cardsvc.db import Pool
+    from cardsvc.db import Connection, Pool
     from cardsvc.services import Services
 
 
@@ -45,6 +45,16 @@ class Call:
     insuplc_admdvs: str
     sign_no: str | None
     now: dt.datetime  # when the message arrived (UTC)
+    # Stores the success answer in the handler's own transaction (set by the dispatcher).
+    store_answer: AnswerHook | None = None
+
+    async def answered(self, conn: Connection, output: Output) -> None:
+        """A handler whose work is one transaction calls this last in it, with the output it
+        will return: the answer is then stored by the work's own commit (one commit, not
+        two), and a rollback of the work takes it too. A handler that does not call it has
+        its answer stored after it returns."""
+        if self.store_answer is not None:
+            await self.store_answer(conn, output)
 
 
 T = TypeVar("T")
@@ -60,6 +70,7 @@ class FileAnswer:
 
 
 Output = dict[str, Any] | FileAnswer
+AnswerHook = Callable[["Connection", Output], Awaitable[None]]
 Handler = Callable[[Call, dict[str, msgspec.Raw]], Awaitable[Output]]
 # The bytes of the file ``file_qury_no`` an earlier try of the message answered with, read
 # again (refused once the file has expired or is gone).

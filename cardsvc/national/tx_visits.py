@@ -89,8 +89,7 @@ async def visit_info(call: Call, inputs: Inputs) -> Output:
 async def _upload(call: Call, inputs: Inputs, *, inpatient: bool) -> Output:
     details = node(inputs, "feedetail", FeeDetails)
     sent = rows_as_sent(inputs["feedetail"], "feedetail")
-    results = await service.upload_fees(call, details, sent, inpatient=inpatient)
-    return {"result": results}
+    return await service.upload_fees(call, details, sent, inpatient=inpatient)
 
 
 @transaction("2204")

@@ -36,11 +36,10 @@ from cardsvc.db import Connection, transaction
 from cardsvc.errors import Conflict, Forbidden, InvalidRequest, ServiceUnavailable
 from cardsvc.national import certs, fees, reversals, visits
 from cardsvc.national.operator import operator
-from cardsvc.national.registry import Call
+from cardsvc.national.registry import Call, Output
 from cardsvc.national.visit_models import (
     ExpContent,
     FeeDetail,
-    FeeResult,
     exp_content,
     parse_time,
 )
@@ -413,8 +412,9 @@ async def upload_fees(
     sent: Sequence[dict[str, Any]],
     *,
     inpatient: bool,
-) -> list[FeeResult]:
-    """2204/2301: the lines stored with their Step-1 split (answered per line)."""
+) -> Output:
+    """2204/2301: the lines stored with their Step-1 split (answered per line); the answer
+    is stored in the same transaction."""
     mdtrt_id, psn_no = fees.check_message(details)
     for detail in details:
         if detail.fee_ocur_time is not None:
@@ -459,7 +459,10 @@ async def upload_fees(
                 total=sum(line.total for line in plan.store),
             )
             await visits.store_lines(conn, visit, plan.store, call.msgid, uploaded)
-    return [fees.fee_result(mdtrt_id, line, split) for line, split in plan.results]
+        results = [fees.fee_result(mdtrt_id, line, split) for line, split in plan.results]
+        output: Output = {"result": results}
+        await call.answered(conn, output)
+    return output
 
 
 async def cancel_fees(

@@ -376,3 +376,50 @@ async def test_a_reservation_that_waited_for_another_workers_sees_it(
         await pool.close()
     assert isinstance(admitted, messages.Admitted) and not admitted.reserved
     assert admitted.stored is not None and admitted.stored.answer == b"other worker"
+
+
+async def test_an_answer_stored_by_a_twin_first_rolls_the_handlers_work_back(
+    service: Service, db: asyncpg.Connection
+) -> None:
+    """A try whose lease ended while it ran (its twin took the msgid over and answered):
+    the answer its own transaction would store meets the twin's, so its work rolls back
+    and the twin's answer is sent, byte for byte."""
+    from cardsvc.db import transaction as db_transaction
+    from cardsvc.national.registry import TRANSACTIONS, transaction
+
+    infno, gate, runs = "X9912", asyncio.Event(), []
+    await db.execute("CREATE TABLE IF NOT EXISTS test_twin_work (run int)")
+
+    @transaction(infno)
+    async def in_one_transaction(call, inputs):
+        runs.append(len(runs) + 1)
+        run = len(runs)
+        async with db_transaction(call.pool) as conn:
+            await conn.execute("INSERT INTO test_twin_work VALUES ($1)", run)
+            if run == 1:
+                await gate.wait()
+            output = {"data": {"run": run}}
+            await call.answered(conn, output)
+        return output
+
+    try:
+        client = await gateway_client(service)
+        env = client.envelope(infno, {"data": {"visit": "A"}})
+        first = asyncio.create_task(client.post(env))
+        await _until_running(runs)
+        await db.execute(
+            "UPDATE gateway_messages SET pending_until = now() - interval '1 second'"
+            " WHERE fixmedins_code = $1 AND msgid = $2",
+            client.fixmedins_code,
+            env["msgid"],
+        )
+        twin = await client.post(env, client.headers())
+        assert twin.infcode == 0 and twin.body["output"] == {"data": {"run": 2}}, twin.body
+        gate.set()
+        answer = await first
+        assert answer.raw == twin.raw
+        assert [r["run"] for r in await db.fetch("SELECT run FROM test_twin_work")] == [2]
+    finally:
+        gate.set()
+        del TRANSACTIONS[infno]
+        await db.execute("DROP TABLE IF EXISTS test_twin_work")

@@ -27,7 +27,13 @@ from tests.support.api import (
     issue_card,
     unique_code,
 )
-from tests.support.gateway import SHANGHAI, GatewayClient, card_cert, gateway_client
+from tests.support.gateway import (
+    SHANGHAI,
+    GatewayClient,
+    card_cert,
+    gateway_client,
+    new_msgid,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -321,6 +327,41 @@ async def test_pharmacy_purchase_opens_its_visit_with_2204(
         "2204", {"feedetail": [fee(unique_code("PH-"), who, "1", "A-AMOX", 1, 1, 1)]}
     )
     assert at_hospital.code == "VISIT_NOT_FOUND", at_hospital.body
+
+
+async def test_a_2204s_answer_is_stored_by_its_own_transaction(
+    world: World, db: asyncpg.Connection
+) -> None:
+    """The lines and the stored answer commit together (one commit, not two): a crash
+    between them can leave neither the work without its answer nor the reverse."""
+    site, who = world.pharmacy, await holder(world)
+    mdtrt_id = unique_code("PH-")
+    first = await site.client.call(
+        "2204", {"feedetail": [fee(mdtrt_id, who, "1", "A-AMOX", 1, 1, 1)]}
+    )
+    assert first.infcode == 0, first.body
+    row = await db.fetchrow(
+        "SELECT l.created_msgid, l.xmin::text AS lines, m.xmin::text AS stored, m.answer"
+        " FROM gateway_visit_lines l JOIN gateway_messages m"
+        " ON m.fixmedins_code = l.fixmedins_code AND m.msgid = l.created_msgid"
+        " WHERE l.fixmedins_code = $1 AND l.mdtrt_id = $2",
+        site.code,
+        mdtrt_id,
+    )
+    assert row is not None and row["lines"] == row["stored"]
+    assert bytes(row["answer"]) == first.raw
+    # A refusal rolls the work back and is stored on its own, as before.
+    msgid = new_msgid(world.hospital.code)
+    refused = await world.hospital.client.call(
+        "2204", {"feedetail": [fee(unique_code("PH-"), who, "1", "A-AMOX", 1, 1, 1)]}, msgid=msgid
+    )
+    assert refused.code == "VISIT_NOT_FOUND"
+    stored = await db.fetchval(
+        "SELECT answer FROM gateway_messages WHERE fixmedins_code = $1 AND msgid = $2",
+        world.hospital.code,
+        msgid,
+    )
+    assert bytes(stored) == refused.raw
 
 
 async def admit(site: Site, who: Holder, med_type: str = "21", **extra: Any) -> str:
