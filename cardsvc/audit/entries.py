@@ -21,7 +21,10 @@ DEFAULT_DAYS = 30
 _data = msgspec.json.Decoder(dict[str, Any])
 
 
-class AuditEntry(msgspec.Struct, kw_only=True):
+class ListedEntry(msgspec.Struct, kw_only=True):
+    """An audit entry as the list shows it: its data decoded (``chain.AuditEntry`` keeps
+    the stored text, which its hash covers)."""
+
     chain: int
     seq: int
     at: dt.datetime
@@ -45,7 +48,7 @@ class AuditEntries:
     def __init__(self, pool: Pool) -> None:
         self._pool = pool
 
-    async def search(self, filters: AuditFilter, page: PageQuery) -> Page[AuditEntry]:
+    async def search(self, filters: AuditFilter, page: PageQuery) -> Page[ListedEntry]:
         where = (
             Where()
             .add("at >= {}", day_start(filters.start))
@@ -62,5 +65,5 @@ class AuditEntries:
             where=where,
             page=page,
         )
-        items = [AuditEntry(**{**dict(r), "data": _data.decode(r["data"])}) for r in rows]
+        items = [ListedEntry(**{**dict(r), "data": _data.decode(r["data"])}) for r in rows]
         return page.answer(items, total)
