@@ -59,10 +59,17 @@ def test_pauses_observed_meanwhile_reach_the_histogram_at_the_next_flush() -> No
         )
 
     gcpause.watch()
+    # No automatic collection in between, and none observed earlier still waiting: the
+    # count moves by exactly the one collection made here.
+    was_enabled = gc.isenabled()
+    gc.disable()
     try:
+        gcpause.flush()
         before = full_collections()
         gc.collect()
         gcpause.flush()
         assert full_collections() == before + 1
     finally:
+        if was_enabled:
+            gc.enable()
         gcpause.unwatch()
