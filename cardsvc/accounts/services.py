@@ -116,13 +116,13 @@ class AccountCredits:
         postings = [Posting(CONTRIB_PERSONAL_ACCOUNT, "D", sum(e.amount for e in new))]
         postings += [Posting(person_account(e.psn_no), "C", e.amount) for e in new]
         await ledger.write_entries(conn, fresh.txn_id, postings)
-        await self._audit.append(
+        await self._audit.record(
             conn,
-            actor=caller.actor,
+            caller,
             action="account.credited",
             object_type="ledger_txn",
             object_id=str(fresh.txn_id),
-            data=caller.audited({"count": len(new), "total": postings[0].amount}),
+            data={"count": len(new), "total": postings[0].amount},
         )
 
 

@@ -236,6 +236,27 @@ class AuditLog:
         entry = new_entry(actor, action, object_type, object_id, data)
         await conn.execute(f"WITH {append_cte(1)} SELECT 1", *entry.params())
 
+    async def record(
+        self,
+        conn: Connection,
+        caller: Caller,
+        *,
+        action: str,
+        object_type: str,
+        object_id: str,
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        """``append`` for what ``caller`` did: an operator is named inside the chained entry
+        (``Caller.audited``), any other caller by its actor alone."""
+        await self.append(
+            conn,
+            actor=caller.actor,
+            action=action,
+            object_type=object_type,
+            object_id=object_id,
+            data=caller.audited(data),
+        )
+
     async def verify(self, anchored: AnchoredHeads | None = None) -> VerifyResult:
         """Walk every chain in one snapshot, and check it against ``anchored`` heads (from
         genuine anchors, read before this snapshot so that it holds everything they saw)."""
@@ -334,13 +355,13 @@ class AuditAnchors:
         assert isinstance(written, AnchorWritten)
         if caller is not None:
             async with self._pool.acquire() as conn, conn.transaction():
-                await self._audit.append(
+                await self._audit.record(
                     conn,
-                    actor=caller.actor,
+                    caller,
                     action="audit.anchored",
                     object_type="audit_anchor",
                     object_id=written.at.isoformat(),
-                    data=caller.audited({"entries": written.entries, "file": written.file}),
+                    data={"entries": written.entries, "file": written.file},
                 )
         return written
 

@@ -188,12 +188,12 @@ class CardIssuer:
             card_no,
             str(target),
         )
-        await self._audit.append(
+        await self._audit.record(
             conn,
-            actor=caller.actor,
+            caller,
             action=f"card.{action}",
             object_type="card",
             object_id=card_no,
-            data=caller.audited({"from": row["status"], "to": str(target)}),
+            data={"from": row["status"], "to": str(target)},
         )
         return _card(updated)

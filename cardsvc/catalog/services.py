@@ -52,13 +52,13 @@ class Catalog:
                 [i.max_price for i in req.items],
                 [i.work_injury for i in req.items],
             )
-            await self._audit.append(
+            await self._audit.record(
                 conn,
-                actor=caller.actor,
+                caller,
                 action="catalog.upserted",
                 object_type="catalog",
                 object_id="items",
-                data=caller.audited({"count": len(codes), "codes": codes[:100]}),
+                data={"count": len(codes), "codes": codes[:100]},
             )
         return ItemsUpserted(upserted=len(codes))
 

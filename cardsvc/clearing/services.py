@@ -298,21 +298,19 @@ class Clearing:
                 for i in f.items
             ],
         )
-        await self._audit.append(
+        await self._audit.record(
             conn,
-            actor=caller.actor,
+            caller,
             action="clearing.run",
             object_type="clearing",
             object_id=day.isoformat(),
-            data=caller.audited(
-                {
-                    "facilities": len(facilities),
-                    "net_total": run.net_total,
-                    "settlements": run.settlements_cleared,
-                    "reversals": run.reversals_netted,
-                    "held": len(run.held),
-                }
-            ),
+            data={
+                "facilities": len(facilities),
+                "net_total": run.net_total,
+                "settlements": run.settlements_cleared,
+                "reversals": run.reversals_netted,
+                "held": len(run.held),
+            },
         )
         return run
 

@@ -59,13 +59,13 @@ class FacilityRegistry:
             except asyncpg.UniqueViolationError:
                 raise Conflict("facility code already registered", code="FACILITY_EXISTS") from None
             facility = _facility(row)
-            await self._audit.append(
+            await self._audit.record(
                 conn,
-                actor=caller.actor,
+                caller,
                 action="facility.created",
                 object_type="facility",
                 object_id=req.fixmedins_code,
-                data=caller.audited(msgspec.structs.asdict(facility)),
+                data=msgspec.structs.asdict(facility),
             )
         return facility
 
@@ -92,13 +92,13 @@ class FacilityRegistry:
                     code,
                     *changes.values(),
                 )
-                await self._audit.append(
+                await self._audit.record(
                     conn,
-                    actor=caller.actor,
+                    caller,
                     action="facility.updated",
                     object_type="facility",
                     object_id=code,
-                    data=caller.audited(changes),
+                    data=changes,
                 )
         return _facility(row)
 
@@ -186,15 +186,13 @@ class FacilityRatings:
                 caller.operator_id,
                 caller.operator_name,
             )
-            await self._audit.append(
+            await self._audit.record(
                 conn,
-                actor=caller.actor,
+                caller,
                 action="facility.credit_rating_changed",
                 object_type="facility",
                 object_id=code,
-                data=caller.audited(
-                    {"from": before, "to": req.credit_rating, "reason": req.reason}
-                ),
+                data={"from": before, "to": req.credit_rating, "reason": req.reason},
             )
         return _facility(row)
 

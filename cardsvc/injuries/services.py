@@ -40,18 +40,16 @@ class InjuryCases:
                 )
             except asyncpg.ForeignKeyViolationError:
                 raise NotFound("no such person", code="PERSON_NOT_FOUND") from None
-            await self._audit.append(
+            await self._audit.record(
                 conn,
-                actor=caller.actor,
+                caller,
                 action="injury_case.approved",
                 object_type="injury_case",
                 object_id=case_id,
-                data=caller.audited(
-                    {
-                        "psn_no": req.psn_no,
-                        "valid_from": req.valid_from.isoformat(),
-                        "valid_to": req.valid_to.isoformat(),
-                    }
-                ),
+                data={
+                    "psn_no": req.psn_no,
+                    "valid_from": req.valid_from.isoformat(),
+                    "valid_to": req.valid_to.isoformat(),
+                },
             )
         return InjuryCase(**dict(row))

@@ -74,13 +74,13 @@ class GatewayClients:
                 )
             except asyncpg.ForeignKeyViolationError:
                 raise NotFound("no such facility", code="FACILITY_NOT_FOUND") from None
-            await self._audit.append(
+            await self._audit.record(
                 conn,
-                actor=caller.actor,
+                caller,
                 action="gateway_client.created",
                 object_type="gateway_client",
                 object_id=paasid,
-                data=caller.audited({"fixmedins_code": req.fixmedins_code}),
+                data={"fixmedins_code": req.fixmedins_code},
             )
         self._unknown.pop(paasid, None)
         return GatewayClientCreated(
@@ -110,13 +110,13 @@ class GatewayClients:
             )
             if row is None:
                 raise NotFound("no such gateway client", code="GATEWAY_CLIENT_NOT_FOUND")
-            await self._audit.append(
+            await self._audit.record(
                 conn,
-                actor=caller.actor,
+                caller,
                 action="gateway_client.updated",
                 object_type="gateway_client",
                 object_id=paasid,
-                data=caller.audited({"status": req.status}),
+                data={"status": req.status},
             )
         return _client(row)
 

@@ -515,13 +515,13 @@ class Operators:
     async def _append(
         self, conn: Connection, caller: Caller, action: str, operator_id: str, data: dict[str, Any]
     ) -> None:
-        await self._audit.append(
+        await self._audit.record(
             conn,
-            actor=caller.actor,
+            caller,
             action=action,
             object_type="operator",
             object_id=operator_id,
-            data=caller.audited(data),
+            data=data,
         )
 
 

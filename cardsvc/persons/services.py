@@ -88,13 +88,13 @@ class PersonRegistry:
                     "a person with this identity number exists", code="PERSON_EXISTS"
                 ) from None
             await conn.execute("INSERT INTO psn_accounts (psn_no) VALUES ($1)", psn_no)
-            await self._audit.append(
+            await self._audit.record(
                 conn,
-                actor=caller.actor,
+                caller,
                 action="person.created",
                 object_type="person",
                 object_id=psn_no,
-                data=caller.audited({"certno": certno.mask(value), "psn_type": req.psn_type}),
+                data={"certno": certno.mask(value), "psn_type": req.psn_type},
             )
             return await self._load(conn, psn_no)
 
@@ -128,19 +128,17 @@ class PersonRegistry:
                 req.begndate,
                 req.enddate,
             )
-            await self._audit.append(
+            await self._audit.record(
                 conn,
-                actor=caller.actor,
+                caller,
                 action="insurance.enrolled",
                 object_type="person",
                 object_id=psn_no,
-                data=caller.audited(
-                    {
-                        "insutype": req.insutype,
-                        "begndate": req.begndate.isoformat(),
-                        "enddate": req.enddate.isoformat() if req.enddate else None,
-                    }
-                ),
+                data={
+                    "insutype": req.insutype,
+                    "begndate": req.begndate.isoformat(),
+                    "enddate": req.enddate.isoformat() if req.enddate else None,
+                },
             )
             return await self._load(conn, psn_no)
 

@@ -312,19 +312,17 @@ async def reverse_locked(
         row["fund_pay_sumamt"],
         balc,
     )
-    await audit.append(
+    await audit.record(
         conn,
-        actor=caller.actor,
+        caller,
         action="settlement.reversed",
         object_type="settlement",
         object_id=setl_id,
-        data=caller.audited(
-            {
-                "reason": reason,
-                "acct_refund": row["acct_pay"],
-                "fund_refund": row["fund_pay_sumamt"],
-            }
-        ),
+        data={
+            "reason": reason,
+            "acct_refund": row["acct_pay"],
+            "fund_refund": row["fund_pay_sumamt"],
+        },
     )
     return _reversal(reversal)
 

@@ -164,13 +164,13 @@ class Supervision:
                 if handled is None:
                     raise NotFound("no such flag", code="FLAG_NOT_FOUND")
                 raise Conflict("the flag is handled already", code="FLAG_HANDLED")
-            await self._audit.append(
+            await self._audit.record(
                 conn,
-                actor=caller.actor,
+                caller,
                 action="flag.handled",
                 object_type="settlement",
                 object_id=row["setl_id"],
-                data=caller.audited({"flag_id": flag_id, "rule": row["rule"], "note": note}),
+                data={"flag_id": flag_id, "rule": row["rule"], "note": note},
             )
         return _flag(row)
 
@@ -295,13 +295,13 @@ class Supervision:
             decision,
             note,
         )
-        await self._audit.append(
+        await self._audit.record(
             conn,
-            actor=caller.actor,
+            caller,
             action=f"review.{decision}",
             object_type="settlement",
             object_id=setl_id,
-            data=caller.audited({"note": note}),
+            data={"note": note},
         )
 
     async def fund_report(self, start: dt.date, end: dt.date) -> FundReport:

@@ -110,15 +110,13 @@ class TerminalRegistry:
                 key.key_under_lmk,
                 key.kcv,
             )
-            await self._audit.append(
+            await self._audit.record(
                 conn,
-                actor=caller.actor,
+                caller,
                 action="terminal.registered",
                 object_type="terminal",
                 object_id=terminal_id,
-                data=caller.audited(
-                    {"kind": req.kind, "fixmedins_code": req.fixmedins_code, "kcv": key.kcv}
-                ),
+                data={"kind": req.kind, "fixmedins_code": req.fixmedins_code, "kcv": key.kcv},
             )
         return TerminalRegistered(
             terminal_id=terminal_id,
@@ -153,13 +151,13 @@ class TerminalRegistry:
                     terminal_id,
                 )
                 data = {"sessions_ended": int(ended.split()[-1])}
-            await self._audit.append(
+            await self._audit.record(
                 conn,
-                actor=caller.actor,
+                caller,
                 action=f"terminal.{req.status}",
                 object_type="terminal",
                 object_id=terminal_id,
-                data=caller.audited(data),
+                data=data,
             )
         return TerminalInfo(**dict(row))
 
