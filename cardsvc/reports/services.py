@@ -71,9 +71,9 @@ class PublicReports:
                 msgspec.json.encode(figures).decode(),
                 caller.actor,
             )
-            await self._audit.append(
+            await self._audit.record(
                 conn,
-                actor=caller.actor,
+                caller,
                 action="public_report.published",
                 object_type="public_report",
                 object_id=report_id,

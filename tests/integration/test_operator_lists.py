@@ -384,6 +384,13 @@ async def test_the_public_report_is_a_frozen_snapshot_of_aggregates_only(service
     )
     report_id = report["report_id"]
     figures = report["figures"]
+    # Published by an operator, who is named in the chained entry.
+    entries = await _get(
+        service, f"/v1/audit/entries?action=public_report.published&object_id={report_id}"
+    )
+    [entry] = entries["items"]
+    assert entry["data"]["operator_id"] == entry["actor"].removeprefix("operator:")
+    assert entry["data"]["operator_name"]
     # The day's one settlement, at one hospital, would be that person's bill: withheld.
     assert figures["settlements"] is None and figures["expenditure_total"] is None
     assert [(d["count"], d["amount"]) for d in figures["per_day"]] == [(None, None)]
